@@ -1,0 +1,201 @@
+"""Paired base-vs-tuned comparison on the same held-out rows.
+
+`compare(...)` scores both systems with `evaluation.metrics.score` and returns
+a `Comparison`: a summary table (metric, base, tuned, delta), a per-example
+table sorted so the biggest wins come first, win/tie/loss counts and, for
+classification, both confusion matrices. It saves to and loads from a folder
+(normally `runs/<id>/eval/`) as results.json + examples.csv.
+
+    >>> c = compare("generation", ["q"], ["a b"], ["x"], ["a b"])
+    >>> (c.wins, c.ties, c.losses), c.summary[2]["delta"]
+    ((1, 0, 0), 1.0)
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from evaluation.metrics import TASKS, classification_metrics, default_labels, extract_label, score
+
+RESULTS_FILE = "results.json"
+EXAMPLES_FILE = "examples.csv"
+TEXT_COLUMNS = ["input", "reference", "base_output", "tuned_output"]
+SCORE_COLUMNS = ["base_score", "tuned_score", "delta"]
+TIE_TOLERANCE = 1e-9  # |delta| below this is a tie; at or above, a win or a loss
+
+
+@dataclass
+class Comparison:
+    """Everything the Evaluate tab, the CLI and the run folder need about one evaluation."""
+
+    task: str
+    rows: int
+    summary: list[dict]
+    examples: pd.DataFrame = field(repr=False)
+    wins: int
+    ties: int
+    losses: int
+    base_metrics: dict[str, float]
+    tuned_metrics: dict[str, float]
+    confusion: dict | None = None
+
+    def biggest_wins(self, n: int = 10) -> pd.DataFrame:
+        """Up to n examples where tuned beat base, largest gain first."""
+        better = self.examples[self.examples["delta"] >= TIE_TOLERANCE]
+        return better.sort_values("delta", ascending=False, kind="stable").head(n)
+
+    def biggest_losses(self, n: int = 10) -> pd.DataFrame:
+        """Up to n examples where tuned did worse than base, largest drop first."""
+        worse = self.examples[self.examples["delta"] <= -TIE_TOLERANCE]
+        return worse.sort_values("delta", ascending=True, kind="stable").head(n)
+
+    def to_json_dict(self) -> dict:
+        """Plain JSON-able summary (no per-example rows: those go to the CSV)."""
+        return {
+            "task": self.task,
+            "rows": self.rows,
+            "base": dict(self.base_metrics),
+            "tuned": dict(self.tuned_metrics),
+            "summary": [dict(entry) for entry in self.summary],
+            "wins": self.wins,
+            "ties": self.ties,
+            "losses": self.losses,
+            "confusion": self.confusion,
+        }
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write folder/results.json and folder/examples.csv; returns the folder.
+
+        Each file is written to a temporary name and renamed into place, so a
+        reader (the UI polling a run folder) never sees a half-written file.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        # allow_nan=False: a NaN would make results.json invalid for browsers.
+        text = json.dumps(self.to_json_dict(), indent=2, allow_nan=False)
+        _atomic_write(folder / RESULTS_FILE, text)
+        _atomic_write(folder / EXAMPLES_FILE, self.examples.to_csv(index=True))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Comparison":
+        """Read back what `save` wrote."""
+        folder = Path(folder)
+        data = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+        # keep_default_na=False and str dtypes: an empty output must come back
+        # as "", and a numeric-looking answer ("4") must stay text.
+        examples = pd.read_csv(
+            folder / EXAMPLES_FILE, index_col="row", keep_default_na=False,
+            dtype={col: str for col in TEXT_COLUMNS} | {col: float for col in SCORE_COLUMNS},
+        )
+        return cls(
+            task=data["task"], rows=int(data["rows"]), summary=data["summary"],
+            examples=examples, wins=int(data["wins"]), ties=int(data["ties"]),
+            losses=int(data["losses"]), base_metrics=data["base"],
+            tuned_metrics=data["tuned"], confusion=data.get("confusion"),
+        )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def compare(
+    task: str,
+    inputs: list[str],
+    references: list[str],
+    base_outputs: list[str | None],
+    tuned_outputs: list[str | None],
+    labels: list[str] | None = None,
+) -> Comparison:
+    """Score base and tuned outputs on the same rows and pair them up.
+
+    Empty or missing outputs score 0. Raises ValueError when the four lists
+    differ in length or are empty, or when the task is unknown.
+    """
+    _validate(task, inputs, references, base_outputs, tuned_outputs)
+    inputs = [_text(x) for x in inputs]
+    references = [_text(x) for x in references]
+    base_outputs = [_text(x) for x in base_outputs]
+    tuned_outputs = [_text(x) for x in tuned_outputs]
+    if task == "classification":
+        # Fix the label set once so both systems are scored against the same rows.
+        labels = list(labels) if labels else default_labels(references)
+    base_scores, base_metrics = score(task, base_outputs, references, labels)
+    tuned_scores, tuned_metrics = score(task, tuned_outputs, references, labels)
+    examples = _examples_table(inputs, references, base_outputs, tuned_outputs,
+                               base_scores, tuned_scores)
+    deltas = examples["delta"]
+    return Comparison(
+        task=task,
+        rows=len(references),
+        summary=_summary(base_metrics, tuned_metrics),
+        examples=examples,
+        wins=int((deltas >= TIE_TOLERANCE).sum()),
+        ties=int((deltas.abs() < TIE_TOLERANCE).sum()),
+        losses=int((deltas <= -TIE_TOLERANCE).sum()),
+        base_metrics=base_metrics,
+        tuned_metrics=tuned_metrics,
+        confusion=_confusion(references, base_outputs, tuned_outputs, labels)
+        if task == "classification" else None,
+    )
+
+
+def _validate(task, inputs, references, base_outputs, tuned_outputs) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    lengths = {"inputs": len(inputs), "references": len(references),
+               "base_outputs": len(base_outputs), "tuned_outputs": len(tuned_outputs)}
+    if len(set(lengths.values())) > 1:
+        named = ", ".join(f"{name}={n}" for name, n in lengths.items())
+        raise ValueError(f"inputs, references and outputs must have the same length; got {named}")
+    if not references:
+        raise ValueError("nothing to compare: 0 rows (is the held-out split empty?)")
+
+
+def _text(value) -> str:
+    # None (a failed or skipped generation) becomes "" and so scores 0.
+    return "" if value is None else str(value)
+
+
+def _examples_table(inputs, references, base_outputs, tuned_outputs,
+                    base_scores, tuned_scores) -> pd.DataFrame:
+    table = pd.DataFrame({
+        "input": inputs, "reference": references,
+        "base_output": base_outputs, "tuned_output": tuned_outputs,
+        "base_score": [float(s) for s in base_scores],
+        "tuned_score": [float(s) for s in tuned_scores],
+    })
+    table["delta"] = table["tuned_score"] - table["base_score"]
+    # The index keeps each example's position in the held-out split ("row"),
+    # so a sorted table still points back to the source data.
+    table.index.name = "row"
+    # Stable sort: equal deltas stay in data order, so output is reproducible.
+    return table.sort_values("delta", ascending=False, kind="stable")
+
+
+def _summary(base: dict[str, float], tuned: dict[str, float]) -> list[dict]:
+    names = list(base) + [name for name in tuned if name not in base]
+    rows = []
+    for name in names:
+        b, t = base.get(name), tuned.get(name)
+        delta = None if b is None or t is None else t - b
+        rows.append({"metric": name, "base": b, "tuned": t, "delta": delta})
+    return rows
+
+
+def _confusion(references, base_outputs, tuned_outputs, labels) -> dict:
+    base = classification_metrics([extract_label(o, labels) for o in base_outputs], references, labels)
+    tuned = classification_metrics([extract_label(o, labels) for o in tuned_outputs], references, labels)
+    return {"labels": base["labels"], "columns": base["columns"],
+            "base": base["confusion"], "tuned": tuned["confusion"]}
