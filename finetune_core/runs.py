@@ -1,0 +1,214 @@
+"""The run directory: what a training run is on disk.
+
+    runs/<id>/run.yaml        the RunConfig (+ resolved device/dtype)
+    runs/<id>/status.json     state, step, total steps, reason, timestamps
+    runs/<id>/metrics.jsonl   one JSON event per log step
+    runs/<id>/log.txt         human-readable log
+    runs/<id>/data/           train.jsonl, heldout.jsonl, report.json (the split)
+    runs/<id>/checkpoints/    Trainer checkpoints (retention-limited)
+    runs/<id>/adapter/        final adapter (or full model) + tokenizer
+    runs/<id>/eval/           evaluation results
+
+Run ids are made here, never taken from user text; `get_run` only opens ids
+that match the id pattern and exist under the runs root. The root defaults to
+./runs and ``STUDIO_RUNS_DIR`` moves it (e.g. to a Space's persistent storage).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+
+STATES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
+FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
+RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9-]{1,40}-[0-9a-f]{6}$")
+
+
+class RunError(Exception):
+    """A run could not be found or used; the message is for the user."""
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("STUDIO_RUNS_DIR") or "runs").resolve()
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"[^a-z0-9]+", "-", (text or "").lower()).strip("-")
+    return (text or "run")[:40].strip("-") or "run"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    # -- well-known places ---------------------------------------------------
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.txt"
+
+    # -- config and status ---------------------------------------------------
+    def config(self) -> RunConfig:
+        return RunConfig.load(self.path / "run.yaml")
+
+    def run_yaml(self) -> dict:
+        import yaml
+
+        return yaml.safe_load((self.path / "run.yaml").read_text(encoding="utf-8")) or {}
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.path / "status.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"state": "failed", "reason": "status.json is missing or unreadable"}
+
+    def set_status(self, **fields: Any) -> dict:
+        status = {**self.status(), **fields, "updated": time.time()}
+        write_json_atomic(self.path / "status.json", status)
+        return status
+
+    # -- metrics and log -------------------------------------------------------
+    def append_metric(self, event: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event) + "\n")
+
+    def metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crash mid-write: skip it, keep the rest
+        return out
+
+    def log(self, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"[{stamp}] {message}\n")
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    def has_adapter(self) -> bool:
+        return (self.adapter_dir / "adapter_config.json").is_file() or (self.adapter_dir / "config.json").is_file()
+
+    def summary(self) -> dict:
+        st = self.status()
+        cfg = {}
+        try:
+            cfg = self.run_yaml()
+        except OSError:
+            pass
+        return {
+            "id": self.id, "state": st.get("state"), "step": st.get("step", 0),
+            "total_steps": st.get("total_steps", 0), "model": cfg.get("model"),
+            "method": cfg.get("method"), "data": Path(cfg.get("data_path") or "").name,
+            "created": st.get("created"), "reason": st.get("reason", ""),
+        }
+
+
+def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None) -> Run:
+    """Make a new run directory with run.yaml and a queued status."""
+    root = runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    base = label or Path(cfg.data_path).stem or "run"
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(base)}-{secrets.token_hex(3)}"
+    path = root / run_id
+    path.mkdir()
+    for sub in ("data", "checkpoints"):
+        (path / sub).mkdir()
+    cfg.save(path / "run.yaml", extra=extra)
+    run = Run(path)
+    run.set_status(state="queued", step=0, total_steps=0, reason="", created=time.time(), pid=os.getpid())
+    return run
+
+
+def get_run(run_id: str) -> Run:
+    """Open a run by id; refuses anything that is not a server-made id under the root."""
+    run_id = (run_id or "").strip()
+    if not RUN_ID_RE.match(run_id):
+        raise RunError(f"{run_id!r} is not a run id.")
+    path = runs_root() / run_id
+    if not (path / "run.yaml").is_file():
+        raise RunError(f"Run {run_id} does not exist.")
+    return Run(path)
+
+
+def run_from_dir(folder: str | Path) -> Run:
+    """Open a run directory given on the command line (server-side operator input)."""
+    path = Path(folder).resolve()
+    if not (path / "run.yaml").is_file():
+        raise RunError(f"{folder} is not a run directory (no run.yaml).")
+    return Run(path)
+
+
+def list_runs() -> list[Run]:
+    root = runs_root()
+    if not root.is_dir():
+        return []
+    runs = [Run(p) for p in root.iterdir() if RUN_ID_RE.match(p.name) and (p / "run.yaml").is_file()]
+    return sorted(runs, key=lambda r: r.id, reverse=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_interrupted(active_run_ids: set[str] | None = None) -> list[str]:
+    """Runs left 'running' or 'queued' by a process that no longer exists become 'interrupted'."""
+    active = active_run_ids or set()
+    changed = []
+    for run in list_runs():
+        st = run.status()
+        if st.get("state") not in ("running", "queued") or run.id in active:
+            continue
+        pid = int(st.get("pid") or 0)
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            continue  # another live process (e.g. the CLI) owns it
+        run.set_status(state="interrupted", reason=f"the process running it stopped at step {st.get('step', 0)}")
+        run.log("Marked interrupted: the process that ran it is gone. Resume continues from the last checkpoint.")
+        changed.append(run.id)
+    return changed

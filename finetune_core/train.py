@@ -1,0 +1,240 @@
+"""One training run, start to finish, in the calling thread: setup -> train -> save.
+
+`execute(run, stop_event, emit)` prepares the data split, loads the model,
+builds TRL's SFTTrainer from the RunConfig and trains; the runner calls it in
+a background thread and the CLI calls it directly. Failures are turned into a
+`failed` status with a readable reason by the runner, not here.
+"""
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Callable
+
+from .config import RunConfig
+from .events import StudioCallback
+from .models import DevicePolicy, device_policy, load_model, load_tokenizer
+from .runs import Run
+
+Emit = Callable[[dict], None]
+CHECKPOINT_FILES_COMMON = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+class TrainingError(Exception):
+    """A run cannot start or continue; the message is for the user."""
+
+
+def check_method(cfg: RunConfig, policy: DevicePolicy) -> None:
+    if cfg.method == "qlora":
+        if policy.device != "cuda":
+            raise TrainingError(
+                "QLoRA needs a CUDA GPU with bitsandbytes (4-bit kernels); this machine has none. "
+                "Choose LoRA: on a small model it needs little memory."
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise TrainingError("QLoRA needs the bitsandbytes package: pip install bitsandbytes.") from exc
+
+
+def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dict]:
+    """Load, validate and split the data; save the split in the run so evaluation
+    later uses exactly the held-out rows."""
+    from .dataset import DataOptions, prepare_data, read_jsonl, split_rows, write_jsonl
+
+    train_file, held_file = run.data_dir / "train.jsonl", run.data_dir / "heldout.jsonl"
+    if train_file.exists() and held_file.exists():  # resume: reuse the saved split
+        import json
+
+        report = json.loads((run.data_dir / "report.json").read_text(encoding="utf-8"))
+        return read_jsonl(train_file), read_jsonl(held_file), report
+    report = prepare_data(cfg_data_options(cfg, cfg.data_path))
+    if not report.usable:
+        first = "; ".join(_issue_text(i) for i in report.issues[:3])
+        raise TrainingError(f"The data file is not usable ({len(report.issues)} issue(s)): {first}")
+    rows = report.rows
+    if cfg.eval_path:
+        held_report = prepare_data(cfg_data_options(cfg, cfg.eval_path))
+        if not held_report.usable:
+            raise TrainingError("The evaluation file is not usable: " + "; ".join(_issue_text(i) for i in held_report.issues[:3]))
+        train, held = rows, held_report.rows
+    else:
+        train, held = split_rows(rows, cfg.eval_fraction, cfg.seed)
+    if cfg.max_train_rows and len(train) > cfg.max_train_rows:
+        train = train[: cfg.max_train_rows]
+    if not train:
+        raise TrainingError("No training rows are left after the held-out split.")
+    write_jsonl(train_file, train)
+    write_jsonl(held_file, held)
+    summary = {**report.summary(), "train_rows": len(train), "heldout_rows": len(held)}
+    summary["issues"] = summary.get("issues", [])[:200]
+    from .runs import write_json_atomic
+
+    write_json_atomic(run.data_dir / "report.json", summary)
+    return train, held, summary
+
+
+def cfg_data_options(cfg: RunConfig, path: str):
+    from .dataset import DataOptions
+
+    return DataOptions(
+        path=path, format=cfg.data_format, prompt_column=cfg.prompt_column,
+        completion_column=cfg.completion_column, prompt_template=cfg.prompt_template,
+        completion_template=cfg.completion_template, system_prompt=cfg.system_prompt,
+        drop_bad_rows=cfg.drop_bad_rows,
+    )
+
+
+def _issue_text(issue) -> str:
+    where = f"row {issue.row}" if issue.row else "file"
+    col = f", column {issue.column!r}" if issue.column else ""
+    return f"{where}{col}: {issue.message}"
+
+
+def training_rows(rows: list[dict]) -> list[dict]:
+    """Only the fields TRL reads; labels and other metadata stay in the saved split."""
+    if rows and "text" in rows[0] and "prompt" not in rows[0]:
+        return [{"text": r["text"]} for r in rows]
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+
+
+def peft_config(cfg: RunConfig):
+    if cfg.method == "full":
+        return None
+    from peft import LoraConfig
+
+    targets = cfg.target_modules.strip() or "all-linear"
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+        use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type="CAUSAL_LM", bias="none",
+    )
+
+
+def use_gradient_checkpointing(cfg: RunConfig, policy: DevicePolicy, n_params: int) -> bool:
+    if cfg.gradient_checkpointing != "auto":
+        return cfg.gradient_checkpointing == "on"
+    # Recomputing activations costs ~30% speed; only worth it for big models on a GPU.
+    return policy.device == "cuda" and n_params > 3_000_000_000
+
+
+def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, grad_ckpt: bool, has_eval: bool):
+    from trl import SFTConfig
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return SFTConfig(
+        output_dir=str(run.checkpoints_dir),
+        num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length, packing=cfg.packing,
+        completion_only_loss=None if lm_rows else cfg.completion_only_loss,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
+        gradient_checkpointing=grad_ckpt,
+        # dtype by device: TRL's bf16 default is 16x slower on CPU (DESIGN.md).
+        bf16=policy.dtype == "bfloat16", fp16=policy.dtype == "float16",
+        use_cpu=policy.device == "cpu",
+        eval_strategy="steps" if (has_eval and cfg.eval_steps > 0) else "no",
+        eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
+        seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+        save_only_model=False, ddp_find_unused_parameters=False if world > 1 else None,
+    )
+
+
+def latest_checkpoint(run: Run) -> Path | None:
+    ckpts = [p for p in run.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+def check_checkpoint(path: Path, method: str) -> None:
+    """Refuse a checkpoint with a missing file before the Trainer trips over it."""
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    missing = [name for name in (*CHECKPOINT_FILES_COMMON, weights) if not (path / name).is_file()]
+    if missing:
+        raise TrainingError(f"Checkpoint {path.name} is incomplete (missing {', '.join(missing)}); it cannot be resumed.")
+
+
+def save_final(trainer, tokenizer, run: Run) -> None:
+    """Write the adapter to a temporary folder, then swap it in: a failed save
+    (disk full...) leaves the previous adapter untouched."""
+    tmp = run.path / ".adapter-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise TrainingError("The disk is full: the adapter could not be saved; the previous adapter is kept.") from exc
+        raise
+    old = run.path / ".adapter-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if run.adapter_dir.exists():
+        run.adapter_dir.rename(old)
+    tmp.rename(run.adapter_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = False,
+            extra_callbacks: list | None = None) -> dict:
+    """Train the run described by run.yaml. Returns the final status fields."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    cfg = run.config()
+    policy = device_policy(cfg.device)
+    check_method(cfg, policy)
+    resume_from = None
+    if resume:
+        resume_from = latest_checkpoint(run)
+        if resume_from is not None:
+            check_checkpoint(resume_from, cfg.method)
+    train, held, _report = prepare_split(cfg, run)
+    emit({"event": "log", "message": f"Data: {len(train)} training rows, {len(held)} held out."})
+    tokenizer = load_tokenizer(cfg.model, progress=lambda m: emit({"event": "log", "message": m}))
+    model = load_model(cfg.model, policy, progress=lambda m: emit({"event": "log", "message": m}))
+    model.config.use_cache = False  # the KV cache is useless (and wasteful) while training
+    n_params = sum(p.numel() for p in model.parameters())
+    lm_rows = "text" in train[0] and "prompt" not in train[0]
+    grad_ckpt = use_gradient_checkpointing(cfg, policy, n_params)
+    has_eval = bool(held)
+    args = sft_config(cfg, run, policy, lm_rows, grad_ckpt, has_eval)
+    callback = StudioCallback(run, stop_event, emit)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(training_rows(train)),
+        eval_dataset=Dataset.from_list(training_rows(held)) if has_eval else None,
+        processing_class=tokenizer, peft_config=peft_config(cfg),
+        callbacks=[callback, *(extra_callbacks or [])],
+    )
+    emit({"event": "log", "message": f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}"
+          + (f", resuming from {resume_from.name}" if resume_from else "") + "."})
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if callback.failure:
+        raise TrainingError(callback.failure)
+    step = trainer.state.global_step
+    stopped = stop_event.is_set()
+    if has_eval and not stopped:
+        metrics = trainer.evaluate()
+        loss = metrics.get("eval_loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingError("The held-out loss is not a number: the run diverged; no adapter was saved.")
+        emit({"event": "eval", "step": step, "eval_loss": loss})
+    if is_main_process():
+        save_final(trainer, tokenizer, run)
+    state = "stopped" if stopped else "completed"
+    reason = f"stopped at step {step}" if stopped else f"completed {step} steps"
+    return {"state": state, "step": step, "reason": reason}
