@@ -1,0 +1,74 @@
+"""Charts for a Comparison: metric deltas and side-by-side confusion heatmaps.
+
+Figures are built with `matplotlib.figure.Figure` and an Agg canvas, never
+pyplot: pyplot keeps every figure in a global registry until closed, which
+leaks memory across users of a long-running server and is not thread-safe.
+The returned Figure can go straight into `gr.Plot` or `fig.savefig(...)`;
+nothing needs closing.
+
+    >>> from evaluation.compare import compare
+    >>> fig = delta_chart(compare("generation", ["q"], ["a b"], ["x"], ["a b"]))
+    >>> len(fig.axes[0].patches)  # one bar per metric
+    5
+"""
+from __future__ import annotations
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+GAIN_COLOUR = "#2e7d32"
+LOSS_COLOUR = "#c62828"
+
+
+def delta_chart(comparison) -> Figure:
+    """Horizontal bars of tuned − base for every metric, each labelled with its value."""
+    entries = [e for e in comparison.summary if e.get("delta") is not None]
+    names = [e["metric"] for e in entries]
+    deltas = [float(e["delta"]) for e in entries]
+    # Grow with the number of metrics (per-label accuracies can be many).
+    fig = Figure(figsize=(7, 1.2 + 0.45 * max(len(names), 1)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    positions = list(range(len(names)))
+    colours = [GAIN_COLOUR if d >= 0 else LOSS_COLOUR for d in deltas]
+    bars = ax.barh(positions, deltas, color=colours)
+    ax.bar_label(bars, labels=[f"{d:+.3f}" for d in deltas], padding=3, fontsize=8)
+    ax.set_yticks(positions, labels=names)
+    ax.invert_yaxis()  # first metric of the summary on top, as in the table
+    ax.axvline(0, color="black", linewidth=0.8)
+    # Symmetric limits with room for the labels, so gains and losses read alike.
+    span = max([abs(d) for d in deltas] + [0.05]) * 1.35
+    ax.set_xlim(-span, span)
+    ax.set_xlabel("tuned − base")
+    ax.set_title(f"Change after fine-tuning ({comparison.rows} held-out rows)")
+    return fig
+
+
+def confusion_heatmap(comparison) -> Figure | None:
+    """Base and tuned confusion matrices side by side; None unless classification."""
+    confusion = comparison.confusion
+    if not confusion:
+        return None
+    rows, columns = confusion["labels"], confusion["columns"]
+    fig = Figure(figsize=(4 + 0.9 * len(columns), 1.6 + 0.5 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    # One colour scale for both panels so equal counts look equal.
+    vmax = max([v for key in ("base", "tuned") for row in confusion[key] for v in row] + [1])
+    for ax, key in zip(axes, ("base", "tuned")):
+        _draw_matrix(ax, confusion[key], rows, columns, vmax)
+        ax.set_title(key)
+        ax.set_xlabel("predicted")
+    axes[0].set_ylabel("reference")
+    return fig
+
+
+def _draw_matrix(ax, matrix, rows, columns, vmax) -> None:
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(columns)), labels=columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), labels=rows)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            # White text on dark cells, black on light ones, so counts stay legible.
+            colour = "white" if count > vmax / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=9)
