@@ -1,0 +1,139 @@
+"""evaluation.compare and evaluation.plots on small paired cases."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluation.compare import Comparison, compare
+from evaluation.plots import confusion_heatmap, delta_chart
+
+LABELS = ["joy", "sadness", "anger"]
+
+
+@pytest.fixture()
+def generation() -> Comparison:
+    return compare(
+        "generation",
+        inputs=["q0", "q1", "q2", "q3"],
+        references=["a b e f", "x y", "same", "p q"],
+        base_outputs=["a b e f", "x y", "same", ""],   # scores 1, 1, 1, 0
+        tuned_outputs=["a b c d", "", "same", "p q"],  # scores .5, 0, 1, 1
+    )
+
+
+@pytest.fixture()
+def classification() -> Comparison:
+    return compare(
+        "classification",
+        inputs=["i0", "i1", "i2", "i3"],
+        references=["joy", "sadness", "joy", "anger"],
+        base_outputs=["JOY!", "I feel sad", "", "joy"],
+        tuned_outputs=["joy", "sadness", "anger", "anger, maybe joy"],
+        labels=LABELS,
+    )
+
+
+def test_examples_sorted_by_delta_with_counts(generation):
+    ex = generation.examples
+    assert list(ex.columns) == ["input", "reference", "base_output", "tuned_output",
+                                "base_score", "tuned_score", "delta"]
+    assert list(ex["delta"]) == pytest.approx([1.0, 0.0, -0.5, -1.0])
+    assert list(ex.index) == [3, 2, 0, 1]  # positions in the held-out split
+    assert (generation.wins, generation.ties, generation.losses) == (1, 1, 2)
+    assert generation.rows == 4 and generation.confusion is None
+
+
+def test_biggest_wins_and_losses(generation):
+    assert list(generation.biggest_wins()["input"]) == ["q3"]
+    assert list(generation.biggest_losses()["input"]) == ["q1", "q0"]
+    assert list(generation.biggest_losses(1)["input"]) == ["q1"]
+
+
+def test_summary_and_metrics(generation):
+    rows = {entry["metric"]: entry for entry in generation.summary}
+    assert list(rows) == ["rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match"]
+    assert rows["rougeL"]["base"] == pytest.approx(0.75)
+    assert rows["rougeL"]["tuned"] == pytest.approx(2.5 / 4)
+    assert rows["rougeL"]["delta"] == pytest.approx(-0.125)
+    assert rows["exact_match"]["base"] == pytest.approx(0.75)
+    assert generation.base_metrics["rougeL"] == rows["rougeL"]["base"]
+
+
+def test_classification_comparison(classification):
+    assert classification.base_metrics["accuracy"] == pytest.approx(0.25)
+    assert classification.tuned_metrics["accuracy"] == pytest.approx(0.75)
+    assert (classification.wins, classification.ties, classification.losses) == (2, 2, 0)
+    assert classification.confusion == {
+        "labels": LABELS,
+        "columns": LABELS + ["none"],
+        "base": [[1, 0, 0, 1], [0, 0, 0, 1], [1, 0, 0, 0]],
+        "tuned": [[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0]],
+    }
+    metrics = [entry["metric"] for entry in classification.summary]
+    assert metrics == ["accuracy", "exact_match", "accuracy/joy", "accuracy/sadness", "accuracy/anger"]
+
+
+def test_empty_and_missing_outputs_score_zero():
+    c = compare("generation", ["q", "r"], ["a", "b"], ["", None], ["a", "   "])
+    assert sorted(c.examples["base_score"]) == [0.0, 0.0]
+    assert sorted(c.examples["tuned_score"]) == [0.0, 1.0]
+    assert c.examples.loc[1, "base_output"] == ""
+
+
+def test_json_dict_has_required_keys(classification):
+    data = json.loads(json.dumps(classification.to_json_dict()))
+    assert data["rows"] == 4 and data["task"] == "classification"
+    assert data["base"]["accuracy"] == pytest.approx(0.25)
+    assert data["tuned"]["accuracy"] == pytest.approx(0.75)
+    assert (data["wins"], data["ties"], data["losses"]) == (2, 2, 0)
+    assert data["summary"][0] == {"metric": "accuracy", "base": 0.25, "tuned": 0.75, "delta": 0.5}
+
+
+@pytest.mark.parametrize("which", ["generation", "classification"])
+def test_save_load_round_trip(which, request, tmp_path):
+    original = request.getfixturevalue(which)
+    folder = original.save(tmp_path / "eval")
+    assert sorted(p.name for p in folder.iterdir()) == ["examples.csv", "results.json"]
+    loaded = Comparison.load(folder)
+    assert loaded.to_json_dict() == original.to_json_dict()
+    assert loaded.examples.equals(original.examples)
+    assert loaded.examples.loc[0, "input"] in ("q0", "i0")
+
+
+def test_load_keeps_numeric_looking_text_as_text(tmp_path):
+    c = compare("generation", ["2+2"], ["4"], ["4"], [""])
+    loaded = Comparison.load(c.save(tmp_path))
+    assert loaded.examples.loc[0, "reference"] == "4"
+    assert loaded.examples.loc[0, "tuned_output"] == ""
+
+
+def test_length_mismatch_names_lengths():
+    with pytest.raises(ValueError, match="inputs=2, references=2, base_outputs=1, tuned_outputs=2"):
+        compare("generation", ["a", "b"], ["a", "b"], ["a"], ["a", "b"])
+
+
+def test_zero_rows_and_unknown_task():
+    with pytest.raises(ValueError, match="0 rows"):
+        compare("generation", [], [], [], [])
+    with pytest.raises(ValueError, match="unknown task"):
+        compare("summarise", ["a"], ["a"], ["a"], ["a"])
+
+
+def test_delta_chart_one_bar_per_metric(classification):
+    fig = delta_chart(classification)
+    (ax,) = fig.axes
+    assert len(ax.patches) == len(classification.summary) == 5
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "accuracy"
+    assert [p.get_width() for p in ax.patches][0] == pytest.approx(0.5)
+
+
+def test_confusion_heatmap(classification, generation):
+    import matplotlib.pyplot as plt
+
+    fig = confusion_heatmap(classification)
+    assert [ax.get_title() for ax in fig.axes] == ["base", "tuned"]
+    counts = [t.get_text() for t in fig.axes[1].texts]
+    assert len(counts) == 3 * 4 and counts[:4] == ["1", "0", "1", "0"]
+    assert confusion_heatmap(generation) is None
+    assert plt.get_fignums() == []  # nothing left in pyplot's global registry
