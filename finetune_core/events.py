@@ -56,10 +56,13 @@ class StudioCallback(TrainerCallback):
         for key, name in KEYS.items():
             if key in logs and logs[key] is not None:
                 event[name] = float(logs[key])
+        if len(event) == 4:
+            return  # the Trainer's end-of-training summary: nothing to plot
         now, tokens = time.perf_counter(), state.num_input_tokens_seen or 0
-        if self._last and now > self._last[0] and tokens >= self._last[1]:
-            event["tokens_per_s"] = round((tokens - self._last[1]) / (now - self._last[0]), 1)
-        self._last = (now, tokens)
+        if "loss" in event:
+            if self._last and now > self._last[0] and tokens > self._last[1]:
+                event["tokens_per_s"] = round((tokens - self._last[1]) / (now - self._last[0]), 1)
+            self._last = (now, tokens)
         eta = self._eta(state.global_step)
         if eta is not None:
             event["eta_s"] = round(eta, 1)

@@ -220,6 +220,9 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
         processing_class=tokenizer, peft_config=peft_config(cfg),
         callbacks=[callback, *(extra_callbacks or [])],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
     emit({"event": "log", "message": f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}"
           + (f", resuming from {resume_from.name}" if resume_from else "") + "."})
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -1,0 +1,259 @@
+"""Generation with base and tuned from one copy of the weights.
+
+`InferenceModel` holds a base model and, for a LoRA run, its adapter. The
+tuned side is the model with the adapter on, the base side the same model
+with it off (PEFT's `disable_adapter`, or `adapter_names=["__base__", ...]`
+for a mixed batch), so memory holds one model. A lock serialises generation
+on the shared weights. A full fine-tune holds two models (there is no adapter
+to switch off).
+
+* `generate(prompts, tuned=...)` — batched greedy generation with left padding
+  (held-out evaluation).
+* `stream_pair(...)` — base and tuned answers streamed together, token by
+  token, in one mixed batch (the side-by-side chat).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .models import DevicePolicy, device_policy, load_model, load_tokenizer
+from .runs import Run
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class GenSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def kwargs(self, tokenizer) -> dict:
+        kw = {"max_new_tokens": int(self.max_new_tokens), "pad_token_id": tokenizer.pad_token_id}
+        if self.temperature and self.temperature > 0:
+            kw.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p))
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+
+class _Cancel:
+    """StoppingCriteria that ends generation when an event is set."""
+
+    def __init__(self, event: threading.Event | None):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        stop = bool(self.event is not None and self.event.is_set())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreamer:
+    """A streamer for a batch: decodes each row's new tokens and queues (row, text) snapshots."""
+
+    def __init__(self, tokenizer, rows: int):
+        self.tokenizer = tokenizer
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.done = [False] * rows
+        self.out: "queue.Queue" = queue.Queue()
+        self._prompt_seen = False
+        self._eos = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # the first call carries the prompt ids
+            self._prompt_seen = True
+            return
+        ids = value.reshape(len(self.tokens), -1)[:, -1].tolist()
+        texts = []
+        for row, tok in enumerate(ids):
+            if not self.done[row]:
+                if tok in self._eos:
+                    self.done[row] = True
+                else:
+                    self.tokens[row].append(tok)
+            texts.append(self.tokenizer.decode(self.tokens[row], skip_special_tokens=True))
+        self.out.put(texts)
+
+    def end(self) -> None:
+        self.out.put(None)
+
+
+class InferenceModel:
+    def __init__(self, model, tokenizer, policy: DevicePolicy, tuned_model=None, label: str = ""):
+        self.model = model  # PeftModel when an adapter is loaded, else a plain model
+        self.tuned_model = tuned_model  # only for full fine-tunes
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.label = label
+        self.lock = threading.Lock()
+        self.tokenizer.padding_side = "left"  # decoder-only batches must pad on the left
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
+
+    @property
+    def has_tuned(self) -> bool:
+        return self.has_adapter or self.tuned_model is not None
+
+    # -- construction --------------------------------------------------------
+    @classmethod
+    def base_only(cls, source: str, progress: Callable[[str], None] | None = None) -> "InferenceModel":
+        policy = device_policy()
+        tok = load_tokenizer(source, progress)
+        model = load_model(source, policy, progress).eval()
+        return cls(model, tok, policy, label=source)
+
+    @classmethod
+    def from_run(cls, run: Run, progress: Callable[[str], None] | None = None) -> "InferenceModel":
+        cfg = run.config()
+        if not run.has_adapter():
+            raise FileNotFoundError(f"Run {run.id} has no saved adapter yet.")
+        policy = device_policy(cfg.device if cfg.device != "auto" else "auto")
+        tok = load_tokenizer(cfg.model, progress)
+        base = load_model(cfg.model, policy, progress).eval()
+        if cfg.method == "full":
+            tuned = load_model(str(run.adapter_dir), policy, progress).eval()
+            return cls(base, tok, policy, tuned_model=tuned, label=run.id)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(run.adapter_dir), is_trainable=False).eval()
+        return cls(model, tok, policy, label=run.id)
+
+    # -- prompts ---------------------------------------------------------------
+    def render(self, messages: list[dict]) -> str:
+        from .data_stats import ensure_chat_template
+
+        ensure_chat_template(self.tokenizer)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, texts: list[str]):
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return {k: v.to(self.policy.device) for k, v in enc.items()}
+
+    def _pick(self, tuned: bool):
+        if not tuned:
+            return self.model
+        if self.tuned_model is not None:
+            return self.tuned_model
+        if not self.has_adapter:
+            raise ValueError("This model has no adapter: there is no tuned side.")
+        return self.model
+
+    def _run_generate(self, model, tuned: bool, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            if self.has_adapter and not tuned and model is self.model:
+                with self.model.disable_adapter():
+                    return model.generate(**kwargs)
+            return model.generate(**kwargs)
+
+    # -- batched (evaluation) ------------------------------------------------
+    def generate(self, prompts: list[list[dict]], tuned: bool, settings: GenSettings | None = None,
+                 batch_size: int = 16, progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> list[str]:
+        """Greedy (by default) answers for chat prompts, in batches with left padding."""
+        from transformers import StoppingCriteriaList
+
+        settings = settings or GenSettings()
+        texts = [self.render(p) for p in prompts]
+        # Sort by length so each batch pads little; restore the order at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        answers: list[str] = [""] * len(texts)
+        model = self._pick(tuned)
+        for start in range(0, len(order), max(1, batch_size)):
+            if cancel is not None and cancel.is_set():
+                raise InterruptedError("Generation cancelled.")
+            idx = order[start:start + batch_size]
+            enc = self._encode([texts[i] for i in idx])
+            with self.lock:
+                out = self._run_generate(model, tuned, **enc, **settings.kwargs(self.tokenizer),
+                                         stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
+            new = out[:, enc["input_ids"].shape[1]:]
+            for row, i in enumerate(idx):
+                answers[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
+            if progress:
+                progress(min(start + batch_size, len(order)), len(order))
+        return answers
+
+    # -- streaming (chat) -----------------------------------------------------
+    def stream_pair(self, base_messages: list[dict] | None, tuned_messages: list[dict] | None,
+                    settings: GenSettings | None = None, cancel: threading.Event | None = None
+                    ) -> Iterator[tuple[str, str]]:
+        """Yield (base_text, tuned_text) snapshots as tokens arrive; either side may be None."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        settings = settings or GenSettings()
+        sides = [(False, base_messages), (True, tuned_messages)]
+        sides = [(tuned, m) for tuned, m in sides if m is not None]
+        if any(t for t, _ in sides) and not self.has_tuned:
+            raise ValueError("No tuned model is loaded: pick a run with an adapter.")
+        texts = [self.render(m) for _, m in sides]
+        streamer = _RowStreamer(self.tokenizer, len(texts))
+        kw = {**settings.kwargs(self.tokenizer), "streamer": streamer,
+              "stopping_criteria": StoppingCriteriaList([_Cancel(cancel)])}
+        if self.has_adapter and len(sides) == 2:
+            kw["adapter_names"] = [BASE_ADAPTER, "default"]  # one batch: row 0 base, row 1 tuned
+            jobs = [(self.model, texts, kw)]
+        elif len(sides) == 2:  # full fine-tune: two models, run one after the other
+            jobs = None
+        else:
+            jobs = [(self._pick(sides[0][0]), texts, kw)]
+
+        def work():
+            try:
+                with self.lock, torch.inference_mode():
+                    torch.manual_seed(settings.seed)
+                    if jobs is not None:
+                        model, ts, kwargs = jobs[0]
+                        tuned_only = len(sides) == 1 and sides[0][0]
+                        if len(sides) == 1 and not tuned_only and self.has_adapter:
+                            with self.model.disable_adapter():
+                                model.generate(**self._encode(ts), **kwargs)
+                        else:
+                            model.generate(**self._encode(ts), **kwargs)
+                    else:
+                        self._stream_two_models(texts, streamer, settings, cancel)
+            except Exception as exc:  # noqa: BLE001 - surfaced to the caller through the queue
+                streamer.out.put(exc)
+            finally:
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        last = ["", ""]
+        while True:
+            item = streamer.out.get()
+            if item is None:
+                break
+            if isinstance(item, Exception):
+                raise item
+            if len(sides) == 2:
+                last = item
+            elif sides[0][0]:
+                last = ["", item[0]]
+            else:
+                last = [item[0], ""]
+            yield last[0], last[1]
+        thread.join()
+
+    def _stream_two_models(self, texts, streamer: "_RowStreamer", settings: GenSettings, cancel) -> None:
+        """Full fine-tune: base then tuned, each feeding its row of the shared streamer."""
+        from transformers import StoppingCriteriaList
+
+        for row, model in enumerate((self.model, self.tuned_model)):
+            out = model.generate(**self._encode([texts[row]]), **settings.kwargs(self.tokenizer),
+                                 stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
+            ids = out[0, self._encode([texts[row]])["input_ids"].shape[1]:].tolist()
+            streamer.tokens[row] = [t for t in ids if t not in streamer._eos]
+            streamer.out.put([self.tokenizer.decode(t, skip_special_tokens=True) for t in streamer.tokens])
