@@ -79,7 +79,13 @@ def failure_reason(exc: BaseException) -> str:
 def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = False,
             extra_callbacks: list | None = None) -> dict:
     """Execute a run and always leave a final status; never raises."""
-    from .train import execute
+    from .train import execute, is_main_process
+
+    if not is_main_process():  # other ranks of a multi-process run train but never write the run dir
+        try:
+            return execute(run, stop_event, lambda _e: None, resume=resume, extra_callbacks=extra_callbacks)
+        except BaseException as exc:  # noqa: BLE001
+            return {"state": "failed", "reason": failure_reason(exc)}
 
     def _emit(event: dict) -> None:
         run.log(_format_event(event))

@@ -44,7 +44,7 @@ def check_method(cfg: RunConfig, policy: DevicePolicy) -> None:
 def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dict]:
     """Load, validate and split the data; save the split in the run so evaluation
     later uses exactly the held-out rows."""
-    from .dataset import DataOptions, prepare_data, read_jsonl, split_rows, write_jsonl
+    from .dataset import read_jsonl
 
     train_file, held_file = run.data_dir / "train.jsonl", run.data_dir / "heldout.jsonl"
     if train_file.exists() and held_file.exists():  # resume: reuse the saved split
@@ -52,6 +52,8 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
 
         report = json.loads((run.data_dir / "report.json").read_text(encoding="utf-8"))
         return read_jsonl(train_file), read_jsonl(held_file), report
+    from .dataset import prepare_data, split_rows, write_jsonl
+
     report = prepare_data(cfg_data_options(cfg, cfg.data_path))
     if not report.usable:
         first = "; ".join(_issue_text(i) for i in report.issues[:3])

@@ -71,3 +71,59 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"../shared/datasets is absent ({SHARED_DATASETS}); real-file checks not run")
     return SHARED_DATASETS
+
+
+def toy_rows(n: int = 48, label: bool = False) -> list[dict]:
+    """Prompt/completion rows with one constant, easy-to-learn answer per label."""
+    colours = ["red", "blue"]
+    rows = []
+    for i in range(n):
+        colour = colours[i % 2]
+        row = {
+            "prompt": [{"role": "user", "content": f"Item {i}: which colour is the {colour} ball number {i}?"}],
+            "completion": [{"role": "assistant", "content": colour}],
+        }
+        if label:
+            row["label"] = colour
+        rows.append(row)
+    return rows
+
+
+def make_trained_run(model_dir: Path, steps: int = 30, label: bool = True, **overrides):
+    """Train a LoRA adapter on the tiny model with a saved split (no data file needed)."""
+    import threading
+
+    from finetune_core.config import RunConfig
+    from finetune_core.dataset import write_jsonl
+    from finetune_core.runner import run_job
+    from finetune_core.runs import create_run, write_json_atomic
+
+    settings = dict(model=str(model_dir), data_path="toy.jsonl", max_steps=steps, batch_size=8,
+                    learning_rate=5e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, logging_steps=5)
+    settings.update(overrides)
+    cfg = RunConfig(**settings)
+    run = create_run(cfg)
+    rows = toy_rows(48, label=label)
+    write_jsonl(run.data_dir / "train.jsonl", rows[:40])
+    write_jsonl(run.data_dir / "heldout.jsonl", rows[40:])
+    write_json_atomic(run.data_dir / "report.json", {"format": "prompt_completion", "rows": 48,
+                                                     "labels": {"red": 24, "blue": 24} if label else None})
+    status = run_job(run, threading.Event())
+    return run, status
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    """A completed tiny LoRA run (session-wide, read-only for tests)."""
+    root = tmp_path_factory.mktemp("shared-runs")
+    old = os.environ.get("STUDIO_RUNS_DIR")
+    os.environ["STUDIO_RUNS_DIR"] = str(root)
+    try:
+        run, status = make_trained_run(tiny_model_dir)
+    finally:
+        if old is None:
+            os.environ.pop("STUDIO_RUNS_DIR", None)
+        else:
+            os.environ["STUDIO_RUNS_DIR"] = old
+    assert status["state"] == "completed", status
+    return run

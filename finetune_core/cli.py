@@ -1,0 +1,160 @@
+"""Command line over the same functions the UI calls.
+
+    python -m finetune_core inspect FILE [--map prompt=COL ...] [--json]
+    python -m finetune_core train --config run.yaml [--preset NAME] [--set key=value ...]
+    python -m finetune_core train --resume RUN_DIR
+    python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
+    python -m finetune_core runs
+
+Several processes (torchrun / accelerate launch) run one training together:
+rank 0 creates the run directory and the split, the other ranks find it
+through a launch file named after the launcher's run id, and only rank 0
+writes to the run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import PRESETS, ConfigError, RunConfig
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _launch_file() -> Path:
+    from .runs import runs_root
+
+    token = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "0")
+    return runs_root() / f".launch-{token}"
+
+
+def _shared_run(cfg: RunConfig):
+    """Rank 0 creates the run (and its split); other ranks wait for its id."""
+    from .runs import create_run, get_run
+    from .train import prepare_split
+
+    if _world() == 1:
+        return create_run(cfg)
+    marker = _launch_file()
+    if _rank() == 0:
+        run = create_run(cfg, extra={"world_size": _world()})
+        prepare_split(cfg, run)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(run.id, encoding="utf-8")
+        os.replace(tmp, marker)
+        return run
+    deadline = time.time() + 300
+    while not marker.exists():
+        if time.time() > deadline:
+            raise SystemExit("rank 0 did not create the run within 5 minutes")
+        time.sleep(0.2)
+    return get_run(marker.read_text(encoding="utf-8").strip())
+
+
+def cmd_train(args) -> int:
+    from .runner import run_job
+    from .runs import run_from_dir
+
+    if args.resume:
+        run = run_from_dir(args.resume)
+        resume = True
+    else:
+        try:
+            cfg = RunConfig.load(args.config) if args.config else RunConfig()
+            if args.preset:
+                cfg = cfg.with_overrides(PRESETS[args.preset])
+            cfg = cfg.with_sets(args.set or [])
+        except (ConfigError, KeyError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        run = _shared_run(cfg)
+        resume = False
+    printer = None if (_rank() != 0 or args.quiet) else (lambda e: print(json.dumps(e), flush=True))
+    status = run_job(run, threading.Event(), printer, resume=resume)
+    if _rank() == 0:
+        _launch_file().unlink(missing_ok=True)
+        print(f"run {run.id}: {status['state']} ({status.get('reason', '')})  {run.path}")
+    return 0 if status["state"] == "completed" else 1
+
+
+def cmd_chat(args) -> int:
+    from .generation import GenSettings, InferenceModel
+    from .runs import RunError, run_from_dir
+
+    try:
+        run = run_from_dir(args.run)
+        model = InferenceModel.from_run(run)
+    except (RunError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    messages = [{"role": "user", "content": args.prompt}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    base = tuned = ""
+    for base, tuned in model.stream_pair(messages, messages, GenSettings(max_new_tokens=args.max_new_tokens)):
+        pass
+    print(f"base:  {base.strip()}\ntuned: {tuned.strip()}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .runs import list_runs
+
+    for run in list_runs():
+        s = run.summary()
+        print(f"{s['id']}  {s['state']:<11} step {s['step']}/{s['total_steps']}  {s['model']}  {s['reason']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m finetune_core", description="Fine-tuning studio command line.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("inspect", help="Check a data file (see `inspect --help`).", add_help=False)
+    t = sub.add_parser("train", help="Train a run from a run.yaml.")
+    t.add_argument("--config", help="run.yaml to start from (default: built-in defaults).")
+    t.add_argument("--preset", choices=list(PRESETS), help="Apply a preset before --set overrides.")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one config field (repeatable).")
+    t.add_argument("--resume", metavar="RUN_DIR", help="Resume a stopped, failed or interrupted run.")
+    t.add_argument("--quiet", action="store_true", help="Do not print events as JSON lines.")
+    c = sub.add_parser("chat", help="Ask base and tuned the same question.")
+    c.add_argument("--run", required=True, help="Run directory with an adapter.")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--system", default="")
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    sub.add_parser("runs", help="List runs and their states.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "inspect":
+        from .dataset import inspect_main
+
+        return inspect_main(argv[1:])
+    if argv and argv[0] in ("export", "report"):
+        from . import export
+
+        return export.main(argv)
+    args = build_parser().parse_args(argv)
+    return {"train": cmd_train, "chat": cmd_chat, "runs": cmd_runs}[args.command](args)
+
+
+def command_line(cfg: RunConfig, config_path: str = "run.yaml") -> dict[str, str]:
+    """The commands that reproduce a UI run: single process, several GPUs, CPU DDP."""
+    return {
+        "single": f"python -m finetune_core train --config {config_path}",
+        "multi_gpu": ("accelerate launch --config_file accelerate_fsdp.yaml --num_processes 8 "
+                      f"-m finetune_core train --config {config_path}"),
+        "cpu_ddp": f"torchrun --nproc_per_node 2 -m finetune_core train --config {config_path}",
+    }
