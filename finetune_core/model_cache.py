@@ -1,0 +1,45 @@
+"""ModelCache: the loaded inference models of this process, shared read-only.
+
+Loading a model takes seconds, so the app keeps the last few loaded
+(base-only or base + a run's adapter) and hands the same `InferenceModel` to
+every session that asks for it. The weights are never mutated by chat or
+evaluation; `InferenceModel.lock` serialises generation on them. The app
+makes one cache and passes it to the tabs (no module-level globals).
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+from .generation import InferenceModel
+from .runs import get_run
+
+
+class ModelCache:
+    def __init__(self, capacity: int = 2):
+        self.capacity = max(1, capacity)
+        self._items: "OrderedDict[str, InferenceModel]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, progress: Callable[[str], None] | None = None) -> InferenceModel:
+        """`key` is 'run:<run id>' (base + that run's adapter) or 'base:<model source>'."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            kind, _, value = key.partition(":")
+            if kind == "run":
+                model = InferenceModel.from_run(get_run(value), progress)
+            elif kind == "base":
+                model = InferenceModel.base_only(value, progress)
+            else:
+                raise ValueError(f"Unknown model key {key!r}.")
+            self._items[key] = model
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+            return model
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
