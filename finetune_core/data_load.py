@@ -69,7 +69,7 @@ def load_records(path: str | os.PathLike, max_file_mb: float = 100.0) -> LoadRes
     # Checked before reading so an oversized upload never reaches memory.
     limit = int(max_file_mb * 1024 * 1024)
     if size > limit:
-        return result.fail(f"the file is {size / 1024 / 1024:.1f} MB, over the {max_file_mb:g} MB limit")
+        return result.fail(f"the file is {_human_size(size)}, over the {max_file_mb:g} MB limit")
     if size == 0:
         return result.fail("the file is empty")
     if suffix == ".parquet":
@@ -248,6 +248,14 @@ def _column_union(records: list[dict]) -> list[str]:
         for key in record:
             seen.setdefault(str(key), None)
     return list(seen)
+
+
+def _human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1024 / 1024:.1f} MB"
 
 
 def _json_kind(value) -> str:
