@@ -149,7 +149,8 @@ def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, gr
         save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
-        save_only_model=False, ddp_find_unused_parameters=False if world > 1 else None,
+        save_only_model=False, logging_nan_inf_filter=False,  # we must see a NaN loss to fail the run
+        ddp_find_unused_parameters=False if world > 1 else None,
     )
 
 
@@ -220,7 +221,7 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
         model=model, args=args, train_dataset=Dataset.from_list(training_rows(train)),
         eval_dataset=Dataset.from_list(training_rows(held)) if has_eval else None,
         processing_class=tokenizer, peft_config=peft_config(cfg),
-        callbacks=[callback, *(extra_callbacks or [])],
+        callbacks=[*(extra_callbacks or []), callback],  # injected hooks act before ours
     )
     from transformers.trainer_callback import PrinterCallback
 
