@@ -1,0 +1,303 @@
+"""Side-by-side chat with base and tuned, blind A/B voting and DPO export.
+
+A `ChatSession` is one browser session's (or one script's) conversation: a
+history per pane (base and tuned each continue their own conversation), the
+system prompt, the blind-mode flag, which side the tuned model sits on for
+each turn, the turn awaiting a vote and the votes cast. Nothing here is
+shared between sessions; the model itself is shared read-only
+(`InferenceModel`, see generation.py).
+
+    from finetune_core.chat import ChatSession, stream_chat, panes
+    session = ChatSession(system_prompt="Be brief.")
+    for left, right in stream_chat(model, session, "Hello!", GenSettings()):
+        print(left, "|", right)
+
+Blind mode puts the tuned answer on a random side each turn (the session's own
+seeded RNG). A vote ("left", "right", "tie", "both_bad") is mapped back to a
+winner ("tuned", "base", "tie", "both_bad"); `export_preferences` writes the
+decided votes as TRL DPO pairs in conversational form:
+
+    {"prompt": [...messages up to the user turn...],
+     "chosen": [{"role": "assistant", "content": ...}],
+     "rejected": [{"role": "assistant", "content": ...}]}
+"""
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .generation import GenSettings, InferenceModel
+from .runs import Run
+
+SIDES = ("left", "right")
+VOTE_CHOICES = ("left", "right", "tie", "both_bad")
+WINNERS = ("tuned", "base", "tie", "both_bad")
+
+
+@dataclass
+class ChatSession:
+    """One conversation with both models. Histories hold user/assistant turns only;
+    the system prompt is prepended when a prompt is rendered, so editing it
+    applies from the next turn."""
+
+    system_prompt: str = ""
+    blind: bool = False
+    seed: int | None = None  # None: a fresh random seed, so sessions do not share side patterns
+    base_history: list[dict] = field(default_factory=list)
+    tuned_history: list[dict] = field(default_factory=list)
+    tuned_sides: list[str] = field(default_factory=list)  # per turn: the pane tuned was shown in
+    pending: dict | None = None  # the last blind turn, until it is voted on
+    votes: list[dict] = field(default_factory=list)
+    epoch: int = 0  # bumped by clear(); a stream from an older epoch stops writing
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    rng: random.Random = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.rng = random.Random(secrets.randbits(64) if self.seed is None else self.seed)
+
+    @property
+    def turns(self) -> int:
+        return len(self.tuned_sides)
+
+
+# -- turns ----------------------------------------------------------------------
+def _with_system(session: ChatSession, history: list[dict]) -> list[dict]:
+    system = (session.system_prompt or "").strip()
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [dict(m) for m in history]
+
+
+def start_turn(session: ChatSession, message: str, tuned: bool = True
+               ) -> tuple[list[dict], list[dict] | None]:
+    """Open a turn: add the user message (and an empty answer to fill while
+    streaming) to each pane. Returns the prompts to send to base and tuned;
+    the tuned prompt is None when `tuned` is False (no adapter loaded)."""
+    message = (message or "").strip()
+    if not message:
+        raise ValueError("Type a message first.")
+    if session.blind and not tuned:
+        raise ValueError("Blind A/B needs a tuned model: pick a run with an adapter.")
+    side = session.rng.choice(SIDES) if session.blind else "right"
+    user = {"role": "user", "content": message}
+    base_messages = _with_system(session, session.base_history + [user])
+    tuned_messages = _with_system(session, session.tuned_history + [user]) if tuned else None
+    session.pending = None  # a new turn replaces an unvoted one
+    session.tuned_sides.append(side)
+    session.base_history += [dict(user), {"role": "assistant", "content": ""}]
+    if tuned:
+        session.tuned_history += [dict(user), {"role": "assistant", "content": ""}]
+    else:
+        # Keep the panes aligned turn by turn; the note is never sent to a model
+        # because a tuned prompt is only built when a tuned model is loaded.
+        session.tuned_history += [dict(user), {"role": "assistant", "content": "(no tuned model selected)"}]
+    return base_messages, tuned_messages
+
+
+def update_turn(session: ChatSession, base_text: str | None, tuned_text: str | None) -> None:
+    """Show partial answers of the open turn (None leaves that side as it is)."""
+    if base_text is not None and session.base_history:
+        session.base_history[-1]["content"] = base_text
+    if tuned_text is not None and session.tuned_history:
+        session.tuned_history[-1]["content"] = tuned_text
+
+
+def finish_turn(session: ChatSession, base_text: str, tuned_text: str | None) -> None:
+    """Close the open turn with the final answers; in blind mode it awaits a vote."""
+    base_text = (base_text or "").strip()
+    tuned_text = None if tuned_text is None else tuned_text.strip()
+    update_turn(session, base_text, tuned_text)
+    if session.blind and tuned_text is not None:
+        session.pending = {
+            "prompt_base": _with_system(session, session.base_history[:-1]),
+            "prompt_tuned": _with_system(session, session.tuned_history[:-1]),
+            "base": base_text, "tuned": tuned_text, "tuned_side": session.tuned_sides[-1],
+        }
+
+
+def abort_turn(session: ChatSession) -> None:
+    """Remove the open turn (after a failed generation) so the histories stay valid."""
+    if session.tuned_sides:
+        session.tuned_sides.pop()
+        del session.base_history[-2:]
+        del session.tuned_history[-2:]
+    session.pending = None
+
+
+def panes(session: ChatSession) -> tuple[list[dict], list[dict]]:
+    """(left, right) histories to display. Base is left and tuned right, except
+    in blind mode where each turn follows that turn's random assignment."""
+    left: list[dict] = []
+    right: list[dict] = []
+    for turn, side in enumerate(session.tuned_sides):
+        base = [dict(m) for m in session.base_history[2 * turn:2 * turn + 2]]
+        tuned = [dict(m) for m in session.tuned_history[2 * turn:2 * turn + 2]]
+        tuned_left = session.blind and side == "left"
+        left += tuned if tuned_left else base
+        right += base if tuned_left else tuned
+    return left, right
+
+
+def to_sides(session: ChatSession, base_text: str, tuned_text: str) -> tuple[str, str]:
+    """Map (base, tuned) texts of the current turn to (left, right)."""
+    tuned_left = session.blind and bool(session.tuned_sides) and session.tuned_sides[-1] == "left"
+    return (tuned_text, base_text) if tuned_left else (base_text, tuned_text)
+
+
+def set_blind(session: ChatSession, blind: bool) -> None:
+    """Switch blind mode. Leaving it reveals the sides, so an unvoted turn can no longer be voted."""
+    session.blind = bool(blind)
+    if not session.blind:
+        session.pending = None
+
+
+def arm_cancel(session: ChatSession) -> threading.Event:
+    """A fresh cancel event for the next turn (a Stop pressed earlier must not cancel it)."""
+    session.cancel = threading.Event()
+    return session.cancel
+
+
+def stop(session: ChatSession) -> None:
+    """Ask the turn in progress (or queued) to stop; what has streamed so far is kept."""
+    session.cancel.set()
+
+
+def clear(session: ChatSession) -> None:
+    """Forget the conversation (votes are kept: they are the session's result)."""
+    session.cancel.set()  # a stream still running for the old conversation stops...
+    arm_cancel(session)  # ...and the next turn starts with a clean event
+    session.epoch += 1
+    session.base_history.clear()
+    session.tuned_history.clear()
+    session.tuned_sides.clear()
+    session.pending = None
+
+
+# -- streaming glue ---------------------------------------------------------------
+def stream_chat(model: InferenceModel, session: ChatSession, message: str,
+                settings: GenSettings | None = None, cancel: threading.Event | None = None
+                ) -> Iterator[tuple[str, str]]:
+    """Send `message` to both sides and yield (left_text, right_text) as tokens
+    arrive; the session's histories are updated as it goes and the turn is
+    closed at the end (also when stopped). Without an adapter only base answers."""
+    cancel = session.cancel if cancel is None else cancel
+    tuned = model.has_tuned
+    base_messages, tuned_messages = start_turn(session, message, tuned=tuned)
+    epoch = session.epoch
+    base_text, tuned_text = "", ("" if tuned else None)
+    try:
+        for base_text, tuned_text in model.stream_pair(base_messages, tuned_messages, settings, cancel):
+            tuned_text = tuned_text if tuned else None
+            if session.epoch != epoch:  # cleared meanwhile: stop writing into the new conversation
+                cancel.set()
+                return
+            update_turn(session, base_text.lstrip(), None if tuned_text is None else tuned_text.lstrip())
+            yield to_sides(session, base_text.lstrip(), (tuned_text or "").lstrip())
+    except GeneratorExit:  # the consumer went away (e.g. the page closed): stop the worker, keep what came
+        cancel.set()
+        if session.epoch == epoch:
+            finish_turn(session, base_text, tuned_text)
+        raise
+    except BaseException:
+        if session.epoch == epoch:
+            abort_turn(session)
+        raise
+    if session.epoch == epoch:
+        finish_turn(session, base_text, tuned_text)
+        yield to_sides(session, base_text.strip(), (tuned_text or "").strip())
+
+
+# -- votes ------------------------------------------------------------------------
+def record_vote(session: ChatSession, choice: str) -> dict:
+    """Vote on the pending blind turn: "left", "right", "tie" or "both_bad".
+    Returns the stored vote, whose "winner" is "tuned", "base", "tie" or "both_bad"."""
+    if choice not in VOTE_CHOICES:
+        raise ValueError(f"Unknown vote {choice!r}: expected one of {', '.join(VOTE_CHOICES)}.")
+    turn = session.pending
+    if turn is None:
+        raise ValueError("There is no blind answer to vote on: send a message in blind mode first.")
+    if choice in SIDES:
+        winner = "tuned" if choice == turn["tuned_side"] else "base"
+    else:
+        winner = choice
+    vote = {**turn, "choice": choice, "winner": winner}
+    session.votes.append(vote)
+    session.pending = None
+    return vote
+
+
+def tally(votes: list[dict]) -> dict:
+    """Counts per winner and the tuned win rate over decided votes (None before any).
+
+    >>> tally([{"winner": "tuned"}, {"winner": "tuned"}, {"winner": "base"}, {"winner": "tie"}])["tuned_win_rate"]
+    0.6666666666666666
+    """
+    counts = {w: 0 for w in WINNERS}
+    for vote in votes:
+        counts[vote["winner"]] += 1
+    decided = counts["tuned"] + counts["base"]
+    return {"votes": len(votes), **counts,
+            "tuned_win_rate": counts["tuned"] / decided if decided else None}
+
+
+def preference_pair(vote: dict) -> dict | None:
+    """One vote as a TRL DPO conversational pair; None for ties and both-bad.
+    Each side continues its own history, so the prompt is the winner's context:
+    the chosen answer was generated from exactly that prompt."""
+    if vote["winner"] not in ("tuned", "base"):
+        return None
+    loser = "base" if vote["winner"] == "tuned" else "tuned"
+    return {
+        "prompt": vote[f"prompt_{vote['winner']}"],
+        "chosen": [{"role": "assistant", "content": vote[vote["winner"]]}],
+        "rejected": [{"role": "assistant", "content": vote[loser]}],
+    }
+
+
+def export_preferences(votes: list[dict], path: str | Path) -> int:
+    """Write decided votes as JSONL preference pairs; returns how many were written."""
+    pairs = [p for p in (preference_pair(v) for v in votes) if p is not None]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for pair in pairs:
+            fh.write(json.dumps(pair, ensure_ascii=False) + "\n")
+    return len(pairs)
+
+
+# -- example prompts ------------------------------------------------------------------
+def _user_text(prompt) -> str:
+    """The last user message of a conversational prompt, or a plain-text prompt."""
+    if isinstance(prompt, str):
+        return prompt.strip()
+    if isinstance(prompt, list):
+        users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            return users[-1].strip()
+    return ""
+
+
+def example_prompts(run: Run, n: int = 5) -> list[str]:
+    """Up to `n` distinct user prompts from the run's held-out split (file order)."""
+    path = run.data_dir / "heldout.jsonl"
+    if not path.is_file():
+        return []
+    found: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        prompt = row.get("prompt") if "prompt" in row else row.get("messages")
+        if isinstance(prompt, list) and "prompt" not in row:
+            prompt = prompt[:-1] if prompt and prompt[-1].get("role") == "assistant" else prompt
+        text = _user_text(prompt)
+        if text and text not in found:
+            found.append(text)
+        if len(found) >= n:
+            break
+    return found
