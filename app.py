@@ -1,0 +1,85 @@
+"""Fine-tuning studio: the Gradio app (Hugging Face Space entry point).
+
+    make run            # or: .venv/bin/python app.py
+
+Builds the Blocks from the tab modules in ui/ and launches it on
+GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).
+Environment: STUDIO_RUNS_DIR (runs root), STUDIO_MODEL_CACHE (converted
+models), STUDIO_MAX_UPLOAD_MB, APP_AUTH=user:pass (password login),
+STUDIO_REQUIRE_LOGIN=1 (refuse training/evaluation/export without a user),
+STUDIO_PUBLIC=1 (no local model folders), STUDIO_MODEL_ALLOWLIST=a/b,c/d.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from finetune_core.models import hub_timeouts  # noqa: E402
+from finetune_core.runs import runs_root  # noqa: E402
+from ui import chat_tab, data_tab, eval_tab, train_tab  # noqa: E402
+from ui.access import parse_auth  # noqa: E402
+from ui.context import AppContext  # noqa: E402
+
+TITLE = "Fine-tuning Studio"
+INTRO = (
+    "Upload examples, fine-tune a small language model with LoRA (TRL SFT), then see what changed: "
+    "base vs tuned scores on held-out rows, and both models side by side in chat. "
+    "Runs offline on a laptop CPU with the bundled SmolLM2-135M-Instruct."
+)
+CSS = """
+.gradio-container {max-width: 1400px !important;}
+#studio-header h1 {margin-bottom: 0;}
+.studio-progress {margin: 4px 0 8px 0;}
+"""
+
+
+def build_app(ctx: AppContext | None = None) -> gr.Blocks:
+    ctx = ctx or AppContext()
+    with gr.Blocks(title=TITLE) as demo:
+        ctx.data_state = gr.State(None)
+        ctx.run_state = gr.State("")
+        gr.Markdown(f"# {TITLE}\n{INTRO}", elem_id="studio-header")
+        with gr.Tabs() as tabs:
+            ctx.components["tabs"] = tabs
+            with gr.Tab("1 · Data", id="data"):
+                data_tab.build(ctx)
+            with gr.Tab("2 · Train", id="train"):
+                train_tab.build(ctx)
+            with gr.Tab("3 · Evaluate", id="evaluate"):
+                eval_tab.build(ctx)
+            with gr.Tab("4 · Chat", id="chat"):
+                chat_tab.build(ctx)
+    demo.queue(max_size=int(os.environ.get("STUDIO_QUEUE_MAX", "64")), default_concurrency_limit=4)
+    demo.studio_context = ctx  # for tests and scripts that drive the app in-process
+    return demo
+
+
+def launch_kwargs(ctx: AppContext) -> dict:
+    """Launch settings that keep a public deployment safe (see issue on security)."""
+    exports = ctx.settings.exports_dir
+    exports.mkdir(parents=True, exist_ok=True)
+    return {
+        "max_file_size": f"{ctx.settings.max_upload_mb:g}mb",
+        "allowed_paths": [str(exports)],
+        "blocked_paths": [str(runs_root())],
+        "auth": parse_auth(os.environ.get("APP_AUTH")),
+        "share": False,
+        "show_error": False,
+        "css": CSS,
+        "theme": gr.themes.Soft(),
+    }
+
+
+def main() -> None:
+    hub_timeouts()
+    ctx = AppContext()
+    demo = build_app(ctx)
+    demo.launch(**launch_kwargs(ctx))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Access checks done inside the handlers that train, evaluate or export.
+
+Hiding a button is not protection: an API client can call any event. When
+``STUDIO_REQUIRE_LOGIN`` is on (e.g. a public Space with HF OAuth, or
+``APP_AUTH`` password auth) these handlers refuse requests without a user.
+"""
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+
+def login_required() -> bool:
+    return os.environ.get("STUDIO_REQUIRE_LOGIN", "") not in ("", "0") or bool(os.environ.get("APP_AUTH"))
+
+
+def current_user(request: gr.Request | None) -> str | None:
+    if request is None:
+        return None
+    user = getattr(request, "username", None)
+    if user:
+        return user
+    session = getattr(request, "session", None) or {}
+    oauth = session.get("oauth_info") if hasattr(session, "get") else None
+    if oauth:
+        return (oauth.get("userinfo") or {}).get("preferred_username") or "hf-user"
+    return None
+
+
+def require_user(request: gr.Request | None) -> str | None:
+    """Raise a gr.Error when login is required and the request has no user."""
+    user = current_user(request)
+    if login_required() and not user:
+        raise gr.Error("Please log in first: this deployment requires a signed-in user to train, evaluate or export.")
+    return user
+
+
+def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
+    """APP_AUTH='user:pass[,user2:pass2]' or a path to a file of such lines."""
+    if not value:
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as fh:
+            value = ",".join(line.strip() for line in fh if line.strip())
+    pairs = []
+    for item in value.split(","):
+        user, sep, password = item.strip().partition(":")
+        if sep and user and password:
+            pairs.append((user, password))
+    return pairs or None

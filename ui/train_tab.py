@@ -1,0 +1,224 @@
+"""Train tab: preset, model and method settings, Train / Stop / Resume, live
+progress with ETA, loss curve, log tail, and the list of runs.
+
+The tab polls the run directory with a gr.Timer, so a page reload or a second
+browser re-attaches to the running job.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import yaml
+
+from finetune_core.cli import command_line
+from finetune_core.config import PRESETS, ConfigError, RunConfig
+from finetune_core.models import BUNDLED, ModelError, device_policy, resolve_model_source
+from finetune_core.runner import Busy
+from finetune_core.runs import RunError, get_run, list_runs
+
+from .access import require_user
+from .context import AppContext
+from .widgets import build_config_widgets, config_from_values, named_values, progress_html, widget_updates
+
+DATA_FIELDS = ("data_path", "data_format", "prompt_column", "completion_column", "prompt_template",
+               "completion_template", "system_prompt", "eval_fraction", "eval_path", "drop_bad_rows")
+RUN_COLUMNS = ["id", "state", "step", "total_steps", "model", "method", "data", "reason"]
+
+
+# -- plain functions (the tests call these) ------------------------------------
+def data_fields(data_state: dict | None) -> dict[str, Any]:
+    if not data_state or not data_state.get("data_path"):
+        raise gr.Error("Choose a dataset in the Data tab first (upload a file or pick a sample).")
+    return {k: data_state[k] for k in DATA_FIELDS if k in data_state}
+
+
+def build_config(values: dict[str, Any], data_state: dict | None) -> RunConfig:
+    try:
+        return config_from_values(values, data_fields(data_state))
+    except ConfigError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def check_model(source: str) -> None:
+    """Refuse bad model ids before a run is created (the bundled model converts in the job)."""
+    if (source or BUNDLED).strip() in (BUNDLED, ""):
+        return
+    try:
+        resolve_model_source(source)
+    except ModelError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def start_training(ctx: AppContext, cfg: RunConfig, label: str = "") -> str:
+    check_model(cfg.model)
+    try:
+        run = ctx.slot.start(cfg, label=label)
+    except Busy as exc:
+        raise gr.Error(str(exc)) from exc
+    return run.id
+
+
+def resume_training(ctx: AppContext, run_id: str) -> str:
+    try:
+        run = get_run(run_id)
+    except RunError as exc:
+        raise gr.Error(str(exc)) from exc
+    state = run.status().get("state")
+    if state not in ("stopped", "failed", "interrupted"):
+        raise gr.Error(f"Run {run_id} is {state}; only stopped, failed or interrupted runs can be resumed.")
+    try:
+        ctx.slot.start(resume_run=run)
+    except Busy as exc:
+        raise gr.Error(str(exc)) from exc
+    return run.id
+
+
+def loss_frame(metrics: list[dict]) -> pd.DataFrame:
+    rows = [{"step": m["step"], "loss": m["loss"], "series": "train"} for m in metrics if m.get("loss") is not None]
+    rows += [{"step": m["step"], "loss": m["eval_loss"], "series": "held-out"} for m in metrics if m.get("eval_loss") is not None]
+    return pd.DataFrame(rows or [], columns=["step", "loss", "series"])
+
+
+def runs_table() -> pd.DataFrame:
+    return pd.DataFrame([r.summary() for r in list_runs()], columns=RUN_COLUMNS)
+
+
+def watched_run_id(ctx: AppContext, selected: str | None) -> str | None:
+    job = ctx.slot.active()
+    return job.run.id if job is not None else (selected or None)
+
+
+def run_view(run_id: str | None) -> tuple[str, str, pd.DataFrame, str]:
+    """(title markdown, progress html, loss frame, log tail) of a run."""
+    if not run_id:
+        return ("No run yet. Pick a dataset in the Data tab, choose a preset and press **Train**.",
+                progress_html(0, 0, "idle", None), loss_frame([]), "")
+    try:
+        run = get_run(run_id)
+    except RunError:
+        return (f"Run {run_id} is gone.", progress_html(0, 0, "missing", None), loss_frame([]), "")
+    st = run.status()
+    metrics = run.metrics()
+    last = next((m for m in reversed(metrics) if "loss" in m), {})
+    facts = [f"**{run.id}** — {st.get('state')}"]
+    if st.get("reason"):
+        facts.append(st["reason"])
+    if last.get("tokens_per_s"):
+        facts.append(f"{last['tokens_per_s']:.0f} tokens/s")
+    title = " · ".join(facts)
+    bar = progress_html(int(st.get("step") or 0), int(st.get("total_steps") or 0), st.get("state", "?"), st.get("eta_s"))
+    return title, bar, loss_frame(metrics), run.log_tail(30)
+
+
+def cli_text(cfg: RunConfig) -> str:
+    cmds = command_line(cfg)
+    body = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    return (f"# Save this as run.yaml, then run one of:\n# {cmds['single']}\n# {cmds['cpu_ddp']}   "
+            f"(several CPU processes)\n# {cmds['multi_gpu']}   (GPUs/nodes; FSDP or DeepSpeed "
+            "through an accelerate config)\n" + body)
+
+
+def config_from_yaml_file(path: str) -> RunConfig:
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8").read()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError("run.yaml must be a mapping of config fields.")
+        return RunConfig.from_dict(data, strict=False)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise gr.Error(f"Could not read that run.yaml: {exc}") from exc
+    except ConfigError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+# -- layout and wiring ---------------------------------------------------------
+def build(ctx: AppContext) -> None:
+    policy = device_policy()
+    gr.Markdown(f"Training runs on **{policy.describe()}** (CPU trains in float32: bf16 is ~16x slower there).")
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Row():
+                preset = gr.Dropdown(list(PRESETS), value="Quick demo (CPU)", label="Preset", elem_id="train-preset")
+                apply_btn = gr.Button("Apply preset", size="sm")
+            start_cfg = RunConfig().with_overrides(PRESETS["Quick demo (CPU)"])
+            start_cfg.model = ctx.settings.default_model
+            widgets = build_config_widgets(("model",), start_cfg)
+            with gr.Accordion("Method (LoRA / QLoRA / full)", open=False):
+                widgets.update(build_config_widgets(("method",), start_cfg))
+            with gr.Accordion("Schedule and batching", open=False):
+                widgets.update(build_config_widgets(("schedule",), start_cfg))
+                widgets["max_train_rows"] = build_config_widgets(("data",), start_cfg)["max_train_rows"]
+            with gr.Row():
+                train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-button")
+                cli_btn = gr.Button("Show CLI command")
+            cli_box = gr.Code(label="Command line and run.yaml", language="yaml", visible=False)
+            yaml_file = gr.File(label="Load a run.yaml", file_types=[".yaml", ".yml"], height=90)
+        with gr.Column(scale=3):
+            title = gr.Markdown(elem_id="run-title")
+            bar = gr.HTML(elem_id="run-progress")
+            plot = gr.LinePlot(loss_frame([]), x="step", y="loss", color="series", title="Loss",
+                               height=260, elem_id="loss-plot")
+            log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="run-log")
+            with gr.Accordion("Runs", open=True):
+                runs = gr.Dataframe(runs_table(), interactive=False, wrap=True, elem_id="runs-table")
+                with gr.Row():
+                    pick = gr.Dropdown(label="Open run", choices=[r.id for r in list_runs()], elem_id="run-pick")
+                    resume_btn = gr.Button("Resume selected run", size="sm")
+    timer = gr.Timer(1.0)
+    inputs = set(widgets.values()) | {ctx.data_state}
+
+    def on_train(raw: dict, request: gr.Request):
+        require_user(request)
+        cfg = build_config(named_values(widgets, raw), raw[ctx.data_state])
+        run_id = start_training(ctx, cfg, label=(raw[ctx.data_state] or {}).get("name", ""))
+        gr.Info(f"Training started: {run_id}")
+        return run_id, gr.update(choices=[r.id for r in list_runs()], value=run_id)
+
+    def on_stop(request: gr.Request):
+        require_user(request)
+        if not ctx.slot.stop():
+            gr.Warning("No training job is running.")
+
+    def on_resume(run_id: str, request: gr.Request):
+        require_user(request)
+        if not run_id:
+            raise gr.Error("Pick a run to resume in 'Open run'.")
+        return resume_training(ctx, run_id)
+
+    def on_tick(selected: str | None):
+        run_id = watched_run_id(ctx, selected)
+        return (*run_view(run_id), runs_table())
+
+    def on_pick(run_id: str | None):
+        return run_id or ""
+
+    def on_preset(raw: dict):
+        cfg = config_from_values(named_values(widgets, raw), {}).with_overrides(PRESETS[raw[preset]])
+        return widget_updates(widgets, cfg)
+
+    def on_cli(raw: dict):
+        values = named_values(widgets, raw)
+        cfg = config_from_values(values, (raw[ctx.data_state] or {}))
+        return gr.update(value=cli_text(cfg), visible=True)
+
+    def on_yaml(path: str | None):
+        if not path:
+            return {}
+        return widget_updates(widgets, config_from_yaml_file(path))
+
+    train_btn.click(on_train, inputs, [ctx.run_state, pick])
+    stop_btn.click(on_stop, None, None)
+    resume_btn.click(on_resume, pick, ctx.run_state)
+    timer.tick(on_tick, pick, [title, bar, plot, log, runs], show_progress="hidden", queue=False)
+    pick.change(on_pick, pick, ctx.run_state, queue=False)
+    apply_btn.click(on_preset, {preset} | set(widgets.values()), list(widgets.values()))
+    cli_btn.click(on_cli, inputs, cli_box)
+    yaml_file.upload(on_yaml, yaml_file, list(widgets.values()))
+    ctx.components["train_pick"] = pick
+    ctx.components["train_widgets"] = widgets
+
+
+__all__ = ["build", "build_config", "start_training", "resume_training", "run_view", "loss_frame", "cli_text",
+           "config_from_yaml_file"]

@@ -1,0 +1,103 @@
+"""Widgets built from RunConfig's field metadata, and shared UI helpers.
+
+Every config widget is a Number, Slider, Checkbox, Dropdown or Textbox whose
+label, help text and bounds come from `finetune_core.config.field_info()`, so
+the UI cannot drift from the dataclass. Handlers receive the widget values as
+a dict (Gradio's set-of-inputs form) and turn them back into a RunConfig with
+`config_from_values`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from finetune_core.config import ConfigError, RunConfig, coerce, field_info
+from finetune_core.runs import RunError
+
+LABELS = {
+    "lora_r": "LoRA rank (r)", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
+    "use_dora": "DoRA", "use_rslora": "rsLoRA", "num_epochs": "Epochs", "max_steps": "Max steps",
+    "lr_scheduler": "LR schedule", "grad_accum": "Gradient accumulation", "max_length": "Max length (tokens)",
+    "group_by_length": "Group rows by length", "completion_only_loss": "Completion-only loss",
+    "eval_steps": "Held-out loss every N steps", "save_steps": "Checkpoint every N steps",
+    "save_total_limit": "Checkpoints kept", "max_train_rows": "Max training rows",
+}
+SLIDER_FIELDS = {"lora_dropout", "eval_fraction", "weight_decay"}
+
+
+def label_for(name: str) -> str:
+    return LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def make_widget(info: dict, value: Any = None):
+    name, kind = info["name"], info["type"]
+    value = info["default"] if value is None else value
+    common = {"label": label_for(name), "info": info.get("help"), "value": value, "elem_id": f"cfg-{name}"}
+    if kind == "bool":
+        return gr.Checkbox(**common)
+    if "choices" in info:
+        return gr.Dropdown(choices=info["choices"], **common)
+    if kind in ("int", "float"):
+        lo, hi = info.get("min"), info.get("max")
+        if name in SLIDER_FIELDS and lo is not None and hi is not None:
+            return gr.Slider(minimum=lo, maximum=hi, step=info.get("step", 0.01), **common)
+        return gr.Number(minimum=lo, maximum=hi, precision=0 if kind == "int" else None, **common)
+    return gr.Textbox(**common)
+
+
+def build_config_widgets(groups: tuple[str, ...], cfg: RunConfig | None = None) -> dict[str, Any]:
+    """Widgets for the fields of the given groups, in dataclass order."""
+    cfg = cfg or RunConfig()
+    return {info["name"]: make_widget(info, getattr(cfg, info["name"]))
+            for info in field_info() if info["group"] in groups}
+
+
+def config_from_values(values: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
+    """RunConfig from widget values (by field name) on top of `base` (e.g. the data state)."""
+    merged = {**(base or {}), **{k: v for k, v in values.items() if v is not None}}
+    return RunConfig.from_dict(merged, strict=False)
+
+
+def named_values(widgets: dict[str, Any], raw: dict) -> dict[str, Any]:
+    """Map Gradio's {component: value} input dict back to {field name: value}."""
+    by_id = {id(comp): name for name, comp in widgets.items()}
+    return {by_id[id(comp)]: value for comp, value in raw.items() if id(comp) in by_id}
+
+
+def widget_updates(widgets: dict[str, Any], cfg: RunConfig) -> dict:
+    """Gradio update mapping that shows `cfg` in the widgets."""
+    return {comp: gr.update(value=getattr(cfg, name)) for name, comp in widgets.items()}
+
+
+def user_error(exc: Exception) -> gr.Error:
+    """Short message for the page; never a traceback."""
+    if isinstance(exc, (ConfigError, RunError, ValueError, FileNotFoundError)):
+        return gr.Error(str(exc))
+    return gr.Error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def progress_html(step: int, total: int, state: str, eta: float | None) -> str:
+    pct = 0 if not total else min(100, round(100 * step / total))
+    colour = {"completed": "#16a34a", "failed": "#dc2626", "stopped": "#d97706", "interrupted": "#d97706"}.get(state, "#2563eb")
+    return (
+        f'<div class="studio-progress"><div style="background:#e5e7eb;border-radius:6px;height:14px;">'
+        f'<div style="width:{pct}%;background:{colour};height:14px;border-radius:6px;"></div></div>'
+        f'<div style="font-size:0.9em;margin-top:4px;">{state} · step {step}/{total or "?"} · {pct}%'
+        f' · ETA {fmt_seconds(eta) if state == "running" else "—"}</div></div>'
+    )
+
+
+__all__ = ["coerce", "build_config_widgets", "config_from_values", "named_values", "widget_updates",
+           "user_error", "progress_html", "fmt_seconds", "label_for"]
