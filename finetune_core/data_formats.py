@@ -323,8 +323,11 @@ def normalize_columns(record: dict, spec: FormatSpec) -> dict:
 def _from_mapping(record: dict, template: str, column: str, what: str) -> str:
     if template:
         text = render_template(template, record)
-        if not text.strip():
-            raise RowProblem(column or None, f"the {what} is empty after filling the template")
+        names = template_fields(template)
+        # A template's fixed words are not content: all placeholders empty means an empty row.
+        if not text.strip() or (names and all(not str(record.get(n)).strip() for n in names)):
+            listed = ", ".join(repr(n) for n in names)
+            raise RowProblem(names[0] if names else None, f"the {what} is empty: the template's columns ({listed}) are empty")
         return text
     value = record.get(column)
     if isinstance(value, (int, float)) and not isinstance(value, bool):

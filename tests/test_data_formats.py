@@ -184,3 +184,12 @@ def test_classification_custom_template_may_use_labels():
     spec = FormatSpec("classification", "sentence", "label", prompt_template="{sentence}\nOptions: {labels}", labels=["a", "b"])
     row = normalize_classification({"sentence": "hm", "label": "b"}, spec)
     assert row["prompt"] == [U("hm\nOptions: a, b")]
+
+
+def test_template_with_only_empty_values_is_an_empty_prompt():
+    spec = FormatSpec("columns", prompt_template="Summarize:\n{dialogue}", completion_template="{summary}")
+    with pytest.raises(RowProblem) as exc:
+        normalize_columns({"dialogue": " ", "summary": "s"}, spec)
+    assert (exc.value.column, exc.value.message) == ("dialogue", "the prompt is empty: the template's columns ('dialogue') are empty")
+    optional = FormatSpec("columns", prompt_template="{q}\n{context}", completion_template="{a}")
+    assert normalize_columns({"q": "Why?", "context": "", "a": "Because."}, optional)["prompt"] == [U("Why?\n")]
