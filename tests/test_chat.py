@@ -1,0 +1,308 @@
+"""Chat: streaming, adapter on/off, blind A/B mapping, votes, DPO export,
+session isolation, and the Chat tab's handlers called directly."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from finetune_core import chat
+from finetune_core.chat import ChatSession
+from finetune_core.generation import GenSettings, InferenceModel
+
+PROMPT = [{"role": "user", "content": "Item 3: which colour is the blue ball number 3?"}]
+GREEDY = GenSettings(max_new_tokens=8)
+
+
+class FakeModel:
+    """Stands in for InferenceModel: streams 'base-N'/'tuned-N' and records the prompts it got."""
+
+    def __init__(self, has_tuned: bool = True, steps: int = 3):
+        self.has_tuned = has_tuned
+        self.steps = steps
+        self.calls: list[tuple] = []
+
+    def stream_pair(self, base_messages, tuned_messages, settings=None, cancel=None):
+        self.calls.append((base_messages, tuned_messages))
+        n = len(self.calls)
+        for i in range(1, self.steps + 1):
+            if cancel is not None and cancel.is_set():
+                return
+            yield f"base-{n}"[: 2 + i * 2], (f"tuned-{n}"[: 2 + i * 2] if tuned_messages else "")
+
+
+def run_turn(session, message, model=None):
+    return list(chat.stream_chat(model or FakeModel(), session, message, GREEDY))
+
+
+@pytest.fixture(scope="module")
+def tuned_model(trained_run):
+    return InferenceModel.from_run(trained_run)
+
+
+# -- real model ---------------------------------------------------------------------
+def test_streaming_yields_growing_text_and_ends(tuned_model):
+    session = ChatSession()
+    snaps = list(chat.stream_chat(tuned_model, session, PROMPT[0]["content"], GREEDY))
+    assert len(snaps) >= 3
+    rights = [r for _, r in snaps]
+    assert all(len(a) <= len(b) for a, b in zip(rights, rights[1:])), rights
+    assert rights[-1]  # the tuned side answered something
+    left, right = chat.panes(session)
+    assert [m["role"] for m in right] == ["user", "assistant"]
+    assert right[-1]["content"] == rights[-1]
+    assert left[-1]["content"] == snaps[-1][0]
+
+
+def test_adapter_on_and_off_differ(tuned_model):
+    *_, (base, tuned) = tuned_model.stream_pair(PROMPT, PROMPT, GREEDY)
+    assert base != tuned
+    assert tuned_model.generate([PROMPT], tuned=True, settings=GREEDY) != \
+        tuned_model.generate([PROMPT], tuned=False, settings=GREEDY)
+
+
+def test_base_side_equals_fresh_base_model(tuned_model, tiny_model_dir):
+    """The adapter-off row of the mixed batch answers exactly like the untouched base model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    *_, (base_streamed, _) = tuned_model.stream_pair(PROMPT, PROMPT, GREEDY)
+    *_, (base_alone, _) = tuned_model.stream_pair(PROMPT, None, GREEDY)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = tuned_model.tokenizer
+    ids = tok(tuned_model.render(PROMPT), return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = fresh.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    expected = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert base_streamed == base_alone == expected
+
+
+def test_stop_keeps_partial_answer(tuned_model):
+    session = ChatSession()
+    stream = chat.stream_chat(tuned_model, session, "hello", GenSettings(max_new_tokens=64))
+    next(stream)
+    chat.stop(session)
+    rest = list(stream)  # ends early instead of running 64 tokens
+    assert rest
+    assert chat.panes(session)[1][-1]["role"] == "assistant"
+    assert session.turns == 1
+
+
+# -- blind mode and votes -----------------------------------------------------------------
+def test_non_blind_puts_base_left_tuned_right():
+    session = ChatSession()
+    snaps = run_turn(session, "hi")
+    assert snaps[-1] == ("base-1", "tuned-1")
+    left, right = chat.panes(session)
+    assert left == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "base-1"}]
+    assert right[-1]["content"] == "tuned-1"
+    assert session.pending is None  # votes only in blind mode
+
+
+def test_blind_sides_follow_assignment_and_votes_map_to_winner():
+    session, model = ChatSession(blind=True, seed=3), FakeModel()
+    sides_seen = set()
+    for turn in range(1, 7):
+        left_text, right_text = run_turn(session, f"q{turn}", model)[-1]
+        side = session.tuned_sides[-1]
+        sides_seen.add(side)
+        tuned_text = left_text if side == "left" else right_text
+        assert tuned_text == f"tuned-{turn}"
+        left, right = chat.panes(session)
+        assert (left if side == "left" else right)[-1]["content"] == f"tuned-{turn}"
+        assert (right if side == "left" else left)[-1]["content"] == f"base-{turn}"
+        choice = ["left", "right", "tie", "both_bad"][turn % 4]
+        vote = chat.record_vote(session, choice)
+        expected = choice if choice in ("tie", "both_bad") else ("tuned" if choice == side else "base")
+        assert vote["winner"] == expected
+    assert sides_seen == {"left", "right"}  # random per turn
+    with pytest.raises(ValueError):
+        chat.record_vote(session, "left")  # nothing pending after a vote
+
+
+def test_same_seed_same_sides_and_leaving_blind_reveals():
+    a, b = ChatSession(blind=True, seed=7), ChatSession(blind=True, seed=7)
+    for s in (a, b):
+        for i in range(5):
+            run_turn(s, f"m{i}")
+    assert a.tuned_sides == b.tuned_sides
+    chat.set_blind(a, False)
+    left, right = chat.panes(a)
+    assert all(m["content"].startswith("base") for m in left if m["role"] == "assistant")
+    assert a.pending is None
+
+
+def test_blind_needs_a_tuned_model():
+    with pytest.raises(ValueError, match="tuned"):
+        run_turn(ChatSession(blind=True), "hi", FakeModel(has_tuned=False))
+
+
+def test_tally_math():
+    votes = [{"winner": w} for w in ["tuned"] * 3 + ["base"] + ["tie"] * 2 + ["both_bad"]]
+    t = chat.tally(votes)
+    assert t == {"votes": 7, "tuned": 3, "base": 1, "tie": 2, "both_bad": 1, "tuned_win_rate": 0.75}
+    assert chat.tally([{"winner": "tie"}])["tuned_win_rate"] is None
+
+
+def test_export_writes_dpo_pairs_and_skips_ties(tmp_path):
+    session, model = ChatSession(blind=True, seed=1, system_prompt="Be brief."), FakeModel()
+    for i, want in enumerate(["tuned", "base", "tie", "both_bad"]):
+        run_turn(session, f"question {i}", model)
+        side = session.tuned_sides[-1]
+        other = "right" if side == "left" else "left"
+        chat.record_vote(session, {"tuned": side, "base": other}.get(want, want))
+    path = tmp_path / "prefs.jsonl"
+    assert chat.export_preferences(session.votes, path) == 2
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert set(row) == {"prompt", "chosen", "rejected"}
+        assert row["prompt"][0] == {"role": "system", "content": "Be brief."}
+        assert row["prompt"][-1]["role"] == "user"
+        assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
+    assert rows[0]["prompt"][-1]["content"] == "question 0"
+    assert (rows[0]["chosen"][0]["content"], rows[0]["rejected"][0]["content"]) == ("tuned-1", "base-1")
+    assert (rows[1]["chosen"][0]["content"], rows[1]["rejected"][0]["content"]) == ("base-2", "tuned-2")
+    # multi-turn: the prompt carries the chosen side's earlier turns
+    assert [m["content"] for m in rows[1]["prompt"] if m["role"] == "assistant"] == ["base-1"]
+
+
+# -- sessions ---------------------------------------------------------------------------
+def test_sessions_are_isolated():
+    model = FakeModel()
+    a, b = ChatSession(system_prompt="A"), ChatSession()
+    run_turn(a, "from a", model)
+    run_turn(b, "from b", model)
+    assert [m["content"] for m in chat.panes(a)[0] if m["role"] == "user"] == ["from a"]
+    assert [m["content"] for m in chat.panes(b)[0] if m["role"] == "user"] == ["from b"]
+    base_b, tuned_b = model.calls[1]
+    assert [m["content"] for m in base_b] == ["from b"]  # no system prompt, no turn of a
+    assert a.base_history is not b.base_history and a.cancel is not b.cancel and a.rng is not b.rng
+
+
+def test_each_side_keeps_its_own_history_and_clear_forgets():
+    model = FakeModel()
+    session = ChatSession()
+    run_turn(session, "one", model)
+    run_turn(session, "two", model)
+    base_msgs, tuned_msgs = model.calls[-1]
+    assert [m["content"] for m in base_msgs] == ["one", "base-1", "two"]
+    assert [m["content"] for m in tuned_msgs] == ["one", "tuned-1", "two"]
+    chat.clear(session)
+    assert chat.panes(session) == ([], [])
+    assert not session.cancel.is_set()  # the next turn is not cancelled by the clear
+    assert run_turn(session, "three", model)[-1] == ("base-3", "tuned-3")
+    assert [m["content"] for m in model.calls[-1][0]] == ["three"]
+
+
+def test_failed_generation_rolls_back_the_turn():
+    class Broken(FakeModel):
+        def stream_pair(self, *a, **k):
+            yield "x", "y"
+            raise RuntimeError("boom")
+
+    session = ChatSession()
+    with pytest.raises(RuntimeError):
+        run_turn(session, "hi", Broken())
+    assert chat.panes(session) == ([], []) and session.turns == 0
+
+
+def test_example_prompts_come_from_heldout(trained_run):
+    rows = [json.loads(x) for x in (trained_run.data_dir / "heldout.jsonl").read_text().splitlines()]
+    expected = [r["prompt"][-1]["content"] for r in rows][:3]
+    assert chat.example_prompts(trained_run, n=3) == expected
+
+
+# -- ui handlers (plain functions) ---------------------------------------------------------
+class _Slot:
+    def __init__(self, job=None):
+        self.job = job
+
+    def active(self):
+        return self.job
+
+
+class _Models:
+    def __init__(self, model):
+        self.model = model
+
+    def get(self, key, progress=None):
+        return self.model
+
+
+def _ctx(model=None, job=None):
+    from ui.context import AppContext
+
+    return AppContext(slot=_Slot(job), models=_Models(model or FakeModel()))
+
+
+def test_ui_send_stream_vote_export_flow():
+    gr = pytest.importorskip("gradio")
+    from ui import chat_tab
+
+    ctx = _ctx()
+    session, box, msg, left, right, _ = chat_tab.begin_send(ctx, None, " hello ", "run:x", True)
+    assert box == "" and msg == "hello" and left[-1]["content"] == "hello"
+    outs = list(chat_tab.stream_reply(ctx, session, msg, "run:x", "", 0.0, 1.0, 8, 0))
+    final_left, final_right, _, vote_row = outs[-1]
+    assert {final_left[-1]["content"], final_right[-1]["content"]} == {"base-1", "tuned-1"}
+    assert vote_row.visible is True
+    tuned_side = session.tuned_sides[-1]
+    _, tally_md, _, note = chat_tab.cast_vote(session, tuned_side)
+    assert "100%" in tally_md and "tuned" in note
+    path = chat_tab.export_votes(session)
+    row = json.loads(open(path).read())
+    assert row["chosen"][0]["content"] == "tuned-1"
+    with pytest.raises(gr.Error):
+        chat_tab.begin_send(ctx, session, "   ", "run:x", False)
+    with pytest.raises(gr.Error, match="Blind"):
+        chat_tab.begin_send(ctx, session, "hi", "base:bundled", True)
+
+
+def test_ui_stop_and_clear():
+    from ui import chat_tab
+
+    session = ChatSession()
+    chat_tab.stop_chat(session)
+    assert session.cancel.is_set()
+    chat_tab.stop_chat(None)  # before any message: nothing to stop, no error
+    run_turn(session, "hi")
+    session, left, right, _ = chat_tab.clear_chat(session)
+    assert left.value == [] and right.value == [] and left.label == "Base"
+    session, left, right, _ = chat_tab.toggle_blind(session, True)
+    assert (left.label, right.label) == ("A", "B")
+
+
+def test_ui_gpu_busy_blocks_chat_but_cpu_training_does_not(trained_run):
+    gr = pytest.importorskip("gradio")
+    from types import SimpleNamespace
+
+    from ui import chat_tab
+
+    class GpuRun:
+        id = "20260101-000000-x-abcdef"
+
+        def run_yaml(self):
+            return {"resolved_device": "cuda"}
+
+    busy = _ctx(job=SimpleNamespace(run=GpuRun()))
+    assert "GPU" in chat_tab.gpu_busy_message(busy)
+    with pytest.raises(gr.Error, match="GPU"):
+        chat_tab.begin_send(busy, None, "hi", "run:x", False)
+    cpu_job = SimpleNamespace(run=trained_run)  # its run.yaml resolves to cpu
+    assert chat_tab.gpu_busy_message(_ctx(job=cpu_job)) == ""
+    assert chat_tab.begin_send(_ctx(job=cpu_job), None, "hi", "run:x", False)[2] == "hi"
+
+
+def test_ui_run_choices_and_examples(trained_run, monkeypatch):
+    from ui import chat_tab
+
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(trained_run.path.parent))
+    choices = chat_tab.run_choices("bundled")
+    values = [v for _, v in choices]
+    assert values == [f"run:{trained_run.id}", "base:bundled"]
+    assert chat_tab.default_choice(choices, trained_run.id) == f"run:{trained_run.id}"
+    assert chat_tab.default_choice(choices, "", "base:bundled") == "base:bundled"
+    assert chat_tab._examples_for(f"run:{trained_run.id}")[0] == [chat.example_prompts(trained_run, 1)[0]]
+    assert chat_tab.pick_example(["a prompt"]) == "a prompt"

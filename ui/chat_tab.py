@@ -1,0 +1,317 @@
+"""Chat tab: one message, base and tuned answering side by side, token by token.
+
+Pick a run (its adapter is switched on for the tuned pane and off for the
+base pane: one copy of the weights) or the base model alone. Blind A/B mode
+hides which pane is which, collects votes, shows the tuned win rate and
+exports the votes as DPO preference pairs. All conversation state is a
+`finetune_core.chat.ChatSession` in a per-browser `gr.State`; the handlers
+below are plain functions (tests call them directly), wired in `build`.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+from gradio.context import Context
+
+from finetune_core import chat
+from finetune_core.generation import GenSettings
+from finetune_core.models import ModelError, device_policy
+from finetune_core.runs import RunError, get_run, list_runs
+
+from .context import GPU_QUEUE, AppContext
+
+BASE_PREFIX = "base:"
+RUN_PREFIX = "run:"
+USER_ERRORS = (ValueError, RunError, ModelError, FileNotFoundError)
+VOTE_LABELS = {"left": "👈 Left is better", "right": "Right is better 👉", "tie": "🤝 Tie", "both_bad": "👎 Both bad"}
+
+
+# -- helpers ----------------------------------------------------------------------
+def _session(value) -> chat.ChatSession:
+    """The session in a gr.State, created on first use (a State's initial value is
+    deep-copied per browser, and the session holds a threading.Event, which cannot be)."""
+    return value if isinstance(value, chat.ChatSession) else chat.ChatSession()
+
+
+def run_choices(default_model: str) -> list[tuple[str, str]]:
+    """Dropdown choices: runs with a saved adapter (newest first), then the base model alone."""
+    choices = []
+    for run in list_runs():
+        if run.has_adapter():
+            s = run.summary()
+            choices.append((f"{run.id} · {s.get('model') or '?'} · {s.get('state')}", RUN_PREFIX + run.id))
+    choices.append((f"Base model only ({default_model})", BASE_PREFIX + default_model))
+    return choices
+
+
+def default_choice(choices: list[tuple[str, str]], run_id: str | None, current: str | None = None) -> str:
+    """The shared selected run when it has an adapter, else the current pick, else the newest run."""
+    values = [v for _, v in choices]
+    for want in (RUN_PREFIX + (run_id or ""), current):
+        if want in values:
+            return want
+    return values[0]
+
+
+def _labels(blind: bool) -> tuple[str, str]:
+    return ("A", "B") if blind else ("Base", "Tuned")
+
+
+def _tally_markdown(votes: list[dict]) -> str:
+    t = chat.tally(votes)
+    if not t["votes"]:
+        return "No votes yet. Turn on blind A/B mode, chat, and vote after each answer."
+    rate = "n/a" if t["tuned_win_rate"] is None else f"{100 * t['tuned_win_rate']:.0f}%"
+    return (f"**Tuned win rate: {rate}** over {t['tuned'] + t['base']} decided votes — "
+            f"tuned {t['tuned']} · base {t['base']} · tie {t['tie']} · both bad {t['both_bad']}")
+
+
+def gpu_busy_message(ctx: AppContext) -> str:
+    """Why chat cannot run now: a training job holds the only GPU. Empty when chat can run."""
+    job = ctx.slot.active()
+    if job is None:
+        return ""
+    try:
+        device = job.run.run_yaml().get("resolved_device") or device_policy(job.run.config().device).device
+    except (OSError, ValueError):
+        device = "unknown"  # cannot tell: assume the worst and say so
+    if device == "cpu":
+        return ""  # CPU training and chat share the cores: slower, but chat still works
+    return (f"Chat is paused: training run {job.run.id} is using the GPU. "
+            "It resumes when the run finishes or is stopped (Train tab).")
+
+
+def _status(ctx: AppContext, key: str, extra: str = "") -> str:
+    busy = gpu_busy_message(ctx)
+    if busy:
+        return f"⏳ {busy}"
+    if ctx.slot.active() is not None:
+        extra = (extra + " " if extra else "") + "A training job is running on the CPU: answers come slower."
+    who = "base model only" if key.startswith(BASE_PREFIX) else f"run `{key[len(RUN_PREFIX):]}`"
+    return f"Chatting with {who}. {extra}".strip()
+
+
+def _examples_for(key: str) -> list[list[str]]:
+    if not key.startswith(RUN_PREFIX):
+        return []
+    try:
+        return [[p] for p in chat.example_prompts(get_run(key[len(RUN_PREFIX):]), n=8)]
+    except RunError:
+        return []
+
+
+def _settings(temperature, top_p, max_new_tokens, seed) -> GenSettings:
+    return GenSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                       top_p=float(top_p), seed=int(seed or 0))
+
+
+def _chatbots(session: chat.ChatSession):
+    left, right = chat.panes(session)
+    a, b = _labels(session.blind)
+    return gr.Chatbot(value=left, label=a), gr.Chatbot(value=right, label=b)
+
+
+# -- handlers ---------------------------------------------------------------------
+def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None):
+    choices = run_choices(ctx.settings.default_model)
+    return gr.Dropdown(choices=choices, value=default_choice(choices, run_id, current))
+
+
+def on_load(ctx: AppContext, run_id: str | None, current: str | None):
+    """Page (re)load: fresh run list, the shared run preselected, its example prompts."""
+    dropdown = follow_shared_run(ctx, run_id, current)
+    samples = _examples_for(dropdown.value or "")
+    return dropdown, gr.Dataset(samples=samples or [[""]], visible=bool(samples)), _status(ctx, dropdown.value or "")
+
+
+def follow_shared_run(ctx: AppContext, run_id: str | None, current: str | None):
+    """Another tab selected a run: pick it here too when it has an adapter."""
+    choices = run_choices(ctx.settings.default_model)
+    value = RUN_PREFIX + run_id if run_id and RUN_PREFIX + run_id in [v for _, v in choices] else current
+    return gr.Dropdown(choices=choices, value=value if value in [v for _, v in choices] else choices[0][1])
+
+
+def change_model(ctx: AppContext, state, key: str):
+    """A new model means a new conversation (each history belongs to its model)."""
+    session = _session(state)
+    chat.clear(session)
+    left, right = _chatbots(session)
+    samples = _examples_for(key or "")
+    examples = gr.Dataset(samples=samples or [[""]], visible=bool(samples))
+    return session, left, right, examples, gr.Row(visible=False), _status(ctx, key or "")
+
+
+def toggle_blind(state, blind: bool):
+    session = _session(state)
+    chat.set_blind(session, blind)
+    left, right = _chatbots(session)
+    return session, left, right, gr.Row(visible=session.pending is not None)
+
+
+def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool):
+    """Fast first step of a send: check, show the user message, clear the box.
+    The message travels to the streaming step through a State."""
+    message = (message or "").strip()
+    if not message:
+        raise gr.Error("Type a message first.")
+    if not key:
+        raise gr.Error("Pick a run or the base model first.")
+    if blind and key.startswith(BASE_PREFIX):
+        raise gr.Error("Blind A/B compares base and tuned: pick a run with an adapter.")
+    busy = gpu_busy_message(ctx)
+    if busy:
+        raise gr.Error(busy)
+    session = _session(state)
+    chat.set_blind(session, blind)
+    chat.arm_cancel(session)  # armed at click time: Stop while queued still cancels this turn
+    left, right = chat.panes(session)
+    user = {"role": "user", "content": message}
+    return session, "", message, left + [user], right + [user], gr.Row(visible=False)
+
+
+def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
+                 temperature, top_p, max_new_tokens, seed):
+    """Streaming step (GPU queue): load the model if needed, then yield both panes per token."""
+    session = _session(state)
+    session.system_prompt = system or ""
+    left, right = chat.panes(session)
+    if not message:
+        yield left, right, _status(ctx, key), gr.Row(visible=False)
+        return
+    busy = gpu_busy_message(ctx)  # the job may have started while this turn was queued
+    if busy:
+        raise gr.Error(busy)
+    yield left, right, "Loading the model (the first use of a model takes a few seconds)...", gr.skip()
+    failure = None
+    try:
+        model = ctx.models.get(key)
+        settings = _settings(temperature, top_p, max_new_tokens, seed)
+        status_text = "Generating... (Stop keeps what has arrived)"
+        for _ in chat.stream_chat(model, session, message, settings, session.cancel):
+            left, right = chat.panes(session)
+            yield left, right, status_text, gr.skip()
+            status_text = gr.skip()  # sent once: each token then only updates the panes
+    except USER_ERRORS as exc:
+        failure = str(exc)
+    except Exception as exc:  # noqa: BLE001 - the user sees one line, the server log keeps the rest
+        failure = f"Generation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if failure is not None:
+        left, right = chat.panes(session)  # the failed turn was rolled back: show that
+        yield left, right, _status(ctx, key), gr.skip()
+        raise gr.Error(failure)
+    left, right = chat.panes(session)
+    yield left, right, _status(ctx, key), gr.Row(visible=session.pending is not None)
+
+
+def stop_chat(state) -> None:
+    if isinstance(state, chat.ChatSession):
+        chat.stop(state)
+
+
+def clear_chat(state):
+    session = _session(state)
+    chat.clear(session)
+    left, right = _chatbots(session)
+    return session, left, right, gr.Row(visible=False)
+
+
+def cast_vote(state, choice: str):
+    session = _session(state)
+    try:
+        vote = chat.record_vote(session, choice)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    revealed = "tuned" if vote["tuned_side"] == "left" else "base"
+    note = f"Vote saved. Left was **{revealed}**, right was **{'base' if revealed == 'tuned' else 'tuned'}**."
+    return session, _tally_markdown(session.votes), gr.Row(visible=False), note
+
+
+def export_votes(state):
+    session = _session(state)
+    if not any(v["winner"] in ("tuned", "base") for v in session.votes):
+        gr.Warning("No decided votes to export yet (ties and 'both bad' make no preference pair).")
+        return None
+    # A fresh server-made folder per export: users never share or name files.
+    path = Path(tempfile.mkdtemp(prefix="studio-votes-")) / "preferences.jsonl"
+    count = chat.export_preferences(session.votes, path)
+    gr.Info(f"Exported {count} preference pairs (prompt / chosen / rejected, TRL DPO format).")
+    return str(path)
+
+
+def pick_example(sample) -> str:
+    """A Dataset click gives the row's values: one prompt."""
+    if isinstance(sample, (list, tuple)):
+        return str(sample[0]) if sample else ""
+    return str(sample or "")
+
+
+# -- layout and wiring ----------------------------------------------------------
+def build(ctx: AppContext) -> None:
+    """Build the Chat tab inside the caller's `gr.Tab`."""
+    choices = run_choices(ctx.settings.default_model)
+    first = default_choice(choices, getattr(ctx.run_state, "value", None))
+    session_state = gr.State(None)
+    message_state = gr.State("")
+
+    gr.Markdown("Send one message to the base model (left) and the tuned model (right); both answer "
+                "token by token. Blind A/B mode hides which is which so you can vote fairly.")
+    with gr.Row():
+        run_dd = gr.Dropdown(choices=choices, value=first, label="Model", scale=4)
+        refresh = gr.Button("↻ Refresh runs", scale=1)
+        blind = gr.Checkbox(value=False, label="Blind A/B mode", scale=1)
+    status = gr.Markdown(_status(ctx, first))
+    with gr.Accordion("Generation settings", open=False):
+        system = gr.Textbox(label="System prompt", lines=2, placeholder="Optional, e.g. 'Answer in one sentence.'")
+        with gr.Row():
+            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
+            seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
+    with gr.Row(equal_height=True):
+        left = gr.Chatbot(label="Base", height=420)
+        right = gr.Chatbot(label="Tuned", height=420)
+    with gr.Row(visible=False) as vote_row:
+        vote_buttons = {c: gr.Button(label) for c, label in VOTE_LABELS.items()}
+    with gr.Row():
+        message = gr.Textbox(show_label=False, placeholder="Message both models...", scale=6, lines=1)
+        send = gr.Button("Send", variant="primary", scale=1)
+        stop = gr.Button("Stop", variant="stop", scale=1)
+        clear_btn = gr.Button("Clear", scale=1)
+    samples = _examples_for(first)
+    examples = gr.Dataset(components=[message], samples=samples or [[""]], label="Held-out prompts (click to send)",
+                          visible=bool(samples))
+    with gr.Row():
+        tally_md = gr.Markdown(_tally_markdown([]))
+        export_btn = gr.Button("Export votes (JSONL)", scale=0)
+    export_file = gr.File(label="Preference pairs", interactive=False)
+
+    bound = functools.partial
+    begin = dict(fn=bound(begin_send, ctx), inputs=[session_state, message, run_dd, blind],
+                 outputs=[session_state, message, message_state, left, right, vote_row])
+    reply = dict(fn=bound(stream_reply, ctx),
+                 inputs=[session_state, message_state, run_dd, system, temperature, top_p, max_new, seed],
+                 outputs=[left, right, status, vote_row], concurrency_id=GPU_QUEUE, concurrency_limit=1,
+                 show_progress="minimal")
+    send.click(**begin).success(**reply)
+    message.submit(**begin).success(**reply)
+    examples.click(pick_example, [examples], [message]).then(**begin).success(**reply)
+    stop.click(stop_chat, [session_state], None, concurrency_limit=None)
+    clear_btn.click(clear_chat, [session_state], [session_state, left, right, vote_row])
+    blind.change(toggle_blind, [session_state, blind], [session_state, left, right, vote_row])
+    run_dd.change(bound(change_model, ctx), [session_state, run_dd],
+                  [session_state, left, right, examples, vote_row, status])
+    run_state = ctx.run_state if ctx.run_state is not None else gr.State("")
+    refresh.click(bound(refresh_runs, ctx), [run_dd, run_state], [run_dd])
+    if ctx.run_state is not None:
+        ctx.run_state.change(bound(follow_shared_run, ctx), [ctx.run_state, run_dd], [run_dd])
+    root = Context.root_block  # the Blocks being built: refresh the run list on each page load
+    if root is not None:
+        root.load(bound(on_load, ctx), [run_state, run_dd], [run_dd, examples, status])
+    for choice, button in vote_buttons.items():
+        button.click(bound(cast_vote, choice=choice), [session_state],
+                     [session_state, tally_md, vote_row, status])
+    export_btn.click(export_votes, [session_state], [export_file])
+    ctx.components["chat_run"] = run_dd
