@@ -192,12 +192,35 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict], policy: DevicePolicy,
+                  callbacks: list, emit: Emit):
+    """SFTTrainer for this config, with our speed choices (dtype by device, no
+    gradient checkpointing for small models, length-grouped batches)."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    say = lambda m: emit({"event": "log", "message": m})  # noqa: E731
+    tokenizer = load_tokenizer(cfg.model, progress=say)
+    model = load_model(cfg.model, policy, progress=say)
+    model.config.use_cache = False  # the KV cache is useless (and wasteful) while training
+    n_params = sum(p.numel() for p in model.parameters())
+    lm_rows = "text" in train[0] and "prompt" not in train[0]
+    grad_ckpt = use_gradient_checkpointing(cfg, policy, n_params)
+    args = sft_config(cfg, run, policy, lm_rows, grad_ckpt, bool(held))
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(training_rows(train)),
+        eval_dataset=Dataset.from_list(training_rows(held)) if held else None,
+        processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
+    say(f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}.")
+    return trainer, tokenizer
+
+
 def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = False,
             extra_callbacks: list | None = None) -> dict:
     """Train the run described by run.yaml. Returns the final status fields."""
-    from datasets import Dataset
-    from trl import SFTTrainer
-
     cfg = run.config()
     policy = device_policy(cfg.device)
     check_method(cfg, policy)
@@ -206,34 +229,18 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
         resume_from = latest_checkpoint(run)
         if resume_from is not None:
             check_checkpoint(resume_from, cfg.method)
+            emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
     train, held, _report = prepare_split(cfg, run)
     emit({"event": "log", "message": f"Data: {len(train)} training rows, {len(held)} held out."})
-    tokenizer = load_tokenizer(cfg.model, progress=lambda m: emit({"event": "log", "message": m}))
-    model = load_model(cfg.model, policy, progress=lambda m: emit({"event": "log", "message": m}))
-    model.config.use_cache = False  # the KV cache is useless (and wasteful) while training
-    n_params = sum(p.numel() for p in model.parameters())
-    lm_rows = "text" in train[0] and "prompt" not in train[0]
-    grad_ckpt = use_gradient_checkpointing(cfg, policy, n_params)
-    has_eval = bool(held)
-    args = sft_config(cfg, run, policy, lm_rows, grad_ckpt, has_eval)
     callback = StudioCallback(run, stop_event, emit)
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(training_rows(train)),
-        eval_dataset=Dataset.from_list(training_rows(held)) if has_eval else None,
-        processing_class=tokenizer, peft_config=peft_config(cfg),
-        callbacks=[*(extra_callbacks or []), callback],  # injected hooks act before ours
-    )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
-    emit({"event": "log", "message": f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}"
-          + (f", resuming from {resume_from.name}" if resume_from else "") + "."})
+    # injected hooks (tests, benchmarks) act before ours
+    trainer, tokenizer = build_trainer(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if callback.failure:
         raise TrainingError(callback.failure)
     step = trainer.state.global_step
     stopped = stop_event.is_set()
-    if has_eval and not stopped:
+    if held and not stopped:
         metrics = trainer.evaluate()
         loss = metrics.get("eval_loss")
         if loss is not None and not math.isfinite(loss):
