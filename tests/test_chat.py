@@ -76,6 +76,16 @@ def test_base_side_equals_fresh_base_model(tuned_model, tiny_model_dir):
         out = fresh.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     expected = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert base_streamed == base_alone == expected
+    # The random tiny model's greedy answer is dull (newlines); sampling with one seed
+    # checks the adapter-off path token by token on varied output.
+    sampled = GenSettings(max_new_tokens=8, temperature=1.0, top_p=1.0, seed=5)
+    *_, (base_sampled, _) = tuned_model.stream_pair(PROMPT, None, sampled)
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        out = fresh.generate(**ids, max_new_tokens=8, do_sample=True, temperature=1.0, top_p=1.0,
+                             pad_token_id=tok.pad_token_id)
+    expected = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert base_sampled == expected and expected.strip()
 
 
 def test_stop_keeps_partial_answer(tuned_model):
