@@ -1,0 +1,420 @@
+"""Evaluate a trained run: base vs tuned on the run's own held-out rows.
+
+`evaluate_run(run)` loads the run's base weights with its adapter (one copy in
+memory), generates greedily for every held-out prompt twice — adapter off
+(base) and adapter on (tuned) — scores both with `evaluation.compare` and
+saves the result in `runs/<id>/eval/` (results.json, examples.csv, meta.json).
+
+    python -m evaluation --run runs/<id> --json
+
+    >>> from finetune_core.runs import run_from_dir        # doctest: +SKIP
+    >>> evaluate_run(run_from_dir("runs/<id>"), limit=20).summary  # doctest: +SKIP
+
+Choices worth knowing
+- Task: "classification" when the run's report.json has a label set (the
+  labels are its sorted keys), else "generation". Language-modelling rows
+  ("text" only) have no prompt to answer, so only held-out loss applies.
+- max_new_tokens default: classification = longest label in tokens + 8 (room
+  for "Label: x." without paying for long rambles); generation = longest
+  reference in tokens + 16, capped at 256 (a summary task stops early, and
+  the cap bounds CPU time on long references).
+- Optional held-out loss ("eval_loss", completion-only mean NLL per token, and
+  "perplexity" = exp(eval_loss)) is LOWER-is-better. Win/tie/loss counts come
+  only from the per-example text scores, never from these. Their summary
+  entries keep delta = tuned − base (negative = improvement) and carry
+  "higher_is_better": False; every other entry carries True, so a table or
+  chart can colour by improvement instead of by sign.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
+from finetune_core.dataset import read_jsonl
+
+Progress = Callable[[str, float], None]
+
+META_FILE = "meta.json"
+LM_TASK = "language_modeling"
+LOWER_IS_BETTER = ("eval_loss", "perplexity")
+CLASSIFICATION_SLACK = 8  # tokens beyond the longest label
+GENERATION_SLACK = 16  # tokens beyond the longest reference
+GENERATION_CAP = 256
+LOSS_TOKEN_BUDGET = 2048  # tokens per loss forward pass: bounds the batch × length × vocab logits
+GEN_SHARE = 0.8  # share of each half of the progress bar spent generating when loss is on too
+
+
+# -- rows -------------------------------------------------------------------
+
+def load_eval_rows(run, data_path: str | None = None) -> tuple[list[dict], list[str] | None, str]:
+    """(rows, labels or None, source) for a run: its held-out split, or a data
+    file prepared with the run's own column mapping."""
+    report = _read_report(run)
+    labels = sorted(report["labels"]) if report.get("labels") else None
+    if data_path is None:
+        path = run.data_dir / "heldout.jsonl"
+        if not path.is_file():
+            raise ValueError(f"Run {run.id} has no saved held-out split ({path.name} is missing).")
+        return read_jsonl(path), labels, "heldout"
+    from finetune_core.dataset import prepare_data
+    from finetune_core.train import cfg_data_options
+
+    prepared = prepare_data(cfg_data_options(run.config(), str(data_path)))
+    if not prepared.usable:
+        first = "; ".join(_issue_text(i) for i in prepared.issues[:3]) or "no usable rows"
+        raise ValueError(f"The data file {data_path} is not usable: {first}")
+    # The run's label set wins: the model was trained to answer with those labels.
+    labels = labels or (sorted(prepared.labels) if prepared.labels else None)
+    return prepared.rows, labels, str(data_path)
+
+
+def _read_report(run) -> dict:
+    path = run.data_dir / "report.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")) or {}
+
+
+def _issue_text(issue) -> str:
+    where = f"row {issue.row}" if issue.row else "file"
+    return f"{where}: {issue.message}"
+
+
+def is_lm_rows(rows: list[dict]) -> bool:
+    """True for language-modelling rows: plain "text", no prompt to answer."""
+    return bool(rows) and "prompt" not in rows[0] and "text" in rows[0]
+
+
+def input_text(row: dict) -> str:
+    """The last user message: what a reader needs to judge the answer."""
+    users = [m for m in row.get("prompt", []) if m.get("role") == "user"]
+    last = users[-1] if users else (row.get("prompt") or [{}])[-1]
+    return str(last.get("content", ""))
+
+
+def reference_text(row: dict, classification: bool) -> str:
+    """The expected answer. For classification the row's label when it has one:
+    a completion template may dress the label up ("Intent: refund")."""
+    if classification and row.get("label") is not None:
+        return str(row["label"])
+    return "\n".join(str(m.get("content", "")) for m in row.get("completion", []))
+
+
+# -- settings ----------------------------------------------------------------
+
+def default_max_new_tokens(tokenizer, task: str, references: list[str], labels: list[str] | None) -> int:
+    """Enough room for the expected answer, not more (generation time is per token)."""
+    if task == "classification":
+        return _longest_in_tokens(tokenizer, labels or references) + CLASSIFICATION_SLACK
+    return min(GENERATION_CAP, _longest_in_tokens(tokenizer, references) + GENERATION_SLACK)
+
+
+def _longest_in_tokens(tokenizer, texts: list[str]) -> int:
+    texts = [t for t in texts if t]
+    if not texts:
+        return 0
+    return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def _check_args(limit, batch_size, max_new_tokens) -> None:
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit}).")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {batch_size}).")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1 (got {max_new_tokens}).")
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise InterruptedError("Evaluation cancelled.")
+
+
+# -- progress ----------------------------------------------------------------
+
+def _span(progress: Progress, start: float, end: float, label: str) -> Callable[[int, int], None]:
+    """Map a phase's (done, total) onto [start, end] of the whole bar."""
+    def report(done: int, total: int) -> None:
+        progress(f"{label} {done}/{total} rows", start + (end - start) * done / max(total, 1))
+    return report
+
+
+def _phases(with_generation: bool, with_loss: bool) -> dict[tuple[bool, str], tuple[float, float]]:
+    """(tuned, kind) -> bar span. Base takes 0–50 %, tuned 50–100 %."""
+    gen_end = GEN_SHARE if (with_generation and with_loss) else 1.0
+    spans = {}
+    for tuned, offset in ((False, 0.0), (True, 0.5)):
+        if with_generation:
+            spans[(tuned, "generate")] = (offset, offset + 0.5 * gen_end)
+        if with_loss:
+            start = offset + 0.5 * gen_end if with_generation else offset
+            spans[(tuned, "loss")] = (start, offset + 0.5)
+    return spans
+
+
+def _side_name(tuned: bool) -> str:
+    return "Tuned (adapter on)" if tuned else "Base (adapter off)"
+
+
+# -- held-out loss ------------------------------------------------------------
+
+def _side_context(model, tuned: bool):
+    """The weights of one side, as InferenceModel.generate picks them: for LoRA
+    the base side is the same model with the adapter switched off."""
+    target = model._pick(tuned)
+    if model.has_adapter and not tuned and target is model.model:
+        return target, model.model.disable_adapter()
+    return target, contextlib.nullcontext()
+
+
+def _loss_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
+    """Row indices grouped by length, each group within the token budget."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    groups: list[list[int]] = []
+    for i in order:
+        longest = len(encoded[i][0])  # sorted ascending: the newest row is the longest
+        if groups and len(groups[-1]) < batch_size and (len(groups[-1]) + 1) * longest <= LOSS_TOKEN_BUDGET:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _batch_nll(target, batch: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[float, int]:
+    """Summed NLL of the masked (trained) tokens in one right-padded batch, and their count."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    weight = torch.zeros((len(batch), width), dtype=torch.float32)
+    for row, (tokens, mask) in enumerate(batch):
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+        attention[row, :len(tokens)] = 1
+        weight[row, :len(mask)] = torch.tensor(mask, dtype=torch.float32)
+    ids, attention, weight = ids.to(device), attention.to(device), weight.to(device)
+    logits = target(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    # Token t is predicted from positions < t: compare logits[t-1] with ids[t].
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    trained = weight[:, 1:]
+    return float((nll * trained).sum()), int(trained.sum())
+
+
+def heldout_loss(model, rows: list[dict], tuned: bool, max_length: int, batch_size: int = 8,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> float:
+    """Mean NLL per trained token (completion tokens; every token for text rows),
+    tokenised and truncated exactly as the trainer did (`data_stats.training_tokens`)."""
+    import torch
+
+    from finetune_core.data_stats import training_tokens
+
+    encoded = [training_tokens(row, model.tokenizer, max_length) for row in rows]
+    total, count, done = 0.0, 0, 0
+    for group in _loss_batches(encoded, batch_size):
+        _check_cancel(cancel)
+        # A fresh context per batch: disable_adapter() is a one-shot context manager,
+        # and releasing the lock between batches lets the chat tab interleave.
+        target, context = _side_context(model, tuned)
+        with model.lock, torch.inference_mode(), context:
+            nll, n = _batch_nll(target, [encoded[i] for i in group], model.tokenizer.pad_token_id,
+                                model.policy.device)
+        total, count, done = total + nll, count + n, done + len(group)
+        if progress:
+            progress(done, len(rows))
+    if count == 0:
+        raise ValueError("No completion tokens to score: every row was truncated away (max_length too small?).")
+    return total / count
+
+
+def _perplexity(nll: float) -> float | None:
+    # exp overflows past ~709; a diverged model's perplexity is reported as unknown.
+    return math.exp(nll) if math.isfinite(nll) and nll < 700 else None
+
+
+def add_lower_is_better(comparison: Comparison, name: str, base: float | None, tuned: float | None) -> None:
+    """Add a lower-is-better metric to a Comparison (metrics dicts + summary entry)."""
+    comparison.base_metrics[name] = base
+    comparison.tuned_metrics[name] = tuned
+    delta = None if base is None or tuned is None else tuned - base
+    comparison.summary.append({"metric": name, "base": base, "tuned": tuned, "delta": delta,
+                               "higher_is_better": False})
+
+
+def _mark_direction(comparison: Comparison) -> None:
+    for entry in comparison.summary:
+        entry.setdefault("higher_is_better", entry["metric"] not in LOWER_IS_BETTER)
+
+
+def _add_losses(comparison: Comparison, losses: dict[bool, float]) -> None:
+    base, tuned = (_finite(losses[False]), _finite(losses[True]))
+    add_lower_is_better(comparison, "eval_loss", base, tuned)
+    add_lower_is_better(comparison, "perplexity", _perplexity(base) if base is not None else None,
+                        _perplexity(tuned) if tuned is not None else None)
+
+
+def _finite(value: float) -> float | None:
+    # NaN/inf cannot go into results.json (saved with allow_nan=False).
+    return value if math.isfinite(value) else None
+
+
+# -- one side ------------------------------------------------------------------
+
+def _run_side(model, tuned: bool, rows: list[dict], prompts: list[list[dict]] | None, settings,
+              batch_size: int, max_length: int, spans: dict, progress: Progress,
+              cancel: threading.Event | None) -> tuple[list[str] | None, float | None, dict]:
+    """Generate (when prompts are given) and/or score loss for one side.
+    Returns (outputs, loss, seconds by phase)."""
+    outputs, loss, seconds = None, None, {}
+    name = _side_name(tuned)
+    if (tuned, "generate") in spans:
+        start = time.perf_counter()
+        report = _span(progress, *spans[(tuned, "generate")], f"{name}: generating")
+        outputs = model.generate(prompts, tuned=tuned, settings=settings, batch_size=batch_size,
+                                 progress=report, cancel=cancel)
+        # generate() stops mid-batch when cancelled and returns cut answers: never score those.
+        _check_cancel(cancel)
+        seconds["tuned" if tuned else "base"] = round(time.perf_counter() - start, 3)
+    if (tuned, "loss") in spans:
+        start = time.perf_counter()
+        report = _span(progress, *spans[(tuned, "loss")], f"{name}: held-out loss")
+        loss = heldout_loss(model, rows, tuned, max_length, batch_size, report, cancel)
+        seconds[("tuned" if tuned else "base") + "_loss"] = round(time.perf_counter() - start, 3)
+    return outputs, loss, seconds
+
+
+def _loss_only_comparison(rows: int) -> Comparison:
+    """An empty Comparison for language-modelling rows: no texts to compare."""
+    examples = pd.DataFrame({col: pd.Series(dtype=str) for col in TEXT_COLUMNS}
+                            | {col: pd.Series(dtype=float) for col in SCORE_COLUMNS})
+    examples.index.name = "row"
+    return Comparison(task=LM_TASK, rows=rows, summary=[], examples=examples, wins=0, ties=0,
+                      losses=0, base_metrics={}, tuned_metrics={}, confusion=None)
+
+
+# -- the whole evaluation -----------------------------------------------------
+
+def evaluate_run(run, data_path: str | None = None, limit: int | None = None, batch_size: int = 16,
+                 max_new_tokens: int | None = None, with_loss: bool = False,
+                 progress: Progress | None = None, cancel: threading.Event | None = None,
+                 model=None) -> Comparison:
+    """Score base and tuned on the same rows, save to run.eval_dir, return the Comparison.
+
+    `model` reuses an already-loaded `InferenceModel` of this run (the UI keeps
+    one); otherwise it is loaded here. Raises ValueError on unusable input,
+    FileNotFoundError when the run has no adapter, InterruptedError when
+    `cancel` is set (nothing is written then).
+    """
+    _check_args(limit, batch_size, max_new_tokens)
+    rows, labels, source = load_eval_rows(run, data_path)
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise ValueError("Nothing to evaluate: 0 held-out rows (was eval_fraction 0?).")
+    lm = is_lm_rows(rows)
+    if lm and not with_loss:
+        raise ValueError("These are language-modelling rows (plain text, no prompt to answer): "
+                         "only held-out loss applies. Use with_loss=True (--loss on the command line).")
+    _check_cancel(cancel)
+    say = progress or (lambda _text, _fraction: None)
+    model = model or _load_model(run, say)
+    if not model.has_tuned:
+        raise ValueError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
+    task = LM_TASK if lm else ("classification" if labels else "generation")
+    comparison, meta = _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens,
+                                 with_loss, say, cancel)
+    meta.update(source=source, limit=limit)
+    save_evaluation(run, comparison, meta)
+    say("Done.", 1.0)
+    return comparison
+
+
+def _load_model(run, say: Progress):
+    from finetune_core.generation import InferenceModel
+
+    if not run.has_adapter():
+        raise FileNotFoundError(f"Run {run.id} has no saved adapter: train it to completion first.")
+    return InferenceModel.from_run(run, progress=lambda message: say(message, 0.0))
+
+
+def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_loss, say, cancel
+              ) -> tuple[Comparison, dict]:
+    from finetune_core.generation import GenSettings
+
+    started = time.time()
+    lm = task == LM_TASK
+    references = [] if lm else [reference_text(r, task == "classification") for r in rows]
+    if not lm and max_new_tokens is None:
+        max_new_tokens = default_max_new_tokens(model.tokenizer, task, references, labels)
+    settings = GenSettings(max_new_tokens=max_new_tokens or 1)
+    spans = _phases(with_generation=not lm, with_loss=with_loss)
+    prompts = None if lm else [r["prompt"] for r in rows]
+    max_length = run.config().max_length
+    results = {}
+    seconds: dict[str, float] = {}
+    for tuned in (False, True):
+        outputs, loss, took = _run_side(model, tuned, rows, prompts, settings, batch_size, max_length,
+                                        spans, say, cancel)
+        results[tuned] = (outputs, loss)
+        seconds.update(took)
+    if lm:
+        comparison = _loss_only_comparison(len(rows))
+    else:
+        comparison = compare(task, [input_text(r) for r in rows], references,
+                             results[False][0], results[True][0], labels=labels)
+    if with_loss:
+        _add_losses(comparison, {False: results[False][1], True: results[True][1]})
+    _mark_direction(comparison)
+    meta = {"run": run.id, "task": task, "rows": len(rows), "batch_size": batch_size,
+            "max_new_tokens": None if lm else max_new_tokens, "with_loss": with_loss,
+            "seconds": seconds, "device": model.policy.describe(), "started": started,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return comparison, meta
+
+
+# -- saving -------------------------------------------------------------------
+
+def save_evaluation(run, comparison: Comparison, meta: dict) -> Path:
+    """Replace run.eval_dir with a complete new evaluation (results, examples, meta).
+
+    Written to a sibling folder first and swapped in by rename, so a reader
+    never sees results.json from one evaluation beside examples.csv from
+    another, and a failed save leaves the previous evaluation in place.
+    """
+    from finetune_core.runs import write_json_atomic
+
+    tmp = run.path / f".eval-tmp-{os.getpid()}"
+    old = run.path / f".eval-old-{os.getpid()}"
+    for leftover in (tmp, old):  # from a process with our pid that died mid-save
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        comparison.save(tmp)
+        write_json_atomic(tmp / META_FILE, meta)
+        if run.eval_dir.exists():
+            run.eval_dir.rename(old)
+        try:
+            tmp.rename(run.eval_dir)
+        except OSError:
+            if old.exists():  # put the previous evaluation back
+                old.rename(run.eval_dir)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return run.eval_dir
+
+
+def load_meta(run) -> dict:
+    """The meta.json of the run's last evaluation ({} when there is none)."""
+    path = run.eval_dir / META_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
