@@ -1,0 +1,263 @@
+"""Training throughput: our runner vs plain TRL scripts, same model, data and steps.
+
+    .venv/bin/python bench/bench_train.py                  # bundled 135M, SAMSum (or in-repo fallback)
+    .venv/bin/python bench/bench_train.py --tiny --steps 2 --warmup 1 --rounds 1   # smoke test
+
+Variants, each run in its own process and interleaved round by round:
+* ours          — finetune_core.train.build_trainer (dtype by device, no
+                  gradient checkpointing, length-grouped batches)
+* plain_tuned   — a plain SFTTrainer script hand-tuned for CPU: fp32, no
+                  gradient checkpointing, otherwise TRL's defaults
+* plain_default — a plain SFTTrainer script with TRL's defaults (bf16 autocast,
+                  gradient checkpointing); run once, it is very slow on CPU
+All use LoRA r=16, alpha=32, dropout 0.05 on all linear layers, batch 8,
+max_length 512. Tokens/s = non-padding input tokens of the timed steps / wall
+time of those steps (warm-up steps excluded). Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SAMSUM = REPO.parent / "shared" / "datasets" / "samsum_train.json"
+FALLBACK = REPO / "sample_data" / "support_notes.csv"
+LORA = dict(r=16, alpha=32, dropout=0.05)
+
+
+def load_rows(n: int) -> tuple[list[dict], str]:
+    """Conversational prompt/completion rows with a realistic mix of lengths."""
+    from finetune_core.dataset import DataOptions, prepare_data
+
+    if SAMSUM.is_file():
+        opts = DataOptions(path=str(SAMSUM), format="columns", prompt_template="Summarize this dialogue:\n{dialogue}",
+                           completion_template="{summary}")
+        source = "samsum_train.json"
+    else:
+        opts = DataOptions(path=str(FALLBACK), format="columns", prompt_template="Summarise this support note:\n{note}",
+                           completion_column="summary")
+        source = "sample_data/support_notes.csv"
+    rows = prepare_data(opts).rows[:n]
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows], source
+
+
+class Meter:
+    """Collator wrapper + callback: counts tokens and times the steps after warm-up."""
+
+    def __init__(self, collator, warmup: int):
+        self.collator, self.warmup = collator, warmup
+        self.batch_tokens = self.batch_loss_tokens = self.batch_padded = 0
+        self.tokens = self.loss_tokens = self.padded = 0
+        self.t_start = self.t_end = None
+        self.step_times: list[float] = []
+        self._t_step = None
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        self.batch_tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+        self.batch_padded += int(ids.numel())
+        labels = batch.get("labels")
+        if labels is not None:
+            self.batch_loss_tokens += int((labels[:, 1:] != -100).sum())
+        return batch
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class _CB(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                meter._t_step = time.perf_counter()
+                if state.global_step == meter.warmup:
+                    meter.t_start = meter._t_step
+                    meter.batch_tokens = meter.batch_loss_tokens = meter.batch_padded = 0
+
+            def on_step_end(self, args, state, control, **kw):
+                now = time.perf_counter()
+                if state.global_step > meter.warmup:
+                    meter.step_times.append(now - meter._t_step)
+                    meter.t_end = now
+                    meter.tokens, meter.loss_tokens, meter.padded = (
+                        meter.batch_tokens, meter.batch_loss_tokens, meter.batch_padded)
+
+        return _CB()
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: int, out_dir: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from finetune_core.config import RunConfig
+    from finetune_core.models import device_policy, load_model, load_tokenizer
+    from finetune_core.runs import Run
+    from finetune_core.train import build_trainer
+
+    total = steps + warmup
+    if variant == "ours":
+        cfg = RunConfig(model=model, max_steps=total, batch_size=8, max_length=512, lora_r=LORA["r"],
+                        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000, seed=42)
+        run = Run(Path(out_dir))
+        (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        trainer, _tok = build_trainer(cfg, run, rows, [], device_policy(), [], lambda e: None)
+    else:
+        tok = load_tokenizer(model)
+        base = load_model(model)  # float32 weights; the variants differ in SFTConfig only
+        kwargs = dict(output_dir=out_dir, per_device_train_batch_size=8, max_steps=total, max_length=512,
+                      report_to="none", save_strategy="no", logging_steps=10_000, seed=42, disable_tqdm=True,
+                      use_cpu=not torch.cuda.is_available())  # what TRL asks for on a GPU-less machine
+        if variant == "plain_tuned":
+            kwargs.update(bf16=False, gradient_checkpointing=False)
+        peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = SFTTrainer(model=base, args=SFTConfig(**kwargs), train_dataset=Dataset.from_list(rows),
+                             processing_class=tok, peft_config=peft)
+    meter = Meter(trainer.data_collator, warmup)
+    trainer.data_collator = meter
+    trainer.add_callback(meter.callback())
+    trainer.train()
+    wall = meter.t_end - meter.t_start
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    return {
+        "variant": variant, "timed_steps": steps, "wall_s": round(wall, 3),
+        "tokens": meter.tokens, "loss_tokens": meter.loss_tokens, "padded_tokens": meter.padded,
+        "tokens_per_s": round(meter.tokens / wall, 2), "loss_tokens_per_s": round(meter.loss_tokens / wall, 2),
+        "padding_share": round(1 - meter.tokens / max(1, meter.padded), 4),
+        "median_step_s": round(statistics.median(meter.step_times), 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "params": n_params, "threads": torch.get_num_threads(),
+        "flops_per_token": flops_per_token(trainer.model, meter.tokens, meter.loss_tokens, meter.padded, steps),
+    }
+
+
+def flops_per_token(model, tokens: int, loss_tokens: int, padded: int, steps: int) -> float:
+    """LoRA training FLOPs per real token: 4*N_frozen_matmul + 6*N_lora + attention, plus the
+    LM head on loss positions only (TRL projects only those). Padding counts as waste."""
+    import torch
+
+    frozen = lora = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            n = module.weight.numel()
+            if "lora_" in name:
+                lora += n
+            elif "lm_head" not in name:
+                frozen += n
+    cfg = model.config
+    layers, d = cfg.num_hidden_layers, cfg.hidden_size
+    avg_len = padded / max(1, steps * 8)
+    attention = 3 * 2 * 2 * layers * avg_len * d / 2  # QK^T and AV, causal half, fwd + 2x bwd
+    head = 4 * cfg.vocab_size * d * loss_tokens / max(1, tokens)
+    return float(4 * frozen + 6 * lora + attention + head)
+
+
+def cpu_peak_flops() -> tuple[float, str]:
+    """Rough fp32 peak of this CPU: cores x GHz x FLOPs per cycle (FMA width x 2 units)."""
+    cores = os.cpu_count() or 1
+    flags, mhz = "", 2000.0
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+        mhz = float(next(line for line in info.splitlines() if "MHz" in line).split(":")[1])
+    except (OSError, StopIteration, ValueError):
+        pass
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 8
+    return cores * mhz * 1e6 * per_cycle, f"{cores} cores x {mhz:.0f} MHz x {per_cycle} FLOP/cycle"
+
+
+def orchestrate(args) -> dict:
+    import torch
+    import transformers
+    import trl
+
+    variants = [v for v in args.variants.split(",") if v]
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for rnd in range(args.rounds):
+        for v in variants:
+            if v == "plain_default" and rnd > 0:
+                continue  # minutes per step on CPU: one round is enough to show the gap
+            cmd = [sys.executable, __file__, "--variant", v, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--rows", str(args.rows), "--model", args.model] + (["--tiny"] if args.tiny else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            if out.returncode != 0:
+                raise SystemExit(f"{v} failed:\n{out.stderr[-3000:]}")
+            results[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    peak, peak_desc = cpu_peak_flops()
+    summary = {}
+    for v, runs in results.items():
+        tps = statistics.median(r["tokens_per_s"] for r in runs)
+        summary[v] = {"tokens_per_s": tps, "loss_tokens_per_s": statistics.median(r["loss_tokens_per_s"] for r in runs),
+                      "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "padding_share": runs[0]["padding_share"],
+                      "mfu": round(tps * runs[0]["flops_per_token"] / peak, 4), "runs": runs}
+    ratios = {}
+    if "ours" in summary:
+        for other in ("plain_tuned", "plain_default"):
+            if other in summary:
+                ratios[f"ours_vs_{other}"] = round(summary["ours"]["tokens_per_s"] / summary[other]["tokens_per_s"], 2)
+    return {"benchmark": "train_throughput", "device": f"cpu ({platform.processor() or platform.machine()})",
+            "peak_flops_estimate": peak, "peak_flops_basis": peak_desc, "model": args.model, "data": args.source,
+            "rows": args.rows, "timed_steps": args.steps, "warmup_steps": args.warmup, "rounds": args.rounds,
+            "batch_size": 8, "max_length": 512, "lora": LORA, "versions": {"torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__}, "date": time.strftime("%Y-%m-%d"),
+            "results": summary, "ratios": ratios}
+
+
+def tiny_model_dir() -> str:
+    """A tiny random Llama with the bundled tokenizer (for the smoke test)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from transformers import AutoTokenizer
+
+    from conftest import build_tiny_model
+    from finetune_core.models import bundled_gguf_path
+
+    folder = Path(tempfile.gettempdir()) / "studio-bench-tiny-llama"
+    if not (folder / "model.safetensors").is_file():
+        gguf = bundled_gguf_path()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        build_tiny_model(tok).save_pretrained(folder)
+        tok.save_pretrained(folder)
+    return str(folder)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--tiny", action="store_true", help="tiny random model (smoke test)")
+    p.add_argument("--steps", type=int, default=6, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rows", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--variants", default="ours,plain_tuned,plain_default")
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=int, default=3600)
+    args = p.parse_args()
+    if args.tiny:
+        args.model = tiny_model_dir()
+    rows, args.source = load_rows(args.rows)
+    if args.variant:
+        with tempfile.TemporaryDirectory() as out:
+            print(json.dumps(run_variant(args.variant, args.model, rows, args.steps, args.warmup, out)))
+        return
+    print(json.dumps(orchestrate(args)))
+
+
+if __name__ == "__main__":
+    main()
