@@ -338,7 +338,7 @@ def inspect_main(argv: list[str]) -> int:
 
 def _readable(result: dict) -> str:
     lines = [f"format: {result['format']}", f"rows: {result['rows']} usable of {result['total_rows']} read"]
-    lines += [f"note: {n}" for n in result["notes"]]
+    lines += ["note: " + n.replace("\n", "\\n") for n in result["notes"]]  # one line per note
     if result["labels"]:
         lines.append("labels: " + ", ".join(f"{k} ({v})" for k, v in result["labels"].items()))
     stats = result["stats"]
@@ -349,7 +349,8 @@ def _readable(result: dict) -> str:
         for part in ("prompt", "completion", "total"):
             d = tokens[part]
             lines.append(f"{part} tokens: min {d['min']}, median {d['median']:g}, p95 {d['p95']}, max {d['max']}")
-        lines.append(f"rows over max_length {tokens['max_length']}: {tokens['over_max_length']}")
+        lines.append(f"rows over max_length {tokens['max_length']}: {tokens['over_max_length']} "
+                     f"(prompt alone too long, dropped by the trainer: {tokens['completion_lost']})")
     lines.append(f"issues: {result['issue_count']}")
     for issue in result["issues"][:20]:
         where = f"row {issue['row']}" if issue["row"] is not None else "file"
