@@ -173,7 +173,10 @@ def run_bench(source: str, adapter_dir: str | None, label: str, prompt: str, max
     prompt_tokens = len(model.tokenizer(model.render(messages), add_special_tokens=False)["input_ids"])
     result = {"target": label, "model": source, "device": model.policy.describe(),
               "torch_threads": torch.get_num_threads(), "prompt_tokens": prompt_tokens,
-              "max_new_tokens": max_new_tokens, "repeats": repeats, "memory": memory}
+              "max_new_tokens": max_new_tokens, "repeats": repeats,
+              # Other processes on the same cores distort timings: record how busy the machine was.
+              "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+              "cpu_count": os.cpu_count(), "memory": memory}
     for mode in ("base", "tuned", "both"):
         result[mode] = bench_mode(model, messages, mode, settings, repeats)
     result["goal_ttft_lt_0_5s"] = all(result[m]["ttft_s"] < 0.5 for m in ("base", "tuned", "both"))
@@ -189,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0 = torch's default). 1 is steadier when other jobs share the CPU.")
     args = p.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     real_stdout = sys.stdout
     # Libraries print progress and notices; keep stdout for the one JSON object.
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:

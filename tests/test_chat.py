@@ -3,7 +3,6 @@ session isolation, and the Chat tab's handlers called directly."""
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
@@ -186,7 +185,7 @@ def test_sessions_are_isolated():
     run_turn(b, "from b", model)
     assert [m["content"] for m in chat.panes(a)[0] if m["role"] == "user"] == ["from a"]
     assert [m["content"] for m in chat.panes(b)[0] if m["role"] == "user"] == ["from b"]
-    base_b, tuned_b = model.calls[1]
+    base_b, _ = model.calls[1]
     assert [m["content"] for m in base_b] == ["from b"]  # no system prompt, no turn of a
     assert a.base_history is not b.base_history and a.cancel is not b.cancel and a.rng is not b.rng
 

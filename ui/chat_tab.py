@@ -289,29 +289,30 @@ def build(ctx: AppContext) -> None:
     export_file = gr.File(label="Preference pairs", interactive=False)
 
     bound = functools.partial
+    private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API
     begin = dict(fn=bound(begin_send, ctx), inputs=[session_state, message, run_dd, blind],
                  outputs=[session_state, message, message_state, left, right, vote_row])
     reply = dict(fn=bound(stream_reply, ctx),
                  inputs=[session_state, message_state, run_dd, system, temperature, top_p, max_new, seed],
                  outputs=[left, right, status, vote_row], concurrency_id=GPU_QUEUE, concurrency_limit=1,
                  show_progress="minimal")
-    send.click(**begin).success(**reply)
-    message.submit(**begin).success(**reply)
-    examples.click(pick_example, [examples], [message]).then(**begin).success(**reply)
-    stop.click(stop_chat, [session_state], None, concurrency_limit=None)
-    clear_btn.click(clear_chat, [session_state], [session_state, left, right, vote_row])
-    blind.change(toggle_blind, [session_state, blind], [session_state, left, right, vote_row])
+    gr.on([send.click, message.submit], **begin, api_name="chat_send").success(**reply, api_name="chat_stream")
+    examples.click(pick_example, [examples], [message], **private).then(**begin, **private).success(
+        **reply, **private)
+    stop.click(stop_chat, [session_state], None, concurrency_limit=None, api_name="chat_stop")
+    clear_btn.click(clear_chat, [session_state], [session_state, left, right, vote_row], api_name="chat_clear")
+    blind.change(toggle_blind, [session_state, blind], [session_state, left, right, vote_row], **private)
     run_dd.change(bound(change_model, ctx), [session_state, run_dd],
-                  [session_state, left, right, examples, vote_row, status])
+                  [session_state, left, right, examples, vote_row, status], **private)
     run_state = ctx.run_state if ctx.run_state is not None else gr.State("")
-    refresh.click(bound(refresh_runs, ctx), [run_dd, run_state], [run_dd])
+    refresh.click(bound(refresh_runs, ctx), [run_dd, run_state], [run_dd], **private)
     if ctx.run_state is not None:
-        ctx.run_state.change(bound(follow_shared_run, ctx), [ctx.run_state, run_dd], [run_dd])
+        ctx.run_state.change(bound(follow_shared_run, ctx), [ctx.run_state, run_dd], [run_dd], **private)
     root = Context.root_block  # the Blocks being built: refresh the run list on each page load
     if root is not None:
-        root.load(bound(on_load, ctx), [run_state, run_dd], [run_dd, examples, status])
+        root.load(bound(on_load, ctx), [run_state, run_dd], [run_dd, examples, status], **private)
     for choice, button in vote_buttons.items():
         button.click(bound(cast_vote, choice=choice), [session_state],
-                     [session_state, tally_md, vote_row, status])
-    export_btn.click(export_votes, [session_state], [export_file])
+                     [session_state, tally_md, vote_row, status], api_name=f"chat_vote_{choice}")
+    export_btn.click(export_votes, [session_state], [export_file], api_name="chat_export_votes")
     ctx.components["chat_run"] = run_dd
