@@ -16,21 +16,58 @@ from __future__ import annotations
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-GAIN_COLOUR = "#2e7d32"
-LOSS_COLOUR = "#c62828"
+GAIN_COLOUR = "#2e7d32"  # tuned is better, whichever way the metric points
+LOSS_COLOUR = "#c62828"  # tuned is worse
+SAME_COLOUR = "#9e9e9e"
+# exp(eval_loss): the same information as eval_loss on a scale that can run to
+# thousands, which would flatten every other bar in its panel.
+LEFT_OUT = ("perplexity",)
+
+
+def improved(entry: dict) -> bool | None:
+    """True when tuned beat base on this summary entry, None when equal or unknown.
+
+    >>> improved({"delta": -0.2, "higher_is_better": False})
+    True
+    """
+    delta = entry.get("delta")
+    if delta is None or delta == 0:
+        return None
+    return (delta > 0) == entry.get("higher_is_better", True)
 
 
 def delta_chart(comparison) -> Figure:
-    """Horizontal bars of tuned − base for every metric, each labelled with its value."""
-    entries = [e for e in comparison.summary if e.get("delta") is not None]
+    """Horizontal bars of tuned − base per metric, green where tuned improved.
+
+    Scores (higher is better, 0..1) and losses (lower is better, in nats) get
+    separate panels with their own x scale; perplexity is left out.
+    """
+    entries = [e for e in comparison.summary
+               if e.get("delta") is not None and e["metric"] not in LEFT_OUT]
+    scores = [e for e in entries if e.get("higher_is_better", True)]
+    losses = [e for e in entries if not e.get("higher_is_better", True)]
+    panels = [(p, label) for p, label in ((scores, "higher is better"), (losses, "lower is better")) if p]
+    panels = panels or [([], "")]
+    heights = [max(len(p), 1) for p, _ in panels]
+    # Grow with the number of metrics (per-label accuracies can be many).
+    fig = Figure(figsize=(7, 1.2 + 0.45 * sum(heights) + 0.6 * (len(panels) - 1)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (panel, direction) in zip(axes, panels):
+        _draw_deltas(ax, panel, direction)
+    axes[0].set_title(f"Change after fine-tuning ({comparison.rows} held-out rows)")
+    return fig
+
+
+def _draw_deltas(ax, entries: list[dict], direction: str) -> None:
+    if not entries:
+        ax.text(0.5, 0.5, "No metric to chart", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
     names = [e["metric"] for e in entries]
     deltas = [float(e["delta"]) for e in entries]
-    # Grow with the number of metrics (per-label accuracies can be many).
-    fig = Figure(figsize=(7, 1.2 + 0.45 * max(len(names), 1)), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    colours = [{True: GAIN_COLOUR, False: LOSS_COLOUR, None: SAME_COLOUR}[improved(e)] for e in entries]
     positions = list(range(len(names)))
-    colours = [GAIN_COLOUR if d >= 0 else LOSS_COLOUR for d in deltas]
     bars = ax.barh(positions, deltas, color=colours)
     ax.bar_label(bars, labels=[f"{d:+.3f}" for d in deltas], padding=3, fontsize=8)
     ax.set_yticks(positions, labels=names)
@@ -39,9 +76,7 @@ def delta_chart(comparison) -> Figure:
     # Symmetric limits with room for the labels, so gains and losses read alike.
     span = max([abs(d) for d in deltas] + [0.05]) * 1.35
     ax.set_xlim(-span, span)
-    ax.set_xlabel("tuned − base")
-    ax.set_title(f"Change after fine-tuning ({comparison.rows} held-out rows)")
-    return fig
+    ax.set_xlabel(f"tuned − base ({direction})")
 
 
 def confusion_heatmap(comparison) -> Figure | None:

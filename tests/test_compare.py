@@ -128,6 +128,28 @@ def test_delta_chart_one_bar_per_metric(classification):
     assert [p.get_width() for p in ax.patches][0] == pytest.approx(0.5)
 
 
+def test_delta_chart_colours_by_direction_and_puts_loss_on_its_own_axis(generation):
+    from matplotlib.colors import to_hex
+
+    from evaluation.plots import GAIN_COLOUR, LOSS_COLOUR, SAME_COLOUR
+
+    generation.summary += [
+        {"metric": "eval_loss", "base": 3.0, "tuned": 1.0, "delta": -2.0, "higher_is_better": False},
+        {"metric": "perplexity", "base": 20.1, "tuned": 2.7, "delta": -17.4, "higher_is_better": False},
+    ]
+    scores, losses = delta_chart(generation).axes
+    # rougeL etc. fell (red), rouge2 unchanged (grey); a lower loss is an improvement (green).
+    by_name = dict(zip([t.get_text() for t in scores.get_yticklabels()],
+                       [to_hex(p.get_facecolor()) for p in scores.patches]))
+    assert by_name["rougeL"] == LOSS_COLOUR and by_name["exact_match"] == LOSS_COLOUR
+    assert [t.get_text() for t in losses.get_yticklabels()] == ["eval_loss"]  # perplexity left out
+    assert to_hex(losses.patches[0].get_facecolor()) == GAIN_COLOUR
+    assert losses.patches[0].get_width() == pytest.approx(-2.0)
+    assert "lower is better" in losses.get_xlabel() and "higher is better" in scores.get_xlabel()
+    same = compare("generation", ["q"], ["a"], ["a"], ["a"])
+    assert {to_hex(p.get_facecolor()) for p in delta_chart(same).axes[0].patches} == {SAME_COLOUR}
+
+
 def test_confusion_heatmap(classification, generation):
     import matplotlib.pyplot as plt
 
