@@ -315,3 +315,21 @@ def test_ui_run_choices_and_examples(trained_run, monkeypatch):
     assert chat_tab.default_choice(choices, "", "base:bundled") == "base:bundled"
     assert chat_tab._examples_for(f"run:{trained_run.id}")[0] == [chat.example_prompts(trained_run, 1)[0]]
     assert chat_tab.pick_example(["a prompt"]) == "a prompt"
+
+
+def test_ui_model_load_error_becomes_short_gr_error():
+    gr = pytest.importorskip("gradio")
+    from finetune_core.models import ModelError
+    from ui import chat_tab
+
+    class FailingModels:
+        def get(self, key, progress=None):
+            raise ModelError("Could not load 'x/y': the Hub is not reachable (offline).")
+
+    ctx = _ctx()
+    ctx.models = FailingModels()
+    session = ChatSession()
+    stream = chat_tab.stream_reply(ctx, session, "hi", "base:x/y", "", 0.0, 1.0, 8, 0)
+    with pytest.raises(gr.Error, match="not reachable"):
+        list(stream)
+    assert chat.panes(session) == ([], [])

@@ -10,6 +10,7 @@ below are plain functions (tests call them directly), wired in `build`.
 from __future__ import annotations
 
 import functools
+import logging
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from finetune_core.runs import RunError, get_run, list_runs
 
 from .context import GPU_QUEUE, AppContext
 
+log = logging.getLogger(__name__)
 BASE_PREFIX = "base:"
 RUN_PREFIX = "run:"
 USER_ERRORS = (ValueError, RunError, ModelError, FileNotFoundError)
@@ -108,6 +110,13 @@ def _settings(temperature, top_p, max_new_tokens, seed) -> GenSettings:
                        top_p=float(top_p), seed=int(seed or 0))
 
 
+def _panes_with(session: chat.ChatSession, message: str) -> tuple[list[dict], list[dict]]:
+    """Both panes plus a user message not yet part of the conversation (sent, not answered)."""
+    left, right = chat.panes(session)
+    user = {"role": "user", "content": message}
+    return left + [user], right + [dict(user)]
+
+
 def _chatbots(session: chat.ChatSession):
     left, right = chat.panes(session)
     a, b = _labels(session.blind)
@@ -167,9 +176,8 @@ def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool):
     session = _session(state)
     chat.set_blind(session, blind)
     chat.arm_cancel(session)  # armed at click time: Stop while queued still cancels this turn
-    left, right = chat.panes(session)
-    user = {"role": "user", "content": message}
-    return session, "", message, left + [user], right + [user], gr.Row(visible=False)
+    left, right = _panes_with(session, message)
+    return session, "", message, left, right, gr.Row(visible=False)
 
 
 def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
@@ -177,14 +185,15 @@ def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
     """Streaming step (GPU queue): load the model if needed, then yield both panes per token."""
     session = _session(state)
     session.system_prompt = system or ""
-    left, right = chat.panes(session)
     if not message:
-        yield left, right, _status(ctx, key), gr.Row(visible=False)
+        yield *chat.panes(session), _status(ctx, key), gr.Row(visible=False)
         return
     busy = gpu_busy_message(ctx)  # the job may have started while this turn was queued
     if busy:
+        yield *chat.panes(session), f"⏳ {busy}", gr.skip()
         raise gr.Error(busy)
-    yield left, right, "Loading the model (the first use of a model takes a few seconds)...", gr.skip()
+    # Until the turn opens, keep showing the message begin_send put up (no flicker).
+    yield *_panes_with(session, message), "Loading the model (its first use takes a few seconds)...", gr.skip()
     failure = None
     try:
         model = ctx.models.get(key)
@@ -197,6 +206,7 @@ def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
     except USER_ERRORS as exc:
         failure = str(exc)
     except Exception as exc:  # noqa: BLE001 - the user sees one line, the server log keeps the rest
+        log.exception("Chat generation failed")
         failure = f"Generation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     if failure is not None:
         left, right = chat.panes(session)  # the failed turn was rolled back: show that
