@@ -1,0 +1,416 @@
+"""Evaluate tab: base vs tuned on a run's held-out rows, as numbers and examples.
+
+Pick a trained run (the tab follows the run chosen in the Train tab), press
+Evaluate, and `evaluation.run_eval.evaluate_run` generates for every held-out
+prompt with the adapter off (base) and on (tuned), using the model the app
+already holds for that run (`ctx.models`, shared with the Chat tab). The tab
+then shows the summary (metric, base, tuned, delta), win/tie/loss counts, a
+chart of the deltas, the confusion matrices for classification and the
+per-example table, and offers results.json + examples.csv for download. A run
+evaluated before (here or with `python -m evaluation`) shows its saved
+results at once, read from runs/<id>/eval/.
+
+The handlers below are plain functions (tests call them directly); `build`
+lays out the widgets and wires them. Per-browser state is one gr.State
+holding the cancel Event of the current evaluation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import threading
+from typing import Callable, NamedTuple
+
+import gradio as gr
+import pandas as pd
+from gradio.context import Context
+
+from evaluation.compare import EXAMPLES_FILE, RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison
+from evaluation.plots import confusion_heatmap, delta_chart, improved
+from evaluation.run_eval import evaluate_run, is_lm_rows, load_meta
+from finetune_core.models import device_policy
+from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run, list_runs
+
+from .access import require_user
+from .context import GPU_QUEUE, AppContext
+from .widgets import user_error
+
+log = logging.getLogger(__name__)
+
+ORDERS = ("Biggest wins first", "Biggest losses first", "Original order")
+SUMMARY_HEADERS = ["metric", "base", "tuned", "delta", "better when", "tuned vs base"]
+EXAMPLE_HEADERS = ["row", "input", "reference", "base output", "tuned output", "base score", "tuned score",
+                   "delta"]
+# Inputs and model outputs go in "str" columns, which the browser shows as plain
+# text: never "markdown" or "html", which would render what a model wrote.
+EXAMPLE_TYPES = ["number", "str", "str", "str", "str", "number", "number", "number"]
+NO_RUNS = "No trained run yet. **Train a run first** (Train tab); when it has finished, it appears here."
+PICK_RUN = "**Pick a run** above to see its evaluation, or to evaluate it."
+CANCELLED = "*Evaluation cancelled: nothing was saved.*"
+
+Progress = Callable[[str, float], None]
+
+
+class View(NamedTuple):
+    """What the tab shows, in the order of the outputs wired in `build`."""
+
+    status: str  # markdown: which run, when and how it was evaluated (server-made text only)
+    summary: pd.DataFrame
+    counts: str  # markdown: wins / ties / losses
+    delta_plot: dict  # gr.update for the delta chart
+    confusion: dict  # gr.update for the confusion heatmap (hidden unless classification)
+    examples: pd.DataFrame
+    downloads: dict  # gr.update clearing the files of a previous run
+
+
+# -- runs ---------------------------------------------------------------------------
+def run_choices() -> list[tuple[str, str]]:
+    """(label, run id) for the runs with a saved adapter, newest first."""
+    choices = []
+    for run in list_runs():
+        if run.has_adapter():
+            done = "evaluated" if (run.eval_dir / RESULTS_FILE).is_file() else "not evaluated yet"
+            choices.append((f"{run.id} · {run.summary().get('model') or '?'} · {done}", run.id))
+    return choices
+
+
+def pick_run(choices: list[tuple[str, str]], *wanted: str | None) -> str | None:
+    """The first wanted id that is in the list, else the newest run, else None."""
+    ids = [value for _, value in choices]
+    return next((w for w in wanted if w and w in ids), ids[0] if ids else None)
+
+
+def open_run(run_id: str | None) -> Run:
+    """The run behind an id from the browser. The message never echoes the text
+    sent: an API client can send anything as the id."""
+    if not RUN_ID_RE.match((run_id or "").strip()):
+        raise gr.Error("That is not a run id: pick a run from the list.")
+    try:
+        return get_run(run_id)
+    except RunError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def heldout_rows(run: Run) -> list[dict]:
+    path = run.data_dir / "heldout.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def gpu_busy(ctx: AppContext) -> str:
+    """Why evaluation cannot run now ("" when it can): a training job holds the GPU."""
+    job = ctx.slot.active()
+    if job is None:
+        return ""
+    try:
+        device = job.run.run_yaml().get("resolved_device") or device_policy(job.run.config().device).device
+    except (OSError, ValueError):
+        device = "unknown"  # cannot tell: assume the GPU is taken
+    if device == "cpu":
+        return ""  # CPU training and evaluation share the cores: slower, but it works
+    return f"Training run {job.run.id} is using the GPU. Evaluate when it finishes or is stopped (Train tab)."
+
+
+# -- tables and text --------------------------------------------------------------------
+def _number(value, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def summary_frame(summary: list[dict] | None) -> pd.DataFrame:
+    """The summary as text cells; lower-is-better metrics (loss, perplexity) are marked,
+    and the last column says whether tuned improved whichever way the metric points."""
+    rows = []
+    for entry in summary or []:
+        better = improved(entry)
+        verdict = "—" if entry.get("delta") is None else {True: "better", False: "worse", None: "same"}[better]
+        rows.append([entry["metric"], _number(entry.get("base")), _number(entry.get("tuned")),
+                     _number(entry.get("delta"), signed=True),
+                     "higher ↑" if entry.get("higher_is_better", True) else "lower ↓ (lower is better)", verdict])
+    return pd.DataFrame(rows, columns=SUMMARY_HEADERS)
+
+
+def examples_frame(examples: pd.DataFrame | None, order: str = ORDERS[0]) -> pd.DataFrame:
+    """The per-example table in the chosen order, with the held-out row number as a column."""
+    if examples is None or examples.empty:
+        return pd.DataFrame(columns=EXAMPLE_HEADERS)
+    if order == ORDERS[1]:
+        table = examples.sort_values("delta", ascending=True, kind="stable")
+    elif order == ORDERS[2]:
+        table = examples.sort_index(kind="stable")
+    else:
+        table = examples.sort_values("delta", ascending=False, kind="stable")
+    table = table.reset_index()[["row", *TEXT_COLUMNS, *SCORE_COLUMNS]]
+    table.columns = EXAMPLE_HEADERS
+    table[EXAMPLE_HEADERS[-3:]] = table[EXAMPLE_HEADERS[-3:]].round(4)
+    return table
+
+
+def counts_text(comparison: Comparison) -> str:
+    if comparison.examples.empty:
+        return "These held-out rows are plain text: base and tuned are compared by held-out loss only."
+    measure = "correct label" if comparison.task == "classification" else "ROUGE-L"
+    return (f"**Per example, tuned vs base** ({comparison.rows} rows, scored by {measure}): "
+            f"**{comparison.wins}** wins · **{comparison.ties}** ties · **{comparison.losses}** losses")
+
+
+def status_text(run: Run, comparison: Comparison, meta: dict) -> str:
+    facts = [f"Results for run `{run.id}`", comparison.task.replace("_", " "), f"{comparison.rows} rows"]
+    if meta.get("source") not in (None, "heldout"):
+        facts[-1] += " from another data file"
+    else:
+        facts[-1] += " held out from training"
+    if meta.get("max_new_tokens"):
+        facts.append(f"max new tokens {meta['max_new_tokens']}")
+    if meta.get("device"):
+        facts.append(str(meta["device"]))
+    seconds = meta.get("seconds") or {}
+    if seconds:
+        facts.append("took " + ", ".join(f"{side.replace('_', ' ')} {s:.1f}s" for side, s in seconds.items()))
+    if meta.get("timestamp"):
+        facts.append(f"evaluated {meta['timestamp']}")
+    return " · ".join(facts)
+
+
+def message_view(text: str) -> View:
+    """An empty result area with one line saying what to do next."""
+    return View(text, summary_frame(None), "", gr.update(value=None), gr.update(value=None, visible=False),
+                examples_frame(None), gr.update(value=None))
+
+
+def results_view(run: Run, comparison: Comparison, meta: dict, order: str, note: str = "") -> View:
+    heatmap = confusion_heatmap(comparison)
+    status = status_text(run, comparison, meta) + (f"\n\n{note}" if note else "")
+    return View(status, summary_frame(comparison.summary), counts_text(comparison),
+                gr.update(value=delta_chart(comparison)), gr.update(value=heatmap, visible=heatmap is not None),
+                examples_frame(comparison.examples, order), gr.update(value=None))
+
+
+def not_evaluated_text(run: Run) -> str:
+    rows = heldout_rows(run)
+    if not rows:
+        return (f"Run `{run.id}` has no held-out rows (it was trained with no held-out split), so there is "
+                "nothing to evaluate it on. Train a run with a held-out fraction above 0.")
+    loss_hint = " with **Also compute held-out loss** ticked (its rows are plain text)" if is_lm_rows(rows) else ""
+    return (f"Run `{run.id}` has not been evaluated yet. Press **Evaluate**{loss_hint} to score base and tuned "
+            f"on its {len(rows)} held-out rows.")
+
+
+# -- handlers -----------------------------------------------------------------------------
+def show_run(run_id: str | None, order: str = ORDERS[0]) -> View:
+    """The saved evaluation of a run (read from disk, nothing re-run), or what to do next."""
+    if not run_id:
+        return message_view(PICK_RUN if run_choices() else NO_RUNS)
+    run = open_run(run_id)
+    if not run.has_adapter():
+        return message_view(f"Run `{run.id}` has no saved adapter yet: let it finish training (Train tab).")
+    if not (run.eval_dir / RESULTS_FILE).is_file():
+        return message_view(not_evaluated_text(run))
+    try:
+        comparison, meta = Comparison.load(run.eval_dir), load_meta(run)
+    except (OSError, ValueError, KeyError):
+        # Half-replaced by an evaluation finishing right now, or damaged: say so, don't crash.
+        return message_view(f"The saved evaluation of run `{run.id}` could not be read. "
+                            "Press **Evaluate** to run it again.")
+    return results_view(run, comparison, meta, order)
+
+
+def order_examples(run_id: str | None, order: str) -> pd.DataFrame:
+    """Re-sort the per-example table (read again from the run's eval folder)."""
+    if not run_id:
+        return examples_frame(None)
+    run = open_run(run_id)
+    try:
+        return examples_frame(Comparison.load(run.eval_dir).examples, order)
+    except (OSError, ValueError, KeyError):
+        return examples_frame(None)
+
+
+def runs_dropdown(first: str | None, second: str | None) -> gr.Dropdown:
+    """A fresh list of evaluable runs, selecting `first`, else `second`, else the newest."""
+    choices = run_choices()
+    return gr.Dropdown(choices=choices, value=pick_run(choices, first, second))
+
+
+def arm_cancel(_previous=None) -> tuple[threading.Event, dict]:
+    """Click-time step of Evaluate: a fresh cancel Event for this evaluation (so
+    Cancel works while it still waits in the queue) and the button disabled."""
+    return threading.Event(), gr.update(interactive=False)
+
+
+def cancel_evaluation(cancel) -> None:
+    if isinstance(cancel, threading.Event) and not cancel.is_set():
+        cancel.set()
+        gr.Info("Cancelling: the current batch finishes first.")
+
+
+def _whole(value, name: str, low: int) -> int:
+    try:
+        number = int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error(f"{name} must be a whole number.") from None
+    if number < low:
+        raise gr.Error(f"{name} must be at least {low}.")
+    return number
+
+
+def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=16, max_new_tokens=0,
+             with_loss: bool = False, cancel: threading.Event | None = None, order: str = ORDERS[0],
+             request: gr.Request | None = None, progress: Progress | None = None) -> View:
+    """Score base and tuned on the run's held-out rows, save to runs/<id>/eval/, show it.
+
+    limit 0 = every held-out row; max_new_tokens 0 = sized from the references.
+    A cancelled evaluation saves nothing and shows the previous results.
+    """
+    require_user(request)
+    if not run_id:
+        raise gr.Error("Pick a run first." if run_choices() else "Train a run first (Train tab).")
+    run = open_run(run_id)
+    limit = _whole(limit, "Rows to evaluate", 0)
+    batch_size = _whole(batch_size, "Batch size", 1)
+    max_new_tokens = _whole(max_new_tokens, "Max new tokens", 0)
+    if not run.has_adapter():
+        raise gr.Error(f"Run {run.id} has no saved adapter: let it finish training first.")
+    rows = heldout_rows(run)
+    if is_lm_rows(rows) and not with_loss:
+        raise gr.Error("This run's held-out rows are plain text (no prompt to answer): "
+                       "tick 'Also compute held-out loss' to compare base and tuned by loss.")
+    busy = gpu_busy(ctx)
+    if busy:
+        raise gr.Error(busy)
+    cancel = cancel if isinstance(cancel, threading.Event) else threading.Event()
+    say = progress or (lambda _text, _fraction: None)
+    try:
+        if cancel.is_set():  # cancelled while queued: don't even load the model
+            raise InterruptedError("Evaluation cancelled.")
+        say("Loading the model (its first use takes a few seconds)...", 0.0)
+        # The app's shared copy (also used by Chat): evaluation never loads a second one.
+        model = ctx.models.get(f"run:{run.id}", progress=lambda message: say(message, 0.0))
+        comparison = evaluate_run(run, limit=limit or None, batch_size=batch_size,
+                                  max_new_tokens=max_new_tokens or None, with_loss=bool(with_loss),
+                                  progress=say, cancel=cancel, model=model)
+    except InterruptedError:
+        gr.Warning("Evaluation cancelled: nothing was saved.")
+        view = show_run(run.id, order)
+        return view._replace(status=f"{view.status}\n\n{CANCELLED}")
+    except Exception as exc:  # noqa: BLE001 - the page gets one line, the server log the traceback
+        if not isinstance(exc, (ValueError, FileNotFoundError, RunError)):
+            log.exception("evaluation of run %s failed", run.id)
+        raise user_error(exc) from None
+    return results_view(run, comparison, load_meta(run), order)
+
+
+def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | None = None) -> list[str]:
+    """Copy the run's results.json and examples.csv into a fresh, unguessable folder
+    under the exports dir (the only folder the app serves files from) and return
+    their paths. runs/ itself is never served."""
+    require_user(request)
+    if not run_id:
+        raise gr.Error("Pick a run first.")
+    run = open_run(run_id)
+    if not (run.eval_dir / RESULTS_FILE).is_file():
+        raise gr.Error("No results to download yet: press Evaluate first.")
+    folder = ctx.settings.exports_dir / secrets.token_urlsafe(16)
+    folder.mkdir(parents=True)
+    paths = []
+    try:
+        for name in (RESULTS_FILE, EXAMPLES_FILE):
+            target = folder / f"{run.id}-{name}"  # run ids are server-made: safe as file names
+            shutil.copyfile(run.eval_dir / name, target)
+            paths.append(str(target))
+    except FileNotFoundError:
+        # An evaluation of this run was being saved at that moment (eval/ is swapped by rename).
+        shutil.rmtree(folder, ignore_errors=True)
+        raise gr.Error("The results changed while copying them: try again.") from None
+    return paths
+
+
+# -- layout and wiring ------------------------------------------------------------------
+def build(ctx: AppContext) -> None:
+    """Build the Evaluate tab inside the caller's `gr.Tab`."""
+    cancel_state = gr.State(None)  # threading.Event of this browser's evaluation (made per click)
+    gr.Markdown("Score the base model (adapter off) and the tuned model (adapter on) on the run's held-out "
+                "rows — rows it never trained on — and see where fine-tuning helped and where it hurt.")
+    with gr.Row():
+        run_dd = gr.Dropdown(choices=[], value=None, label="Run to evaluate (runs with a trained adapter)",
+                             scale=4, elem_id="eval-run")
+        refresh = gr.Button("↻ Refresh runs", scale=1)
+    with gr.Accordion("Settings", open=False):
+        with gr.Row():
+            limit = gr.Number(value=0, minimum=0, precision=0, label="Rows to evaluate",
+                              info="0 = every held-out row; fewer rows finish sooner")
+            batch_size = gr.Slider(1, 64, value=16, step=1, label="Batch size",
+                                   info="prompts generated together; lower it if memory runs out")
+            max_new = gr.Number(value=0, minimum=0, maximum=1024, precision=0, label="Max new tokens",
+                                info="0 = auto: longest label + 8, or longest reference + 16 (up to 256)")
+            with_loss = gr.Checkbox(value=False, label="Also compute held-out loss",
+                                    info="mean loss and perplexity on the answers (lower is better)")
+    with gr.Row():
+        evaluate_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-button")
+        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")
+    status = gr.Markdown(PICK_RUN, elem_id="eval-status")
+    with gr.Row():
+        with gr.Column(scale=3):
+            summary = gr.Dataframe(summary_frame(None), label="Summary", interactive=False, datatype="str",
+                                   elem_id="eval-summary")
+            counts = gr.Markdown()
+        with gr.Column(scale=2):
+            chart = gr.Plot(label="Change after fine-tuning", elem_id="eval-delta-chart")
+    confusion = gr.Plot(label="Confusion matrices (rows: reference label, columns: predicted)", visible=False,
+                        elem_id="eval-confusion")
+    order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Per-example order")
+    examples = gr.Dataframe(examples_frame(None), label="Per example (click a header to sort)",
+                            datatype=EXAMPLE_TYPES, interactive=False, wrap=True, max_chars=400,
+                            show_search="search", elem_id="eval-examples")
+    with gr.Row():
+        export_btn = gr.Button("Get results files (results.json + examples.csv)", scale=1)
+        downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, scale=3)
+
+    def on_evaluate(run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request: gr.Request,
+                    progress=gr.Progress()):
+        return evaluate(ctx, run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request,
+                        progress=lambda text, fraction: progress(fraction, desc=text))
+
+    def on_export(run_id, request: gr.Request):
+        return export_results(ctx, run_id, request)
+
+    def on_follow(shared, current):
+        return runs_dropdown(shared, current)
+
+    def on_refresh(current, shared):
+        return runs_dropdown(current, shared)
+
+    def on_load(shared, current):
+        dropdown = runs_dropdown(shared, current)
+        return dropdown, *show_run(dropdown.value, ORDERS[0])
+
+    view = [status, summary, counts, chart, confusion, examples, downloads]
+    private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API
+    run_state = ctx.run_state if ctx.run_state is not None else gr.State("")
+    evaluate_btn.click(arm_cancel, [cancel_state], [cancel_state, evaluate_btn], **private).then(
+        on_evaluate, [run_dd, limit, batch_size, max_new, with_loss, cancel_state, order], view,
+        concurrency_id=GPU_QUEUE, concurrency_limit=1, api_name="evaluate",
+    ).then(lambda: gr.update(interactive=True), None, evaluate_btn, **private)
+    cancel_btn.click(cancel_evaluation, [cancel_state], None, concurrency_limit=None, api_name="evaluate_cancel")
+    run_dd.change(show_run, [run_dd, order], view, **private)
+    # Picking a run here makes it the shared run (Chat follows); .input fires only
+    # for the user's own pick, so following the shared run cannot loop back.
+    run_dd.input(lambda run_id: run_id or "", run_dd, run_state, **private)
+    order.change(order_examples, [run_dd, order], examples, **private)
+    refresh.click(on_refresh, [run_dd, run_state], run_dd, **private)
+    export_btn.click(on_export, [run_dd], downloads, api_name="evaluate_download")
+    if ctx.run_state is not None:
+        ctx.run_state.change(on_follow, [ctx.run_state, run_dd], run_dd, **private)
+    root = Context.root_block  # the Blocks being built: fresh run list and results on each page load
+    if root is not None:
+        root.load(on_load, [run_state, run_dd], [run_dd, *view], **private)
+    ctx.components["eval_run"] = run_dd
+    ctx.components["eval_examples"] = examples
+
+
+__all__ = ["build", "show_run", "evaluate", "export_results", "arm_cancel", "cancel_evaluation", "order_examples",
+           "run_choices", "runs_dropdown", "summary_frame", "examples_frame", "View", "ORDERS"]
