@@ -1,0 +1,200 @@
+"""Data tab handlers, called as plain functions (no browser, no training).
+
+    .venv/bin/python -m pytest -q tests/test_ui_data.py
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from finetune_core.dataset import prepare_data
+from finetune_core.samples import SAMPLES
+from finetune_core.train import cfg_data_options
+from ui.context import AppContext
+from ui.data_tab import (MASKED, TRAINED, Mapping, build, display_name, inspect_data, load_sample, load_upload,
+                         md_text, save_upload, stats_tokenizer, TokenizerCache, view_values, with_eval_file)
+from ui.train_tab import build_config
+
+STATE_KEYS = {"data_path", "data_format", "prompt_column", "completion_column", "prompt_template",
+              "completion_template", "system_prompt", "eval_fraction", "eval_path", "drop_bad_rows", "name", "rows"}
+GENERATED = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{12}\.(jsonl|json|csv|tsv|parquet)$")
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+@pytest.fixture()
+def uploads(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "uploads"
+    monkeypatch.setenv("STUDIO_UPLOADS_DIR", str(folder))
+    return folder
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def pc_lines(n: int) -> list[str]:
+    return [json.dumps({"prompt": f"Question {i}?", "completion": f"Answer {i}."}) for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_every_sample_sets_a_usable_data_state(name, tokenizer):
+    view = load_sample(name, tokenizer)
+    state = view.data_state
+    assert state is not None, view.status
+    assert set(state) == STATE_KEYS
+    entry = SAMPLES[name]
+    assert state["data_path"] == entry["path"] and state["data_format"] == entry["format"]
+    assert state["name"] == name and state["eval_path"] == "" and state["eval_fraction"] == 0.1
+    for key in ("prompt_column", "completion_column", "prompt_template"):
+        assert state[key] == entry.get(key, "")
+    assert f"Ready: {state['rows']} rows. Next: the Train tab." in view.status
+    assert entry["description"] in view_values(view)[9]
+    # The Train tab accepts it, and a run re-reads exactly the rows inspected here.
+    cfg = build_config({}, state)
+    assert prepare_data(cfg_data_options(cfg, cfg.data_path)).usable
+    assert len(prepare_data(cfg_data_options(cfg, cfg.data_path)).rows) == state["rows"]
+
+
+def test_upload_is_copied_under_a_generated_name(uploads, tmp_path, tokenizer):
+    src = write_lines(tmp_path / "My Data (v2).jsonl", pc_lines(30))
+    view = load_upload(str(src), tokenizer)
+    copied = Path(view.data_state["data_path"])
+    assert copied.parent == uploads.resolve() and GENERATED.match(copied.name)
+    assert copied.read_bytes() == src.read_bytes()
+    assert view.data_state["name"] == "My-Data-v2"
+    assert view.data_state["rows"] == 30 and view.data_state["data_format"] == "prompt_completion"
+    assert src.exists()  # the upload itself is left alone
+
+
+def test_broken_jsonl_line_57_is_named(uploads, tmp_path, tokenizer):
+    lines = pc_lines(60)
+    lines[56] = '{"prompt": "Question 57?", "completion": '
+    src = write_lines(tmp_path / "broken.jsonl", lines)
+    view = load_upload(str(src), tokenizer, Mapping(drop_bad_rows=False))
+    row = view.issues[view.issues["row"] == "57"]
+    assert len(row) == 1 and "line 57" in row.iloc[0]["message"]
+    assert view.data_state is None
+    assert "row 57" in view.status and "Drop bad rows" in view.status
+    dropped = inspect_data(view.source, Mapping(drop_bad_rows=True), tokenizer)
+    assert dropped.data_state["rows"] == 59 and "1 rows with problems will be dropped" in dropped.status
+
+
+def test_oversize_upload_is_refused_and_nothing_written(uploads, tmp_path):
+    src = write_lines(tmp_path / "big.jsonl", pc_lines(200))
+    with pytest.raises(gr.Error, match="over this server's 0.001 MB upload limit"):
+        load_upload(str(src), None, max_file_mb=0.001)
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+@pytest.mark.parametrize("filename", ["page.html", "tool.exe", "noext", "data.jsonl.html"])
+def test_disallowed_extension_is_refused(uploads, tmp_path, filename):
+    src = tmp_path / filename
+    src.write_text('{"prompt": "a", "completion": "b"}\n', encoding="utf-8")
+    with pytest.raises(gr.Error, match="not accepted"):
+        save_upload(str(src), 100)
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_hostile_file_names_land_inside_the_uploads_folder(uploads, tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    write_lines(tmp_path / "x.jsonl", pc_lines(3))
+    semicolon = write_lines(tmp_path / "a;rm -rf.csv", ["prompt,completion", "hi,there"])
+    saved = [save_upload(str(tmp_path / "a" / "b" / ".." / ".." / "x.jsonl"), 100), save_upload(str(semicolon), 100)]
+    assert sorted(p.name for p in uploads.iterdir()) == sorted(p.name for p in saved)
+    for path in saved:
+        assert path.parent == uploads.resolve() and GENERATED.match(path.name)
+    assert saved[1].suffix == ".csv"
+    assert display_name("../../x.jsonl") == "x" and display_name("a;rm -rf.csv") == "a-rm--rf"
+    assert display_name("<script>.csv") == "script"
+
+
+def test_training_view_marks_completion_tokens_as_trained(tokenizer):
+    view = load_sample("Fact cards (prompt/completion)", tokenizer)
+    assert {label for _, label in view.example} == {TRAINED, MASKED}
+    trained = "".join(text for text, label in view.example if label == TRAINED)
+    masked = "".join(text for text, label in view.example if label == MASKED)
+    first = view.preview.iloc[0]
+    assert first["completion"] in trained and first["completion"] not in masked
+    assert first["prompt"] in masked and first["prompt"] not in trained
+    assert view.example[0][1] == MASKED and view.example[-1][1] == TRAINED
+
+
+def test_classification_label_counts(tokenizer):
+    view = load_sample("Customer intents (classification)", tokenizer)
+    counts = dict(zip(view.labels["label"], view.labels["count"]))
+    assert len(counts) == 5 and set(counts.values()) == {90}
+    assert "refund\\_request (90)" in view.summary
+    labels_update = view_values(view)[5]
+    assert labels_update["visible"] is True
+    fixture = inspect_data({"path": str(FIXTURES / "classification.csv"), "name": "c"}, Mapping(), tokenizer)
+    assert fixture.data_state["data_format"] == "classification" and not fixture.labels.empty
+    assert view_values(load_sample("Fact cards (prompt/completion)", tokenizer))[5]["visible"] is False
+
+
+def test_token_stats_and_max_length(tokenizer):
+    view = load_sample("CALC-9 calculator chats (multi-turn messages)", tokenizer, max_length=64)
+    assert view.tokens["max_length"] == 64 and view.tokens["over_max_length"] > 0
+    assert len(view.lengths.axes) == 3
+    assert "Over max_length 64" in view.summary
+    plain = load_sample("CALC-9 calculator chats (multi-turn messages)", None)  # no tokenizer: no stats, still usable
+    assert plain.tokens is None and plain.lengths is None and plain.data_state is not None
+
+
+def test_mapping_problems_make_the_data_unusable(tmp_path):
+    src = write_lines(tmp_path / "tickets.csv", ["body,answer", "printer jams,restart it"])
+    source = {"path": str(src), "name": "tickets"}
+    view = inspect_data(source, Mapping(format="columns", prompt_column="body", completion_column="reply"))
+    assert view.data_state is None and "Not usable" in view.status and "'reply'" in view.status
+    good = inspect_data(source, Mapping(prompt_column="body", completion_column="answer"))
+    assert good.data_state["data_format"] == "columns" and good.data_state["completion_column"] == "answer"
+    assert good.columns == ["body", "answer"]
+
+
+def test_separate_evaluation_file_and_leakage(uploads, tmp_path):
+    train = write_lines(tmp_path / "train.jsonl", pc_lines(20))
+    held = write_lines(tmp_path / "held.jsonl", pc_lines(25)[18:])  # rows 19, 20 are also in training
+    view = load_upload(str(train))
+    source = with_eval_file(view.source, str(held), 100)
+    assert Path(source["eval_path"]).parent == uploads.resolve()
+    both = inspect_data(source, Mapping())
+    assert both.data_state["eval_path"] == source["eval_path"]
+    assert "2 exact" in both.summary and "held.jsonl" not in both.summary
+    bad = write_lines(tmp_path / "bad.jsonl", pc_lines(1) + ['{"prompt": "x", "completion": ""}'] + pc_lines(1))
+    unusable = inspect_data(with_eval_file(view.source, str(bad), 100), Mapping(drop_bad_rows=False))
+    assert unusable.data_state is None and "evaluation file" in unusable.status and "row 2" in unusable.status
+    assert "eval file, row 2" in set(unusable.issues["row"])
+    assert with_eval_file(source, None, 100)["eval_path"] == ""
+
+
+def test_file_content_is_escaped_in_markdown(tmp_path):
+    src = write_lines(tmp_path / "x.csv", ["text,label"] + [f"message {i},<img src=x onerror=alert(1)>" for i in range(6)]
+                      + [f"other {i},ok" for i in range(6)])
+    view = inspect_data({"path": str(src), "name": "x"}, Mapping())
+    assert "<img" not in view.summary and "&lt;img" in view.summary
+    assert "<b>" not in md_text("<b>bold</b>")
+
+
+def test_bad_tokenizer_source_only_skips_token_stats():
+    tok, problem = stats_tokenizer(TokenizerCache(), "not a model id", "bundled")
+    assert tok is None and "not a Hub model id" in problem
+    view = load_sample("Fact cards (prompt/completion)", None, token_problem=problem)
+    assert view.data_state is not None and "Token statistics unavailable" in view.summary
+
+
+def test_build_registers_the_guided_demo_hooks(tiny_model_dir):
+    ctx = AppContext()
+    ctx.settings.default_model = str(tiny_model_dir)
+    with gr.Blocks():
+        ctx.data_state = gr.State(None)
+        build(ctx)
+    outputs = ctx.components["data_outputs"]
+    assert outputs[0] is ctx.data_state
+    values = ctx.components["data_load_sample"]("Customer intents (classification)")
+    assert len(values) == len(outputs)
+    assert values[0]["rows"] == 450 and values[0]["data_format"] == "classification"
+    assert values[6] is not None  # token histogram from the tiny model's tokenizer
