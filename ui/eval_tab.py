@@ -335,8 +335,12 @@ def build(ctx: AppContext) -> None:
     cancel_state = gr.State(None)  # threading.Event of this browser's evaluation (made per click)
     gr.Markdown("Score the base model (adapter off) and the tuned model (adapter on) on the run's held-out "
                 "rows — rows it never trained on — and see where fine-tuning helped and where it hurt.")
+    choices = run_choices()
     with gr.Row():
-        run_dd = gr.Dropdown(choices=[], value=None, label="Run to evaluate (runs with a trained adapter)",
+        # allow_custom_value: the server-side check of a pick is open_run(), and a run
+        # trained after start-up must be usable by API clients that never loaded the page.
+        run_dd = gr.Dropdown(choices=choices, value=pick_run(choices, getattr(ctx.run_state, "value", None)),
+                             label="Run to evaluate (runs with a trained adapter)", allow_custom_value=True,
                              scale=4, elem_id="eval-run")
         refresh = gr.Button("↻ Refresh runs", scale=1)
     with gr.Accordion("Settings", open=False):

@@ -1,0 +1,250 @@
+"""Evaluate tab handlers, called as plain functions on the session's tiny trained run.
+
+The run (see tests/test_run_eval.py) has 8 held-out rows; its base answers ""
+and its tuned side gets 3 of 8 labels right, so accuracy goes 0.0 -> 0.375 with
+3 wins, 5 ties, 0 losses. One evaluation per module (on a copy of the run in a
+private runs root) feeds the read-only checks.
+"""
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+import threading
+
+import gradio as gr
+import pytest
+from matplotlib.figure import Figure
+
+from evaluation.compare import compare
+from evaluation.run_eval import add_lower_is_better
+from finetune_core.dataset import write_jsonl
+from finetune_core.generation import InferenceModel
+from ui import eval_tab
+from ui.context import AppContext
+from ui.eval_tab import (CANCELLED, EXAMPLE_HEADERS, ORDERS, SUMMARY_HEADERS, arm_cancel, cancel_evaluation,
+                         evaluate, examples_frame, export_results, order_examples, runs_dropdown, show_run,
+                         summary_frame)
+
+BAD_IDS = ["../../etc", "/etc/passwd", "..", "20260101-000000-x-abcdef/../../etc"]
+
+
+@pytest.fixture(scope="module")
+def env(trained_run, tmp_path_factory):
+    """A runs root holding a copy of the trained run, and an AppContext whose exports go to tmp."""
+    root = tmp_path_factory.mktemp("eval-tab-runs")
+    shutil.copytree(trained_run.path, root / trained_run.id)
+    shutil.rmtree(root / trained_run.id / "eval", ignore_errors=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDIO_RUNS_DIR", str(root))
+        mp.delenv("STUDIO_REQUIRE_LOGIN", raising=False)
+        mp.delenv("APP_AUTH", raising=False)
+        ctx = AppContext()
+        ctx.settings.exports_dir = tmp_path_factory.mktemp("exports")
+        yield ctx, trained_run.id, root
+
+
+@pytest.fixture(scope="module")
+def evaluated(env):
+    """One evaluation through the tab, on the model the app's cache already holds."""
+    ctx, run_id, root = env
+    cached = ctx.models.get(f"run:{run_id}")
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        # Evaluation must reuse the cached model, never load a second copy.
+        mp.setattr(InferenceModel, "from_run", classmethod(lambda *a, **k: pytest.fail("loaded a second model")))
+        view = evaluate(ctx, run_id, limit=0, batch_size=4, max_new_tokens=0, with_loss=False,
+                        cancel=threading.Event(), order=ORDERS[0],
+                        progress=lambda text, fraction: calls.append((text, fraction)))
+    assert ctx.models.get(f"run:{run_id}") is cached
+    return view, calls
+
+
+@pytest.fixture()
+def fresh_run(trained_run, runs_root):
+    """A copy of the trained run, not evaluated, alone in a function-scoped runs root."""
+    shutil.copytree(trained_run.path, runs_root / trained_run.id)
+    shutil.rmtree(runs_root / trained_run.id / "eval", ignore_errors=True)
+    return runs_root / trained_run.id
+
+
+def _meta(root, run_id) -> dict:
+    return json.loads((root / run_id / "eval" / "meta.json").read_text(encoding="utf-8"))
+
+
+def test_empty_states_say_what_to_do(runs_root, trained_run):
+    ctx = AppContext()
+    assert "Train a run first" in show_run("").status
+    with pytest.raises(gr.Error, match="Train a run first"):
+        evaluate(ctx, "")
+    assert runs_dropdown(None, None).value is None
+    shutil.copytree(trained_run.path, runs_root / trained_run.id)
+    view = show_run("")
+    assert "Pick a run" in view.status and view.summary.empty and view.examples.empty
+    assert view.confusion["visible"] is False
+
+
+def test_not_evaluated_run_offers_evaluate(fresh_run, tmp_path):
+    ctx = AppContext()
+    ctx.settings.exports_dir = tmp_path / "exports"
+    run_id = fresh_run.name
+    view = show_run(run_id)
+    assert "has not been evaluated yet" in view.status and "8 held-out rows" in view.status
+    assert list(view.summary.columns) == SUMMARY_HEADERS and view.summary.empty
+    assert list(view.examples.columns) == EXAMPLE_HEADERS and view.examples.empty
+    with pytest.raises(gr.Error, match="press Evaluate first"):
+        export_results(ctx, run_id)
+    assert runs_dropdown(None, None).value == run_id  # the newest (only) run is preselected
+
+
+def test_plain_text_rows_ask_for_loss_before_loading(fresh_run, monkeypatch):
+    write_jsonl(fresh_run / "data" / "heldout.jsonl", [{"text": f"Ball {i} is blue."} for i in range(3)])
+    assert "Also compute held-out loss" in show_run(fresh_run.name).status
+    ctx = AppContext()
+    monkeypatch.setattr(ctx.models, "get", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(gr.Error, match="Also compute held-out loss"):
+        evaluate(ctx, fresh_run.name, with_loss=False)
+
+
+def test_bad_settings_are_refused(fresh_run):
+    ctx = AppContext()
+    for kwargs, message in (({"batch_size": 0}, "Batch size"), ({"limit": -1}, "Rows to evaluate"),
+                            ({"max_new_tokens": "x"}, "Max new tokens")):
+        with pytest.raises(gr.Error, match=message):
+            evaluate(ctx, fresh_run.name, **kwargs)
+
+
+def test_paths_are_not_run_ids(env):
+    ctx, _run_id, _root = env
+    for bad in BAD_IDS:
+        for call in (lambda: show_run(bad), lambda: evaluate(ctx, bad), lambda: export_results(ctx, bad),
+                     lambda: order_examples(bad, ORDERS[0])):
+            with pytest.raises(gr.Error, match="not a run id") as info:
+                call()
+            assert "etc" not in str(info.value)  # the text sent is not echoed back
+
+
+def test_login_required(env, monkeypatch):
+    ctx, run_id, _root = env
+    monkeypatch.setenv("STUDIO_REQUIRE_LOGIN", "1")
+    with pytest.raises(gr.Error, match="log in"):
+        evaluate(ctx, run_id, request=None)
+    with pytest.raises(gr.Error, match="log in"):
+        export_results(ctx, run_id, request=None)
+
+
+def test_evaluation_fills_every_output(env, evaluated):
+    _ctx, run_id, root = env
+    view, _calls = evaluated
+    assert f"Results for run `{run_id}`" in view.status and "classification" in view.status
+    rows = view.summary.set_index("metric")
+    assert list(view.summary.columns) == SUMMARY_HEADERS
+    assert rows.loc["accuracy", ["base", "tuned", "delta", "tuned vs base"]].tolist() == [
+        "0.0000", "0.3750", "+0.3750", "better"]
+    assert "**3** wins · **5** ties · **0** losses" in view.counts
+    assert isinstance(view.delta_plot["value"], Figure)
+    assert view.confusion["visible"] is True and isinstance(view.confusion["value"], Figure)
+    ex = view.examples
+    assert list(ex.columns) == EXAMPLE_HEADERS and len(ex) == 8
+    assert list(ex["delta"]) == sorted(ex["delta"], reverse=True) and ex["delta"].iloc[0] == 1.0
+    assert sorted(ex["row"]) == list(range(8))
+    assert sorted(p.name for p in (root / run_id / "eval").iterdir()) == ["examples.csv", "meta.json",
+                                                                          "results.json"]
+
+
+def test_progress_names_the_phase_and_rows(evaluated):
+    _view, calls = evaluated
+    texts = [t for t, _f in calls]
+    assert texts[0].startswith("Loading the model")
+    assert "Base (adapter off): generating 4/8 rows" in texts
+    assert "Tuned (adapter on): generating 8/8 rows" in texts
+    assert [f for _t, f in calls] == sorted(f for _t, f in calls) and calls[-1][1] == 1.0
+
+
+def test_saved_result_is_shown_without_rerunning(env, evaluated, monkeypatch):
+    ctx, run_id, _root = env
+    view, _calls = evaluated
+    monkeypatch.setattr(eval_tab, "evaluate_run", lambda *a, **k: pytest.fail("evaluated again"))
+    monkeypatch.setattr(ctx.models, "get", lambda *a, **k: pytest.fail("loaded a model"))
+    shown = show_run(run_id)
+    assert shown.status == view.status
+    assert shown.summary.equals(view.summary) and shown.examples.equals(view.examples)
+    assert shown.confusion["visible"] is True
+    assert "· evaluated" in [label for label, value in eval_tab.run_choices() if value == run_id][0]
+
+
+def test_example_order(env, evaluated):
+    _ctx, run_id, _root = env
+    wins = order_examples(run_id, ORDERS[0])
+    losses = order_examples(run_id, ORDERS[1])
+    original = order_examples(run_id, ORDERS[2])
+    assert list(wins["delta"]) == sorted(wins["delta"], reverse=True)
+    assert list(losses["delta"]) == sorted(losses["delta"])
+    assert list(original["row"]) == list(range(8))
+    assert original.loc[1, "input"] == "Item 41: which colour is the blue ball number 41?"
+    assert order_examples("", ORDERS[0]).empty
+
+
+def test_downloads_are_copies_in_the_exports_dir(env, evaluated):
+    ctx, run_id, root = env
+    first = export_results(ctx, run_id)
+    second = export_results(ctx, run_id)
+    exports = ctx.settings.exports_dir.resolve()
+    for paths in (first, second):
+        names = [p.rsplit("/", 1)[-1] for p in paths]
+        assert names == [f"{run_id}-results.json", f"{run_id}-examples.csv"]
+        for path, original in zip(paths, ("results.json", "examples.csv")):
+            assert str(root) not in path and path.startswith(str(exports) + "/")
+            assert filecmp.cmp(path, root / run_id / "eval" / original, shallow=False)
+    # A fresh random folder per export: one user's link does not reveal another's.
+    folders = {p.rsplit("/", 2)[-2] for p in first + second}
+    assert len(folders) == 2 and all(len(f) >= 16 and run_id not in f for f in folders)
+
+
+def test_cancel_saves_nothing_and_keeps_the_previous_results(env, evaluated):
+    ctx, run_id, root = env
+    before = _meta(root, run_id)
+    event, button = arm_cancel(None)
+    assert not event.is_set() and button["interactive"] is False
+    cancel_evaluation(event)
+    assert event.is_set()
+    # Cancelled while queued: nothing runs.
+    with pytest.warns(UserWarning, match="cancelled"):
+        view = evaluate(ctx, run_id, cancel=event)
+    assert view.status.endswith(CANCELLED) and "Results for run" in view.status
+    # Cancelled during the tuned side, after its first batch.
+    event, _ = arm_cancel(event)
+
+    def progress(text, fraction):
+        if text.startswith("Tuned"):
+            cancel_evaluation(event)
+
+    with pytest.warns(UserWarning, match="cancelled"):
+        view = evaluate(ctx, run_id, batch_size=2, cancel=event, progress=progress)
+    assert view.status.endswith(CANCELLED) and len(view.examples) == 8
+    assert _meta(root, run_id) == before  # the previous evaluation is untouched
+
+
+def test_summary_marks_lower_is_better():
+    c = compare("generation", ["q"], ["a b"], ["x"], ["a b"])
+    add_lower_is_better(c, "eval_loss", 2.0, 1.5)
+    add_lower_is_better(c, "perplexity", 7.39, None)
+    rows = summary_frame(c.summary).set_index("metric")
+    assert rows.loc["eval_loss"].tolist() == ["2.0000", "1.5000", "-0.5000", "lower ↓ (lower is better)", "better"]
+    assert rows.loc["perplexity", ["tuned", "delta", "tuned vs base"]].tolist() == ["—", "—", "—"]
+    assert rows.loc["rougeL", "better when"] == "higher ↑"
+
+
+def test_model_text_is_plain_text(runs_root):
+    ctx = AppContext()
+    c = compare("generation", ["<b>hi</b>"], ["**ref**"], ["<img src=x onerror=alert(1)>"], [""])
+    table = examples_frame(c.examples)
+    assert table.loc[0, "base output"] == "<img src=x onerror=alert(1)>"  # kept as text, not escaped twice
+    with gr.Blocks():
+        ctx.run_state = gr.State("")
+        eval_tab.build(ctx)
+    shown = ctx.components["eval_examples"]
+    text_types = [t for h, t in zip(EXAMPLE_HEADERS, shown.datatype) if h in ("input", "reference", "base output",
+                                                                           "tuned output")]
+    assert text_types == ["str"] * 4  # "str" cells render as text; "markdown"/"html" would render markup
+    assert not {"markdown", "html"} & set(shown.datatype)
