@@ -21,7 +21,10 @@ def current_user(request: gr.Request | None) -> str | None:
     user = getattr(request, "username", None)
     if user:
         return user
-    session = getattr(request, "session", None) or {}
+    try:  # starlette asserts when no SessionMiddleware is installed (no HF OAuth configured)
+        session = request.session or {}
+    except (AssertionError, AttributeError, KeyError):
+        session = {}
     oauth = session.get("oauth_info") if hasattr(session, "get") else None
     if oauth:
         return (oauth.get("userinfo") or {}).get("preferred_username") or "hf-user"
