@@ -1,0 +1,110 @@
+"""The launched app as a public Space would run it: files served, uploads, auth, API access."""
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@pytest.fixture()
+def launched(tmp_path, monkeypatch, tiny_model_dir):
+    """The real app, launched in-process on a free loopback port."""
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("STUDIO_EXPORTS_DIR", str(tmp_path / "exports"))
+    monkeypatch.setenv("STUDIO_UPLOADS_DIR", str(tmp_path / "uploads"))
+    monkeypatch.setenv("STUDIO_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("STUDIO_MAX_UPLOAD_MB", "1")
+
+    def start(**env):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        import app
+
+        from ui.context import AppContext
+
+        ctx = AppContext()
+        demo = app.build_app(ctx)
+        port = _free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **app.launch_kwargs(ctx))
+        started.append(demo)
+        return f"http://127.0.0.1:{port}", ctx
+
+    started: list = []
+    yield start
+    for demo in started:
+        demo.close()
+
+
+def test_page_serves_and_launch_settings_are_safe(launched):
+    url, ctx = launched()
+    status, body = _get(url + "/")
+    assert status == 200 and b"Fine-tuning Studio" in body
+    import app
+
+    kwargs = app.launch_kwargs(ctx)
+    assert kwargs["share"] is False
+    assert kwargs["max_file_size"] == "1mb"
+    assert str(ctx.settings.exports_dir) in kwargs["allowed_paths"]
+    assert any(p.endswith("runs") for p in kwargs["blocked_paths"])
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../../../etc/passwd", "%2Fetc%2Fpasswd"])
+def test_file_route_refuses_system_files(launched, path):
+    url, _ctx = launched()
+    for prefix in ("/gradio_api/file=", "/file="):
+        status, body = _get(url + prefix + path)
+        assert status in (400, 403, 404), (prefix, path, status)
+        assert b"root:" not in body
+
+
+def test_file_route_refuses_run_files(launched, tmp_path):
+    url, _ctx = launched()
+    secret = tmp_path / "runs" / "20260101-000000-x-abcdef"
+    secret.mkdir(parents=True)
+    (secret / "run.yaml").write_text("model: secret-model\n")
+    status, body = _get(url + "/gradio_api/file=" + str(secret / "run.yaml"))
+    assert status in (400, 403, 404)
+    assert b"secret-model" not in body
+
+
+def test_upload_over_the_limit_is_refused(launched):
+    url, _ctx = launched()
+    boundary = "studioboundary"
+    payload = b"x" * (2 * 1024 * 1024)
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jsonl\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + "/gradio_api/upload", data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 413
+
+
+def test_api_refuses_training_without_login_when_auth_is_on(launched):
+    from gradio_client import Client
+
+    url, ctx = launched(APP_AUTH="admin:s3cret-pass")
+    status, _body = _get(url + "/gradio_api/info")
+    assert status in (401, 403)
+    with pytest.raises(Exception):
+        Client(url, verbose=False)  # no credentials: the API is closed
+    client = Client(url, auth=("admin", "s3cret-pass"), verbose=False)
+    assert client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert ctx.slot.active() is None
