@@ -1,0 +1,358 @@
+"""Take a trained run elsewhere: adapter zip, merged model, GGUF file, Hub upload, report.
+
+    python -m finetune_core export --run RUN_DIR --adapter-zip adapter.zip
+    python -m finetune_core export --run RUN_DIR --merged merged/
+    python -m finetune_core export --run RUN_DIR --gguf model.gguf [--qtype f16|q8_0]
+    python -m finetune_core report --run RUN_DIR [--out DIR]
+
+* `adapter_zip` — the adapter folder (weights, adapter_config, tokenizer), the
+  run's run.yaml and a README model card.
+* `merge` — LoRA folded into the base weights (`merge_and_unload`): a plain
+  transformers folder (safetensors, tokenizer, generation config) that loads
+  with `AutoModelForCausalLM.from_pretrained`.
+* `export_gguf` — the merged model as one GGUF file (see gguf_export.py).
+* `push_to_hub` — adapter or merged model plus a model card and the loss
+  curve to a (private by default) Hub repo. Offline it fails at once with a
+  clear message. The token is used for the upload only: it is never written
+  to a file, a log or a card, and is scrubbed from error messages.
+* `report` — the stakeholder report (see report.py).
+
+Every file is written to a temporary name beside its target and renamed, so
+an interrupted export leaves no half-written result.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .gguf_export import QTYPES, GGUFExportError, check_supported, read_config, write_gguf
+from .report import CURVE_FILE, gather, md, md_eval, report
+from .runs import Run, RunError, run_from_dir
+
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+WHAT = ("adapter", "merged")
+HUB_PROBE_TIMEOUT_S = 4.0
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled GGUF was converted from
+
+
+class ExportError(ValueError):
+    """An export could not be made; the message is for the user."""
+
+
+def _require_adapter(run: Run) -> None:
+    if not run.has_adapter():
+        raise ExportError(f"Run {run.id} has no saved adapter yet: let it finish training first.")
+
+
+def _fresh_dir(target: Path) -> Path:
+    """A temporary folder beside `target` (same disk, so the final rename is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+
+
+def _replace_dir(tmp: Path, target: Path) -> Path:
+    if target.exists():
+        if any(target.iterdir()):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ExportError(f"{target} already exists and is not empty: choose a new folder.")
+        target.rmdir()
+    tmp.rename(target)
+    return target
+
+
+# -- adapter zip ----------------------------------------------------------------------------------
+def _tokenizer_files(run: Run, folder: Path) -> None:
+    """Save the base tokenizer into `folder` (for adapters saved without one)."""
+    from .models import load_tokenizer
+
+    load_tokenizer(run.config().model).save_pretrained(str(folder))
+
+
+def adapter_zip(run: Run, out_path: str | os.PathLike) -> Path:
+    """Zip adapter/ (weights, config, tokenizer), run.yaml and a README card."""
+    _require_adapter(run)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    extra = None
+    try:
+        if not (run.adapter_dir / "tokenizer_config.json").is_file():
+            extra = _fresh_dir(out_path)
+            _tokenizer_files(run, extra)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for folder in filter(None, (run.adapter_dir, extra)):
+                for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    if path.name != "README.md":  # PEFT's template card; ours goes at the top
+                        zf.write(path, f"adapter/{path.relative_to(folder).as_posix()}")
+            zf.write(run.path / "run.yaml", "run.yaml")
+            zf.writestr("README.md", model_card(run, what="adapter", curve_file=None))
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if extra is not None:
+            shutil.rmtree(extra, ignore_errors=True)
+    return out_path
+
+
+# -- merged model ---------------------------------------------------------------------------------
+def _tokenizer(run: Run):
+    """The tokenizer saved with the adapter (it carries the chat template used in training)."""
+    from transformers import AutoTokenizer
+
+    from .models import load_tokenizer
+
+    if (run.adapter_dir / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(run.adapter_dir))
+    return load_tokenizer(run.config().model)
+
+
+def merged_model(run: Run):
+    """The run's model with the adapter folded into the base weights (policy device and dtype)."""
+    from .models import device_policy, load_model
+
+    cfg = run.config()
+    policy = device_policy(cfg.device)
+    if cfg.method == "full":  # the adapter folder already holds the whole tuned model
+        return load_model(str(run.adapter_dir), policy)
+    from peft import PeftModel
+
+    base = load_model(cfg.model, policy)
+    return PeftModel.from_pretrained(base, str(run.adapter_dir), is_trainable=False).merge_and_unload()
+
+
+def merge(run: Run, out_dir: str | os.PathLike) -> Path:
+    """Save base + adapter as one standalone transformers model folder."""
+    _require_adapter(run)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir} already exists and is not empty: choose a new folder.")
+    model, tokenizer = merged_model(run).eval(), _tokenizer(run)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tmp = _fresh_dir(out_dir)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _replace_dir(tmp, out_dir)
+
+
+# -- GGUF ---------------------------------------------------------------------------------------------
+def _check_gguf_arch(run: Run) -> None:
+    """Refuse a non-Llama run before spending a merge on it."""
+    from .models import resolve_model_source
+
+    cfg = run.config()
+    where = Path(run.adapter_dir if cfg.method == "full" else resolve_model_source(cfg.model))
+    if (where / "config.json").is_file():
+        check_supported(read_config(where))
+        return
+    from transformers import AutoConfig  # a Hub id: its config is in the local cache
+
+    try:
+        config = AutoConfig.from_pretrained(str(where)).to_dict()
+    except OSError:
+        return  # not readable now: the merge will say why, or write_gguf will check the merged config
+    check_supported(config)
+
+
+def export_gguf(run_or_model_dir, out_file: str | os.PathLike, qtype: str = "f16") -> Path:
+    """Write a GGUF file from a run (merged first) or from a merged model folder."""
+    out_file = Path(out_file)
+    if isinstance(run_or_model_dir, Run):
+        run = run_or_model_dir
+        _require_adapter(run)
+        _check_gguf_arch(run)
+        work = _fresh_dir(out_file)
+        try:
+            merged = merge(run, work / "merged")
+            return write_gguf(merged, out_file, qtype, name=f"{run.id}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return write_gguf(Path(run_or_model_dir), out_file, qtype)
+
+
+# -- model card and Hub -------------------------------------------------------------------------------
+def _base_model_id(source: str) -> str | None:
+    from .models import BUNDLED, HUB_ID_RE
+
+    if source in ("", BUNDLED):
+        return BUNDLED_HUB_ID
+    return source if HUB_ID_RE.match(source) else None
+
+
+def _card_header(run: Run, what: str) -> str:
+    base = _base_model_id(str(run.run_yaml().get("model") or ""))
+    lines = ["---", f"library_name: {'peft' if what == 'adapter' else 'transformers'}",
+             "pipeline_tag: text-generation", "tags:", "- finetune-studio", "- sft"]
+    if run.run_yaml().get("method") in ("lora", "qlora"):
+        lines.append("- lora")
+    if base:
+        lines.append(f"base_model: {base}")
+    return "\n".join(lines + ["---", ""])
+
+
+def _usage(what: str, base: str | None) -> str:
+    if what == "adapter":
+        return ("```python\nfrom peft import AutoPeftModelForCausalLM\n"
+                "model = AutoPeftModelForCausalLM.from_pretrained(\"THIS_REPO_OR_FOLDER\")\n```"
+                + ("" if base else "\n\nThe base model was a local folder: load it first, then the adapter."))
+    return ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(\"THIS_REPO_OR_FOLDER\")\n"
+            "tokenizer = AutoTokenizer.from_pretrained(\"THIS_REPO_OR_FOLDER\")\n```")
+
+
+def model_card(run: Run, what: str = "adapter", curve_file: str | None = CURVE_FILE) -> str:
+    """README.md for the Hub (or a download): base model, data, config, curve, before/after metrics.
+
+    It is built only from the run folder; no secret is ever passed in.
+    """
+    facts = gather(run, with_curve=False)
+    base = _base_model_id(str(run.run_yaml().get("model") or ""))
+    kind = "LoRA adapter" if what == "adapter" else "merged model"
+    parts = [
+        _card_header(run, what), f"# {md(facts.model)} fine-tuned ({kind})\n",
+        f"Fine-tuned with the fine-tuning studio (run `{run.id}`), supervised fine-tuning with TRL.\n",
+        "## Base model\n", f"{md(base or facts.model)}\n", "## Training data\n",
+        "\n".join(f"- **{md(k)}**: {md(v)}" for k, v in facts.data) + "\n", "## Training configuration\n",
+        "\n".join(f"- `{k}`: {md(v)}" for k, v in facts.config) + "\n", "## Training\n",
+        "\n".join(f"- **{md(k)}**: {md(v)}" for k, v in facts.training) + "\n",
+    ]
+    if curve_file and run.metrics():
+        parts.append(f"![Training loss]({curve_file})\n")
+    parts += [md_eval(facts), "## Usage\n", _usage(what, base), ""]
+    return "\n".join(parts)
+
+
+def _hub_host() -> str:
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """True when a TCP connection to the Hub opens in time. Run in a thread with a
+    deadline: name resolution ignores socket timeouts and can stall much longer."""
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((_hub_host(), 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    return bool(result and result[0])
+
+
+def check_repo_id(repo_id: str) -> str:
+    repo_id = (repo_id or "").strip()
+    if not REPO_ID_RE.match(repo_id) or ".." in repo_id:
+        raise ExportError("The repo id must look like 'your-name/model-name' (letters, digits, '-', '_', '.').")
+    return repo_id
+
+
+def check_hub_online() -> None:
+    from .models import _offline
+
+    if _offline():
+        raise ExportError("Cannot push to the Hugging Face Hub: this app runs offline (HF_HUB_OFFLINE is set). "
+                          "Download the adapter or merged model instead and upload it from a connected machine.")
+    if not hub_reachable():
+        raise ExportError(f"Cannot push to the Hugging Face Hub: {_hub_host()} is not reachable from this "
+                          "machine (offline?). Download the files instead and upload them from a connected machine.")
+
+
+def _stage_upload(run: Run, what: str, stage: Path) -> None:
+    """Fill the new folder `stage` with what goes to the repo: model files, README card, loss curve."""
+    if what == "merged":
+        merge(run, stage)
+    else:  # PEFT's template README is replaced by our card
+        shutil.copytree(run.adapter_dir, stage, ignore=shutil.ignore_patterns("README.md"))
+    png = gather(run).curve_png
+    if png:
+        (stage / CURVE_FILE).write_bytes(png)
+    (stage / "README.md").write_text(model_card(run, what, CURVE_FILE if png else None), encoding="utf-8")
+
+
+def push_to_hub(run: Run, repo_id: str, token: str | None, what: str = "adapter", private: bool = True) -> str:
+    """Upload the adapter or the merged model with a model card; returns the repo URL.
+
+    `token` falls back to HF_TOKEN. Offline it raises ExportError within a few seconds.
+    """
+    repo_id = check_repo_id(repo_id)
+    if what not in WHAT:
+        raise ExportError(f"Push either {' or '.join(WHAT)}, not {what!r}.")
+    token = (token or os.environ.get("HF_TOKEN") or "").strip()
+    if not token:
+        raise ExportError("A Hugging Face token with write access is needed (field or HF_TOKEN).")
+    _require_adapter(run)
+    check_hub_online()
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory(prefix="studio-push-") as tmp:
+        stage = Path(tmp) / "upload"
+        _stage_upload(run, what, stage)
+        try:
+            api = HfApi(token=token)
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            api.upload_folder(folder_path=str(stage), repo_id=repo_id, repo_type="model",
+                              commit_message=f"Upload {what} from fine-tuning studio run {run.id}")
+        except Exception as exc:  # noqa: BLE001 - becomes one user message, without the token
+            text = (str(exc).splitlines() or [type(exc).__name__])[0].replace(token, "***")
+            raise ExportError(f"The Hub refused the upload: {text[:300]}") from None
+    return str(url)
+
+
+# -- command line ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m finetune_core", description="Export a run or write its report.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="Adapter zip, merged model or GGUF file of a run.")
+    e.add_argument("--run", required=True, help="Run directory (runs/<id>).")
+    target = e.add_mutually_exclusive_group(required=True)
+    target.add_argument("--adapter-zip", metavar="OUT.zip", help="Zip of the adapter, tokenizer and run.yaml.")
+    target.add_argument("--merged", metavar="OUT_DIR", help="Folder for the merged standalone model.")
+    target.add_argument("--gguf", metavar="OUT.gguf", help="GGUF file of the merged model (Llama models).")
+    e.add_argument("--qtype", choices=QTYPES, default="f16", help="GGUF tensor type (default f16).")
+    r = sub.add_parser("report", help="Stakeholder report (HTML + Markdown) of a run.")
+    r.add_argument("--run", required=True, help="Run directory (runs/<id>).")
+    r.add_argument("--out", help="Output folder (default: RUN_DIR/report).")
+    return p
+
+
+def _export(args) -> Path:
+    run = run_from_dir(args.run)
+    if args.adapter_zip:
+        return adapter_zip(run, args.adapter_zip)
+    if args.merged:
+        return merge(run, args.merged)
+    return export_gguf(run, args.gguf, args.qtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`export` / `report` subcommands (argv[0] names which); returns the exit status."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.command == "report":
+            run = run_from_dir(args.run)
+            html_path, md_path = report(run, args.out or run.path / "report")
+            print(f"report: {html_path}\nmarkdown: {md_path}")
+        else:
+            print(f"wrote {_export(args)}")
+    except (ExportError, GGUFExportError, RunError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,394 @@
+"""Stakeholder report for a run: one self-contained HTML page, and the same in Markdown.
+
+    python -m finetune_core report --run RUN_DIR [--out DIR]
+
+For people who will not open the app: what was trained on what, the config,
+the training-loss curve, the base-vs-tuned metric table, the biggest wins and
+losses from the per-example table, and blind-vote results when the run has a
+``votes.jsonl``. The HTML page carries its CSS inline and the curve as a
+base64 PNG, so it can be mailed as one file; the Markdown refers to the PNG
+written beside it.
+
+Everything users or models wrote (file names, prompts, outputs, labels) is
+HTML-escaped in the page and made inert in the Markdown: a model output
+``<script>`` is shown as text, never run.
+
+`gather(run)` collects the facts once; the HTML, the Markdown and the model
+card (export.py) render them.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runs import Run
+
+CURVE_FILE = "loss_curve.png"
+HTML_FILE = "report.html"
+MD_FILE = "report.md"
+MAX_CELL = 400  # characters of a prompt or output shown per example
+CONFIG_KEYS = ("method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "num_epochs",
+               "max_steps", "learning_rate", "lr_scheduler", "warmup_steps", "batch_size", "grad_accum",
+               "max_length", "packing", "completion_only_loss", "seed")
+
+
+@dataclass
+class Facts:
+    """Everything a report or model card says about a run, as plain values (unescaped)."""
+
+    run_id: str
+    model: str
+    state: str
+    data: list[tuple[str, str]]
+    config: list[tuple[str, str]]
+    training: list[tuple[str, str]]
+    curve_png: bytes | None = None
+    task: str = ""
+    eval_rows: int = 0
+    metrics: list[dict] = field(default_factory=list)  # metric, base, tuned, delta, verdict
+    counts: tuple[int, int, int] | None = None  # wins, ties, losses
+    wins: list[dict] = field(default_factory=list)
+    losses: list[dict] = field(default_factory=list)
+    votes: dict | None = None
+
+
+# -- facts --------------------------------------------------------------------------------
+def model_label(source: str) -> str:
+    """The model as a person would name it (a server path is reduced to its folder name)."""
+    from .models import BUNDLED, BUNDLED_LABEL
+
+    if source in ("", BUNDLED):
+        return BUNDLED_LABEL
+    return Path(source).name if source.startswith(("/", ".", "~")) else source
+
+
+def data_facts(run: Run) -> list[tuple[str, str]]:
+    """What the model was trained on, from the run's data/report.json."""
+    cfg = run.run_yaml()
+    facts = [("Data file", Path(cfg.get("data_path") or "").name or "—")]
+    try:
+        rep = json.loads((run.data_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return facts + [("Data report", "not found in the run")]
+    facts.append(("Format", str(rep.get("format", "—")).replace("_", " ")))
+    rows = rep.get("rows")
+    if rep.get("train_rows") is not None:
+        facts.append(("Rows", f"{rows} usable → {rep['train_rows']} for training, "
+                              f"{rep.get('heldout_rows', 0)} held out for evaluation"))
+    elif rows is not None:
+        facts.append(("Rows", str(rows)))
+    if rep.get("bad_rows"):
+        facts.append(("Rows dropped by checks", str(rep["bad_rows"])))
+    labels = rep.get("labels")
+    if labels:
+        facts.append(("Labels", ", ".join(f"{k} ({v})" for k, v in labels.items())))
+    return facts
+
+
+def config_facts(run: Run) -> list[tuple[str, str]]:
+    cfg = run.run_yaml()
+    return [(key, str(cfg[key])) for key in CONFIG_KEYS if key in cfg]
+
+
+def loss_points(run: Run) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(train loss, held-out loss) as (step, value) pairs from metrics.jsonl."""
+    train, held = [], []
+    for event in run.metrics():
+        if isinstance(event.get("loss"), (int, float)):
+            train.append((int(event.get("step", 0)), float(event["loss"])))
+        if isinstance(event.get("eval_loss"), (int, float)):
+            held.append((int(event.get("step", 0)), float(event["eval_loss"])))
+    return train, held
+
+
+def training_facts(run: Run) -> list[tuple[str, str]]:
+    status = run.status()
+    train, held = loss_points(run)
+    facts = [("State", str(status.get("state", "?"))),
+             ("Steps", f"{status.get('step', 0)} / {status.get('total_steps', 0)}")]
+    if status.get("started") and status.get("finished"):
+        facts.append(("Training time", f"{status['finished'] - status['started']:.0f} s"))
+    if train:
+        facts.append(("Training loss", f"{train[0][1]:.4f} → {train[-1][1]:.4f}"))
+    if held:
+        facts.append(("Held-out loss (end)", f"{held[-1][1]:.4f}"))
+    return facts
+
+
+def loss_figure(run: Run):
+    """Training (and held-out) loss by step, or None when nothing was logged."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train, held = loss_points(run)
+    if not train and not held:
+        return None
+    fig = Figure(figsize=(7, 3.2), layout="constrained")  # no pyplot: see evaluation/plots.py
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if train:
+        ax.plot(*zip(*train), label="training loss", color="#2563eb")
+    if held:
+        ax.plot(*zip(*held), "o--", label="held-out loss", color="#d97706")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def loss_curve_png(run: Run) -> bytes | None:
+    fig = loss_figure(run)
+    if fig is None:
+        return None
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _verdict(entry: dict) -> str:
+    from evaluation.plots import improved
+
+    return {True: "better", False: "worse", None: "same"}[improved(entry)] if entry.get("delta") is not None else "—"
+
+
+def _examples(frame, n: int) -> list[dict]:
+    return [{"row": int(idx), "input": r["input"], "reference": r["reference"], "base": r["base_output"],
+             "tuned": r["tuned_output"], "delta": float(r["delta"])} for idx, r in frame.head(n).iterrows()]
+
+
+def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
+    """Metrics and examples from runs/<id>/eval/, when the run was evaluated."""
+    from evaluation.compare import RESULTS_FILE, Comparison
+
+    if not (run.eval_dir / RESULTS_FILE).is_file():
+        return
+    try:
+        comparison = Comparison.load(run.eval_dir)
+    except (OSError, ValueError, KeyError):
+        return  # being rewritten by an evaluation right now, or damaged: report without it
+    facts.task, facts.eval_rows = comparison.task, comparison.rows
+    facts.metrics = [{**e, "verdict": _verdict(e)} for e in comparison.summary]
+    if not comparison.examples.empty:
+        facts.counts = (comparison.wins, comparison.ties, comparison.losses)
+        facts.wins = _examples(comparison.biggest_wins(n_examples), n_examples)
+        facts.losses = _examples(comparison.biggest_losses(n_examples), n_examples)
+
+
+def read_votes(run: Run) -> list[dict]:
+    """Blind A/B votes saved with the run (votes.jsonl), skipping unreadable lines."""
+    from .chat import WINNERS
+
+    path = run.path / "votes.jsonl"
+    if not path.is_file():
+        return []
+    votes = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            vote = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(vote, dict) and vote.get("winner") in WINNERS:
+            votes.append(vote)
+    return votes
+
+
+def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
+    from .chat import tally
+
+    cfg = run.run_yaml()
+    votes = read_votes(run)
+    facts = Facts(run_id=run.id, model=model_label(str(cfg.get("model") or "")),
+                  state=str(run.status().get("state", "?")), data=data_facts(run), config=config_facts(run),
+                  training=training_facts(run), curve_png=loss_curve_png(run) if with_curve else None,
+                  votes=tally(votes) if votes else None)
+    add_eval(facts, run, n_examples)
+    return facts
+
+
+# -- formatting ---------------------------------------------------------------------------------
+def number(value, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def clip(text: str, limit: int = MAX_CELL) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def metric_cells(entry: dict) -> list[str]:
+    return [str(entry["metric"]), number(entry.get("base")), number(entry.get("tuned")),
+            number(entry.get("delta"), signed=True), entry["verdict"]]
+
+
+def vote_line(votes: dict) -> str:
+    rate = "—" if votes["tuned_win_rate"] is None else f"{votes['tuned_win_rate']:.0%}"
+    return (f"{votes['votes']} blind votes: tuned preferred {votes['tuned']}×, base {votes['base']}×, "
+            f"tie {votes['tie']}×, both bad {votes['both_bad']}×. Tuned win rate over decided votes: {rate}.")
+
+
+def headline(facts: Facts) -> str:
+    if not facts.metrics:
+        return "Not evaluated yet: run `python -m evaluation --run RUN_DIR` to compare base and tuned."
+    better = sum(1 for m in facts.metrics if m["verdict"] == "better")
+    text = f"Tuned beat base on {better} of {len(facts.metrics)} metrics over {facts.eval_rows} held-out rows"
+    if facts.counts:
+        wins, ties, losses = facts.counts
+        text += f" (per example: {wins} wins, {ties} ties, {losses} losses)"
+    return text + "."
+
+
+# -- HTML -------------------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1000px;margin:2em auto;
+padding:0 1em;color:#1f2937;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #e5e7eb;padding-bottom:.2em;margin-top:1.6em}
+.sub{color:#6b7280}.headline{background:#eff6ff;border-left:4px solid #2563eb;padding:.7em 1em;margin:1em 0}
+table{border-collapse:collapse;width:100%;margin:.5em 0;font-size:.92em}
+th,td{border:1px solid #e5e7eb;padding:.35em .6em;text-align:left;vertical-align:top}
+th{background:#f9fafb}td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.text{white-space:pre-wrap;word-break:break-word;max-width:320px}
+.better{color:#15803d;font-weight:600}.worse{color:#b91c1c;font-weight:600}
+img{max-width:100%}footer{margin-top:2em;color:#9ca3af;font-size:.85em}
+"""
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def html_pairs(pairs: list[tuple[str, str]]) -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs)
+    return f"<table>{rows}</table>"
+
+
+def html_metrics(facts: Facts) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("metric", "base", "tuned", "tuned − base", "tuned vs base"))
+    rows = []
+    for entry in facts.metrics:
+        name, base, tuned, delta, verdict = (esc(c) for c in metric_cells(entry))
+        rows.append(f"<tr><td>{name}</td><td class='num'>{base}</td><td class='num'>{tuned}</td>"
+                    f"<td class='num'>{delta}</td><td class='{verdict}'>{verdict}</td></tr>")
+    return f"<table class='metrics'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def html_examples(examples: list[dict]) -> str:
+    if not examples:
+        return "<p class='sub'>None.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("row", "prompt", "reference", "base output", "tuned output", "Δ"))
+    rows = "".join(
+        f"<tr><td class='num'>{e['row']}</td>" + "".join(
+            f"<td class='text'>{esc(clip(e[k]))}</td>" for k in ("input", "reference", "base", "tuned"))
+        + f"<td class='num'>{e['delta']:+.3f}</td></tr>" for e in examples)
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def html_eval(facts: Facts) -> str:
+    if not facts.metrics:
+        return f"<h2>Base vs tuned</h2><p>{esc(headline(facts))}</p>"
+    parts = [f"<h2>Base vs tuned ({esc(facts.task)}, {facts.eval_rows} held-out rows)</h2>", html_metrics(facts)]
+    if facts.counts is not None:
+        parts += ["<h2>Biggest wins (tuned better)</h2>", html_examples(facts.wins),
+                  "<h2>Biggest losses (tuned worse)</h2>", html_examples(facts.losses)]
+    return "".join(parts)
+
+
+def render_html(facts: Facts) -> str:
+    curve = ("<p class='sub'>No loss was logged.</p>" if not facts.curve_png else
+             f"<img alt='training loss curve' src='data:image/png;base64,"
+             f"{base64.b64encode(facts.curve_png).decode('ascii')}'>")
+    votes = esc(vote_line(facts.votes)) if facts.votes else "No blind votes were saved with this run."
+    body = (
+        f"<h1>Fine-tuning report</h1><p class='sub'>Run {esc(facts.run_id)} · {esc(facts.model)} · "
+        f"{esc(facts.state)}</p><div class='headline'>{esc(headline(facts))}</div>"
+        f"<h2>What was trained on what</h2>{html_pairs([('Base model', facts.model)] + facts.data)}"
+        f"<h2>Training</h2>{html_pairs(facts.training)}{curve}"
+        f"<h2>Configuration</h2>{html_pairs(facts.config)}"
+        f"{html_eval(facts)}<h2>Blind A/B votes</h2><p>{votes}</p>"
+        f"<footer>Generated {esc(time.strftime('%Y-%m-%d %H:%M'))} by the fine-tuning studio.</footer>"
+    )
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>Fine-tuning report · {esc(facts.run_id)}</title><style>{CSS}</style></head>"
+            f"<body>{body}</body></html>")
+
+
+# -- Markdown ---------------------------------------------------------------------------------------
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+# GFM turns bare URLs into links: break the pattern so a model's output cannot become a link.
+_AUTOLINK = re.compile(r"(?i)(://|www\.)")
+
+
+def md(value) -> str:
+    """User or model text made inert in Markdown: HTML escaped, markup characters
+    backslashed, line breaks kept inside table cells."""
+    text = html.escape(str(value), quote=False)
+    text = _AUTOLINK.sub(lambda m: m.group(1).replace(":", "&#58;").replace(".", "&#46;"), text)
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("\r", "").replace("\n", "<br>")
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def md_examples(examples: list[dict]) -> str:
+    if not examples:
+        return "None."
+    rows = [[str(e["row"]), *(md(clip(e[k])) for k in ("input", "reference", "base", "tuned")),
+             f"{e['delta']:+.3f}"] for e in examples]
+    return md_table(["row", "prompt", "reference", "base output", "tuned output", "Δ"], rows)
+
+
+def md_metrics(facts: Facts) -> str:
+    rows = [[md(c) if i == 0 else c for i, c in enumerate(metric_cells(e))] for e in facts.metrics]
+    return md_table(["metric", "base", "tuned", "tuned − base", "tuned vs base"], rows)
+
+
+def md_pairs(pairs: list[tuple[str, str]]) -> str:
+    return md_table(["", ""], [[md(k), md(v)] for k, v in pairs])
+
+
+def md_eval(facts: Facts, level: str = "##") -> str:
+    if not facts.metrics:
+        return f"{level} Base vs tuned\n\n{headline(facts)}\n"
+    parts = [f"{level} Base vs tuned ({md(facts.task)}, {facts.eval_rows} held-out rows)\n", md_metrics(facts)]
+    if facts.counts is not None:
+        parts += [f"\n{level} Biggest wins (tuned better)\n", md_examples(facts.wins),
+                  f"\n{level} Biggest losses (tuned worse)\n", md_examples(facts.losses)]
+    return "\n".join(parts) + "\n"
+
+
+def render_markdown(facts: Facts, curve_file: str | None = CURVE_FILE) -> str:
+    curve = f"![Training loss]({curve_file})" if facts.curve_png and curve_file else "No loss was logged."
+    votes = vote_line(facts.votes) if facts.votes else "No blind votes were saved with this run."
+    return "\n".join([
+        "# Fine-tuning report\n", f"Run `{facts.run_id}` · {md(facts.model)} · {md(facts.state)}\n",
+        f"> {headline(facts)}\n", "## What was trained on what\n",
+        md_pairs([("Base model", facts.model)] + facts.data), "\n## Training\n", md_pairs(facts.training),
+        "", curve, "\n## Configuration\n", md_pairs(facts.config), "", md_eval(facts),
+        "## Blind A/B votes\n", votes, "",
+    ])
+
+
+# -- files ----------------------------------------------------------------------------------------------
+def report(run: Run, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write report.html (self-contained), report.md and, when there is a curve, loss_curve.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    facts = gather(run)
+    if facts.curve_png:
+        (out / CURVE_FILE).write_bytes(facts.curve_png)
+    html_path, md_path = out / HTML_FILE, out / MD_FILE
+    html_path.write_text(render_html(facts), encoding="utf-8")
+    md_path.write_text(render_markdown(facts), encoding="utf-8")
+    return html_path, md_path
