@@ -81,7 +81,7 @@ def test_broken_jsonl_line_57_is_named(uploads, tmp_path, tokenizer):
     assert view.data_state is None
     assert "row 57" in view.status and "Drop bad rows" in view.status
     dropped = inspect_data(view.source, Mapping(drop_bad_rows=True), tokenizer)
-    assert dropped.data_state["rows"] == 59 and "1 rows with problems will be dropped" in dropped.status
+    assert dropped.data_state["rows"] == 59 and "1 row with problems will be dropped" in dropped.status
 
 
 def test_oversize_upload_is_refused_and_nothing_written(uploads, tmp_path):

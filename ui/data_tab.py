@@ -269,12 +269,21 @@ def preview_frame(rows: list[dict], row_numbers: list[int]) -> pd.DataFrame:
         if "label" in row:
             record["label"] = str(row["label"])
         records.append(record)
-    return pd.DataFrame(records)
+    frame = pd.DataFrame(records)
+    if "system" in frame and not frame["system"].any():
+        frame = frame.drop(columns="system")  # an empty column only takes width from the text
+    return frame
 
 
 def example_spans(row: dict, tokenizer, max_length: int) -> list[tuple[str, str]]:
     """One row through the chat template: (text, 'trained' | 'masked (prompt)') spans."""
     return [(text, TRAINED if trained else MASKED) for text, trained in render_training_view(row, tokenizer, max_length)]
+
+
+def _bins(values: list[int]):
+    """One bar per token count when the range is small (no gaps between integer bars), else 30 bins."""
+    lo, hi = min(values, default=0), max(values, default=0)
+    return [x - 0.5 for x in range(lo, hi + 2)] if hi - lo <= 40 else 30
 
 
 def length_figure(tokens: dict) -> Figure:
@@ -283,16 +292,20 @@ def length_figure(tokens: dict) -> Figure:
     FigureCanvasAgg(fig)  # an Agg canvas, not pyplot: no global figure registry on a shared server
     panels = (("prompt", "prompt tokens (masked)", "#9ca3af"), ("completion", "completion tokens (trained)", "#16a34a"),
               ("total", "total tokens", "#2563eb"))
+    limit = tokens["max_length"]
     for ax, (part, title, colour) in zip(fig.subplots(1, 3), panels):
         values = tokens["lengths"][part]
-        ax.hist(values, bins=min(30, max(1, len(set(values)))), color=colour)
+        ax.hist(values, bins=_bins(values), color=colour)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("tokens")
         ax.tick_params(labelsize=8)
         if part == "total":
-            ax.axvline(tokens["max_length"], color="#dc2626", linestyle="--", linewidth=1)
-            ax.annotate(f"max_length {tokens['max_length']}", (tokens["max_length"], 1), xycoords=("data", "axes fraction"),
-                        fontsize=8, color="#dc2626", ha="right", va="top", rotation=90)
+            # Drawing a far-away limit would squash the bars into one pixel column: say it instead.
+            if limit <= 1.5 * max(values, default=0):
+                ax.axvline(limit, color="#dc2626", linestyle="--", linewidth=1)
+                ax.set_title(f"total tokens (max_length {limit}: {tokens['over_max_length']} over)", fontsize=10)
+            else:
+                ax.set_title(f"total tokens (all under max_length {limit})", fontsize=10)
     fig.axes[0].set_ylabel("rows")
     return fig
 
@@ -323,7 +336,8 @@ def status_text(report: DataReport, eval_report: DataReport | None, source: dict
                 "hold out a share of the training file instead.")
     text = f"**Ready: {len(report.rows)} rows. Next: the Train tab.**"
     if report.bad_rows:
-        text += f" {report.bad_rows} rows with problems will be dropped (see the issues below)."
+        text += (f" {report.bad_rows} row{'s' if report.bad_rows != 1 else ''} with problems will be dropped "
+                 "(see the issues below).")
     return text
 
 
@@ -424,6 +438,14 @@ def load_upload(file_path: str | None, tokenizer=None, mapping: Mapping | None =
     return inspect_data(source, fresh, tokenizer, max_length, max_file_mb, token_problem)
 
 
+def preview_widths(frame: pd.DataFrame) -> list[str]:
+    """Narrow row and label columns, so the prompt and the completion share the width."""
+    narrow = {"row": 6, "label": 14, "system": 16}
+    fixed = sum(narrow.get(c, 0) for c in frame.columns)
+    wide = [c for c in frame.columns if c not in narrow]
+    return [f"{narrow.get(c, (100 - fixed) // max(1, len(wide)))}%" for c in frame.columns]
+
+
 def _column_update(columns: list[str], value: str):
     choices = [NO_COLUMN] + [(c, c) for c in columns]
     return gr.update(choices=choices, value=value if value in columns else "")
@@ -433,10 +455,12 @@ def view_values(view: DataView) -> tuple:
     """The view in the order of the tab's output components (see ``build``: ``data_outputs``)."""
     m = view.mapping
     has_labels = not view.labels.empty
-    description = f"**{md_text(view.source.get('name', ''))}** — {view.description}" if view.description else ""
+    description = f"**{md_text((view.source or {}).get('name', ''))}** — {view.description}" if view.description else ""
     return (
         view.data_state, view.source, view.status, view.summary, view.issues,
-        gr.update(value=view.labels, visible=has_labels), view.lengths, view.preview, view.example, description,
+        # y from 0: with equal counts the plot's own domain would collapse and hide the bars.
+        gr.update(value=view.labels, visible=has_labels, y_lim=[0, max(view.labels["count"], default=1)]), view.lengths,
+        gr.update(value=view.preview, column_widths=preview_widths(view.preview)), view.example, description,
         m.format, _column_update(view.columns, m.prompt_column), _column_update(view.columns, m.completion_column),
         m.prompt_template, m.completion_template, m.system_prompt, m.drop_bad_rows,
     )
@@ -489,10 +513,11 @@ def build(ctx: AppContext) -> None:
             status = gr.Markdown(EMPTY_STATUS, elem_id="data-status")
             next_btn = gr.Button("Next: the Train tab →", size="sm")
             summary = gr.Markdown(elem_id="data-summary")
-            lengths = gr.Plot(label="Token lengths", elem_id="data-lengths")
+            lengths = gr.Plot(label="Token lengths", show_label=False, elem_id="data-lengths")
             labels = gr.BarPlot(labels_frame(None), x="label", y="count", title="Labels", height=220,
                                 visible=False, elem_id="data-labels")
             issues = gr.Dataframe(pd.DataFrame(columns=ISSUE_COLUMNS), label="Issues", interactive=False, wrap=True,
+                                  column_widths=["12%", "18%", "70%"],
                                   max_height=300, elem_id="data-issues")
             example = gr.HighlightedText(label="One example as the model sees it (green = trained, grey = masked)",
                                          color_map=EXAMPLE_COLOURS, show_legend=True, combine_adjacent=True,
