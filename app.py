@@ -7,7 +7,9 @@ GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).
 Environment: STUDIO_RUNS_DIR (runs root), STUDIO_MODEL_CACHE (converted
 models), STUDIO_MAX_UPLOAD_MB, APP_AUTH=user:pass (password login),
 STUDIO_REQUIRE_LOGIN=1 (refuse training/evaluation/export without a user),
-STUDIO_PUBLIC=1 (no local model folders), STUDIO_MODEL_ALLOWLIST=a/b,c/d.
+STUDIO_PUBLIC=1 (no local model folders), STUDIO_MODEL_ALLOWLIST=a/b,c/d,
+STUDIO_UPLOADS_DIR (copies of uploaded files), STUDIO_EXPORTS_DIR (the only
+folder files are served from).
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def launch_kwargs(ctx: AppContext) -> dict:
     return {
         "max_file_size": f"{ctx.settings.max_upload_mb:g}mb",
         "allowed_paths": [str(exports)],
-        "blocked_paths": [str(runs_root())],
+        "blocked_paths": [str(runs_root()), str(data_tab.uploads_dir())],
         "auth": parse_auth(os.environ.get("APP_AUTH")),
         "share": False,
         "show_error": False,

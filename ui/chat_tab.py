@@ -131,16 +131,24 @@ def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None):
 
 def on_load(ctx: AppContext, run_id: str | None, current: str | None):
     """Page (re)load: fresh run list, the shared run preselected, its example prompts."""
-    dropdown = follow_shared_run(ctx, run_id, current)
-    samples = _examples_for(dropdown.value or "")
-    return dropdown, gr.Dataset(samples=samples or [[""]], visible=bool(samples)), _status(ctx, dropdown.value or "")
+    choices, value = _followed(ctx, run_id, current)
+    samples = _examples_for(value or "")
+    return (gr.Dropdown(choices=choices, value=value), gr.Dataset(samples=samples or [[""]], visible=bool(samples)),
+            _status(ctx, value or ""))
+
+
+def _followed(ctx: AppContext, run_id: str | None, current: str | None) -> tuple[list, str]:
+    """Choices, and the shared run when it has an adapter (else the current pick, else the first)."""
+    choices = run_choices(ctx.settings.default_model)
+    values = [v for _, v in choices]
+    value = RUN_PREFIX + run_id if run_id and RUN_PREFIX + run_id in values else current
+    return choices, value if value in values else choices[0][1]
 
 
 def follow_shared_run(ctx: AppContext, run_id: str | None, current: str | None):
     """Another tab selected a run: pick it here too when it has an adapter."""
-    choices = run_choices(ctx.settings.default_model)
-    value = RUN_PREFIX + run_id if run_id and RUN_PREFIX + run_id in [v for _, v in choices] else current
-    return gr.Dropdown(choices=choices, value=value if value in [v for _, v in choices] else choices[0][1])
+    choices, value = _followed(ctx, run_id, current)
+    return gr.Dropdown(choices=choices, value=value)
 
 
 def change_model(ctx: AppContext, state, key: str):
