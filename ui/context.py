@@ -18,13 +18,19 @@ DATA_EXTENSIONS = [".jsonl", ".json", ".csv", ".tsv", ".parquet"]
 GPU_QUEUE = "gpu"  # concurrency_id shared by every event that runs the model
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
 @dataclass
 class Settings:
-    max_upload_mb: float = float(os.environ.get("STUDIO_MAX_UPLOAD_MB", "100"))
-    public: bool = os.environ.get("STUDIO_PUBLIC", "") not in ("", "0")
-    require_login: bool = os.environ.get("STUDIO_REQUIRE_LOGIN", "") not in ("", "0")
-    default_model: str = os.environ.get("STUDIO_DEFAULT_MODEL", "bundled")
-    exports_dir: Path = Path(os.environ.get("STUDIO_EXPORTS_DIR", "exports")).resolve()
+    """Deployment settings, read from the environment when the app is built."""
+
+    max_upload_mb: float = field(default_factory=lambda: float(os.environ.get("STUDIO_MAX_UPLOAD_MB", "100")))
+    public: bool = field(default_factory=lambda: _env_flag("STUDIO_PUBLIC"))
+    require_login: bool = field(default_factory=lambda: _env_flag("STUDIO_REQUIRE_LOGIN"))
+    default_model: str = field(default_factory=lambda: os.environ.get("STUDIO_DEFAULT_MODEL", "bundled"))
+    exports_dir: Path = field(default_factory=lambda: Path(os.environ.get("STUDIO_EXPORTS_DIR", "exports")).resolve())
 
 
 @dataclass
