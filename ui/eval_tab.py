@@ -389,8 +389,9 @@ def build(ctx: AppContext) -> None:
         return runs_dropdown(current, shared)
 
     def on_load(shared, current):
-        dropdown = runs_dropdown(shared, current)
-        return dropdown, *show_run(dropdown.value, ORDERS[0])
+        choices = run_choices()
+        value = pick_run(choices, shared, current)
+        return gr.Dropdown(choices=choices, value=value), *show_run(value, ORDERS[0])
 
     view = [status, summary, counts, chart, confusion, examples, downloads]
     private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API

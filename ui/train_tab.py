@@ -78,7 +78,9 @@ def resume_training(ctx: AppContext, run_id: str) -> str:
 def loss_frame(metrics: list[dict]) -> pd.DataFrame:
     rows = [{"step": m["step"], "loss": m["loss"], "series": "train"} for m in metrics if m.get("loss") is not None]
     rows += [{"step": m["step"], "loss": m["eval_loss"], "series": "held-out"} for m in metrics if m.get("eval_loss") is not None]
-    return pd.DataFrame(rows or [], columns=["step", "loss", "series"])
+    frame = pd.DataFrame(rows or [], columns=["step", "loss", "series"])
+    # explicit dtypes: an object column would make the plot treat loss values as categories
+    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
 
 
 def runs_table() -> pd.DataFrame:
@@ -158,7 +160,8 @@ def build(ctx: AppContext) -> None:
         with gr.Column(scale=3):
             title = gr.Markdown(elem_id="run-title")
             bar = gr.HTML(elem_id="run-progress")
-            plot = gr.LinePlot(loss_frame([]), x="step", y="loss", color="series", title="Loss",
+            plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", x_title="step",
+                               color_map={"train": "#2563eb", "held-out": "#d97706"},
                                height=260, elem_id="loss-plot")
             log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="run-log")
             with gr.Accordion("Runs", open=True):
