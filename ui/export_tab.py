@@ -29,7 +29,7 @@ import gradio as gr
 from gradio.context import Context
 
 from finetune_core import export
-from finetune_core.gguf_export import QTYPES, GGUFExportError
+from finetune_core.gguf_export import QTYPES
 from finetune_core.models import ModelError, device_policy
 from finetune_core.report import report
 from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run, list_runs
