@@ -13,6 +13,7 @@ folder files are served from).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,7 +23,7 @@ import gradio as gr  # noqa: E402
 
 from finetune_core.models import hub_timeouts  # noqa: E402
 from finetune_core.runs import runs_root  # noqa: E402
-from ui import chat_tab, data_tab, eval_tab, train_tab  # noqa: E402
+from ui import chat_tab, data_tab, eval_tab, export_tab, train_tab  # noqa: E402
 from ui.access import parse_auth  # noqa: E402
 from ui.context import AppContext  # noqa: E402
 
@@ -51,13 +52,26 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 data_tab.build(ctx)
             with gr.Tab("2 · Train", id="train"):
                 train_tab.build(ctx)
-            with gr.Tab("3 · Evaluate", id="evaluate"):
+            with gr.Tab("3 · Evaluate", id="evaluate") as evaluate:
                 eval_tab.build(ctx)
-            with gr.Tab("4 · Chat", id="chat"):
+            with gr.Tab("4 · Chat", id="chat") as chat:
                 chat_tab.build(ctx)
+            with gr.Tab("5 · Export", id="export"):
+                export_tab.build(ctx)
+        refresh_pickers_on_select(ctx, evaluate, chat)
     demo.queue(max_size=int(os.environ.get("STUDIO_QUEUE_MAX", "64")), default_concurrency_limit=4)
     demo.studio_context = ctx  # for tests and scripts that drive the app in-process
     return demo
+
+
+def refresh_pickers_on_select(ctx: AppContext, evaluate: gr.Tab, chat: gr.Tab) -> None:
+    """A run finished since the page was opened: opening Evaluate or Chat lists it
+    (and selects the run the session last trained or picked)."""
+    private = {"api_visibility": "private", "queue": False}
+    evaluate.select(eval_tab.runs_dropdown, [ctx.run_state, ctx.components["eval_run"]],
+                    ctx.components["eval_run"], **private)
+    chat.select(functools.partial(chat_tab.follow_shared_run, ctx), [ctx.run_state, ctx.components["chat_run"]],
+                ctx.components["chat_run"], **private)
 
 
 def launch_kwargs(ctx: AppContext) -> dict:

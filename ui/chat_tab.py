@@ -289,13 +289,14 @@ def build(ctx: AppContext) -> None:
             max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
             seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
     with gr.Row(equal_height=True):
-        left = gr.Chatbot(label="Base", height=420)
-        right = gr.Chatbot(label="Tuned", height=420)
+        left = gr.Chatbot(label="Base", height=420, elem_id="chat-left")
+        right = gr.Chatbot(label="Tuned", height=420, elem_id="chat-right")
     with gr.Row(visible=False) as vote_row:
         vote_buttons = {c: gr.Button(label) for c, label in VOTE_LABELS.items()}
     with gr.Row():
-        message = gr.Textbox(show_label=False, placeholder="Message both models...", scale=6, lines=1)
-        send = gr.Button("Send", variant="primary", scale=1)
+        message = gr.Textbox(show_label=False, placeholder="Message both models...", scale=6, lines=1,
+                             elem_id="chat-input")
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         stop = gr.Button("Stop", variant="stop", scale=1)
         clear_btn = gr.Button("Clear", scale=1)
     samples = _examples_for(first)
@@ -334,3 +335,4 @@ def build(ctx: AppContext) -> None:
                      [session_state, tally_md, vote_row, status], api_name=f"chat_vote_{choice}")
     export_btn.click(export_votes, [session_state], [export_file], api_name="chat_export_votes")
     ctx.components["chat_run"] = run_dd
+    ctx.components["chat_message"] = message
