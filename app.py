@@ -23,7 +23,7 @@ import gradio as gr  # noqa: E402
 
 from finetune_core.models import hub_timeouts  # noqa: E402
 from finetune_core.runs import runs_root  # noqa: E402
-from ui import chat_tab, data_tab, eval_tab, export_tab, train_tab  # noqa: E402
+from ui import chat_tab, data_tab, eval_tab, export_tab, guide, train_tab  # noqa: E402
 from ui.access import parse_auth  # noqa: E402
 from ui.context import AppContext  # noqa: E402
 
@@ -37,6 +37,7 @@ CSS = """
 .gradio-container {max-width: 1400px !important;}
 #studio-header h1 {margin-bottom: 0;}
 .studio-progress {margin: 4px 0 8px 0;}
+#guide-banner {background: #eef2ff; border-radius: 8px; padding: 6px 10px; align-items: center;}
 """
 
 
@@ -46,6 +47,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         ctx.data_state = gr.State(None)
         ctx.run_state = gr.State("")
         gr.Markdown(f"# {TITLE}\n{INTRO}", elem_id="studio-header")
+        guide_status, guide_button = guide.banner()
         with gr.Tabs() as tabs:
             ctx.components["tabs"] = tabs
             with gr.Tab("1 · Data", id="data"):
@@ -59,6 +61,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
             with gr.Tab("5 · Export", id="export"):
                 export_tab.build(ctx)
         refresh_pickers_on_select(ctx, evaluate, chat)
+        guide.wire(ctx, guide_status, guide_button)
     demo.queue(max_size=int(os.environ.get("STUDIO_QUEUE_MAX", "64")), default_concurrency_limit=4)
     demo.studio_context = ctx  # for tests and scripts that drive the app in-process
     return demo

@@ -155,3 +155,18 @@ def test_bad_upload_shows_the_row_number_in_the_page(page, tmp_path):
     assert re.search(r"(^|\s)7\s", issues), issues  # the row column names line 7
     assert "1 row with problems will be dropped" in page.locator("#data-status").inner_text()
     _shot(page, "1-data-bad-upload")
+
+
+def test_guided_demo_walks_from_data_to_chat(page):
+    page.locator("#guide-button").click()
+    page.wait_for_function("document.querySelector('#guide-status').innerText.includes('Step 2/4')", timeout=120_000)
+    assert "Customer intents" in page.locator("#data-summary").inner_text() or \
+        "rows" in page.locator("#data-status").inner_text()
+    page.wait_for_function("document.querySelector('#guide-status').innerText.includes('Step 4/4')", timeout=300_000)
+    # The demo ends on the Chat tab with a held-out customer message typed in.
+    assert page.get_by_role("tab", name="4 · Chat").get_attribute("aria-selected") == "true"
+    assert len(page.locator("#chat-input textarea").input_value()) > 10
+    _shot(page, "5-guided-demo-chat")
+    _tab(page, "3 · Evaluate")
+    summary = page.locator("#eval-summary").inner_text().lower()
+    assert "accuracy" in summary

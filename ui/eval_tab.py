@@ -394,6 +394,7 @@ def build(ctx: AppContext) -> None:
         return gr.Dropdown(choices=choices, value=value), *show_run(value, ORDERS[0])
 
     view = [status, summary, counts, chart, confusion, examples, downloads]
+    ctx.components["eval_view"] = view
     private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API
     run_state = ctx.run_state if ctx.run_state is not None else gr.State("")
     evaluate_btn.click(arm_cancel, [cancel_state], [cancel_state, evaluate_btn], **private).then(
