@@ -16,13 +16,7 @@ and the status line says what to fix. The handlers below are plain functions
 """
 from __future__ import annotations
 
-import html
-import os
-import re
-import secrets
-import stat
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,87 +24,25 @@ from typing import Any, Callable
 
 import gradio as gr
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from finetune_core.data_checks import find_duplicates, find_leakage
-from finetune_core.data_stats import ensure_chat_template, render_training_view, token_stats
-from finetune_core.dataset import FORMATS, DataOptions, DataReport, Issue, prepare_data, split_rows
+from finetune_core.data_stats import ensure_chat_template, token_stats
+from finetune_core.dataset import FORMATS, DataOptions, DataReport, prepare_data, split_rows
 from finetune_core.models import ModelError, load_tokenizer
 from finetune_core.samples import SAMPLES
 
 from .context import DATA_EXTENSIONS, AppContext
+from .data_uploads import display_name, save_upload, uploads_dir  # noqa: F401 (part of this tab's API)
+from .data_views import (ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS, SPLIT_SEED, TRAINED,  # noqa: F401
+                         example_spans, issues_frame,
+                         labels_frame, length_figure, md_text, preview_frame, status_text, summary_text)
 
-SPLIT_SEED = 42  # RunConfig's default seed: the split previewed here is the one a default run makes
-PREVIEW_ROWS = 20
-CELL_CHARS = 400  # preview cells are cut here so one huge row cannot swamp the table
-ISSUE_ROWS = 500  # the table shows this many; the count above it says how many there are
-TRAINED, MASKED = "trained", "masked (prompt)"
 EXAMPLE_COLOURS = {TRAINED: "#16a34a", MASKED: "#d1d5db"}
 FORMAT_CHOICES = [("auto-detect", "auto")] + [(f.replace("_", " / ", 1) if f == "prompt_completion" else f, f)
                                               for f in FORMATS]
 NO_COLUMN = ("(none)", "")
-ISSUE_COLUMNS = ["row", "column", "message"]
-LABEL_COLUMNS = ["label", "count"]
 EMPTY_STATUS = "No dataset chosen yet: load a sample or upload a file."
-
-
-# -- uploads ------------------------------------------------------------------------
-def uploads_dir() -> Path:
-    """Where uploads are copied: ``STUDIO_UPLOADS_DIR``, else ./uploads (read per call,
-    like ``runs_root``, so tests and deployments can move it)."""
-    return Path(os.environ.get("STUDIO_UPLOADS_DIR") or "uploads").resolve()
-
-
-def display_name(filename: str) -> str:
-    """A safe display name from a user's file name: its stem, reduced to [A-Za-z0-9._-]."""
-    stem = Path(str(filename or "").replace("\\", "/")).stem
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:60] or "upload"
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1024 / 1024:.1f} MB" if size >= 100 * 1024 else f"{size / 1024:.1f} KB"
-
-
-def save_upload(src: str | os.PathLike | None, max_mb: float, folder: Path | None = None) -> Path:
-    """Copy an uploaded file into the uploads folder under a server-made name.
-
-    Only the extension of the user's file name survives (it picks the parser);
-    the name itself never becomes part of a path. The extension and the size
-    limit are checked before anything is written.
-    """
-    if not src:
-        raise gr.Error("No file was received; try the upload again.")
-    src_path = Path(src)
-    ext = src_path.suffix.lower()
-    if ext not in DATA_EXTENSIONS:
-        raise gr.Error(f"{ext or 'Files without an extension'} files are not accepted here. "
-                       f"Upload one of: {', '.join(DATA_EXTENSIONS)}.")
-    try:
-        info = src_path.stat()
-    except OSError as exc:
-        raise gr.Error("The uploaded file could not be read; try the upload again.") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise gr.Error("The upload is not a regular file.")
-    limit = int(max_mb * 1024 * 1024)
-    if info.st_size > limit:
-        raise gr.Error(f"The file is {_mb(info.st_size)}, over this server's {max_mb:g} MB upload limit.")
-    folder = folder or uploads_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(6)}{ext}"
-    copied = 0
-    try:
-        # "xb": never overwrite; counting while copying also catches a file that grew after stat().
-        with open(src_path, "rb") as fin, open(dest, "xb") as fout:
-            while chunk := fin.read(1 << 20):
-                copied += len(chunk)
-                if copied > limit:
-                    raise gr.Error(f"The file is over this server's {max_mb:g} MB upload limit.")
-                fout.write(chunk)
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    return dest
 
 
 # -- tokenizers ---------------------------------------------------------------------
@@ -225,152 +157,6 @@ class DataView:
     columns: list[str] = field(default_factory=list)
     tokens: dict | None = None
     description: str = ""
-
-
-def md_text(text: Any) -> str:
-    """File content shown in Markdown: HTML-escaped and with Markdown syntax neutralised."""
-    text = html.escape(str(text), quote=False).replace("\n", " ↵ ")
-    return re.sub(r"([\\`*_{}\[\]()#+\-!|~>])", r"\\\1", text)
-
-
-def issues_frame(issues: list[Issue], eval_issues: list[Issue] | None = None) -> pd.DataFrame:
-    """The issues table: row (or 'file'), column, message. Evaluation-file issues are marked as such."""
-    rows = [[str(i.row) if i.row is not None else "file", i.column or "", i.message] for i in issues]
-    rows += [[f"eval file, row {i.row}" if i.row is not None else "eval file", i.column or "", i.message]
-             for i in eval_issues or []]
-    return pd.DataFrame(rows[:ISSUE_ROWS], columns=ISSUE_COLUMNS)
-
-
-def labels_frame(labels: dict[str, int] | None) -> pd.DataFrame:
-    return pd.DataFrame([[str(k), int(v)] for k, v in (labels or {}).items()], columns=LABEL_COLUMNS)
-
-
-def _messages_text(messages: list[dict]) -> str:
-    if len(messages) == 1:
-        return str(messages[0].get("content", ""))
-    return "\n".join(f"{m.get('role')}: {m.get('content', '')}" for m in messages)
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= CELL_CHARS else text[:CELL_CHARS] + "…"
-
-
-def preview_frame(rows: list[dict], row_numbers: list[int]) -> pd.DataFrame:
-    """Normalised rows as plain text: the system prompt, the prompt turns, the completion (and label)."""
-    records = []
-    for row, number in zip(rows[:PREVIEW_ROWS], row_numbers):
-        if "prompt" not in row:
-            records.append({"row": number, "text": _cut(str(row.get("text", "")))})
-            continue
-        system = [m for m in row["prompt"] if m.get("role") == "system"]
-        turns = [m for m in row["prompt"] if m.get("role") != "system"]
-        record = {"row": number, "system": _cut(_messages_text(system)) if system else "",
-                  "prompt": _cut(_messages_text(turns)), "completion": _cut(_messages_text(row["completion"]))}
-        if "label" in row:
-            record["label"] = str(row["label"])
-        records.append(record)
-    frame = pd.DataFrame(records)
-    if "system" in frame and not frame["system"].any():
-        frame = frame.drop(columns="system")  # an empty column only takes width from the text
-    return frame
-
-
-def example_spans(row: dict, tokenizer, max_length: int) -> list[tuple[str, str]]:
-    """One row through the chat template: (text, 'trained' | 'masked (prompt)') spans."""
-    return [(text, TRAINED if trained else MASKED) for text, trained in render_training_view(row, tokenizer, max_length)]
-
-
-def _bins(values: list[int]):
-    """One bar per token count when the range is small (no gaps between integer bars), else 30 bins."""
-    lo, hi = min(values, default=0), max(values, default=0)
-    return [x - 0.5 for x in range(lo, hi + 2)] if hi - lo <= 40 else 30
-
-
-def length_figure(tokens: dict) -> Figure:
-    """Histograms of prompt, completion and total tokens, with max_length marked on the total."""
-    fig = Figure(figsize=(10, 2.8), layout="constrained")
-    FigureCanvasAgg(fig)  # an Agg canvas, not pyplot: no global figure registry on a shared server
-    panels = (("prompt", "prompt tokens (masked)", "#9ca3af"), ("completion", "completion tokens (trained)", "#16a34a"),
-              ("total", "total tokens", "#2563eb"))
-    limit = tokens["max_length"]
-    for ax, (part, title, colour) in zip(fig.subplots(1, 3), panels):
-        values = tokens["lengths"][part]
-        ax.hist(values, bins=_bins(values), color=colour)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("tokens")
-        ax.tick_params(labelsize=8)
-        if part == "total":
-            # Drawing a far-away limit would squash the bars into one pixel column: say it instead.
-            if limit <= 1.5 * max(values, default=0):
-                ax.axvline(limit, color="#dc2626", linestyle="--", linewidth=1)
-                ax.set_title(f"total tokens (max_length {limit}: {tokens['over_max_length']} over)", fontsize=10)
-            else:
-                ax.set_title(f"total tokens (all under max_length {limit})", fontsize=10)
-    fig.axes[0].set_ylabel("rows")
-    return fig
-
-
-def _where(issue: Issue) -> str:
-    col = f" [{issue.column}]" if issue.column else ""
-    return (f"row {issue.row}" if issue.row is not None else "file") + col
-
-
-def issue_lines(issues: list[Issue], limit: int = 3) -> str:
-    """The first issues as 'row 57: message' (rows first: they are what to fix)."""
-    ordered = [i for i in issues if i.row is not None] + [i for i in issues if i.row is None]
-    return "; ".join(f"{_where(i)}: {i.message}" for i in ordered[:limit])
-
-
-def status_text(report: DataReport, eval_report: DataReport | None, source: dict) -> str:
-    """The outcome line: ready (and what happens to bad rows) or what to fix."""
-    if report.fatal or not report.rows:
-        return (f"**Not usable:** {md_text(issue_lines([i for i in report.issues if i.row is None] or report.issues))}. "
-                "Fix the file or the mapping, then press **Apply mapping**.")
-    if not report.usable:
-        return (f"**Not usable yet:** {report.bad_rows} of {report.total_rows} rows have problems, e.g. "
-                f"{md_text(issue_lines(report.issues))}. Fix them in the file, or tick **Drop bad rows** to "
-                f"train on the {len(report.rows)} good rows.")
-    if eval_report is not None and not eval_report.usable:
-        return (f"**The evaluation file ({md_text(source.get('eval_name', ''))}) is not usable:** "
-                f"{md_text(issue_lines(eval_report.issues))}. Fix it, tick **Drop bad rows**, or remove it to "
-                "hold out a share of the training file instead.")
-    text = f"**Ready: {len(report.rows)} rows. Next: the Train tab.**"
-    if report.bad_rows:
-        text += (f" {report.bad_rows} row{'s' if report.bad_rows != 1 else ''} with problems will be dropped "
-                 "(see the issues below).")
-    return text
-
-
-def summary_text(report: DataReport, source: dict, mapping: Mapping, eval_report: DataReport | None,
-                 split: tuple[int, int], duplicates: dict, leakage: dict, tokens: dict | None,
-                 token_problem: str) -> str:
-    lines = [f"**{md_text(source.get('name', ''))}** · format **{report.format}** · "
-             f"{len(report.rows)} usable of {report.total_rows} rows · {len(report.issues)} issues "
-             f"({report.bad_rows} bad rows)"]
-    lines += [f"- {md_text(note)}" for note in report.notes]
-    train_n, held_n = split
-    if eval_report is not None:
-        lines.append(f"- Held out: the separate file **{md_text(source.get('eval_name', ''))}** "
-                     f"({held_n} usable rows); the held-out % is not used.")
-    else:
-        lines.append(f"- Split: {train_n} train / {held_n} held out ({mapping.eval_fraction:.0%}, seed {SPLIT_SEED}).")
-    dup_rows = ", ".join("/".join(str(n) for n in group) for group in duplicates["examples"][:5])
-    lines.append(f"- Exact duplicates: {duplicates['count']}" + (f" (rows {dup_rows})" if dup_rows else ""))
-    lines.append(f"- Held-out rows also in training: {leakage['count']} exact, {leakage['same_prompt']} with the same prompt")
-    if report.labels:
-        lines.append(f"- {len(report.labels)} labels: " + ", ".join(f"{md_text(k)} ({v})" for k, v in report.labels.items()))
-    if tokens:
-        parts = ", ".join(f"{p} median {tokens[p]['median']:g} / max {tokens[p]['max']}"
-                          for p in ("prompt", "completion", "total"))
-        measured = "" if tokens["rows_measured"] == len(report.rows) else f" (measured on {tokens['rows_measured']} rows)"
-        lines.append(f"- Tokens{measured}: {parts}. Over max_length {tokens['max_length']}: "
-                     f"**{tokens['over_max_length']}** rows (truncated); prompt alone too long (nothing left to "
-                     f"learn): {tokens['completion_lost']}.")
-        if tokens.get("chat_template_note"):
-            lines.append(f"- {md_text(tokens['chat_template_note'])}")
-    elif token_problem:
-        lines.append(f"- Token statistics unavailable: {md_text(token_problem)}")
-    return "\n".join(lines)
 
 
 def state_for(report: DataReport, source: dict, mapping: Mapping) -> dict:

@@ -1,0 +1,175 @@
+"""Views of the Data tab: the tables, texts and charts one inspected file turns into.
+
+Everything taken from a user's file is shown as plain text (escaped Markdown,
+string table cells), never as HTML.
+"""
+from __future__ import annotations
+
+import html
+import re
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from finetune_core.data_stats import render_training_view
+from finetune_core.dataset import DataReport, Issue
+
+if TYPE_CHECKING:
+    from .data_tab import Mapping
+
+SPLIT_SEED = 42  # RunConfig's default seed: the split previewed here is the one a default run makes
+PREVIEW_ROWS = 20
+CELL_CHARS = 400  # preview cells are cut here so one huge row cannot swamp the table
+ISSUE_ROWS = 500  # the table shows this many; the count above it says how many there are
+TRAINED, MASKED = "trained", "masked (prompt)"
+ISSUE_COLUMNS = ["row", "column", "message"]
+LABEL_COLUMNS = ["label", "count"]
+
+def md_text(text: Any) -> str:
+    """File content shown in Markdown: HTML-escaped and with Markdown syntax neutralised."""
+    text = html.escape(str(text), quote=False).replace("\n", " ↵ ")
+    return re.sub(r"([\\`*_{}\[\]()#+\-!|~>])", r"\\\1", text)
+
+
+def issues_frame(issues: list[Issue], eval_issues: list[Issue] | None = None) -> pd.DataFrame:
+    """The issues table: row (or 'file'), column, message. Evaluation-file issues are marked as such."""
+    rows = [[str(i.row) if i.row is not None else "file", i.column or "", i.message] for i in issues]
+    rows += [[f"eval file, row {i.row}" if i.row is not None else "eval file", i.column or "", i.message]
+             for i in eval_issues or []]
+    return pd.DataFrame(rows[:ISSUE_ROWS], columns=ISSUE_COLUMNS)
+
+
+def labels_frame(labels: dict[str, int] | None) -> pd.DataFrame:
+    return pd.DataFrame([[str(k), int(v)] for k, v in (labels or {}).items()], columns=LABEL_COLUMNS)
+
+
+def _messages_text(messages: list[dict]) -> str:
+    if len(messages) == 1:
+        return str(messages[0].get("content", ""))
+    return "\n".join(f"{m.get('role')}: {m.get('content', '')}" for m in messages)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= CELL_CHARS else text[:CELL_CHARS] + "…"
+
+
+def preview_frame(rows: list[dict], row_numbers: list[int]) -> pd.DataFrame:
+    """Normalised rows as plain text: the system prompt, the prompt turns, the completion (and label)."""
+    records = []
+    for row, number in zip(rows[:PREVIEW_ROWS], row_numbers):
+        if "prompt" not in row:
+            records.append({"row": number, "text": _cut(str(row.get("text", "")))})
+            continue
+        system = [m for m in row["prompt"] if m.get("role") == "system"]
+        turns = [m for m in row["prompt"] if m.get("role") != "system"]
+        record = {"row": number, "system": _cut(_messages_text(system)) if system else "",
+                  "prompt": _cut(_messages_text(turns)), "completion": _cut(_messages_text(row["completion"]))}
+        if "label" in row:
+            record["label"] = str(row["label"])
+        records.append(record)
+    frame = pd.DataFrame(records)
+    if "system" in frame and not frame["system"].any():
+        frame = frame.drop(columns="system")  # an empty column only takes width from the text
+    return frame
+
+
+def example_spans(row: dict, tokenizer, max_length: int) -> list[tuple[str, str]]:
+    """One row through the chat template: (text, 'trained' | 'masked (prompt)') spans."""
+    return [(text, TRAINED if trained else MASKED) for text, trained in render_training_view(row, tokenizer, max_length)]
+
+
+def _bins(values: list[int]):
+    """One bar per token count when the range is small (no gaps between integer bars), else 30 bins."""
+    lo, hi = min(values, default=0), max(values, default=0)
+    return [x - 0.5 for x in range(lo, hi + 2)] if hi - lo <= 40 else 30
+
+
+def length_figure(tokens: dict) -> Figure:
+    """Histograms of prompt, completion and total tokens, with max_length marked on the total."""
+    fig = Figure(figsize=(10, 2.8), layout="constrained")
+    FigureCanvasAgg(fig)  # an Agg canvas, not pyplot: no global figure registry on a shared server
+    panels = (("prompt", "prompt tokens (masked)", "#9ca3af"), ("completion", "completion tokens (trained)", "#16a34a"),
+              ("total", "total tokens", "#2563eb"))
+    limit = tokens["max_length"]
+    for ax, (part, title, colour) in zip(fig.subplots(1, 3), panels):
+        values = tokens["lengths"][part]
+        ax.hist(values, bins=_bins(values), color=colour)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("tokens")
+        ax.tick_params(labelsize=8)
+        if part == "total":
+            # Drawing a far-away limit would squash the bars into one pixel column: say it instead.
+            if limit <= 1.5 * max(values, default=0):
+                ax.axvline(limit, color="#dc2626", linestyle="--", linewidth=1)
+                ax.set_title(f"total tokens (max_length {limit}: {tokens['over_max_length']} over)", fontsize=10)
+            else:
+                ax.set_title(f"total tokens (all under max_length {limit})", fontsize=10)
+    fig.axes[0].set_ylabel("rows")
+    return fig
+
+
+def _where(issue: Issue) -> str:
+    col = f" [{issue.column}]" if issue.column else ""
+    return (f"row {issue.row}" if issue.row is not None else "file") + col
+
+
+def issue_lines(issues: list[Issue], limit: int = 3) -> str:
+    """The first issues as 'row 57: message' (rows first: they are what to fix)."""
+    ordered = [i for i in issues if i.row is not None] + [i for i in issues if i.row is None]
+    return "; ".join(f"{_where(i)}: {i.message}" for i in ordered[:limit])
+
+
+def status_text(report: DataReport, eval_report: DataReport | None, source: dict) -> str:
+    """The outcome line: ready (and what happens to bad rows) or what to fix."""
+    if report.fatal or not report.rows:
+        return (f"**Not usable:** {md_text(issue_lines([i for i in report.issues if i.row is None] or report.issues))}. "
+                "Fix the file or the mapping, then press **Apply mapping**.")
+    if not report.usable:
+        return (f"**Not usable yet:** {report.bad_rows} of {report.total_rows} rows have problems, e.g. "
+                f"{md_text(issue_lines(report.issues))}. Fix them in the file, or tick **Drop bad rows** to "
+                f"train on the {len(report.rows)} good rows.")
+    if eval_report is not None and not eval_report.usable:
+        return (f"**The evaluation file ({md_text(source.get('eval_name', ''))}) is not usable:** "
+                f"{md_text(issue_lines(eval_report.issues))}. Fix it, tick **Drop bad rows**, or remove it to "
+                "hold out a share of the training file instead.")
+    text = f"**Ready: {len(report.rows)} rows. Next: the Train tab.**"
+    if report.bad_rows:
+        text += (f" {report.bad_rows} row{'s' if report.bad_rows != 1 else ''} with problems will be dropped "
+                 "(see the issues below).")
+    return text
+
+
+def summary_text(report: DataReport, source: dict, mapping: Mapping, eval_report: DataReport | None,
+                 split: tuple[int, int], duplicates: dict, leakage: dict, tokens: dict | None,
+                 token_problem: str) -> str:
+    lines = [f"**{md_text(source.get('name', ''))}** · format **{report.format}** · "
+             f"{len(report.rows)} usable of {report.total_rows} rows · {len(report.issues)} issues "
+             f"({report.bad_rows} bad rows)"]
+    lines += [f"- {md_text(note)}" for note in report.notes]
+    train_n, held_n = split
+    if eval_report is not None:
+        lines.append(f"- Held out: the separate file **{md_text(source.get('eval_name', ''))}** "
+                     f"({held_n} usable rows); the held-out % is not used.")
+    else:
+        lines.append(f"- Split: {train_n} train / {held_n} held out ({mapping.eval_fraction:.0%}, seed {SPLIT_SEED}).")
+    dup_rows = ", ".join("/".join(str(n) for n in group) for group in duplicates["examples"][:5])
+    lines.append(f"- Exact duplicates: {duplicates['count']}" + (f" (rows {dup_rows})" if dup_rows else ""))
+    lines.append(f"- Held-out rows also in training: {leakage['count']} exact, {leakage['same_prompt']} with the same prompt")
+    if report.labels:
+        lines.append(f"- {len(report.labels)} labels: " + ", ".join(f"{md_text(k)} ({v})" for k, v in report.labels.items()))
+    if tokens:
+        parts = ", ".join(f"{p} median {tokens[p]['median']:g} / max {tokens[p]['max']}"
+                          for p in ("prompt", "completion", "total"))
+        measured = "" if tokens["rows_measured"] == len(report.rows) else f" (measured on {tokens['rows_measured']} rows)"
+        lines.append(f"- Tokens{measured}: {parts}. Over max_length {tokens['max_length']}: "
+                     f"**{tokens['over_max_length']}** rows (truncated); prompt alone too long (nothing left to "
+                     f"learn): {tokens['completion_lost']}.")
+        if tokens.get("chat_template_note"):
+            lines.append(f"- {md_text(tokens['chat_template_note'])}")
+    elif token_problem:
+        lines.append(f"- Token statistics unavailable: {md_text(token_problem)}")
+    return "\n".join(lines)
+
+
