@@ -52,6 +52,7 @@ class RunConfig:
     eval_fraction: float = _f(0.1, "Share of rows held out for evaluation.", "data", lo=0.0, hi=0.5, step=0.01)
     eval_path: str = _f("", "Separate evaluation file (overrides the held-out share).", "data")
     max_train_rows: int = _f(0, "Use at most this many training rows (0 = all).", "data", lo=0, hi=10_000_000)
+    max_eval_rows: int = _f(256, "Held-out rows used for the loss during training (0 = all); evaluation uses all.", "data", lo=0, hi=10_000_000)
     drop_bad_rows: bool = _f(True, "Drop rows that fail validation instead of refusing the file.", "data")
     # method
     method: str = _f("lora", "lora; qlora (4-bit, CUDA + bitsandbytes only); full fine-tune.", "method", choices=METHODS)

@@ -232,6 +232,8 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
             emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
     train, held, _report = prepare_split(cfg, run)
     emit({"event": "log", "message": f"Data: {len(train)} training rows, {len(held)} held out."})
+    if cfg.max_eval_rows and len(held) > cfg.max_eval_rows:
+        held = held[: cfg.max_eval_rows]  # the loss curve needs a sample, not all of a large split
     callback = StudioCallback(run, stop_event, emit)
     # injected hooks (tests, benchmarks) act before ours
     trainer, tokenizer = build_trainer(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
