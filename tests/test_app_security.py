@@ -108,3 +108,19 @@ def test_api_refuses_training_without_login_when_auth_is_on(launched):
     client = Client(url, auth=("admin", "s3cret-pass"), verbose=False)
     assert client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert ctx.slot.active() is None
+
+
+def test_api_training_is_refused_without_a_user_when_login_is_required(launched, tmp_path):
+    from gradio_client import Client
+
+    url, ctx = launched(STUDIO_REQUIRE_LOGIN="1")
+    client = Client(url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for endpoint in ("/train", "/train_stop", "/train_resume", "/evaluate", "/export_adapter", "/guided_demo"):
+        # every parameter filled with a plausible value: only the missing login may refuse the call
+        required = {p["parameter_name"]: "20260101-000000-x-abcdef" for p in api[endpoint]["parameters"]
+                    if not p.get("parameter_has_default")}
+        with pytest.raises(Exception, match="log in"):
+            client.predict(api_name=endpoint, **required)
+    assert ctx.slot.active() is None
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -193,8 +193,9 @@ def build(ctx: AppContext) -> None:
     """Build the Export tab inside the caller's `gr.Tab`."""
     gr.Markdown("Take a trained run elsewhere, or show the result to people who will not open the app.")
     with gr.Row():
+        # custom values allowed: runs made after page load; every handler checks the id with get_run()
         run_dd = gr.Dropdown(choices=[], value=None, label="Run (runs with a trained adapter)", scale=4,
-                             elem_id="export-run")
+                             elem_id="export-run", allow_custom_value=True)
         refresh = gr.Button("↻ Refresh runs", scale=1)
     with gr.Row():
         with gr.Column():

@@ -167,7 +167,9 @@ def build(ctx: AppContext) -> None:
             with gr.Accordion("Runs", open=True):
                 runs = gr.Dataframe(runs_table(), interactive=False, wrap=True, elem_id="runs-table")
                 with gr.Row():
-                    pick = gr.Dropdown(label="Open run", choices=[r.id for r in list_runs()], elem_id="run-pick")
+                    # custom values allowed: runs made after page load; get_run() checks every id
+                    pick = gr.Dropdown(label="Open run", choices=[r.id for r in list_runs()], elem_id="run-pick",
+                                       allow_custom_value=True)
                     resume_btn = gr.Button("Resume selected run", size="sm")
     timer = gr.Timer(1.0)
     inputs = set(widgets.values()) | {ctx.data_state}
@@ -211,9 +213,9 @@ def build(ctx: AppContext) -> None:
             return {}
         return widget_updates(widgets, config_from_yaml_file(path))
 
-    train_btn.click(on_train, inputs, [ctx.run_state, pick])
-    stop_btn.click(on_stop, None, None)
-    resume_btn.click(on_resume, pick, ctx.run_state)
+    train_btn.click(on_train, inputs, [ctx.run_state, pick], api_name="train")
+    stop_btn.click(on_stop, None, None, api_name="train_stop")
+    resume_btn.click(on_resume, pick, ctx.run_state, api_name="train_resume")
     timer.tick(on_tick, pick, [title, bar, plot, log, runs], show_progress="hidden", queue=False)
     pick.change(on_pick, pick, ctx.run_state, queue=False)
     apply_btn.click(on_preset, {preset} | set(widgets.values()), list(widgets.values()))

@@ -1,0 +1,40 @@
+"""Each benchmark script runs end to end on a tiny configuration and prints one JSON object."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _run(args: list[str], timeout: int = 900) -> dict:
+    out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bench_train_tiny():
+    result = _run(["bench/bench_train.py", "--tiny", "--steps", "1", "--warmup", "1", "--rounds", "1",
+                   "--rows", "32"])
+    assert set(result["results"]) == {"ours", "plain_tuned", "plain_default"}
+    for variant in result["results"].values():
+        assert variant["tokens_per_s"] > 0 and 0 <= variant["padding_share"] < 1
+    assert "ours_vs_plain_tuned" in result["ratios"] and "ours_vs_plain_default" in result["ratios"]
+
+
+@pytest.mark.slow
+def test_bench_startup_model_loads(tmp_path):
+    result = _run(["bench/bench_startup.py", "--skip-app", "--repeats", "1"])
+    assert result["gguf_convert_s"] > result["cached_load_s"] > 0
+
+
+@pytest.mark.slow
+def test_load_chat_tiny():
+    result = _run(["bench/load_chat.py", "--tiny", "--clients", "3", "--max-new-tokens", "4", "--timeout", "120"])
+    assert result["answered"] == 3 and result["errors"] == []
+    assert result["rss_mb"]["peak"] > 0
