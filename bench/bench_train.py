@@ -51,26 +51,33 @@ def load_rows(n: int) -> tuple[list[dict], str]:
 
 
 class Meter:
-    """Collator wrapper + callback: counts tokens and times the steps after warm-up."""
+    """Counts the tokens each optimizer step trains on and times the steps after warm-up.
 
-    def __init__(self, collator, warmup: int):
-        self.collator, self.warmup = collator, warmup
-        self.batch_tokens = self.batch_loss_tokens = self.batch_padded = 0
+    Tokens are counted where the Trainer computes the loss (the dataloader
+    prefetches batches, so counting in the collator would shift the count by a batch)."""
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.step_tokens = self.step_loss_tokens = self.step_padded = 0
         self.tokens = self.loss_tokens = self.padded = 0
         self.t_start = self.t_end = None
         self.step_times: list[float] = []
         self._t_step = None
 
-    def __call__(self, features):
-        batch = self.collator(features)
-        ids = batch["input_ids"]
-        mask = batch.get("attention_mask")
-        self.batch_tokens += int(mask.sum()) if mask is not None else int(ids.numel())
-        self.batch_padded += int(ids.numel())
-        labels = batch.get("labels")
-        if labels is not None:
-            self.batch_loss_tokens += int((labels[:, 1:] != -100).sum())
-        return batch
+    def wrap(self, trainer) -> None:
+        compute_loss = trainer.compute_loss
+
+        def counting_compute_loss(model, inputs, *args, **kwargs):
+            if model.training:
+                ids, mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("labels")
+                self.step_tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+                self.step_padded += int(ids.numel())
+                if labels is not None:
+                    self.step_loss_tokens += int((labels[:, 1:] != -100).sum())
+            return compute_loss(model, inputs, *args, **kwargs)
+
+        trainer.compute_loss = counting_compute_loss
+        trainer.add_callback(self.callback())
 
     def callback(self):
         from transformers import TrainerCallback
@@ -80,17 +87,18 @@ class Meter:
         class _CB(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
                 meter._t_step = time.perf_counter()
+                meter.step_tokens = meter.step_loss_tokens = meter.step_padded = 0
                 if state.global_step == meter.warmup:
                     meter.t_start = meter._t_step
-                    meter.batch_tokens = meter.batch_loss_tokens = meter.batch_padded = 0
 
             def on_step_end(self, args, state, control, **kw):
                 now = time.perf_counter()
                 if state.global_step > meter.warmup:
                     meter.step_times.append(now - meter._t_step)
                     meter.t_end = now
-                    meter.tokens, meter.loss_tokens, meter.padded = (
-                        meter.batch_tokens, meter.batch_loss_tokens, meter.batch_padded)
+                    meter.tokens += meter.step_tokens
+                    meter.loss_tokens += meter.step_loss_tokens
+                    meter.padded += meter.step_padded
 
         return _CB()
 
@@ -131,9 +139,8 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
                           target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=base, args=SFTConfig(**kwargs), train_dataset=Dataset.from_list(rows),
                              processing_class=tok, peft_config=peft)
-    meter = Meter(trainer.data_collator, warmup)
-    trainer.data_collator = meter
-    trainer.add_callback(meter.callback())
+    meter = Meter(warmup)
+    meter.wrap(trainer)
     trainer.train()
     wall = meter.t_end - meter.t_start
     n_params = sum(p.numel() for p in trainer.model.parameters())
