@@ -136,6 +136,23 @@ class TrainingSlot:
         job = self._job
         return job if job is not None and job.alive() else None
 
+    def gpu_run(self) -> Run | None:
+        """The running job's run when it trains on an accelerator (chat, evaluation and
+        export must wait for it); None when idle or training on the CPU, where they
+        share the cores and only get slower."""
+        job = self.active()
+        if job is None:
+            return None
+        try:
+            device = job.run.run_yaml().get("resolved_device")
+            if not device:
+                from .models import device_policy
+
+                device = device_policy(job.run.config().device).device
+        except (OSError, ValueError):
+            device = "unknown"  # cannot tell: assume the accelerator is taken
+        return None if device == "cpu" else job.run
+
     def busy_message(self) -> str:
         job = self.active()
         if job is None:

@@ -231,6 +231,11 @@ class _Slot:
     def active(self):
         return self.job
 
+    def gpu_run(self):  # the real slot's rule, over this fake's job
+        from finetune_core.runner import TrainingSlot
+
+        return TrainingSlot.gpu_run(self)
+
 
 class _Models:
     def __init__(self, model):

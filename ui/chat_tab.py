@@ -19,7 +19,7 @@ from gradio.context import Context
 
 from finetune_core import chat
 from finetune_core.generation import GenSettings
-from finetune_core.models import ModelError, device_policy
+from finetune_core.models import ModelError
 from finetune_core.runs import RunError, get_run, list_runs
 
 from .context import GPU_QUEUE, AppContext
@@ -73,16 +73,10 @@ def _tally_markdown(votes: list[dict]) -> str:
 
 def gpu_busy_message(ctx: AppContext) -> str:
     """Why chat cannot run now: a training job holds the only GPU. Empty when chat can run."""
-    job = ctx.slot.active()
-    if job is None:
-        return ""
-    try:
-        device = job.run.run_yaml().get("resolved_device") or device_policy(job.run.config().device).device
-    except (OSError, ValueError):
-        device = "unknown"  # cannot tell: assume the worst and say so
-    if device == "cpu":
-        return ""  # CPU training and chat share the cores: slower, but chat still works
-    return (f"Chat is paused: training run {job.run.id} is using the GPU. "
+    run = ctx.slot.gpu_run()
+    if run is None:
+        return ""  # idle, or CPU training: chat shares the cores, slower but working
+    return (f"Chat is paused: training run {run.id} is using the GPU. "
             "It resumes when the run finishes or is stopped (Train tab).")
 
 

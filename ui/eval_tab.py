@@ -30,7 +30,6 @@ from gradio.context import Context
 from evaluation.compare import EXAMPLES_FILE, RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison
 from evaluation.plots import confusion_heatmap, delta_chart, improved
 from evaluation.run_eval import evaluate_run, is_lm_rows, load_meta
-from finetune_core.models import device_policy
 from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run, list_runs
 
 from .access import require_user
@@ -102,16 +101,10 @@ def heldout_rows(run: Run) -> list[dict]:
 
 def gpu_busy(ctx: AppContext) -> str:
     """Why evaluation cannot run now ("" when it can): a training job holds the GPU."""
-    job = ctx.slot.active()
-    if job is None:
+    run = ctx.slot.gpu_run()
+    if run is None:
         return ""
-    try:
-        device = job.run.run_yaml().get("resolved_device") or device_policy(job.run.config().device).device
-    except (OSError, ValueError):
-        device = "unknown"  # cannot tell: assume the GPU is taken
-    if device == "cpu":
-        return ""  # CPU training and evaluation share the cores: slower, but it works
-    return f"Training run {job.run.id} is using the GPU. Evaluate when it finishes or is stopped (Train tab)."
+    return f"Training run {run.id} is using the GPU. Evaluate when it finishes or is stopped (Train tab)."
 
 
 # -- tables and text --------------------------------------------------------------------

@@ -30,7 +30,7 @@ from gradio.context import Context
 
 from finetune_core import export
 from finetune_core.gguf_export import QTYPES
-from finetune_core.models import ModelError, device_policy
+from finetune_core.models import ModelError
 from finetune_core.report import report
 from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run, list_runs
 
@@ -80,16 +80,10 @@ def export_folder(ctx: AppContext) -> Path:
 
 def gpu_busy(ctx: AppContext) -> str:
     """Why a model cannot be loaded now ("" when it can): a training job holds the GPU."""
-    job = ctx.slot.active()
-    if job is None:
+    run = ctx.slot.gpu_run()
+    if run is None:
         return ""
-    try:
-        device = job.run.run_yaml().get("resolved_device") or device_policy(job.run.config().device).device
-    except (OSError, ValueError):
-        device = "unknown"  # cannot tell: assume the GPU is taken
-    if device == "cpu":
-        return ""  # CPU training and a merge share the cores: slower, but it works
-    return f"Training run {job.run.id} is using the GPU. Export when it finishes or is stopped (Train tab)."
+    return f"Training run {run.id} is using the GPU. Export when it finishes or is stopped (Train tab)."
 
 
 def _guarded(folder: Path | None, work: Callable[[], object], what: str):
