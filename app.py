@@ -47,6 +47,9 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         ctx.data_state = gr.State(None)
         ctx.run_state = gr.State("")
         gr.Markdown(f"# {TITLE}\n{INTRO}", elem_id="studio-header")
+        if ctx.settings.require_login and os.environ.get("SPACE_ID"):
+            # On a Space with `hf_oauth: true` in the README front matter: sign in with Hugging Face.
+            gr.LoginButton()
         guide_status, guide_button = guide.banner()
         with gr.Tabs() as tabs:
             ctx.components["tabs"] = tabs
