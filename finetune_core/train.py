@@ -154,17 +154,41 @@ def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, gr
     )
 
 
+def checkpoints(run: Run) -> list[Path]:
+    """The run's checkpoint folders, newest first."""
+    found = [p for p in run.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+
 def latest_checkpoint(run: Run) -> Path | None:
-    ckpts = [p for p in run.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+    found = checkpoints(run)
+    return found[0] if found else None
+
+
+def missing_files(path: Path, method: str) -> list[str]:
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    return [name for name in (*CHECKPOINT_FILES_COMMON, weights) if not (path / name).is_file()]
 
 
 def check_checkpoint(path: Path, method: str) -> None:
     """Refuse a checkpoint with a missing file before the Trainer trips over it."""
-    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
-    missing = [name for name in (*CHECKPOINT_FILES_COMMON, weights) if not (path / name).is_file()]
+    missing = missing_files(path, method)
     if missing:
         raise TrainingError(f"Checkpoint {path.name} is incomplete (missing {', '.join(missing)}); it cannot be resumed.")
+
+
+def resume_point(run: Run, method: str, emit: Emit) -> Path | None:
+    """The newest complete checkpoint. A process killed while saving leaves the newest
+    one half written: skip it (and say so) when an older complete one exists."""
+    found = checkpoints(run)
+    for path in found:
+        missing = missing_files(path, method)
+        if not missing:
+            return path
+        emit({"event": "log", "message": f"Skipping {path.name}: incomplete (missing {', '.join(missing)})."})
+    if found:
+        check_checkpoint(found[0], method)  # none is complete: refuse, naming the newest
+    return None
 
 
 def save_final(trainer, tokenizer, run: Run) -> None:
@@ -224,12 +248,9 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     cfg = run.config()
     policy = device_policy(cfg.device)
     check_method(cfg, policy)
-    resume_from = None
-    if resume:
-        resume_from = latest_checkpoint(run)
-        if resume_from is not None:
-            check_checkpoint(resume_from, cfg.method)
-            emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
+    resume_from = resume_point(run, cfg.method, emit) if resume else None
+    if resume_from is not None:
+        emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
     train, held, _report = prepare_split(cfg, run)
     emit({"event": "log", "message": f"Data: {len(train)} training rows, {len(held)} held out."})
     if cfg.max_eval_rows and len(held) > cfg.max_eval_rows:

@@ -184,6 +184,20 @@ def test_resume_refuses_incomplete_checkpoint(tiny_model_dir, data_file, runs_ro
     assert run.has_adapter()  # the stopped run's adapter is still there
 
 
+def test_resume_skips_a_half_written_newest_checkpoint(tiny_model_dir, data_file, runs_root):
+    slot = TrainingSlot()
+    run = slot.start(tiny_cfg(tiny_model_dir, data_file, max_steps=6), extra_callbacks=[AtStep(2, lambda _m: slot.stop())])
+    assert slot.wait(120)["state"] == "stopped"
+    torn = run.checkpoints_dir / "checkpoint-5"  # what a kill during a save leaves behind
+    torn.mkdir()
+    (torn / "adapter_model.safetensors").write_bytes(b"")
+    slot.start(resume_run=run)
+    final = slot.wait(120)
+    assert final["state"] == "completed" and final["step"] == 6, final
+    log = run.log_tail(60)
+    assert "Skipping checkpoint-5: incomplete" in log and "Resuming from checkpoint-2" in log
+
+
 def test_qlora_refused_on_cpu(tiny_model_dir, data_file, runs_root):
     run = create_run(tiny_cfg(tiny_model_dir, data_file, method="qlora"))
     final = run_job(run, threading.Event())
