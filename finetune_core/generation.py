@@ -252,8 +252,9 @@ class InferenceModel:
         from transformers import StoppingCriteriaList
 
         for row, model in enumerate((self.model, self.tuned_model)):
-            out = model.generate(**self._encode([texts[row]]), **settings.kwargs(self.tokenizer),
+            enc = self._encode([texts[row]])
+            out = model.generate(**enc, **settings.kwargs(self.tokenizer),
                                  stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
-            ids = out[0, self._encode([texts[row]])["input_ids"].shape[1]:].tolist()
+            ids = out[0, enc["input_ids"].shape[1]:].tolist()
             streamer.tokens[row] = [t for t in ids if t not in streamer._eos]
             streamer.out.put([self.tokenizer.decode(t, skip_special_tokens=True) for t in streamer.tokens])

@@ -16,7 +16,6 @@ holding the cancel Event of the current evaluation.
 """
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import shutil
@@ -30,11 +29,12 @@ from gradio.context import Context
 from evaluation.compare import EXAMPLES_FILE, RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison
 from evaluation.plots import confusion_heatmap, delta_chart, improved
 from evaluation.run_eval import evaluate_run, is_lm_rows, load_meta
-from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run, list_runs
+from finetune_core.dataset import read_jsonl
+from finetune_core.runs import Run, RunError, list_runs
 
 from .access import require_user
 from .context import GPU_QUEUE, AppContext
-from .widgets import user_error
+from .widgets import open_run, pick_run, user_error
 
 log = logging.getLogger(__name__)
 
@@ -75,28 +75,9 @@ def run_choices() -> list[tuple[str, str]]:
     return choices
 
 
-def pick_run(choices: list[tuple[str, str]], *wanted: str | None) -> str | None:
-    """The first wanted id that is in the list, else the newest run, else None."""
-    ids = [value for _, value in choices]
-    return next((w for w in wanted if w and w in ids), ids[0] if ids else None)
-
-
-def open_run(run_id: str | None) -> Run:
-    """The run behind an id from the browser. The message never echoes the text
-    sent: an API client can send anything as the id."""
-    if not RUN_ID_RE.match((run_id or "").strip()):
-        raise gr.Error("That is not a run id: pick a run from the list.")
-    try:
-        return get_run(run_id)
-    except RunError as exc:
-        raise gr.Error(str(exc)) from None
-
-
 def heldout_rows(run: Run) -> list[dict]:
     path = run.data_dir / "heldout.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path) if path.is_file() else []
 
 
 def gpu_busy(ctx: AppContext) -> str:

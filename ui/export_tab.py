@@ -32,11 +32,12 @@ from finetune_core import export
 from finetune_core.gguf_export import QTYPES
 from finetune_core.models import ModelError
 from finetune_core.report import report
-from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run, list_runs
+from finetune_core.runs import Run, RunError, list_runs
 
 from .access import require_user
 from .context import GPU_QUEUE, AppContext
-from .widgets import user_error
+from .widgets import open_run as open_any_run
+from .widgets import pick_run, user_error
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,12 @@ def run_choices() -> list[tuple[str, str]]:
 def runs_dropdown(*wanted: str | None) -> gr.Dropdown:
     """Fresh choices, selecting the first wanted id that exists, else the newest run."""
     choices = run_choices()
-    ids = [value for _, value in choices]
-    value = next((w for w in wanted if w and w in ids), ids[0] if ids else None)
-    return gr.Dropdown(choices=choices, value=value)
+    return gr.Dropdown(choices=choices, value=pick_run(choices, *wanted))
 
 
 def open_run(run_id: str | None) -> Run:
-    """The run behind an id from the browser; the message never echoes what was sent."""
-    if not RUN_ID_RE.match((run_id or "").strip()):
-        raise gr.Error("Pick a run from the list first." if not run_id else "That is not a run id: pick a run.")
-    try:
-        run = get_run(run_id)
-    except RunError as exc:
-        raise gr.Error(str(exc)) from None
+    """A run with a saved adapter, behind an id from the browser (see widgets.open_run)."""
+    run = open_any_run(run_id, empty_message="Pick a run from the list first.")
     if not run.has_adapter():
         raise gr.Error(f"Run {run.id} has no saved adapter yet: let it finish training first.")
     return run

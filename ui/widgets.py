@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from finetune_core.config import ConfigError, RunConfig, coerce, field_info
-from finetune_core.runs import RunError
+from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run
 
 LABELS = {
     "lora_r": "LoRA rank (r)", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
@@ -77,6 +77,25 @@ def user_error(exc: Exception) -> gr.Error:
     return gr.Error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
 
 
+def pick_run(choices: list[tuple[str, str]], *wanted: str | None) -> str | None:
+    """The first wanted id that is in the (label, id) choices, else the newest run, else None."""
+    ids = [value for _, value in choices]
+    return next((w for w in wanted if w and w in ids), ids[0] if ids else None)
+
+
+def open_run(run_id: str | None, empty_message: str | None = None) -> Run:
+    """The run behind an id from the browser. The message never echoes the text
+    sent: an API client can send anything as the id."""
+    if not RUN_ID_RE.match((run_id or "").strip()):
+        if empty_message and not run_id:
+            raise gr.Error(empty_message)
+        raise gr.Error("That is not a run id: pick a run from the list.")
+    try:
+        return get_run(run_id)
+    except RunError as exc:
+        raise gr.Error(str(exc)) from None
+
+
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -100,4 +119,4 @@ def progress_html(step: int, total: int, state: str, eta: float | None) -> str:
 
 
 __all__ = ["coerce", "build_config_widgets", "config_from_values", "named_values", "widget_updates",
-           "user_error", "progress_html", "fmt_seconds", "label_for"]
+           "user_error", "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run"]
