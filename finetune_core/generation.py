@@ -8,12 +8,13 @@ on the shared weights. A full fine-tune holds two models (there is no adapter
 to switch off).
 
 * `generate(prompts, tuned=...)` — batched greedy generation with left padding
-  (held-out evaluation).
+  (held-out evaluation); on a CPU from per-prompt prefilled caches (kv_batch).
 * `stream_pair(...)` — base and tuned answers streamed together, token by
   token, in one mixed batch (the side-by-side chat).
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -93,6 +94,12 @@ class InferenceModel:
         self.label = label
         self.lock = threading.Lock()
         self.tokenizer.padding_side = "left"  # decoder-only batches must pad on the left
+        if policy.device == "cpu":
+            from .kv_batch import use_trimmed_decode_attention
+
+            for m in (model, tuned_model):
+                if m is not None:
+                    use_trimmed_decode_attention(m)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -148,41 +155,59 @@ class InferenceModel:
             raise ValueError("This model has no adapter: there is no tuned side.")
         return self.model
 
-    def _run_generate(self, model, tuned: bool, **kwargs):
-        import torch
-
-        with torch.inference_mode():
-            if self.has_adapter and not tuned and model is self.model:
-                with self.model.disable_adapter():
-                    return model.generate(**kwargs)
-            return model.generate(**kwargs)
+    def _side(self, model, tuned: bool):
+        """The context for one side: the adapter switched off for the base side of a LoRA model."""
+        if self.has_adapter and not tuned and model is self.model:
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
 
     # -- batched (evaluation) ------------------------------------------------
     def generate(self, prompts: list[list[dict]], tuned: bool, settings: GenSettings | None = None,
                  batch_size: int = 16, progress: Callable[[int, int], None] | None = None,
                  cancel: threading.Event | None = None) -> list[str]:
-        """Greedy (by default) answers for chat prompts, in batches with left padding."""
+        """Greedy (by default) answers for chat prompts, in batches with left padding.
+
+        On a CPU each prompt is prefilled on its own after the opening they all
+        share, and the batch decodes together from those caches (see kv_batch);
+        on a GPU a padded batch prefill is cheap and plain `generate` is used.
+        """
+        import torch
         from transformers import StoppingCriteriaList
+
+        from .kv_batch import prefilled_batch, shared_prefix
 
         settings = settings or GenSettings()
         texts = [self.render(p) for p in prompts]
+        tokens = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         # Sort by length so each batch pads little; restore the order at the end.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
         answers: list[str] = [""] * len(texts)
         model = self._pick(tuned)
-        for start in range(0, len(order), max(1, batch_size)):
-            if cancel is not None and cancel.is_set():
-                raise InterruptedError("Generation cancelled.")
-            idx = order[start:start + batch_size]
-            enc = self._encode([texts[i] for i in idx])
+        stopped = lambda: cancel is not None and cancel.is_set()  # noqa: E731
+        prefilled = self.policy.device == "cpu" and all(len(t) > 1 for t in tokens)
+        prefix, prefix_len = None, 0
+        if prefilled:
             with self.lock:
-                out = self._run_generate(model, tuned, **enc, **settings.kwargs(self.tokenizer),
-                                         stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
-            new = out[:, enc["input_ids"].shape[1]:]
+                prefix, prefix_len = shared_prefix(model, tokens, self.policy.device, lambda: self._side(model, tuned))
+        step = max(1, batch_size)
+        for start in range(0, len(order), step):
+            if stopped():
+                raise InterruptedError("Generation cancelled.")
+            idx = order[start:start + step][::-1]  # longest first: left padding grows down the batch
+            with self.lock, torch.inference_mode(), self._side(model, tuned):
+                if prefilled:
+                    inputs = prefilled_batch(model, [tokens[i] for i in idx], self.tokenizer.pad_token_id,
+                                             settings.max_new_tokens, self.policy.device, prefix, prefix_len,
+                                             stopped)
+                else:
+                    inputs = self._encode([texts[i] for i in idx])
+                out = model.generate(**inputs, **settings.kwargs(self.tokenizer),
+                                     stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
+            new = out[:, inputs["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
                 answers[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
             if progress:
-                progress(min(start + batch_size, len(order)), len(order))
+                progress(min(start + step, len(order)), len(order))
         return answers
 
     # -- streaming (chat) -----------------------------------------------------
