@@ -46,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--bundled", action="store_true", help="bundled model, base only, SAMSum prompts")
     ap.add_argument("--data", help="--bundled: a dialogue/summary file instead of samsum_val.json")
     ap.add_argument("--rows", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int)
     return ap.parse_args(argv)
 

@@ -27,7 +27,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--run", required=True, help="run directory (runs/<id>)")
     ap.add_argument("--data", help="evaluate on this file instead, mapped like the run's training data")
     ap.add_argument("--limit", type=int, help="use only the first N rows")
-    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="most prompts per generation batch (default 64; fewer when their cache would pass 2 GiB)")
     ap.add_argument("--max-new-tokens", type=int,
                     help="default: longest label + 8 (classification), longest reference + 16 up to 256")
     ap.add_argument("--loss", action="store_true", help="also compute held-out loss and perplexity")

@@ -305,7 +305,7 @@ def _loss_only_comparison(rows: int) -> Comparison:
 
 # -- the whole evaluation -----------------------------------------------------
 
-def evaluate_run(run, data_path: str | None = None, limit: int | None = None, batch_size: int = 16,
+def evaluate_run(run, data_path: str | None = None, limit: int | None = None, batch_size: int = 64,
                  max_new_tokens: int | None = None, with_loss: bool = False,
                  progress: Progress | None = None, cancel: threading.Event | None = None,
                  model=None) -> Comparison:

@@ -174,26 +174,26 @@ class InferenceModel:
         import torch
         from transformers import StoppingCriteriaList
 
-        from .kv_batch import prefilled_batch, shared_prefix
+        from .kv_batch import kv_bytes_per_token, plan_batches, prefilled_batch, shared_prefix
 
         settings = settings or GenSettings()
         texts = [self.render(p) for p in prompts]
         tokens = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        # Sort by length so each batch pads little; restore the order at the end.
-        order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
         answers: list[str] = [""] * len(texts)
         model = self._pick(tuned)
+        # Length-sorted batches (little padding), each capped so its cache fits the memory budget.
+        batches = plan_batches([len(t) for t in tokens], batch_size, settings.max_new_tokens,
+                               kv_bytes_per_token(model))
         stopped = lambda: cancel is not None and cancel.is_set()  # noqa: E731
         prefilled = self.policy.device == "cpu" and all(len(t) > 1 for t in tokens)
         prefix, prefix_len = None, 0
         if prefilled:
             with self.lock:
                 prefix, prefix_len = shared_prefix(model, tokens, self.policy.device, lambda: self._side(model, tuned))
-        step = max(1, batch_size)
-        for start in range(0, len(order), step):
+        done = 0
+        for idx in batches:
             if stopped():
                 raise InterruptedError("Generation cancelled.")
-            idx = order[start:start + step][::-1]  # longest first: left padding grows down the batch
             with self.lock, torch.inference_mode(), self._side(model, tuned):
                 if prefilled:
                     inputs = prefilled_batch(model, [tokens[i] for i in idx], self.tokenizer.pad_token_id,
@@ -206,8 +206,9 @@ class InferenceModel:
             new = out[:, inputs["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
                 answers[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
+            done += len(idx)
             if progress:
-                progress(min(start + step, len(order)), len(order))
+                progress(done, len(texts))
         return answers
 
     # -- streaming (chat) -----------------------------------------------------

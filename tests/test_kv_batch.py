@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetune_core import kv_batch
 from finetune_core.generation import GenSettings, InferenceModel
-from finetune_core.kv_batch import GrowingCache, GrowingLayer, prefilled_batch, shared_prefix_length
+from finetune_core.kv_batch import GrowingCache, GrowingLayer, plan_batches, prefilled_batch, shared_prefix_length
 
 PAD = 0
 NEW = 6
@@ -188,3 +188,21 @@ def test_cancel_during_prefill_stops(run_model):
 
     with torch.inference_mode(), pytest.raises(InterruptedError):
         prefilled_batch(run_model.model, [[1, 2, 3], [1, 2, 4]], PAD, 4, "cpu", should_stop=stop_after_first)
+
+
+def test_plan_batches_sorts_caps_rows_and_memory():
+    lengths = [50, 10, 30, 20, 40]
+    # Ascending by length across batches, longest first inside each.
+    assert plan_batches(lengths, 2, 0, 1, budget=10**9) == [[3, 1], [4, 2], [0]]
+    # Memory cap: with 1 byte per token and a budget of 100, 2 rows of 41 (+1) fit, 3 do not.
+    batches = plan_batches([40, 40, 40, 40], 64, 0, 1, budget=100)
+    assert [len(b) for b in batches] == [2, 2]
+    # A single row larger than the budget still runs (alone).
+    assert plan_batches([500], 8, 0, 1, budget=10) == [[0]]
+    assert plan_batches([], 8, 0, 1) == []
+    assert sorted(i for b in plan_batches(lengths, 3, 5, 7) for i in b) == list(range(5))
+
+
+def test_kv_bytes_per_token(chaotic_model):
+    # 2 layers x (keys + values) x 2 key/value heads x head dim 16 x 4 bytes (float32)
+    assert kv_batch.kv_bytes_per_token(chaotic_model) == 2 * 2 * 2 * 16 * 4

@@ -232,7 +232,7 @@ def _whole(value, name: str, low: int) -> int:
     return number
 
 
-def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=16, max_new_tokens=0,
+def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_new_tokens=0,
              with_loss: bool = False, cancel: threading.Event | None = None, order: str = ORDERS[0],
              request: gr.Request | None = None, progress: Progress | None = None) -> View:
     """Score base and tuned on the run's held-out rows, save to runs/<id>/eval/, show it.
@@ -321,8 +321,8 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             limit = gr.Number(value=0, minimum=0, precision=0, label="Rows to evaluate",
                               info="0 = every held-out row; fewer rows finish sooner")
-            batch_size = gr.Slider(1, 64, value=16, step=1, label="Batch size",
-                                   info="prompts generated together; lower it if memory runs out")
+            batch_size = gr.Slider(1, 128, value=64, step=1, label="Batch size",
+                                   info="most prompts generated together (batches also stay under 2 GiB of cache)")
             max_new = gr.Number(value=0, minimum=0, maximum=1024, precision=0, label="Max new tokens",
                                 info="0 = auto: longest label + 8, or longest reference + 16 (up to 256)")
             with_loss = gr.Checkbox(value=False, label="Also compute held-out loss",
