@@ -219,7 +219,8 @@ def is_main_process() -> bool:
 def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict], policy: DevicePolicy,
                   callbacks: list, emit: Emit):
     """SFTTrainer for this config, with our speed choices (dtype by device, no
-    gradient checkpointing for small models, length-grouped batches)."""
+    gradient checkpointing for small models, length-grouped batches; on CPU the
+    cheaper LoRA dropout and label-only LM-head scoring of cpu_speed)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
@@ -238,6 +239,12 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
         processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
+    if policy.device == "cpu":
+        from .cpu_speed import drop_right_padding_masks, score_only_label_positions_on_cpu, use_fast_lora_dropout
+
+        score_only_label_positions_on_cpu()
+        use_fast_lora_dropout(trainer.model)
+        drop_right_padding_masks(trainer.model)
     say(f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}.")
     return trainer, tokenizer
 
