@@ -45,10 +45,12 @@ class FastDropout(nn.Module):
         if not self.training or self.cut == 0:
             return x
         n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+        # The full 64-bit range: plain random_() leaves the top bit 0, which would bias one lane in four.
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), None)
         bits = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-        keep = bits >= (self.cut - _BITS // 2)
-        return x * (keep.to(x.dtype) * self.scale)
+        # One pass to a float mask already holding the scale; autograd keeps it for backward.
+        mask = torch.where(bits >= (self.cut - _BITS // 2), self.scale, 0.0).to(x.dtype)
+        return x * mask
 
 
 def use_fast_lora_dropout(model: nn.Module) -> int:

@@ -1,0 +1,136 @@
+"""CPU training speed-ups (finetune_core.cpu_speed) keep the training maths unchanged:
+dropout still drops with probability p and keeps the expectation, the label-only
+LM head gives the same loss and gradients, and dropping a right-padding mask
+changes no real token's output."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from finetune_core import cpu_speed
+from finetune_core.cpu_speed import FastDropout, drop_right_padding_masks, use_fast_lora_dropout
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=0, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg)
+
+
+# -- dropout -----------------------------------------------------------------------
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_fast_dropout_drops_with_probability_p_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    drop = FastDropout(p).train()
+    x = torch.ones(1_000_000)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.005  # survivors scaled by 1/(1-p)
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - drop.cut / 65536)))
+
+
+def test_fast_dropout_masks_are_fresh_reproducible_and_carry_gradients():
+    drop = FastDropout(0.5).train()
+    x = torch.randn(4, 64, requires_grad=True)
+    torch.manual_seed(1)
+    a = drop(x)
+    b = drop(x)
+    assert not torch.equal(a == 0, b == 0)  # a new mask each call
+    torch.manual_seed(1)
+    assert torch.equal(drop(x), a)  # same seed, same mask
+    a.sum().backward()
+    torch.testing.assert_close(x.grad, (a / x).detach())  # gradient is the scaled mask
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_fast_dropout_rejects_bad_p():
+    with pytest.raises(ValueError, match="dropout probability"):
+        FastDropout(1.0)
+
+
+def test_lora_dropouts_are_swapped():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear"))
+    assert use_fast_lora_dropout(model) == 2 * 7  # 7 adapted projections per layer
+    drops = [m for m in model.modules() if isinstance(m, FastDropout)]
+    assert len(drops) == 14 and all(d.p == 0.1 for d in drops)
+    assert not any(type(m) is nn.Dropout for m in model.modules())
+    no_dropout = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear"))
+    assert use_fast_lora_dropout(no_dropout) == 0
+
+
+# -- label-only LM head ------------------------------------------------------------
+def fused_loss_and_grad(model, batch):
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(model)
+    model.zero_grad()
+    out = model(**batch, fused_lm_head=True)
+    out.loss.backward()
+    return out.loss.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+
+def test_label_only_lm_head_gives_the_same_loss_and_gradients(monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 120, (3, 12))
+    labels = ids.clone()
+    labels[:, :8] = -100  # prompt positions: no loss
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    full_loss, full_grad = fused_loss_and_grad(tiny_llama(), batch)
+    scored = []
+    original = trl_utils._use_triton
+    monkeypatch.setattr(trl_utils, "_use_triton", original)  # undone after the test
+    assert cpu_speed.score_only_label_positions_on_cpu()
+    assert trl_utils._use_triton(torch.device("cpu")) is True
+    assert trl_utils._use_triton(torch.device("meta")) is original(torch.device("meta"))
+
+    real_apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        scored.append(hidden.shape[0])
+        return real_apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+    loss, grad = fused_loss_and_grad(tiny_llama(), batch)
+    assert scored == [3 * 4]  # only the 4 label positions of each row were projected
+    torch.testing.assert_close(loss, full_loss)
+    torch.testing.assert_close(grad, full_grad)
+    # Reference: plain cross-entropy over full logits.
+    ref = tiny_llama()
+    logits = ref(input_ids=ids).logits[:, :-1]
+    ce = nn.functional.cross_entropy(logits.reshape(-1, 120), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(loss, ce.detach())
+
+
+# -- right-padding mask ------------------------------------------------------------
+def test_right_padding_mask_dropped_without_changing_real_tokens():
+    model = tiny_llama().eval()
+    ids = torch.randint(1, 120, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    seen = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw.get("attention_mask")), with_kwargs=True)
+    assert drop_right_padding_masks(model)
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).logits
+    assert seen[-1] is None  # attention ran with no mask (causal path)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    # Left padding keeps its mask: there, real tokens follow padding.
+    left = mask.flip(1)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=left)
+    assert seen[-1] is not None
