@@ -5,7 +5,8 @@
 
 Variants, each run in its own process and interleaved round by round:
 * ours          — finetune_core.train.build_trainer (dtype by device, no
-                  gradient checkpointing, length-grouped batches)
+                  gradient checkpointing, length-grouped batches, the CPU
+                  speed-ups of finetune_core.cpu_speed)
 * plain_tuned   — a plain SFTTrainer script hand-tuned for CPU: fp32, no
                   gradient checkpointing, otherwise TRL's defaults
 * plain_default — a plain SFTTrainer script with TRL's defaults (bf16 autocast,
@@ -60,7 +61,7 @@ class Meter:
         self.warmup = warmup
         self.step_tokens = self.step_loss_tokens = self.step_padded = 0
         self.tokens = self.loss_tokens = self.padded = 0
-        self.t_start = self.t_end = None
+        self.t_start = self.t_end = self.t_first = None
         self.step_times: list[float] = []
         self._t_step = None
 
@@ -87,6 +88,8 @@ class Meter:
         class _CB(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
                 meter._t_step = time.perf_counter()
+                if meter.t_first is None:
+                    meter.t_first = meter._t_step
                 meter.step_tokens = meter.step_loss_tokens = meter.step_padded = 0
                 if state.global_step == meter.warmup:
                     meter.t_start = meter._t_step
@@ -146,6 +149,7 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
     n_params = sum(p.numel() for p in trainer.model.parameters())
     return {
         "variant": variant, "timed_steps": steps, "wall_s": round(wall, 3),
+        "warmup_s": round(meter.t_start - meter.t_first, 3),
         "tokens": meter.tokens, "loss_tokens": meter.loss_tokens, "padded_tokens": meter.padded,
         "tokens_per_s": round(meter.tokens / wall, 2), "loss_tokens_per_s": round(meter.loss_tokens / wall, 2),
         "padding_share": round(1 - meter.tokens / max(1, meter.padded), 4),
