@@ -27,6 +27,21 @@ from torch import nn
 _BITS = 1 << 16
 
 
+def _random_words(n: int, device: torch.device) -> torch.Tensor:
+    """`n` uniformly random 64-bit words.
+
+    On a CPU, numpy's SFC64 generator fills them about twice as fast as torch's
+    Mersenne twister; it is seeded from torch's generator on each call, so
+    `torch.manual_seed` (the Trainer's seed) still makes runs repeatable.
+    """
+    if device.type != "cpu":
+        return torch.empty(n, dtype=torch.int64, device=device).random_(-(2 ** 63), None)
+    import numpy as np
+
+    seed = int(torch.randint(0, 2 ** 62, (1,)))
+    return torch.from_numpy(np.random.SFC64(seed).random_raw(n).view(np.int64))
+
+
 class FastDropout(nn.Module):
     """Inverted dropout with a cheaper random source; identity in eval mode."""
 
@@ -45,9 +60,7 @@ class FastDropout(nn.Module):
         if not self.training or self.cut == 0:
             return x
         n = x.numel()
-        # The full 64-bit range: plain random_() leaves the top bit 0, which would bias one lane in four.
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), None)
-        bits = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
+        bits = _random_words((n + 3) // 4, x.device).view(torch.int16)[:n].view(x.shape)  # uniform int16
         # One pass to a float mask already holding the scale; autograd keeps it for backward.
         mask = torch.where(bits >= (self.cut - _BITS // 2), self.scale, 0.0).to(x.dtype)
         return x * mask
