@@ -12,12 +12,14 @@ Measured on the 2-core CPU this project targets (docs/benchmarks.md):
   fixed. On a CPU nothing is compiled, and for prompt/completion rows most
   positions are prompt: scoring only the label positions gives the same loss
   for a fraction of the vocabulary-wide products.
-* Attention mask: TRL pads training batches on the right. Under a causal
-  mask a real token never looks at the padding after it, so the padding
-  mask changes nothing for real tokens (whose outputs alone reach the loss)
-  — but passing it makes SDPA use its masked kernel, which computes every
-  block instead of skipping the causal upper half. Dropping a right-padding
-  mask lets SDPA take the causal path.
+* Padding: TRL pads each training batch on the right to its longest row,
+  and every layer then computes the padding too (4-8% of the tokens even
+  with length-grouped batches), with a padding mask that sends SDPA down
+  its masked path. `train_without_padding` packs a batch's real tokens
+  into one row before the decoder (position ids restart at each row), runs
+  causal attention row by row, and puts the hidden states back in the
+  padded layout for the loss: no padding is computed and no row sees
+  another's tokens.
 """
 from __future__ import annotations
 
@@ -102,26 +104,93 @@ def score_only_label_positions_on_cpu() -> bool:
     return True
 
 
-def drop_right_padding_masks(model: nn.Module) -> bool:
-    """Let the decoder run causal attention without a mask on right-padded training batches.
+PACKED_ATTENTION = "studio_packed_sdpa"
 
-    Only a 2-D mask whose rows are ones then zeros (right padding), with no
-    cache and no explicit position ids, is dropped; anything else passes
-    through untouched. Returns whether a decoder was found to hook.
+
+def packed_causal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Causal SDPA row by row over a packed batch (`cu_seq_lens_q` marks the rows); plain SDPA otherwise."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    positions = kwargs.get("position_ids")
+    if bounds is None and attention_mask is None and query.shape[0] == 1 and positions is not None:
+        # Packed by someone else (TRL's packing) without boundaries: rows start where positions restart.
+        starts = (positions[0] == 0).nonzero().flatten()
+        if starts.numel() > 1:
+            bounds = torch.cat([starts, starts.new_tensor([positions.shape[-1]])])
+    if bounds is None or query.shape[0] != 1 or attention_mask is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    bounds = bounds.tolist()
+    gqa = query.shape[1] != key.shape[1]
+    p = dropout if module.training else 0.0
+    rows = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, dropout_p=p,
+        enable_gqa=gqa) for s, e in zip(bounds, bounds[1:])]
+    return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _mask_unless_packed(*args, attention_mask=None, **kwargs):
+    """SDPA's mask, except none for a packed batch (no padding mask): the rows are then kept
+    apart by packed_causal_attention itself, and a tokens x tokens mask would be wasted work."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def _right_padded(mask) -> bool:
+    return bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def train_without_padding(model: nn.Module) -> bool:
+    """Pack right-padded batches before the decoder and unpack its output (see the module docstring).
+
+    Applies only to a decoder using SDPA, called with `input_ids` and a 2-D
+    right-padding mask, no cache and no explicit position ids; anything else
+    passes through untouched. Returns whether the decoder was hooked.
     """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = getattr(base, "model", None)
-    if not isinstance(decoder, nn.Module):
+    if not isinstance(decoder, nn.Module) or getattr(base.config, "_attn_implementation", None) != "sdpa":
         return False
+    AttentionInterface.register(PACKED_ATTENTION, packed_causal_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, _mask_unless_packed)
+    base.set_attn_implementation(PACKED_ATTENTION)
+    # The layout of the batch inside the decoder now, for unpack (one call at a time: the hooks
+    # belong to this training's own model).
+    pending: dict = {}
 
-    def hook(module, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        if (mask is None or mask.dim() != 2 or kwargs.get("past_key_values") is not None
-                or kwargs.get("position_ids") is not None):
+    def pack(module, args, kwargs):
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if (args or ids is None or mask is None or mask.dim() != 2 or kwargs.get("past_key_values") is not None
+                or kwargs.get("position_ids") is not None or kwargs.get("use_cache") or not _right_padded(mask)):
+            pending.clear()
             return None
-        if bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool(mask[:, 0].all()):
-            return args, {**kwargs, "attention_mask": None}
-        return None
+        keep = mask.bool()
+        lengths = keep.sum(1)
+        bounds = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)[keep][None]
+        pending["layout"] = (keep, *ids.shape)
+        return (), {**kwargs, "input_ids": ids[keep][None], "attention_mask": None, "position_ids": positions,
+                    "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds,
+                    "max_length_q": int(lengths.max()), "max_length_k": int(lengths.max())}
 
-    decoder.register_forward_pre_hook(hook, with_kwargs=True)
+    def unpack(module, args, kwargs, output):
+        layout = pending.pop("layout", None)
+        if layout is None:
+            return None
+        keep, batch, length = layout
+        hidden = output.last_hidden_state
+        full = hidden.new_zeros((batch, length, hidden.shape[-1]))
+        full[keep] = hidden[0]
+        output.last_hidden_state = full
+        return output
+
+    decoder.register_forward_pre_hook(pack, with_kwargs=True)
+    decoder.register_forward_hook(unpack, with_kwargs=True)
     return True

@@ -240,11 +240,11 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     )
     trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
     if policy.device == "cpu":
-        from .cpu_speed import drop_right_padding_masks, score_only_label_positions_on_cpu, use_fast_lora_dropout
+        from .cpu_speed import score_only_label_positions_on_cpu, train_without_padding, use_fast_lora_dropout
 
         score_only_label_positions_on_cpu()
         use_fast_lora_dropout(trainer.model)
-        drop_right_padding_masks(trainer.model)
+        train_without_padding(trainer.model)
     say(f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}.")
     return trainer, tokenizer
 

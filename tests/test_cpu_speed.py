@@ -10,7 +10,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetune_core import cpu_speed
-from finetune_core.cpu_speed import FastDropout, drop_right_padding_masks, use_fast_lora_dropout
+from finetune_core.cpu_speed import FastDropout, use_fast_lora_dropout
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -111,26 +111,84 @@ def test_label_only_lm_head_gives_the_same_loss_and_gradients(monkeypatch):
     torch.testing.assert_close(loss, ce.detach())
 
 
-# -- right-padding mask ------------------------------------------------------------
-def test_right_padding_mask_dropped_without_changing_real_tokens():
-    model = tiny_llama().eval()
+# -- training without padding ----------------------------------------------------
+def right_padded_batch():
+    torch.manual_seed(4)
     ids = torch.randint(1, 120, (3, 10))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     mask[2, 3:] = 0
-    with torch.no_grad():
-        expected = model(input_ids=ids, attention_mask=mask).logits
+    ids[mask == 0] = 0
+    labels = ids.clone()
+    labels[:, :2] = -100
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    return out.logits.detach(), out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_packed_training_matches_padded_training():
+    batch = right_padded_batch()
+    logits, loss, grads = loss_and_grads(tiny_llama().train(), batch)
+    model = tiny_llama().train()
+    assert cpu_speed.train_without_padding(model)
     seen = []
     model.model.layers[0].self_attn.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw.get("attention_mask")), with_kwargs=True)
-    assert drop_right_padding_masks(model)
+        lambda m, a, kw: seen.append(kw["hidden_states"].shape), with_kwargs=True)
+    packed_logits, packed_loss, packed_grads = loss_and_grads(model, batch)
+    assert seen == [(1, 10 + 6 + 3, 32)]  # one row of the 19 real tokens, no padding
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(packed_logits[real], logits[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_loss, loss)
+    assert len(packed_grads) == len(grads)
+    for a, b in zip(packed_grads, grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_rows_do_not_see_each_other():
+    model = tiny_llama().eval()
+    assert cpu_speed.train_without_padding(model)
+    batch = right_padded_batch()
     with torch.no_grad():
-        got = model(input_ids=ids, attention_mask=mask).logits
-    assert seen[-1] is None  # attention ran with no mask (causal path)
-    real = mask.bool()
-    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
-    # Left padding keeps its mask: there, real tokens follow padding.
-    left = mask.flip(1)
+        first = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        changed = batch["input_ids"].clone()
+        changed[0] = torch.randint(1, 120, (10,))  # another first row: rows 1 and 2 must not move
+        second = model(input_ids=changed, attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(first[1:], second[1:])
+
+
+def test_generation_with_left_padding_is_left_alone():
+    model = tiny_llama().eval()
+    ids = torch.randint(1, 120, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding, as generation uses
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=left)
-    assert seen[-1] is not None
+        before = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert cpu_speed.train_without_padding(model)
+    with torch.no_grad():
+        after = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(before, after)
+
+
+def test_models_without_sdpa_are_not_hooked():
+    model = tiny_llama()
+    model.set_attn_implementation("eager")
+    assert not cpu_speed.train_without_padding(model)
+
+
+def test_rows_packed_without_boundaries_are_kept_apart():
+    """A batch packed elsewhere (position ids restarting, no cu_seq_lens) still gets per-row attention."""
+    model = tiny_llama().eval()
+    assert cpu_speed.train_without_padding(model)
+    a, b = torch.randint(1, 120, (1, 7)), torch.randint(1, 120, (1, 5))
+    packed = torch.cat([a, b], 1)
+    positions = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    with torch.no_grad():
+        together = model(input_ids=packed, position_ids=positions).logits
+        alone = model(input_ids=b).logits
+    torch.testing.assert_close(together[:, 7:], alone, atol=1e-5, rtol=1e-5)
