@@ -1,19 +1,21 @@
 """CPU speed-ups for LoRA training that the libraries do not make themselves.
 
-Measured on the 2-core CPU this project targets (docs/benchmarks.md):
+Found with torch.profiler on the 2-core CPU this project targets; the
+resulting throughput is in docs/benchmarks.md:
 * LoRA dropout: PEFT's `nn.Dropout` draws one Bernoulli sample per input
   element, for each of the 7 adapted projections of each layer; torch's CPU
-  Bernoulli sampler made that ~20% of a training step. `FastDropout` draws
-  16 random bits per element from 64-bit words instead (~4x cheaper) and
-  keeps dropout's meaning: each element is zeroed with probability p (to
-  within 1/65536) and survivors are scaled so the expectation is unchanged.
+  Bernoulli sampler made that the largest cost after the matrix products.
+  `FastDropout` draws 16 random bits per element from 64-bit words instead
+  (several times cheaper) and keeps dropout's meaning: each element is
+  zeroed with probability p (to within 1/65536) and survivors are scaled so
+  the expectation is unchanged.
 * LM head: TRL's fused log-prob head scores only the label positions on
   Triton devices and every position elsewhere, so that compiled shapes stay
   fixed. On a CPU nothing is compiled, and for prompt/completion rows most
   positions are prompt: scoring only the label positions gives the same loss
   for a fraction of the vocabulary-wide products.
 * Padding: TRL pads each training batch on the right to its longest row,
-  and every layer then computes the padding too (4-8% of the tokens even
+  and every layer then computes the padding too (4-7% of the tokens even
   with length-grouped batches), with a padding mask that sends SDPA down
   its masked path. `train_without_padding` packs a batch's real tokens
   into one row before the decoder (position ids restart at each row), runs

@@ -2,10 +2,11 @@
 
 Why this exists: with a plain `model.generate` on a batch of left-padded
 prompts, a CPU spends its time on three kinds of waste:
-* prefill over padding (a batch of 32 prompts between 60 and 400 tokens is
-  half padding) and attention over it;
+* prefill over padding (held-out prompts vary from tens to hundreds of
+  tokens) and attention over it;
 * the default cache re-allocating every layer's keys and values for each new
-  token (`torch.cat`), which at batch 16-64 costs as much as the attention;
+  token (`torch.cat`), which the profiler showed costing about as much as the
+  attention at batch 16-64;
 * the chat template's opening lines (system prompt, "Summarize ...") that all
   held-out prompts share, computed once per row.
 Here the shared opening is computed once, each prompt's remainder is
