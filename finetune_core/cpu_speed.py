@@ -124,11 +124,14 @@ def packed_causal_attention(module, query, key, value, attention_mask, scaling=N
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     bounds = bounds.tolist()
+    sizes = [e - s for s, e in zip(bounds, bounds[1:])]
     gqa = query.shape[1] != key.shape[1]
     p = dropout if module.training else 0.0
-    rows = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, dropout_p=p,
-        enable_gqa=gqa) for s, e in zip(bounds, bounds[1:])]
+    # split, not slicing: split's backward joins the row gradients in one pass, where each
+    # slice's backward would write a full-length zero tensor.
+    rows = [torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=p,
+                                                             enable_gqa=gqa)
+            for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))]
     return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
 
 
