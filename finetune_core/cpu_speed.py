@@ -156,16 +156,13 @@ def train_without_padding(model: nn.Module) -> bool:
     right-padding mask, no cache and no explicit position ids; anything else
     passes through untouched. Returns whether the decoder was hooked.
     """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from .attention_swap import swap_sdpa
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = getattr(base, "model", None)
-    if not isinstance(decoder, nn.Module) or getattr(base.config, "_attn_implementation", None) != "sdpa":
+    if not isinstance(decoder, nn.Module) or not swap_sdpa(model, PACKED_ATTENTION, packed_causal_attention,
+                                                             _mask_unless_packed):
         return False
-    AttentionInterface.register(PACKED_ATTENTION, packed_causal_attention)
-    AttentionMaskInterface.register(PACKED_ATTENTION, _mask_unless_packed)
-    base.set_attn_implementation(PACKED_ATTENTION)
     # The layout of the batch inside the decoder now, for unpack (one call at a time: the hooks
     # belong to this training's own model).
     pending: dict = {}

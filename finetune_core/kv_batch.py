@@ -249,14 +249,8 @@ def trimmed_decode_attention(module, query, key, value, attention_mask, **kwargs
 
 def use_trimmed_decode_attention(model) -> bool:
     """Switch a model that uses SDPA to `trimmed_decode_attention`; returns whether it did."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import sdpa_mask
 
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(target.config, "_attn_implementation", None) != "sdpa":
-        return False
-    # Registering the same function under the same name is idempotent: no per-user state.
-    AttentionInterface.register(DECODE_ATTENTION, trimmed_decode_attention)
-    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
-    target.set_attn_implementation(DECODE_ATTENTION)
-    return target.config._attn_implementation == DECODE_ATTENTION
+    from .attention_swap import swap_sdpa
+
+    return swap_sdpa(model, DECODE_ATTENTION, trimmed_decode_attention, sdpa_mask)
