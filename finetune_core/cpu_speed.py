@@ -46,6 +46,19 @@ def _random_words(n: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.random.SFC64(seed).random_raw(n).view(np.int64))
 
 
+def keep_mask(shape: torch.Size, cut: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """1.0 where an element is kept, 0.0 where it is dropped (its 16 random bits fall below `cut`).
+
+    Made by clamping the bits shifted to [cut-1, cut]: on a CPU this is about
+    three times cheaper than building the mask from a comparison (bool tensors
+    take slow paths in torch's CPU kernels).
+    """
+    n = shape.numel()
+    bits = _random_words((n + 3) // 4, device).view(torch.int16)[:n].view(shape)  # uniform int16
+    # float32 holds every int16 exactly (bfloat16 would not); `to` is free for float32 inputs
+    return bits.float().sub_(cut - 1 - _BITS // 2).clamp_(0, 1).to(dtype)
+
+
 class FastDropout(nn.Module):
     """Inverted dropout with a cheaper random source; identity in eval mode."""
 
@@ -63,11 +76,8 @@ class FastDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.cut == 0:
             return x
-        n = x.numel()
-        bits = _random_words((n + 3) // 4, x.device).view(torch.int16)[:n].view(x.shape)  # uniform int16
-        # One pass to a float mask already holding the scale; autograd keeps it for backward.
-        mask = torch.where(bits >= (self.cut - _BITS // 2), self.scale, 0.0).to(x.dtype)
-        return x * mask
+        # autograd keeps the mask for backward
+        return x * keep_mask(x.shape, self.cut, x.device, x.dtype).mul_(self.scale)
 
 
 def use_fast_lora_dropout(model: nn.Module) -> int:

@@ -220,7 +220,8 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
                   callbacks: list, emit: Emit):
     """SFTTrainer for this config, with our speed choices (dtype by device, no
     gradient checkpointing for small models, length-grouped batches; on CPU the
-    cheaper LoRA dropout and label-only LM-head scoring of cpu_speed)."""
+    cheaper LoRA dropout, padding-free batches and label-only LM-head scoring of
+    cpu_speed, and fused_lora's LoRA step)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
@@ -241,9 +242,11 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
     if policy.device == "cpu":
         from .cpu_speed import score_only_label_positions_on_cpu, train_without_padding, use_fast_lora_dropout
+        from .fused_lora import use_fused_lora
 
         score_only_label_positions_on_cpu()
         use_fast_lora_dropout(trainer.model)
+        use_fused_lora(trainer.model)
         train_without_padding(trainer.model)
     say(f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}.")
     return trainer, tokenizer
