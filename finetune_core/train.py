@@ -221,7 +221,7 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     """SFTTrainer for this config, with our speed choices (dtype by device, no
     gradient checkpointing for small models, length-grouped batches; on CPU the
     cheaper LoRA dropout, padding-free batches and label-only LM-head scoring of
-    cpu_speed, and fused_lora's LoRA step)."""
+    cpu_speed, fused_lora's LoRA step and fused_norm's RMSNorm backward)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
@@ -243,10 +243,12 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     if policy.device == "cpu":
         from .cpu_speed import score_only_label_positions_on_cpu, train_without_padding, use_fast_lora_dropout
         from .fused_lora import use_fused_lora
+        from .fused_norm import use_fused_rms_norm
 
         score_only_label_positions_on_cpu()
         use_fast_lora_dropout(trainer.model)
         use_fused_lora(trainer.model)
+        use_fused_rms_norm(trainer.model)
         train_without_padding(trainer.model)
     say(f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}.")
     return trainer, tokenizer
