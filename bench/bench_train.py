@@ -7,13 +7,19 @@ Variants, each run in its own process and interleaved round by round:
 * ours          — finetune_core.train.build_trainer (dtype by device, no
                   gradient checkpointing, length-grouped batches, the CPU
                   speed-ups of finetune_core.cpu_speed)
+* ours_fp32     — ours with precision float32 (on a CPU with bf16
+                  instructions ours trains in bf16); not in the default set
 * plain_tuned   — a plain SFTTrainer script hand-tuned for CPU: fp32, no
                   gradient checkpointing, otherwise TRL's defaults
 * plain_default — a plain SFTTrainer script with TRL's defaults (bf16 autocast,
-                  gradient checkpointing); run once, it is very slow on CPU
-All use LoRA r=16, alpha=32, dropout 0.05 on all linear layers, batch 8,
-max_length 512. Tokens/s = non-padding input tokens of the timed steps / wall
-time of those steps (warm-up steps excluded). Prints one JSON object.
+                  gradient checkpointing); on CPU run once, it is very slow there
+* plain_nockpt_b32 — TRL's defaults with gradient checkpointing off and batch
+                  32 (the usual first tuning on a GPU); not in the default set
+All use LoRA r=16, alpha=32, dropout 0.05 on all linear layers, batch 8
+(--batch-size), max_length 512. Tokens/s = non-padding input tokens of the timed steps / wall
+time of those steps (warm-up steps excluded). On a CUDA device the peak memory
+is torch's peak allocation and MFU uses the GPU's dense bf16 peak. Prints one
+JSON object.
 """
 from __future__ import annotations
 
@@ -112,32 +118,45 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: int, out_dir: str) -> dict:
+def _peak_gpu_mb() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
+
+
+def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: int, out_dir: str,
+                batch: int = 8) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     from finetune_core.config import RunConfig
-    from finetune_core.models import device_policy, load_model, load_tokenizer
+    from finetune_core.models import load_model, load_tokenizer, training_policy
     from finetune_core.runs import Run
     from finetune_core.train import build_trainer
 
     total = steps + warmup
-    if variant == "ours":
-        cfg = RunConfig(model=model, max_steps=total, batch_size=8, max_length=512, lora_r=LORA["r"],
-                        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000, seed=42)
+    if variant in ("ours", "ours_fp32"):
+        cfg = RunConfig(model=model, max_steps=total, batch_size=batch, max_length=512, lora_r=LORA["r"],
+                        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000, seed=42,
+                        precision="float32" if variant == "ours_fp32" else "auto")
+        policy = training_policy(cfg.device, cfg.precision, cfg.method)
         run = Run(Path(out_dir))
         (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        trainer, _tok = build_trainer(cfg, run, rows, [], device_policy(), [], lambda e: None)
+        trainer, _tok = build_trainer(cfg, run, rows, [], policy, [], lambda e: None)
     else:
         tok = load_tokenizer(model)
         base = load_model(model)  # float32 weights; the variants differ in SFTConfig only
-        kwargs = dict(output_dir=out_dir, per_device_train_batch_size=8, max_steps=total, max_length=512,
+        kwargs = dict(output_dir=out_dir, per_device_train_batch_size=batch, max_steps=total, max_length=512,
                       report_to="none", save_strategy="no", logging_steps=10_000, seed=42, disable_tqdm=True,
                       use_cpu=not torch.cuda.is_available())  # what TRL asks for on a GPU-less machine
         if variant == "plain_tuned":
             kwargs.update(bf16=False, gradient_checkpointing=False)
+        elif variant == "plain_nockpt_b32":
+            kwargs.update(gradient_checkpointing=False, per_device_train_batch_size=32)
+        elif variant != "plain_default":
+            raise SystemExit(f"unknown variant {variant!r}")
         peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                           target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=base, args=SFTConfig(**kwargs), train_dataset=Dataset.from_list(rows),
@@ -147,6 +166,7 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
     trainer.train()
     wall = meter.t_end - meter.t_start
     n_params = sum(p.numel() for p in trainer.model.parameters())
+    n_rows = steps * trainer.args.per_device_train_batch_size
     return {
         "variant": variant, "timed_steps": steps, "wall_s": round(wall, 3),
         "warmup_s": round(meter.t_start - meter.t_first, 3),
@@ -154,12 +174,15 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
         "tokens_per_s": round(meter.tokens / wall, 2), "loss_tokens_per_s": round(meter.loss_tokens / wall, 2),
         "padding_share": round(1 - meter.tokens / max(1, meter.padded), 4),
         "median_step_s": round(statistics.median(meter.step_times), 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "params": n_params, "threads": torch.get_num_threads(),
-        "flops_per_token": flops_per_token(trainer.model, meter.tokens, meter.loss_tokens, meter.padded, steps),
+        "peak_gpu_mb": _peak_gpu_mb(), "params": n_params, "threads": torch.get_num_threads(),
+        "batch_size": trainer.args.per_device_train_batch_size,
+        "weights_dtype": str(trainer.model.get_input_embeddings().weight.dtype).replace("torch.", ""),
+        "autocast_bf16": bool(trainer.args.bf16),
+        "flops_per_token": flops_per_token(trainer.model, meter.tokens, meter.loss_tokens, meter.padded, n_rows),
     }
 
 
-def flops_per_token(model, tokens: int, loss_tokens: int, padded: int, steps: int) -> float:
+def flops_per_token(model, tokens: int, loss_tokens: int, padded: int, n_rows: int) -> float:
     """LoRA training FLOPs per real token: 4*N_frozen_matmul + 6*N_lora + attention, plus the
     LM head on loss positions only (TRL projects only those). Padding counts as waste."""
     import torch
@@ -174,7 +197,7 @@ def flops_per_token(model, tokens: int, loss_tokens: int, padded: int, steps: in
                 frozen += n
     cfg = model.config
     layers, d = cfg.num_hidden_layers, cfg.hidden_size
-    avg_len = padded / max(1, steps * 8)
+    avg_len = padded / max(1, n_rows)
     attention = 3 * 2 * 2 * layers * avg_len * d / 2  # QK^T and AV, causal half, fwd + 2x bwd
     head = 4 * cfg.vocab_size * d * loss_tokens / max(1, tokens)
     return float(4 * frozen + 6 * lora + attention + head)
@@ -194,39 +217,61 @@ def cpu_peak_flops() -> tuple[float, str]:
     return cores * mhz * 1e6 * per_cycle, f"{cores} cores x {mhz:.0f} MHz x {per_cycle} FLOP/cycle"
 
 
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name fragment.
+GPU_BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                 "L4": 121e12, "A10G": 70e12, "A10": 125e12, "T4": 65e12}
+
+
+def device_peak_flops() -> tuple[str, float | None, str]:
+    """(device, peak FLOP/s, how the peak was found). None where the GPU is not in the table."""
+    import torch
+
+    if not torch.cuda.is_available():
+        peak, basis = cpu_peak_flops()
+        return f"cpu ({platform.processor() or platform.machine()})", peak, basis
+    name = torch.cuda.get_device_name(0)
+    key = next((k for k in GPU_BF16_PEAK if k in name), None)
+    if key is None:
+        return f"cuda ({name})", None, "GPU not in GPU_BF16_PEAK: MFU not reported"
+    return f"cuda ({name})", GPU_BF16_PEAK[key], f"{key} dense bf16 data-sheet peak"
+
+
 def orchestrate(args) -> dict:
     import torch
     import transformers
     import trl
 
     variants = [v for v in args.variants.split(",") if v]
+    on_cpu = not torch.cuda.is_available()
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for rnd in range(args.rounds):
         for v in variants:
-            if v == "plain_default" and rnd > 0:
+            if v == "plain_default" and rnd > 0 and on_cpu:
                 continue  # minutes per step on CPU: one round is enough to show the gap
             cmd = [sys.executable, __file__, "--variant", v, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--rows", str(args.rows), "--model", args.model] + (["--tiny"] if args.tiny else [])
+                   "--rows", str(args.rows), "--model", args.model, "--batch-size", str(args.batch_size)]
+            cmd += ["--tiny"] if args.tiny else []
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             if out.returncode != 0:
                 raise SystemExit(f"{v} failed:\n{out.stderr[-3000:]}")
             results[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    peak, peak_desc = cpu_peak_flops()
+    device, peak, peak_desc = device_peak_flops()
     summary = {}
     for v, runs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in runs)
         summary[v] = {"tokens_per_s": tps, "loss_tokens_per_s": statistics.median(r["loss_tokens_per_s"] for r in runs),
-                      "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "padding_share": runs[0]["padding_share"],
-                      "mfu": round(tps * runs[0]["flops_per_token"] / peak, 4), "runs": runs}
+                      "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "peak_gpu_mb": runs[0]["peak_gpu_mb"],
+                      "padding_share": runs[0]["padding_share"], "batch_size": runs[0]["batch_size"],
+                      "mfu": round(tps * runs[0]["flops_per_token"] / peak, 4) if peak else None, "runs": runs}
     ratios = {}
     if "ours" in summary:
-        for other in ("plain_tuned", "plain_default"):
+        for other in ("ours_fp32", "plain_tuned", "plain_default", "plain_nockpt_b32"):
             if other in summary:
                 ratios[f"ours_vs_{other}"] = round(summary["ours"]["tokens_per_s"] / summary[other]["tokens_per_s"], 2)
-    return {"benchmark": "train_throughput", "device": f"cpu ({platform.processor() or platform.machine()})",
+    return {"benchmark": "train_throughput", "device": device,
             "peak_flops_estimate": peak, "peak_flops_basis": peak_desc, "model": args.model, "data": args.source,
             "rows": args.rows, "timed_steps": args.steps, "warmup_steps": args.warmup, "rounds": args.rounds,
-            "batch_size": 8, "max_length": 512, "lora": LORA, "versions": {"torch": torch.__version__,
+            "batch_size": args.batch_size, "max_length": 512, "lora": LORA, "versions": {"torch": torch.__version__,
             "transformers": transformers.__version__, "trl": trl.__version__}, "date": time.strftime("%Y-%m-%d"),
             "results": summary, "ratios": ratios}
 
@@ -256,6 +301,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rows", type=int, default=400)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8, help="rows per step (plain_nockpt_b32 always uses 32)")
     p.add_argument("--variants", default="ours,plain_tuned,plain_default")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=int, default=3600)
@@ -265,7 +311,8 @@ def main() -> None:
     rows, args.source = load_rows(args.rows)
     if args.variant:
         with tempfile.TemporaryDirectory() as out:
-            print(json.dumps(run_variant(args.variant, args.model, rows, args.steps, args.warmup, out)))
+            print(json.dumps(run_variant(args.variant, args.model, rows, args.steps, args.warmup, out,
+                                         args.batch_size)))
         return
     print(json.dumps(orchestrate(args)))
 

@@ -82,6 +82,9 @@ class RunConfig:
     logging_steps: int = _f(1, "Log metrics every N steps.", "schedule", lo=1, hi=10_000)
     seed: int = _f(42, "Random seed for split, shuffling and initialisation.", "schedule", lo=0, hi=2**31 - 1)
     device: str = _f("auto", "auto picks CUDA, then MPS, then CPU.", "schedule", choices=("auto", "cuda", "mps", "cpu"))
+    precision: str = _f("auto", "Training precision. auto: bf16 on GPUs, and for LoRA on CPUs with bf16 matrix "
+                        "instructions (AVX512-BF16, AMX); float32 elsewhere.", "schedule",
+                        choices=("auto", "float32", "bfloat16"))
 
     # -- validation --------------------------------------------------------
     def validate(self) -> "RunConfig":

@@ -22,6 +22,13 @@ resulting throughput is in docs/benchmarks.md:
   causal attention row by row, and puts the hidden states back in the
   padded layout for the loss: no padding is computed and no row sees
   another's tokens.
+* bf16 attention: torch's CPU flash-attention kernel runs bf16 at about
+  the speed of float32, while bf16 matrix products run 4x faster than
+  float32 ones on CPUs with bf16 instructions. For rows up to
+  `GROUPED_MAX_LEN` tokens, `grouped_causal_attention` computes the scores
+  with batched bf16 products (each key/value head shared by its query-head
+  group without copying it) and the softmax in float32, as transformers'
+  eager attention does: 2-2.8x faster than the kernel from 64 to 300 tokens.
 """
 from __future__ import annotations
 
@@ -119,6 +126,28 @@ def score_only_label_positions_on_cpu() -> bool:
 PACKED_ATTENTION = "studio_packed_sdpa"
 
 
+GROUPED_MAX_LEN = 512  # longer rows: the kernel wins (its memory use grows linearly, the scores' quadratically)
+
+
+def grouped_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of one row, (1, heads, L, d) queries over (1, kv_heads, L, d) keys and values."""
+    _, heads, length, dim = q.shape
+    groups = k.shape[1]
+    per = heads // groups  # query heads h*per .. h*per+per-1 read key/value head h
+    scores = torch.bmm(q.reshape(groups, per * length, dim), k[0].transpose(1, 2))
+    future = torch.full((length, length), float("-inf"), device=q.device).triu_(1)
+    scores = scores.float().view(groups, per, length, length).mul_(scale).add_(future)
+    probs = torch.softmax(scores, dim=-1).to(q.dtype).view(groups, per * length, length)
+    return torch.bmm(probs, v[0]).view(1, heads, length, dim)
+
+
+def _row_attention(q, k, v, scale, p: float, gqa: bool) -> torch.Tensor:
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and p == 0.0 and q.shape[2] <= GROUPED_MAX_LEN:
+        return grouped_causal_attention(q, k, v, scale if scale is not None else q.shape[-1] ** -0.5)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=p,
+                                                            enable_gqa=gqa)
+
+
 def packed_causal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Causal SDPA row by row over a packed batch (`cu_seq_lens_q` marks the rows); plain SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -139,8 +168,7 @@ def packed_causal_attention(module, query, key, value, attention_mask, scaling=N
     p = dropout if module.training else 0.0
     # split, not slicing: split's backward joins the row gradients in one pass, where each
     # slice's backward would write a full-length zero tensor.
-    rows = [torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=p,
-                                                             enable_gqa=gqa)
+    rows = [_row_attention(q, k, v, scaling, p, gqa)
             for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))]
     return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
 

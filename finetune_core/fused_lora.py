@@ -11,6 +11,9 @@ same function with fewer full-width passes:
   separate sum;
 * the dropout mask is 0/1 (its scale goes to the narrow side too) and is
   applied in backward by one fused multiply-add.
+With a bf16 base (training on a CPU with bf16 instructions) the float32
+adapter weights are rounded to bf16 for the products, as autocast would do,
+and their gradients come back in float32 for the optimizer.
 The frozen base weight gets no gradient, as in PEFT; the adapter weights and
 the input get the same gradients (tests/test_fused_lora.py compares them with
 PEFT's own layer). Found with torch.profiler on the 2-core CPU this project
@@ -33,6 +36,8 @@ class LoraBranch(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, keep, scale):
         out = nn.functional.linear(x, weight, bias)
         kept = x * keep if keep is not None else x
+        ctx.adapter_dtype = lora_a.dtype
+        lora_a, lora_b = lora_a.to(x.dtype), lora_b.to(x.dtype)  # no-ops unless the base is bf16
         low = torch.mm(kept, lora_a.t()).mul_(scale)  # scaled on the narrow side
         out.addmm_(low, lora_b.t())
         ctx.save_for_backward(weight, lora_a, lora_b, kept, low, keep)
@@ -44,9 +49,9 @@ class LoraBranch(torch.autograd.Function):
         weight, lora_a, lora_b, kept, low, keep = ctx.saved_tensors
         need_x, _, _, need_a, need_b = ctx.needs_input_grad[:5]
         # (low^T grad)^T: a skinny product with the long dimension inside runs about twice as fast on CPU
-        grad_b = torch.mm(low.t(), grad).t() if need_b else None
+        grad_b = torch.mm(low.t(), grad).t().to(ctx.adapter_dtype) if need_b else None
         grad_low = torch.mm(grad, lora_b).mul_(ctx.scale)
-        grad_a = torch.mm(grad_low.t(), kept) if need_a else None
+        grad_a = torch.mm(grad_low.t(), kept).to(ctx.adapter_dtype) if need_a else None
         grad_x = None
         if need_x:
             grad_x = torch.mm(grad, weight)

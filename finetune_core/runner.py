@@ -168,9 +168,9 @@ class TrainingSlot:
             if self.active() is not None:
                 raise Busy(self.busy_message())
             if resume_run is None:
-                from .models import device_policy
+                from .models import training_policy
 
-                policy = device_policy(cfg.device)
+                policy = training_policy(cfg.device, cfg.precision, cfg.method)
                 run = create_run(cfg, label=label, extra={"resolved_device": policy.device, "resolved_dtype": policy.dtype})
             else:
                 run = resume_run

@@ -17,7 +17,7 @@ from typing import Callable
 
 from .config import RunConfig
 from .events import StudioCallback
-from .models import DevicePolicy, device_policy, load_model, load_tokenizer
+from .models import DevicePolicy, load_model, load_tokenizer, training_policy
 from .runs import Run
 
 Emit = Callable[[dict], None]
@@ -139,8 +139,9 @@ def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, gr
         completion_only_loss=None if lm_rows else cfg.completion_only_loss,
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         gradient_checkpointing=grad_ckpt,
-        # dtype by device: TRL's bf16 default is 16x slower on CPU (DESIGN.md).
-        bf16=policy.dtype == "bfloat16", fp16=policy.dtype == "float16",
+        # dtype by device: TRL's bf16 autocast is 16x slower on CPUs without bf16 instructions
+        # (DESIGN.md); where a CPU has them, the weights are loaded in bf16 and nothing is autocast.
+        bf16=policy.dtype == "bfloat16" and policy.device != "cpu", fp16=policy.dtype == "float16",
         use_cpu=policy.device == "cpu",
         eval_strategy="steps" if (has_eval and cfg.eval_steps > 0) else "no",
         eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
@@ -258,7 +259,7 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
             extra_callbacks: list | None = None) -> dict:
     """Train the run described by run.yaml. Returns the final status fields."""
     cfg = run.config()
-    policy = device_policy(cfg.device)
+    policy = training_policy(cfg.device, cfg.precision, cfg.method)
     check_method(cfg, policy)
     resume_from = resume_point(run, cfg.method, emit) if resume else None
     if resume_from is not None:

@@ -98,8 +98,11 @@ def make_trained_run(model_dir: Path, steps: int = 30, label: bool = True, **ove
     from finetune_core.runner import run_job
     from finetune_core.runs import create_run, write_json_atomic
 
+    # float32 pins the adapter: tests read its exact outputs, which bf16 (picked on CPUs with bf16
+    # instructions) would change from machine to machine; test_train covers bf16 training.
     settings = dict(model=str(model_dir), data_path="toy.jsonl", max_steps=steps, batch_size=8,
-                    learning_rate=5e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, logging_steps=5)
+                    learning_rate=5e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, logging_steps=5,
+                    precision="float32")
     settings.update(overrides)
     cfg = RunConfig(**settings)
     run = create_run(cfg)

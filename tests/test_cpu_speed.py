@@ -192,3 +192,62 @@ def test_rows_packed_without_boundaries_are_kept_apart():
         together = model(input_ids=packed, position_ids=positions).logits
         alone = model(input_ids=b).logits
     torch.testing.assert_close(together[:, 7:], alone, atol=1e-5, rtol=1e-5)
+
+
+# -- bf16 attention ------------------------------------------------------------------
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.detach().double(), want.detach().double()
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("length", [1, 9, 40])
+def test_grouped_bf16_attention_is_causal_attention(length):
+    torch.manual_seed(length)
+    q = torch.randn(1, 6, length, 16).bfloat16().requires_grad_()
+    k, v = (torch.randn(1, 2, length, 16).bfloat16().requires_grad_() for _ in range(2))
+    got = cpu_speed.grouped_causal_attention(q, k, v, 0.25)
+    assert got.shape == q.shape and got.dtype == torch.bfloat16
+    weights = torch.randn(got.shape)
+    (got.float() * weights).sum().backward()
+    # float64 reference: query heads 0-2 read key/value head 0, heads 3-5 head 1
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    kk, vv = k64.repeat_interleave(3, dim=1), v64.repeat_interleave(3, dim=1)
+    scores = q64 @ kk.transpose(-1, -2) * 0.25
+    scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
+    want = torch.softmax(scores, -1) @ vv
+    (want * weights.double()).sum().backward()
+    assert _rel_err(got, want) < 2e-2
+    for a, b in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        if b.norm() > 0:  # a one-token row has no gradient for its query
+            assert _rel_err(a, b) < 3e-2
+
+
+def test_bf16_rows_take_grouped_attention_up_to_the_length_limit(monkeypatch):
+    calls = []
+    real = cpu_speed.grouped_causal_attention
+    monkeypatch.setattr(cpu_speed, "grouped_causal_attention", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    monkeypatch.setattr(cpu_speed, "GROUPED_MAX_LEN", 8)
+    model = tiny_llama().to(torch.bfloat16).train()
+    assert cpu_speed.train_without_padding(model)
+    batch = right_padded_batch()  # rows of 10, 6 and 3 tokens
+    loss_and_grads(model, batch)
+    assert calls == [6, 3, 6, 3]  # both layers; the 10-token row goes to the SDPA kernel
+    calls.clear()
+    loss_and_grads(tiny_llama().train(), batch)  # float32: always the kernel
+    assert calls == []
+
+
+def test_packed_bf16_training_matches_padded_bf16_training():
+    batch = right_padded_batch()
+    exact = loss_and_grads(tiny_llama().train(), batch)
+    padded = loss_and_grads(tiny_llama().to(torch.bfloat16).train(), batch)
+    model = tiny_llama().to(torch.bfloat16).train()
+    assert cpu_speed.train_without_padding(model)
+    packed = loss_and_grads(model, batch)
+    assert abs(float(packed[1]) - float(exact[1])) < 1e-2 * float(exact[1])
+    real = batch["attention_mask"].bool()
+    # no further from float32 than bf16 training without the packing
+    assert _rel_err(packed[0][real], exact[0][real]) < 1.5 * _rel_err(padded[0][real], exact[0][real]) + 1e-3
+    ours = sum(_rel_err(a, b) for a, b in zip(packed[2], exact[2])) / len(exact[2])
+    theirs = sum(_rel_err(a, b) for a, b in zip(padded[2], exact[2])) / len(exact[2])
+    assert ours < 1.5 * theirs + 1e-3, (ours, theirs)

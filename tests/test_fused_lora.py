@@ -137,3 +137,55 @@ def test_saved_adapter_is_unchanged(tmp_path):
         tmp_path / "fused" / "adapter_model.safetensors")
     assert ref.keys() == got.keys()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.detach().double(), want.detach().double()
+    return float((got - want).norm() / want.norm())
+
+
+def test_bf16_base_with_float32_adapter():
+    """A CPU with bf16 instructions trains a bf16 base; the adapter and its gradients stay float32."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 24).bfloat16().requires_grad_()
+    weight = torch.randn(32, 24).bfloat16()
+    a, b = torch.randn(4, 24, requires_grad=True), torch.randn(32, 4, requires_grad=True)
+    keep = (torch.rand(40, 24) >= 0.2).bfloat16()
+    out = LoraBranch.apply(x, weight, None, a, b, keep, 0.5)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert a.grad.dtype == b.grad.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    # the same maths in float64 from the same (bf16-rounded) inputs
+    x64, a64, b64 = x.detach().double().requires_grad_(), a.detach().double().requires_grad_(), \
+        b.detach().double().requires_grad_()
+    want = x64 @ weight.double().T + 0.5 * ((x64 * keep.double()) @ a64.T) @ b64.T
+    want.square().sum().backward()
+    assert _rel_err(out, want) < 2e-2
+    for got, ref in ((x.grad, x64.grad), (a.grad, a64.grad), (b.grad, b64.grad)):
+        assert _rel_err(got, ref) < 3e-2
+
+
+def test_bf16_model_trains_through_the_fused_step():
+    """Over a bf16 base, the fused step's gradients are as close to float32 training as PEFT's own."""
+    exact = tiny_lora(0.0)
+    peft_bf16 = copy.deepcopy(exact)
+    peft_bf16.base_model.model.to(torch.bfloat16)
+    for name, param in peft_bf16.named_parameters():  # as PEFT sets it up: float32 adapter over a bf16 base
+        if "lora_" in name:
+            param.data = param.data.float()
+    fused = copy.deepcopy(peft_bf16)
+    assert use_fused_lora(fused) == 14
+    calls, real = fused_calls(fused)
+    try:
+        _, loss, grads = step(fused)
+    finally:
+        LoraBranch.apply = real
+    assert len(calls) == 14
+    _, exact_loss, exact_grads = step(exact)
+    _, peft_loss, peft_grads = step(peft_bf16)
+    assert abs(float(loss) - float(exact_loss)) < 2e-2 * float(exact_loss)
+    assert grads.keys() == exact_grads.keys()
+    assert all(g.dtype == torch.float32 for g in grads.values())
+    ours = sum(_rel_err(grads[n], exact_grads[n]) for n in grads) / len(grads)
+    theirs = sum(_rel_err(peft_grads[n], exact_grads[n]) for n in grads) / len(grads)
+    assert ours < 1.5 * theirs + 1e-3, (ours, theirs)

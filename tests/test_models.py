@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import REPO
+from finetune_core import models
 from finetune_core.models import (ModelError, bundled_gguf_path, cache_root, device_policy, ensure_bundled_cache,
                                   load_model, load_tokenizer, resolve_model_source)
 
@@ -25,6 +26,28 @@ def test_cpu_policy_is_float32():
     policy = device_policy("cpu")
     assert (policy.device, policy.dtype) == ("cpu", "float32")
     assert policy.describe() == "cpu / float32"
+
+
+def test_cpu_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert models.cpu_has_bf16_matmul(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_tile amx_bf16\n")
+    assert models.cpu_has_bf16_matmul(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not models.cpu_has_bf16_matmul(str(info))
+    assert not models.cpu_has_bf16_matmul(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_training_precision_on_cpu(monkeypatch, has_bf16):
+    monkeypatch.setattr(models, "cpu_has_bf16_matmul", lambda *a: has_bf16)
+    auto = models.training_policy("cpu", "auto", "lora")
+    assert (auto.device, auto.dtype) == ("cpu", "bfloat16" if has_bf16 else "float32")
+    assert models.training_policy("cpu", "float32", "lora").dtype == "float32"
+    assert models.training_policy("cpu", "bfloat16", "lora").dtype == "bfloat16"  # asked for: given
+    for precision in ("auto", "bfloat16"):  # a full fine-tune keeps float32 weights on a CPU
+        assert models.training_policy("cpu", precision, "full").dtype == "float32"
 
 
 def test_bundled_gguf_is_located_without_importing_the_package():

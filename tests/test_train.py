@@ -68,6 +68,22 @@ def test_lora_two_steps_changes_adapter_not_base(tiny_model_dir, data_file, runs
     assert len(held) == 5  # 10% of 48, rounded up
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cpu_lora_in_either_precision_saves_a_float32_adapter(tiny_model_dir, data_file, runs_root, precision):
+    """bf16 on a CPU (auto picks it where the CPU has bf16 instructions) holds only the frozen
+    base in bf16: the adapter trains and is saved in float32."""
+    run = create_run(tiny_cfg(tiny_model_dir, data_file, max_steps=4, device="cpu", precision=precision))
+    status = run_job(run, threading.Event())
+    assert status["state"] == "completed" and status["step"] == 4
+    assert f"Training on cpu / {precision}" in run.log_tail(50)
+    adapter = load_file(run.adapter_dir / "adapter_model.safetensors")
+    assert adapter and all(t.dtype == torch.float32 for t in adapter.values())
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)
+    losses = [m["loss"] for m in run.metrics() if "loss" in m]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0]  # lr 1e-3 on 44 rows: the loss falls in a few steps
+
+
 def test_stop_mid_run_saves_adapter_and_resume_continues(tiny_model_dir, data_file, runs_root):
     slot = TrainingSlot()
     stopper = AtStep(3, lambda _m: slot.stop())

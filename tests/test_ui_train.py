@@ -8,8 +8,9 @@ from conftest import toy_rows
 from finetune_core.config import PRESETS, RunConfig
 from finetune_core.dataset import write_jsonl
 from ui.context import AppContext
+from finetune_core.runs import create_run
 from ui.train_tab import (build_config, cli_text, config_from_yaml_file, loss_frame, resume_training, run_view,
-                          start_training)
+                          start_training, tick)
 from ui.widgets import build_config_widgets, config_from_values, named_values
 
 
@@ -88,3 +89,26 @@ def test_yaml_upload_round_trips_and_rejects_garbage(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(gr.Error, match="mapping"):
         config_from_yaml_file(str(tmp_path / "list.yaml"))
+
+
+def test_timer_tick_sends_only_what_changed(runs_root):
+    run = create_run(RunConfig(max_steps=10), label="watched")
+    view, table, seen = tick(run.id, None)  # a fresh page gets everything
+    assert run.id in view[0] and list(table.id) == [run.id]
+    assert tick(run.id, seen)[:2] == (None, None)  # nothing changed: the page is left alone
+
+    run.set_status(state="running", step=3, total_steps=10)
+    run.append_metric({"step": 3, "loss": 1.25})
+    view, table, seen = tick(run.id, seen)
+    assert "step 3/10" in view[1] and list(view[2].loss) == [1.25]
+    assert list(table.step) == [3]
+
+    run.log("a new log line")  # the view changes, the runs table does not
+    view, table, seen = tick(run.id, seen)
+    assert "a new log line" in view[3] and table is None
+
+    other = create_run(RunConfig(), label="other")  # a new run shows in the table
+    view, table, seen = tick(run.id, seen)
+    assert view is None and set(table.id) == {run.id, other.id}
+    view, table, _ = tick(other.id, seen)  # picking another run sends its view
+    assert other.id in view[0] and table is None

@@ -2,10 +2,13 @@
 progress with ETA, loss curve, log tail, and the list of runs.
 
 The tab polls the run directory with a gr.Timer, so a page reload or a second
-browser re-attaches to the running job.
+browser re-attaches to the running job. Each tick compares file stamps with
+what this page last got and sends only what changed (an idle page with many
+runs costs a few stat calls a second, and the plot does not redraw).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -14,9 +17,9 @@ import yaml
 
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig
-from finetune_core.models import BUNDLED, ModelError, device_policy, resolve_model_source
+from finetune_core.models import BUNDLED, ModelError, resolve_model_source, training_policy
 from finetune_core.runner import Busy
-from finetune_core.runs import RunError, get_run, list_runs
+from finetune_core.runs import RUN_ID_RE, RunError, get_run, list_runs, runs_root
 
 from .access import require_user
 from .context import AppContext
@@ -87,6 +90,47 @@ def runs_table() -> pd.DataFrame:
     return pd.DataFrame([r.summary() for r in list_runs()], columns=RUN_COLUMNS)
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def run_stamp(run_id: str | None) -> tuple:
+    """Changes whenever run_view(run_id) could: the run's status, metrics or log file changed."""
+    if not run_id or not RUN_ID_RE.match(run_id):
+        return (run_id,)
+    folder = runs_root() / run_id
+    return (run_id, *(_stamp(folder / name) for name in ("run.yaml", "status.json", "metrics.jsonl", "log.txt")))
+
+
+def runs_stamp() -> tuple:
+    """Changes whenever runs_table() could: a run appeared, went or changed its status."""
+    root = runs_root()
+    if not root.is_dir():
+        return ()
+    return tuple(sorted((p.name, _stamp(p / "run.yaml"), _stamp(p / "status.json")) for p in root.iterdir()))
+
+
+def tick(run_id: str | None, seen: dict | None) -> tuple[tuple | None, pd.DataFrame | None, dict]:
+    """(run view or None, runs table or None, stamps): None where nothing changed since `seen`."""
+    seen = seen or {}
+    now = {"run": run_stamp(run_id), "runs": runs_stamp()}
+    view = run_view(run_id) if now["run"] != seen.get("run") else None
+    table = runs_table() if now["runs"] != seen.get("runs") else None
+    return view, table, now
+
+
+def precision_note(policy) -> str:
+    if policy.device != "cpu":
+        return "set Precision to float32 to train without bf16"
+    if policy.dtype == "bfloat16":
+        return "this CPU has bf16 matrix instructions: the frozen base weights are held in bf16, the adapter in float32"
+    return "this CPU has no bf16 matrix instructions, where bf16 is many times slower than float32"
+
+
 def watched_run_id(ctx: AppContext, selected: str | None) -> str | None:
     job = ctx.slot.active()
     return job.run.id if job is not None else (selected or None)
@@ -136,8 +180,7 @@ def config_from_yaml_file(path: str) -> RunConfig:
 
 # -- layout and wiring ---------------------------------------------------------
 def build(ctx: AppContext) -> None:
-    policy = device_policy()
-    gr.Markdown(f"Training runs on **{policy.describe()}** (CPU trains in float32: bf16 is ~16x slower there).")
+    gr.Markdown(f"LoRA training runs on **{training_policy().describe()}** ({precision_note(training_policy())}).")
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
@@ -172,6 +215,7 @@ def build(ctx: AppContext) -> None:
                                        allow_custom_value=True)
                     resume_btn = gr.Button("Resume selected run", size="sm")
     timer = gr.Timer(1.0)
+    seen = gr.State(None)  # per page: the file stamps of what it last received
     inputs = set(widgets.values()) | {ctx.data_state}
 
     def on_train(raw: dict, request: gr.Request):
@@ -192,9 +236,10 @@ def build(ctx: AppContext) -> None:
             raise gr.Error("Pick a run to resume in 'Open run'.")
         return resume_training(ctx, run_id)
 
-    def on_tick(selected: str | None):
-        run_id = watched_run_id(ctx, selected)
-        return (*run_view(run_id), runs_table())
+    def on_tick(selected: str | None, last: dict | None):
+        view, table, stamps = tick(watched_run_id(ctx, selected), last)
+        view = view if view is not None else (gr.skip(),) * 4
+        return (*view, table if table is not None else gr.skip(), stamps)
 
     def on_pick(run_id: str | None):
         return run_id or ""
@@ -216,7 +261,7 @@ def build(ctx: AppContext) -> None:
     train_btn.click(on_train, inputs, [ctx.run_state, pick], api_name="train")
     stop_btn.click(on_stop, None, None, api_name="train_stop")
     resume_btn.click(on_resume, pick, ctx.run_state, api_name="train_resume")
-    timer.tick(on_tick, pick, [title, bar, plot, log, runs], show_progress="hidden", queue=False)
+    timer.tick(on_tick, [pick, seen], [title, bar, plot, log, runs, seen], show_progress="hidden", queue=False)
     pick.change(on_pick, pick, ctx.run_state, queue=False)
     apply_btn.click(on_preset, {preset} | set(widgets.values()), list(widgets.values()))
     cli_btn.click(on_cli, inputs, cli_box)
@@ -226,4 +271,4 @@ def build(ctx: AppContext) -> None:
 
 
 __all__ = ["build", "build_config", "start_training", "resume_training", "run_view", "loss_frame", "cli_text",
-           "config_from_yaml_file"]
+           "config_from_yaml_file", "tick"]
