@@ -203,18 +203,22 @@ def flops_per_token(model, tokens: int, loss_tokens: int, padded: int, n_rows: i
     return float(4 * frozen + 6 * lora + attention + head)
 
 
-def cpu_peak_flops() -> tuple[float, str]:
-    """Rough fp32 peak of this CPU: cores x GHz x FLOPs per cycle (FMA width x 2 units)."""
-    cores = os.cpu_count() or 1
-    flags, mhz = "", 2000.0
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-        mhz = float(next(line for line in info.splitlines() if "MHz" in line).split(":")[1])
-    except (OSError, StopIteration, ValueError):
-        pass
-    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 8
-    return cores * mhz * 1e6 * per_cycle, f"{cores} cores x {mhz:.0f} MHz x {per_cycle} FLOP/cycle"
+def cpu_matmul_peak(dtype_name: str) -> float:
+    """This CPU's measured matrix-product rate in a dtype (FLOP/s): 2048^2 products, best of 6.
+
+    Measured rather than computed from clock and vector width, which mislead
+    (turbo clocks; BLAS libraries that reach different shares of the peak on
+    different vendors' CPUs)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    best = float("inf")
+    for _ in range(6):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048 ** 3 / best
 
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name fragment.
@@ -222,24 +226,43 @@ GPU_BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 31
                  "L4": 121e12, "A10G": 70e12, "A10": 125e12, "T4": 65e12}
 
 
-def device_peak_flops() -> tuple[str, float | None, str]:
-    """(device, peak FLOP/s, how the peak was found). None where the GPU is not in the table."""
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    return f"cpu ({cpu}, {os.cpu_count()} cores)"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def peak_flops(compute_dtype: str) -> tuple[float | None, str]:
+    """(peak FLOP/s for MFU, how it was found); None where unknown."""
     import torch
 
     if not torch.cuda.is_available():
-        peak, basis = cpu_peak_flops()
-        return f"cpu ({platform.processor() or platform.machine()})", peak, basis
+        return cpu_matmul_peak(compute_dtype), f"measured {compute_dtype} 2048x2048 matrix product on this CPU"
     name = torch.cuda.get_device_name(0)
     key = next((k for k in GPU_BF16_PEAK if k in name), None)
     if key is None:
-        return f"cuda ({name})", None, "GPU not in GPU_BF16_PEAK: MFU not reported"
-    return f"cuda ({name})", GPU_BF16_PEAK[key], f"{key} dense bf16 data-sheet peak"
+        return None, "GPU not in GPU_BF16_PEAK: MFU not reported"
+    return GPU_BF16_PEAK[key], f"{key} dense bf16 data-sheet peak"
 
 
-def orchestrate(args) -> dict:
+def compute_dtype(run: dict) -> str:
+    return "bfloat16" if run.get("weights_dtype") == "bfloat16" or run.get("autocast_bf16") else "float32"
+
+
+def collect(args) -> dict[str, list[dict]]:
+    """Run every variant in its own process, interleaved round by round."""
     import torch
-    import transformers
-    import trl
 
     variants = [v for v in args.variants.split(",") if v]
     on_cpu = not torch.cuda.is_available()
@@ -247,7 +270,7 @@ def orchestrate(args) -> dict:
     for rnd in range(args.rounds):
         for v in variants:
             if v == "plain_default" and rnd > 0 and on_cpu:
-                continue  # minutes per step on CPU: one round is enough to show the gap
+                continue  # slow on CPU: one round is enough to show the gap
             cmd = [sys.executable, __file__, "--variant", v, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--rows", str(args.rows), "--model", args.model, "--batch-size", str(args.batch_size)]
             cmd += ["--tiny"] if args.tiny else []
@@ -255,25 +278,42 @@ def orchestrate(args) -> dict:
             if out.returncode != 0:
                 raise SystemExit(f"{v} failed:\n{out.stderr[-3000:]}")
             results[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    device, peak, peak_desc = device_peak_flops()
+    return results
+
+
+def summarize(results: dict[str, list[dict]], meta: dict) -> dict:
+    """Medians per variant, MFU against the peak of the variant's compute dtype, and ratios."""
+    peaks = {d: peak_flops(d) for d in sorted({compute_dtype(r[0]) for r in results.values()})}
     summary = {}
     for v, runs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in runs)
+        peak, _ = peaks[compute_dtype(runs[0])]
         summary[v] = {"tokens_per_s": tps, "loss_tokens_per_s": statistics.median(r["loss_tokens_per_s"] for r in runs),
-                      "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "peak_gpu_mb": runs[0]["peak_gpu_mb"],
-                      "padding_share": runs[0]["padding_share"], "batch_size": runs[0]["batch_size"],
+                      "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "peak_gpu_mb": runs[0].get("peak_gpu_mb"),
+                      "padding_share": runs[0]["padding_share"], "batch_size": runs[0].get("batch_size", 8),
+                      "compute_dtype": compute_dtype(runs[0]),
                       "mfu": round(tps * runs[0]["flops_per_token"] / peak, 4) if peak else None, "runs": runs}
     ratios = {}
     if "ours" in summary:
         for other in ("ours_fp32", "plain_tuned", "plain_default", "plain_nockpt_b32"):
             if other in summary:
                 ratios[f"ours_vs_{other}"] = round(summary["ours"]["tokens_per_s"] / summary[other]["tokens_per_s"], 2)
-    return {"benchmark": "train_throughput", "device": device,
-            "peak_flops_estimate": peak, "peak_flops_basis": peak_desc, "model": args.model, "data": args.source,
-            "rows": args.rows, "timed_steps": args.steps, "warmup_steps": args.warmup, "rounds": args.rounds,
-            "batch_size": args.batch_size, "max_length": 512, "lora": LORA, "versions": {"torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__}, "date": time.strftime("%Y-%m-%d"),
+    return {**meta, "device": device_name(),
+            "peak_flops": {d: {"flops": p, "basis": basis} for d, (p, basis) in peaks.items()},
             "results": summary, "ratios": ratios}
+
+
+def orchestrate(args) -> dict:
+    import torch
+    import transformers
+    import trl
+
+    meta = {"benchmark": "train_throughput", "model": args.model, "data": args.source, "rows": args.rows,
+            "timed_steps": args.steps, "warmup_steps": args.warmup, "rounds": args.rounds,
+            "batch_size": args.batch_size, "max_length": 512, "lora": LORA,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+            "date": time.strftime("%Y-%m-%d")}
+    return summarize(collect(args), meta)
 
 
 def tiny_model_dir() -> str:
@@ -305,7 +345,16 @@ def main() -> None:
     p.add_argument("--variants", default="ours,plain_tuned,plain_default")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=int, default=3600)
+    p.add_argument("--summarize", metavar="RESULT_JSON",
+                   help="summarise the runs of a saved result again (MFU peaks re-measured: same machine only)")
     args = p.parse_args()
+    if args.summarize:
+        saved = json.loads(Path(args.summarize).read_text())
+        runs = {v: r["runs"] for v, r in saved["results"].items()}
+        meta = {k: v for k, v in saved.items() if k not in ("results", "ratios", "device", "peak_flops",
+                                                             "peak_flops_estimate", "peak_flops_basis")}
+        print(json.dumps(summarize(runs, meta)))
+        return
     if args.tiny:
         args.model = tiny_model_dir()
     rows, args.source = load_rows(args.rows)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FULL = {
-    "train": ["bench_train.py", "--variants", "ours,plain_tuned", "--steps", "4", "--warmup", "1", "--rounds", "2"],
+    "train": ["bench_train.py", "--variants", "ours,ours_fp32,plain_tuned,plain_default", "--steps", "6", "--warmup", "2",
+              "--rounds", "2"],
+    "attention": ["bench_attention.py"],
     "eval": ["bench_eval.py", "--bundled", "--rows", "64"],
     "chat": ["bench_chat.py", "--bundled"],
     "startup": ["bench_startup.py"],
@@ -23,6 +25,7 @@ FULL = {
 }
 QUICK = {
     "train": ["bench_train.py", "--tiny", "--steps", "1", "--warmup", "1", "--rounds", "1", "--rows", "32"],
+    "attention": ["bench_attention.py", "--lengths", "16", "--repeats", "2"],
     "eval": ["bench_eval.py", "--tiny", "--rows", "4"],
     "chat": ["bench_chat.py", "--tiny"],
     "startup": ["bench_startup.py", "--skip-app", "--repeats", "1"],

@@ -18,7 +18,7 @@ def _run(args: list[str], timeout: int = 900) -> dict:
 
 
 @pytest.mark.slow
-def test_bench_train_tiny():
+def test_bench_train_tiny(tmp_path):
     result = _run(["bench/bench_train.py", "--tiny", "--steps", "1", "--warmup", "1", "--rounds", "1",
                    "--rows", "64", "--variants", "ours,plain_tuned,plain_default,plain_nockpt_b32"])
     variants = result["results"]
@@ -29,7 +29,17 @@ def test_bench_train_tiny():
     # four times the rows per step: far more tokens in the one timed step
     assert variants["plain_nockpt_b32"]["runs"][0]["tokens"] > 2 * variants["plain_tuned"]["runs"][0]["tokens"]
     assert set(result["ratios"]) == {"ours_vs_plain_tuned", "ours_vs_plain_default", "ours_vs_plain_nockpt_b32"}
-    assert result["device"].startswith("cpu") and result["peak_flops_estimate"] > 0
+    assert result["device"].startswith("cpu")
+    dtypes = {v["compute_dtype"] for v in variants.values()}
+    assert "bfloat16" in dtypes  # TRL's defaults autocast to bf16
+    assert set(result["peak_flops"]) == dtypes and all(p["flops"] > 0 for p in result["peak_flops"].values())
+    # a saved result summarises again to the same figures
+    saved = tmp_path / "train.json"
+    saved.write_text(json.dumps(result))
+    again = _run(["bench/bench_train.py", "--summarize", str(saved)])
+    assert {v: r["tokens_per_s"] for v, r in again["results"].items()} == \
+        {v: r["tokens_per_s"] for v, r in variants.items()}
+    assert again["ratios"] == result["ratios"] and again["rows"] == 64
 
 
 @pytest.mark.slow
@@ -43,3 +53,13 @@ def test_load_chat_tiny():
     result = _run(["bench/load_chat.py", "--tiny", "--clients", "3", "--max-new-tokens", "4", "--timeout", "120"])
     assert result["answered"] == 3 and result["errors"] == []
     assert result["rss_mb"]["peak"] > 0
+
+
+def test_bench_attention_tiny():
+    result = _run(["bench/bench_attention.py", "--lengths", "16,40", "--repeats", "2"])
+    rows = result["results"]
+    assert [(r["dtype"], r["length"]) for r in rows] == [("bfloat16", 16), ("bfloat16", 40), ("float32", 16),
+                                                         ("float32", 40)]
+    for r in rows:
+        assert r["sdpa_ms"] > 0 and r["grouped_ms"] > 0
+        assert r["max_abs_diff"] < (0.05 if r["dtype"] == "bfloat16" else 1e-5)  # the same attention

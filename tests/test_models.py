@@ -28,15 +28,23 @@ def test_cpu_policy_is_float32():
     assert policy.describe() == "cpu / float32"
 
 
-def test_cpu_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
+def test_cpu_bf16_instructions_are_read_from_the_cpu_flags(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
-    assert models.cpu_has_bf16_matmul(str(info))
+    assert models.cpu_bf16_flags(str(info))
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_tile amx_bf16\n")
-    assert models.cpu_has_bf16_matmul(str(info))
+    assert models.cpu_bf16_flags(str(info))
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
-    assert not models.cpu_has_bf16_matmul(str(info))
-    assert not models.cpu_has_bf16_matmul(str(tmp_path / "missing"))
+    assert not models.cpu_bf16_flags(str(info))
+    assert not models.cpu_bf16_flags(str(tmp_path / "missing"))
+    # bf16 is chosen only where the flags are there and the products are found fast
+    monkeypatch.setattr(models, "cpu_bf16_flags", lambda *a: False)
+    monkeypatch.setattr(models, "bf16_matmul_is_fast", lambda: pytest.fail("no flags: nothing to time"))
+    assert not models.cpu_has_bf16_matmul()
+    monkeypatch.setattr(models, "cpu_bf16_flags", lambda *a: True)
+    for fast in (True, False):
+        monkeypatch.setattr(models, "bf16_matmul_is_fast", lambda: fast)
+        assert models.cpu_has_bf16_matmul() is fast
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])
