@@ -125,7 +125,7 @@ def tick(run_id: str | None, seen: dict | None) -> tuple[tuple | None, pd.DataFr
 
 def precision_note(policy) -> str:
     if policy.device != "cpu":
-        return "set Precision to float32 to train without bf16"
+        return "Precision float32 turns half precision off"
     if policy.dtype == "bfloat16":
         return "this CPU has bf16 matrix instructions: the frozen base weights are held in bf16, the adapter in float32"
     return "this CPU has no bf16 matrix instructions, where bf16 is many times slower than float32"
