@@ -85,7 +85,7 @@ def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> bool:
 @functools.lru_cache(maxsize=1)
 def bf16_matmul_is_fast() -> bool:
     """Whether a bf16 matrix product of a typical layer's shape runs at least 1.5x
-    faster than a float32 one here (about 25 ms; once per process: a fact of the hardware)."""
+    faster than a float32 one here (about 40 ms; once per process: a fact of the hardware)."""
     import torch
 
     def best(dtype) -> float:
