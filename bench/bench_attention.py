@@ -5,7 +5,8 @@ grouped attention of finetune_core.cpu_speed, forward and backward.
     .venv/bin/python bench/bench_attention.py --lengths 16 --repeats 2   # smoke test
 
 Heads as the bundled model (9 query heads over 3 key/value heads of 64).
-Each figure is the best of 3 timings of `--repeats` forward+backward passes;
+Each figure is the best of 3 timings of `--repeats` forward+backward passes
+(with a dense random upstream gradient);
 `max_abs_diff` compares the two outputs. Prints one JSON object.
 """
 from __future__ import annotations
@@ -51,8 +52,14 @@ def measure(length: int, dtype, heads: int, kv_heads: int, dim: int, repeats: in
 
     with torch.no_grad():
         diff = float((kernel().float() - grouped().float()).abs().max())
-    sdpa = best_ms(lambda: kernel().sum().backward(), repeats)
-    ours = best_ms(lambda: grouped().sum().backward(), repeats)
+    # a dense upstream gradient, as in training (sum()'s is a stride-0 tensor that takes other paths)
+    upstream = torch.randn(q.shape, dtype=dtype)
+    def step(attention):
+        q.grad = k.grad = v.grad = None  # fresh gradients each pass, as for training's activations
+        attention().backward(upstream)
+
+    sdpa = best_ms(lambda: step(kernel), repeats)
+    ours = best_ms(lambda: step(grouped), repeats)
     return {"length": length, "dtype": str(dtype).replace("torch.", ""), "sdpa_ms": sdpa, "grouped_ms": ours,
             "grouped_speedup": round(sdpa / ours, 2), "max_abs_diff": round(diff, 5)}
 

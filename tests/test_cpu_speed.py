@@ -222,6 +222,15 @@ def test_grouped_bf16_attention_is_causal_attention(length):
             assert _rel_err(a, b) < 3e-2
 
 
+def test_causal_softmax_gradient_by_autograd_check():
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    future = torch.full((5, 5), float("-inf"), dtype=torch.float64).triu_(1)
+    probs = cpu_speed.CausalSoftmax.apply(scores, 0.5, future)
+    torch.testing.assert_close(probs, torch.softmax(scores * 0.5 + future, -1))
+    assert torch.autograd.gradcheck(lambda s: cpu_speed.CausalSoftmax.apply(s, 0.5, future), (scores,))
+
+
 def test_bf16_rows_take_grouped_attention_up_to_the_length_limit(monkeypatch):
     calls = []
     real = cpu_speed.grouped_causal_attention
