@@ -9,6 +9,9 @@ Variants, each run in its own process and interleaved round by round:
                   speed-ups of finetune_core.cpu_speed)
 * ours_fp32     — ours with precision float32 (on a CPU with bf16
                   instructions ours trains in bf16); not in the default set
+* ours_sdpa     — ours with torch's SDPA kernel for every row's attention
+                  instead of cpu_speed's grouped bf16 attention; not in the
+                  default set
 * plain_tuned   — a plain SFTTrainer script hand-tuned for CPU: fp32, no
                   gradient checkpointing, otherwise TRL's defaults
 * plain_default — a plain SFTTrainer script with TRL's defaults (bf16 autocast,
@@ -137,7 +140,11 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
     from finetune_core.train import build_trainer
 
     total = steps + warmup
-    if variant in ("ours", "ours_fp32"):
+    if variant == "ours_sdpa":
+        from finetune_core import cpu_speed
+
+        cpu_speed.GROUPED_MAX_LEN = 0  # every row takes the kernel
+    if variant in ("ours", "ours_fp32", "ours_sdpa"):
         cfg = RunConfig(model=model, max_steps=total, batch_size=batch, max_length=512, lora_r=LORA["r"],
                         lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000, seed=42,
                         precision="float32" if variant == "ours_fp32" else "auto")
@@ -295,7 +302,7 @@ def summarize(results: dict[str, list[dict]], meta: dict) -> dict:
                       "mfu": round(tps * runs[0]["flops_per_token"] / peak, 4) if peak else None, "runs": runs}
     ratios = {}
     if "ours" in summary:
-        for other in ("ours_fp32", "plain_tuned", "plain_default", "plain_nockpt_b32"):
+        for other in ("ours_fp32", "ours_sdpa", "plain_tuned", "plain_default", "plain_nockpt_b32"):
             if other in summary:
                 ratios[f"ours_vs_{other}"] = round(summary["ours"]["tokens_per_s"] / summary[other]["tokens_per_s"], 2)
     return {**meta, "device": device_name(),
