@@ -28,7 +28,8 @@ resulting throughput is in docs/benchmarks.md:
   `GROUPED_MAX_LEN` tokens, `grouped_causal_attention` computes the scores
   with batched bf16 products (each key/value head shared by its query-head
   group without copying it) and the softmax in float32, as transformers'
-  eager attention does: 2-2.8x faster than the kernel from 64 to 300 tokens.
+  eager attention does: 1.24x the tokens/s of a training step that gives
+  every row to the kernel (bench_train's `ours_sdpa` variant).
 """
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ GROUPED_MAX_LEN = 512  # longer rows: the kernel wins (its memory use grows line
 class CausalSoftmax(torch.autograd.Function):
     """softmax(scale * scores + future mask) over the last dim: float32 inside, the input's dtype
     out, and only those (bf16) probabilities kept for backward, where autograd would keep a
-    float32 copy as well (a third of the memory, and 30% faster from 300 tokens on)."""
+    float32 copy as well (bench_train's peak RSS for ours went from 7.7 to 6.3 GiB)."""
 
     @staticmethod
     def forward(ctx, scores, scale, future):

@@ -115,15 +115,10 @@ def training_policy(device: str = "auto", precision: str = "auto", method: str =
     adapter and its optimizer state stay float32; a full fine-tune there
     stays float32 (bf16 weights would round away small updates)."""
     policy = device_policy(device)
-    if precision == "float32":
+    on_cpu = policy.device == "cpu"
+    if precision == "float32" or (on_cpu and method != "lora"):
         return DevicePolicy(policy.device, "float32")
-    if policy.device == "cpu":
-        if method != "lora":
-            return policy
-        if precision == "bfloat16" or cpu_has_bf16_matmul():
-            return DevicePolicy("cpu", "bfloat16")
-        return policy
-    if precision == "bfloat16":
+    if precision == "bfloat16" or (on_cpu and cpu_has_bf16_matmul()):
         return DevicePolicy(policy.device, "bfloat16")
     return policy
 

@@ -180,7 +180,8 @@ def config_from_yaml_file(path: str) -> RunConfig:
 
 # -- layout and wiring ---------------------------------------------------------
 def build(ctx: AppContext) -> None:
-    gr.Markdown(f"LoRA training runs on **{training_policy().describe()}** ({precision_note(training_policy())}).")
+    policy = training_policy()
+    gr.Markdown(f"LoRA training runs on **{policy.describe()}** ({precision_note(policy)}).")
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
