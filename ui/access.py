@@ -10,6 +10,10 @@ import os
 
 import gradio as gr
 
+from finetune_core.ownership import Visitor
+
+VISITOR_COOKIE = "studio_visitor"  # set by ui.middleware: an anonymous browser's secret key
+
 
 def login_required() -> bool:
     return os.environ.get("STUDIO_REQUIRE_LOGIN", "") not in ("", "0") or bool(os.environ.get("APP_AUTH"))
@@ -29,6 +33,27 @@ def current_user(request: gr.Request | None) -> str | None:
     if oauth:
         return (oauth.get("userinfo") or {}).get("preferred_username") or "hf-user"
     return None
+
+
+def browser_key(request: gr.Request | None) -> str | None:
+    """The anonymous browser's secret key: the visitor cookie (it survives reloads), else
+    the page's session hash (a browser that refuses cookies owns its runs until it reloads)."""
+    if request is None:
+        return None
+    try:
+        cookies = dict(getattr(request, "cookies", None) or {})
+    except (AttributeError, TypeError):
+        cookies = {}
+    key = str(cookies.get(VISITOR_COOKIE) or "")
+    if len(key) >= 16:
+        return key
+    session = getattr(request, "session_hash", None)
+    return f"session:{session}" if session else None
+
+
+def visitor(request: gr.Request | None) -> Visitor:
+    """Who sent this request (no request: a script or test calling a handler directly)."""
+    return Visitor.from_browser_key(browser_key(request), user=current_user(request))
 
 
 def require_user(request: gr.Request | None) -> str | None:
