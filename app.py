@@ -24,8 +24,10 @@ import gradio as gr  # noqa: E402
 from finetune_core.models import hub_timeouts  # noqa: E402
 from finetune_core.runs import runs_root  # noqa: E402
 from ui import chat_tab, data_tab, eval_tab, export_tab, guide, train_tab  # noqa: E402
-from ui.access import parse_auth  # noqa: E402
+from finetune_core.ownership import Policy  # noqa: E402
+from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext  # noqa: E402
+from ui.middleware import middleware  # noqa: E402
 
 TITLE = "Fine-tuning Studio"
 INTRO = (
@@ -47,6 +49,9 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         ctx.data_state = gr.State(None)
         ctx.run_state = gr.State("")
         gr.Markdown(f"# {TITLE}\n{INTRO}", elem_id="studio-header")
+        notice = Policy.from_env().notice()
+        if notice:  # who sees what, said plainly on a shared or multi-user deployment
+            gr.Markdown(notice, elem_id="studio-sharing")
         if ctx.settings.require_login and os.environ.get("SPACE_ID"):
             # On a Space with `hf_oauth: true` in the README front matter: sign in with Hugging Face.
             gr.LoginButton()
@@ -74,8 +79,11 @@ def refresh_pickers_on_select(ctx: AppContext, evaluate: gr.Tab, chat: gr.Tab) -
     """A run finished since the page was opened: opening Evaluate or Chat lists it
     (and selects the run the session last trained or picked)."""
     private = {"api_visibility": "private", "queue": False}
-    evaluate.select(eval_tab.runs_dropdown, [ctx.run_state, ctx.components["eval_run"]],
-                    ctx.components["eval_run"], **private)
+
+    def eval_runs(shared, current, request: gr.Request):
+        return eval_tab.runs_dropdown(shared, current, visitor(request))
+
+    evaluate.select(eval_runs, [ctx.run_state, ctx.components["eval_run"]], ctx.components["eval_run"], **private)
     chat.select(functools.partial(chat_tab.follow_shared_run, ctx), [ctx.run_state, ctx.components["chat_run"]],
                 ctx.components["chat_run"], **private)
 
@@ -93,6 +101,7 @@ def launch_kwargs(ctx: AppContext) -> dict:
         "show_error": False,
         "css": CSS,
         "theme": gr.themes.Soft(),
+        "app_kwargs": {"middleware": middleware()},  # visitor cookie, downloads as attachments
     }
 
 
@@ -100,6 +109,7 @@ def main() -> None:
     hub_timeouts()
     ctx = AppContext()
     demo = build_app(ctx)
+    ctx.start_sweeper()  # retention of uploads, exports and Gradio's cache (finetune_core/retention.py)
     demo.launch(**launch_kwargs(ctx))
 
 

@@ -287,32 +287,45 @@ def _stage_upload(run: Run, what: str, stage: Path) -> None:
     (stage / "README.md").write_text(model_card(run, what, CURVE_FILE if png else None), encoding="utf-8")
 
 
-def push_to_hub(run: Run, repo_id: str, token: str | None, what: str = "adapter", private: bool = True) -> str:
+def push_to_hub(run: Run, repo_id: str, token: str | None, what: str = "adapter", private: bool = True,
+                overwrite: bool = False) -> str:
     """Upload the adapter or the merged model with a model card; returns the repo URL.
 
-    `token` falls back to HF_TOKEN. Offline it raises ExportError within a few seconds.
+    `token` is the caller's own (no fallback here: who may use which token is the
+    caller's decision). A repo that already exists is refused unless `overwrite`.
+    Offline it raises ExportError within a few seconds.
     """
     repo_id = check_repo_id(repo_id)
     if what not in WHAT:
         raise ExportError(f"Push either {' or '.join(WHAT)}, not {what!r}.")
-    token = (token or os.environ.get("HF_TOKEN") or "").strip()
+    token = (token or "").strip()
     if not token:
-        raise ExportError("A Hugging Face token with write access is needed (field or HF_TOKEN).")
+        raise ExportError("A Hugging Face token with write access is needed.")
     _require_adapter(run)
     check_hub_online()
     from huggingface_hub import HfApi
 
+    def hub_error(exc: Exception) -> ExportError:
+        text = (str(exc).splitlines() or [type(exc).__name__])[0].replace(token, "***")
+        return ExportError(f"The Hub refused the upload: {text[:300]}")
+
+    api = HfApi(token=token)
+    try:
+        exists = api.repo_exists(repo_id, repo_type="model")
+    except Exception as exc:  # noqa: BLE001 - becomes one user message, without the token
+        raise hub_error(exc) from None
+    if exists and not overwrite:
+        raise ExportError(f"The repo {repo_id} already exists: tick 'Overwrite an existing repo' to upload into it, "
+                          "or choose another name.")
     with tempfile.TemporaryDirectory(prefix="studio-push-") as tmp:
         stage = Path(tmp) / "upload"
         _stage_upload(run, what, stage)
         try:
-            api = HfApi(token=token)
-            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            url = api.create_repo(repo_id, private=private, exist_ok=bool(overwrite), repo_type="model")
             api.upload_folder(folder_path=str(stage), repo_id=repo_id, repo_type="model",
                               commit_message=f"Upload {what} from fine-tuning studio run {run.id}")
         except Exception as exc:  # noqa: BLE001 - becomes one user message, without the token
-            text = (str(exc).splitlines() or [type(exc).__name__])[0].replace(token, "***")
-            raise ExportError(f"The Hub refused the upload: {text[:300]}") from None
+            raise hub_error(exc) from None
     return str(url)
 
 

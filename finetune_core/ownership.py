@@ -152,6 +152,14 @@ def require_change(run_path: Path, visitor: Visitor, action: str, policy: Policy
         raise AccessError(f"Only the person who started run {Path(run_path).name} (or an admin) can {action} it.")
 
 
+def visible_runs(visitor: Visitor, policy: Policy | None = None) -> list:
+    """The runs this visitor may list, newest first."""
+    from .runs import list_runs
+
+    policy = policy or Policy.from_env()
+    return [run for run in list_runs() if can_view(run.path, visitor, policy)]
+
+
 def set_showcase(run_path: Path, visitor: Visitor, on: bool) -> dict:
     """An admin shares a run read-only with every visitor (or stops sharing it)."""
     if not visitor.admin:
@@ -162,4 +170,4 @@ def set_showcase(run_path: Path, visitor: Visitor, on: bool) -> dict:
 
 
 __all__ = ["AccessError", "Policy", "Visitor", "admins", "can_change", "can_view", "read_owner", "require_change",
-           "require_view", "set_showcase", "write_owner", "OWNER_FILE"]
+           "require_view", "set_showcase", "visible_runs", "write_owner", "OWNER_FILE"]

@@ -162,8 +162,9 @@ class TrainingSlot:
                 f"{st.get('total_steps') or '?'}. Wait for it or stop it first.")
 
     def start(self, cfg: RunConfig | None = None, resume_run: Run | None = None,
-              extra_callbacks: list | None = None, label: str = "") -> Run:
-        """Start a new run from `cfg`, or resume `resume_run`. Raises Busy when occupied."""
+              extra_callbacks: list | None = None, label: str = "", owner: dict | None = None) -> Run:
+        """Start a new run from `cfg` (owned by `owner`, see ownership.py), or resume
+        `resume_run`. Raises Busy when occupied."""
         with self._lock:
             if self.active() is not None:
                 raise Busy(self.busy_message())
@@ -171,7 +172,8 @@ class TrainingSlot:
                 from .models import training_policy
 
                 policy = training_policy(cfg.device, cfg.precision, cfg.method)
-                run = create_run(cfg, label=label, extra={"resolved_device": policy.device, "resolved_dtype": policy.dtype})
+                run = create_run(cfg, label=label, owner=owner,
+                                 extra={"resolved_device": policy.device, "resolved_dtype": policy.dtype})
             else:
                 run = resume_run
             job = Job(run, threading.Event(), queue.Queue(maxsize=10_000))

@@ -144,8 +144,9 @@ class Run:
         }
 
 
-def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None) -> Run:
-    """Make a new run directory with run.yaml and a queued status."""
+def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None, owner: dict | None = None) -> Run:
+    """Make a new run directory with run.yaml and a queued status. `owner` (see
+    ownership.py) is written first: the run is never listed without it."""
     root = runs_root()
     root.mkdir(parents=True, exist_ok=True)
     base = label or Path(cfg.data_path).stem or "run"
@@ -154,6 +155,8 @@ def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None) -> Ru
     path.mkdir()
     for sub in ("data", "checkpoints"):
         (path / sub).mkdir()
+    if owner:
+        write_json_atomic(path / "owner.json", owner)
     cfg.save(path / "run.yaml", extra=extra)
     run = Run(path)
     run.set_status(state="queued", step=0, total_steps=0, reason="", created=time.time(), pid=os.getpid())

@@ -339,8 +339,8 @@ def test_push_refuses_bad_repo_ids(trained_run, repo_id):
         push_to_hub(trained_run, repo_id, TOKEN)
 
 
-def test_push_needs_a_token(trained_run, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+def test_push_needs_a_token_and_never_falls_back_to_the_servers(trained_run, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the server's own token is the caller's decision, never a fallback
     with pytest.raises(ExportError, match="token"):
         push_to_hub(trained_run, "someone/tiny-model", "")
 

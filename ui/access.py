@@ -1,8 +1,11 @@
-"""Access checks done inside the handlers that train, evaluate or export.
+"""Who is asking: the request turned into a `Visitor`, and the login check.
 
-Hiding a button is not protection: an API client can call any event. When
-``STUDIO_REQUIRE_LOGIN`` is on (e.g. a public Space with HF OAuth, or
-``APP_AUTH`` password auth) these handlers refuse requests without a user.
+Hiding a button is not protection: an API client can call any event, and an
+event marked private in gradio can still be called through the queue by its
+index. So every handler that touches a run takes the request and checks it
+here and in finetune_core/ownership.py. When ``STUDIO_REQUIRE_LOGIN`` is on
+(e.g. a public Space with HF OAuth, or ``APP_AUTH`` password auth) handlers
+that train, evaluate or export refuse requests without a user.
 """
 from __future__ import annotations
 
@@ -10,13 +13,13 @@ import os
 
 import gradio as gr
 
-from finetune_core.ownership import Visitor
+from finetune_core.ownership import Policy, Visitor
 
 VISITOR_COOKIE = "studio_visitor"  # set by ui.middleware: an anonymous browser's secret key
 
 
 def login_required() -> bool:
-    return os.environ.get("STUDIO_REQUIRE_LOGIN", "") not in ("", "0") or bool(os.environ.get("APP_AUTH"))
+    return Policy.from_env().login
 
 
 def current_user(request: gr.Request | None) -> str | None:
@@ -25,14 +28,28 @@ def current_user(request: gr.Request | None) -> str | None:
     user = getattr(request, "username", None)
     if user:
         return user
+    oauth = _oauth_info(request)
+    info = oauth.get("userinfo") or {}
+    # never a shared placeholder name: two users would own each other's runs
+    return info.get("preferred_username") or info.get("sub") or None
+
+
+def _oauth_info(request: gr.Request | None) -> dict:
+    """The HF OAuth record gradio keeps in the session ({} without HF OAuth)."""
+    if request is None:
+        return {}
     try:  # starlette asserts when no SessionMiddleware is installed (no HF OAuth configured)
         session = request.session or {}
     except (AssertionError, AttributeError, KeyError):
-        session = {}
-    oauth = session.get("oauth_info") if hasattr(session, "get") else None
-    if oauth:
-        return (oauth.get("userinfo") or {}).get("preferred_username") or "hf-user"
-    return None
+        return {}
+    info = session.get("oauth_info") if hasattr(session, "get") else None
+    return info if isinstance(info, dict) else {}
+
+
+def oauth_token(request: gr.Request | None) -> str | None:
+    """The signed-in Hugging Face user's own access token (HF OAuth on a Space), or None."""
+    token = _oauth_info(request).get("access_token")
+    return token if isinstance(token, str) and token else None
 
 
 def browser_key(request: gr.Request | None) -> str | None:

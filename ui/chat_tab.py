@@ -20,8 +20,10 @@ from gradio.context import Context
 from finetune_core import chat
 from finetune_core.generation import GenSettings
 from finetune_core.models import ModelError
-from finetune_core.runs import RunError, get_run, list_runs
+from finetune_core.ownership import Visitor, can_view, visible_runs
+from finetune_core.runs import RUN_ID_RE, RunError, get_run
 
+from .access import visitor
 from .context import GPU_QUEUE, AppContext
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,11 @@ def _session(value) -> chat.ChatSession:
     return value if isinstance(value, chat.ChatSession) else chat.ChatSession()
 
 
-def run_choices(default_model: str) -> list[tuple[str, str]]:
-    """Dropdown choices: runs with a saved adapter (newest first), then the base model alone."""
+def run_choices(default_model: str, who: Visitor | None = None) -> list[tuple[str, str]]:
+    """Dropdown choices: runs with a saved adapter that `who` may see (newest first), then
+    the base model alone."""
     choices = []
-    for run in list_runs():
+    for run in visible_runs(who or Visitor()):
         if run.has_adapter():
             s = run.summary()
             choices.append((f"{run.id} · {s.get('model') or '?'} · {s.get('state')}", RUN_PREFIX + run.id))
@@ -90,11 +93,33 @@ def _status(ctx: AppContext, key: str, extra: str = "") -> str:
     return f"Chatting with {who}. {extra}".strip()
 
 
-def _examples_for(key: str) -> list[list[str]]:
+def check_model_key(ctx: AppContext, key, who: Visitor | None = None) -> str:
+    """The model a chat request names, if this visitor may use it: a run they may see
+    (showcase runs included), or the deployment's base model. Raises gr.Error."""
+    if not isinstance(key, str):
+        raise gr.Error("Pick a run or the base model first.")
+    if key.startswith(RUN_PREFIX):
+        run_id = key[len(RUN_PREFIX):]
+        try:
+            if RUN_ID_RE.match(run_id) and can_view(get_run(run_id).path, who or Visitor()):
+                return key
+        except RunError:
+            pass
+        raise gr.Error("That run does not exist: pick a run from the list.")
+    if key == BASE_PREFIX + ctx.settings.default_model:
+        return key
+    # any other base model would be a model load of the visitor's choosing
+    raise gr.Error("Pick a run or the base model from the list.")
+
+
+def _examples_for(key: str, who: Visitor | None = None) -> list[list[str]]:
     if not key.startswith(RUN_PREFIX):
         return []
     try:
-        return [[p] for p in chat.example_prompts(get_run(key[len(RUN_PREFIX):]), n=8)]
+        run = get_run(key[len(RUN_PREFIX):])
+        if not can_view(run.path, who or Visitor()):
+            return []
+        return [[p] for p in chat.example_prompts(run, n=8)]
     except RunError:
         return []
 
@@ -118,39 +143,42 @@ def _chatbots(session: chat.ChatSession):
 
 
 # -- handlers ---------------------------------------------------------------------
-def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None):
-    choices = run_choices(ctx.settings.default_model)
+def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None, request: gr.Request = None):
+    choices = run_choices(ctx.settings.default_model, visitor(request))
     return gr.Dropdown(choices=choices, value=default_choice(choices, run_id, current))
 
 
-def on_load(ctx: AppContext, run_id: str | None, current: str | None):
+def on_load(ctx: AppContext, run_id: str | None, current: str | None, request: gr.Request = None):
     """Page (re)load: fresh run list, the shared run preselected, its example prompts."""
-    choices, value = _followed(ctx, run_id, current)
-    samples = _examples_for(value or "")
+    who = visitor(request)
+    choices, value = _followed(ctx, run_id, current, who)
+    samples = _examples_for(value or "", who)
     return (gr.Dropdown(choices=choices, value=value), gr.Dataset(samples=samples or [[""]], visible=bool(samples)),
             _status(ctx, value or ""))
 
 
-def _followed(ctx: AppContext, run_id: str | None, current: str | None) -> tuple[list, str]:
+def _followed(ctx: AppContext, run_id: str | None, current: str | None,
+              who: Visitor | None = None) -> tuple[list, str]:
     """Choices, and the shared run when it has an adapter (else the current pick, else the first)."""
-    choices = run_choices(ctx.settings.default_model)
+    choices = run_choices(ctx.settings.default_model, who)
     values = [v for _, v in choices]
     value = RUN_PREFIX + run_id if run_id and RUN_PREFIX + run_id in values else current
     return choices, value if value in values else choices[0][1]
 
 
-def follow_shared_run(ctx: AppContext, run_id: str | None, current: str | None):
+def follow_shared_run(ctx: AppContext, run_id: str | None, current: str | None, request: gr.Request = None):
     """Another tab selected a run: pick it here too when it has an adapter."""
-    choices, value = _followed(ctx, run_id, current)
+    choices, value = _followed(ctx, run_id, current, visitor(request))
     return gr.Dropdown(choices=choices, value=value)
 
 
-def change_model(ctx: AppContext, state, key: str):
+def change_model(ctx: AppContext, state, key: str, request: gr.Request = None):
     """A new model means a new conversation (each history belongs to its model)."""
     session = _session(state)
     chat.clear(session)
     left, right = _chatbots(session)
-    samples = _examples_for(key or "")
+    key = key if isinstance(key, str) else ""
+    samples = _examples_for(key, visitor(request))
     examples = gr.Dataset(samples=samples or [[""]], visible=bool(samples))
     return session, left, right, examples, gr.Row(visible=False), _status(ctx, key or "")
 

@@ -30,9 +30,10 @@ from evaluation.compare import EXAMPLES_FILE, RESULTS_FILE, SCORE_COLUMNS, TEXT_
 from evaluation.plots import confusion_heatmap, delta_chart, improved
 from evaluation.run_eval import evaluate_run, is_lm_rows, load_meta
 from finetune_core.dataset import read_jsonl
-from finetune_core.runs import Run, RunError, list_runs
+from finetune_core.ownership import Visitor, visible_runs
+from finetune_core.runs import Run, RunError
 
-from .access import require_user
+from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext
 from .widgets import open_run, pick_run, user_error
 
@@ -65,10 +66,10 @@ class View(NamedTuple):
 
 
 # -- runs ---------------------------------------------------------------------------
-def run_choices() -> list[tuple[str, str]]:
-    """(label, run id) for the runs with a saved adapter, newest first."""
+def run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
+    """(label, run id) for the runs with a saved adapter that `who` may see, newest first."""
     choices = []
-    for run in list_runs():
+    for run in visible_runs(who or Visitor()):
         if run.has_adapter():
             done = "evaluated" if (run.eval_dir / RESULTS_FILE).is_file() else "not evaluated yet"
             choices.append((f"{run.id} · {run.summary().get('model') or '?'} · {done}", run.id))
@@ -175,11 +176,11 @@ def not_evaluated_text(run: Run) -> str:
 
 
 # -- handlers -----------------------------------------------------------------------------
-def show_run(run_id: str | None, order: str = ORDERS[0]) -> View:
+def show_run(run_id: str | None, order: str = ORDERS[0], who: Visitor | None = None) -> View:
     """The saved evaluation of a run (read from disk, nothing re-run), or what to do next."""
     if not run_id:
-        return message_view(PICK_RUN if run_choices() else NO_RUNS)
-    run = open_run(run_id)
+        return message_view(PICK_RUN if run_choices(who) else NO_RUNS)
+    run = open_run(run_id, visitor=who)
     if not run.has_adapter():
         return message_view(f"Run `{run.id}` has no saved adapter yet: let it finish training (Train tab).")
     if not (run.eval_dir / RESULTS_FILE).is_file():
@@ -193,20 +194,20 @@ def show_run(run_id: str | None, order: str = ORDERS[0]) -> View:
     return results_view(run, comparison, meta, order)
 
 
-def order_examples(run_id: str | None, order: str) -> pd.DataFrame:
+def order_examples(run_id: str | None, order: str, who: Visitor | None = None) -> pd.DataFrame:
     """Re-sort the per-example table (read again from the run's eval folder)."""
     if not run_id:
         return examples_frame(None)
-    run = open_run(run_id)
+    run = open_run(run_id, visitor=who)
     try:
         return examples_frame(Comparison.load(run.eval_dir).examples, order)
     except (OSError, ValueError, KeyError):
         return examples_frame(None)
 
 
-def runs_dropdown(first: str | None, second: str | None) -> gr.Dropdown:
+def runs_dropdown(first: str | None, second: str | None, who: Visitor | None = None) -> gr.Dropdown:
     """A fresh list of evaluable runs, selecting `first`, else `second`, else the newest."""
-    choices = run_choices()
+    choices = run_choices(who)
     return gr.Dropdown(choices=choices, value=pick_run(choices, first, second))
 
 
@@ -241,9 +242,10 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
     A cancelled evaluation saves nothing and shows the previous results.
     """
     require_user(request)
+    who = visitor(request)
     if not run_id:
-        raise gr.Error("Pick a run first." if run_choices() else "Train a run first (Train tab).")
-    run = open_run(run_id)
+        raise gr.Error("Pick a run first." if run_choices(who) else "Train a run first (Train tab).")
+    run = open_run(run_id, visitor=who, change="evaluate")  # an evaluation replaces the saved one
     limit = _whole(limit, "Rows to evaluate", 0)
     batch_size = _whole(batch_size, "Batch size", 1)
     max_new_tokens = _whole(max_new_tokens, "Max new tokens", 0)
@@ -269,7 +271,7 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
                                   progress=say, cancel=cancel, model=model)
     except InterruptedError:
         gr.Warning("Evaluation cancelled: nothing was saved.")
-        view = show_run(run.id, order)
+        view = show_run(run.id, order, who)
         return view._replace(status=f"{view.status}\n\n{CANCELLED}")
     except Exception as exc:  # noqa: BLE001 - the page gets one line, the server log the traceback
         if not isinstance(exc, (ValueError, FileNotFoundError, RunError)):
@@ -285,7 +287,7 @@ def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | No
     require_user(request)
     if not run_id:
         raise gr.Error("Pick a run first.")
-    run = open_run(run_id)
+    run = open_run(run_id, visitor=visitor(request))
     if not (run.eval_dir / RESULTS_FILE).is_file():
         raise gr.Error("No results to download yet: press Evaluate first.")
     folder = ctx.settings.exports_dir / secrets.token_urlsafe(16)
@@ -356,16 +358,23 @@ def build(ctx: AppContext) -> None:
     def on_export(run_id, request: gr.Request):
         return export_results(ctx, run_id, request)
 
-    def on_follow(shared, current):
-        return runs_dropdown(shared, current)
+    def on_follow(shared, current, request: gr.Request):
+        return runs_dropdown(shared, current, visitor(request))
 
-    def on_refresh(current, shared):
-        return runs_dropdown(current, shared)
+    def on_refresh(current, shared, request: gr.Request):
+        return runs_dropdown(current, shared, visitor(request))
 
-    def on_load(shared, current):
-        choices = run_choices()
+    def on_load(shared, current, request: gr.Request):
+        who = visitor(request)
+        choices = run_choices(who)
         value = pick_run(choices, shared, current)
-        return gr.Dropdown(choices=choices, value=value), *show_run(value, ORDERS[0])
+        return gr.Dropdown(choices=choices, value=value), *show_run(value, ORDERS[0], who)
+
+    def on_show(run_id, order_value, request: gr.Request):
+        return show_run(run_id, order_value, visitor(request))
+
+    def on_order(run_id, order_value, request: gr.Request):
+        return order_examples(run_id, order_value, visitor(request))
 
     view = [status, summary, counts, chart, confusion, examples, downloads]
     ctx.components["eval_view"] = view
@@ -376,11 +385,11 @@ def build(ctx: AppContext) -> None:
         concurrency_id=GPU_QUEUE, concurrency_limit=1, api_name="evaluate",
     ).then(lambda: gr.update(interactive=True), None, evaluate_btn, **private)
     cancel_btn.click(cancel_evaluation, [cancel_state], None, concurrency_limit=None, api_name="evaluate_cancel")
-    run_dd.change(show_run, [run_dd, order], view, **private)
+    run_dd.change(on_show, [run_dd, order], view, **private)
     # Picking a run here makes it the shared run (Chat follows); .input fires only
     # for the user's own pick, so following the shared run cannot loop back.
     run_dd.input(lambda run_id: run_id or "", run_dd, run_state, **private)
-    order.change(order_examples, [run_dd, order], examples, **private)
+    order.change(on_order, [run_dd, order], examples, **private)
     refresh.click(on_refresh, [run_dd, run_state], run_dd, **private)
     export_btn.click(on_export, [run_dd], downloads, api_name="evaluate_download")
     if ctx.run_state is not None:

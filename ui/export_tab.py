@@ -8,10 +8,17 @@ Hugging Face Hub with a generated model card.
 
 Every file the browser downloads is written under `ctx.settings.exports_dir`
 (the only folder the app serves) in a fresh server-made folder; runs/ is
-never served. Each handler checks the user first (`require_user`); merging
-and GGUF export load the model, so they queue on the GPU lane. The Hub token
-comes from the password field or the server's HF_TOKEN; it is passed to the
-upload only, never logged or shown, and the field is cleared after a push.
+never served. Each handler checks the user first (`require_user`) and that the
+visitor may see the run (finetune_core/ownership.py); merging and GGUF export
+load the model, so they queue on the GPU lane.
+
+The Hub token is the visitor's own: the one typed into the form, else the
+signed-in user's Hugging Face OAuth token. The server's ``HF_TOKEN`` is lent
+only where ``STUDIO_ALLOW_SERVER_TOKEN=1`` says so, and then only to admins
+(or to the single user of a local app without login); a public deployment
+never spends it on a visitor's behalf. A token is passed to the upload only,
+never logged or shown, and the field is cleared after a push. An existing repo
+is written to only when "Overwrite" is ticked.
 The work itself is `finetune_core.export`: the handlers below are plain
 functions (tests call them), wired in `build`.
 """
@@ -32,9 +39,10 @@ from finetune_core import export
 from finetune_core.gguf_export import QTYPES
 from finetune_core.models import ModelError
 from finetune_core.report import report
-from finetune_core.runs import Run, RunError, list_runs
+from finetune_core.ownership import Policy, Visitor, admins, visible_runs
+from finetune_core.runs import Run, RunError
 
-from .access import require_user
+from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext
 from .widgets import open_run as open_any_run
 from .widgets import pick_run, user_error
@@ -46,20 +54,22 @@ Progress = Callable[[float, str], None]
 
 
 # -- runs and folders ---------------------------------------------------------------------------
-def run_choices() -> list[tuple[str, str]]:
-    """(label, run id) for the runs with a saved adapter, newest first."""
-    return [(f"{run.id} · {run.summary().get('model') or '?'}", run.id) for run in list_runs() if run.has_adapter()]
+def run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
+    """(label, run id) for the runs with a saved adapter that `who` may see, newest first."""
+    return [(f"{run.id} · {run.summary().get('model') or '?'}", run.id)
+            for run in visible_runs(who or Visitor()) if run.has_adapter()]
 
 
-def runs_dropdown(*wanted: str | None) -> gr.Dropdown:
+def runs_dropdown(*wanted: str | None, who: Visitor | None = None) -> gr.Dropdown:
     """Fresh choices, selecting the first wanted id that exists, else the newest run."""
-    choices = run_choices()
+    choices = run_choices(who)
     return gr.Dropdown(choices=choices, value=pick_run(choices, *wanted))
 
 
-def open_run(run_id: str | None) -> Run:
-    """A run with a saved adapter, behind an id from the browser (see widgets.open_run)."""
-    run = open_any_run(run_id, empty_message="Pick a run from the list first.")
+def open_run(run_id: str | None, request: gr.Request | None = None) -> Run:
+    """A run with a saved adapter that the visitor may see, behind an id from the
+    browser (see widgets.open_run)."""
+    run = open_any_run(run_id, empty_message="Pick a run from the list first.", visitor=visitor(request))
     if not run.has_adapter():
         raise gr.Error(f"Run {run.id} has no saved adapter yet: let it finish training first.")
     return run
@@ -97,7 +107,7 @@ def _guarded(folder: Path | None, work: Callable[[], object], what: str):
 # -- handlers -----------------------------------------------------------------------------------
 def download_adapter(ctx: AppContext, run_id: str | None, request: gr.Request | None = None) -> list[str]:
     require_user(request)
-    run = open_run(run_id)
+    run = open_run(run_id, request)
     folder = export_folder(ctx)
     path = _guarded(folder, lambda: export.adapter_zip(run, folder / f"{run.id}-adapter.zip"), "adapter zip")
     return [str(path)]
@@ -116,7 +126,7 @@ def _merged_zip(run: Run, folder: Path) -> Path:
 def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | None = None,
                     progress: Progress | None = None) -> list[str]:
     require_user(request)
-    run = open_run(run_id)
+    run = open_run(run_id, request)
     busy = gpu_busy(ctx)
     if busy:
         raise gr.Error(busy)
@@ -128,7 +138,7 @@ def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | N
 def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", request: gr.Request | None = None,
                   progress: Progress | None = None) -> list[str]:
     require_user(request)
-    run = open_run(run_id)
+    run = open_run(run_id, request)
     if qtype not in QTYPES:
         raise gr.Error(f"Choose a GGUF type: {', '.join(QTYPES)}.")
     busy = gpu_busy(ctx)
@@ -142,41 +152,70 @@ def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", reque
 
 def download_report(ctx: AppContext, run_id: str | None, request: gr.Request | None = None) -> list[str]:
     require_user(request)
-    run = open_run(run_id)
+    run = open_run(run_id, request)
     folder = export_folder(ctx)
     _guarded(folder, lambda: report(run, folder), "report")
     return [str(p) for p in sorted(folder.iterdir())]
 
 
+def server_token_lent(who: Visitor, policy: Policy | None = None) -> bool:
+    """Whether this visitor may push with the server's own HF_TOKEN: only when the
+    owner allowed it (STUDIO_ALLOW_SERVER_TOKEN=1), and then only to admins, or to
+    the one user of a local app (no login, not public)."""
+    if os.environ.get("STUDIO_ALLOW_SERVER_TOKEN", "") in ("", "0") or not os.environ.get("HF_TOKEN", "").strip():
+        return False
+    policy = policy or Policy.from_env()
+    local = not (policy.login or policy.public)
+    return who.admin or local
+
+
+def push_token(typed: str | None, request: gr.Request | None) -> str:
+    """The token a push uses: typed, else the visitor's own OAuth token, else (where
+    lent) the server's. Never the server's on a visitor's behalf."""
+    token = (typed or "").strip() or oauth_token(request) or ""
+    if not token and server_token_lent(visitor(request)):
+        token = os.environ["HF_TOKEN"].strip()
+    if not token:
+        raise gr.Error("Paste a Hugging Face token with write access (or sign in with Hugging Face): "
+                       "this server does not lend its own token.")
+    return token
+
+
 def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, what: str = "adapter",
-         private: bool = True, request: gr.Request | None = None) -> tuple[str, dict]:
-    """Upload to the Hub; returns (status markdown, an update clearing the token field)."""
+         private: bool = True, overwrite: bool = False, request: gr.Request | None = None) -> tuple[str, dict]:
+    """Upload to the Hub; returns (status markdown, an update clearing the token field).
+    An existing repo is refused unless `overwrite` is set."""
     require_user(request)
-    run = open_run(run_id)
-    token = (token or "").strip() or os.environ.get("HF_TOKEN", "").strip()
+    run = open_run(run_id, request)
+    token = push_token(token, request)
     busy = gpu_busy(ctx) if what == "merged" else ""
     if busy:
         raise gr.Error(busy)
     try:
-        url = export.push_to_hub(run, repo_id, token, what=what, private=bool(private))
+        url = export.push_to_hub(run, repo_id, token, what=what, private=bool(private), overwrite=bool(overwrite))
     except USER_ERRORS as exc:
         raise gr.Error(str(exc)) from None  # ExportError messages are already token-free
     except Exception as exc:  # noqa: BLE001 - no traceback: it could quote the token
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise gr.Error(f"Push failed: {text.replace(token, '***') if token else text}"[:300]) from None
+        raise gr.Error(f"Push failed: {text.replace(token, '***')}"[:300]) from None
     visibility = "private" if private else "public"
     return f"Pushed the {what} of run `{run.id}` to {visibility} repo [{repo_id}]({url}).", gr.update(value="")
 
 
-# -- layout and wiring --------------------------------------------------------------------------
 def hub_note() -> str:
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         return "*This server runs offline: pushing to the Hub will not work. Download the files instead.*"
-    if os.environ.get("HF_TOKEN"):
-        return "*The server has an HF_TOKEN: leave the token field empty to use it.*"
-    return "*Paste a token with write access; it is used for this upload only and never stored.*"
+    policy = Policy.from_env()
+    if server_token_lent(Visitor(), policy):  # a local app: its one user may use the server's token
+        return "*The server has an HF_TOKEN it lends here: leave the token field empty to use it.*"
+    if server_token_lent(Visitor(user="admin"), policy) and admins():
+        return ("*Paste a token with write access, or sign in with Hugging Face (admins may leave it empty to "
+                "use the server's token).*")
+    return ("*Paste a token with write access, or sign in with Hugging Face; it is used for this upload only "
+            "and never stored.*")
 
 
+# -- layout and wiring --------------------------------------------------------------------------
 def build(ctx: AppContext) -> None:
     """Build the Export tab inside the caller's `gr.Tab`."""
     gr.Markdown("Take a trained run elsewhere, or show the result to people who will not open the app.")
@@ -203,6 +242,8 @@ def build(ctx: AppContext) -> None:
             with gr.Row():
                 what = gr.Radio(list(export.WHAT), value="adapter", label="Upload")
                 private = gr.Checkbox(value=True, label="Private repo")
+                overwrite = gr.Checkbox(value=False, label="Overwrite an existing repo",
+                                        info="off: a repo that already exists is left alone")
             push_btn = gr.Button("Push to Hub")
             gr.Markdown(hub_note())
     status = gr.Markdown(elem_id="export-status")
@@ -220,8 +261,11 @@ def build(ctx: AppContext) -> None:
     def on_report(run_id, request: gr.Request):
         return download_report(ctx, run_id, request)
 
-    def on_push(run_id, repo_id, secret, kind, is_private, request: gr.Request):
-        return push(ctx, run_id, repo_id, secret, kind, is_private, request)
+    def on_push(run_id, repo_id, secret, kind, is_private, replace, request: gr.Request):
+        return push(ctx, run_id, repo_id, secret, kind, is_private, replace, request)
+
+    def on_runs(first, second, request: gr.Request):
+        return runs_dropdown(first, second, who=visitor(request))
 
     gpu = {"concurrency_id": GPU_QUEUE, "concurrency_limit": 1}  # these load the model
     private_api = {"api_visibility": "private"}
@@ -229,18 +273,16 @@ def build(ctx: AppContext) -> None:
     merged_btn.click(on_merged, [run_dd], downloads, api_name="export_merged", **gpu)
     gguf_btn.click(on_gguf, [run_dd, qtype], downloads, api_name="export_gguf", **gpu)
     report_btn.click(on_report, [run_dd], downloads, api_name="export_report")
-    push_btn.click(on_push, [run_dd, repo, token, what, private], [status, token], api_name="export_push", **gpu)
-    refresh.click(lambda current, shared: runs_dropdown(current, shared),
-                  [run_dd, ctx.run_state if ctx.run_state is not None else run_dd], run_dd, **private_api)
+    push_btn.click(on_push, [run_dd, repo, token, what, private, overwrite], [status, token], api_name="export_push", **gpu)
+    refresh.click(on_runs, [run_dd, ctx.run_state if ctx.run_state is not None else run_dd], run_dd, **private_api)
     if ctx.run_state is not None:
         # .input fires only for the user's own pick, so following the shared run cannot loop back
         run_dd.input(lambda run_id: run_id or "", run_dd, ctx.run_state, **private_api)
-        ctx.run_state.change(lambda shared, current: runs_dropdown(shared, current), [ctx.run_state, run_dd],
-                             run_dd, **private_api)
+        ctx.run_state.change(on_runs, [ctx.run_state, run_dd], run_dd, **private_api)
     root = Context.root_block
     if root is not None:  # fresh run list on each page load
         shared = ctx.run_state if ctx.run_state is not None else run_dd
-        root.load(lambda s, current: runs_dropdown(s, current), [shared, run_dd], run_dd, **private_api)
+        root.load(on_runs, [shared, run_dd], run_dd, **private_api)
     ctx.components["export_run"] = run_dd
 
 

@@ -17,7 +17,7 @@ from finetune_core.config import PRESETS, RunConfig
 from finetune_core.runs import get_run
 
 from . import chat_tab, eval_tab
-from .access import require_user
+from .access import require_user, visitor
 from .context import AppContext
 from .train_tab import data_fields, start_training
 
@@ -64,6 +64,7 @@ def wire(ctx: AppContext, status: gr.Markdown, button: gr.Button) -> None:
 
     def run_demo(request: gr.Request):
         require_user(request)
+        who = visitor(request)
         yield say("**Step 1/4 · Data** — loading the customer-intents sample...", {tabs: gr.Tabs(selected="data")})
         values = ctx.components["data_load_sample"](SAMPLE)
         data_state = values[0]
@@ -72,7 +73,7 @@ def wire(ctx: AppContext, status: gr.Markdown, button: gr.Button) -> None:
         yield say(f"**Step 1/4 · Data** — {data_state['rows']} labelled customer messages, five intents the base "
                   "model has never seen. Next: training.", dict(zip(data_outputs, values)))
         time.sleep(POLL_S)
-        run_id = start_training(ctx, demo_config(ctx, data_state), label="guided-demo")
+        run_id = start_training(ctx, demo_config(ctx, data_state), label="guided-demo", who=who)
         yield say(f"**Step 2/4 · Train** — run `{run_id}` started (LoRA, {PRESETS[PRESET]['max_steps']} steps). "
                   "Watch the loss fall.", {tabs: gr.Tabs(selected="train"), ctx.run_state: run_id})
         final = None
@@ -83,7 +84,7 @@ def wire(ctx: AppContext, status: gr.Markdown, button: gr.Button) -> None:
             yield say(f"**The demo stopped:** the run is {final.get('state')} ({final.get('reason', '')}).")
             return
         yield say("**Step 3/4 · Evaluate** — scoring base (adapter off) and tuned (adapter on) on held-out rows...",
-                  {tabs: gr.Tabs(selected="evaluate"), eval_run: eval_tab.runs_dropdown(run_id, None)})
+                  {tabs: gr.Tabs(selected="evaluate"), eval_run: eval_tab.runs_dropdown(run_id, None, who)})
         view = eval_tab.evaluate(ctx, run_id, request=request)
         yield say("**Step 3/4 · Evaluate** — done: see accuracy before and after, and the biggest wins. "
                   "Next: chat.", dict(zip(eval_view, view)))
@@ -91,7 +92,7 @@ def wire(ctx: AppContext, status: gr.Markdown, button: gr.Button) -> None:
         prompts = example_prompts(get_run(run_id), n=1)
         yield say("**Step 4/4 · Chat** — a held-out message is typed in: press **Send** to see base and tuned "
                   "answer side by side.", {tabs: gr.Tabs(selected="chat"),
-                                            chat_run: chat_tab.follow_shared_run(ctx, run_id, None),
+                                            chat_run: chat_tab.follow_shared_run(ctx, run_id, None, request),
                                             chat_message: prompts[0] if prompts else ""})
 
     # Mostly waiting on the training thread: its own queue, so chat and evaluation stay available.

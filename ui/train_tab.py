@@ -18,12 +18,14 @@ import yaml
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig
 from finetune_core.models import BUNDLED, ModelError, resolve_model_source, training_policy
+from finetune_core.ownership import AccessError, Visitor, can_view, require_change, visible_runs
 from finetune_core.runner import Busy
-from finetune_core.runs import RUN_ID_RE, RunError, get_run, list_runs, runs_root
+from finetune_core.runs import RUN_ID_RE, RunError, get_run, runs_root
 
-from .access import require_user
+from .access import require_user, visitor
 from .context import AppContext
-from .widgets import build_config_widgets, config_from_values, named_values, progress_html, widget_updates
+from .widgets import (build_config_widgets, config_from_values, named_values, open_run, progress_html,
+                      widget_updates)
 
 DATA_FIELDS = ("data_path", "data_format", "prompt_column", "completion_column", "prompt_template",
                "completion_template", "system_prompt", "eval_fraction", "eval_path", "drop_bad_rows")
@@ -54,20 +56,18 @@ def check_model(source: str) -> None:
         raise gr.Error(str(exc)) from exc
 
 
-def start_training(ctx: AppContext, cfg: RunConfig, label: str = "") -> str:
+def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visitor | None = None) -> str:
+    """Start a run owned by `who` (see finetune_core/ownership.py)."""
     check_model(cfg.model)
     try:
-        run = ctx.slot.start(cfg, label=label)
+        run = ctx.slot.start(cfg, label=label, owner=(who or Visitor()).owner_record())
     except Busy as exc:
         raise gr.Error(str(exc)) from exc
     return run.id
 
 
-def resume_training(ctx: AppContext, run_id: str) -> str:
-    try:
-        run = get_run(run_id)
-    except RunError as exc:
-        raise gr.Error(str(exc)) from exc
+def resume_training(ctx: AppContext, run_id: str, who: Visitor | None = None) -> str:
+    run = open_run(run_id, visitor=who, change="resume")
     state = run.status().get("state")
     if state not in ("stopped", "failed", "interrupted"):
         raise gr.Error(f"Run {run_id} is {state}; only stopped, failed or interrupted runs can be resumed.")
@@ -86,8 +86,25 @@ def loss_frame(metrics: list[dict]) -> pd.DataFrame:
     return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
 
 
-def runs_table() -> pd.DataFrame:
-    return pd.DataFrame([r.summary() for r in list_runs()], columns=RUN_COLUMNS)
+def runs_table(who: Visitor | None = None) -> pd.DataFrame:
+    return pd.DataFrame([r.summary() for r in visible_runs(who or Visitor())], columns=RUN_COLUMNS)
+
+
+def run_ids(who: Visitor | None = None) -> list[str]:
+    """Ids for the "Open run" picker: the runs this visitor may see, newest first."""
+    return [run.id for run in visible_runs(who or Visitor())]
+
+
+def stop_training(ctx: AppContext, who: Visitor | None = None) -> bool:
+    """Stop the running job if `who` may (its owner or an admin); False when none runs."""
+    job = ctx.slot.active()
+    if job is None:
+        return False
+    try:
+        require_change(job.run.path, who or Visitor(), "stop")
+    except AccessError as exc:
+        raise gr.Error(str(exc)) from None
+    return ctx.slot.stop()
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -114,12 +131,13 @@ def runs_stamp() -> tuple:
     return tuple(sorted((p.name, _stamp(p / "run.yaml"), _stamp(p / "status.json")) for p in root.iterdir()))
 
 
-def tick(run_id: str | None, seen: dict | None) -> tuple[tuple | None, pd.DataFrame | None, dict]:
+def tick(run_id: str | None, seen: dict | None, who: Visitor | None = None
+         ) -> tuple[tuple | None, pd.DataFrame | None, dict]:
     """(run view or None, runs table or None, stamps): None where nothing changed since `seen`."""
     seen = seen or {}
     now = {"run": run_stamp(run_id), "runs": runs_stamp()}
-    view = run_view(run_id) if now["run"] != seen.get("run") else None
-    table = runs_table() if now["runs"] != seen.get("runs") else None
+    view = run_view(run_id, who) if now["run"] != seen.get("run") else None
+    table = runs_table(who) if now["runs"] != seen.get("runs") else None
     return view, table, now
 
 
@@ -131,20 +149,25 @@ def precision_note(policy) -> str:
     return "this CPU has no bf16 matrix instructions, where bf16 is many times slower than float32"
 
 
-def watched_run_id(ctx: AppContext, selected: str | None) -> str | None:
+def watched_run_id(ctx: AppContext, selected: str | None, who: Visitor | None = None) -> str | None:
+    """The running job when this visitor may see it, else the run they picked."""
     job = ctx.slot.active()
-    return job.run.id if job is not None else (selected or None)
+    if job is not None and can_view(job.run.path, who or Visitor()):
+        return job.run.id
+    return selected if isinstance(selected, str) and selected else None
 
 
-def run_view(run_id: str | None) -> tuple[str, str, pd.DataFrame, str]:
+def run_view(run_id: str | None, who: Visitor | None = None) -> tuple[str, str, pd.DataFrame, str]:
     """(title markdown, progress html, loss frame, log tail) of a run."""
     if not run_id:
         return ("No run yet. Pick a dataset in the Data tab, choose a preset and press **Train**.",
                 progress_html(0, 0, "idle", None), loss_frame([]), "")
     try:
         run = get_run(run_id)
-    except RunError:
-        return (f"Run {run_id} is gone.", progress_html(0, 0, "missing", None), loss_frame([]), "")
+        if not can_view(run.path, who or Visitor()):
+            raise RunError("hidden")
+    except RunError:  # missing or someone else's: the same words, so ids are not confirmed
+        return ("That run is gone.", progress_html(0, 0, "missing", None), loss_frame([]), "")
     st = run.status()
     metrics = run.metrics()
     last = next((m for m in reversed(metrics) if "loss" in m), {})
@@ -212,7 +235,7 @@ def build(ctx: AppContext) -> None:
                 runs = gr.Dataframe(runs_table(), interactive=False, wrap=True, elem_id="runs-table")
                 with gr.Row():
                     # custom values allowed: runs made after page load; get_run() checks every id
-                    pick = gr.Dropdown(label="Open run", choices=[r.id for r in list_runs()], elem_id="run-pick",
+                    pick = gr.Dropdown(label="Open run", choices=run_ids(), elem_id="run-pick",
                                        allow_custom_value=True)
                     resume_btn = gr.Button("Resume selected run", size="sm")
     timer = gr.Timer(1.0)
@@ -221,29 +244,37 @@ def build(ctx: AppContext) -> None:
 
     def on_train(raw: dict, request: gr.Request):
         require_user(request)
+        who = visitor(request)
         cfg = build_config(named_values(widgets, raw), raw[ctx.data_state])
-        run_id = start_training(ctx, cfg, label=(raw[ctx.data_state] or {}).get("name", ""))
+        run_id = start_training(ctx, cfg, label=(raw[ctx.data_state] or {}).get("name", ""), who=who)
         gr.Info(f"Training started: {run_id}")
-        return run_id, gr.update(choices=[r.id for r in list_runs()], value=run_id)
+        return run_id, gr.update(choices=run_ids(who), value=run_id)
 
     def on_stop(request: gr.Request):
         require_user(request)
-        if not ctx.slot.stop():
+        if not stop_training(ctx, visitor(request)):
             gr.Warning("No training job is running.")
 
     def on_resume(run_id: str, request: gr.Request):
         require_user(request)
         if not run_id:
             raise gr.Error("Pick a run to resume in 'Open run'.")
-        return resume_training(ctx, run_id)
+        return resume_training(ctx, run_id, visitor(request))
 
-    def on_tick(selected: str | None, last: dict | None):
-        view, table, stamps = tick(watched_run_id(ctx, selected), last)
+    def on_tick(selected: str | None, last: dict | None, request: gr.Request):
+        who = visitor(request)
+        if last and last.get("who") != who.key:
+            last = None  # another identity on this page (signed in or out): send everything again
+        view, table, stamps = tick(watched_run_id(ctx, selected, who), last, who)
+        stamps["who"] = who.key
         view = view if view is not None else (gr.skip(),) * 4
-        return (*view, table if table is not None else gr.skip(), stamps)
+        if table is None:
+            return (*view, gr.skip(), gr.skip(), stamps)
+        # the runs changed: the "Open run" list follows (only this visitor's runs)
+        return (*view, table, gr.update(choices=run_ids(who)), stamps)
 
     def on_pick(run_id: str | None):
-        return run_id or ""
+        return run_id if isinstance(run_id, str) else ""
 
     def on_preset(raw: dict):
         cfg = config_from_values(named_values(widgets, raw), {}).with_overrides(PRESETS[raw[preset]])
@@ -262,7 +293,8 @@ def build(ctx: AppContext) -> None:
     train_btn.click(on_train, inputs, [ctx.run_state, pick], api_name="train")
     stop_btn.click(on_stop, None, None, api_name="train_stop")
     resume_btn.click(on_resume, pick, ctx.run_state, api_name="train_resume")
-    timer.tick(on_tick, [pick, seen], [title, bar, plot, log, runs, seen], show_progress="hidden", queue=False)
+    timer.tick(on_tick, [pick, seen], [title, bar, plot, log, runs, pick, seen], show_progress="hidden",
+               queue=False)
     pick.change(on_pick, pick, ctx.run_state, queue=False)
     apply_btn.click(on_preset, {preset} | set(widgets.values()), list(widgets.values()))
     cli_btn.click(on_cli, inputs, cli_box)

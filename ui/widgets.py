@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from finetune_core.config import ConfigError, RunConfig, coerce, field_info
+from finetune_core.ownership import AccessError, Visitor, require_change, require_view
 from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run
 
 LABELS = {
@@ -83,16 +84,23 @@ def pick_run(choices: list[tuple[str, str]], *wanted: str | None) -> str | None:
     return next((w for w in wanted if w and w in ids), ids[0] if ids else None)
 
 
-def open_run(run_id: str | None, empty_message: str | None = None) -> Run:
-    """The run behind an id from the browser. The message never echoes the text
-    sent: an API client can send anything as the id."""
-    if not RUN_ID_RE.match((run_id or "").strip()):
+def open_run(run_id: str | None, empty_message: str | None = None, visitor: Visitor | None = None,
+             change: str = "") -> Run:
+    """The run behind an id from the browser, if `visitor` may see it (and, when
+    `change` names an action such as "stop", change it). The message never echoes
+    the text sent: an API client can send anything as the id, of any type."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id.strip()):
         if empty_message and not run_id:
             raise gr.Error(empty_message)
         raise gr.Error("That is not a run id: pick a run from the list.")
     try:
-        return get_run(run_id)
-    except RunError as exc:
+        run = get_run(run_id)
+        if change:
+            require_change(run.path, visitor or Visitor(), change)
+        else:
+            require_view(run.path, visitor or Visitor())
+        return run
+    except (RunError, AccessError) as exc:
         raise gr.Error(str(exc)) from None
 
 
