@@ -43,7 +43,10 @@ def _oauth_info(request: gr.Request | None) -> dict:
     except (AssertionError, AttributeError, KeyError):
         return {}
     info = session.get("oauth_info") if hasattr(session, "get") else None
-    return info if isinstance(info, dict) else {}
+    try:  # gradio hands request attributes over as its own Obj: dict() turns it (and its values) back
+        return dict(info) if info else {}
+    except (TypeError, ValueError):
+        return {}
 
 
 def oauth_token(request: gr.Request | None) -> str | None:
