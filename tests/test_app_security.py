@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -44,6 +45,7 @@ def launched(tmp_path, monkeypatch, tiny_model_dir):
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                     **app.launch_kwargs(ctx))
         started.append(demo)
+        start.demo = demo  # the Blocks just launched (tests find event indexes in it)
         return f"http://127.0.0.1:{port}", ctx
 
     started: list = []
@@ -124,3 +126,81 @@ def test_api_training_is_refused_without_a_user_when_login_is_required(launched,
             client.predict(api_name=endpoint, **required)
     assert ctx.slot.active() is None
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# -- several visitors over HTTP ------------------------------------------------------------------------------
+class Browser:
+    """A visitor's browser on loopback: its own cookie jar, and gradio's queue protocol
+    (join, then read the event stream) for calling any event by index, as the page does."""
+
+    def __init__(self, url: str):
+        import http.cookiejar
+
+        self.url, self.jar = url, http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def login(self, user: str, password: str) -> None:
+        data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+        self.opener.open(self.url + "/login", data=data, timeout=10).read()
+
+    def get(self, path: str):
+        return self.opener.open(self.url + path, timeout=10)
+
+    def call(self, fn_index: int, data: list) -> dict:
+        import json
+        import secrets
+
+        session = secrets.token_hex(8)
+        body = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None,
+                           "trigger_id": None}).encode()
+        req = urllib.request.Request(self.url + "/gradio_api/queue/join", data=body,
+                                     headers={"Content-Type": "application/json"})
+        self.opener.open(req, timeout=10).read()
+        with self.get(f"/gradio_api/queue/data?session_hash={session}") as stream:
+            for line in stream:
+                if line.startswith(b"data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed":
+                        return message
+        raise AssertionError("the event never completed")
+
+
+def _fn_index(demo, name: str) -> int:
+    return next(i for i, fn in demo.fns.items() if getattr(fn.fn, "__name__", "") == name)
+
+
+def test_private_events_check_the_visitor_too(launched, trained_run, tmp_path):
+    """An event marked private can still be called through the queue by its index:
+    the check is in the handler, so another user's run stays closed."""
+    import shutil
+
+    from finetune_core.ownership import write_owner
+
+    url, ctx = launched(APP_AUTH="alice:pw-alice-123,bob:pw-bob-4567")
+    shutil.copytree(trained_run.path, tmp_path / "runs" / trained_run.id)
+    write_owner(tmp_path / "runs" / trained_run.id, {"user": "alice"})
+    index = _fn_index(launched.demo, "on_show")
+    alice, bob = Browser(url), Browser(url)
+    alice.login("alice", "pw-alice-123")
+    bob.login("bob", "pw-bob-4567")
+    seen = bob.call(index, [trained_run.id, "Biggest wins first"])
+    assert seen["success"] is False and "does not exist" in str(seen["output"])
+    shown = alice.call(index, [trained_run.id, "Biggest wins first"])
+    assert shown["success"] is True and trained_run.id in str(shown["output"]["data"][0])
+
+
+def test_visitor_cookie_and_downloads_as_attachments(launched):
+    url, ctx = launched()
+    visitor = Browser(url)
+    with visitor.get("/") as page:
+        cookies = page.headers.get_all("set-cookie") or []
+    cookie = next(c for c in cookies if c.startswith("studio_visitor="))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and len(cookie.split(";")[0]) > 30
+    with visitor.get("/") as again:  # the browser keeps its key: no new one
+        assert not [c for c in again.headers.get_all("set-cookie") or [] if c.startswith("studio_visitor=")]
+    folder = ctx.settings.exports_dir / "f0lder-made-by-the-server-123"
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text("<script>alert(1)</script>")
+    with visitor.get("/gradio_api/file=" + str(folder / "report.html")) as served:
+        assert served.headers["Content-Disposition"].startswith("attachment")
+        assert served.headers["X-Content-Type-Options"] == "nosniff"
