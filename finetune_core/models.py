@@ -204,15 +204,102 @@ def _offline() -> bool:
     ) not in ("", "0")
 
 
+# Instruction-tuned small models people pick for a studio like this, with their
+# parameter counts in billions (from each model card). On a public deployment
+# this is the default allow-list, and the counts let the size ceiling be checked
+# without downloading anything.
+CATALOGUE: dict[str, float] = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": 0.135,
+    "HuggingFaceTB/SmolLM2-360M-Instruct": 0.36,
+    "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1.71,
+    "HuggingFaceTB/SmolLM3-3B": 3.08,
+    "Qwen/Qwen2.5-0.5B-Instruct": 0.49,
+    "Qwen/Qwen2.5-1.5B-Instruct": 1.54,
+    "Qwen/Qwen3-0.6B": 0.6,
+    "Qwen/Qwen3-1.7B": 1.7,
+    "meta-llama/Llama-3.2-1B-Instruct": 1.24,
+    "google/gemma-3-1b-it": 1.0,
+    "microsoft/Phi-3.5-mini-instruct": 3.82,
+    "allenai/OLMo-2-0425-1B-Instruct": 1.48,
+}
+PUBLIC_MAX_PARAMS_B = 4.0  # default ceiling on a public deployment: LoRA on a 4B model fits a 24 GB GPU in bf16
+
+
+def _public() -> bool:
+    return os.environ.get("STUDIO_PUBLIC", "") not in ("", "0")
+
+
 def allowed_hub_ids() -> list[str] | None:
-    """``STUDIO_MODEL_ALLOWLIST`` (comma separated) restricts Hub ids on a public deployment."""
+    """Hub ids that may be loaded: ``STUDIO_MODEL_ALLOWLIST`` (comma separated), else on a
+    public deployment the catalogue; None (any id) elsewhere."""
     raw = os.environ.get("STUDIO_MODEL_ALLOWLIST", "").strip()
-    return [x.strip() for x in raw.split(",") if x.strip()] or None
+    listed = [x.strip() for x in raw.split(",") if x.strip()]
+    if listed:
+        return listed
+    return list(CATALOGUE) if _public() else None
 
 
 def local_models_allowed() -> bool:
     """Local folders are a server-side concept: refused on a public deployment."""
-    return os.environ.get("STUDIO_PUBLIC", "") in ("", "0")
+    return not _public()
+
+
+def max_params_b() -> float | None:
+    """The parameter ceiling in billions: ``STUDIO_MAX_PARAMS_B``, else 4 on a public
+    deployment, else none."""
+    raw = os.environ.get("STUDIO_MAX_PARAMS_B", "").strip()
+    try:
+        value = float(raw) if raw else None
+    except ValueError:
+        value = None
+    if value is not None and value > 0 and value == value:
+        return value
+    return PUBLIC_MAX_PARAMS_B if _public() else None
+
+
+def count_params_b(where: str) -> float:
+    """Parameters of the model at `where` (folder or Hub id), in billions, from its
+    config alone: the model is built on the meta device, so no weights are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(where, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return sum(p.numel() for p in model.parameters()) / 1e9
+
+
+def check_model_size(source: str) -> None:
+    """Refuse a model over the deployment's parameter ceiling (before any weights load)."""
+    ceiling = max_params_b()
+    source = (source or "").strip()
+    if ceiling is None or source in ("", BUNDLED, BUNDLED_LABEL):
+        return
+    size = CATALOGUE.get(source)
+    if size is None:
+        where = resolve_model_source(source)
+        try:
+            size = count_params_b(where)
+        except Exception as exc:  # noqa: BLE001 - unknown size: refused, with the reason
+            raise ModelError(f"Could not tell the size of {source!r} from its config, so it cannot be checked "
+                             f"against this server's {ceiling:g}B parameter limit "
+                             f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}).") from None
+    if size > ceiling:
+        raise ModelError(f"{source} has {size:.2f}B parameters, over this server's limit of {ceiling:g}B "
+                         "(setting STUDIO_MAX_PARAMS_B).")
+
+
+def own_run_folder(path: Path) -> bool:
+    """A folder the app itself wrote: the saved model of one of its runs
+    (runs/<id>/adapter). Trusted on a public deployment, so a full fine-tune can
+    be evaluated, chatted with and exported there."""
+    from .runs import RUN_ID_RE, runs_root
+
+    try:
+        path = path.resolve()
+    except OSError:
+        return False
+    return path.name == "adapter" and path.parent.parent == runs_root() and bool(RUN_ID_RE.match(path.parent.name))
 
 
 def resolve_model_source(source: str, progress: Progress | None = None) -> str:
@@ -225,7 +312,7 @@ def resolve_model_source(source: str, progress: Progress | None = None) -> str:
         return str(ensure_bundled_cache(progress))
     path = Path(source)
     if source.startswith(("/", ".", "~")) or path.is_dir():
-        if not local_models_allowed():
+        if not local_models_allowed() and not own_run_folder(path):
             raise ModelError("Local model folders are disabled on this public deployment.")
         path = path.expanduser()
         if not (path / "config.json").is_file():

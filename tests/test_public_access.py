@@ -243,3 +243,46 @@ def test_run_ids_of_any_type_get_a_clear_message(env, bad):
     for attempt in (lambda: eval_tab.show_run(bad), lambda: export_tab.download_report(env.ctx, bad)):
         with pytest.raises(gr.Error):
             attempt()
+
+
+# -- public mode, whole (finding 5) ------------------------------------------------------------------------
+def test_public_mode_allows_only_catalogue_models_under_the_size_ceiling(monkeypatch):
+    from ui.train_tab import check_model
+
+    monkeypatch.delenv("STUDIO_MODEL_ALLOWLIST", raising=False)
+    monkeypatch.delenv("STUDIO_MAX_PARAMS_B", raising=False)
+    monkeypatch.setenv("STUDIO_PUBLIC", "1")
+    with pytest.raises(gr.Error, match="allow-list"):
+        check_model("meta-llama/Llama-3.1-405B-Instruct")
+    check_model("Qwen/Qwen2.5-0.5B-Instruct")  # in the catalogue, under 4B: no download needed to say so
+    monkeypatch.setenv("STUDIO_MAX_PARAMS_B", "1")
+    with pytest.raises(gr.Error, match=r"3\.82B parameters, over this server's limit of 1B"):
+        check_model("microsoft/Phi-3.5-mini-instruct")
+
+
+def test_size_ceiling_counts_parameters_from_the_config_alone(tiny_model_dir, monkeypatch):
+    from finetune_core.models import count_params_b
+    from ui.train_tab import check_model
+
+    monkeypatch.delenv("STUDIO_PUBLIC", raising=False)
+    size = count_params_b(str(tiny_model_dir))
+    assert 0 < size < 0.01  # the tiny test model: a few million parameters, read without its weights
+    monkeypatch.setenv("STUDIO_MAX_PARAMS_B", f"{size / 2:.9f}")
+    with pytest.raises(gr.Error, match="STUDIO_MAX_PARAMS_B"):
+        check_model(str(tiny_model_dir))
+    monkeypatch.setenv("STUDIO_MAX_PARAMS_B", "1")
+    check_model(str(tiny_model_dir))
+
+
+def test_public_mode_trusts_only_its_own_run_folders(trained_run, runs_root, tiny_model_dir, monkeypatch):
+    """A full fine-tune's output is a folder: on a public deployment the app still loads
+    its own runs' saved models back, and nothing else from disk."""
+    from finetune_core.models import ModelError, resolve_model_source
+
+    shutil.copytree(tiny_model_dir, runs_root / trained_run.id / "adapter", dirs_exist_ok=True)
+    monkeypatch.setenv("STUDIO_PUBLIC", "1")
+    own = runs_root / trained_run.id / "adapter"
+    assert resolve_model_source(str(own)) == str(own)
+    for other in (tiny_model_dir, own / ".." / ".." / ".." / tiny_model_dir.name, runs_root / trained_run.id):
+        with pytest.raises(ModelError, match="disabled"):
+            resolve_model_source(str(other))

@@ -17,7 +17,7 @@ import yaml
 
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig
-from finetune_core.models import BUNDLED, ModelError, resolve_model_source, training_policy
+from finetune_core.models import BUNDLED, ModelError, check_model_size, resolve_model_source, training_policy
 from finetune_core.ownership import AccessError, Visitor, can_view, require_change, visible_runs
 from finetune_core.runner import Busy
 from finetune_core.runs import RUN_ID_RE, RunError, get_run, runs_root
@@ -52,6 +52,7 @@ def check_model(source: str) -> None:
         return
     try:
         resolve_model_source(source)
+        check_model_size(source)  # a public deployment's parameter ceiling, from the config alone
     except ModelError as exc:
         raise gr.Error(str(exc)) from exc
 
