@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -21,6 +20,7 @@ from finetune_core import chat
 from finetune_core.generation import GenSettings
 from finetune_core.models import ModelError
 from finetune_core.ownership import Visitor, can_view, visible_runs
+from finetune_core.retention import fresh_folder, gradio_cache_dir
 from finetune_core.runs import RUN_ID_RE, RunError, get_run
 
 from .access import visitor
@@ -275,7 +275,8 @@ def export_votes(state):
         gr.Warning("No decided votes to export yet (ties and 'both bad' make no preference pair).")
         return None
     # A fresh server-made folder per export: users never share or name files.
-    path = Path(tempfile.mkdtemp(prefix="studio-votes-")) / "preferences.jsonl"
+    # Inside Gradio's cache: served without a copy, and swept by the retention settings.
+    path = fresh_folder(gradio_cache_dir(), "studio-votes-") / "preferences.jsonl"
     count = chat.export_preferences(session.votes, path)
     gr.Info(f"Exported {count} preference pairs (prompt / chosen / rejected, TRL DPO format).")
     return str(path)

@@ -215,6 +215,20 @@ def hub_note() -> str:
             "and never stored.*")
 
 
+def size_text(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def files_note(paths: list[str]) -> str:
+    """The status line after a download is made: each file with its size (a merged
+    model is hundreds of MB; say so before the browser starts fetching it)."""
+    sizes = ", ".join(f"`{Path(p).name}` ({size_text(Path(p).stat().st_size)})" for p in paths)
+    return f"Ready to download: {sizes}."
+
+
 # -- layout and wiring --------------------------------------------------------------------------
 def build(ctx: AppContext) -> None:
     """Build the Export tab inside the caller's `gr.Tab`."""
@@ -250,16 +264,20 @@ def build(ctx: AppContext) -> None:
     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="export-files")
 
     def on_adapter(run_id, request: gr.Request):
-        return download_adapter(ctx, run_id, request)
+        paths = download_adapter(ctx, run_id, request)
+        return paths, files_note(paths)
 
     def on_merged(run_id, request: gr.Request, progress=gr.Progress()):
-        return download_merged(ctx, run_id, request, lambda f, text: progress(f, desc=text))
+        paths = download_merged(ctx, run_id, request, lambda f, text: progress(f, desc=text))
+        return paths, files_note(paths)
 
     def on_gguf(run_id, kind, request: gr.Request, progress=gr.Progress()):
-        return download_gguf(ctx, run_id, kind, request, lambda f, text: progress(f, desc=text))
+        paths = download_gguf(ctx, run_id, kind, request, lambda f, text: progress(f, desc=text))
+        return paths, files_note(paths)
 
     def on_report(run_id, request: gr.Request):
-        return download_report(ctx, run_id, request)
+        paths = download_report(ctx, run_id, request)
+        return paths, files_note(paths)
 
     def on_push(run_id, repo_id, secret, kind, is_private, replace, request: gr.Request):
         return push(ctx, run_id, repo_id, secret, kind, is_private, replace, request)
@@ -269,10 +287,11 @@ def build(ctx: AppContext) -> None:
 
     gpu = {"concurrency_id": GPU_QUEUE, "concurrency_limit": 1}  # these load the model
     private_api = {"api_visibility": "private"}
-    adapter_btn.click(on_adapter, [run_dd], downloads, api_name="export_adapter")
-    merged_btn.click(on_merged, [run_dd], downloads, api_name="export_merged", **gpu)
-    gguf_btn.click(on_gguf, [run_dd, qtype], downloads, api_name="export_gguf", **gpu)
-    report_btn.click(on_report, [run_dd], downloads, api_name="export_report")
+    files = [downloads, status]  # the status line names each file with its size
+    adapter_btn.click(on_adapter, [run_dd], files, api_name="export_adapter")
+    merged_btn.click(on_merged, [run_dd], files, api_name="export_merged", **gpu)
+    gguf_btn.click(on_gguf, [run_dd, qtype], files, api_name="export_gguf", **gpu)
+    report_btn.click(on_report, [run_dd], files, api_name="export_report")
     push_btn.click(on_push, [run_dd, repo, token, what, private, overwrite], [status, token], api_name="export_push", **gpu)
     refresh.click(on_runs, [run_dd, ctx.run_state if ctx.run_state is not None else run_dd], run_dd, **private_api)
     if ctx.run_state is not None:
