@@ -77,6 +77,25 @@ def _tokenizer_files(run: Run, folder: Path) -> None:
     load_tokenizer(run.config().model).save_pretrained(str(folder))
 
 
+SERVER_PATH_FIELDS = ("data_path", "eval_path")
+
+
+def shareable_run_yaml(run: Run) -> str:
+    """run.yaml as it travels with a download: the config that reproduces the run,
+    with server-side paths reduced to file names (the server's folders are not the
+    downloader's business, and would not exist on their machine anyway)."""
+    import yaml
+
+    data = dict(run.run_yaml())
+    for name in SERVER_PATH_FIELDS:
+        if data.get(name):
+            data[name] = Path(str(data[name])).name
+    model = str(data.get("model") or "")
+    if model.startswith(("/", ".", "~")):
+        data["model"] = Path(model).name
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
 def adapter_zip(run: Run, out_path: str | os.PathLike) -> Path:
     """Zip adapter/ (weights, config, tokenizer), run.yaml and a README card."""
     _require_adapter(run)
@@ -93,7 +112,7 @@ def adapter_zip(run: Run, out_path: str | os.PathLike) -> Path:
                 for path in sorted(p for p in folder.rglob("*") if p.is_file()):
                     if path.name != "README.md":  # PEFT's template card; ours goes at the top
                         zf.write(path, f"adapter/{path.relative_to(folder).as_posix()}")
-            zf.write(run.path / "run.yaml", "run.yaml")
+            zf.writestr("run.yaml", shareable_run_yaml(run))
             zf.writestr("README.md", model_card(run, what="adapter", curve_file=None))
         os.replace(tmp, out_path)
     finally:

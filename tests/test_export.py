@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from evaluation.compare import compare
 from finetune_core import cli
@@ -150,11 +151,26 @@ def report_run(trained_run, tmp_path) -> Run:
 
 
 # -- adapter zip and merge ---------------------------------------------------------------------------------
+def test_adapter_zip_never_shows_server_paths(trained_run, tmp_path):
+    run = Run(tmp_path / "runs" / trained_run.id)
+    shutil.copytree(trained_run.path, run.path)
+    data = trained_run.run_yaml()
+    data.update(data_path="/srv/studio/uploads/20260101-abc.jsonl", eval_path="/srv/studio/uploads/e.csv")
+    (run.path / "run.yaml").write_text(yaml.safe_dump(data))
+    with zipfile.ZipFile(adapter_zip(run, tmp_path / "out" / "adapter.zip")) as zf:
+        shared = zf.read("run.yaml").decode()
+    assert "/srv" not in shared
+    assert yaml.safe_load(shared)["data_path"] == "20260101-abc.jsonl"
+    assert yaml.safe_load(shared)["eval_path"] == "e.csv"
+
+
 def test_adapter_zip_holds_adapter_tokenizer_and_run_yaml(trained_run, tmp_path):
     out = adapter_zip(trained_run, tmp_path / "a" / "adapter.zip")
     with zipfile.ZipFile(out) as zf:
         names = set(zf.namelist())
-        assert zf.read("run.yaml") == (trained_run.path / "run.yaml").read_bytes()
+        shared = yaml.safe_load(zf.read("run.yaml"))
+        # the config that reproduces the run; the base model's server folder is reduced to its name
+        assert shared == {**trained_run.run_yaml(), "model": Path(trained_run.config().model).name}
         card = zf.read("README.md").decode()
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert f"adapter/{name}" in names
