@@ -286,3 +286,20 @@ def test_public_mode_trusts_only_its_own_run_folders(trained_run, runs_root, tin
     for other in (tiny_model_dir, own / ".." / ".." / ".." / tiny_model_dir.name, runs_root / trained_run.id):
         with pytest.raises(ModelError, match="disabled"):
             resolve_model_source(str(other))
+
+
+def test_runs_are_deleted_only_by_their_owner_and_never_while_training(env):
+    from finetune_core.runs import get_run
+    from ui import train_tab
+
+    env.mp.setenv("STUDIO_REQUIRE_LOGIN", "1")
+    with pytest.raises(gr.Error, match="does not exist"):
+        train_tab.delete_run(env.ctx, env.user_run, Visitor(user="bob"))
+    job = SimpleNamespace(run=get_run(env.user_run))
+    env.mp.setattr(env.ctx.slot, "active", lambda: job)
+    with pytest.raises(gr.Error, match="stop it first"):
+        train_tab.delete_run(env.ctx, env.user_run, Visitor(user="alice"))
+    assert (env.root / env.user_run / "adapter").is_dir()
+    env.mp.setattr(env.ctx.slot, "active", lambda: None)
+    assert train_tab.delete_run(env.ctx, env.user_run, Visitor(user="alice")) == env.user_run
+    assert sorted(p.name for p in env.root.iterdir()) == [env.anon_run]  # nothing half-deleted left

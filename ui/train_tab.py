@@ -1,5 +1,7 @@
 """Train tab: preset, model and method settings, Train / Stop / Resume, live
-progress with ETA, loss curve, log tail, and the list of runs.
+progress with ETA, loss curve, log tail, and the list of runs (Delete; admins
+can make a run a read-only showcase). A visitor sees and changes only what
+finetune_core/ownership.py allows them.
 
 The tab polls the run directory with a gr.Timer, so a page reload or a second
 browser re-attaches to the running job. Each tick compares file stamps with
@@ -8,6 +10,8 @@ runs costs a few stat calls a second, and the plot does not redraw).
 """
 from __future__ import annotations
 
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import yaml
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig
 from finetune_core.models import BUNDLED, ModelError, check_model_size, resolve_model_source, training_policy
-from finetune_core.ownership import AccessError, Visitor, can_view, require_change, visible_runs
+from finetune_core.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
 from finetune_core.runner import Busy
 from finetune_core.runs import RUN_ID_RE, RunError, get_run, runs_root
 
@@ -69,7 +73,7 @@ def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visito
 
 def resume_training(ctx: AppContext, run_id: str, who: Visitor | None = None) -> str:
     run = open_run(run_id, visitor=who, change="resume")
-    state = run.status().get("state")
+    state = ctx.slot.settle(run).get("state")  # not the file alone: a dead job can leave "running"
     if state not in ("stopped", "failed", "interrupted"):
         raise gr.Error(f"Run {run_id} is {state}; only stopped, failed or interrupted runs can be resumed.")
     try:
@@ -77,6 +81,30 @@ def resume_training(ctx: AppContext, run_id: str, who: Visitor | None = None) ->
     except Busy as exc:
         raise gr.Error(str(exc)) from exc
     return run.id
+
+
+def delete_run(ctx: AppContext, run_id, who: Visitor | None = None) -> str:
+    """Remove a run for good: only its owner or an admin, never the running job.
+    The folder is renamed away first, so no one ever lists half a run."""
+    run = open_run(run_id, visitor=who, change="delete")
+    job = ctx.slot.active()
+    if job is not None and job.run.id == run.id:
+        raise gr.Error(f"Run {run.id} is training: stop it first.")
+    trash = run.path.with_name(f".deleted-{run.id}-{secrets.token_hex(4)}")
+    run.path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return run.id
+
+
+def showcase_run(run_id, on: bool, who: Visitor | None = None) -> str:
+    """An admin shares a run read-only with every visitor, or stops sharing it."""
+    run = open_run(run_id, visitor=who)
+    try:
+        set_showcase(run.path, who or Visitor(), bool(on))
+    except AccessError as exc:
+        raise gr.Error(str(exc)) from None
+    return (f"Run {run.id} is now a showcase: every visitor can open it, chat with it and vote."
+            if on else f"Run {run.id} is no longer shared.")
 
 
 def loss_frame(metrics: list[dict]) -> pd.DataFrame:
@@ -239,6 +267,9 @@ def build(ctx: AppContext) -> None:
                     pick = gr.Dropdown(label="Open run", choices=run_ids(), elem_id="run-pick",
                                        allow_custom_value=True)
                     resume_btn = gr.Button("Resume selected run", size="sm")
+                    delete_btn = gr.Button("Delete selected run", size="sm", variant="stop", elem_id="delete-run")
+                showcase = gr.Checkbox(False, label="Showcase: every visitor may open, chat with and vote on the "
+                                       "selected run (admins only)", visible=bool(admins()))
     timer = gr.Timer(1.0)
     seen = gr.State(None)  # per page: the file stamps of what it last received
     inputs = set(widgets.values()) | {ctx.data_state}
@@ -261,6 +292,20 @@ def build(ctx: AppContext) -> None:
         if not run_id:
             raise gr.Error("Pick a run to resume in 'Open run'.")
         return resume_training(ctx, run_id, visitor(request))
+
+    def on_delete(run_id, request: gr.Request):
+        require_user(request)
+        if not run_id:
+            return gr.skip(), gr.skip()
+        who = visitor(request)
+        gr.Info(f"Deleted run {delete_run(ctx, run_id, who)}.")
+        return gr.update(choices=run_ids(who), value=None), ""
+
+    def on_showcase(run_id, on, request: gr.Request):
+        require_user(request)
+        if not run_id:
+            raise gr.Error("Pick a run in 'Open run' first.")
+        gr.Info(showcase_run(run_id, on, visitor(request)))
 
     def on_tick(selected: str | None, last: dict | None, request: gr.Request):
         who = visitor(request)
@@ -294,6 +339,10 @@ def build(ctx: AppContext) -> None:
     train_btn.click(on_train, inputs, [ctx.run_state, pick], api_name="train")
     stop_btn.click(on_stop, None, None, api_name="train_stop")
     resume_btn.click(on_resume, pick, ctx.run_state, api_name="train_resume")
+    # the browser asks first; a cancelled confirm sends no id, and nothing is deleted
+    delete_btn.click(on_delete, pick, [pick, ctx.run_state], api_name="train_delete",
+                     js="(run_id) => (run_id && confirm('Delete run ' + run_id + ' for good?')) ? run_id : ''")
+    showcase.input(on_showcase, [pick, showcase], None, api_name="run_showcase")
     timer.tick(on_tick, [pick, seen], [title, bar, plot, log, runs, pick, seen], show_progress="hidden",
                queue=False)
     pick.change(on_pick, pick, ctx.run_state, queue=False)
