@@ -6,10 +6,13 @@ Builds the Blocks from the tab modules in ui/ and launches it on
 GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).
 Environment: STUDIO_RUNS_DIR (runs root), STUDIO_MODEL_CACHE (converted
 models), STUDIO_MAX_UPLOAD_MB, APP_AUTH=user:pass (password login),
-STUDIO_REQUIRE_LOGIN=1 (refuse training/evaluation/export without a user),
-STUDIO_PUBLIC=1 (no local model folders), STUDIO_MODEL_ALLOWLIST=a/b,c/d,
-STUDIO_UPLOADS_DIR (copies of uploaded files), STUDIO_EXPORTS_DIR (the only
-folder files are served from).
+STUDIO_REQUIRE_LOGIN=1 (refuse training/evaluation/export without a user;
+runs are per user), STUDIO_PUBLIC=1 (a shared public deployment: catalogue
+models only, a size ceiling, no local folders), STUDIO_ADMINS=a,b,
+STUDIO_MODEL_ALLOWLIST=a/b,c/d, STUDIO_MAX_PARAMS_B, STUDIO_LIMIT_*,
+STUDIO_ALLOW_SERVER_TOKEN=1, STUDIO_UPLOADS_DIR (copies of uploaded files),
+STUDIO_EXPORTS_DIR (the only folder files are served from). The README's
+"Deployment settings" table says what each does.
 """
 from __future__ import annotations
 
