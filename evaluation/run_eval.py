@@ -42,6 +42,7 @@ import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
 from finetune_core.dataset import read_jsonl
+from finetune_core.limits import limits
 
 Progress = Callable[[str, float], None]
 
@@ -134,6 +135,8 @@ def _check_args(limit, batch_size, max_new_tokens) -> None:
         raise ValueError(f"batch_size must be at least 1 (got {batch_size}).")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1 (got {max_new_tokens}).")
+    if max_new_tokens is not None:  # checked before the model loads; LimitError is a ValueError
+        limits().check("max_new_tokens", max_new_tokens, "Max new tokens")
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:
@@ -355,7 +358,9 @@ def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_l
     lm = task == LM_TASK
     references = [] if lm else [reference_text(r, task == "classification") for r in rows]
     if not lm and max_new_tokens is None:
-        max_new_tokens = default_max_new_tokens(model.tokenizer, task, references, labels)
+        # sized from the references, so a file of very long labels cannot ask for more than the limit
+        max_new_tokens = min(default_max_new_tokens(model.tokenizer, task, references, labels),
+                             limits().max_new_tokens)
     settings = GenSettings(max_new_tokens=max_new_tokens or 1)
     spans = _phases(with_generation=not lm, with_loss=with_loss)
     prompts = None if lm else [r["prompt"] for r in rows]

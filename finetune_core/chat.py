@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from .chat_limits import TokenCounter, check_chat_request
 from .generation import GenSettings, InferenceModel
+from .limits import LimitError, limits
 from .runs import Run
 
 SIDES = ("left", "right")
@@ -54,6 +56,8 @@ class ChatSession:
     pending: dict | None = None  # the last blind turn, until it is voted on
     votes: list[dict] = field(default_factory=list)
     epoch: int = 0  # bumped by clear(); a stream from an older epoch stops writing
+    first_turn: int = 0  # turns before this one no longer fit the context limit and are not sent
+    tickets: list = field(default_factory=list, repr=False, compare=False)  # admitted turns not yet started
     cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     rng: random.Random = field(init=False, repr=False, compare=False)
 
@@ -67,9 +71,10 @@ class ChatSession:
 
 # -- turns ----------------------------------------------------------------------
 def _with_system(session: ChatSession, history: list[dict]) -> list[dict]:
+    """The messages sent for `history` (a whole pane's): system prompt, then the turns from `first_turn`."""
     system = (session.system_prompt or "").strip()
     head = [{"role": "system", "content": system}] if system else []
-    return head + [dict(m) for m in history]
+    return head + [dict(m) for m in history[2 * session.first_turn:]]
 
 
 def start_turn(session: ChatSession, message: str, tuned: bool = True
@@ -96,6 +101,30 @@ def start_turn(session: ChatSession, message: str, tuned: bool = True
         # because a tuned prompt is only built when a tuned model is loaded.
         session.tuned_history += [dict(user), {"role": "assistant", "content": "(no tuned model selected)"}]
     return base_messages, tuned_messages
+
+
+def fit_context(session: ChatSession, message: str, counter: TokenCounter) -> int:
+    """Leave the oldest turns out of the prompts until this turn's prompt fits
+    `chat_context_tokens`; returns how many turns were left out now.
+
+    Trimmed rather than refused: chatting on is what a user of a long conversation
+    expects (chat apps forget the oldest turns), while a refusal would force a Clear
+    that loses the recent context too. The panes still show every turn, and the
+    Chat tab says which turns the models no longer see.
+    """
+    lim = limits()
+    user = {"role": "user", "content": message}
+    before = session.first_turn
+    while True:
+        tokens = max(counter.count_messages(_with_system(session, history + [user]))
+                     for history in (session.base_history, session.tuned_history))
+        if tokens <= lim.chat_context_tokens:
+            return session.first_turn - before
+        if session.first_turn >= session.turns:  # nothing left to drop: the turn alone is too long
+            session.first_turn = before
+            raise LimitError(f"Your message with the system prompt is {tokens:,} tokens; this server allows "
+                             f"{lim.chat_context_tokens:,} per turn (setting {lim.setting('chat_context_tokens')}).")
+        session.first_turn += 1
 
 
 def update_turn(session: ChatSession, base_text: str | None, tuned_text: str | None) -> None:
@@ -156,14 +185,22 @@ def set_blind(session: ChatSession, blind: bool) -> None:
 
 
 def arm_cancel(session: ChatSession) -> threading.Event:
-    """A fresh cancel event for the next turn (a Stop pressed earlier must not cancel it)."""
-    session.cancel = threading.Event()
+    """The cancel event for the next turn: a fresh one when a Stop was pressed earlier (it
+    must not cancel this turn), else the current one, which the session's running or
+    queued turns share: replacing it would leave Stop unable to reach them."""
+    if session.cancel.is_set():
+        session.cancel = threading.Event()
     return session.cancel
 
 
 def stop(session: ChatSession) -> None:
-    """Ask the turn in progress (or queued) to stop; what has streamed so far is kept."""
+    """Ask the turn in progress (or queued) to stop; what has streamed so far is kept.
+    Turns admitted but not started give their visitor's slot back at once."""
     session.cancel.set()
+    for ticket in session.tickets:
+        if not ticket.claimed:
+            ticket.release()
+    session.tickets = [t for t in session.tickets if not t.released]
 
 
 def clear(session: ChatSession) -> None:
@@ -171,6 +208,7 @@ def clear(session: ChatSession) -> None:
     session.cancel.set()  # a stream still running for the old conversation stops...
     arm_cancel(session)  # ...and the next turn starts with a clean event
     session.epoch += 1
+    session.first_turn = 0
     session.base_history.clear()
     session.tuned_history.clear()
     session.tuned_sides.clear()
@@ -183,8 +221,19 @@ def stream_chat(model: InferenceModel, session: ChatSession, message: str,
                 ) -> Iterator[tuple[str, str]]:
     """Send `message` to both sides and yield (left_text, right_text) as tokens
     arrive; the session's histories are updated as it goes and the turn is
-    closed at the end (also when stopped). Without an adapter only base answers."""
+    closed at the end (also when stopped). Without an adapter only base answers.
+
+    The message, the system prompt and the answer length are checked against
+    `limits()` first (LimitError), so every caller (the Chat tab, the CLI,
+    scripts) gets the same limits; the oldest turns are left out of the prompt
+    when the conversation outgrows `chat_context_tokens` (see fit_context)."""
     cancel = session.cancel if cancel is None else cancel
+    settings = settings or GenSettings()
+    counter = getattr(model, "counter", None)  # test doubles have none: characters are still checked
+    message, session.system_prompt = check_chat_request(message, session.system_prompt,
+                                                        settings.max_new_tokens, counter)
+    if counter is not None:
+        fit_context(session, message.strip(), counter)
     tuned = model.has_tuned
     base_messages, tuned_messages = start_turn(session, message, tuned=tuned)
     epoch = session.epoch

@@ -89,21 +89,21 @@ def cmd_train(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    from .chat import ChatSession, stream_chat
     from .generation import GenSettings, InferenceModel
     from .runs import RunError, run_from_dir
 
     try:
         run = run_from_dir(args.run)
         model = InferenceModel.from_run(run)
-    except (RunError, FileNotFoundError) as exc:
+        # Through the chat session, so the same message/system/length limits apply as in the app.
+        session = ChatSession(system_prompt=args.system or "")
+        base = tuned = ""
+        for base, tuned in stream_chat(model, session, args.prompt, GenSettings(max_new_tokens=args.max_new_tokens)):
+            pass
+    except (RunError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    messages = [{"role": "user", "content": args.prompt}]
-    if args.system:
-        messages.insert(0, {"role": "system", "content": args.system})
-    base = tuned = ""
-    for base, tuned in model.stream_pair(messages, messages, GenSettings(max_new_tokens=args.max_new_tokens)):
-        pass
     print(f"base:  {base.strip()}\ntuned: {tuned.strip()}")
     return 0
 

@@ -15,11 +15,16 @@ to switch off).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from .chat_limits import TokenCounter
+from .limits import limits
 from .models import DevicePolicy, device_policy, load_model, load_tokenizer
 from .runs import Run
 
@@ -33,8 +38,14 @@ class GenSettings:
     top_p: float = 1.0
     seed: int = 0
 
+    @property
+    def new_tokens(self) -> int:
+        """max_new_tokens within the server's limit: the callers refuse larger values with a
+        message (chat_limits.check_new_tokens); this cap covers any path that does not."""
+        return max(1, min(int(self.max_new_tokens), limits().max_new_tokens))
+
     def kwargs(self, tokenizer) -> dict:
-        kw = {"max_new_tokens": int(self.max_new_tokens), "pad_token_id": tokenizer.pad_token_id}
+        kw = {"max_new_tokens": self.new_tokens, "pad_token_id": tokenizer.pad_token_id}
         if self.temperature and self.temperature > 0:
             kw.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p))
         else:
@@ -42,16 +53,38 @@ class GenSettings:
         return kw
 
 
-class _Cancel:
-    """StoppingCriteria that ends generation when an event is set."""
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library, or no C library found)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
-    def __init__(self, event: threading.Event | None):
-        self.event = event
+
+def release_memory() -> None:
+    """Give the memory a finished generation freed back to the system. glibc keeps freed
+    heap pages for reuse, so without this a long prompt's activations stay in the
+    process's RSS after the answer (measured: 1.47 GB -> 0.92 GB after a 3,900-token
+    prompt on the bundled model)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+class _Cancel:
+    """StoppingCriteria that ends generation when any of its events is set."""
+
+    def __init__(self, *events: threading.Event | None):
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        stop = bool(self.event is not None and self.event.is_set())
+        stop = self.is_set()
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
@@ -102,6 +135,7 @@ class InferenceModel:
                     use_trimmed_decode_attention(m)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.counter = TokenCounter(self.tokenizer)  # limit checks count on their own copy
 
     @property
     def has_adapter(self) -> bool:
@@ -182,7 +216,7 @@ class InferenceModel:
         answers: list[str] = [""] * len(texts)
         model = self._pick(tuned)
         # Length-sorted batches (little padding), each capped so its cache fits the memory budget.
-        batches = plan_batches([len(t) for t in tokens], batch_size, settings.max_new_tokens,
+        batches = plan_batches([len(t) for t in tokens], batch_size, settings.new_tokens,
                                kv_bytes_per_token(model))
         stopped = lambda: cancel is not None and cancel.is_set()  # noqa: E731
         prefilled = self.policy.device == "cpu" and all(len(t) > 1 for t in tokens)
@@ -197,7 +231,7 @@ class InferenceModel:
             with self.lock, torch.inference_mode(), self._side(model, tuned):
                 if prefilled:
                     inputs = prefilled_batch(model, [tokens[i] for i in idx], self.tokenizer.pad_token_id,
-                                             settings.max_new_tokens, self.policy.device, prefix, prefix_len,
+                                             settings.new_tokens, self.policy.device, prefix, prefix_len,
                                              stopped)
                 else:
                     inputs = self._encode([texts[i] for i in idx])
@@ -209,6 +243,7 @@ class InferenceModel:
             done += len(idx)
             if progress:
                 progress(done, len(texts))
+        release_memory()
         return answers
 
     # -- streaming (chat) -----------------------------------------------------
@@ -226,8 +261,10 @@ class InferenceModel:
             raise ValueError("No tuned model is loaded: pick a run with an adapter.")
         texts = [self.render(m) for _, m in sides]
         streamer = _RowStreamer(self.tokenizer, len(texts))
+        gone = threading.Event()  # set when the consumer stops reading: the worker stops too
+        stopping = _Cancel(cancel, gone)
         kw = {**settings.kwargs(self.tokenizer), "streamer": streamer,
-              "stopping_criteria": StoppingCriteriaList([_Cancel(cancel)])}
+              "stopping_criteria": StoppingCriteriaList([stopping])}
         if self.has_adapter and len(sides) == 2:
             kw["adapter_names"] = [BASE_ADAPTER, "default"]  # one batch: row 0 base, row 1 tuned
             jobs = [(self.model, texts, kw)]
@@ -249,38 +286,50 @@ class InferenceModel:
                         else:
                             model.generate(**self._encode(ts), **kwargs)
                     else:
-                        self._stream_two_models(texts, streamer, settings, cancel)
+                        self._stream_two_models(texts, streamer, settings, stopping)
             except Exception as exc:  # noqa: BLE001 - surfaced to the caller through the queue
                 streamer.out.put(exc)
             finally:
                 streamer.end()
+                release_memory()  # after the lock is released: the next turn need not wait for it
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        last = ["", ""]
+        try:
+            yield from self._snapshots(streamer, sides)
+        finally:
+            # Stopped, failed or closed by the consumer (a page closed): the worker ends at its
+            # next token instead of generating to max_new_tokens for nobody. Not joined here:
+            # a close from the server's event loop must not wait for that token.
+            gone.set()
+        thread.join()
+
+    @staticmethod
+    def _snapshots(streamer: "_RowStreamer", sides: list) -> Iterator[tuple[str, str]]:
+        """(base_text, tuned_text) from the worker's queue until it ends; its errors are raised."""
         while True:
             item = streamer.out.get()
             if item is None:
-                break
+                return
             if isinstance(item, Exception):
                 raise item
             if len(sides) == 2:
-                last = item
+                yield item[0], item[1]
             elif sides[0][0]:
-                last = ["", item[0]]
+                yield "", item[0]
             else:
-                last = [item[0], ""]
-            yield last[0], last[1]
-        thread.join()
+                yield item[0], ""
 
-    def _stream_two_models(self, texts, streamer: "_RowStreamer", settings: GenSettings, cancel) -> None:
+    def _stream_two_models(self, texts, streamer: "_RowStreamer", settings: GenSettings, stopping) -> None:
         """Full fine-tune: base then tuned, each feeding its row of the shared streamer."""
         from transformers import StoppingCriteriaList
 
         for row, model in enumerate((self.model, self.tuned_model)):
+            if stopping.is_set():  # stopped during the base side: the tuned side is not started
+                return
             enc = self._encode([texts[row]])
             out = model.generate(**enc, **settings.kwargs(self.tokenizer),
-                                 stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
+                                 stopping_criteria=StoppingCriteriaList([stopping]))
             ids = out[0, enc["input_ids"].shape[1]:].tolist()
             streamer.tokens[row] = [t for t in ids if t not in streamer._eos]
             streamer.out.put([self.tokenizer.decode(t, skip_special_tokens=True) for t in streamer.tokens])

@@ -12,7 +12,9 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
+from .chat_limits import TokenCounter
 from .generation import InferenceModel
+from .models import load_tokenizer
 from .runs import get_run
 
 
@@ -21,6 +23,8 @@ class ModelCache:
         self.capacity = max(1, capacity)
         self._items: "OrderedDict[str, InferenceModel]" = OrderedDict()
         self._lock = threading.Lock()
+        self._counters: "OrderedDict[str, TokenCounter]" = OrderedDict()  # by model source
+        self._counters_lock = threading.Lock()
 
     def get(self, key: str, progress: Callable[[str], None] | None = None) -> InferenceModel:
         """`key` is 'run:<run id>' (base + that run's adapter) or 'base:<model source>'."""
@@ -39,6 +43,24 @@ class ModelCache:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
             return model
+
+    def counter(self, key: str, progress: Callable[[str], None] | None = None) -> TokenCounter:
+        """A token counter for `key`'s model without loading its weights, so a chat turn is
+        checked before it is queued: the loaded model's own, else one from its tokenizer."""
+        model = self._items.get(key)  # a peek: get() may hold the lock for a whole model load
+        if model is not None:
+            return model.counter
+        kind, _, value = key.partition(":")
+        if kind not in ("run", "base"):
+            raise ValueError(f"Unknown model key {key!r}.")
+        source = get_run(value).config().model if kind == "run" else value
+        with self._counters_lock:
+            if source not in self._counters:
+                self._counters[source] = TokenCounter(load_tokenizer(source, progress))
+                while len(self._counters) > 2 * self.capacity:
+                    self._counters.popitem(last=False)
+            self._counters.move_to_end(source)
+            return self._counters[source]
 
     def drop(self, key: str) -> None:
         with self._lock:

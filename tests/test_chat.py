@@ -244,6 +244,9 @@ class _Models:
     def get(self, key, progress=None):
         return self.model
 
+    def counter(self, key, progress=None):
+        return getattr(self.model, "counter", None)  # FakeModel has none: characters are checked
+
 
 def _ctx(model=None, job=None):
     from ui.context import AppContext
@@ -333,7 +336,7 @@ def test_ui_model_load_error_becomes_short_gr_error():
 
     ctx = _ctx()
     ctx.models = FailingModels()
-    session = ChatSession()
+    session, *_ = chat_tab.begin_send(ctx, None, "hi", "base:x/y", False)
     stream = chat_tab.stream_reply(ctx, session, "hi", "base:x/y", "", 0.0, 1.0, 8, 0)
     with pytest.raises(gr.Error, match="not reachable"):
         list(stream)

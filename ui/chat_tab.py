@@ -17,7 +17,9 @@ import gradio as gr
 from gradio.context import Context
 
 from finetune_core import chat
+from finetune_core.chat_limits import TokenCounter, check_chat_request, clean_text
 from finetune_core.generation import GenSettings
+from finetune_core.limits import limits
 from finetune_core.models import ModelError
 from finetune_core.ownership import Visitor, can_view, visible_runs
 from finetune_core.retention import fresh_folder, gradio_cache_dir
@@ -190,10 +192,38 @@ def toggle_blind(state, blind: bool):
     return session, left, right, gr.Row(visible=session.pending is not None)
 
 
-def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool):
+def _counter(ctx: AppContext, key: str) -> TokenCounter | None:
+    """A token counter for the chosen model, or None when its tokenizer cannot be loaded
+    (the streaming step then counts with the loaded model, or reports the load error)."""
+    if not (key == BASE_PREFIX + ctx.settings.default_model or str(key).startswith(RUN_PREFIX)):
+        return None  # never load the tokenizer of a model the deployment does not offer
+    try:
+        return ctx.models.counter(key)
+    except USER_ERRORS:
+        return None
+
+
+def admit_turn(ctx: AppContext, session: chat.ChatSession, key: str, message: str, system,
+               max_new_tokens, request: gr.Request | None) -> str:
+    """Check a turn against the limits and take a generation slot for its visitor, before
+    the turn waits in the GPU queue. Returns the cleaned message; raises gr.Error."""
+    try:
+        # Characters first: a 1 MB message is refused without loading a tokenizer or tokenizing it.
+        message, system = check_chat_request(message, system, max_new_tokens)
+        check_chat_request(message, system, None, _counter(ctx, key))
+        session.tickets.append(ctx.chat_slots.acquire(visitor(request).key))
+    except ValueError as exc:  # LimitError included
+        raise gr.Error(str(exc)) from None
+    return message
+
+
+def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool, system: str | None = None,
+               max_new_tokens=None, request: gr.Request = None):
     """Fast first step of a send: check, show the user message, clear the box.
-    The message travels to the streaming step through a State."""
-    message = (message or "").strip()
+    The message travels to the streaming step through a State; the turn is admitted
+    here (limits, one generation slot of the visitor's) and never reaches the queue
+    when refused."""
+    message = clean_text(message).strip()  # a lone surrogate cannot be sent back to the page
     if not message:
         raise gr.Error("Type a message first.")
     if not key:
@@ -204,19 +234,52 @@ def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool):
     if busy:
         raise gr.Error(busy)
     session = _session(state)
-    chat.set_blind(session, blind)
+    message = admit_turn(ctx, session, key, message, system, max_new_tokens, request)
     chat.arm_cancel(session)  # armed at click time: Stop while queued still cancels this turn
+    chat.set_blind(session, blind)
     left, right = _panes_with(session, message)
     return session, "", message, left, right, gr.Row(visible=False)
 
 
 def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
                  temperature, top_p, max_new_tokens, seed):
-    """Streaming step (GPU queue): load the model if needed, then yield both panes per token."""
+    """Streaming step (GPU queue): load the model if needed, then yield both panes per token.
+    Runs only a turn begin_send admitted (a second call of this step alone runs nothing),
+    and gives the visitor's slot back however the turn ends: finished, failed, stopped,
+    or closed by the server when the page goes away."""
     session = _session(state)
-    session.system_prompt = system or ""
-    if not message:
+    ticket = session.tickets.pop(0) if session.tickets else None
+    if ticket is None or not ticket.claim() or not message:
+        if ticket is not None:
+            ticket.release()
         yield *chat.panes(session), _status(ctx, key), gr.Row(visible=False)
+        return
+    try:
+        yield from _reply(ctx, session, message, key, system, temperature, top_p, max_new_tokens, seed)
+    finally:
+        ticket.release()
+
+
+def _context_note(session: chat.ChatSession) -> str:
+    if not session.first_turn:
+        return ""
+    lim = limits()
+    return (f"The models no longer see turns 1–{session.first_turn}: the conversation is over this server's "
+            f"{lim.chat_context_tokens:,}-token limit per turn (setting {lim.setting('chat_context_tokens')}). "
+            "Clear starts afresh.")
+
+
+def _reply(ctx: AppContext, session: chat.ChatSession, message: str, key: str, system: str,
+           temperature, top_p, max_new_tokens, seed):
+    """The body of an admitted turn (see stream_reply)."""
+    try:  # the system prompt box is read again here: check it before anything is loaded
+        message, system = check_chat_request(message, system, max_new_tokens)
+    except ValueError as exc:
+        yield *chat.panes(session), _status(ctx, key), gr.skip()  # take down the unsent message
+        raise gr.Error(str(exc)) from None
+    session.system_prompt = system
+    if session.cancel.is_set():  # Stop was pressed while the turn waited in the queue
+        yield *chat.panes(session), _status(ctx, key, "Stopped before it started."), gr.skip()
         return
     busy = gpu_busy_message(ctx)  # the job may have started while this turn was queued
     if busy:
@@ -243,7 +306,7 @@ def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
         yield left, right, _status(ctx, key), gr.skip()
         raise gr.Error(failure)
     left, right = chat.panes(session)
-    yield left, right, _status(ctx, key), gr.Row(visible=session.pending is not None)
+    yield left, right, _status(ctx, key, _context_note(session)), gr.Row(visible=session.pending is not None)
 
 
 def stop_chat(state) -> None:
@@ -309,7 +372,8 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-            max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
+            cap = limits().max_new_tokens  # the server's limit (STUDIO_LIMIT_MAX_NEW_TOKENS)
+            max_new = gr.Slider(1, cap, value=min(128, cap), step=1, label="Max new tokens")
             seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
     with gr.Row(equal_height=True):
         left = gr.Chatbot(label="Base", height=420, elem_id="chat-left")
@@ -332,7 +396,7 @@ def build(ctx: AppContext) -> None:
 
     bound = functools.partial
     private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API
-    begin = dict(fn=bound(begin_send, ctx), inputs=[session_state, message, run_dd, blind],
+    begin = dict(fn=bound(begin_send, ctx), inputs=[session_state, message, run_dd, blind, system, max_new],
                  outputs=[session_state, message, message_state, left, right, vote_row])
     reply = dict(fn=bound(stream_reply, ctx),
                  inputs=[session_state, message_state, run_dd, system, temperature, top_p, max_new, seed],
