@@ -40,7 +40,10 @@ class StudioCallback(TrainerCallback):
         self._start_step = state.global_step
         self._last = (self._t0, state.num_input_tokens_seen or 0)
         if state.is_world_process_zero:
-            self.run.set_status(state="running", total_steps=state.max_steps, step=state.global_step, started=time.time())
+            fields = {"state": "running", "total_steps": state.max_steps, "step": state.global_step}
+            if not self.run.status().get("started"):  # a resume keeps the first start (see runner.start_fields)
+                fields["started"] = time.time()
+            self.run.set_status(**fields)
             self.emit({"event": "start", "step": state.global_step, "total_steps": state.max_steps})
 
     def _eta(self, step: int) -> float | None:

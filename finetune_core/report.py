@@ -107,13 +107,34 @@ def loss_points(run: Run) -> tuple[list[tuple[int, float]], list[tuple[int, floa
     return train, held
 
 
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def time_facts(status: dict) -> list[tuple[str, str]]:
+    """When the run first started, each resume, when it finished, and the time between:
+    a resumed run still reports its whole span, not only its last part."""
+    from .runs import FINAL_STATES
+
+    started = status.get("started")
+    resumes = [t for t in status.get("resumes") or [] if isinstance(t, (int, float)) and not isinstance(t, bool)]
+    done = status.get("state") in FINAL_STATES and status.get("finished")
+    facts = [("Started", _when(started))] if started else []
+    if resumes:
+        facts.append(("Resumed", ", ".join(_when(t) for t in resumes)))
+    if done:
+        facts.append(("Finished", _when(status["finished"])))
+    if started and done:
+        label = "Time from first start to finish (pauses included)" if resumes else "Training time"
+        facts.append((label, f"{status['finished'] - started:.0f} s"))
+    return facts
+
+
 def training_facts(run: Run) -> list[tuple[str, str]]:
     status = run.status()
     train, held = loss_points(run)
     facts = [("State", str(status.get("state", "?"))),
-             ("Steps", f"{status.get('step', 0)} / {status.get('total_steps', 0)}")]
-    if status.get("started") and status.get("finished"):
-        facts.append(("Training time", f"{status['finished'] - status['started']:.0f} s"))
+             ("Steps", f"{status.get('step', 0)} / {status.get('total_steps', 0)}"), *time_facts(status)]
     if train:
         facts.append(("Training loss", f"{train[0][1]:.4f} → {train[-1][1]:.4f}"))
     if held:

@@ -12,15 +12,18 @@ import errno
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 
 from .config import RunConfig
-from .runs import Run, create_run, mark_interrupted
+from .runs import Run, _pid_alive, create_run, mark_interrupted
 
 LOGGERS = ("transformers", "trl", "peft", "accelerate")
+DISK_FULL_TEXTS = ("no space left on device", "storagefull", "disk quota exceeded")
+log = logging.getLogger(__name__)
 
 
 class Busy(Exception):
@@ -59,6 +62,25 @@ class _RunLogHandler(logging.Handler):
             pass
 
 
+def disk_full_reason(exc: BaseException) -> str | None:
+    """"disk full: ..." when `exc` (or what caused it) is a write refused for lack of space
+    or quota; libraries that write in native code (safetensors) only say so in their text."""
+    from .train import disk_full_words
+
+    advice = ("free space, then resume the run (it continues from its last complete checkpoint; "
+              "the previous adapter is kept).")
+    seen, hops = exc, 0
+    while seen is not None and hops < 10:  # the cause chain, bounded against cycles
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            # a temporary name (.status.json.<pid>.tmp) is named by the file it was to become
+            name = re.sub(r"^\.(.+?)(\.\d+)?\.tmp$", r"\1", os.path.basename(str(seen.filename or "")))
+            return f"{disk_full_words(seen)}: could not write {name or 'a file'}; {advice}"
+        if any(t in str(seen).lower() for t in DISK_FULL_TEXTS):
+            return f"disk full: a file could not be saved; {advice}"
+        seen, hops = seen.__cause__ or seen.__context__, hops + 1
+    return None
+
+
 def failure_reason(exc: BaseException) -> str:
     """Readable reason (with advice) for the ways a run fails."""
     text = str(exc) or type(exc).__name__
@@ -66,14 +88,12 @@ def failure_reason(exc: BaseException) -> str:
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return ("Out of memory. Lower the batch size or max length, use LoRA instead of a full fine-tune, "
                 "or QLoRA on a GPU.")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "The disk is full; free space and resume the run. The previous adapter is kept."
     from .models import ModelError
     from .train import TrainingError
 
     if isinstance(exc, (TrainingError, ModelError)):
         return text
-    return f"{name}: {text.splitlines()[0][:300]}"
+    return disk_full_reason(exc) or f"{name}: {text.splitlines()[0][:300]}"
 
 
 def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = False,
@@ -95,20 +115,61 @@ def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = Fal
     handler = _RunLogHandler(run)
     for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
-    run.set_status(state="running", pid=os.getpid(), reason="", resumed=resume)
     try:
+        run.set_status(**start_fields(run, resume))
         result = execute(run, stop_event, _emit, resume=resume, extra_callbacks=extra_callbacks)
     except BaseException as exc:  # noqa: BLE001 - every failure must end in a status
         reason = failure_reason(exc)
-        run.log("FAILED: " + reason)
-        run.log(traceback.format_exc(limit=8))
+        log_quietly(run, "FAILED: " + reason)
+        log_quietly(run, traceback.format_exc(limit=8))
         result = {"state": "failed", "reason": reason}
     finally:
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)
-    status = run.set_status(**result, finished=time.time())
-    run.log(f"Run {status['state']}: {status.get('reason', '')}")
+    if result["state"] == "failed":
+        from .train import remove_partial_writes
+
+        remove_partial_writes(run)
+    status = finish(run, result)
+    log_quietly(run, f"Run {status['state']}: {status.get('reason', '')}")
     return status
+
+
+def start_fields(run: Run, resume: bool) -> dict:
+    """Status fields as a job starts. A resume keeps the first `started` time (the report
+    shows the whole run) and records when it resumed, in `resumed` and the `resumes` list."""
+    fields = {"state": "running", "pid": os.getpid(), "reason": ""}
+    if resume:
+        now = time.time()
+        fields.update(resumed=now, resumes=[*run.status().get("resumes", []), now])
+    return fields
+
+
+def log_quietly(run: Run, message: str) -> None:
+    """Log after a failure: with the disk full, writing the log may fail too, and that
+    must not keep the run from ending in a status."""
+    try:
+        run.log(message)
+    except OSError:
+        log.warning("run %s: could not write to log.txt: %s", run.id, message[:200])
+
+
+def finish(run: Run, result: dict) -> dict:
+    """Write the final status. When the write fails (disk full), remove the run's partial
+    and temporary files and try once more; when that fails too, the status is returned
+    marked "unsaved" and the training slot writes it once it can (`TrainingSlot.settle`)."""
+    from .train import remove_partial_writes
+
+    fields = {**result, "finished": time.time()}
+    try:
+        return run.set_status(**fields)
+    except OSError:
+        remove_partial_writes(run)
+    try:
+        return run.set_status(**fields)
+    except OSError as exc:
+        log.error("run %s: the final status could not be written (%s); kept in memory", run.id, exc)
+        return {**run.status(), **fields, "unsaved": True}
 
 
 @dataclass
@@ -129,12 +190,57 @@ class TrainingSlot:
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._final_lock = threading.Lock()  # one writer of a pending final status at a time
         self._job: Job | None = None
-        mark_interrupted()
+        try:
+            mark_interrupted()
+        except OSError as exc:  # a full disk must not keep the app from starting; settle() retries
+            log.error("could not mark interrupted runs: %s", exc)
 
     def active(self) -> Job | None:
+        """The running job, or None. A finished job whose final status could not be
+        written (disk full) gets it written here, as soon as the disk takes it."""
         job = self._job
-        return job if job is not None and job.alive() else None
+        if job is None:
+            return None
+        if job.alive():
+            return job
+        self._write_final(job)
+        return None
+
+    def _write_final(self, job: Job) -> dict | None:
+        with self._final_lock:
+            if job.final is None or not job.final.get("unsaved"):
+                return job.final
+            fields = {k: v for k, v in job.final.items() if k not in ("unsaved", "updated")}
+            try:
+                job.final = job.run.set_status(**fields)
+                log_quietly(job.run, f"Run {job.final['state']}: {job.final.get('reason', '')}")
+            except OSError:
+                pass  # still full: the next call tries again
+            return job.final
+
+    def settle(self, run: Run) -> dict:
+        """The run's status, made true before acting on it (resume): a run that says
+        "running" or "queued" while no job trains it (its thread ended and the disk
+        refused the final status, or its process is gone) gets its real final status,
+        or "interrupted"."""
+        job = self.active()
+        status = run.status()
+        if status.get("state") not in ("running", "queued") or (job is not None and job.run.path == run.path):
+            return status
+        mine = self._job if self._job is not None and self._job.run.path == run.path else None
+        if mine is not None and mine.final is not None:
+            mine.final = {**mine.final, "unsaved": True}  # the file disagrees with how the job ended
+            return self._write_final(mine)
+        pid = int(status.get("pid") or 0)
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            return status  # another live process (the CLI) trains it
+        fields = {"state": "interrupted", "reason": f"its training stopped at step {status.get('step', 0)}"}
+        try:
+            return run.set_status(**fields)
+        except OSError:
+            return {**status, **fields}
 
     def gpu_run(self) -> Run | None:
         """The running job's run when it trains on an accelerator (chat, evaluation and
@@ -185,8 +291,12 @@ class TrainingSlot:
                     pass  # the files on disk hold everything; the queue is only a live feed
 
             def work() -> None:
-                job.final = run_job(run, job.stop_event, emit, resume=resume_run is not None,
-                                    extra_callbacks=extra_callbacks)
+                try:
+                    job.final = run_job(run, job.stop_event, emit, resume=resume_run is not None,
+                                        extra_callbacks=extra_callbacks)
+                except BaseException as exc:  # noqa: BLE001 - run_job should not raise; if it does,
+                    # the slot still knows how the job ended and settle() writes it
+                    job.final = {"state": "failed", "reason": failure_reason(exc), "unsaved": True}
 
             job.thread = threading.Thread(target=work, name=f"train-{run.id}", daemon=True)
             self._job = job

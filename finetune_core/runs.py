@@ -45,9 +45,16 @@ def _slug(text: str) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temporary name, then rename: readers never see half a file. A failed
+    write (disk full...) removes its temporary file and leaves the old file as it was."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(data, indent=2, ensure_ascii=False))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass

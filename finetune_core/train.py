@@ -47,10 +47,11 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
     from .dataset import read_jsonl
 
     train_file, held_file = run.data_dir / "train.jsonl", run.data_dir / "heldout.jsonl"
-    if train_file.exists() and held_file.exists():  # resume: reuse the saved split
+    report_file = run.data_dir / "report.json"  # written last: without it the split is unfinished
+    if train_file.exists() and held_file.exists() and report_file.exists():  # resume: reuse the saved split
         import json
 
-        report = json.loads((run.data_dir / "report.json").read_text(encoding="utf-8"))
+        report = json.loads(report_file.read_text(encoding="utf-8"))
         return read_jsonl(train_file), read_jsonl(held_file), report
     from .dataset import prepare_data, split_rows, write_jsonl
 
@@ -76,7 +77,7 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
     summary["issues"] = summary.get("issues", [])[:200]
     from .runs import write_json_atomic
 
-    write_json_atomic(run.data_dir / "report.json", summary)
+    write_json_atomic(report_file, summary)
     return train, held, summary
 
 
@@ -168,7 +169,15 @@ def latest_checkpoint(run: Run) -> Path | None:
 
 def missing_files(path: Path, method: str) -> list[str]:
     weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
-    return [name for name in (*CHECKPOINT_FILES_COMMON, weights) if not (path / name).is_file()]
+    missing = [name for name in (*CHECKPOINT_FILES_COMMON, weights) if not (path / name).is_file()]
+    if "trainer_state.json" not in missing:  # the Trainer writes it last: cut short, the save was too
+        import json
+
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            missing.append("a readable trainer_state.json")
+    return missing
 
 
 def check_checkpoint(path: Path, method: str) -> None:
@@ -192,18 +201,56 @@ def resume_point(run: Run, method: str, emit: Emit) -> Path | None:
     return None
 
 
+def _step(path: Path) -> int:
+    return int(path.name.split("-")[-1])
+
+
+def drop_torn_checkpoints(run: Run, method: str, after_step: int = 0) -> list[str]:
+    """Remove the incomplete checkpoints past `after_step` (where this job started): a save
+    cut short by a full disk or an error. Older checkpoints are left as they were."""
+    torn = [p for p in checkpoints(run) if _step(p) > after_step and missing_files(p, method)]
+    for path in torn:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in torn]
+
+
+def remove_partial_writes(run: Run) -> list[str]:
+    """Clear what failed writes can leave in a run (after a failure, before the final
+    status): temporary files of atomic writes (``.status.json.<pid>.tmp``, the split's
+    ``.train.jsonl.*``) and the adapter being saved. An adapter swap cut between its two
+    renames gets the previous adapter back. Returns the names removed."""
+    removed = []
+    partial = run.path / ".adapter-tmp"
+    if partial.exists():
+        shutil.rmtree(partial, ignore_errors=True)
+        removed.append(partial.name)
+    old = run.path / ".adapter-old"
+    if old.exists() and not run.adapter_dir.exists():
+        old.rename(run.adapter_dir)
+    elif old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old.name)
+    temps = [*run.path.glob(".*.tmp"), *run.data_dir.glob(".*")]
+    for path in temps:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def save_final(trainer, tokenizer, run: Run) -> None:
     """Write the adapter to a temporary folder, then swap it in: a failed save
-    (disk full...) leaves the previous adapter untouched."""
+    (disk full...) removes the temporary folder and leaves the previous adapter untouched."""
     tmp = run.path / ".adapter-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise TrainingError("The disk is full: the adapter could not be saved; the previous adapter is kept.") from exc
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TrainingError(f"{disk_full_words(exc)}: the adapter could not be saved; the previous adapter "
+                                "is kept. Free space, then resume the run.") from exc
         raise
     old = run.path / ".adapter-old"
     shutil.rmtree(old, ignore_errors=True)
@@ -211,6 +258,11 @@ def save_final(trainer, tokenizer, run: Run) -> None:
         run.adapter_dir.rename(old)
     tmp.rename(run.adapter_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def disk_full_words(exc: OSError) -> str:
+    """How a failed write is named to the user: "disk full" (ENOSPC) or "disk quota exceeded"."""
+    return "disk quota exceeded" if exc.errno == errno.EDQUOT else "disk full"
 
 
 def is_main_process() -> bool:
@@ -271,7 +323,11 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     callback = StudioCallback(run, stop_event, emit)
     # injected hooks (tests, benchmarks) act before ours
     trainer, tokenizer = build_trainer(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except BaseException:
+        drop_torn_checkpoints(run, cfg.method, _step(resume_from) if resume_from else 0)
+        raise
     if callback.failure:
         raise TrainingError(callback.failure)
     step = trainer.state.global_step

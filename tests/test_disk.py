@@ -189,3 +189,194 @@ def test_vote_files_are_written_into_gradios_cache(scratch):
     path = Path(chat_tab.export_votes(session))
     assert path.is_file() and path.is_relative_to(gradio_cache_dir())
     assert path.parent.parent == gradio_cache_dir() and path.parent.name.startswith("studio-votes-")
+
+
+# -- a full disk while training --------------------------------------------------------------------
+def _no_space(path) -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+@pytest.fixture()
+def toy_data(tmp_path) -> Path:
+    from conftest import toy_rows
+    from finetune_core.dataset import write_jsonl
+
+    path = tmp_path / "toy.jsonl"
+    write_jsonl(path, [{"prompt": r["prompt"][0]["content"], "completion": r["completion"][0]["content"]}
+                       for r in toy_rows(48)])
+    return path
+
+
+def _cfg(model_dir, data, **kw):
+    from finetune_core.config import RunConfig
+
+    base = dict(model=str(model_dir), data_path=str(data), max_steps=3, batch_size=4, learning_rate=1e-3,
+                lora_r=4, lora_alpha=8, logging_steps=1, save_steps=1, precision="float32")
+    return RunConfig(**{**base, **kw})
+
+
+def _leftovers(run) -> list[str]:
+    """Temporary files, half-written adapters and incomplete checkpoints left in a run."""
+    from finetune_core.train import checkpoints, missing_files
+
+    hidden = [str(p.relative_to(run.path)) for p in run.path.rglob(".*")]
+    torn = [p.name for p in checkpoints(run) if missing_files(p, "lora")]
+    return hidden + torn
+
+
+class _AtStep:
+    """A Trainer callback calling `action()` once, at the end of step `step` (before ours)."""
+
+    def __new__(cls, step, action):
+        from transformers import TrainerCallback
+
+        class AtStep(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    action()
+
+        return AtStep()
+
+
+def test_disk_full_in_a_checkpoint_fails_cleanly_and_resume_keeps_the_start_time(
+        tiny_model_dir, toy_data, scratch, monkeypatch):
+    from transformers import Trainer
+
+    from finetune_core.report import gather
+    from finetune_core.runner import TrainingSlot
+    from finetune_core.train import checkpoints
+    from ui.context import AppContext
+    from ui.train_tab import resume_training
+
+    original = Trainer._save_optimizer_and_scheduler
+
+    def fills_the_disk(self, output_dir):
+        if self.state.global_step == 2:
+            (Path(output_dir) / "optimizer.pt").write_bytes(b"half")  # what a cut-short write leaves
+            raise _no_space(Path(output_dir) / "optimizer.pt")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", fills_the_disk)
+    ctx = AppContext(slot=TrainingSlot())
+    run = ctx.slot.start(_cfg(tiny_model_dir, toy_data))
+    final = ctx.slot.wait(300)
+    assert final["state"] == "failed" and final["reason"].startswith("disk full: could not write optimizer.pt;"), final
+    assert run.status()["state"] == "failed" and ctx.slot.active() is None
+    assert [p.name for p in checkpoints(run)] == ["checkpoint-1"] and _leftovers(run) == []
+    first_start = run.status()["started"]
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", original)  # space freed
+    time.sleep(1.1)  # a resume time that differs from the start
+    assert resume_training(ctx, run.id) == run.id
+    final = ctx.slot.wait(300)
+    assert final["state"] == "completed" and final["step"] == 3, final
+    assert "Resuming from checkpoint-1" in run.log_tail(80)
+    status = run.status()
+    assert status["started"] == first_start  # the report covers the whole run, not its resumed part
+    assert len(status["resumes"]) == 1 and status["resumed"] == status["resumes"][0] > first_start
+    facts = dict(gather(run, with_curve=False).training)
+    assert facts["Started"] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first_start))
+    assert facts["Resumed"] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["resumed"]))
+    assert "Time from first start to finish (pauses included)" in facts and _leftovers(run) == []
+
+
+def test_disk_full_for_the_status_too_frees_the_slot_and_resume_works_once_space_is_back(
+        tiny_model_dir, toy_data, scratch, monkeypatch):
+    """Even the final status cannot be written: the slot still ends the job, keeps its final
+    status and writes it when the disk takes it; resume does not refuse the run."""
+    import builtins
+
+    from finetune_core import runs as runs_module
+    from finetune_core.runner import TrainingSlot
+    from ui.context import AppContext
+    from ui.train_tab import resume_training
+
+    full = threading.Event()
+
+    def run_dir_open(path, mode="r", *args, **kwargs):
+        handle = builtins.open(path, mode, *args, **kwargs)
+        if full.is_set() and any(c in mode for c in "wax"):
+            handle.close()  # created, then refused: like a write on a full disk
+            raise _no_space(path)
+        return handle
+
+    monkeypatch.setattr(runs_module, "open", run_dir_open, raising=False)  # every status/metrics/log write
+    ctx = AppContext(slot=TrainingSlot())
+    run = ctx.slot.start(_cfg(tiny_model_dir, toy_data, save_steps=0), extra_callbacks=[_AtStep(2, full.set)])
+    final = ctx.slot.wait(300)
+    assert final["state"] == "failed" and final["reason"].startswith("disk full: could not write status.json;"), final
+    assert final["unsaved"] and ctx.slot.active() is None  # the slot is free for the next job
+    assert run.status()["state"] == "running"  # the file could not be changed...
+    assert _leftovers(run) == []  # ...but no temporary file is left behind
+
+    full.clear()  # space freed
+    settled = ctx.slot.settle(run)
+    assert settled["state"] == "failed" and run.status()["reason"] == final["reason"]
+    assert resume_training(ctx, run.id) == run.id
+    final = ctx.slot.wait(300)
+    assert final["state"] == "completed" and final["step"] == 3, final
+
+
+def test_a_run_left_running_by_a_dead_thread_can_be_resumed(tiny_model_dir, toy_data, scratch):
+    from finetune_core.runner import TrainingSlot
+    from finetune_core.runs import create_run
+
+    slot = TrainingSlot()
+    run = create_run(_cfg(tiny_model_dir, toy_data))
+    run.set_status(state="running", step=1, pid=os.getpid())  # its thread is gone; the process is not
+    assert slot.settle(run)["state"] == "interrupted" and run.status()["state"] == "interrupted"
+
+
+def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
+    import builtins
+
+    from finetune_core import runs as runs_module
+    from finetune_core.runs import write_json_atomic
+
+    target = tmp_path / "status.json"
+    write_json_atomic(target, {"state": "running"})
+
+    def full_open(path, mode="r", *args, **kwargs):
+        handle = builtins.open(path, mode, *args, **kwargs)
+        if "w" in mode:
+            handle.close()
+            raise _no_space(path)
+        return handle
+
+    monkeypatch.setattr(runs_module, "open", full_open, raising=False)
+    with pytest.raises(OSError):
+        write_json_atomic(target, {"state": "failed"})
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+    assert "running" in target.read_text()
+
+
+def test_disk_full_reasons():
+    from finetune_core.runner import failure_reason
+
+    assert failure_reason(_no_space("/x/runs/r/.status.json.77.tmp")).startswith("disk full: could not write status.json; free space")
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/x/adapter_model.safetensors")
+    assert failure_reason(quota).startswith("disk quota exceeded: could not write adapter_model.safetensors;")
+    native = RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                          'message: "No space left on device" })')
+    assert failure_reason(native).startswith("disk full: a file could not be saved;")
+    try:
+        try:
+            raise _no_space("/x/optimizer.pt")
+        except OSError as exc:
+            raise RuntimeError("saving failed") from exc
+    except RuntimeError as wrapped:
+        assert failure_reason(wrapped).startswith("disk full: could not write optimizer.pt;")
+    assert failure_reason(PermissionError(errno.EACCES, "Permission denied")).startswith("PermissionError")
+
+
+def test_report_shows_first_start_and_resumes():
+    from finetune_core.report import time_facts
+
+    t0 = 1_700_000_000.0
+    status = {"state": "completed", "started": t0, "resumes": [t0 + 600, t0 + 1200], "finished": t0 + 1500}
+    facts = dict(time_facts(status))
+    when = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))  # noqa: E731
+    assert facts == {"Started": when(t0), "Resumed": f"{when(t0 + 600)}, {when(t0 + 1200)}",
+                     "Finished": when(t0 + 1500), "Time from first start to finish (pauses included)": "1500 s"}
+    assert dict(time_facts({"state": "completed", "started": t0, "finished": t0 + 42}))["Training time"] == "42 s"
+    assert "Finished" not in dict(time_facts({**status, "state": "running"}))  # a stale finish is not shown
