@@ -118,10 +118,11 @@ def check_chat_request(message, system, max_new_tokens, counter: TokenCounter | 
 # -- generations per visitor ------------------------------------------------------------
 @dataclass(eq=False)
 class Ticket:
-    """One admitted turn of one visitor: issued when the turn is sent, claimed when it
-    starts generating, released when it ends (or is stopped before it starts)."""
+    """One admitted turn: issued when the turn is sent, claimed when it starts
+    generating, released when it ends (or is stopped before it starts). It counts
+    against each of its keys (e.g. the visitor and the page session)."""
 
-    key: str
+    keys: tuple[str, ...]
     slots: "GenerationSlots" = field(repr=False)
     issued: float = field(default_factory=time.monotonic)
     claimed: bool = False
@@ -137,8 +138,8 @@ class Ticket:
 
 
 class GenerationSlots:
-    """The generations each visitor has queued or running, at most `chats_per_user`.
-    Keyed by the visitor's key (a user name or an anonymous browser key), so other
+    """The generations each visitor has queued or running, at most `chats_per_user` per key.
+    Keyed by who asks (a user name, an anonymous browser key, a page session), so other
     visitors are never affected by one visitor's turns."""
 
     def __init__(self, unclaimed_ttl: float = UNCLAIMED_TTL_S):
@@ -146,17 +147,21 @@ class GenerationSlots:
         self._lock = threading.Lock()
         self._held: dict[str, list[Ticket]] = {}
 
-    def acquire(self, key: str) -> Ticket:
-        """A ticket for one more turn of `key`; LimitError when it already has its share."""
+    def acquire(self, *keys: str) -> Ticket:
+        """A ticket for one more turn, counted against every key; LimitError when any
+        key already has its share."""
         lim = limits()
+        keys = tuple(dict.fromkeys(k for k in keys if k))
         with self._lock:
-            held = self._live(key)
-            if len(held) >= lim.chats_per_user:
-                raise LimitError(f"You already have {len(held)} chat answer(s) running or waiting; this server "
-                                 f"allows {lim.chats_per_user:,} at a time (setting {lim.setting('chats_per_user')}). "
-                                 "Wait for it to finish or press Stop.")
-            ticket = Ticket(key, self)
-            self._held[key] = held + [ticket]
+            for key in keys:
+                held = self._live(key)
+                if len(held) >= lim.chats_per_user:
+                    raise LimitError(f"You already have {len(held)} chat answer(s) running or waiting; this server "
+                                     f"allows {lim.chats_per_user:,} at a time "
+                                     f"(setting {lim.setting('chats_per_user')}). Wait for it to finish or press Stop.")
+            ticket = Ticket(keys, self)
+            for key in keys:
+                self._held[key] = self._live(key) + [ticket]
             return ticket
 
     def held(self, key: str) -> int:
@@ -179,19 +184,21 @@ class GenerationSlots:
                 return False
             ticket.claimed = True
             # A turn that waited past the TTL was admitted all the same: it counts again while it runs.
-            held = self._held.setdefault(ticket.key, [])
-            if ticket not in held:
-                held.append(ticket)
+            for key in ticket.keys:
+                held = self._held.setdefault(key, [])
+                if ticket not in held:
+                    held.append(ticket)
             return True
 
     def _release(self, ticket: Ticket) -> None:
         with self._lock:
             ticket.released = True
-            held = [t for t in self._held.get(ticket.key, []) if t is not ticket]
-            if held:
-                self._held[ticket.key] = held
-            else:
-                self._held.pop(ticket.key, None)
+            for key in ticket.keys:
+                held = [t for t in self._held.get(key, []) if t is not ticket]
+                if held:
+                    self._held[key] = held
+                else:
+                    self._held.pop(key, None)
 
 
 __all__ = ["CHARS_PER_TOKEN", "GenerationSlots", "Ticket", "TokenCounter", "check_chat_request",

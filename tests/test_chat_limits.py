@@ -200,6 +200,20 @@ def test_one_generation_per_visitor_others_unaffected():
     assert len(ctx.models.model.calls) == calls
 
 
+def test_a_client_dropping_its_visitor_cookie_is_still_one_page_session():
+    import secrets
+
+    ctx = make_ctx()
+
+    def anonymous(cookie: str):
+        return SimpleNamespace(username=None, cookies={"studio_visitor": cookie}, session_hash="one-page")
+
+    session, *_ = chat_tab.begin_send(ctx, None, "hi", "base:tiny", False, request=anonymous(secrets.token_hex(16)))
+    with pytest.raises(gr.Error, match="already have 1"):  # a fresh cookie, the same page session
+        chat_tab.begin_send(ctx, session, "again", "base:tiny", False, request=anonymous(secrets.token_hex(16)))
+    assert len(session.tickets) == 1
+
+
 def test_slot_is_released_on_stop_disconnect_and_failure():
     ctx = make_ctx(StreamingModel(steps=50))
     # Stop while the turn waits in the queue: the slot is free at once, the turn never runs.

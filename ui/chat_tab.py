@@ -10,6 +10,7 @@ below are plain functions (tests call them directly), wired in `build`.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from pathlib import Path
 
@@ -211,7 +212,10 @@ def admit_turn(ctx: AppContext, session: chat.ChatSession, key: str, message: st
         # Characters first: a 1 MB message is refused without loading a tokenizer or tokenizing it.
         message, system = check_chat_request(message, system, max_new_tokens)
         check_chat_request(message, system, None, _counter(ctx, key))
-        session.tickets.append(ctx.chat_slots.acquire(visitor(request).key))
+        # Counted per visitor and per page session: a client that drops the visitor cookie
+        # gets a new visitor key on each request, but keeps its session.
+        page = f"session:{request.session_hash}" if getattr(request, "session_hash", None) else ""
+        session.tickets.append(ctx.chat_slots.acquire(visitor(request).key, page))
     except ValueError as exc:  # LimitError included
         raise gr.Error(str(exc)) from None
     return message
@@ -353,6 +357,25 @@ def pick_example(sample) -> str:
 
 
 # -- layout and wiring ----------------------------------------------------------
+def with_ctx(fn, ctx: AppContext):
+    """`fn` with the app context bound as its first argument, keeping what Gradio reads
+    from a handler: the other parameters (API names and defaults), the annotations (a
+    `request: gr.Request` parameter is filled only when Gradio sees its annotation, and
+    it cannot see through functools.partial: the handler got None, i.e. no visitor) and
+    whether it is a generator (a streaming event)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            yield from fn(ctx, *args, **kwargs)
+    else:
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            return fn(ctx, *args, **kwargs)
+    signature = inspect.signature(fn)
+    handler.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return handler
+
+
 def build(ctx: AppContext) -> None:
     """Build the Chat tab inside the caller's `gr.Tab`."""
     choices = run_choices(ctx.settings.default_model)
@@ -396,9 +419,9 @@ def build(ctx: AppContext) -> None:
 
     bound = functools.partial
     private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API
-    begin = dict(fn=bound(begin_send, ctx), inputs=[session_state, message, run_dd, blind, system, max_new],
+    begin = dict(fn=with_ctx(begin_send, ctx), inputs=[session_state, message, run_dd, blind, system, max_new],
                  outputs=[session_state, message, message_state, left, right, vote_row])
-    reply = dict(fn=bound(stream_reply, ctx),
+    reply = dict(fn=with_ctx(stream_reply, ctx),
                  inputs=[session_state, message_state, run_dd, system, temperature, top_p, max_new, seed],
                  outputs=[left, right, status, vote_row], concurrency_id=GPU_QUEUE, concurrency_limit=1,
                  show_progress="minimal")
@@ -408,15 +431,15 @@ def build(ctx: AppContext) -> None:
     stop.click(stop_chat, [session_state], None, concurrency_limit=None, api_name="chat_stop")
     clear_btn.click(clear_chat, [session_state], [session_state, left, right, vote_row], api_name="chat_clear")
     blind.change(toggle_blind, [session_state, blind], [session_state, left, right, vote_row], **private)
-    run_dd.change(bound(change_model, ctx), [session_state, run_dd],
+    run_dd.change(with_ctx(change_model, ctx), [session_state, run_dd],
                   [session_state, left, right, examples, vote_row, status], **private)
     run_state = ctx.run_state if ctx.run_state is not None else gr.State("")
-    refresh.click(bound(refresh_runs, ctx), [run_dd, run_state], [run_dd], **private)
+    refresh.click(with_ctx(refresh_runs, ctx), [run_dd, run_state], [run_dd], **private)
     if ctx.run_state is not None:
-        ctx.run_state.change(bound(follow_shared_run, ctx), [ctx.run_state, run_dd], [run_dd], **private)
+        ctx.run_state.change(with_ctx(follow_shared_run, ctx), [ctx.run_state, run_dd], [run_dd], **private)
     root = Context.root_block  # the Blocks being built: refresh the run list on each page load
     if root is not None:
-        root.load(bound(on_load, ctx), [run_state, run_dd], [run_dd, examples, status], **private)
+        root.load(with_ctx(on_load, ctx), [run_state, run_dd], [run_dd, examples, status], **private)
     for choice, button in vote_buttons.items():
         button.click(bound(cast_vote, choice=choice), [session_state],
                      [session_state, tally_md, vote_row, status], api_name=f"chat_vote_{choice}")
