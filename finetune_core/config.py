@@ -2,17 +2,25 @@
 
 The UI builds its widgets from the field metadata (help text, bounds, choices),
 the CLI parses ``--set key=value`` into it, and every run saves it as
-``run.yaml``. Presets are plain dictionaries of overrides.
+``run.yaml``. Presets are plain dictionaries of overrides. Every config YAML
+(a run's run.yaml, an uploaded one, ``--config``) is read by `read_config_yaml`:
+size-limited and without YAML anchors/aliases (an alias bomb expands a few
+hundred bytes into gigabytes).
 
     python -m finetune_core train --config run.yaml --set learning_rate=1e-4
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from finetune_core.data_formats import check_template
+from finetune_core.limits import LimitError, limits
 
 
 def _f(default, help: str, group: str, lo=None, hi=None, choices=None, step=None):
@@ -35,6 +43,53 @@ DATA_FORMATS = ("auto", "prompt_completion", "messages", "sharegpt", "alpaca", "
 
 class ConfigError(ValueError):
     """A config value is out of bounds or unknown; the message names the field."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases.
+
+    A config never needs them, and nested aliases are how a few hundred bytes
+    expand into gigabytes once the values are copied into strings. The pure
+    Python loader is used (not CSafeLoader) because composition is where an
+    alias can be caught before it is resolved; config files are small.
+    """
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name, <<) "
+                              "are not allowed in a config file; write the values out.")
+        return super().compose_node(parent, index)
+
+
+def read_config_yaml(path: str | os.PathLike, what: str = "run.yaml") -> dict[str, Any]:
+    """The mapping in a config YAML file, read safely; ConfigError names the problem.
+
+    The size is checked before parsing (``limits().run_yaml_bytes``) and the
+    message never holds the server path (``what`` names the file instead).
+    OSError (a missing file) is left to the caller.
+    """
+    lim = limits()
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = fh.read(lim.run_yaml_bytes + 1)
+    try:
+        lim.check("run_yaml_bytes", max(size, len(data)), f"the size of the {what} in bytes")
+        text = data.decode("utf-8")
+        loaded = yaml.load(text, Loader=_NoAliasLoader)
+    except LimitError as exc:
+        raise ConfigError(str(exc)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the {what} is not UTF-8 text.") from None
+    except RecursionError:
+        raise ConfigError(f"the {what} is nested too deeply to be a config file.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the {what} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"the {what} must be a mapping of config fields.")
+    return loaded
 
 
 @dataclass
@@ -93,10 +148,18 @@ class RunConfig:
             meta = f.metadata
             if "choices" in meta and value not in meta["choices"]:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, meta['choices']))}.")
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN passes every < and > test below, and inf has no use: refuse both by name.
+                raise ConfigError(f"{f.name}: {value} is not a finite number.")
             if "min" in meta and value < meta["min"]:
                 raise ConfigError(f"{f.name}: {value} is below the minimum {meta['min']}.")
             if "max" in meta and value > meta["max"]:
                 raise ConfigError(f"{f.name}: {value} is above the maximum {meta['max']}.")
+        for name in ("prompt_template", "completion_template", "system_prompt"):
+            try:
+                check_template(name, getattr(self, name), placeholders=name != "system_prompt")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         return self
 
     # -- (de)serialisation --------------------------------------------------
@@ -123,9 +186,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of config fields.")
+        data = read_config_yaml(path)
         # run.yaml also records facts about the run (resolved device...): ignore those.
         return cls.from_dict(data, strict=False)
 
@@ -163,8 +224,8 @@ def coerce(f, value):
         if kind == "float":
             return float(value)
         return "" if value is None else str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{f.name}: {value!r} is not a valid {kind}.") from exc
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(float("inf"))
+        raise ConfigError(f"{f.name}: {str(value)[:80]!r} is not a valid {kind}.") from exc
 
 
 def field_info() -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from finetune_core.data_checks import RowProblem, check_conversation, require_text
+from finetune_core.limits import limits
 
 FORMATS = ("prompt_completion", "messages", "sharegpt", "alpaca", "text", "columns", "classification")
 CONVERSATION_COLUMNS = ("messages", "conversations", "conversation", "chat")
@@ -44,6 +45,7 @@ SHAREGPT_ROLES = {
 TOOL_RESULT_PREFIX = "Tool result:\n"
 CLASSIFICATION_TEMPLATE = "Classify the text into one of: {labels}.\n\nText: {%s}\nAnswer with the label only."
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -64,6 +66,23 @@ class FormatSpec:
 def template_fields(template: str) -> list[str]:
     """Placeholder names in a ``{column}`` template (``{{``/``}}`` are literal braces)."""
     return [m.group(1) for m in _FIELD.finditer(template) if m.group(1) is not None]
+
+
+def check_template(name: str, text: str, placeholders: bool = True) -> None:
+    """Refuse a mapping template (or system prompt) that would make every row huge.
+
+    Checked once when the mapping is set, before any row is rendered: each row
+    costs about (characters + placeholders x cell size), so a template repeating
+    ``{text}`` ten thousand times multiplies the file. ``name`` is the field
+    named in the message (LimitError, or ValueError for a broken character).
+    """
+    lim = limits()
+    lim.check("template_chars", len(text), f"the length of {name} in characters")
+    if placeholders:
+        lim.check("template_placeholders", len(template_fields(text)), f"the number of {{column}} placeholders in {name}")
+    if not text.isascii() and _SURROGATE.search(text):
+        # Tokenizers and the browser cannot encode a lone surrogate: refuse it here, named.
+        raise ValueError(f"{name} holds a broken character (a lone UTF-16 surrogate); retype that text.")
 
 
 def render_template(template: str, record: dict, extra: dict | None = None) -> str:

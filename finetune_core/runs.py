@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import RunConfig, read_config_yaml
 
 STATES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
 FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
@@ -91,9 +91,8 @@ class Run:
         return RunConfig.load(self.path / "run.yaml")
 
     def run_yaml(self) -> dict:
-        import yaml
-
-        return yaml.safe_load((self.path / "run.yaml").read_text(encoding="utf-8")) or {}
+        """run.yaml as a dict (config fields + resolved facts), read by the size- and alias-safe loader."""
+        return read_config_yaml(self.path / "run.yaml")
 
     def status(self) -> dict:
         try:
@@ -141,7 +140,7 @@ class Run:
         cfg = {}
         try:
             cfg = self.run_yaml()
-        except OSError:
+        except (OSError, ValueError):  # a damaged run.yaml must not break the runs list
             pass
         return {
             "id": self.id, "state": st.get("state"), "step": st.get("step", 0),

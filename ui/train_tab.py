@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from finetune_core.cli import command_line
-from finetune_core.config import PRESETS, ConfigError, RunConfig
+from finetune_core.config import PRESETS, ConfigError, RunConfig, read_config_yaml
 from finetune_core.models import BUNDLED, ModelError, check_model_size, resolve_model_source, training_policy
 from finetune_core.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
 from finetune_core.runner import Busy
@@ -219,15 +219,13 @@ def cli_text(cfg: RunConfig) -> str:
 
 
 def config_from_yaml_file(path: str) -> RunConfig:
+    """An uploaded run.yaml as a RunConfig (size-limited, no YAML aliases); gr.Error says what is wrong."""
     try:
-        data = yaml.safe_load(open(path, encoding="utf-8").read()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError("run.yaml must be a mapping of config fields.")
-        return RunConfig.from_dict(data, strict=False)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise gr.Error(f"Could not read that run.yaml: {exc}") from exc
+        return RunConfig.from_dict(read_config_yaml(path), strict=False)
+    except OSError as exc:
+        raise gr.Error("Could not read that run.yaml; try the upload again.") from exc
     except ConfigError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise gr.Error(f"Could not use that run.yaml: {exc}") from exc
 
 
 # -- layout and wiring ---------------------------------------------------------

@@ -55,9 +55,16 @@ def build_config_widgets(groups: tuple[str, ...], cfg: RunConfig | None = None) 
 
 
 def config_from_values(values: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
-    """RunConfig from widget values (by field name) on top of `base` (e.g. the data state)."""
+    """RunConfig from widget values (by field name) on top of `base` (e.g. the data state).
+
+    Validated (bounds, NaN/inf, template limits); a bad value is a gr.Error naming the
+    field, so every Train tab event (train, preset, CLI text) shows the reason.
+    """
     merged = {**(base or {}), **{k: v for k, v in values.items() if v is not None}}
-    return RunConfig.from_dict(merged, strict=False)
+    try:
+        return RunConfig.from_dict(merged, strict=False)
+    except ConfigError as exc:
+        raise gr.Error(str(exc)) from exc
 
 
 def named_values(widgets: dict[str, Any], raw: dict) -> dict[str, Any]:
