@@ -22,6 +22,7 @@ FULL = {
     "chat": ["bench_chat.py", "--bundled"],
     "startup": ["bench_startup.py"],
     "load": ["load_chat.py", "--clients", "20"],
+    "public_load": ["bench_public_load.py", "--visitors", "20"],
 }
 QUICK = {
     "train": ["bench_train.py", "--tiny", "--steps", "1", "--warmup", "1", "--rounds", "1", "--rows", "32"],
@@ -30,6 +31,7 @@ QUICK = {
     "chat": ["bench_chat.py", "--tiny"],
     "startup": ["bench_startup.py", "--skip-app", "--repeats", "1"],
     "load": ["load_chat.py", "--tiny", "--clients", "3"],
+    "public_load": ["bench_public_load.py", "--tiny", "--visitors", "3", "--abuse-rounds", "1"],
 }
 
 

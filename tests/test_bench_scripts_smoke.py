@@ -56,6 +56,20 @@ def test_load_chat_tiny():
     assert result["rss_mb"]["peak"] > 0
 
 
+@pytest.mark.slow
+def test_bench_public_load_tiny():
+    result = _run(["bench/bench_public_load.py", "--tiny", "--visitors", "2", "--abuse-rounds", "1",
+                   "--time-cap-s", "240"], timeout=400)
+    for case in ("quiet", "stressed"):
+        assert result[case]["answered"] == 2 and result[case]["errors"] == []
+        assert result[case]["ttft_s"]["p95"] > 0
+    abuse = result["stressed"]["abusive_visitor"]
+    assert all(a["tries"] == a["refused"] == 1 for a in abuse.values()), abuse
+    assert "STUDIO_LIMIT_CHAT_MESSAGE_TOKENS" in abuse["message_1mb"]["message"]
+    assert result["rss_gb"]["peak"] > 0 and result["timed_out"] is False
+    assert result["training"]["step_at_start"] >= 1
+
+
 def test_bench_attention_tiny():
     result = _run(["bench/bench_attention.py", "--lengths", "16,40", "--repeats", "2"])
     rows = result["results"]
