@@ -16,7 +16,6 @@ STUDIO_EXPORTS_DIR (the only folder files are served from). The README's
 """
 from __future__ import annotations
 
-import functools
 import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,7 +86,7 @@ def refresh_pickers_on_select(ctx: AppContext, evaluate: gr.Tab, chat: gr.Tab) -
         return eval_tab.runs_dropdown(shared, current, visitor(request))
 
     evaluate.select(eval_runs, [ctx.run_state, ctx.components["eval_run"]], ctx.components["eval_run"], **private)
-    chat.select(functools.partial(chat_tab.follow_shared_run, ctx), [ctx.run_state, ctx.components["chat_run"]],
+    chat.select(chat_tab.with_ctx(chat_tab.follow_shared_run, ctx), [ctx.run_state, ctx.components["chat_run"]],
                 ctx.components["chat_run"], **private)
 
 

@@ -124,6 +124,7 @@ class Ticket:
 
     keys: tuple[str, ...]
     slots: "GenerationSlots" = field(repr=False)
+    model: str = ""  # the model the turn was admitted for: the streaming step may use no other
     issued: float = field(default_factory=time.monotonic)
     claimed: bool = False
     released: bool = False

@@ -254,14 +254,15 @@ def _ctx(model=None, job=None):
     return AppContext(slot=_Slot(job), models=_Models(model or FakeModel()))
 
 
-def test_ui_send_stream_vote_export_flow():
+def test_ui_send_stream_vote_export_flow(trained_run, monkeypatch):
     gr = pytest.importorskip("gradio")
     from ui import chat_tab
 
-    ctx = _ctx()
-    session, box, msg, left, right, _ = chat_tab.begin_send(ctx, None, " hello ", "run:x", True)
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(trained_run.path.parent))
+    ctx, key = _ctx(), f"run:{trained_run.id}"
+    session, box, msg, left, right, _ = chat_tab.begin_send(ctx, None, " hello ", key, True)
     assert box == "" and msg == "hello" and left[-1]["content"] == "hello"
-    outs = list(chat_tab.stream_reply(ctx, session, msg, "run:x", "", 0.0, 1.0, 8, 0))
+    outs = list(chat_tab.stream_reply(ctx, session, msg, key, "", 0.0, 1.0, 8, 0))
     final_left, final_right, _, vote_row = outs[-1]
     assert {final_left[-1]["content"], final_right[-1]["content"]} == {"base-1", "tuned-1"}
     assert vote_row.visible is True
@@ -272,7 +273,7 @@ def test_ui_send_stream_vote_export_flow():
     row = json.loads(open(path).read())
     assert row["chosen"][0]["content"] == "tuned-1"
     with pytest.raises(gr.Error):
-        chat_tab.begin_send(ctx, session, "   ", "run:x", False)
+        chat_tab.begin_send(ctx, session, "   ", key, False)
     with pytest.raises(gr.Error, match="Blind"):
         chat_tab.begin_send(ctx, session, "hi", "base:bundled", True)
 
@@ -291,12 +292,14 @@ def test_ui_stop_and_clear():
     assert (left.label, right.label) == ("A", "B")
 
 
-def test_ui_gpu_busy_blocks_chat_but_cpu_training_does_not(trained_run):
+def test_ui_gpu_busy_blocks_chat_but_cpu_training_does_not(trained_run, monkeypatch):
     gr = pytest.importorskip("gradio")
     from types import SimpleNamespace
 
     from ui import chat_tab
 
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(trained_run.path.parent))
+    key = f"run:{trained_run.id}"
     class GpuRun:
         id = "20260101-000000-x-abcdef"
 
@@ -306,10 +309,10 @@ def test_ui_gpu_busy_blocks_chat_but_cpu_training_does_not(trained_run):
     busy = _ctx(job=SimpleNamespace(run=GpuRun()))
     assert "GPU" in chat_tab.gpu_busy_message(busy)
     with pytest.raises(gr.Error, match="GPU"):
-        chat_tab.begin_send(busy, None, "hi", "run:x", False)
+        chat_tab.begin_send(busy, None, "hi", key, False)
     cpu_job = SimpleNamespace(run=trained_run)  # its run.yaml resolves to cpu
     assert chat_tab.gpu_busy_message(_ctx(job=cpu_job)) == ""
-    assert chat_tab.begin_send(_ctx(job=cpu_job), None, "hi", "run:x", False)[2] == "hi"
+    assert chat_tab.begin_send(_ctx(job=cpu_job), None, "hi", key, False)[2] == "hi"
 
 
 def test_ui_run_choices_and_examples(trained_run, monkeypatch):
@@ -334,8 +337,12 @@ def test_ui_model_load_error_becomes_short_gr_error():
         def get(self, key, progress=None):
             raise ModelError("Could not load 'x/y': the Hub is not reachable (offline).")
 
+        def counter(self, key, progress=None):
+            return None  # no tokenizer either: characters are checked, the load error comes at streaming
+
     ctx = _ctx()
     ctx.models = FailingModels()
+    ctx.settings.default_model = "x/y"
     session, *_ = chat_tab.begin_send(ctx, None, "hi", "base:x/y", False)
     stream = chat_tab.stream_reply(ctx, session, "hi", "base:x/y", "", 0.0, 1.0, 8, 0)
     with pytest.raises(gr.Error, match="not reachable"):

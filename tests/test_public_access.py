@@ -303,3 +303,18 @@ def test_runs_are_deleted_only_by_their_owner_and_never_while_training(env):
     env.mp.setattr(env.ctx.slot, "active", lambda: None)
     assert train_tab.delete_run(env.ctx, env.user_run, Visitor(user="alice")) == env.user_run
     assert sorted(p.name for p in env.root.iterdir()) == [env.anon_run]  # nothing half-deleted left
+
+
+def test_chat_stream_step_uses_only_the_model_its_turn_was_admitted_for(env):
+    """Calling the streaming step directly with another visitor's run sends nothing."""
+    from ui import chat_tab
+
+    env.mp.setenv("STUDIO_REQUIRE_LOGIN", "1")
+    loads = []
+    env.mp.setattr(env.ctx.models, "get", lambda key, progress=None: loads.append(key))
+    base = "base:" + env.ctx.settings.default_model
+    with pytest.raises(gr.Error, match="does not exist"):
+        chat_tab.begin_send(env.ctx, None, "hi", "run:" + env.user_run, False, request=as_user("bob"))
+    session = chat_tab.begin_send(env.ctx, None, "hi", base, False, request=as_user("bob"))[0]
+    list(chat_tab.stream_reply(env.ctx, session, "hi", "run:" + env.user_run, "", 0.0, 1.0, 8, 0))
+    assert loads == [] and session.base_history == []

@@ -215,7 +215,9 @@ def admit_turn(ctx: AppContext, session: chat.ChatSession, key: str, message: st
         # Counted per visitor and per page session: a client that drops the visitor cookie
         # gets a new visitor key on each request, but keeps its session.
         page = f"session:{request.session_hash}" if getattr(request, "session_hash", None) else ""
-        session.tickets.append(ctx.chat_slots.acquire(visitor(request).key, page))
+        ticket = ctx.chat_slots.acquire(visitor(request).key, page)
+        ticket.model = key
+        session.tickets.append(ticket)
     except ValueError as exc:  # LimitError included
         raise gr.Error(str(exc)) from None
     return message
@@ -232,6 +234,7 @@ def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool, syst
         raise gr.Error("Type a message first.")
     if not key:
         raise gr.Error("Pick a run or the base model first.")
+    key = check_model_key(ctx, key, visitor(request))  # a run this visitor may see, or the base model
     if blind and key.startswith(BASE_PREFIX):
         raise gr.Error("Blind A/B compares base and tuned: pick a run with an adapter.")
     busy = gpu_busy_message(ctx)
@@ -253,7 +256,8 @@ def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
     or closed by the server when the page goes away."""
     session = _session(state)
     ticket = session.tickets.pop(0) if session.tickets else None
-    if ticket is None or not ticket.claim() or not message:
+    # only the model begin_send checked for this visitor: a direct call cannot swap in another run
+    if ticket is None or ticket.model != key or not ticket.claim() or not message:
         if ticket is not None:
             ticket.release()
         yield *chat.panes(session), _status(ctx, key), gr.Row(visible=False)
