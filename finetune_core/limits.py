@@ -30,7 +30,7 @@ class Limits:
     system_prompt_tokens: int = 1024  # the chat's system prompt
     max_new_tokens: int = 1024  # one generated answer
     chats_per_user: int = 1  # generations one user may have running or queued at once
-    chat_context_tokens: int = 4096  # the prompt of one chat turn (system + earlier turns + message); oldest turns are left out to fit
+    chat_context_tokens: int = 4096  # one chat turn's prompt (system + earlier turns + message); oldest turns dropped
     # data files (after decoding: a small compressed file can expand a lot)
     data_rows: int = 200_000
     data_columns: int = 256

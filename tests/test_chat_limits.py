@@ -260,7 +260,7 @@ def test_slots_limit_setting_and_lost_turns_expire(monkeypatch):
 
 
 # -- answer length ----------------------------------------------------------------------------------
-def test_max_new_tokens_is_capped_for_chat_and_evaluation(tiny_model_dir, monkeypatch):
+def test_max_new_tokens_is_capped_for_chat_and_evaluation(tiny_model_dir, trained_run, monkeypatch):
     ctx = make_ctx()
     with pytest.raises(gr.Error, match=r"Max new tokens is 1,000,000, over this server's limit of 1,024 "
                                        r"\(setting STUDIO_LIMIT_MAX_NEW_TOKENS\)"):
@@ -275,6 +275,12 @@ def test_max_new_tokens_is_capped_for_chat_and_evaluation(tiny_model_dir, monkey
 
     with pytest.raises(LimitError, match="Max new tokens is 5,000"):
         evaluate_run(object(), max_new_tokens=5000)  # refused before the run or a model is read
+    from ui.eval_tab import evaluate
+
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(trained_run.path.parent))
+    with pytest.raises(gr.Error, match="Max new tokens is 5,000"):
+        evaluate(ctx, trained_run.id, max_new_tokens=5000)
+    assert ctx.models.loads == []  # refused before the Evaluate tab loads the model
     # Any other path is capped where generation starts.
     monkeypatch.setenv("STUDIO_LIMIT_MAX_NEW_TOKENS", "3")
     assert GenSettings(max_new_tokens=10**9).kwargs(SimpleNamespace(pad_token_id=0))["max_new_tokens"] == 3

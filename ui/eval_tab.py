@@ -30,6 +30,7 @@ from evaluation.compare import EXAMPLES_FILE, RESULTS_FILE, SCORE_COLUMNS, TEXT_
 from evaluation.plots import confusion_heatmap, delta_chart, improved
 from evaluation.run_eval import evaluate_run, is_lm_rows, load_meta
 from finetune_core.dataset import read_jsonl
+from finetune_core.limits import LimitError, limits
 from finetune_core.ownership import Visitor, visible_runs
 from finetune_core.runs import Run, RunError
 
@@ -249,6 +250,10 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
     limit = _whole(limit, "Rows to evaluate", 0)
     batch_size = _whole(batch_size, "Batch size", 1)
     max_new_tokens = _whole(max_new_tokens, "Max new tokens", 0)
+    try:  # before the model loads (an API call may ask for any length)
+        limits().check("max_new_tokens", max_new_tokens, "Max new tokens")
+    except LimitError as exc:
+        raise gr.Error(str(exc)) from None
     if not run.has_adapter():
         raise gr.Error(f"Run {run.id} has no saved adapter: let it finish training first.")
     rows = heldout_rows(run)
@@ -325,7 +330,8 @@ def build(ctx: AppContext) -> None:
                               info="0 = every held-out row; fewer rows finish sooner")
             batch_size = gr.Slider(1, 128, value=64, step=1, label="Batch size",
                                    info="most prompts generated together (batches also stay under 2 GiB of cache)")
-            max_new = gr.Number(value=0, minimum=0, maximum=1024, precision=0, label="Max new tokens",
+            max_new = gr.Number(value=0, minimum=0, maximum=limits().max_new_tokens, precision=0,
+                                label="Max new tokens",
                                 info="0 = auto: longest label + 8, or longest reference + 16 (up to 256)")
             with_loss = gr.Checkbox(value=False, label="Also compute held-out loss",
                                     info="mean loss and perplexity on the answers (lower is better)")
