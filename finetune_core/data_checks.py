@@ -12,8 +12,10 @@ import json
 from collections import Counter
 
 from finetune_core.data_load import Issue
+from finetune_core.limits import limits
 
 ROLES = ("system", "user", "assistant")
+ROWS_PER_GROUP = 20  # row numbers listed for one duplicate group
 
 
 class RowProblem(Exception):
@@ -113,18 +115,26 @@ def row_key(row: dict) -> str:
     return json.dumps({k: row[k] for k in sorted(row) if k != "label"}, ensure_ascii=False, sort_keys=True)
 
 
-def find_duplicates(rows: list[dict], row_numbers: list[int] | None = None, limit: int = 20) -> dict:
-    """Exact duplicate rows: how many rows repeat an earlier one, and example groups."""
+def find_duplicates(rows: list[dict], row_numbers: list[int] | None = None, limit: int | None = None) -> dict:
+    """Exact duplicate rows: how many rows repeat an earlier one, and example groups.
+
+    At most ``limit`` groups (default ``limits().duplicates_listed``) of at most
+    ROWS_PER_GROUP row numbers are listed, so a file of a million copies still
+    makes a small report; ``not_listed`` (present only when something was cut)
+    counts the groups and row numbers left out.
+    """
+    limit = limits().duplicates_listed if limit is None else limit
     numbers = row_numbers or list(range(1, len(rows) + 1))
     groups: dict[str, list[int]] = {}
     for row, number in zip(rows, numbers):
         groups.setdefault(row_key(row), []).append(number)
     repeated = [g for g in groups.values() if len(g) > 1]
-    return {
-        "count": sum(len(g) - 1 for g in repeated),
-        "groups": len(repeated),
-        "examples": repeated[:limit],
-    }
+    examples = [g[:ROWS_PER_GROUP] for g in repeated[:limit]]
+    out = {"count": sum(len(g) - 1 for g in repeated), "groups": len(repeated), "examples": examples}
+    rows_left = sum(len(g) for g in repeated) - sum(len(g) for g in examples)
+    if rows_left:
+        out["not_listed"] = {"groups": len(repeated) - len(examples), "rows": rows_left}
+    return out
 
 
 def find_leakage(train: list[dict], held_out: list[dict], limit: int = 20) -> dict:

@@ -7,6 +7,13 @@ Nothing here interprets the columns; that is ``data_formats``' job.
 Row numbers are 1-based: the line number for JSON Lines, the position of the
 object for JSON arrays, the data row (header not counted) for CSV/TSV/Parquet.
 
+The deployment's limits (`finetune_core.limits`: rows, columns, JSON depth,
+characters per cell) are checked while reading, before a small compressed or
+deeply nested file can expand in memory: Parquet's row and column counts come
+from its footer, JSON Lines and CSV stop at the row limit. A cell over a limit
+or holding a broken character makes its row a bad row (named row and column);
+messages never hold the server's path.
+
     python -c "from finetune_core.data_load import load_records; print(load_records('f.csv').columns)"
 """
 from __future__ import annotations
@@ -15,11 +22,22 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune_core.limits import LimitError, Limits, limits
+
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 UTF8_BOM = b"\xef\xbb\xbf"
+CSV_FIELD_CAP = 2**31 - 1
+PARQUET_BATCH_ROWS = 1024  # rows decoded at a time, so the cell checks run before the next batch is decoded
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# An absolute path: starts the text or follows a space, quote or bracket (so "bytes/value" is left alone).
+_ABS_PATH = re.compile(r"""(?<![^\s'"(\[=])(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/])+[^\s'"():,;]*""")
+BROKEN_TEXT = ("holds a broken character (a lone UTF-16 surrogate such as \\ud800, often half of an emoji); "
+               "fix that text in the file")
 
 
 @dataclass
@@ -44,15 +62,141 @@ class LoadResult:
     issues: list[Issue] = field(default_factory=list)
     total_rows: int = 0
     fatal: bool = False
+    limits: Limits = field(default_factory=limits, repr=False)  # read once per file
 
     def fail(self, message: str, column: str | None = None) -> "LoadResult":
         self.issues.append(Issue(None, column, message))
         self.fatal = True
         return self
 
-    def add(self, number: int, record: dict) -> None:
+    def within(self, name: str, value: int, what: str) -> bool:
+        """True when ``value`` is within the limit ``name``; else the file is refused, naming ``what``."""
+        try:
+            self.limits.check(name, value, what)
+        except LimitError as exc:
+            self.fail(str(exc).rstrip("."))
+            return False
+        return True
+
+    def count_row(self) -> bool:
+        """Count one more row; False (the file refused) past the row limit, so a reader stops there."""
+        if self.total_rows >= self.limits.data_rows:
+            self.fail(f"the file has more than {self.limits.data_rows:,} rows, this server's limit "
+                      f"(setting {self.limits.setting('data_rows')})")
+            return False
+        self.total_rows += 1
+        return True
+
+    def add(self, number: int, record: dict, source: str | None = None) -> None:
+        """Keep a row, or record why it cannot be used (a cell over a limit, broken text).
+
+        ``source`` is the row's JSON text when there is one: when it is short, has
+        few brackets and no surrogate escape, no cell can break a limit, and the
+        per-cell checks (which would double the load time) are skipped.
+        """
+        if source is not None and json_text_within(source, self.limits):
+            problem = None
+        else:
+            problem = record_problem(record, self.limits)
+        if problem is not None:
+            self.issues.append(Issue(number, *problem))
+            return
         self.records.append(record)
         self.row_numbers.append(number)
+
+
+def json_text_within(text: str, lim: Limits) -> bool:
+    """True when no value decoded from this JSON text can break a cell limit: decoding
+    never makes text longer, each bracket adds at most one level, and a lone
+    surrogate can only come from a \\uD800-\\uDFFF escape (UTF-8 cannot hold one)."""
+    return (len(text) <= lim.cell_chars and text.count("[") + text.count("{") <= lim.json_depth
+            and _SURROGATE_ESCAPE.search(text) is None)
+
+
+def record_problem(record: dict, lim: Limits) -> tuple[str, str] | None:
+    """(column, message) for the first cell of a row that cannot be used, or None."""
+    for key, value in record.items():
+        key = str(key)
+        if _broken(key):
+            return printable(key), f"the column name {BROKEN_TEXT}"
+        message = cell_problem(value, lim)
+        if message:
+            return key, f"column {key!r} {message}"
+    return None
+
+
+def cell_problem(value, lim: Limits) -> str | None:
+    """Why one cell cannot be used (too long, nested too deep, broken text), or None.
+
+    Nested values (message lists) count all their strings towards the cell's length.
+    """
+    if isinstance(value, str):  # most cells
+        return _text_problem(value, len(value), lim)
+    if not isinstance(value, (dict, list, tuple)):
+        return None
+    # One pass in C bounds all three checks for a nested cell (its JSON text is at
+    # least as long, has at least as many brackets and keeps any surrogate); the
+    # exact walk below, three times slower, runs only when that cannot rule them out.
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (RecursionError, TypeError, ValueError):
+        text = None
+    if text is not None and len(text) <= lim.cell_chars and not _broken(text) and \
+            text.count("[") + text.count("{") < lim.json_depth:
+        return None
+    return _walk_cell(value, lim)
+
+
+def _walk_cell(value, lim: Limits) -> str | None:
+    """The exact checks of a nested cell, walked with a stack (no recursion)."""
+    chars, stack = 0, [(value, 2)]  # the row object itself is level 1
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            chars += len(item)
+            problem = _text_problem(item, chars, lim)
+            if problem:
+                return problem
+        elif isinstance(item, (dict, list, tuple)):
+            if depth > lim.json_depth:
+                return f"is {too_deep(lim)}"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _text_problem(text: str, chars: int, lim: Limits) -> str | None:
+    if chars > lim.cell_chars:
+        return (f"is longer than this server's limit of {lim.cell_chars:,} characters per cell "
+                f"(setting {lim.setting('cell_chars')})")
+    # A lone surrogate cannot be encoded as UTF-8, so the tokenizer, the JSON
+    # writer and the browser would all fail on it later. The row is reported,
+    # not silently repaired: cleaning would train on text that differs from the
+    # file without the user knowing, and "Drop bad rows" keeps the rest usable.
+    if _broken(text):
+        return BROKEN_TEXT
+    return None
+
+
+def _broken(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def printable(text: str) -> str:
+    """Text safe to show and encode: lone surrogates written as \\udXXX escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def too_deep(lim: Limits) -> str:
+    return f"nested deeper than this server's limit of {lim.json_depth} levels (setting {lim.setting('json_depth')})"
+
+
+def without_paths(exc: BaseException, path: Path) -> str:
+    """An exception's first line with any server path replaced by 'the file'."""
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    for form in sorted({str(path), str(path.absolute()), str(path.resolve())}, key=len, reverse=True):
+        text = text.replace(form, "the file")
+    return _ABS_PATH.sub("the file", text)
 
 
 def load_records(path: str | os.PathLike, max_file_mb: float = 100.0) -> LoadResult:
@@ -65,7 +209,7 @@ def load_records(path: str | os.PathLike, max_file_mb: float = 100.0) -> LoadRes
     try:
         size = p.stat().st_size
     except OSError as exc:
-        return result.fail(f"cannot read the file: {exc.strerror or exc}")
+        return result.fail(f"cannot read the file: {exc.strerror or without_paths(exc, p)}")
     # Checked before reading so an oversized upload never reaches memory.
     limit = int(max_file_mb * 1024 * 1024)
     if size > limit:
@@ -75,7 +219,12 @@ def load_records(path: str | os.PathLike, max_file_mb: float = 100.0) -> LoadRes
     if suffix == ".parquet":
         _read_parquet(p, result)
     else:
-        text = decode_utf8(p.read_bytes(), result)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            return result.fail(f"cannot read the file: {exc.strerror or without_paths(exc, p)}")
+        text = decode_utf8(data, result)
+        del data  # only the text is needed from here: free the bytes before parsing
         if text is None:
             return result
         if not text.strip():
@@ -84,6 +233,8 @@ def load_records(path: str | os.PathLike, max_file_mb: float = 100.0) -> LoadRes
         reader(text, result)
     if not result.fatal:
         result.columns = _column_union(result.records) if not result.columns else result.columns
+        if not result.within("data_columns", len(result.columns), "the number of columns"):
+            return result
         if result.total_rows == 0:
             result.fail("the file holds no rows")
     return result
@@ -118,26 +269,36 @@ def _read_jsonl(text: str, result: LoadResult) -> None:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        result.total_rows += 1
+        if not result.count_row():
+            return
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            result.issues.append(Issue(number, None, f"invalid JSON on line {number}: {exc.msg} (column {exc.colno})"))
+        except RecursionError:  # far past json_depth: the decoder itself gave up
+            result.issues.append(Issue(number, None, f"line {number} is {too_deep(result.limits)}"))
+            continue
+        except ValueError as exc:
+            result.issues.append(Issue(number, None, f"invalid JSON on line {number}: {_json_error(exc)}"))
             continue
         if not isinstance(value, dict):
             result.issues.append(Issue(number, None, f"line {number} is a JSON {_json_kind(value)}, not an object"))
             continue
-        result.add(number, value)
+        result.add(number, value, source=line)
 
 
 def _read_json(text: str, result: LoadResult) -> None:
     try:
         value = json.loads(text)
+    except RecursionError:  # far past json_depth: the decoder itself gave up
+        result.fail(f"the JSON is {too_deep(result.limits)}")
+        return
     except json.JSONDecodeError as exc:
         # A .json file that is really JSON Lines fails with "Extra data" after the first object.
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             return _read_jsonl(text, result)
         result.fail(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")
+        return
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        result.fail(f"invalid JSON: {_json_error(exc)}")
         return
     if isinstance(value, dict):
         value = _rows_from_object(value, result)
@@ -146,8 +307,10 @@ def _read_json(text: str, result: LoadResult) -> None:
     if not isinstance(value, list):
         result.fail(f"the JSON holds a {_json_kind(value)}; expected an array of objects or an object of columns")
         return
+    if not result.within("data_rows", len(value), "the number of rows"):
+        return
     for number, item in enumerate(value, start=1):
-        result.total_rows += 1
+        result.count_row()
         if isinstance(item, dict):
             result.add(number, item)
         else:
@@ -161,10 +324,18 @@ def _rows_from_object(value: dict, result: LoadResult) -> list | None:
         if isinstance(only, list) and only and all(isinstance(x, dict) for x in only):
             return only
     if value and all(isinstance(v, list) for v in value.values()):
+        if not result.within("data_columns", len(value), "the number of columns"):
+            return None
+        broken = next((k for k in value if _broken(k)), None)
+        if broken is not None:
+            result.fail(f"the column name {printable(broken)!r} {BROKEN_TEXT}")
+            return None
         lengths = {k: len(v) for k, v in value.items()}
         if len(set(lengths.values())) > 1:
             detail = ", ".join(f"{k}: {n}" for k, n in lengths.items())
             result.fail(f"the JSON object of columns has columns of different lengths ({detail})")
+            return None
+        if not result.within("data_rows", max(lengths.values()), "the number of rows"):
             return None
         keys = list(value)
         result.columns = keys
@@ -173,7 +344,23 @@ def _rows_from_object(value: dict, result: LoadResult) -> list | None:
     return None
 
 
+def _json_error(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (column {exc.colno})"
+    return str(exc).split(";")[0]
+
+
+def _lift_csv_cap() -> None:
+    # The csv module's own cap (131,072 characters, process-wide) would stop the
+    # whole file at one long cell with a message naming neither row nor column.
+    # The file size limit already bounds a cell, so lift the cap (the same value
+    # for every caller, so threads cannot disagree) and let cell_chars decide per row.
+    if csv.field_size_limit() < CSV_FIELD_CAP:
+        csv.field_size_limit(CSV_FIELD_CAP)
+
+
 def _read_csv(text: str, result: LoadResult, delimiter: str = ",") -> None:
+    _lift_csv_cap()
     # newline="" keeps \r\n inside quoted cells exactly as written.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
@@ -184,6 +371,8 @@ def _read_csv(text: str, result: LoadResult, delimiter: str = ",") -> None:
     except csv.Error as exc:
         result.fail(f"cannot parse the header: {exc}")
         return
+    if not result.within("data_columns", len(header), "the number of columns"):
+        return  # checked before the header is cleaned: that is quadratic in the number of names
     columns = _clean_header(header)
     result.columns = columns
     number = 0
@@ -199,7 +388,8 @@ def _read_csv(text: str, result: LoadResult, delimiter: str = ",") -> None:
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue  # blank line
         number += 1
-        result.total_rows += 1
+        if not result.count_row():
+            return
         if len(cells) != len(columns):
             result.issues.append(Issue(
                 number, None,
@@ -229,17 +419,37 @@ def _clean_header(header: list[str]) -> list[str]:
 
 
 def _read_parquet(path: Path, result: LoadResult) -> None:
-    try:
-        import pyarrow.parquet as pq
+    """Rows and columns are counted from the footer before anything is decoded (a
+    few KB of Parquet can hold a million rows), then rows are decoded in batches."""
+    import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+    try:
+        parquet = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
-        result.fail(f"cannot read the Parquet file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        result.fail(f"cannot read the Parquet file: {without_paths(exc, path)}")
         return
-    result.columns = list(table.column_names)
-    for number, record in enumerate(table.to_pylist(), start=1):
-        result.total_rows += 1
-        result.add(number, record)
+    with parquet:
+        try:
+            names = list(parquet.schema_arrow.names)
+            # num_columns counts nested fields too: that is what decoding costs.
+            if not (result.within("data_rows", parquet.metadata.num_rows, "the number of rows")
+                    and result.within("data_columns", max(len(names), parquet.metadata.num_columns),
+                                      "the number of columns")):
+                return
+            result.columns = names
+            _parquet_rows(parquet, result)
+        except Exception as exc:  # noqa: BLE001 - a damaged page surfaces while decoding
+            result.fail(f"cannot read the Parquet file: {without_paths(exc, path)}")
+
+
+def _parquet_rows(parquet, result: LoadResult) -> None:
+    number = 0
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for record in batch.to_pylist():
+            number += 1
+            if not result.count_row():
+                return
+            result.add(number, record)
 
 
 def _column_union(records: list[dict]) -> list[str]:

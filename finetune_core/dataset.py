@@ -22,8 +22,8 @@ from finetune_core.data_checks import (
     RowProblem, find_duplicates, find_leakage, missing_columns, mixed_type_issues, row_key,
 )
 from finetune_core.data_formats import (
-    FORMATS, FormatSpec, collect_labels, default_classification_template, detect_format, normalize_row,
-    template_fields,
+    FORMATS, FormatSpec, check_template, collect_labels, default_classification_template, detect_format,
+    normalize_row, template_fields,
 )
 from finetune_core.data_load import Issue, load_records
 
@@ -69,6 +69,7 @@ class DataReport:
     notes: list[str] = field(default_factory=list)  # how the format was detected, applied defaults
     row_numbers: list[int] = field(default_factory=list)  # source row/line of each entry in rows
     spec: FormatSpec | None = None
+    unreadable: bool = False  # the file itself could not be read: no mapping can fix it (an upload is removed)
 
     @property
     def bad_rows(self) -> int:
@@ -99,10 +100,13 @@ def prepare_data(options: DataOptions) -> DataReport:
     report = DataReport(
         format=options.format, rows=[], issues=list(loaded.issues), total_rows=loaded.total_rows,
         columns=loaded.columns, labels=None, fatal=loaded.fatal, drop_bad_rows=options.drop_bad_rows,
+        unreadable=loaded.fatal,
     )
     if loaded.fatal:
         return report
-    spec, problems = resolve_spec(options, loaded.columns, loaded.records, report.notes)
+    spec, problems = None, mapping_issues(options)  # before any row is rendered with the templates
+    if not problems:
+        spec, problems = resolve_spec(options, loaded.columns, loaded.records, report.notes)
     if problems or spec is None:
         report.issues.extend(problems)
         report.fatal = True
@@ -128,6 +132,18 @@ def prepare_data(options: DataOptions) -> DataReport:
         report.issues.append(Issue(None, None, f"no usable rows: all {loaded.total_rows} rows have problems{detail}"))
         report.fatal = True
     return report
+
+
+def mapping_issues(options: DataOptions) -> list[Issue]:
+    """The templates and system prompt within the deployment's limits, checked before
+    any row is rendered (each issue names the field)."""
+    issues = []
+    for name in ("prompt_template", "completion_template", "system_prompt"):
+        try:
+            check_template(name, str(getattr(options, name) or ""), placeholders=name != "system_prompt")
+        except ValueError as exc:
+            issues.append(Issue(None, None, str(exc).rstrip(".")))
+    return issues
 
 
 def resolve_spec(options: DataOptions, columns: list[str], records: list[dict], notes: list[str]):

@@ -157,6 +157,7 @@ class DataView:
     columns: list[str] = field(default_factory=list)
     tokens: dict | None = None
     description: str = ""
+    unreadable: tuple[str, ...] = ()  # source keys ("path", "eval_path") of files that could not be read at all
 
 
 def state_for(report: DataReport, source: dict, mapping: Mapping) -> dict:
@@ -201,6 +202,7 @@ def inspect_data(source: dict | None, mapping: Mapping, tokenizer=None, max_leng
         labels=labels_frame(report.labels), lengths=length_figure(tokens) if tokens else None,
         preview=preview_frame(report.rows, report.row_numbers), columns=list(report.columns), tokens=tokens,
         description=SAMPLES.get(source.get("sample") or "", {}).get("description", ""),
+        unreadable=tuple(key for key, r in (("path", report), ("eval_path", eval_report)) if r and r.unreadable),
     )
     if tokenizer is not None and report.rows:
         view.example = example_spans(report.rows[0], tokenizer, max_length)
@@ -221,7 +223,39 @@ def load_upload(file_path: str | None, tokenizer=None, mapping: Mapping | None =
     source = upload_source(file_path, max_file_mb, folder)
     base = mapping or Mapping()
     fresh = Mapping(system_prompt=base.system_prompt, held_out_pct=base.held_out_pct, drop_bad_rows=base.drop_bad_rows)
-    return inspect_data(source, fresh, tokenizer, max_length, max_file_mb, token_problem)
+    return inspect_new_copy(source, "path", fresh, tokenizer, max_length, max_file_mb, token_problem)
+
+
+def load_eval_upload(source: dict | None, file_path: str | None, tokenizer=None, mapping: Mapping | None = None,
+                     max_length: int = 512, max_file_mb: float = 100.0, folder: Path | None = None,
+                     token_problem: str = "") -> DataView:
+    """A separate evaluation file attached (detached when ``file_path`` is None) and the view redone."""
+    source = with_eval_file(source, file_path, max_file_mb, folder)
+    if not file_path:
+        return inspect_data(source, mapping or Mapping(), tokenizer, max_length, max_file_mb, token_problem)
+    return inspect_new_copy(source, "eval_path", mapping or Mapping(), tokenizer, max_length, max_file_mb,
+                            token_problem)
+
+
+def inspect_new_copy(source: dict, key: str, mapping: Mapping, tokenizer, max_length: int, max_file_mb: float,
+                     token_problem: str) -> DataView:
+    """``inspect_data`` for a source whose ``key`` file was just copied into the uploads
+    folder. A copy that cannot be read at all (or whose inspection fails) is deleted
+    again and dropped from the source: nobody can use it, and a refused upload must
+    not take disk space."""
+    copy = Path(source[key])
+    try:
+        view = inspect_data(source, mapping, tokenizer, max_length, max_file_mb, token_problem)
+    except gr.Error:
+        copy.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # a bug must still remove the copy, and show a message, not a bare "Error"
+        copy.unlink(missing_ok=True)
+        raise gr.Error(f"That file could not be inspected ({type(exc).__name__}); it was not kept.") from exc
+    if key in view.unreadable:
+        copy.unlink(missing_ok=True)
+        view.source = None if key == "path" else {**source, "eval_path": "", "eval_name": ""}
+    return view
 
 
 def preview_widths(frame: pd.DataFrame) -> list[str]:
@@ -349,9 +383,9 @@ def build(ctx: AppContext) -> None:
     def on_eval_file(raw: dict):
         if not raw[file_state] and not raw[eval_upload]:  # cleared before any training file: nothing to redo
             return tuple(gr.skip() for _ in outputs)
-        source = with_eval_file(raw[file_state], raw[eval_upload], settings.max_upload_mb)
         tok, problem = tokenizer_for(raw[tok_source])
-        return view_values(inspect_data(source, current(raw), tok, raw[max_length], settings.max_upload_mb, problem))
+        return view_values(load_eval_upload(raw[file_state], raw[eval_upload], tok, current(raw), raw[max_length],
+                                            settings.max_upload_mb, token_problem=problem))
 
     def on_apply(raw: dict):
         if not raw[file_state]:
@@ -381,6 +415,7 @@ def build(ctx: AppContext) -> None:
 
 
 __all__ = ["build", "save_upload", "display_name", "uploads_dir", "Mapping", "DataView", "inspect_data",
-           "load_sample", "load_upload", "with_eval_file", "sample_source", "state_for", "view_values",
+           "load_sample", "load_upload", "load_eval_upload", "inspect_new_copy", "with_eval_file", "sample_source",
+           "state_for", "view_values",
            "TokenizerCache", "stats_tokenizer", "example_spans", "issues_frame", "labels_frame", "preview_frame",
            "length_figure", "TRAINED", "MASKED"]

@@ -124,8 +124,11 @@ def issue_lines(issues: list[Issue], limit: int = 3) -> str:
 def status_text(report: DataReport, eval_report: DataReport | None, source: dict) -> str:
     """The outcome line: ready (and what happens to bad rows) or what to fix."""
     if report.fatal or not report.rows:
+        # An unreadable upload is not kept (see data_tab.load_upload): only a new upload can help.
+        fix = ("Fix the file and upload it again." if report.unreadable
+               else "Fix the file or the mapping, then press **Apply mapping**.")
         return (f"**Not usable:** {md_text(issue_lines([i for i in report.issues if i.row is None] or report.issues))}. "
-                "Fix the file or the mapping, then press **Apply mapping**.")
+                + fix)
     if not report.usable:
         return (f"**Not usable yet:** {report.bad_rows} of {report.total_rows} rows have problems, e.g. "
                 f"{md_text(issue_lines(report.issues))}. Fix them in the file, or tick **Drop bad rows** to "
@@ -141,6 +144,16 @@ def status_text(report: DataReport, eval_report: DataReport | None, source: dict
     return text
 
 
+def duplicate_rows_text(duplicates: dict, groups: int = 5, rows: int = 5) -> str:
+    """' (rows 1/4/9, 2/7…, … 12 more groups)': a few groups of a few rows, however many there are."""
+    shown = duplicates["examples"][:groups]
+    if not shown:
+        return ""
+    text = ", ".join("/".join(str(n) for n in group[:rows]) + ("…" if len(group) > rows else "") for group in shown)
+    more = duplicates["groups"] - len(shown)
+    return f" (rows {text}" + (f", … {more} more group{'s' if more != 1 else ''}" if more > 0 else "") + ")"
+
+
 def summary_text(report: DataReport, source: dict, mapping: Mapping, eval_report: DataReport | None,
                  split: tuple[int, int], duplicates: dict, leakage: dict, tokens: dict | None,
                  token_problem: str) -> str:
@@ -154,8 +167,7 @@ def summary_text(report: DataReport, source: dict, mapping: Mapping, eval_report
                      f"({held_n} usable rows); the held-out % is not used.")
     else:
         lines.append(f"- Split: {train_n} train / {held_n} held out ({mapping.eval_fraction:.0%}, seed {SPLIT_SEED}).")
-    dup_rows = ", ".join("/".join(str(n) for n in group) for group in duplicates["examples"][:5])
-    lines.append(f"- Exact duplicates: {duplicates['count']}" + (f" (rows {dup_rows})" if dup_rows else ""))
+    lines.append(f"- Exact duplicates: {duplicates['count']}" + duplicate_rows_text(duplicates))
     lines.append(f"- Held-out rows also in training: {leakage['count']} exact, {leakage['same_prompt']} with the same prompt")
     if report.labels:
         lines.append(f"- {len(report.labels)} labels: " + ", ".join(f"{md_text(k)} ({v})" for k, v in report.labels.items()))
