@@ -79,7 +79,8 @@ def check_template(name: str, text: str, placeholders: bool = True) -> None:
     lim = limits()
     lim.check("template_chars", len(text), f"the length of {name} in characters")
     if placeholders:
-        lim.check("template_placeholders", len(template_fields(text)), f"the number of {{column}} placeholders in {name}")
+        count = len(template_fields(text))
+        lim.check("template_placeholders", count, f"the number of {{column}} placeholders in {name}")
     if not text.isascii() and _SURROGATE.search(text):
         # Tokenizers and the browser cannot encode a lone surrogate: refuse it here, named.
         raise ValueError(f"{name} holds a broken character (a lone UTF-16 surrogate); retype that text.")

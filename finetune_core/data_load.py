@@ -31,7 +31,7 @@ from finetune_core.limits import LimitError, Limits, limits
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 UTF8_BOM = b"\xef\xbb\xbf"
 CSV_FIELD_CAP = 2**31 - 1
-PARQUET_BATCH_ROWS = 1024  # rows decoded at a time, so the cell checks run before the next batch is decoded
+PARQUET_BATCH_ROWS = 256  # rows decoded at a time: each batch is measured before it becomes Python objects
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # An absolute path: starts the text or follows a space, quote or bracket (so "bytes/value" is left alone).
@@ -115,7 +115,12 @@ def json_text_within(text: str, lim: Limits) -> bool:
 
 def record_problem(record: dict, lim: Limits) -> tuple[str, str] | None:
     """(column, message) for the first cell of a row that cannot be used, or None."""
+    limit = lim.cell_chars
     for key, value in record.items():
+        # Inline fast path for a short clean text cell under a clean name (most cells of most files).
+        if type(value) is str and len(value) <= limit and (value.isascii() or not _SURROGATE.search(value)) \
+                and type(key) is str and (key.isascii() or not _SURROGATE.search(key)):
+            continue
         key = str(key)
         if _broken(key):
             return printable(key), f"the column name {BROKEN_TEXT}"
@@ -134,17 +139,21 @@ def cell_problem(value, lim: Limits) -> str | None:
         return _text_problem(value, len(value), lim)
     if not isinstance(value, (dict, list, tuple)):
         return None
-    # One pass in C bounds all three checks for a nested cell (its JSON text is at
-    # least as long, has at least as many brackets and keeps any surrogate); the
-    # exact walk below, three times slower, runs only when that cannot rule them out.
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except (RecursionError, TypeError, ValueError):
-        text = None
-    if text is not None and len(text) <= lim.cell_chars and not _broken(text) and \
-            text.count("[") + text.count("{") < lim.json_depth:
-        return None
+    text = _message_list_text(value)
+    if text is not None and lim.json_depth >= 3:  # row, list, message: three levels
+        return _text_problem(text, len(text), lim)
     return _walk_cell(value, lim)
+
+
+def _message_list_text(value) -> str | None:
+    """All the strings of a list of flat objects (the usual message list), joined; None
+    for any other shape. Twice as fast as the general walk on the common case."""
+    if type(value) is not list or not all(type(item) is dict for item in value):
+        return None
+    parts = [x for item in value for pair in item.items() for x in pair]
+    if any(isinstance(x, (dict, list, tuple)) for x in parts):
+        return None
+    return "".join(x for x in parts if type(x) is str)
 
 
 def _walk_cell(value, lim: Limits) -> str | None:
@@ -419,37 +428,66 @@ def _clean_header(header: list[str]) -> list[str]:
 
 
 def _read_parquet(path: Path, result: LoadResult) -> None:
-    """Rows and columns are counted from the footer before anything is decoded (a
-    few KB of Parquet can hold a million rows), then rows are decoded in batches."""
+    """Rows, columns and size are checked from the footer before anything is decoded
+    (a few KB of Parquet can hold a million rows, or one huge value repeated)."""
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
-        result.fail(f"cannot read the Parquet file: {without_paths(exc, path)}")
-        return
-    with parquet:
-        try:
-            names = list(parquet.schema_arrow.names)
-            # num_columns counts nested fields too: that is what decoding costs.
-            if not (result.within("data_rows", parquet.metadata.num_rows, "the number of rows")
-                    and result.within("data_columns", max(len(names), parquet.metadata.num_columns),
-                                      "the number of columns")):
-                return
-            result.columns = names
+        with pq.ParquetFile(path) as footer:
+            schema, meta = footer.schema_arrow, footer.metadata
+        if not _parquet_within(meta, schema.names, result):
+            return
+        result.columns = list(schema.names)
+        # Text columns are read dictionary-encoded: a value repeated in every row is
+        # held once, so a batch can be measured before it becomes Python strings.
+        text = [f.name for f in schema if _is_text(f.type)]
+        with pq.ParquetFile(path, read_dictionary=text) as parquet:
             _parquet_rows(parquet, result)
-        except Exception as exc:  # noqa: BLE001 - a damaged page surfaces while decoding
-            result.fail(f"cannot read the Parquet file: {without_paths(exc, path)}")
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file or page
+        result.fail(f"cannot read the Parquet file: {without_paths(exc, path)}")
+
+
+def _parquet_within(meta, names: list[str], result: LoadResult) -> bool:
+    # num_columns counts nested fields too: that is what decoding costs.
+    stored = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return (result.within("data_rows", meta.num_rows, "the number of rows")
+            and result.within("data_columns", max(len(names), meta.num_columns), "the number of columns")
+            and result.within("data_bytes", stored, "the size of the file's data once decompressed (bytes)"))
 
 
 def _parquet_rows(parquet, result: LoadResult) -> None:
-    number = 0
+    number, decoded = 0, 0
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        decoded += _batch_bytes(batch)
+        if not result.within("data_bytes", decoded, "the size of the file's data once decoded (bytes, so far)"):
+            return
         for record in batch.to_pylist():
             number += 1
             if not result.count_row():
                 return
             result.add(number, record)
+
+
+def _is_text(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) or \
+        pa.types.is_large_binary(kind)
+
+
+def _batch_bytes(batch) -> int:
+    """Bytes the batch's values take once expanded (a dictionary column counts each row's value)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = 0
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type):
+            lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+            total += pc.sum(lengths).as_py() or 0
+        else:
+            total += column.nbytes
+    return total
 
 
 def _column_union(records: list[dict]) -> list[str]:

@@ -34,6 +34,7 @@ class Limits:
     # data files (after decoding: a small compressed file can expand a lot)
     data_rows: int = 200_000
     data_columns: int = 256
+    data_bytes: int = 512 * 1024 * 1024  # a Parquet file's data once decompressed and decoded (KBs can hold GBs)
     json_depth: int = 64  # nesting of JSON objects/arrays in one row or file
     cell_chars: int = 1_000_000  # characters in one cell
     template_chars: int = 8_000  # a prompt/completion template or system prompt of a dataset mapping

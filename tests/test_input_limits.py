@@ -65,7 +65,8 @@ def test_oversized_run_yaml_refused_before_parsing(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_LIMIT_RUN_YAML_BYTES", "100")
     path = tmp_path / "run.yaml"
     path.write_text("system_prompt: " + "x" * 200 + "\n")
-    with pytest.raises(gr.Error, match=r"size of the run.yaml in bytes is 216, over .* 100 .*STUDIO_LIMIT_RUN_YAML_BYTES"):
+    expected = r"size of the run.yaml in bytes is 216, over .* 100 .*STUDIO_LIMIT_RUN_YAML_BYTES"
+    with pytest.raises(gr.Error, match=expected):
         config_from_yaml_file(str(path))
 
 
@@ -214,6 +215,37 @@ def test_parquet_row_count_read_from_the_footer_before_decoding(tmp_path, monkey
                                         "(setting STUDIO_LIMIT_DATA_ROWS)")
 
 
+def test_parquet_compression_bomb_refused_from_the_footer(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("STUDIO_LIMIT_DATA_BYTES", "1000000")
+    path = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"prompt": ["y" * 50_000] * 200}), path, compression="zstd", use_dictionary=False)
+    assert path.stat().st_size < 20_000  # 10 MB of text once decompressed
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda *a, **k: pytest.fail("rows were decoded"))
+    loaded = load_records(path)
+    assert loaded.fatal and loaded.issues[0].message.startswith(
+        "the size of the file's data once decompressed (bytes) is 10,00")
+    assert loaded.issues[0].message.endswith("over this server's limit of 1,000,000 (setting STUDIO_LIMIT_DATA_BYTES)")
+
+
+def test_parquet_value_repeated_by_its_dictionary_refused_before_it_expands(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("STUDIO_LIMIT_DATA_BYTES", "5000000")
+    # One 100,000-character value stored once and referenced by 1,000 rows: 100 MB of text, a few KB on disk.
+    prompt = pa.DictionaryArray.from_arrays(pa.array([0] * 1000, pa.int32()), pa.array(["x" * 100_000]))
+    path = tmp_path / "dictionary.parquet"
+    pq.write_table(pa.table({"prompt": prompt, "completion": ["a"] * 1000}), path, compression="zstd")
+    assert path.stat().st_size < 5000
+    loaded = load_records(path)
+    assert loaded.fatal and not loaded.records  # refused at the first batch, before any Python string was made
+    assert loaded.issues[0].message == ("the size of the file's data once decoded (bytes, so far) is 25,600,256, "
+                                        "over this server's limit of 5,000,000 (setting STUDIO_LIMIT_DATA_BYTES)")
+
+
 def test_parquet_under_the_limit_still_loads_in_batches(tmp_path):
     path = write_parquet(tmp_path / "ok.parquet", {"prompt": [f"Q{i}?" for i in range(2500)],
                                                    "completion": [f"A{i}." for i in range(2500)]})
@@ -268,7 +300,8 @@ def test_duplicate_list_is_truncated_with_a_count_of_the_rest(tmp_path, monkeypa
     assert dups["not_listed"] == {"groups": 7, "rows": 5000 - 3 * ROWS_PER_GROUP}
     view = inspect_data({"path": str(path), "name": "dups", "sample": ""}, Mapping())
     line = next(x for x in view.summary.splitlines() if x.startswith("- Exact duplicates"))
-    assert line == "- Exact duplicates: 4990 (rows 1/11/21/31/41…, 2/12/22/32/42…, 3/13/23/33/43…, … 7 more groups)"
+    assert line == ("- Exact duplicates: 4990 (rows 1/11/21/31/41…, 2/12/22/32/42…, 3/13/23/33/43…, "
+                    "… 7 more groups)")
     assert len(view.summary) < 2000  # was every row number: 6.9 MB for a million copies
 
 
