@@ -33,16 +33,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_model_dir):
+def launch_app(root: Path, model_dir: Path, **extra_env: str):
+    """`python app.py` in a subprocess on a free port, runs/exports/uploads under `root`;
+    returns (process, url, log file) once the page answers."""
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed: `make test` installs it with apt-get (package chromium)")
-    root = tmp_path_factory.mktemp("browser-app")
     port = _free_port()
     env = {**os.environ, "STUDIO_RUNS_DIR": str(root / "runs"), "STUDIO_EXPORTS_DIR": str(root / "exports"),
-           "STUDIO_UPLOADS_DIR": str(root / "uploads"), "STUDIO_DEFAULT_MODEL": str(tiny_model_dir),
+           "STUDIO_UPLOADS_DIR": str(root / "uploads"), "STUDIO_DEFAULT_MODEL": str(model_dir),
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **extra_env}
     log = open(root / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -51,18 +51,27 @@ def app_url(tmp_path_factory, tiny_model_dir):
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
-                    break
+                    return proc, url, log
         except OSError:
             time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start: " + (root / "app.log").read_text()[-2000:])
-    yield url
+    proc.kill()
+    pytest.fail("the app did not start: " + (root / "app.log").read_text()[-2000:])
+
+
+def stop_app(proc, log, root: Path) -> None:
     proc.terminate()
     proc.wait(30)
     log.close()
     crashes = unexpected_tracebacks((root / "app.log").read_text())
     assert crashes == [], crashes  # no handler crashed while the page was used
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("browser-app")
+    proc, url, log = launch_app(root, tiny_model_dir)
+    yield url
+    stop_app(proc, log, root)
 
 
 def unexpected_tracebacks(log: str) -> list[str]:

@@ -7,18 +7,12 @@ visitor pressing Resume on it reads a refusal on the page.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from conftest import REPO
 from finetune_core.ownership import write_owner
-from test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, _free_port, _tab, unexpected_tracebacks
+from test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, _tab, launch_app, stop_app
 
 pytestmark = pytest.mark.browser
 KEY_A, KEY_B = "first-visitor-key-0123456789abcdef", "second-visitor-key-0123456789abcde"
@@ -26,36 +20,13 @@ KEY_A, KEY_B = "first-visitor-key-0123456789abcdef", "second-visitor-key-0123456
 
 @pytest.fixture(scope="module")
 def public_app(tmp_path_factory, tiny_model_dir, trained_run):
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed: `make test` installs it with apt-get (package chromium)")
     root = tmp_path_factory.mktemp("public-app")
     run_dir = root / "runs" / trained_run.id
     shutil.copytree(trained_run.path, run_dir)
     write_owner(run_dir, {"browser": hashlib.sha256(KEY_A.encode()).hexdigest()})
-    port = _free_port()
-    env = {**os.environ, "STUDIO_RUNS_DIR": str(root / "runs"), "STUDIO_EXPORTS_DIR": str(root / "exports"),
-           "STUDIO_UPLOADS_DIR": str(root / "uploads"), "STUDIO_DEFAULT_MODEL": str(tiny_model_dir),
-           "STUDIO_PUBLIC": "1", "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(root / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start: " + (root / "app.log").read_text()[-2000:])
+    proc, url, log = launch_app(root, tiny_model_dir, STUDIO_PUBLIC="1")
     yield url, trained_run.id
-    proc.terminate()
-    proc.wait(30)
-    log.close()
-    assert unexpected_tracebacks((root / "app.log").read_text()) == []
+    stop_app(proc, log, root)
 
 
 def _visitor(browser, url: str, key: str):
