@@ -216,17 +216,29 @@ def cpu_matmul_peak(dtype_name: str) -> float:
 
     Measured rather than computed from clock and vector width, which mislead
     (turbo clocks; BLAS libraries that reach different shares of the peak on
-    different vendors' CPUs)."""
+    different vendors' CPUs). A dtype the CPU only emulates (bf16 without
+    AVX512-BF16/AMX) runs at well under 1 GFLOP/s: one 2048^2 bf16 product took
+    63 s on a 2-core EPYC without them, so six made the peak cost minutes. A
+    512^2 probe finds that case first, and then the rate is taken at 512^2.
+    Emulated products ran faster at that size (1.2 vs 0.27 GFLOP/s, same CPU),
+    so an MFU against it errs low, never high."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    best = float("inf")
-    for _ in range(6):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * 2048 ** 3 / best
+
+    def best_rate(n: int, tries: int) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        best = float("inf")
+        for _ in range(tries):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+        return 2 * n ** 3 / best
+
+    probe = best_rate(512, 2)
+    if probe < 5e9:  # emulated: a 2048^2 product would take seconds to minutes
+        return probe
+    return best_rate(2048, 6)
 
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name fragment.
@@ -256,7 +268,7 @@ def peak_flops(compute_dtype: str) -> tuple[float | None, str]:
     import torch
 
     if not torch.cuda.is_available():
-        return cpu_matmul_peak(compute_dtype), f"measured {compute_dtype} 2048x2048 matrix product on this CPU"
+        return cpu_matmul_peak(compute_dtype), f"measured {compute_dtype} matrix product on this CPU"
     name = torch.cuda.get_device_name(0)
     key = next((k for k in GPU_BF16_PEAK if k in name), None)
     if key is None:
