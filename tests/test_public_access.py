@@ -318,3 +318,16 @@ def test_chat_stream_step_uses_only_the_model_its_turn_was_admitted_for(env):
     session = chat_tab.begin_send(env.ctx, None, "hi", base, False, request=as_user("bob"))[0]
     list(chat_tab.stream_reply(env.ctx, session, "hi", "run:" + env.user_run, "", 0.0, 1.0, 8, 0))
     assert loads == [] and session.base_history == []
+
+
+def test_hub_note_says_whose_token_a_push_uses(env):
+    from ui.export_tab import hub_note
+
+    env.mp.delenv("HF_HUB_OFFLINE", raising=False)
+    env.mp.setenv("HF_TOKEN", SERVER_TOKEN)
+    assert "never stored" in hub_note()  # not allowed: nobody is told to leave the field empty
+    env.mp.setenv("STUDIO_ALLOW_SERVER_TOKEN", "1")
+    assert "leave the token field empty" in hub_note()  # a local app's one user
+    env.mp.setenv("STUDIO_REQUIRE_LOGIN", "1")
+    env.mp.setenv("STUDIO_ADMINS", "root")
+    assert "admins may leave it empty" in hub_note()
