@@ -209,16 +209,39 @@ def _right_padded(mask) -> bool:
     return bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
+def packing_unsafe_reason(config) -> str:
+    """Why packed causal attention would change this model's maths ("" when it is safe).
+
+    The packed rows get plain full-causal attention, so a model whose attention
+    does anything else would train differently: sliding-window layers (Mistral,
+    Gemma 2/3, Qwen with use_sliding_window) attend only to the last `window`
+    tokens, and Gemma 2 soft-caps its attention logits. On a Mistral config whose
+    window was shorter than a row, the packed path gave a different loss and LoRA
+    gradients than plain PEFT (tests/test_cpu_speed.py)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    sliding = bool(window) and getattr(config, "use_sliding_window", True) is not False and (
+        not layer_types or any("sliding" in str(kind) for kind in layer_types))
+    if sliding:
+        return f"sliding-window attention ({window} tokens)"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping"
+    return ""
+
+
 def train_without_padding(model: nn.Module) -> bool:
     """Pack right-padded batches before the decoder and unpack its output (see the module docstring).
 
-    Applies only to a decoder using SDPA, called with `input_ids` and a 2-D
-    right-padding mask, no cache and no explicit position ids; anything else
-    passes through untouched. Returns whether the decoder was hooked.
+    Applies only to a decoder using SDPA with plain causal attention (see
+    `packing_unsafe_reason`), called with `input_ids` and a 2-D right-padding
+    mask, no cache and no explicit position ids; anything else passes through
+    untouched. Returns whether the decoder was hooked.
     """
     from .attention_swap import swap_sdpa
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if packing_unsafe_reason(getattr(base, "config", None)):
+        return False
     decoder = getattr(base, "model", None)
     if not isinstance(decoder, nn.Module) or not swap_sdpa(model, PACKED_ATTENTION, packed_causal_attention,
                                                              _mask_unless_packed):

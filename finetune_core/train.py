@@ -294,7 +294,8 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     )
     trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
     if policy.device == "cpu":
-        from .cpu_speed import score_only_label_positions_on_cpu, train_without_padding, use_fast_lora_dropout
+        from .cpu_speed import (packing_unsafe_reason, score_only_label_positions_on_cpu, train_without_padding,
+                                use_fast_lora_dropout)
         from .fused_lora import use_fused_lora
         from .fused_norm import use_fused_rms_norm
 
@@ -302,7 +303,11 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
         use_fast_lora_dropout(trainer.model)
         use_fused_lora(trainer.model)
         use_fused_rms_norm(trainer.model)
-        train_without_padding(trainer.model)
+        if not train_without_padding(trainer.model):
+            unsafe = packing_unsafe_reason(model.config)
+            if unsafe:  # said in the run's log: this model trains on the library's own attention path
+                say(f"Padding-free packed attention is off for this model ({unsafe}): it would not give the "
+                    "same maths; batches keep their padding and the library's attention.")
     say(f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}.")
     return trainer, tokenizer
 

@@ -260,3 +260,52 @@ def test_packed_bf16_training_matches_padded_bf16_training():
     ours = sum(_rel_err(a, b) for a, b in zip(packed[2], exact[2])) / len(exact[2])
     theirs = sum(_rel_err(a, b) for a, b in zip(padded[2], exact[2])) / len(exact[2])
     assert ours < 1.5 * theirs + 1e-3, (ours, theirs)
+
+
+def tiny_sliding(kind: str, seed: int = 0):
+    """Tiny random models whose attention is not plain causal: a window shorter than the rows."""
+    from transformers import Gemma3TextConfig, Gemma3ForCausalLM, MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, attn_implementation="sdpa")
+    if kind == "mistral":
+        return MistralForCausalLM(MistralConfig(sliding_window=4, **common))
+    return Gemma3ForCausalLM(Gemma3TextConfig(sliding_window=4, head_dim=8, layer_types=[
+        "sliding_attention", "full_attention"], **common))
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma3"])
+def test_sliding_window_models_train_on_the_librarys_own_attention(kind):
+    """Rows of 10 tokens, window of 4: the packed path would attend past the window, so
+    it is not applied, and the loss and gradients are the library's own."""
+    batch = right_padded_batch()
+    logits, loss, grads = loss_and_grads(tiny_sliding(kind).train(), batch)
+    model = tiny_sliding(kind).train()
+    assert "sliding-window" in cpu_speed.packing_unsafe_reason(model.config)
+    assert not cpu_speed.train_without_padding(model)
+    _, same_loss, same_grads = loss_and_grads(model, batch)
+    torch.testing.assert_close(same_loss, loss)
+    for a, b in zip(same_grads, grads):
+        torch.testing.assert_close(a, b)
+    assert cpu_speed.packing_unsafe_reason(tiny_llama().config) == ""
+
+
+def test_a_run_on_a_sliding_window_model_says_so_in_its_log(tmp_path, tokenizer, monkeypatch):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from conftest import make_trained_run
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, sliding_window=8, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    folder = tmp_path / "tiny-mistral"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "runs"))
+    run, status = make_trained_run(folder, steps=2)
+    assert status["state"] == "completed", status
+    assert "Padding-free packed attention is off for this model (sliding-window attention (8 tokens))" in \
+        run.log_path.read_text()
