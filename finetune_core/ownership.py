@@ -86,6 +86,11 @@ class Policy:
         return cls(login=login, public=_flag("STUDIO_PUBLIC"))
 
     @property
+    def local(self) -> bool:
+        """One person's tool (neither login nor public): nothing is checked."""
+        return not (self.login or self.public)
+
+    @property
     def shared(self) -> bool:
         """Everything is visible to everyone (a public deployment without login)."""
         return self.public and not self.login
@@ -126,7 +131,7 @@ def is_owner(record: dict, visitor: Visitor) -> bool:
 
 def can_view(run_path: Path, visitor: Visitor, policy: Policy | None = None) -> bool:
     policy = policy or Policy.from_env()
-    if not (policy.login or policy.public) or policy.shared or visitor.admin:
+    if policy.local or policy.shared or visitor.admin:
         return True
     record = read_owner(run_path)
     return bool(record.get("showcase")) or is_owner(record, visitor)
@@ -135,7 +140,7 @@ def can_view(run_path: Path, visitor: Visitor, policy: Policy | None = None) -> 
 def can_change(run_path: Path, visitor: Visitor, policy: Policy | None = None) -> bool:
     """Stop, resume, evaluate over, delete: the owner or an admin (anyone on a local app)."""
     policy = policy or Policy.from_env()
-    if not (policy.login or policy.public) or visitor.admin:
+    if policy.local or visitor.admin:
         return True
     return is_owner(read_owner(run_path), visitor)
 

@@ -158,15 +158,16 @@ def download_report(ctx: AppContext, run_id: str | None, request: gr.Request | N
     return [str(p) for p in sorted(folder.iterdir())]
 
 
+def server_token_allowed() -> bool:
+    """The owner allowed lending the server's HF_TOKEN (STUDIO_ALLOW_SERVER_TOKEN=1), and there is one."""
+    return (os.environ.get("STUDIO_ALLOW_SERVER_TOKEN", "") not in ("", "0")
+            and bool(os.environ.get("HF_TOKEN", "").strip()))
+
+
 def server_token_lent(who: Visitor, policy: Policy | None = None) -> bool:
-    """Whether this visitor may push with the server's own HF_TOKEN: only when the
-    owner allowed it (STUDIO_ALLOW_SERVER_TOKEN=1), and then only to admins, or to
-    the one user of a local app (no login, not public)."""
-    if os.environ.get("STUDIO_ALLOW_SERVER_TOKEN", "") in ("", "0") or not os.environ.get("HF_TOKEN", "").strip():
-        return False
-    policy = policy or Policy.from_env()
-    local = not (policy.login or policy.public)
-    return who.admin or local
+    """Whether this visitor may push with the server's own HF_TOKEN: only where allowed,
+    and then only to admins, or to the one user of a local app (no login, not public)."""
+    return server_token_allowed() and (who.admin or (policy or Policy.from_env()).local)
 
 
 def push_token(typed: str | None, request: gr.Request | None) -> str:
@@ -205,11 +206,9 @@ def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, w
 def hub_note() -> str:
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         return "*This server runs offline: pushing to the Hub will not work. Download the files instead.*"
-    policy = Policy.from_env()
-    if server_token_lent(Visitor(), policy):  # a local app: its one user may use the server's token
+    if server_token_allowed() and Policy.from_env().local:  # a local app: its one user may use it
         return "*The server has an HF_TOKEN it lends here: leave the token field empty to use it.*"
-    some_admin = next(iter(sorted(admins())), None)
-    if some_admin and server_token_lent(Visitor(user=some_admin), policy):
+    if server_token_allowed() and admins():
         return ("*Paste a token with write access, or sign in with Hugging Face (admins may leave it empty to "
                 "use the server's token).*")
     return ("*Paste a token with write access, or sign in with Hugging Face; it is used for this upload only "
