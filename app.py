@@ -30,6 +30,7 @@ from finetune_core.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext  # noqa: E402
 from ui.middleware import middleware  # noqa: E402
+from ui.widgets import with_ctx  # noqa: E402
 
 TITLE = "Fine-tuning Studio"
 INTRO = (
@@ -86,7 +87,7 @@ def refresh_pickers_on_select(ctx: AppContext, evaluate: gr.Tab, chat: gr.Tab) -
         return eval_tab.runs_dropdown(shared, current, visitor(request))
 
     evaluate.select(eval_runs, [ctx.run_state, ctx.components["eval_run"]], ctx.components["eval_run"], **private)
-    chat.select(chat_tab.with_ctx(chat_tab.follow_shared_run, ctx), [ctx.run_state, ctx.components["chat_run"]],
+    chat.select(with_ctx(chat_tab.follow_shared_run, ctx), [ctx.run_state, ctx.components["chat_run"]],
                 ctx.components["chat_run"], **private)
 
 

@@ -324,7 +324,7 @@ def test_ui_run_choices_and_examples(trained_run, monkeypatch):
     assert values == [f"run:{trained_run.id}", "base:bundled"]
     assert chat_tab.default_choice(choices, trained_run.id) == f"run:{trained_run.id}"
     assert chat_tab.default_choice(choices, "", "base:bundled") == "base:bundled"
-    assert chat_tab._examples_for(f"run:{trained_run.id}")[0] == [chat.example_prompts(trained_run, 1)[0]]
+    assert chat_tab.examples_for(f"run:{trained_run.id}")[0] == [chat.example_prompts(trained_run, 1)[0]]
     assert chat_tab.pick_example(["a prompt"]) == "a prompt"
 
 

@@ -10,9 +10,7 @@ below are plain functions (tests call them directly), wired in `build`.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-from pathlib import Path
 
 import gradio as gr
 from gradio.context import Context
@@ -22,16 +20,16 @@ from finetune_core.chat_limits import TokenCounter, check_chat_request, clean_te
 from finetune_core.generation import GenSettings
 from finetune_core.limits import limits
 from finetune_core.models import ModelError
-from finetune_core.ownership import Visitor, can_view, visible_runs
 from finetune_core.retention import fresh_folder, gradio_cache_dir
-from finetune_core.runs import RUN_ID_RE, RunError, get_run
+from finetune_core.ownership import Visitor
+from finetune_core.runs import RunError
 
 from .access import visitor
+from .chat_models import BASE_PREFIX, RUN_PREFIX, check_model_key, default_choice, examples_for, run_choices
 from .context import GPU_QUEUE, AppContext
+from .widgets import with_ctx
 
 log = logging.getLogger(__name__)
-BASE_PREFIX = "base:"
-RUN_PREFIX = "run:"
 USER_ERRORS = (ValueError, RunError, ModelError, FileNotFoundError)
 VOTE_LABELS = {"left": "👈 Left is better", "right": "Right is better 👉", "tie": "🤝 Tie", "both_bad": "👎 Both bad"}
 
@@ -41,27 +39,6 @@ def _session(value) -> chat.ChatSession:
     """The session in a gr.State, created on first use (a State's initial value is
     deep-copied per browser, and the session holds a threading.Event, which cannot be)."""
     return value if isinstance(value, chat.ChatSession) else chat.ChatSession()
-
-
-def run_choices(default_model: str, who: Visitor | None = None) -> list[tuple[str, str]]:
-    """Dropdown choices: runs with a saved adapter that `who` may see (newest first), then
-    the base model alone."""
-    choices = []
-    for run in visible_runs(who or Visitor()):
-        if run.has_adapter():
-            s = run.summary()
-            choices.append((f"{run.id} · {s.get('model') or '?'} · {s.get('state')}", RUN_PREFIX + run.id))
-    choices.append((f"Base model only ({default_model})", BASE_PREFIX + default_model))
-    return choices
-
-
-def default_choice(choices: list[tuple[str, str]], run_id: str | None, current: str | None = None) -> str:
-    """The shared selected run when it has an adapter, else the current pick, else the newest run."""
-    values = [v for _, v in choices]
-    for want in (RUN_PREFIX + (run_id or ""), current):
-        if want in values:
-            return want
-    return values[0]
 
 
 def _labels(blind: bool) -> tuple[str, str]:
@@ -96,37 +73,6 @@ def _status(ctx: AppContext, key: str, extra: str = "") -> str:
     return f"Chatting with {who}. {extra}".strip()
 
 
-def check_model_key(ctx: AppContext, key, who: Visitor | None = None) -> str:
-    """The model a chat request names, if this visitor may use it: a run they may see
-    (showcase runs included), or the deployment's base model. Raises gr.Error."""
-    if not isinstance(key, str):
-        raise gr.Error("Pick a run or the base model first.")
-    if key.startswith(RUN_PREFIX):
-        run_id = key[len(RUN_PREFIX):]
-        try:
-            if RUN_ID_RE.match(run_id) and can_view(get_run(run_id).path, who or Visitor()):
-                return key
-        except RunError:
-            pass
-        raise gr.Error("That run does not exist: pick a run from the list.")
-    if key == BASE_PREFIX + ctx.settings.default_model:
-        return key
-    # any other base model would be a model load of the visitor's choosing
-    raise gr.Error("Pick a run or the base model from the list.")
-
-
-def _examples_for(key: str, who: Visitor | None = None) -> list[list[str]]:
-    if not key.startswith(RUN_PREFIX):
-        return []
-    try:
-        run = get_run(key[len(RUN_PREFIX):])
-        if not can_view(run.path, who or Visitor()):
-            return []
-        return [[p] for p in chat.example_prompts(run, n=8)]
-    except RunError:
-        return []
-
-
 def _settings(temperature, top_p, max_new_tokens, seed) -> GenSettings:
     return GenSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                        top_p=float(top_p), seed=int(seed or 0))
@@ -155,7 +101,7 @@ def on_load(ctx: AppContext, run_id: str | None, current: str | None, request: g
     """Page (re)load: fresh run list, the shared run preselected, its example prompts."""
     who = visitor(request)
     choices, value = _followed(ctx, run_id, current, who)
-    samples = _examples_for(value or "", who)
+    samples = examples_for(value or "", who)
     return (gr.Dropdown(choices=choices, value=value), gr.Dataset(samples=samples or [[""]], visible=bool(samples)),
             _status(ctx, value or ""))
 
@@ -181,7 +127,7 @@ def change_model(ctx: AppContext, state, key: str, request: gr.Request = None):
     chat.clear(session)
     left, right = _chatbots(session)
     key = key if isinstance(key, str) else ""
-    samples = _examples_for(key, visitor(request))
+    samples = examples_for(key, visitor(request))
     examples = gr.Dataset(samples=samples or [[""]], visible=bool(samples))
     return session, left, right, examples, gr.Row(visible=False), _status(ctx, key or "")
 
@@ -361,25 +307,6 @@ def pick_example(sample) -> str:
 
 
 # -- layout and wiring ----------------------------------------------------------
-def with_ctx(fn, ctx: AppContext):
-    """`fn` with the app context bound as its first argument, keeping what Gradio reads
-    from a handler: the other parameters (API names and defaults), the annotations (a
-    `request: gr.Request` parameter is filled only when Gradio sees its annotation, and
-    it cannot see through functools.partial: the handler got None, i.e. no visitor) and
-    whether it is a generator (a streaming event)."""
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def handler(*args, **kwargs):
-            yield from fn(ctx, *args, **kwargs)
-    else:
-        @functools.wraps(fn)
-        def handler(*args, **kwargs):
-            return fn(ctx, *args, **kwargs)
-    signature = inspect.signature(fn)
-    handler.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
-    return handler
-
-
 def build(ctx: AppContext) -> None:
     """Build the Chat tab inside the caller's `gr.Tab`."""
     choices = run_choices(ctx.settings.default_model)
@@ -413,7 +340,7 @@ def build(ctx: AppContext) -> None:
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         stop = gr.Button("Stop", variant="stop", scale=1)
         clear_btn = gr.Button("Clear", scale=1)
-    samples = _examples_for(first)
+    samples = examples_for(first)
     examples = gr.Dataset(components=[message], samples=samples or [[""]], label="Held-out prompts (click to send)",
                           visible=bool(samples))
     with gr.Row():

@@ -8,6 +8,8 @@ a dict (Gradio's set-of-inputs form) and turn them back into a RunConfig with
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import gradio as gr
@@ -15,6 +17,8 @@ import gradio as gr
 from finetune_core.config import ConfigError, RunConfig, coerce, field_info
 from finetune_core.ownership import AccessError, Visitor, require_change, require_view
 from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run
+
+from .context import AppContext
 
 LABELS = {
     "lora_r": "LoRA rank (r)", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
@@ -111,6 +115,25 @@ def open_run(run_id: str | None, empty_message: str | None = None, visitor: Visi
         raise gr.Error(str(exc)) from None
 
 
+def with_ctx(fn, ctx: AppContext):
+    """`fn` with the app context bound as its first argument, keeping what Gradio reads
+    from a handler: the other parameters (API names and defaults), the annotations (a
+    `request: gr.Request` parameter is filled only when Gradio sees its annotation, and
+    it cannot see through functools.partial: the handler got None, i.e. no visitor) and
+    whether it is a generator (a streaming event)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            yield from fn(ctx, *args, **kwargs)
+    else:
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            return fn(ctx, *args, **kwargs)
+    signature = inspect.signature(fn)
+    handler.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return handler
+
+
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -134,4 +157,4 @@ def progress_html(step: int, total: int, state: str, eta: float | None) -> str:
 
 
 __all__ = ["coerce", "build_config_widgets", "config_from_values", "named_values", "widget_updates",
-           "user_error", "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run"]
+           "user_error", "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run", "with_ctx"]

@@ -1,0 +1,73 @@
+"""Which models a visitor may chat with: the Chat tab's model choices.
+
+A choice is a key: ``run:<run id>`` (base + that run's adapter) or
+``base:<model source>`` (the deployment's base model alone). Only runs the
+visitor may see (finetune_core/ownership.py, showcase runs included) and the
+deployment's own base model are offered, and a key sent by a client is checked
+again before any model is loaded: anything else would be a model load of the
+visitor's choosing.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from finetune_core import chat
+from finetune_core.ownership import Visitor, can_view, visible_runs
+from finetune_core.runs import RUN_ID_RE, RunError, get_run
+
+from .context import AppContext
+
+BASE_PREFIX = "base:"
+RUN_PREFIX = "run:"
+
+
+def run_choices(default_model: str, who: Visitor | None = None) -> list[tuple[str, str]]:
+    """Dropdown choices: runs with a saved adapter that `who` may see (newest first), then
+    the base model alone."""
+    choices = []
+    for run in visible_runs(who or Visitor()):
+        if run.has_adapter():
+            s = run.summary()
+            choices.append((f"{run.id} · {s.get('model') or '?'} · {s.get('state')}", RUN_PREFIX + run.id))
+    choices.append((f"Base model only ({default_model})", BASE_PREFIX + default_model))
+    return choices
+
+
+def default_choice(choices: list[tuple[str, str]], run_id: str | None, current: str | None = None) -> str:
+    """The shared selected run when it has an adapter, else the current pick, else the newest run."""
+    values = [v for _, v in choices]
+    for want in (RUN_PREFIX + (run_id or ""), current):
+        if want in values:
+            return want
+    return values[0]
+
+
+def check_model_key(ctx: AppContext, key, who: Visitor | None = None) -> str:
+    """The model a chat request names, if this visitor may use it: a run they may see
+    (showcase runs included), or the deployment's base model. Raises gr.Error."""
+    if not isinstance(key, str):
+        raise gr.Error("Pick a run or the base model first.")
+    if key.startswith(RUN_PREFIX):
+        run_id = key[len(RUN_PREFIX):]
+        try:
+            if RUN_ID_RE.match(run_id) and can_view(get_run(run_id).path, who or Visitor()):
+                return key
+        except RunError:
+            pass
+        raise gr.Error("That run does not exist: pick a run from the list.")
+    if key == BASE_PREFIX + ctx.settings.default_model:
+        return key
+    # any other base model would be a model load of the visitor's choosing
+    raise gr.Error("Pick a run or the base model from the list.")
+
+
+def examples_for(key: str, who: Visitor | None = None) -> list[list[str]]:
+    if not key.startswith(RUN_PREFIX):
+        return []
+    try:
+        run = get_run(key[len(RUN_PREFIX):])
+        if not can_view(run.path, who or Visitor()):
+            return []
+        return [[p] for p in chat.example_prompts(run, n=8)]
+    except RunError:
+        return []
