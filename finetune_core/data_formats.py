@@ -23,6 +23,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from finetune_core.cell_checks import has_broken_text
 from finetune_core.data_checks import RowProblem, check_conversation, require_text
 from finetune_core.limits import limits
 
@@ -45,7 +46,6 @@ SHAREGPT_ROLES = {
 TOOL_RESULT_PREFIX = "Tool result:\n"
 CLASSIFICATION_TEMPLATE = "Classify the text into one of: {labels}.\n\nText: {%s}\nAnswer with the label only."
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -81,7 +81,7 @@ def check_template(name: str, text: str, placeholders: bool = True) -> None:
     if placeholders:
         count = len(template_fields(text))
         lim.check("template_placeholders", count, f"the number of {{column}} placeholders in {name}")
-    if not text.isascii() and _SURROGATE.search(text):
+    if has_broken_text(text):
         # Tokenizers and the browser cannot encode a lone surrogate: refuse it here, named.
         raise ValueError(f"{name} holds a broken character (a lone UTF-16 surrogate); retype that text.")
 
