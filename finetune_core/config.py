@@ -140,6 +140,10 @@ class RunConfig:
     precision: str = _f("auto", "Training precision. auto: bf16 on GPUs, and for LoRA on CPUs with bf16 matrix "
                         "instructions (AVX512-BF16, AMX); float32 elsewhere.", "schedule",
                         choices=("auto", "float32", "bfloat16"))
+    speedups: str = _f("auto", "CPU speed-ups (packed attention, fused LoRA and RMSNorm steps, label-only LM head, "
+                       "decode caches). auto: those that give this model the libraries' own results; off: the "
+                       "libraries' own code paths only. STUDIO_SPEEDUPS=off turns them off for the whole server.",
+                       "schedule", choices=("auto", "off"))
 
     # -- validation --------------------------------------------------------
     def validate(self) -> "RunConfig":
