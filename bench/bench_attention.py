@@ -1,5 +1,5 @@
 """Causal attention of one packed row on this CPU: torch's SDPA kernel vs the
-grouped attention of finetune_core.cpu_speed, forward and backward.
+grouped attention of finetune_core.speedups.packed_attention, forward and backward.
 
     .venv/bin/python bench/bench_attention.py                       # SmolLM2-135M shape, bf16 and float32
     .venv/bin/python bench/bench_attention.py --lengths 16 --repeats 2   # smoke test
@@ -37,7 +37,7 @@ def measure(length: int, dtype, heads: int, kv_heads: int, dim: int, repeats: in
     import torch
     from torch.nn.functional import scaled_dot_product_attention
 
-    from finetune_core.cpu_speed import grouped_causal_attention
+    from finetune_core.speedups.packed_attention import grouped_causal_attention
 
     torch.manual_seed(length)
     q = torch.randn(1, heads, length, dim, dtype=dtype, requires_grad=True)

@@ -6,11 +6,11 @@
 Variants, each run in its own process and interleaved round by round:
 * ours          — finetune_core.train.build_trainer (dtype by device, no
                   gradient checkpointing, length-grouped batches, the CPU
-                  speed-ups of finetune_core.cpu_speed)
+                  speed-ups of finetune_core.speedups)
 * ours_fp32     — ours with precision float32 (on a CPU with bf16
                   instructions ours trains in bf16); not in the default set
 * ours_sdpa     — ours with torch's SDPA kernel for every row's attention
-                  instead of cpu_speed's grouped bf16 attention; not in the
+                  instead of the grouped bf16 attention; not in the
                   default set
 * plain_tuned   — a plain SFTTrainer script hand-tuned for CPU: fp32, no
                   gradient checkpointing, otherwise TRL's defaults
@@ -142,7 +142,7 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
 
     total = steps + warmup
     if variant == "ours_sdpa":
-        from finetune_core import cpu_speed
+        from finetune_core.speedups import packed_attention as cpu_speed
 
         cpu_speed.GROUPED_MAX_LEN = 0  # every row takes the kernel
     if variant in ("ours", "ours_fp32", "ours_sdpa"):

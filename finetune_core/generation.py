@@ -8,7 +8,8 @@ on the shared weights. A full fine-tune holds two models (there is no adapter
 to switch off).
 
 * `generate(prompts, tuned=...)` — batched greedy generation with left padding
-  (held-out evaluation); on a CPU from per-prompt prefilled caches (kv_batch).
+  (held-out evaluation); on a CPU from per-prompt prefilled caches
+  (speedups.kv_cache) unless the speed-ups are off for this model.
 * `stream_pair(...)` — base and tuned answers streamed together, token by
   token, in one mixed batch (the side-by-side chat).
 """
@@ -119,7 +120,8 @@ class _RowStreamer:
 
 
 class InferenceModel:
-    def __init__(self, model, tokenizer, policy: DevicePolicy, tuned_model=None, label: str = ""):
+    def __init__(self, model, tokenizer, policy: DevicePolicy, tuned_model=None, label: str = "",
+                 speedups: str = "auto"):
         self.model = model  # PeftModel when an adapter is loaded, else a plain model
         self.tuned_model = tuned_model  # only for full fine-tunes
         self.tokenizer = tokenizer
@@ -127,12 +129,12 @@ class InferenceModel:
         self.label = label
         self.lock = threading.Lock()
         self.tokenizer.padding_side = "left"  # decoder-only batches must pad on the left
-        if policy.device == "cpu":
-            from .kv_batch import use_trimmed_decode_attention
+        from .speedups import apply_inference
 
-            for m in (model, tuned_model):
-                if m is not None:
-                    use_trimmed_decode_attention(m)
+        # what this model's generation gets (speedups.Report: applied, and why not)
+        self.speedups = apply_inference(model, policy.device, speedups)
+        if tuned_model is not None:
+            apply_inference(tuned_model, policy.device, speedups)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.counter = TokenCounter(self.tokenizer)  # limit checks count on their own copy
@@ -163,11 +165,11 @@ class InferenceModel:
         base = load_model(cfg.model, policy, progress).eval()
         if cfg.method == "full":
             tuned = load_model(str(run.adapter_dir), policy, progress).eval()
-            return cls(base, tok, policy, tuned_model=tuned, label=run.id)
+            return cls(base, tok, policy, tuned_model=tuned, label=run.id, speedups=cfg.speedups)
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(base, str(run.adapter_dir), is_trainable=False).eval()
-        return cls(model, tok, policy, label=run.id)
+        return cls(model, tok, policy, label=run.id, speedups=cfg.speedups)
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict]) -> str:
@@ -202,13 +204,14 @@ class InferenceModel:
         """Greedy (by default) answers for chat prompts, in batches with left padding.
 
         On a CPU each prompt is prefilled on its own after the opening they all
-        share, and the batch decodes together from those caches (see kv_batch);
+        share, and the batch decodes together from those caches (see speedups.kv_cache);
         on a GPU a padded batch prefill is cheap and plain `generate` is used.
         """
         import torch
         from transformers import StoppingCriteriaList
 
-        from .kv_batch import kv_bytes_per_token, plan_batches, prefilled_batch, shared_prefix
+        from .kv_batch import kv_bytes_per_token, plan_batches
+        from .speedups.kv_cache import prefilled_batch, shared_prefix
 
         settings = settings or GenSettings()
         texts = [self.render(p) for p in prompts]
@@ -219,7 +222,7 @@ class InferenceModel:
         batches = plan_batches([len(t) for t in tokens], batch_size, settings.new_tokens,
                                kv_bytes_per_token(model))
         stopped = lambda: cancel is not None and cancel.is_set()  # noqa: E731
-        prefilled = self.policy.device == "cpu" and all(len(t) > 1 for t in tokens)
+        prefilled = "prefilled_kv_cache" in self.speedups.applied() and all(len(t) > 1 for t in tokens)
         prefix, prefix_len = None, 0
         if prefilled:
             with self.lock:

@@ -100,6 +100,16 @@ class Run:
         except (OSError, ValueError):
             return {"state": "failed", "reason": "status.json is missing or unreadable"}
 
+    def record_facts(self, **facts: Any) -> None:
+        """Add facts found while running (resolved device, speed-ups applied...) to run.yaml;
+        `RunConfig.load` ignores them."""
+        import yaml
+
+        data = {**self.run_yaml(), **facts}
+        tmp = self.path / f".run.yaml.{os.getpid()}.tmp"
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        tmp.replace(self.path / "run.yaml")
+
     def set_status(self, **fields: Any) -> dict:
         status = {**self.status(), **fields, "updated": time.time()}
         write_json_atomic(self.path / "status.json", status)

@@ -272,9 +272,9 @@ def is_main_process() -> bool:
 def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict], policy: DevicePolicy,
                   callbacks: list, emit: Emit):
     """SFTTrainer for this config, with our speed choices (dtype by device, no
-    gradient checkpointing for small models, length-grouped batches; on CPU the
-    cheaper LoRA dropout, padding-free batches and label-only LM-head scoring of
-    cpu_speed, fused_lora's LoRA step and fused_norm's RMSNorm backward)."""
+    gradient checkpointing for small models, length-grouped batches) and the
+    speed-ups `speedups.apply_training` finds safe for this model (on CPU; the
+    `speedups` setting switches them off). `trainer.speedups` says which."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
@@ -293,21 +293,11 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
         processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
-    if policy.device == "cpu":
-        from .cpu_speed import (packing_unsafe_reason, score_only_label_positions_on_cpu, train_without_padding,
-                                use_fast_lora_dropout)
-        from .fused_lora import use_fused_lora
-        from .fused_norm import use_fused_rms_norm
+    from .speedups import apply_training
 
-        score_only_label_positions_on_cpu()
-        use_fast_lora_dropout(trainer.model)
-        use_fused_lora(trainer.model)
-        use_fused_rms_norm(trainer.model)
-        if not train_without_padding(trainer.model):
-            unsafe = packing_unsafe_reason(model.config)
-            if unsafe:  # said in the run's log: this model trains on the library's own attention path
-                say(f"Padding-free packed attention is off for this model ({unsafe}): it would not give the "
-                    "same maths; batches keep their padding and the library's attention.")
+    trainer.speedups = apply_training(trainer.model, policy.device, policy.dtype, cfg.max_length, cfg.speedups)
+    say(trainer.speedups.summary())
+    run.record_facts(**trainer.speedups.as_dict())
     say(f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}.")
     return trainer, tokenizer
 
@@ -329,7 +319,8 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     # injected hooks (tests, benchmarks) act before ours
     trainer, tokenizer = build_trainer(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with trainer.speedups.scope():
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException:
         drop_torn_checkpoints(run, cfg.method, _step(resume_from) if resume_from else 0)
         raise
@@ -338,7 +329,8 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     step = trainer.state.global_step
     stopped = stop_event.is_set()
     if held and not stopped:
-        metrics = trainer.evaluate()
+        with trainer.speedups.scope():
+            metrics = trainer.evaluate()
         loss = metrics.get("eval_loss")
         if loss is not None and not math.isfinite(loss):
             raise TrainingError("The held-out loss is not a number: the run diverged; no adapter was saved.")

@@ -12,8 +12,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from finetune_core.cpu_speed import use_fast_lora_dropout
-from finetune_core.fused_lora import LoraBranch, use_fused_lora
+from finetune_core.speedups.dropout import use_fast_lora_dropout
+from finetune_core.speedups.fused_lora import LoraBranch, use_fused_lora
 
 
 def tiny_lora(dropout: float, **lora) -> nn.Module:

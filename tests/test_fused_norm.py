@@ -10,7 +10,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from finetune_core.fused_norm import RMSNormStep, use_fused_rms_norm
+from finetune_core.speedups.fused_norm import RMSNormStep, use_fused_rms_norm
 
 
 def tiny_llama() -> LlamaForCausalLM:

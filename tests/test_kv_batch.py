@@ -11,7 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetune_core import kv_batch
 from finetune_core.generation import GenSettings, InferenceModel
-from finetune_core.kv_batch import GrowingCache, GrowingLayer, plan_batches, prefilled_batch, shared_prefix_length
+from finetune_core.kv_batch import plan_batches
+from finetune_core.speedups import decode_attention, kv_cache
+from finetune_core.speedups.kv_cache import GrowingCache, GrowingLayer, prefilled_batch, shared_prefix_length
 
 PAD = 0
 NEW = 6
@@ -47,7 +49,7 @@ def alone(model, tokens: list[int]):
 def batched(model, rows: list[list[int]], use_prefix: bool):
     prefix, n = (None, 0)
     if use_prefix:
-        prefix, n = kv_batch.shared_prefix(model, rows, "cpu", lambda: torch.no_grad())
+        prefix, n = kv_cache.shared_prefix(model, rows, "cpu", lambda: torch.no_grad())
     with torch.inference_mode():
         inputs = prefilled_batch(model, rows, PAD, NEW, "cpu", prefix, n)
         out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD,
@@ -73,20 +75,20 @@ def test_trimmed_decode_attention_changes_reads_not_results(chaotic_model):
     rows = sorted(token_rows(20), key=len, reverse=True)  # > DECODE_GROUP rows: trimming applies
     plain_tokens, plain_logits, _ = batched(chaotic_model, rows, True)
     calls = []
-    original = kv_batch.trimmed_decode_attention
+    original = decode_attention.trimmed_decode_attention
 
     def spy(module, query, key, value, attention_mask, **kw):
         calls.append(query.shape[2])
         return original(module, query, key, value, attention_mask, **kw)
 
-    assert kv_batch.use_trimmed_decode_attention(chaotic_model)
+    assert decode_attention.use_trimmed_decode_attention(chaotic_model)
     try:
         from transformers import AttentionInterface
 
-        AttentionInterface.register(kv_batch.DECODE_ATTENTION, spy)
+        AttentionInterface.register(decode_attention.DECODE_ATTENTION, spy)
         tokens, logits, _ = batched(chaotic_model, rows, True)
     finally:
-        AttentionInterface.register(kv_batch.DECODE_ATTENTION, original)
+        AttentionInterface.register(decode_attention.DECODE_ATTENTION, original)
         chaotic_model.set_attn_implementation("sdpa")
     assert 1 in calls  # decode steps went through the trimmed path
     assert tokens.tolist() == plain_tokens.tolist()
@@ -102,7 +104,7 @@ def test_trimmed_attention_falls_back_when_rows_are_not_longest_first():
     q, k, v = torch.randn(12, 4, 1, 8, generator=g), torch.randn(12, 2, 9, 8, generator=g), torch.randn(12, 2, 9, 8, generator=g)
     mask = torch.ones(12, 1, 1, 9, dtype=torch.bool)
     mask[0, ..., :5] = False  # row 0 padded more than row 1: not sorted
-    out, _ = kv_batch.trimmed_decode_attention(Module(), q, k, v, mask)
+    out, _ = decode_attention.trimmed_decode_attention(Module(), q, k, v, mask)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
                                                            attn_mask=mask)
     torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)

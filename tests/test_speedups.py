@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from finetune_core import cpu_speed
-from finetune_core.cpu_speed import FastDropout, use_fast_lora_dropout
+from finetune_core.speedups import packed_attention as cpu_speed
+from finetune_core.speedups.dropout import FastDropout, use_fast_lora_dropout
+from finetune_core.speedups.lm_head import label_only_lm_head
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -88,11 +89,6 @@ def test_label_only_lm_head_gives_the_same_loss_and_gradients(monkeypatch):
     full_loss, full_grad = fused_loss_and_grad(tiny_llama(), batch)
     scored = []
     original = trl_utils._use_triton
-    monkeypatch.setattr(trl_utils, "_use_triton", original)  # undone after the test
-    assert cpu_speed.score_only_label_positions_on_cpu()
-    assert trl_utils._use_triton(torch.device("cpu")) is True
-    assert trl_utils._use_triton(torch.device("meta")) is original(torch.device("meta"))
-
     real_apply = trl_utils._ChunkedLogProbFunction.apply
 
     def spy(hidden, *args):
@@ -100,8 +96,12 @@ def test_label_only_lm_head_gives_the_same_loss_and_gradients(monkeypatch):
         return real_apply(hidden, *args)
 
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
-    loss, grad = fused_loss_and_grad(tiny_llama(), batch)
+    with label_only_lm_head():
+        assert trl_utils._use_triton(torch.device("cpu")) is True
+        assert trl_utils._use_triton(torch.device("meta")) is original(torch.device("meta"))
+        loss, grad = fused_loss_and_grad(tiny_llama(), batch)
     assert scored == [3 * 4]  # only the 4 label positions of each row were projected
+    assert trl_utils._use_triton is original  # put back when the block ends
     torch.testing.assert_close(loss, full_loss)
     torch.testing.assert_close(grad, full_grad)
     # Reference: plain cross-entropy over full logits.
@@ -282,13 +282,13 @@ def test_sliding_window_models_train_on_the_librarys_own_attention(kind):
     batch = right_padded_batch()
     logits, loss, grads = loss_and_grads(tiny_sliding(kind).train(), batch)
     model = tiny_sliding(kind).train()
-    assert "sliding-window" in cpu_speed.packing_unsafe_reason(model.config)
-    assert not cpu_speed.train_without_padding(model)
+    assert "sliding-window" in cpu_speed.packing_unsafe_reason(model, max_length=10)
+    assert not cpu_speed.train_without_padding(model, max_length=10)
     _, same_loss, same_grads = loss_and_grads(model, batch)
     torch.testing.assert_close(same_loss, loss)
     for a, b in zip(same_grads, grads):
         torch.testing.assert_close(a, b)
-    assert cpu_speed.packing_unsafe_reason(tiny_llama().config) == ""
+    assert cpu_speed.packing_unsafe_reason(tiny_llama(), max_length=10) == ""
 
 
 def test_a_run_on_a_sliding_window_model_says_so_in_its_log(tmp_path, tokenizer, monkeypatch):
@@ -307,5 +307,8 @@ def test_a_run_on_a_sliding_window_model_says_so_in_its_log(tmp_path, tokenizer,
     monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "runs"))
     run, status = make_trained_run(folder, steps=2)
     assert status["state"] == "completed", status
-    assert "Padding-free packed attention is off for this model (sliding-window attention (8 tokens))" in \
-        run.log_path.read_text()
+    log = run.log_path.read_text()
+    assert "packed attention" in log and "sliding-window attention (8 tokens) shorter than the rows" in log, log
+    facts = run.run_yaml()
+    assert "packed_attention" not in facts["speedups_applied"] and "fused_lora" in facts["speedups_applied"]
+    assert "sliding-window" in facts["speedups_skipped"]["packed_attention"]

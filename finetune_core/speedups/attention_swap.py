@@ -17,6 +17,8 @@ def swap_sdpa(model, name: str, attention: Callable, mask: Callable) -> bool:
     from transformers.masking_utils import AttentionMaskInterface
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) == name:  # switched before (a cached model)
+        return True
     if getattr(base.config, "_attn_implementation", None) != "sdpa":
         return False
     AttentionInterface.register(name, attention)

@@ -26,7 +26,7 @@ import types
 import torch
 from torch import nn
 
-from .cpu_speed import FastDropout, keep_mask
+from .dropout import FastDropout, keep_mask
 
 
 class LoraBranch(torch.autograd.Function):

@@ -1,19 +1,5 @@
-"""CPU speed-ups for LoRA training that the libraries do not make themselves.
+"""Padding-free training on CPU: packed rows with causal attention row by row.
 
-Found with torch.profiler on the 2-core CPU this project targets; the
-resulting throughput is in docs/benchmarks.md:
-* LoRA dropout: PEFT's `nn.Dropout` draws one Bernoulli sample per input
-  element, for each of the 7 adapted projections of each layer; torch's CPU
-  Bernoulli sampler made that the largest cost after the matrix products.
-  `FastDropout` draws 16 random bits per element from 64-bit words instead
-  (several times cheaper) and keeps dropout's meaning: each element is
-  zeroed with probability p (to within 1/65536) and survivors are scaled so
-  the expectation is unchanged.
-* LM head: TRL's fused log-prob head scores only the label positions on
-  Triton devices and every position elsewhere, so that compiled shapes stay
-  fixed. On a CPU nothing is compiled, and for prompt/completion rows most
-  positions are prompt: scoring only the label positions gives the same loss
-  for a fraction of the vocabulary-wide products.
 * Padding: TRL pads each training batch on the right to its longest row,
   and every layer then computes the padding too (4-7% of the tokens even
   with length-grouped batches), with a padding mask that sends SDPA down
@@ -30,99 +16,16 @@ resulting throughput is in docs/benchmarks.md:
   group without copying it) and the softmax in float32, as transformers'
   eager attention does: 1.24x the tokens/s of a training step that gives
   every row to the kernel (bench_train's `ours_sdpa` variant).
+
+Row-by-row attention is plain full-causal attention: `packing_unsafe_reason`
+names what a model declares that would make it differ (a sliding window
+shorter than the rows, soft-capped logits, attention sinks, an attention
+that does not take the row boundaries), and such a model is left alone.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-_BITS = 1 << 16
-
-
-def _random_words(n: int, device: torch.device) -> torch.Tensor:
-    """`n` uniformly random 64-bit words.
-
-    On a CPU, numpy's SFC64 generator fills them about twice as fast as torch's
-    Mersenne twister; it is seeded from torch's generator on each call, so
-    `torch.manual_seed` (the Trainer's seed) still makes runs repeatable.
-    """
-    if device.type != "cpu":
-        return torch.empty(n, dtype=torch.int64, device=device).random_(-(2 ** 63), None)
-    import numpy as np
-
-    seed = int(torch.randint(0, 2 ** 62, (1,)))
-    return torch.from_numpy(np.random.SFC64(seed).random_raw(n).view(np.int64))
-
-
-def keep_mask(shape: torch.Size, cut: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """1.0 where an element is kept, 0.0 where it is dropped (its 16 random bits fall below `cut`).
-
-    Made by clamping the bits shifted to [cut-1, cut]: on a CPU this is about
-    three times cheaper than building the mask from a comparison (bool tensors
-    take slow paths in torch's CPU kernels).
-    """
-    n = shape.numel()
-    bits = _random_words((n + 3) // 4, device).view(torch.int16)[:n].view(shape)  # uniform int16
-    # float32 holds every int16 exactly (bfloat16 would not); `to` is free for float32 inputs
-    return bits.float().sub_(cut - 1 - _BITS // 2).clamp_(0, 1).to(dtype)
-
-
-class FastDropout(nn.Module):
-    """Inverted dropout with a cheaper random source; identity in eval mode."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
-        self.cut = round(p * _BITS)  # elements whose 16 random bits fall below the cut are dropped
-        self.scale = _BITS / (_BITS - self.cut)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.cut == 0:
-            return x
-        # autograd keeps the mask for backward
-        return x * keep_mask(x.shape, self.cut, x.device, x.dtype).mul_(self.scale)
-
-
-def use_fast_lora_dropout(model: nn.Module) -> int:
-    """Swap PEFT's LoRA `nn.Dropout` modules for `FastDropout`; returns how many were swapped."""
-    swapped = 0
-    for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if not isinstance(dropouts, nn.ModuleDict):
-            continue
-        for name, drop in list(dropouts.items()):
-            if type(drop) is nn.Dropout and drop.p > 0:
-                dropouts[name] = FastDropout(drop.p)
-                swapped += 1
-    return swapped
-
-
-def score_only_label_positions_on_cpu() -> bool:
-    """Make TRL's fused LM head score only label positions on CPU too; returns whether it applies.
-
-    TRL decides per call with `trl.trainer.utils._use_triton(device)`; the
-    wrapper answers yes for CPU tensors and leaves every other device alone.
-    """
-    import trl.trainer.utils as trl_utils
-
-    current = getattr(trl_utils, "_use_triton", None)
-    if current is None:  # a TRL without this switch: nothing to do
-        return False
-    if getattr(current, "_studio_cpu_compact", False):
-        return True
-
-    def compact_on_cpu(device: torch.device) -> bool:
-        return device.type == "cpu" or current(device)
-
-    compact_on_cpu._studio_cpu_compact = True
-    trl_utils._use_triton = compact_on_cpu
-    return True
-
 
 PACKED_ATTENTION = "studio_packed_sdpa"
 
@@ -205,31 +108,54 @@ def _mask_unless_packed(*args, attention_mask=None, **kwargs):
     return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
-def _right_padded(mask) -> bool:
-    return bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+def sliding_window_reason(config, max_length: int | None) -> str:
+    """The sliding window that would bind on rows of `max_length` tokens ("" when none does).
 
-
-def packing_unsafe_reason(config) -> str:
-    """Why packed causal attention would change this model's maths ("" when it is safe).
-
-    The packed rows get plain full-causal attention, so a model whose attention
-    does anything else would train differently: sliding-window layers (Mistral,
-    Gemma 2/3, Qwen with use_sliding_window) attend only to the last `window`
-    tokens, and Gemma 2 soft-caps its attention logits. On a Mistral config whose
-    window was shorter than a row, the packed path gave a different loss and LoRA
-    gradients than plain PEFT (tests/test_cpu_speed.py)."""
+    Sliding-window layers (Mistral, Gemma 2/3, Qwen with use_sliding_window)
+    attend only to the last `window` tokens; a window at least as long as the
+    longest row never cuts anything, so such a model trains the same either way.
+    """
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None) or []
     sliding = bool(window) and getattr(config, "use_sliding_window", True) is not False and (
         not layer_types or any("sliding" in str(kind) for kind in layer_types))
-    if sliding:
-        return f"sliding-window attention ({window} tokens)"
-    if getattr(config, "attn_logit_softcapping", None):
+    if not sliding or (max_length is not None and window >= max_length):
+        return ""
+    return f"sliding-window attention ({window} tokens) shorter than the rows (max_length {max_length})"
+
+
+def packing_unsafe_reason(model_or_config, max_length: int | None = None) -> str:
+    """Why packed causal attention would change this model's maths ("" when it is safe).
+
+    The packed rows get plain full-causal attention. On a Mistral config whose
+    window was shorter than a row, packing gave a different loss and LoRA
+    gradients than plain PEFT (tests/test_model_matrix.py), so a model that
+    declares anything else keeps the library's path.
+    """
+    model = model_or_config.get_base_model() if hasattr(model_or_config, "get_base_model") else model_or_config
+    config = getattr(model, "config", model)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = sliding_window_reason(text, max_length)
+    if window:
+        return window
+    if getattr(text, "attn_logit_softcapping", None):
         return "attention logit soft-capping"
+    if getattr(text, "model_type", "") == "gpt_oss" or any(
+            name.endswith(".sinks") for name, _ in getattr(model, "named_parameters", lambda: [])()):
+        return "attention sinks"
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in (None, "sdpa", PACKED_ATTENTION):
+        return f"attention implementation {impl!r} (packing replaces sdpa only)"
+    if isinstance(model, nn.Module) and not getattr(model, "_supports_attention_backend", False):
+        return "its attention does not take the packed rows' boundaries"
     return ""
 
 
-def train_without_padding(model: nn.Module) -> bool:
+def _right_padded(mask) -> bool:
+    return bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def train_without_padding(model: nn.Module, max_length: int | None = None) -> bool:
     """Pack right-padded batches before the decoder and unpack its output (see the module docstring).
 
     Applies only to a decoder using SDPA with plain causal attention (see
@@ -240,11 +166,12 @@ def train_without_padding(model: nn.Module) -> bool:
     from .attention_swap import swap_sdpa
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if packing_unsafe_reason(getattr(base, "config", None)):
+    if packing_unsafe_reason(base, max_length):
         return False
-    decoder = getattr(base, "model", None)
-    if not isinstance(decoder, nn.Module) or not swap_sdpa(model, PACKED_ATTENTION, packed_causal_attention,
-                                                             _mask_unless_packed):
+    decoder = getattr(base, "base_model", None)  # the backbone under the LM head (model, transformer, ...)
+    if not isinstance(decoder, nn.Module) or decoder is base:
+        return False
+    if not swap_sdpa(model, PACKED_ATTENTION, packed_causal_attention, _mask_unless_packed):
         return False
     # The layout of the batch inside the decoder now, for unpack (one call at a time: the hooks
     # belong to this training's own model).
