@@ -312,3 +312,90 @@ def test_a_run_on_a_sliding_window_model_says_so_in_its_log(tmp_path, tokenizer,
     facts = run.run_yaml()
     assert "packed_attention" not in facts["speedups_applied"] and "fused_lora" in facts["speedups_applied"]
     assert "sliding-window" in facts["speedups_skipped"]["packed_attention"]
+
+
+# -- the switch and the library names it depends on ---------------------------------
+def test_trl_still_has_the_function_the_label_only_head_replaces():
+    """Fails loudly when TRL renames `_use_triton`, changes its signature, or stops asking it
+    in the fused LM head: the label-only head would then silently do nothing."""
+    import inspect
+
+    import trl.trainer.utils as trl_utils
+
+    from finetune_core.speedups.lm_head import unavailable_reason
+
+    assert unavailable_reason() == ""
+    assert list(inspect.signature(trl_utils._use_triton).parameters) == ["device"]
+    assert "_use_triton(hidden_states.device)" in inspect.getsource(trl_utils.add_fused_lm_head)
+
+
+def test_label_only_head_stays_in_its_thread_and_block():
+    import threading
+
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    seen = {}
+    with label_only_lm_head():
+        other = threading.Thread(target=lambda: seen.update(other=trl_utils._use_triton(torch.device("cpu"))))
+        other.start()
+        other.join()
+        with label_only_lm_head():  # nested (a trainer evaluating inside train)
+            seen["nested"] = trl_utils._use_triton(torch.device("cpu"))
+        seen["after_nested"] = trl_utils._use_triton(torch.device("cpu"))
+    assert seen == {"other": original(torch.device("cpu")), "nested": True, "after_nested": True}
+    assert trl_utils._use_triton is original
+
+
+def lora_llama(dropout: float = 0.1):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(tiny_llama(), LoraConfig(r=4, lora_dropout=dropout, target_modules="all-linear"))
+
+
+@pytest.mark.parametrize("how", ["setting", "environment"])
+def test_speedups_off_leaves_the_libraries_paths_untouched(how, monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    from finetune_core.speedups import TRAINING, apply_training
+
+    if how == "environment":
+        monkeypatch.setenv("STUDIO_SPEEDUPS", "off")
+    model = lora_llama()
+    forwards = {name: m.forward for name, m in model.named_modules()}
+    original = trl_utils._use_triton
+    report = apply_training(model, "cpu", "float32", 64, "off" if how == "setting" else "auto")
+    assert report.applied() == [] and set(report.skipped()) == set(TRAINING)
+    assert all("switched off" in why for why in report.skipped().values())
+    assert model.get_base_model().config._attn_implementation == "sdpa"
+    assert not any(isinstance(m, FastDropout) for m in model.modules())
+    assert {name: m.forward for name, m in model.named_modules()} == forwards  # no layer re-bound
+    with report.scope():
+        assert trl_utils._use_triton is original
+    assert "Speed-ups (off): none." in report.summary()
+
+
+def test_auto_says_what_it_applied_and_why_not_the_rest():
+    from finetune_core.speedups import apply_training
+
+    report = apply_training(lora_llama(), "cpu", "float32", 64)
+    assert set(report.applied()) == {"packed_attention", "fused_lora", "fused_rms_norm", "fast_lora_dropout",
+                                     "label_only_lm_head"}
+    assert report.skipped() == {"grouped_bf16_attention": "float32 weights (a bf16 speed-up)"}
+    full = apply_training(tiny_llama(), "cpu", "float32", 64)
+    assert full.skipped()["fused_lora"] == "no LoRA layers (full fine-tune)"
+    assert "packed attention" in full.summary() and "fused LoRA step" in full.summary()
+
+
+def test_no_speedup_is_applied_on_a_gpu():
+    """On CUDA the libraries' kernels are used: the model is left exactly as it was."""
+    from finetune_core.speedups import INFERENCE, TRAINING, apply_inference, apply_training
+
+    model = lora_llama()
+    report = apply_training(model, "cuda", "bfloat16", 64)
+    assert report.applied() == [] and set(report.skipped()) == set(TRAINING)
+    assert all(why.startswith("CPU only") for why in report.skipped().values())
+    assert model.get_base_model().config._attn_implementation == "sdpa"
+    assert not any(isinstance(m, FastDropout) for m in model.modules())
+    gen = apply_inference(tiny_llama(), "cuda")
+    assert gen.applied() == [] and set(gen.skipped()) == set(INFERENCE)
