@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from . import device_plan
 from .config import RunConfig
 from .events import StudioCallback
-from .models import DevicePolicy, load_model, load_tokenizer, training_policy
+from .models import DevicePolicy, load_model, load_tokenizer, model_config, training_policy
 from .runs import Run
 
 Emit = Callable[[dict], None]
@@ -122,11 +123,13 @@ def peft_config(cfg: RunConfig):
 def use_gradient_checkpointing(cfg: RunConfig, policy: DevicePolicy, n_params: int) -> bool:
     if cfg.gradient_checkpointing != "auto":
         return cfg.gradient_checkpointing == "on"
-    # Recomputing activations costs ~30% speed; only worth it for big models on a GPU.
-    return policy.device == "cuda" and n_params > 3_000_000_000
+    # Recomputing activations costs ~30% speed; only worth it for big models on a GPU, and
+    # with QLoRA, which is chosen to save memory.
+    return policy.device == "cuda" and (n_params > 3_000_000_000 or cfg.method == "qlora")
 
 
-def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, grad_ckpt: bool, has_eval: bool):
+def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, grad_ckpt: bool, has_eval: bool,
+               padding_free: bool = False):
     from trl import SFTConfig
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -136,7 +139,7 @@ def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, gr
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        max_length=cfg.max_length, packing=cfg.packing,
+        max_length=cfg.max_length, packing=cfg.packing, padding_free=padding_free,
         completion_only_loss=None if lm_rows else cfg.completion_only_loss,
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         gradient_checkpointing=grad_ckpt,
@@ -281,12 +284,17 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
 
     say = lambda m: emit({"event": "log", "message": m})  # noqa: E731
     tokenizer = load_tokenizer(cfg.model, progress=say)
-    model = load_model(cfg.model, policy, progress=say)
+    accel = device_plan.plan(cfg, policy, model_config(cfg.model) if policy.device == "cuda" else None)
+    model = load_model(cfg.model, policy, progress=say, **device_plan.load_kwargs(cfg, policy, accel))
     model.config.use_cache = False  # the KV cache is useless (and wasteful) while training
     n_params = sum(p.numel() for p in model.parameters())
     lm_rows = "text" in train[0] and "prompt" not in train[0]
     grad_ckpt = use_gradient_checkpointing(cfg, policy, n_params)
-    args = sft_config(cfg, run, policy, lm_rows, grad_ckpt, bool(held))
+    if accel.quantized:  # PEFT's recipe for a 4-bit base: norms in float32, input gradients for checkpointing
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
+    args = sft_config(cfg, run, policy, lm_rows, grad_ckpt, bool(held), padding_free=accel.padding_free)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(training_rows(train)),
         eval_dataset=Dataset.from_list(training_rows(held)) if held else None,
@@ -298,7 +306,8 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     trainer.speedups = apply_training(trainer.model, policy.device, policy.dtype, cfg.max_length, cfg.speedups)
     say(trainer.speedups.summary())
     run.record_facts(**trainer.speedups.as_dict())
-    say(f"Training on {policy.describe()}, gradient checkpointing {'on' if grad_ckpt else 'off'}.")
+    say(f"Training on {policy.describe()} ({accel.describe()}), gradient checkpointing "
+        f"{'on' if grad_ckpt else 'off'}.")
     return trainer, tokenizer
 
 
