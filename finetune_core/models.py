@@ -351,8 +351,11 @@ def load_tokenizer(source: str, progress: Progress | None = None):
     return tok
 
 
-def load_model(source: str, policy: DevicePolicy | None = None, progress: Progress | None = None):
-    """Load a causal LM in the policy's dtype on the policy's device (safetensors only)."""
+def load_model(source: str, policy: DevicePolicy | None = None, progress: Progress | None = None, **extra):
+    """Load a causal LM in the policy's dtype on the policy's device (safetensors only).
+
+    `extra`: further `from_pretrained` arguments (device_plan.load_kwargs: attention
+    implementation; QLoRA's quantization config, which also places the model)."""
     from transformers import AutoModelForCausalLM
 
     policy = policy or device_policy()
@@ -362,13 +365,25 @@ def load_model(source: str, policy: DevicePolicy | None = None, progress: Progre
     say(f"Loading model {source or BUNDLED} on {policy.describe()}...")
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=policy.torch_dtype, trust_remote_code=False, use_safetensors=True
+            where, dtype=policy.torch_dtype, trust_remote_code=False, use_safetensors=True, **extra
         )
     except Exception as exc:  # noqa: BLE001 - turned into a user message
         raise _load_error(source, exc) from exc
-    model.to(policy.device)
+    if "device_map" not in extra:
+        model.to(policy.device)
     say(f"Model loaded in {time.perf_counter() - start:.1f} s.")
     return model
+
+
+def model_config(source: str):
+    """The model's transformers config (config.json only, no weights)."""
+    from transformers import AutoConfig
+
+    where = resolve_model_source(source)
+    try:
+        return AutoConfig.from_pretrained(where, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - turned into a user message
+        raise _load_error(source, exc) from exc
 
 
 def hub_timeouts() -> None:
