@@ -78,3 +78,16 @@ def test_bench_attention_tiny():
     for r in rows:
         assert r["sdpa_ms"] > 0 and r["grouped_ms"] > 0
         assert r["max_abs_diff"] < (0.05 if r["dtype"] == "bfloat16" else 1e-5)  # the same attention
+
+
+@pytest.mark.slow
+def test_bench_gpu_runs_its_checks_on_a_tiny_model_on_cpu():
+    """The script a session with a GPU runs: here on CPU, so it is known to work when one is lent."""
+    result = _run(["bench/bench_gpu.py", "--device", "cpu", "--tiny", "--steps", "2", "--rows", "3",
+                   "--methods", "lora,full"])
+    lora, full = result["methods"]["lora"], result["methods"]["full"]
+    assert lora["train"]["state"] == full["train"]["state"] == "completed"
+    assert lora["same_loss"]["abs_diff"] < 1e-4 and full["same_loss"]["abs_diff"] < 1e-4
+    assert lora["batched_vs_single"]["share"] == 1.0
+    assert lora["merged_vs_adapter"]["max_abs_diff"] < 1e-4 and full["merged_vs_adapter"] is None
+    assert "packed_attention" in lora["train"]["speedups_applied"]  # on CPU the speed-ups are in the loop
