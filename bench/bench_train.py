@@ -9,11 +9,16 @@ Variants, each run in its own process and interleaved round by round:
                   speed-ups of finetune_core.speedups)
 * ours_fp32     — ours with precision float32 (on a CPU with bf16
                   instructions ours trains in bf16); not in the default set
+* ours_off      — ours with `speedups: off` and precision float32: the
+                  libraries' own code paths (compare with plain_tuned_grouped);
+                  not in the default set
 * ours_sdpa     — ours with torch's SDPA kernel for every row's attention
                   instead of the grouped bf16 attention; not in the
                   default set
 * plain_tuned   — a plain SFTTrainer script hand-tuned for CPU: fp32, no
                   gradient checkpointing, otherwise TRL's defaults
+* plain_tuned_grouped — plain_tuned with length-grouped batches, as ours
+                  samples them; not in the default set
 * plain_default — a plain SFTTrainer script with TRL's defaults (bf16 autocast,
                   gradient checkpointing); very slow on CPUs without bf16
                   instructions (minutes a step), so --rounds 1 may be wanted there
@@ -28,6 +33,7 @@ JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -145,10 +151,11 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
         from finetune_core.speedups import packed_attention as cpu_speed
 
         cpu_speed.GROUPED_MAX_LEN = 0  # every row takes the kernel
-    if variant in ("ours", "ours_fp32", "ours_sdpa"):
+    if variant in ("ours", "ours_fp32", "ours_sdpa", "ours_off"):
         cfg = RunConfig(model=model, max_steps=total, batch_size=batch, max_length=512, lora_r=LORA["r"],
                         lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000, seed=42,
-                        precision="float32" if variant == "ours_fp32" else "auto")
+                        precision="float32" if variant in ("ours_fp32", "ours_off") else "auto",
+                        speedups="off" if variant == "ours_off" else "auto")
         policy = training_policy(cfg.device, cfg.precision, cfg.method)
         run = Run(Path(out_dir))
         (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -161,6 +168,8 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
                       use_cpu=not torch.cuda.is_available())  # what TRL asks for on a GPU-less machine
         if variant == "plain_tuned":
             kwargs.update(bf16=False, gradient_checkpointing=False)
+        elif variant == "plain_tuned_grouped":
+            kwargs.update(bf16=False, gradient_checkpointing=False, train_sampling_strategy="group_by_length")
         elif variant == "plain_nockpt_b32":
             kwargs.update(gradient_checkpointing=False, per_device_train_batch_size=32)
         elif variant != "plain_default":
@@ -171,7 +180,8 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
                              processing_class=tok, peft_config=peft)
     meter = Meter(warmup)
     meter.wrap(trainer)
-    trainer.train()
+    with trainer.speedups.scope() if hasattr(trainer, "speedups") else contextlib.nullcontext():
+        trainer.train()
     wall = meter.t_end - meter.t_start
     n_params = sum(p.numel() for p in trainer.model.parameters())
     n_rows = steps * trainer.args.per_device_train_batch_size
@@ -310,9 +320,13 @@ def summarize(results: dict[str, list[dict]], meta: dict) -> dict:
                       "mfu": round(tps * runs[0]["flops_per_token"] / peak, 4) if peak else None, "runs": runs}
     ratios = {}
     if "ours" in summary:
-        for other in ("ours_fp32", "ours_sdpa", "plain_tuned", "plain_default", "plain_nockpt_b32"):
+        for other in ("ours_fp32", "ours_sdpa", "ours_off", "plain_tuned", "plain_tuned_grouped", "plain_default",
+                      "plain_nockpt_b32"):
             if other in summary:
                 ratios[f"ours_vs_{other}"] = round(summary["ours"]["tokens_per_s"] / summary[other]["tokens_per_s"], 2)
+    if "ours_off" in summary and "plain_tuned_grouped" in summary:  # speed-ups off: the libraries' own speed
+        ratios["ours_off_vs_plain_tuned_grouped"] = round(
+            summary["ours_off"]["tokens_per_s"] / summary["plain_tuned_grouped"]["tokens_per_s"], 2)
     return {**meta, "device": device_name(),
             "peak_flops": {d: {"flops": p, "basis": basis} for d, (p, basis) in peaks.items()},
             "results": summary, "ratios": ratios}

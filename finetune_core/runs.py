@@ -105,7 +105,7 @@ class Run:
         `RunConfig.load` ignores them."""
         import yaml
 
-        data = {**self.run_yaml(), **facts}
+        data = {**(self.run_yaml() if (self.path / "run.yaml").is_file() else {}), **facts}
         tmp = self.path / f".run.yaml.{os.getpid()}.tmp"
         tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
         tmp.replace(self.path / "run.yaml")
