@@ -399,3 +399,17 @@ def test_no_speedup_is_applied_on_a_gpu():
     assert not any(isinstance(m, FastDropout) for m in model.modules())
     gen = apply_inference(tiny_llama(), "cuda")
     assert gen.applied() == [] and set(gen.skipped()) == set(INFERENCE)
+
+
+def test_a_run_with_speedups_off_trains_on_the_libraries_paths_and_records_it(tiny_model_dir, runs_root):
+    from conftest import make_trained_run
+
+    from finetune_core.config import RunConfig
+
+    run, status = make_trained_run(tiny_model_dir, steps=2, speedups="off")
+    assert status["state"] == "completed", status
+    assert RunConfig.load(run.path / "run.yaml").speedups == "off"  # the setting round-trips
+    facts = run.run_yaml()
+    assert facts["speedups_mode"] == "off" and facts["speedups_applied"] == []
+    assert facts["speedups_skipped"]["packed_attention"] == "switched off (speedups: off)"
+    assert "Speed-ups (off): none." in run.log_path.read_text()
