@@ -1,0 +1,412 @@
+"""The architecture matrix: every family a user may pick, through every feature the studio offers it.
+
+For each family in tests/model_families.py (tiny random models from the
+family's config, tokenizer fixtures with the family's chat format):
+  (a) the CPU training path with the speed-ups `apply_training` chooses gives
+      plain PEFT/TRL's loss and gradients (LoRA, DoRA, full fine-tune) on
+      right-padded rows longer than any sliding window, and says which
+      speed-ups it applied; `speedups: off` touches nothing;
+  (b) batched held-out generation (`InferenceModel.generate`) gives each row
+      transformers' own `generate` on that row alone;
+  (c) side-by-side chat streams base and tuned, each as it answers alone;
+  (d) the studio's merge gives the adapter's logits;
+  (e) GGUF export writes the families it supports and refuses the others
+      before any work, naming the architecture.
+What each family is expected to get is `model_families.EXPECTED`; the family
+table in docs/model-matrix.md is rendered from it and checked here.
+
+    .venv/bin/python -m pytest tests/test_model_matrix.py -q --durations=15
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune_core.generation import GenSettings, InferenceModel
+from finetune_core.models import DevicePolicy
+from finetune_core.speedups import apply_training
+from finetune_core.speedups.packed_attention import PACKED_ATTENTION, packing_unsafe_reason
+from model_families import (BY_NAME, EXPECTED, FAMILIES, HEADER, TRAIN_MAX_LENGTH, WINDOW, Family, render_table)
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = DevicePolicy("cpu", "float32")
+TRAIN_INIT = 0.1
+MARGIN = 1e-3  # top-2 logit gap below which a greedy token may flip on float rounding alone
+LOGIT_TOL = dict(atol=2e-4, rtol=1e-4)
+NEW_TOKENS = 8
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(params=[f.name for f in FAMILIES])
+def family(request) -> Family:
+    return BY_NAME[request.param]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: handing each product to a second thread costs more than it saves, and on a
+    busy 2-core machine it made a training comparison take 3.9 s instead of 0.6 s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def speedups_on(monkeypatch):
+    """The server-wide switch would turn everything off: the matrix tests the switch per call."""
+    monkeypatch.delenv("STUDIO_SPEEDUPS", raising=False)
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.detach().double(), want.detach().double()
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def training_batch(tok) -> dict:
+    """Three right-padded rows, all longer than WINDOW: a sliding window cuts into every row."""
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.tensor([20, 13, 9])
+    assert int(lengths.min()) > WINDOW and int(lengths.max()) <= TRAIN_MAX_LENGTH
+    first_plain = len(tok.all_special_ids)  # the fixtures' special tokens take the first ids
+    ids = torch.randint(first_plain, len(tok), (3, int(lengths.max())), generator=g)
+    mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
+    ids[mask == 0] = tok.pad_token_id
+    labels = ids.clone()
+    labels[:, :4] = -100  # a "prompt" without loss, as completion-only training has
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def studio_lora_config(method: str):
+    """The PEFT config the studio builds for a run (train.peft_config); lora_dropout 0 for exact comparison."""
+    from finetune_core.config import RunConfig
+    from finetune_core.train import peft_config
+
+    return peft_config(RunConfig(model="tiny", data_path="x.jsonl", method="full" if method == "full" else "lora",
+                                 lora_r=4, lora_alpha=8, lora_dropout=0.0, use_dora=method == "dora"))
+
+
+def randomise_lora_b(model, seed: int) -> None:
+    """PEFT starts B at zero (the adapter is a no-op, A gets no gradient): give B values so both move."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.2)
+
+
+def adapted(family: Family, tok, method: str, init: float, seed: int = 0):
+    """A fresh model as SFTTrainer holds it: PEFT-wrapped (unless full) with TRL's fused LM head."""
+    from peft import get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = family.build(tok, seed=seed, init=init)
+    model.config.use_cache = False
+    config = studio_lora_config(method)
+    if config is not None:
+        model = get_peft_model(model, config)
+        randomise_lora_b(model, seed + 1)
+    # SFTTrainer adds the head to the base model after wrapping it (trl SFTTrainer.__init__)
+    add_fused_lm_head(model.get_base_model() if config is not None else model,
+                      outputs=("log_probs", "entropy", "is_top1"))
+    return model.train()
+
+
+def trl_step(model, batch) -> tuple[torch.Tensor, dict]:
+    """Loss and gradients as SFTTrainer.compute_loss gets them (`fused_lm_head=True`)."""
+    model.zero_grad()
+    out = model(**batch, fused_lm_head=True)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return out.loss.detach(), grads
+
+
+def assert_same_step(got: tuple, want: tuple, what: str) -> None:
+    (loss, grads), (ref_loss, ref_grads) = got, want
+    assert abs(float(loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss)), f"{what}: loss {loss} vs {ref_loss}"
+    assert grads.keys() == ref_grads.keys(), f"{what}: different trainable parameters"
+    assert len(ref_grads) > 0
+    for name, ref in ref_grads.items():
+        assert ref.norm() > 0, f"{what}: {name} gets no gradient: the comparison would prove nothing"
+        err = rel_err(grads[name], ref)
+        assert err < 1e-4, f"{what}: gradient of {name} off by {err:.2e} (relative)"
+
+
+def chat_prompts() -> list[list[dict]]:
+    """Ten prompts of different lengths (more rows than a decode group, see decode_attention)."""
+    words = "which colour is the red ball the blue ball is blue summarize the meeting notes please".split()
+    return [[{"role": "user", "content": " ".join(words[: 2 + (i * 5) % len(words)])}] for i in range(10)]
+
+
+def alone(model, tok, messages: list[dict], new_tokens: int = NEW_TOKENS):
+    """transformers' own greedy generate on one prompt: (new tokens up to eos, per-step logits)."""
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                             return_dict_in_generate=True, output_logits=True)
+    tokens = out.sequences[0, ids["input_ids"].shape[1]:].tolist()
+    if tok.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tok.eos_token_id) + 1]
+    return tokens, torch.stack(out.logits, 1)[0]
+
+
+def gap(logits: torch.Tensor) -> float:
+    top = logits.topk(2).values
+    return float(top[0] - top[1])
+
+
+def decisive_steps(logits: torch.Tensor, tokens: list[int]) -> int:
+    """How many leading steps of a reference run have a clear greedy choice (top-2 gap above MARGIN)."""
+    for step in range(len(tokens)):
+        if gap(logits[step]) < MARGIN:
+            return step
+    return len(tokens)
+
+
+# -- (a) training -------------------------------------------------------------------------------------------
+def expected_training(family: Family, method: str) -> dict:
+    """speed-up -> None (applied) or a phrase its skip reason must contain, for this family and method."""
+    e = EXPECTED[family.name]
+    lora = {"lora": e["fused_lora"], "dora": "no plain LoRA linear layer", "full": "no LoRA layers"}[method]
+    return {"packed_attention": e["packed_attention"], "fused_rms_norm": e["fused_rms_norm"], "fused_lora": lora,
+            "label_only_lm_head": None, "grouped_bf16_attention": "packed attention is off" if e["packed_attention"]
+            else "float32 weights", "fast_lora_dropout": "no LoRA layers" if method == "full" else "LoRA dropout is 0"}
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "full"])
+def test_training_speedups_give_the_librarys_loss_and_gradients(family, method):
+    tok = family.tokenizer()
+    batch = training_batch(tok)
+    reference = trl_step(adapted(family, tok, method, TRAIN_INIT), batch)  # plain PEFT/TRL, nothing applied
+    model = adapted(family, tok, method, TRAIN_INIT)
+    report = apply_training(model, "cpu", "float32", TRAIN_MAX_LENGTH, "auto")
+    for name, why in expected_training(family, method).items():
+        if why is None:
+            assert name in report.applied(), f"{name} not applied: {report.skipped().get(name)}"
+        else:
+            assert why in report.skipped().get(name, ""), f"{name}: {report.summary()}"
+    seen = []  # the rows as the decoder receives them: one packed row when packed attention is on
+    decoder = (model.get_base_model() if method != "full" else model).base_model
+    decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    with report.scope():
+        step = trl_step(model, batch)
+    real = int(batch["attention_mask"].sum())
+    assert seen == ([(1, real)] if "packed_attention" in report.applied() else [tuple(batch["input_ids"].shape)])
+    assert_same_step(step, reference, f"{family.name} {method}")
+
+
+def test_speedups_off_change_nothing(family):
+    import trl.trainer.utils as trl_utils
+
+    tok = family.tokenizer()
+    batch = training_batch(tok)
+    reference = trl_step(adapted(family, tok, "lora", TRAIN_INIT), batch)
+    model = adapted(family, tok, "lora", TRAIN_INIT)
+    impl = model.get_base_model().config._attn_implementation
+    original = trl_utils._use_triton
+    report = apply_training(model, "cpu", "float32", TRAIN_MAX_LENGTH, "off")
+    assert report.applied() == [] and all("switched off" in why for why in report.skipped().values())
+    with report.scope():
+        assert trl_utils._use_triton is original  # TRL's private function is not wrapped, even inside the scope
+        step = trl_step(model, batch)
+    assert trl_utils._use_triton is original
+    assert model.get_base_model().config._attn_implementation == impl
+    patched = [n for n, m in model.named_modules() if hasattr(m, "_studio_adapter") or hasattr(m, "_studio_fused_norm")]
+    assert patched == []
+    assert_same_step(step, reference, f"{family.name} off")
+
+
+SLIDING_FAMILIES = [f for f in FAMILIES if EXPECTED[f.name]["packed_attention"]]
+
+
+@pytest.mark.parametrize("family", [f.name for f in SLIDING_FAMILIES], indirect=True)
+def test_a_window_no_shorter_than_the_rows_is_packed_unless_soft_capped(family):
+    """With max_length <= the window nothing is cut: Mistral and Gemma 3 pack (and still match the
+    library); Gemma 2 still does not, for its soft-capped attention logits."""
+    tok = family.tokenizer()
+    full = training_batch(tok)
+    batch = {k: v[:, :WINDOW] for k, v in full.items()}  # every row WINDOW tokens long
+    reference = trl_step(adapted(family, tok, "lora", TRAIN_INIT), batch)
+    model = adapted(family, tok, "lora", TRAIN_INIT)
+    report = apply_training(model, "cpu", "float32", WINDOW, "auto")
+    soft_capped = getattr(model.get_base_model().config, "attn_logit_softcapping", None)
+    if soft_capped:
+        assert "soft-capping" in packing_unsafe_reason(model, WINDOW)
+        assert "packed_attention" not in report.applied()
+    else:
+        assert "packed_attention" in report.applied(), report.summary()
+        assert model.get_base_model().config._attn_implementation == PACKED_ATTENTION
+    with report.scope():
+        step = trl_step(model, batch)
+    assert_same_step(step, reference, f"{family.name} window >= max_length")
+
+
+# -- (b) batched held-out generation ---------------------------------------------------------------------------
+def test_batched_generation_gives_each_row_its_own_greedy_answer(family):
+    tok = family.tokenizer()
+    prompts = chat_prompts()
+    model = family.build(tok, seed=1, init=family.gen_init).eval()
+    studio = InferenceModel(model, family.tokenizer(), POLICY)
+    e = EXPECTED[family.name]
+    for name in ("prefilled_kv_cache", "trimmed_decode_attention"):
+        if e[name] is None:
+            assert name in studio.speedups.applied(), studio.speedups.summary()
+        else:
+            assert e[name] in studio.speedups.skipped().get(name, ""), studio.speedups.summary()
+    calls = []  # what the studio's batched generate computed: inputs, tokens and per-step logits
+
+    def spy(*args, _real=model.generate, **kwargs):
+        out = _real(*args, **kwargs, return_dict_in_generate=True, output_logits=True)
+        calls.append((kwargs["input_ids"], kwargs["attention_mask"], out))
+        return out.sequences
+
+    model.generate = spy
+    answers = studio.generate(prompts, tuned=False, settings=GenSettings(max_new_tokens=NEW_TOKENS))
+    assert sum(ids.shape[0] for ids, _, _ in calls) == len(prompts)
+    assert max(ids.shape[0] for ids, _, _ in calls) > 8  # a batch larger than a decode group
+    rows = {}  # prompt tokens -> (new tokens, logits) of that row in its batch
+    for ids, mask, out in calls:
+        width = ids.shape[1]
+        for b in range(ids.shape[0]):
+            key = tuple(ids[b][mask[b].bool()].tolist())
+            rows[key] = (out.sequences[b, width:].tolist(), torch.stack(out.logits, 1)[b])
+    reference_model = family.build(tok, seed=1, init=family.gen_init).eval()  # fresh: the studio's copy was switched
+    decisive = total = 0
+    for i, messages in enumerate(prompts):
+        ref_tokens, ref_logits = alone(reference_model, tok, messages)
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        got_tokens, got_logits = rows[tuple(tok(text, add_special_tokens=False)["input_ids"])]
+        total += len(ref_tokens)
+        for step, want in enumerate(ref_tokens):
+            torch.testing.assert_close(got_logits[step], ref_logits[step], **LOGIT_TOL,
+                                       msg=lambda m: f"prompt {i}, step {step}: {m}")
+            if gap(ref_logits[step]) < MARGIN:  # a near tie: rounding may pick either, and later steps differ
+                if got_tokens[step] != want:
+                    break
+                continue
+            assert got_tokens[step] == want, f"prompt {i}, step {step}"
+            decisive += 1
+        else:
+            assert answers[i] == tok.decode(ref_tokens, skip_special_tokens=True).strip(), f"prompt {i}"
+    assert decisive >= total // 2, f"only {decisive} of {total} greedy steps were decisive: the fixture is too flat"
+    assert len({a for a in answers}) > 2  # the answers vary: equality above is not one constant
+
+
+# -- (c) side-by-side chat -------------------------------------------------------------------------------------
+def lora_model(family: Family, tok, init: float, dora: bool = False, seed: int = 2):
+    """The family's model with a LoRA (or DoRA) adapter whose B is not zero: tuned answers differ from base."""
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(family.build(tok, seed=seed, init=init), studio_lora_config("dora" if dora else "lora"))
+    randomise_lora_b(model, seed + 1)
+    return model.eval()
+
+
+def test_side_by_side_chat_streams_base_and_tuned(family):
+    tok = family.tokenizer()
+    messages = [{"role": "user", "content": "Which colour is the red ball?"}]
+    reference = lora_model(family, tok, family.gen_init)
+    with reference.disable_adapter():
+        base_tokens, base_logits = alone(reference, tok, messages)
+    tuned_tokens, tuned_logits = alone(reference, tok, messages)
+    assert base_tokens != tuned_tokens, "the adapter changes nothing: the pair would not be told apart"
+    # Stream only as many tokens as both sides choose clearly (see MARGIN): equal texts are then required.
+    n = min(decisive_steps(base_logits, base_tokens), decisive_steps(tuned_logits, tuned_tokens))
+    assert n >= 3, f"the fixture's greedy answers are near ties after {n} tokens"
+    settings = GenSettings(max_new_tokens=n)
+    studio = InferenceModel(lora_model(family, tok, family.gen_init), family.tokenizer(), POLICY)
+    snapshots = list(studio.stream_pair(messages, messages, settings))
+    assert len(snapshots) >= 2  # it streams: a snapshot per token, not one at the end
+    words = lambda ids: tok.decode([t for t in ids[:n] if t != tok.eos_token_id], skip_special_tokens=True)  # noqa: E731
+    assert snapshots[-1] == (words(base_tokens), words(tuned_tokens))
+    *_, (base_alone, _) = studio.stream_pair(messages, None, settings)
+    *_, (_, tuned_alone) = studio.stream_pair(None, messages, settings)
+    assert (base_alone, tuned_alone) == snapshots[-1]
+
+
+# -- (d) merge ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_merged_model_gives_the_adapters_logits(family, dora, runs_root, tmp_path):
+    from finetune_core.config import RunConfig
+    from finetune_core.export import merged_model
+    from finetune_core.runs import create_run
+
+    tok = family.tokenizer()
+    folder = tmp_path / family.name
+    family.build(tok, seed=2, init=TRAIN_INIT).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    run = create_run(RunConfig(model=str(folder), data_path="x.jsonl", method="lora", use_dora=dora))
+    adapter = lora_model(family, tok, TRAIN_INIT, dora=dora)  # same seed: the base weights saved above
+    adapter.save_pretrained(run.adapter_dir)
+    merged = merged_model(run).eval()
+    assert not hasattr(merged, "peft_config")
+    ids = training_batch(tok)["input_ids"][:, :12]
+    with torch.inference_mode():
+        want = adapter(input_ids=ids).logits
+        with adapter.disable_adapter():
+            base = adapter(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+    assert rel_err(base, want) > 1e-2  # the adapter matters: equal logits below are not the base's
+    assert rel_err(got, want) < 1e-5, rel_err(got, want)
+
+
+# -- (e) GGUF ------------------------------------------------------------------------------------------------------
+def test_gguf_export_writes_or_refuses_up_front(family, runs_root, tmp_path, monkeypatch):
+    from finetune_core import export
+    from finetune_core.config import RunConfig
+    from finetune_core.gguf_export import GGUFExportError, write_gguf
+    from finetune_core.runs import create_run
+
+    tok = family.tokenizer()
+    folder = tmp_path / "model"
+    model = family.build(tok, seed=2)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "out"
+    refusal = EXPECTED[family.name]["gguf"]
+    if refusal is None:
+        from gguf import GGUFReader
+
+        path = write_gguf(folder, out / "m.gguf")
+        reader = GGUFReader(str(path))
+        arch = reader.fields["general.architecture"].contents()
+        assert arch == "llama"
+        # every weight of the model is in the file (the head too: this Llama does not tie it)
+        assert len(reader.tensors) == len(model.state_dict())
+        assert [p.name for p in out.iterdir()] == ["m.gguf"]
+        return
+    with pytest.raises(GGUFExportError, match=re.escape(family.architecture)) as caught:
+        write_gguf(folder, out / "m.gguf")
+    assert refusal in str(caught.value)
+    assert not out.exists() or not any(out.iterdir())
+    # From a run: refused before the adapter is merged (a merge is the expensive part on a real model).
+    run = create_run(RunConfig(model=str(folder), data_path="x.jsonl"))
+    lora_model(family, tok, 0.02).save_pretrained(run.adapter_dir)
+    monkeypatch.setattr(export, "merge", lambda *a, **k: pytest.fail("merged before refusing"))
+    with pytest.raises(GGUFExportError, match=re.escape(family.architecture)):
+        export.export_gguf(run, out / "run.gguf")
+    assert not out.exists() or not any(out.iterdir())
+
+
+# -- the family table ------------------------------------------------------------------------------------------------
+def test_every_family_has_an_expected_row():
+    assert set(EXPECTED) == {f.name for f in FAMILIES}
+    table = render_table().splitlines()
+    assert table[0] == "| " + " | ".join(HEADER) + " |" and len(table) == 2 + len(FAMILIES)
+
+
+def test_docs_family_table_is_what_the_matrix_tests():
+    """docs/model-matrix.md holds exactly the rendered table (regenerate: python tests/model_families.py)."""
+    doc = (REPO / "docs" / "model-matrix.md").read_text(encoding="utf-8")
+    table = render_table()
+    assert table in doc, "docs/model-matrix.md is out of date: paste `python tests/model_families.py` into it"
+    lines = [line for line in doc.splitlines() if line.startswith("|")]
+    assert "\n".join(lines) + "\n" == table, "docs/model-matrix.md has table rows the matrix does not test"
