@@ -19,6 +19,7 @@ table in docs/model-matrix.md is rendered from it and checked here.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -101,12 +102,15 @@ def randomise_lora_b(model, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=g) * 0.2)
 
 
-def adapted(family: Family, tok, method: str, init: float, seed: int = 0):
-    """A fresh model as SFTTrainer holds it: PEFT-wrapped (unless full) with TRL's fused LM head."""
+def adapted(family: Family, tok, method: str, init: float, seed: int = 0, dtype=torch.float32):
+    """A fresh model as SFTTrainer holds it: PEFT-wrapped (unless full) with TRL's fused LM head.
+
+    In bf16 (LoRA on a CPU with bf16 instructions) the base weights are bf16 and PEFT keeps the
+    adapter in float32, as the studio loads them (load_model in the policy's dtype, then SFTTrainer)."""
     from peft import get_peft_model
     from trl.trainer.utils import add_fused_lm_head
 
-    model = family.build(tok, seed=seed, init=init)
+    model = family.build(tok, seed=seed, init=init).to(dtype)
     model.config.use_cache = False
     config = studio_lora_config(method)
     if config is not None:
@@ -223,6 +227,27 @@ def test_speedups_off_change_nothing(family):
     assert_same_step(step, reference, f"{family.name} off")
 
 
+def test_bf16_training_speedups_stay_as_close_to_float32_as_the_library(family):
+    """bf16 LoRA (the CPU default where bf16 matrix products are fast): packed rows then take the grouped
+    bf16 attention. bf16 rounds differently on each path, so the check is the one that matters: the
+    speed-ups' loss and gradients are no further from exact float32 than the library's own bf16 path."""
+    tok = family.tokenizer()
+    batch = training_batch(tok)
+    exact = trl_step(adapted(family, tok, "lora", TRAIN_INIT), batch)
+    library = trl_step(adapted(family, tok, "lora", TRAIN_INIT, dtype=torch.bfloat16), batch)
+    model = adapted(family, tok, "lora", TRAIN_INIT, dtype=torch.bfloat16)
+    report = apply_training(model, "cpu", "bfloat16", TRAIN_MAX_LENGTH, "auto")
+    packed = EXPECTED[family.name]["packed_attention"] is None
+    assert ("grouped_bf16_attention" in report.applied()) == packed, report.summary()
+    with report.scope():
+        ours = trl_step(model, batch)
+    loss_err = lambda step: abs(float(step[0]) - float(exact[0]))  # noqa: E731
+    assert loss_err(ours) <= 1.5 * loss_err(library) + 1e-3 * float(exact[0]), (ours[0], library[0], exact[0])
+    assert ours[1].keys() == exact[1].keys()
+    mean_err = lambda step: sum(rel_err(step[1][n], g) for n, g in exact[1].items()) / len(exact[1])  # noqa: E731
+    assert mean_err(ours) <= 1.5 * mean_err(library) + 1e-3, (mean_err(ours), mean_err(library))
+
+
 SLIDING_FAMILIES = [f for f in FAMILIES if EXPECTED[f.name]["packed_attention"]]
 
 
@@ -248,11 +273,24 @@ def test_a_window_no_shorter_than_the_rows_is_packed_unless_soft_capped(family):
     assert_same_step(step, reference, f"{family.name} window >= max_length")
 
 
+def lora_model(family: Family, tok, init: float, dora: bool = False, seed: int = 2):
+    """The family's model with a LoRA (or DoRA) adapter whose B is not zero: tuned answers differ from base."""
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(family.build(tok, seed=seed, init=init), studio_lora_config("dora" if dora else "lora"))
+    randomise_lora_b(model, seed + 1)
+    return model.eval()
+
+
 # -- (b) batched held-out generation ---------------------------------------------------------------------------
-def test_batched_generation_gives_each_row_its_own_greedy_answer(family):
+@pytest.mark.parametrize("tuned", [False, True], ids=["base", "tuned"])
+def test_batched_generation_gives_each_row_its_own_greedy_answer(family, tuned):
+    """Both sides of a LoRA run, as held-out evaluation generates them: the base side with the
+    adapter switched off (its shared opening too), the tuned side with it on."""
     tok = family.tokenizer()
     prompts = chat_prompts()
-    model = family.build(tok, seed=1, init=family.gen_init).eval()
+    model = lora_model(family, tok, family.gen_init)
     studio = InferenceModel(model, family.tokenizer(), POLICY)
     e = EXPECTED[family.name]
     for name in ("prefilled_kv_cache", "trimmed_decode_attention"):
@@ -268,7 +306,7 @@ def test_batched_generation_gives_each_row_its_own_greedy_answer(family):
         return out.sequences
 
     model.generate = spy
-    answers = studio.generate(prompts, tuned=False, settings=GenSettings(max_new_tokens=NEW_TOKENS))
+    answers = studio.generate(prompts, tuned=tuned, settings=GenSettings(max_new_tokens=NEW_TOKENS))
     assert sum(ids.shape[0] for ids, _, _ in calls) == len(prompts)
     assert max(ids.shape[0] for ids, _, _ in calls) > 8  # a batch larger than a decode group
     rows = {}  # prompt tokens -> (new tokens, logits) of that row in its batch
@@ -277,10 +315,11 @@ def test_batched_generation_gives_each_row_its_own_greedy_answer(family):
         for b in range(ids.shape[0]):
             key = tuple(ids[b][mask[b].bool()].tolist())
             rows[key] = (out.sequences[b, width:].tolist(), torch.stack(out.logits, 1)[b])
-    reference_model = family.build(tok, seed=1, init=family.gen_init).eval()  # fresh: the studio's copy was switched
+    reference_model = lora_model(family, tok, family.gen_init)  # a fresh copy: the studio's attention was switched
     decisive = total = 0
     for i, messages in enumerate(prompts):
-        ref_tokens, ref_logits = alone(reference_model, tok, messages)
+        with contextlib.nullcontext() if tuned else reference_model.disable_adapter():
+            ref_tokens, ref_logits = alone(reference_model, tok, messages)
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         got_tokens, got_logits = rows[tuple(tok(text, add_special_tokens=False)["input_ids"])]
         total += len(ref_tokens)
@@ -296,20 +335,11 @@ def test_batched_generation_gives_each_row_its_own_greedy_answer(family):
         else:
             assert answers[i] == tok.decode(ref_tokens, skip_special_tokens=True).strip(), f"prompt {i}"
     assert decisive >= total // 2, f"only {decisive} of {total} greedy steps were decisive: the fixture is too flat"
-    assert len({a for a in answers}) > 2  # the answers vary: equality above is not one constant
+    # the answers vary from row to row: the equality above is not one constant answer
+    assert len({tuple(tokens) for tokens, _ in rows.values()}) > 2
 
 
 # -- (c) side-by-side chat -------------------------------------------------------------------------------------
-def lora_model(family: Family, tok, init: float, dora: bool = False, seed: int = 2):
-    """The family's model with a LoRA (or DoRA) adapter whose B is not zero: tuned answers differ from base."""
-    from peft import get_peft_model
-
-    torch.manual_seed(seed)
-    model = get_peft_model(family.build(tok, seed=seed, init=init), studio_lora_config("dora" if dora else "lora"))
-    randomise_lora_b(model, seed + 1)
-    return model.eval()
-
-
 def test_side_by_side_chat_streams_base_and_tuned(family):
     tok = family.tokenizer()
     messages = [{"role": "user", "content": "Which colour is the red ball?"}]
