@@ -204,24 +204,11 @@ def _offline() -> bool:
     ) not in ("", "0")
 
 
-# Instruction-tuned small models people pick for a studio like this, with their
-# parameter counts in billions (from each model card). On a public deployment
-# this is the default allow-list, and the counts let the size ceiling be checked
-# without downloading anything.
-CATALOGUE: dict[str, float] = {
-    "HuggingFaceTB/SmolLM2-135M-Instruct": 0.135,
-    "HuggingFaceTB/SmolLM2-360M-Instruct": 0.36,
-    "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1.71,
-    "HuggingFaceTB/SmolLM3-3B": 3.08,
-    "Qwen/Qwen2.5-0.5B-Instruct": 0.49,
-    "Qwen/Qwen2.5-1.5B-Instruct": 1.54,
-    "Qwen/Qwen3-0.6B": 0.6,
-    "Qwen/Qwen3-1.7B": 1.7,
-    "meta-llama/Llama-3.2-1B-Instruct": 1.24,
-    "google/gemma-3-1b-it": 1.0,
-    "microsoft/Phi-3.5-mini-instruct": 3.82,
-    "allenai/OLMo-2-0425-1B-Instruct": 1.48,
-}
+# Instruction-tuned small models people pick for a studio like this (finetune_core/catalogue.py):
+# Hub id -> parameters in billions. On a public deployment this is the default allow-list, and the
+# counts let the size ceiling be checked without downloading anything.
+from .catalogue import CATALOGUE  # noqa: E402  (kept importable from here: callers and tests use it)
+
 PUBLIC_MAX_PARAMS_B = 4.0  # default ceiling on a public deployment: LoRA on a 4B model fits a 24 GB GPU in bf16
 
 
