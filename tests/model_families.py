@@ -285,6 +285,17 @@ EXPECTED: dict[str, dict] = {
     "gpt_neox": _expect(norm=NOT_LLAMA_NORM),
 }
 
+# Failures of the studio the matrix found, kept as strict xfail tests (test_model_matrix) until fixed: remove an
+# entry with its fix, and the table (regenerated) says "yes".
+KNOWN_BUGS = {
+    "chat_dora": "side-by-side chat of a DoRA run fails: generation.InferenceModel.stream_pair puts base and tuned "
+                 "in one batch with PEFT's adapter_names, which PEFT refuses for DoRA ('Cannot pass `adapter_names` "
+                 "when DoRA is enabled')",
+    "chat_after_failure": "after a side-by-side turn fails mid-generation, every later generation of that model fails "
+                          "('Length of `adapter_names` should be the same as the number of inputs'): PEFT's "
+                          "_enable_peft_forward_hooks removes its adapter_names hooks only when generate returns",
+}
+
 # Why a speed-up falls back, in the table's words (keyed by the phrase in EXPECTED).
 WHY = {
     SLIDING: f"sliding window ({WINDOW}) < max_length → library attention",
@@ -315,7 +326,7 @@ def table_rows() -> list[list[str]]:
             "yes (LoRA, DoRA, full)",
             _cell(e, ("packed_attention", "fused_lora", "fused_rms_norm")),
             _cell(e, ("prefilled_kv_cache", "trimmed_decode_attention")) + mark,
-            "yes" + mark,
+            ("yes (LoRA); DoRA: fails, a known bug" if "chat_dora" in KNOWN_BUGS else "yes (LoRA, DoRA)") + mark,
             "yes (LoRA, DoRA)",
             gguf + (mark if e["gguf"] is None else ""),
         ])
