@@ -40,8 +40,6 @@ MARGIN = 1e-3  # top-2 logit gap below which a greedy token may flip on float ro
 LOGIT_TOL = dict(atol=2e-4, rtol=1e-4)
 NEW_TOKENS = 8
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
 
 @pytest.fixture(params=[f.name for f in FAMILIES])
 def family(request) -> Family:
@@ -333,7 +331,8 @@ def test_batched_generation_gives_each_row_its_own_greedy_answer(family, tuned, 
         for b in range(ids.shape[0]):
             key = tuple(ids[b][mask[b].bool()].tolist())
             rows[key] = (out.sequences[b, width:].tolist(), torch.stack(out.logits, 1)[b])
-    reference_model = lora_model(family, tok, family.gen_init, dora=dora)  # a fresh copy: the studio's attention was switched
+    # a fresh copy: the studio switched its copy's attention
+    reference_model = lora_model(family, tok, family.gen_init, dora=dora)
     decisive = total = 0
     for i, messages in enumerate(prompts):
         with contextlib.nullcontext() if tuned else reference_model.disable_adapter():
@@ -375,7 +374,10 @@ def test_side_by_side_chat_streams_base_and_tuned(family, dora):
     studio = InferenceModel(lora_model(family, tok, family.gen_init, dora=dora), family.tokenizer(), POLICY)
     snapshots = list(studio.stream_pair(messages, messages, settings))
     assert len(snapshots) >= 2  # it streams: a snapshot per token, not one at the end
-    words = lambda ids: tok.decode([t for t in ids[:n] if t != tok.eos_token_id], skip_special_tokens=True)  # noqa: E731
+
+    def words(ids: list[int]) -> str:  # as the streamer shows a side: up to eos, special tokens dropped
+        return tok.decode([t for t in ids[:n] if t != tok.eos_token_id], skip_special_tokens=True)
+
     assert snapshots[-1] == (words(base_tokens), words(tuned_tokens))
     *_, (base_alone, _) = studio.stream_pair(messages, None, settings)
     *_, (_, tuned_alone) = studio.stream_pair(None, messages, settings)
