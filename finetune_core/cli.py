@@ -1,7 +1,7 @@
 """Command line over the same functions the UI calls.
 
     python -m finetune_core inspect FILE [--map prompt=COL ...] [--json]
-    python -m finetune_core train --config run.yaml [--preset NAME] [--set key=value ...]
+    python -m finetune_core train --config run.yaml [--preset NAME] [--set key=value ...] [--force]
     python -m finetune_core train --resume RUN_DIR
     python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
     python -m finetune_core runs
@@ -78,6 +78,8 @@ def cmd_train(args) -> int:
         except (ConfigError, KeyError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if _world() == 1 and not memory_allows(cfg, args.force):
+            return 2
         run = _shared_run(cfg)
         resume = False
     printer = None if (_rank() != 0 or args.quiet) else (lambda e: print(json.dumps(e), flush=True))
@@ -86,6 +88,26 @@ def cmd_train(args) -> int:
         _launch_file().unlink(missing_ok=True)
         print(f"run {run.id}: {status['state']} ({status.get('reason', '')})  {run.path}")
     return 0 if status["state"] == "completed" else 1
+
+
+def memory_allows(cfg: RunConfig, force: bool) -> bool:
+    """The Train tab's check before a run is created: a Hub model that cannot be loaded here,
+    or a run the memory estimate says will not fit (unless --force), is refused on stderr.
+    (Multi-process launches are not estimated: the launcher decides what each rank gets.)"""
+    from .memory import WontFit, check_fits
+    from .models import ModelError
+
+    try:
+        found = check_fits(cfg, force=force)
+    except WontFit as exc:
+        print(f"error: {exc} Pass --force to train anyway (the estimate is approximate).", file=sys.stderr)
+        return False
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    if found.verdict == "will not fit":
+        print(f"warning: {found.summary()}; training anyway (--force).", file=sys.stderr)
+    return True
 
 
 def cmd_chat(args) -> int:
@@ -127,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one config field (repeatable).")
     t.add_argument("--resume", metavar="RUN_DIR", help="Resume a stopped, failed or interrupted run.")
     t.add_argument("--quiet", action="store_true", help="Do not print events as JSON lines.")
+    t.add_argument("--force", action="store_true",
+                   help="Train even when the memory estimate says the run will not fit (it is approximate).")
     c = sub.add_parser("chat", help="Ask base and tuned the same question.")
     c.add_argument("--run", required=True, help="Run directory with an adapter.")
     c.add_argument("--prompt", required=True)

@@ -9,8 +9,8 @@ from finetune_core.config import PRESETS, RunConfig
 from finetune_core.dataset import write_jsonl
 from ui.context import AppContext
 from finetune_core.runs import create_run
-from ui.train_tab import (build_config, cli_text, config_from_yaml_file, loss_frame, resume_training, run_view,
-                          start_training, tick)
+from ui.train_tab import (TRAIN_ANYWAY, build_config, cli_text, config_from_yaml_file, loss_frame, memory_markdown,
+                          model_choices, resume_training, run_view, start_training, tick)
 from ui.widgets import build_config_widgets, config_from_values, named_values
 
 
@@ -112,3 +112,81 @@ def test_timer_tick_sends_only_what_changed(runs_root):
     assert view is None and set(table.id) == {run.id, other.id}
     view, table, _ = tick(other.id, seen)  # picking another run sends its view
     assert other.id in view[0] and table is None
+
+
+# -- the model picker and the memory estimate ------------------------------------------
+def fixed_device(monkeypatch, available_gb: float) -> None:
+    """This machine as the estimate sees it: a CPU with `available_gb` of RAM to train in."""
+    from finetune_core import memory
+
+    monkeypatch.setattr(memory, "probe_device", lambda cfg: memory.Device("cpu", available=available_gb * memory.GB))
+
+
+def test_start_training_refuses_a_run_that_will_not_fit_unless_forced(tiny_model_dir, data_state, runs_root,
+                                                                       monkeypatch):
+    fixed_device(monkeypatch, 1.5)
+    ctx = AppContext()
+    cfg = config_from_values({"model": str(tiny_model_dir), "max_steps": 1, "batch_size": 16, "max_length": 1024,
+                              "logging_steps": 1}, data_state)
+    with pytest.raises(gr.Error) as caught:
+        start_training(ctx, cfg)
+    text = caught.value.message
+    assert "will not fit" in text and "of 1.5 GB available" in text and TRAIN_ANYWAY in text
+    from finetune_core import memory
+
+    tips = memory.assess(cfg).suggestions
+    assert tips and all(f"{t.text}: {t.total / memory.GB:.1f} GB" in text for t in tips)
+    assert not runs_root.exists() or not any(runs_root.iterdir())  # refused before a run was made
+    run_id = start_training(ctx, cfg, force=True)  # the visitor ticked "Train anyway"
+    assert ctx.slot.wait(120)["state"] == "completed" and run_id in run_view(run_id)[0]
+
+
+def test_memory_note_shows_the_model_and_the_verdict(monkeypatch, tmp_path, tiny_model_dir):
+    import huggingface_hub.constants
+
+    fixed_device(monkeypatch, 16)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    note = memory_markdown({"model": "google/gemma-3-1b-it", "batch_size": 1, "max_length": 128})
+    assert "**google/gemma-3-1b-it** · 1B params · 32k context · gemma3_text · licence-gated" in note
+    assert "of 16.0 GB available: **fits** (weights" in note
+    assert "⚠ google/gemma-3-1b-it is not downloaded on this machine and the Hugging Face Hub is offline" in note
+    big = memory_markdown({"model": "bundled", "batch_size": 64, "max_length": 4096})
+    assert "SmolLM2-135M-Instruct (bundled)" in big and "**will not fit**" in big
+    assert "Settings that would fit:\n- " in big
+    assert "(from its local config)" in memory_markdown({"model": str(tiny_model_dir)})
+    assert memory_markdown({"model": "not a model"}).startswith("⚠ 'not a model' is not a Hub model id")
+    assert memory_markdown({"model": "bundled", "batch_size": 0}) == "⚠ batch_size: 0 is below the minimum 1."
+
+
+def test_model_picker_lists_the_catalogue_this_deployment_allows(monkeypatch):
+    from finetune_core.models import CATALOGUE
+
+    for name in ("STUDIO_PUBLIC", "STUDIO_MODEL_ALLOWLIST", "STUDIO_MAX_PARAMS_B"):
+        monkeypatch.delenv(name, raising=False)
+    choices = model_choices()
+    assert choices[0][1] == "bundled" and "(bundled)" in choices[0][0] and "offline" in choices[0][0]
+    assert [value for _, value in choices[1:]] == list(CATALOGUE)
+    assert all("licence-gated" in label for label, value in choices if value.startswith(("meta-llama/", "google/")))
+    monkeypatch.setenv("STUDIO_MAX_PARAMS_B", "1")
+    assert [v for _, v in model_choices()[1:]] == [k for k, size in CATALOGUE.items() if size <= 1]
+    monkeypatch.setenv("STUDIO_MODEL_ALLOWLIST", "Qwen/Qwen3-0.6B,someone/private")
+    assert [v for _, v in model_choices()] == ["bundled", "Qwen/Qwen3-0.6B"]
+
+
+def test_train_tab_wires_the_picker_the_note_and_train_anyway(monkeypatch, tiny_model_dir):
+    import app
+
+    monkeypatch.setenv("STUDIO_DEFAULT_MODEL", str(tiny_model_dir))
+    ctx = AppContext()
+    demo = app.build_app(ctx)
+    picker = ctx.components["train_widgets"]["model"]
+    assert isinstance(picker, gr.Dropdown) and picker.allow_custom_value and picker.value == str(tiny_model_dir)
+    note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "memory-estimate")
+    anyway = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "train-anyway")
+    fns = list(demo.fns.values())
+    train = next(f for f in fns if f.api_name == "train")
+    assert anyway in train.inputs
+    followers = {block_id for f in fns if note in f.outputs for block_id, _event in f.targets}  # what it follows
+    widgets = ctx.components["train_widgets"]
+    assert {widgets[n]._id for n in ("model", "method", "batch_size", "max_length", "precision",
+                                     "gradient_checkpointing")} <= followers

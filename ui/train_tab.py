@@ -19,9 +19,12 @@ import gradio as gr
 import pandas as pd
 import yaml
 
+from finetune_core import memory
+from finetune_core.catalogue import BUNDLED_HUB_ID, ENTRIES
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig, read_config_yaml
-from finetune_core.models import BUNDLED, ModelError, check_model_size, resolve_model_source, training_policy
+from finetune_core.models import (BUNDLED, BUNDLED_LABEL, ModelError, allowed_hub_ids, check_model_size, max_params_b,
+                                  resolve_model_source, training_policy)
 from finetune_core.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
 from finetune_core.runner import Busy
 from finetune_core.runs import RUN_ID_RE, RunError, get_run, runs_root
@@ -34,6 +37,10 @@ from .widgets import (build_config_widgets, config_from_values, named_values, op
 DATA_FIELDS = ("data_path", "data_format", "prompt_column", "completion_column", "prompt_template",
                "completion_template", "system_prompt", "eval_fraction", "eval_path", "drop_bad_rows")
 RUN_COLUMNS = ["id", "state", "step", "total_steps", "model", "method", "data", "reason"]
+TRAIN_ANYWAY = "Train anyway (the estimate is approximate)"
+# the settings the memory estimate reads: the note under the model picker follows them
+ESTIMATE_FIELDS = ("model", "method", "lora_r", "lora_dropout", "use_dora", "target_modules", "batch_size", "grad_accum",
+                   "max_length", "gradient_checkpointing", "device", "precision")
 
 
 # -- plain functions (the tests call these) ------------------------------------
@@ -61,9 +68,23 @@ def check_model(source: str) -> None:
         raise gr.Error(str(exc)) from exc
 
 
-def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visitor | None = None) -> str:
-    """Start a run owned by `who` (see finetune_core/ownership.py)."""
+def check_memory(cfg: RunConfig, force: bool = False) -> None:
+    """Refuse a run the memory estimate says will not fit (unless `force`), or whose Hub model
+    cannot be loaded here; the reasons and the settings that would fit come from the core."""
+    try:
+        memory.check_fits(cfg, force=force)
+    except memory.WontFit as exc:
+        raise gr.Error(f"{exc} To start it regardless, tick '{TRAIN_ANYWAY}'.") from None
+    except ModelError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visitor | None = None,
+                   force: bool = False) -> str:
+    """Start a run owned by `who` (see finetune_core/ownership.py); one the memory estimate
+    says will not fit is refused unless `force`."""
     check_model(cfg.model)
+    check_memory(cfg, force)
     try:
         run = ctx.slot.start(cfg, label=label, owner=(who or Visitor()).owner_record())
     except Busy as exc:
@@ -105,6 +126,46 @@ def showcase_run(run_id, on: bool, who: Visitor | None = None) -> str:
         raise gr.Error(str(exc)) from None
     return (f"Run {run.id} is now a showcase: every visitor can open it, chat with it and vote."
             if on else f"Run {run.id} is no longer shared.")
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """(label, value) of the picker: the bundled model, then the catalogue models this
+    deployment allows (its allow-list and parameter ceiling)."""
+    bundled = next(e for e in ENTRIES if e.hub_id == BUNDLED_HUB_ID)
+    choices = [(bundled.label.replace(bundled.name, BUNDLED_LABEL) + " · offline", BUNDLED)]
+    allow, ceiling = allowed_hub_ids(), max_params_b()
+    choices += [(e.label, e.hub_id) for e in ENTRIES
+                if (allow is None or e.hub_id in allow) and (ceiling is None or e.params_b <= ceiling)]
+    return choices
+
+
+def model_facts_line(facts: memory.ModelFacts) -> str:
+    if facts.entry is not None:
+        name = BUNDLED_LABEL if facts.source == BUNDLED else facts.entry.hub_id
+        line = facts.entry.label.replace(facts.entry.name, f"**{name}**", 1)
+        return line + (" (accept its licence on the Hub first)" if facts.entry.gated else "")
+    context = f" · {facts.context // 1024}k context" if facts.context >= 1024 else ""
+    return (f"**{facts.source}** · {facts.params_b:.2f}B params{context} · {facts.architecture or '?'} "
+            f"(from its {facts.origin})")
+
+
+def memory_markdown(values: dict[str, Any]) -> str:
+    """The note beside the picker: the model's facts, the estimate and, unless it fits,
+    settings that would (re-estimated). Problems are shown, never raised: it follows every edit."""
+    try:
+        cfg = config_from_values({k: v for k, v in values.items() if k in ESTIMATE_FIELDS})
+        a = memory.assess(cfg)
+    except (gr.Error, ModelError, ConfigError) as exc:
+        return f"⚠ {getattr(exc, 'message', None) or exc}"
+    e = a.estimate
+    lines = [model_facts_line(a.facts), f"Estimated peak {e.memory_kind} {e.total / memory.GB:.1f} GB of "
+             f"{a.available / memory.GB:.1f} GB available: **{a.verdict}** ({a.breakdown()})."]
+    if a.facts.problem:
+        lines.append(f"⚠ {a.facts.problem}")
+    if a.suggestions:
+        lines.append("Settings that would fit:\n" + "\n".join(f"- {t.text}: {t.total / memory.GB:.1f} GB"
+                                                             for t in a.suggestions))
+    return "\n\n".join(lines)
 
 
 def loss_frame(metrics: list[dict]) -> pd.DataFrame:
@@ -240,11 +301,18 @@ def build(ctx: AppContext) -> None:
             start_cfg = RunConfig().with_overrides(PRESETS["Quick demo (CPU)"])
             start_cfg.model = ctx.settings.default_model
             widgets = build_config_widgets(("model",), start_cfg)
+            # a picker of the catalogue that also takes any Hub id or local folder (check_model vets it)
+            widgets["model"] = gr.Dropdown(model_choices(), value=start_cfg.model, label="Model",
+                                           info=widgets["model"].info, allow_custom_value=True, elem_id="cfg-model")
+            memory_note = gr.Markdown(memory_markdown({"model": start_cfg.model, **PRESETS["Quick demo (CPU)"]}),
+                                      elem_id="memory-estimate")
             with gr.Accordion("Method (LoRA / QLoRA / full)", open=False):
                 widgets.update(build_config_widgets(("method",), start_cfg))
             with gr.Accordion("Schedule and batching", open=False):
                 widgets.update(build_config_widgets(("schedule",), start_cfg))
                 widgets["max_train_rows"] = build_config_widgets(("data",), start_cfg)["max_train_rows"]
+            force = gr.Checkbox(False, label=TRAIN_ANYWAY, elem_id="train-anyway",
+                                info="Start a run even when the estimate says it will not fit.")
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-button")
@@ -271,12 +339,14 @@ def build(ctx: AppContext) -> None:
     timer = gr.Timer(1.0)
     seen = gr.State(None)  # per page: the file stamps of what it last received
     inputs = set(widgets.values()) | {ctx.data_state}
+    estimate_inputs = {widgets[name] for name in ESTIMATE_FIELDS if name in widgets}
 
     def on_train(raw: dict, request: gr.Request):
         require_user(request)
         who = visitor(request)
         cfg = build_config(named_values(widgets, raw), raw[ctx.data_state])
-        run_id = start_training(ctx, cfg, label=(raw[ctx.data_state] or {}).get("name", ""), who=who)
+        run_id = start_training(ctx, cfg, label=(raw[ctx.data_state] or {}).get("name", ""), who=who,
+                                force=bool(raw[force]))
         gr.Info(f"Training started: {run_id}")
         return run_id, gr.update(choices=run_ids(who), value=run_id)
 
@@ -334,7 +404,12 @@ def build(ctx: AppContext) -> None:
             return {}
         return widget_updates(widgets, config_from_yaml_file(path))
 
-    train_btn.click(on_train, inputs, [ctx.run_state, pick], api_name="train")
+    def on_estimate(raw: dict):
+        return memory_markdown(named_values(widgets, raw))
+
+    train_btn.click(on_train, inputs | {force}, [ctx.run_state, pick], api_name="train")
+    for widget in estimate_inputs:  # a preset or run.yaml changes them too: .change covers both
+        widget.change(on_estimate, estimate_inputs, memory_note, show_progress="hidden", queue=False)
     stop_btn.click(on_stop, None, None, api_name="train_stop")
     resume_btn.click(on_resume, pick, ctx.run_state, api_name="train_resume")
     # the browser asks first; a cancelled confirm sends no id, and nothing is deleted
@@ -351,5 +426,5 @@ def build(ctx: AppContext) -> None:
     ctx.components["train_widgets"] = widgets
 
 
-__all__ = ["build", "build_config", "start_training", "resume_training", "run_view", "loss_frame", "cli_text",
+__all__ = ["build", "build_config", "start_training", "check_memory", "memory_markdown", "model_choices", "resume_training", "run_view", "loss_frame", "cli_text",
            "config_from_yaml_file", "tick"]
