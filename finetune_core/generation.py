@@ -119,6 +119,46 @@ class _RowStreamer:
         self.out.put(None)
 
 
+class _OneRow:
+    """Streams one row of a _RowStreamer when the sides are generated one after the other."""
+
+    def __init__(self, shared: _RowStreamer, row: int):
+        self.shared, self.row, self._prompt_seen = shared, row, False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # the first call carries the prompt ids
+            self._prompt_seen = True
+            return
+        s, tok = self.shared, int(value.reshape(-1)[-1])
+        if not s.done[self.row]:
+            if tok in s._eos:
+                s.done[self.row] = True
+            else:
+                s.tokens[self.row].append(tok)
+        s.out.put([s.tokenizer.decode(t, skip_special_tokens=True) for t in s.tokens])
+
+    def end(self) -> None:
+        pass
+
+
+def drop_stale_adapter_hooks(model) -> int:
+    """Remove PEFT's per-row adapter hooks left on the layers by a mixed-batch call that raised.
+
+    PEFT registers them for `adapter_names` and removes them only when the call returns
+    normally; left behind, every later call on the shared model fails ("Length of
+    adapter_names should be the same as the number of inputs"). Returns how many went.
+    """
+    dropped = 0
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks,):
+            for key, hook in list(hooks.items()):
+                if getattr(getattr(hook, "func", None), "__name__", "") == "_adapter_names_pre_forward_hook":
+                    del hooks[key]
+                    module._forward_pre_hooks_with_kwargs.pop(key, None)
+                    dropped += 1
+    return dropped
+
+
 class InferenceModel:
     def __init__(self, model, tokenizer, policy: DevicePolicy, tuned_model=None, label: str = "",
                  speedups: str = "auto"):
@@ -268,10 +308,11 @@ class InferenceModel:
         stopping = _Cancel(cancel, gone)
         kw = {**settings.kwargs(self.tokenizer), "streamer": streamer,
               "stopping_criteria": StoppingCriteriaList([stopping])}
-        if self.has_adapter and len(sides) == 2:
+        mixed = self.has_adapter and len(sides) == 2 and self._mixed_batch_allowed()
+        if mixed:
             kw["adapter_names"] = [BASE_ADAPTER, "default"]  # one batch: row 0 base, row 1 tuned
             jobs = [(self.model, texts, kw)]
-        elif len(sides) == 2:  # full fine-tune: two models, run one after the other
+        elif len(sides) == 2:  # full fine-tune (two models) or DoRA: one side after the other
             jobs = None
         else:
             jobs = [(self._pick(sides[0][0]), texts, kw)]
@@ -291,6 +332,8 @@ class InferenceModel:
                     else:
                         self._stream_two_models(texts, streamer, settings, stopping)
             except Exception as exc:  # noqa: BLE001 - surfaced to the caller through the queue
+                if mixed:
+                    drop_stale_adapter_hooks(self.model)
                 streamer.out.put(exc)
             finally:
                 streamer.end()
@@ -323,16 +366,21 @@ class InferenceModel:
             else:
                 yield item[0], ""
 
+    def _mixed_batch_allowed(self) -> bool:
+        """Whether base and tuned can share one batch (PEFT's `adapter_names`): not for DoRA,
+        which PEFT refuses there."""
+        return not any(getattr(c, "use_dora", False) for c in self.model.peft_config.values())
+
     def _stream_two_models(self, texts, streamer: "_RowStreamer", settings: GenSettings, stopping) -> None:
-        """Full fine-tune: base then tuned, each feeding its row of the shared streamer."""
+        """Base then tuned, each streaming into its row of the shared streamer: a full
+        fine-tune (two models) or an adapter that cannot share a batch (switched off, then on)."""
         from transformers import StoppingCriteriaList
 
-        for row, model in enumerate((self.model, self.tuned_model)):
+        tuned = self.tuned_model if self.tuned_model is not None else self.model
+        for row, model in enumerate((self.model, tuned)):
             if stopping.is_set():  # stopped during the base side: the tuned side is not started
                 return
-            enc = self._encode([texts[row]])
-            out = model.generate(**enc, **settings.kwargs(self.tokenizer),
-                                 stopping_criteria=StoppingCriteriaList([stopping]))
-            ids = out[0, enc["input_ids"].shape[1]:].tolist()
-            streamer.tokens[row] = [t for t in ids if t not in streamer._eos]
-            streamer.out.put([self.tokenizer.decode(t, skip_special_tokens=True) for t in streamer.tokens])
+            side = self._side(model, tuned=row == 1) if self.tuned_model is None else contextlib.nullcontext()
+            with side:
+                model.generate(**self._encode([texts[row]]), **settings.kwargs(self.tokenizer),
+                               streamer=_OneRow(streamer, row), stopping_criteria=StoppingCriteriaList([stopping]))

@@ -287,14 +287,7 @@ EXPECTED: dict[str, dict] = {
 
 # Failures of the studio the matrix found, kept as strict xfail tests (test_model_matrix) until fixed: remove an
 # entry with its fix, and the table (regenerated) says "yes".
-KNOWN_BUGS = {
-    "chat_dora": "side-by-side chat of a DoRA run fails: generation.InferenceModel.stream_pair puts base and tuned "
-                 "in one batch with PEFT's adapter_names, which PEFT refuses for DoRA ('Cannot pass `adapter_names` "
-                 "when DoRA is enabled')",
-    "chat_after_failure": "after a side-by-side turn fails mid-generation, every later generation of that model fails "
-                          "('Length of `adapter_names` should be the same as the number of inputs'): PEFT's "
-                          "_enable_peft_forward_hooks removes its adapter_names hooks only when generate returns",
-}
+KNOWN_BUGS: dict[str, str] = {}  # feature -> why it fails today (its tests become strict xfails)
 
 # Why a speed-up falls back, in the table's words (keyed by the phrase in EXPECTED).
 WHY = {
