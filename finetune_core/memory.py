@@ -6,11 +6,12 @@ gradient checkpointing. The parts:
 
 * weights, in the dtype the run trains in (QLoRA: 4-bit linear layers);
 * optimizer states: AdamW keeps two values per trainable parameter;
-* working set, the larger of two phases that never overlap: the forward and
-  backward pass (activations kept for backward, plus TRL's chunked LM head,
-  which scores tiles of at most 4096 tokens x 32768 vocabulary entries), and
-  the optimizer step (all gradients; the Trainer sets them to None before each
-  forward, and backward frees a layer's activations as it makes its gradients);
+* working set: activations kept for backward, TRL's chunked LM head (it
+  scores tiles of at most 4096 tokens x 32768 vocabulary entries) and the
+  gradients. The Trainer sets gradients to None before each forward, yet a
+  full fine-tune's second step peaked higher than its first by about the
+  gradients' size (the allocator keeps their freed buffers), so they count in
+  full;
 * baseline: the libraries and the Trainer (CPU), or CUDA's workspace (GPU).
 
 The estimate is for the worst case of a run's settings: every row fills
@@ -21,12 +22,11 @@ docs/benchmarks.md); the verdict is "fits" under 80% of the available memory,
 "tight" up to 100%, else "will not fit", and then `suggestions` lists
 settings that were estimated again and do fit.
 
-    python -c "from finetune_core.config import RunConfig; from finetune_core.memory import assess; print(assess(RunConfig()).summary())"
+    python -c "from finetune_core.memory import RunConfig, assess; print(assess(RunConfig()).summary())"
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,9 +38,13 @@ GB = 1e9
 FITS_SHARE = 0.8  # under 80% of what is available: fits; up to 100%: tight
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # -- calibrated on this project's CPU (bench/bench_memory.py; the measured table is in docs/benchmarks.md) --
-IMPORTS_RSS = 0.44 * GB  # RSS once torch, transformers, trl, peft and datasets are imported: 430-440 MB measured
-RUN_OVERHEAD = 0.25 * GB  # the Trainer, tokenised rows, allocator slack: measured peak of tiny-model runs minus the above
+IMPORTS_RSS = 0.45 * GB  # RSS once torch, transformers, trl, peft and datasets are imported: 450 MB measured
+RUN_OVERHEAD = 0.09 * GB  # the Trainer and its data: a 2-layer model's peak (609 MB) minus the above and its LM head
 ACTIVATION_SCALE = 1.0  # measured / counted activation bytes; see the bench table
+# With checkpointing a layer keeps its input, yet RSS grew by 0.34 (bundled model) to 0.45 (small
+# model) of a layer's activations per layer in the forward pass: glibc keeps the freed buffers of the
+# discarded activations in its heap (traced layer by layer with forward hooks; the second step reuses them).
+CHECKPOINT_RESIDUE = 0.4
 LM_HEAD_TILES_CPU = 8.3  # TRL's torch backward of its chunked head peaks at 8.3 float32 tiles (measured, any N and V)
 # -- not measured here (no GPU was lent): from the code and the libraries' documentation --
 LM_HEAD_TILES_CUDA = 2  # the projection tile and one fp32 buffer: the Triton kernels fold tiles in place
@@ -79,7 +83,7 @@ class Estimate:
     dtype: str
     gradient_checkpointing: bool
     parts: dict = field(default_factory=dict)  # weights, optimizer states, working set, baseline
-    detail: dict = field(default_factory=dict)  # activations, LM head, gradients (inside the working set)
+    detail: dict = field(default_factory=dict)  # activations, LM head, gradients (the working set's parts)
 
     @property
     def total(self) -> float:
@@ -204,11 +208,14 @@ def layer_activation_floats(shape: ModelShape, cfg: RunConfig) -> float:
 
 def activation_bytes(shape: ModelShape, cfg: RunConfig, act_bytes: int, checkpointing: bool) -> float:
     """Activations kept for backward: every layer's, or with checkpointing each layer's input
-    plus one layer recomputed at a time."""
+    (plus the heap's residue, see CHECKPOINT_RESIDUE) and one layer recomputed at a time."""
     tokens = cfg.batch_size * cfg.max_length
     per_layer = layer_activation_floats(shape, cfg)
     layers = shape.num_hidden_layers
-    floats = layers * shape.hidden_size + per_layer if checkpointing else layers * per_layer
+    if checkpointing:
+        floats = layers * (shape.hidden_size + CHECKPOINT_RESIDUE * per_layer) + per_layer
+    else:
+        floats = layers * per_layer
     return tokens * floats * act_bytes * ACTIVATION_SCALE
 
 
@@ -248,7 +255,7 @@ def estimate(cfg: RunConfig, shape: ModelShape, device: str, dtype: str, checkpo
     grads = trainable * tbytes
     baseline = CUDA_OVERHEAD if device == "cuda" else max(IMPORTS_RSS, process_rss) + RUN_OVERHEAD
     parts = {"weights": weight_bytes(shape, cfg.method, dtype), "optimizer states": 2 * trainable * tbytes,
-             "working set": max(activations + head, grads), "baseline": baseline}
+             "working set": activations + head + grads, "baseline": baseline}
     detail = {"activations": activations, "LM head": head, "gradients": grads, "trainable params": trainable}
     return Estimate(device, dtype, checkpointing, parts, detail)
 

@@ -87,7 +87,7 @@ def test_full_fine_tune_needs_more_than_lora():
 def test_checkpointing_lowers_activations_and_dora_raises_them():
     plain, ckpt = est(gradient_checkpointing="off"), est(gradient_checkpointing="on")
     assert ckpt.gradient_checkpointing and not plain.gradient_checkpointing
-    assert ckpt.detail["activations"] < plain.detail["activations"] / 5
+    assert ckpt.detail["activations"] < 0.6 * plain.detail["activations"]  # the heap keeps part (CHECKPOINT_RESIDUE)
     assert ckpt.total < plain.total
     assert est(use_dora=True).detail["activations"] > plain.detail["activations"]
 
@@ -104,6 +104,16 @@ def test_baseline_is_what_the_training_process_already_holds_at_least_the_librar
     assert est().parts["baseline"] == memory.IMPORTS_RSS + memory.RUN_OVERHEAD
     busy_app = Device("cpu", available=16 * GB, process_rss=3 * GB)
     assert est(busy_app).parts["baseline"] == 3 * GB + memory.RUN_OVERHEAD
+
+
+def test_lm_head_tiles_are_trls():
+    """The LM head's working set is sized with TRL's tile shape: this fails when TRL changes it."""
+    import trl.trainer.utils as trl_utils
+    from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+
+    assert (memory.TOKEN_TILE, memory.VOCAB_TILE) == (TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+    short, long = est(batch_size=1, max_length=1024), est(batch_size=8, max_length=1024)
+    assert short.detail["LM head"] < long.detail["LM head"] < 2 * memory.LM_HEAD_TILES_CPU * 4096 * 32768 * 4
 
 
 def test_verdict_thresholds():
@@ -222,3 +232,23 @@ def test_cli_refuses_a_run_that_will_not_fit_and_force_trains_anyway(monkeypatch
     assert not trained and not (runs_root.exists() and any(runs_root.iterdir()))
     assert cli.main([*argv, "--force"]) == 0
     assert len(trained) == 1 and "training anyway (--force)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_a_tiny_run_against_its_estimate():
+    """bench/bench_memory.py end to end on its smallest configuration (one step, ~1 minute)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "bench/bench_memory.py", "--only", "tiny-lora-b1-L64", "--steps", "1"],
+                          cwd=repo, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    (row,) = result["results"]
+    assert row["config"] == "tiny-lora-b1-L64" and len(row["measured"]["step_peaks_mb"]) == 1
+    assert row["measured"]["peak_mb"] > row["measured"]["after_imports_mb"] > 100
+    assert abs(row["error"]) <= 0.25 and result["within_25_percent"]

@@ -39,8 +39,8 @@ DATA_FIELDS = ("data_path", "data_format", "prompt_column", "completion_column",
 RUN_COLUMNS = ["id", "state", "step", "total_steps", "model", "method", "data", "reason"]
 TRAIN_ANYWAY = "Train anyway (the estimate is approximate)"
 # the settings the memory estimate reads: the note under the model picker follows them
-ESTIMATE_FIELDS = ("model", "method", "lora_r", "lora_dropout", "use_dora", "target_modules", "batch_size", "grad_accum",
-                   "max_length", "gradient_checkpointing", "device", "precision")
+ESTIMATE_FIELDS = ("model", "method", "lora_r", "lora_dropout", "use_dora", "target_modules", "batch_size",
+                   "grad_accum", "max_length", "gradient_checkpointing", "device", "precision")
 
 
 # -- plain functions (the tests call these) ------------------------------------
@@ -426,5 +426,6 @@ def build(ctx: AppContext) -> None:
     ctx.components["train_widgets"] = widgets
 
 
-__all__ = ["build", "build_config", "start_training", "check_memory", "memory_markdown", "model_choices", "resume_training", "run_view", "loss_frame", "cli_text",
+__all__ = ["build", "build_config", "start_training", "check_memory", "memory_markdown", "model_choices",
+           "resume_training", "run_view", "loss_frame", "cli_text",
            "config_from_yaml_file", "tick"]
