@@ -40,7 +40,13 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # -- calibrated on this project's CPU (bench/bench_memory.py; the measured table is in docs/benchmarks.md) --
 IMPORTS_RSS = 0.45 * GB  # RSS once torch, transformers, trl, peft and datasets are imported: 450 MB measured
 RUN_OVERHEAD = 0.09 * GB  # the Trainer and its data: a 2-layer model's peak (609 MB) minus the above and its LM head
-ACTIVATION_SCALE = 1.0  # measured / counted activation bytes; see the bench table
+# layer_activation_floats counts what autograd keeps: 10,784 values per token per layer of the bundled model,
+# where torch's saved-tensor hooks found 10,707 (speed-ups on) and 10,127 (off) in a training step.
+ACTIVATION_SCALE = 1.0
+# RSS is more than the live tensors when temporaries fragment the heap: with the libraries' own code paths
+# (speedups off) a layer's forward grew RSS by 74 MiB against 57 MiB with the speed-ups (bundled model,
+# 1024 tokens, traced layer by layer); without this factor the bench's speedups-off run was 22% over the estimate.
+SPEEDUPS_OFF_RSS = 1.3
 # With checkpointing a layer keeps its input, yet RSS grew by 0.34 (bundled model) to 0.45 (small
 # model) of a layer's activations per layer in the forward pass: glibc keeps the freed buffers of the
 # discarded activations in its heap (traced layer by layer with forward hooks; the second step reuses them).
@@ -127,7 +133,7 @@ def _config_facts(source: str, where: str, origin: str, **kwargs) -> ModelFacts:
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=False, **kwargs)
         shape = ModelShape.from_config(config)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the loader raises (offline, unknown type) is a message
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ModelError(f"model: could not read the config of {source!r} ({first}).") from None
     text = config.get_text_config()
@@ -206,7 +212,15 @@ def layer_activation_floats(shape: ModelShape, cfg: RunConfig) -> float:
     return floats
 
 
-def activation_bytes(shape: ModelShape, cfg: RunConfig, act_bytes: int, checkpointing: bool) -> float:
+def speedups_off(cfg: RunConfig) -> bool:
+    """Whether the run trains on the libraries' own code paths (its setting, or STUDIO_SPEEDUPS=off)."""
+    from .speedups import effective_mode
+
+    return effective_mode(cfg.speedups)[0] == "off"
+
+
+def activation_bytes(shape: ModelShape, cfg: RunConfig, act_bytes: int, checkpointing: bool,
+                     rss_scale: float = 1.0) -> float:
     """Activations kept for backward: every layer's, or with checkpointing each layer's input
     (plus the heap's residue, see CHECKPOINT_RESIDUE) and one layer recomputed at a time."""
     tokens = cfg.batch_size * cfg.max_length
@@ -216,7 +230,7 @@ def activation_bytes(shape: ModelShape, cfg: RunConfig, act_bytes: int, checkpoi
         floats = layers * (shape.hidden_size + CHECKPOINT_RESIDUE * per_layer) + per_layer
     else:
         floats = layers * per_layer
-    return tokens * floats * act_bytes * ACTIVATION_SCALE
+    return tokens * floats * act_bytes * ACTIVATION_SCALE * rss_scale
 
 
 def lm_head_bytes(shape: ModelShape, cfg: RunConfig, device: str) -> float:
@@ -250,7 +264,8 @@ def estimate(cfg: RunConfig, shape: ModelShape, device: str, dtype: str, checkpo
         if cfg.use_dora:
             trainable += shape.num_hidden_layers * (shape.q_width + 2 * shape.kv_width + 2 * shape.hidden_size
                                                     + 2 * shape.intermediate_size)
-    activations = activation_bytes(shape, cfg, wbytes, checkpointing)
+    on_cpu_own_paths = device != "cuda" and speedups_off(cfg)  # GPUs get no speed-ups, and count allocations
+    activations = activation_bytes(shape, cfg, wbytes, checkpointing, SPEEDUPS_OFF_RSS if on_cpu_own_paths else 1.0)
     head = lm_head_bytes(shape, cfg, device)
     grads = trainable * tbytes
     baseline = CUDA_OVERHEAD if device == "cuda" else max(IMPORTS_RSS, process_rss) + RUN_OVERHEAD

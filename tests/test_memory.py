@@ -92,6 +92,16 @@ def test_checkpointing_lowers_activations_and_dora_raises_them():
     assert est(use_dora=True).detail["activations"] > plain.detail["activations"]
 
 
+def test_the_libraries_own_paths_cost_more_rss_on_a_cpu_only(monkeypatch):
+    monkeypatch.delenv("STUDIO_SPEEDUPS", raising=False)
+    auto, off = est(speedups="auto"), est(speedups="off")
+    assert off.detail["activations"] == pytest.approx(memory.SPEEDUPS_OFF_RSS * auto.detail["activations"])
+    monkeypatch.setenv("STUDIO_SPEEDUPS", "off")  # the server-wide switch wins over the run's setting
+    assert est(speedups="auto").total == off.total
+    gpu = Device("cuda", available=24 * GB, lora_dtype="bfloat16", full_dtype="bfloat16")
+    assert est(gpu, speedups="off").total == est(gpu, speedups="auto").total
+
+
 def test_qlora_on_a_gpu_holds_4_bit_weights_and_lora_dtype_follows_the_device():
     gpu = Device("cuda", available=24 * GB, lora_dtype="bfloat16", full_dtype="bfloat16")
     lora, qlora = est(gpu, method="lora"), est(gpu, method="qlora")
