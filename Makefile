@@ -26,7 +26,7 @@ run: setup
 # The whole suite: fast hermetic tests, the slow ones that use the real bundled
 # model, and the browser tests (which install Debian's chromium if missing).
 test: setup browser-deps
-	$(VENV)/bin/python -m pytest -q -m "" tests
+	$(VENV)/bin/python -m pytest -q -m "" --durations=15 tests
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow and not browser" tests
