@@ -1,6 +1,6 @@
 """Memory estimate vs measured peak RSS: a few real training steps per configuration.
 
-    .venv/bin/python bench/bench_memory.py                    # the 12 configurations below (~30 min on 2 busy cores)
+    .venv/bin/python bench/bench_memory.py                    # the 12 configurations below (~50 min on 2 busy cores)
     .venv/bin/python bench/bench_memory.py --only small-lora-b4-L256 --steps 2   # one of them
 
 Each configuration trains in its own process through the studio's own runner
