@@ -3,6 +3,11 @@ progress with ETA, loss curve, log tail, and the list of runs (Delete; admins
 can make a run a read-only showcase). A visitor sees and changes only what
 finetune_core/ownership.py allows them.
 
+The model is picked from the catalogue (finetune_core/catalogue.py) or typed
+(any Hub id or local folder); beside it the memory estimate of
+finetune_core/memory.py follows the settings, and a run it says will not fit
+is refused with the settings that would, unless "Train anyway" is ticked.
+
 The tab polls the run directory with a gr.Timer, so a page reload or a second
 browser re-attaches to the running job. Each tick compares file stamps with
 what this page last got and sends only what changed (an idle page with many
