@@ -123,6 +123,7 @@ def apply_training(model, device: str, dtype: str, max_length: int | None, reque
     unsafe = packing_unsafe_reason(model, max_length)
     packed = not unsafe and train_without_padding(model, max_length)
     no_lora = "no LoRA layers (full fine-tune)"
+    head_missing = unavailable_reason()
     choices = [
         Choice("packed_attention", packed, unsafe or ("" if packed else "the model's backbone could not be hooked")),
         Choice("grouped_bf16_attention", packed and dtype == "bfloat16",
@@ -132,7 +133,7 @@ def apply_training(model, device: str, dtype: str, max_length: int | None, reque
                (no_lora if not lora else "no plain LoRA linear layer (DoRA, Conv1D or another variant)")),
         Choice("fused_rms_norm", norms > 0, "" if norms else "the model's norm layers are not Llama's RMSNorm"),
         Choice("fast_lora_dropout", dropouts > 0, "" if dropouts else (no_lora if not lora else "LoRA dropout is 0")),
-        Choice("label_only_lm_head", not unavailable_reason(), unavailable_reason()),
+        Choice("label_only_lm_head", not head_missing, head_missing),
     ]
     return Report(mode, choices)
 
