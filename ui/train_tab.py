@@ -27,7 +27,7 @@ import yaml
 from finetune_core import memory
 from finetune_core.catalogue import BUNDLED_HUB_ID, ENTRIES
 from finetune_core.cli import command_line
-from finetune_core.config import PRESETS, ConfigError, RunConfig, read_config_yaml
+from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, read_config_yaml
 from finetune_core.models import (BUNDLED, BUNDLED_LABEL, ModelError, allowed_hub_ids, check_model_size, max_params_b,
                                   resolve_model_source, training_policy)
 from finetune_core.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
@@ -305,17 +305,17 @@ def build(ctx: AppContext) -> None:
                 apply_btn = gr.Button("Apply preset", size="sm")
             start_cfg = RunConfig().with_overrides(PRESETS["Quick demo (CPU)"])
             start_cfg.model = ctx.settings.default_model
-            widgets = build_config_widgets(("model",), start_cfg)
             # a picker of the catalogue that also takes any Hub id or local folder (check_model vets it)
-            widgets["model"] = gr.Dropdown(model_choices(), value=start_cfg.model, label="Model",
-                                           info=widgets["model"].info, allow_custom_value=True, elem_id="cfg-model")
+            model_help = next(i["help"] for i in field_info() if i["name"] == "model")
+            widgets = {"model": gr.Dropdown(model_choices(), value=start_cfg.model, label="Model", info=model_help,
+                                            allow_custom_value=True, elem_id="cfg-model")}
             memory_note = gr.Markdown(memory_markdown({"model": start_cfg.model, **PRESETS["Quick demo (CPU)"]}),
                                       elem_id="memory-estimate")
             with gr.Accordion("Method (LoRA / QLoRA / full)", open=False):
                 widgets.update(build_config_widgets(("method",), start_cfg))
             with gr.Accordion("Schedule and batching", open=False):
                 widgets.update(build_config_widgets(("schedule",), start_cfg))
-                widgets["max_train_rows"] = build_config_widgets(("data",), start_cfg)["max_train_rows"]
+                widgets.update(build_config_widgets(("data",), start_cfg, only=("max_train_rows",)))
             force = gr.Checkbox(False, label=TRAIN_ANYWAY, elem_id="train-anyway",
                                 info="Start a run even when the estimate says it will not fit.")
             with gr.Row():

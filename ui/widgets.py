@@ -51,11 +51,13 @@ def make_widget(info: dict, value: Any = None):
     return gr.Textbox(**common)
 
 
-def build_config_widgets(groups: tuple[str, ...], cfg: RunConfig | None = None) -> dict[str, Any]:
-    """Widgets for the fields of the given groups, in dataclass order."""
+def build_config_widgets(groups: tuple[str, ...], cfg: RunConfig | None = None,
+                         only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Widgets for the fields of the given groups (or just the fields named in `only`), in
+    dataclass order. Each widget is placed on the page as it is made: build only those shown."""
     cfg = cfg or RunConfig()
     return {info["name"]: make_widget(info, getattr(cfg, info["name"]))
-            for info in field_info() if info["group"] in groups}
+            for info in field_info() if info["group"] in groups and (only is None or info["name"] in only)}
 
 
 def config_from_values(values: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
