@@ -23,10 +23,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from finetune_core.models import hub_timeouts  # noqa: E402
-from finetune_core.runs import runs_root  # noqa: E402
+from finetune_core.models.sources import hub_timeouts  # noqa: E402
+from finetune_core.runs.store import runs_root  # noqa: E402
 from ui import chat_tab, data_tab, eval_tab, export_tab, guide, train_tab  # noqa: E402
-from finetune_core.ownership import Policy  # noqa: E402
+from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext  # noqa: E402
 from ui.middleware import middleware  # noqa: E402

@@ -60,7 +60,7 @@ def _tokenizer_for_tiny():
     """The bundled tokenizer: from the converted cache when present (fast), else the GGUF (~10 s)."""
     from transformers import AutoTokenizer
 
-    from finetune_core.models import BUNDLED_CACHE_NAME, bundled_gguf_path, cache_root
+    from finetune_core.models.sources import BUNDLED_CACHE_NAME, bundled_gguf_path, cache_root
 
     cached = cache_root() / BUNDLED_CACHE_NAME
     if (cached / "tokenizer.json").is_file():
@@ -100,8 +100,8 @@ def fresh_adapter(model):
 
 def load(source: str, adapter_dir: str | None) -> tuple[object, dict]:
     """Load base, measure, attach the adapter, measure; returns the InferenceModel and memory figures."""
-    from finetune_core.generation import InferenceModel
-    from finetune_core.models import device_policy, load_model, load_tokenizer
+    from finetune_core.inference.generation import InferenceModel
+    from finetune_core.models.sources import device_policy, load_model, load_tokenizer
 
     policy = device_policy()
     start_rss = settled_rss()
@@ -165,7 +165,7 @@ def run_bench(source: str, adapter_dir: str | None, label: str, prompt: str, max
               repeats: int) -> dict:
     import torch
 
-    from finetune_core.generation import GenSettings
+    from finetune_core.inference.generation import GenSettings
 
     model, memory = load(source, adapter_dir)
     messages = [{"role": "user", "content": prompt}]
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.bundled:
             source, adapter, label = "bundled", None, "bundled+fresh-lora"
         else:
-            from finetune_core.runs import run_from_dir
+            from finetune_core.runs.store import run_from_dir
 
             run = run_from_dir(args.run)
             cfg = run.config()

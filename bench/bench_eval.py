@@ -59,8 +59,8 @@ def log(message: str) -> None:
 
 def setup_run(run_dir: str, rows: int, max_new_tokens: int | None):
     from evaluation.run_eval import default_max_new_tokens, load_eval_rows, reference_text
-    from finetune_core.generation import InferenceModel
-    from finetune_core.runs import run_from_dir
+    from finetune_core.inference.generation import InferenceModel
+    from finetune_core.runs.store import run_from_dir
 
     run = run_from_dir(run_dir)
     data, labels, _source = load_eval_rows(run)
@@ -77,14 +77,14 @@ def setup_run(run_dir: str, rows: int, max_new_tokens: int | None):
 
 
 def setup_bundled(rows: int, data_path: str | None, max_new_tokens: int | None):
-    from finetune_core.dataset import DataOptions, prepare_data
-    from finetune_core.generation import InferenceModel
+    from finetune_core.data.dataset import DataOptions, prepare_data
+    from finetune_core.inference.generation import InferenceModel
 
     if data_path or SAMSUM.is_file():
         options = DataOptions(path=data_path or str(SAMSUM), format="columns", completion_column="summary",
                               prompt_template="Summarize this dialogue:\n{dialogue}")
     else:
-        from finetune_core.samples import sample_options
+        from finetune_core.data.samples import sample_options
 
         options = sample_options("Support note summaries (custom CSV columns)")
     report = prepare_data(options)
@@ -97,7 +97,7 @@ def setup_bundled(rows: int, data_path: str | None, max_new_tokens: int | None):
 
 
 def setup_tiny(rows: int, max_new_tokens: int | None, workdir: Path):
-    from finetune_core.generation import InferenceModel
+    from finetune_core.inference.generation import InferenceModel
 
     run = make_tiny_run(workdir, rows)
     model = InferenceModel.from_run(run, progress=log)
@@ -111,7 +111,7 @@ def _tokenizer():
     """The bundled tokenizer: from the converted cache when present (fast), else the GGUF."""
     from transformers import AutoTokenizer
 
-    from finetune_core.models import BUNDLED_CACHE_NAME, bundled_gguf_path, cache_root
+    from finetune_core.models.sources import BUNDLED_CACHE_NAME, bundled_gguf_path, cache_root
 
     cached = cache_root() / BUNDLED_CACHE_NAME
     if (cached / "tokenizer.json").is_file():
@@ -134,8 +134,8 @@ def make_tiny_run(workdir: Path, rows: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from finetune_core.config import RunConfig
-    from finetune_core.dataset import write_jsonl
-    from finetune_core.runs import create_run, write_json_atomic
+    from finetune_core.data.dataset import write_jsonl
+    from finetune_core.runs.store import create_run, write_json_atomic
 
     tok = _tokenizer()
     torch.manual_seed(0)
@@ -183,7 +183,7 @@ def device_facts(model) -> dict:
 
 
 def measure(model, prompts, tuned: bool, max_new_tokens: int, batch_size: int) -> dict:
-    from finetune_core.generation import GenSettings
+    from finetune_core.inference.generation import GenSettings
 
     settings = GenSettings(max_new_tokens=max_new_tokens)
     # Warm-up: the first call pays one-off costs (kernel selection, chat template compile).

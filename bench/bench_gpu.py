@@ -45,7 +45,7 @@ def tiny_model_dir(root: Path) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finetune_core.models import load_tokenizer
+    from finetune_core.models.sources import load_tokenizer
 
     tok = load_tokenizer("bundled")
     torch.manual_seed(0)
@@ -75,8 +75,8 @@ def train(model: str, method: str, device: str, steps: int):
     import torch
 
     from finetune_core.config import RunConfig
-    from finetune_core.runner import run_job
-    from finetune_core.runs import create_run
+    from finetune_core.training.runner import run_job
+    from finetune_core.runs.store import create_run
 
     cfg = RunConfig(model=model, data_path=str(DATA), method="qlora" if method == "qlora" else
                     ("full" if method == "full" else "lora"), use_dora=method == "dora", max_steps=steps,
@@ -110,7 +110,7 @@ def batched_vs_single(run, n: int) -> dict:
     """(b): batched generation against transformers' generate on each prompt alone."""
     import torch
 
-    from finetune_core.generation import GenSettings, InferenceModel
+    from finetune_core.inference.generation import GenSettings, InferenceModel
 
     im = InferenceModel.from_run(run)
     settings = GenSettings(max_new_tokens=24)
@@ -132,8 +132,8 @@ def merged_vs_adapter(run) -> dict | None:
     import torch
     from peft import PeftModel
 
-    from finetune_core.export import merged_model
-    from finetune_core.models import device_policy, load_model, load_tokenizer
+    from finetune_core.export.artifacts import merged_model
+    from finetune_core.models.sources import device_policy, load_model, load_tokenizer
 
     cfg = run.config()
     if cfg.method == "full":
@@ -153,7 +153,7 @@ def same_loss(run) -> dict:
     import torch
     from peft import PeftModel
 
-    from finetune_core.models import device_policy, load_model, load_tokenizer
+    from finetune_core.models.sources import device_policy, load_model, load_tokenizer
     from finetune_core.speedups import apply_training
 
     cfg = run.config()

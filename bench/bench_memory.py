@@ -4,12 +4,12 @@
     .venv/bin/python bench/bench_memory.py --only small-lora-b4-L256 --steps 2   # one of them
 
 Each configuration trains in its own process through the studio's own runner
-(finetune_core.runner.run_job, so the CPU speed-ups it applies are measured
+(finetune_core.training.runner.run_job, so the CPU speed-ups it applies are measured
 too) on rows that fill max_length (language-modelling rows: every position is
 a label, the case the estimate is made for). The child reads its peak RSS
 (VmHWM in /proc/self/status) after every optimizer step; the parent compares
-the highest with finetune_core.memory's estimate for a fresh process. Models:
-the bundled SmolLM2-135M (finetune_core.models.load_model('bundled'); the
+the highest with finetune_core.models.memory's estimate for a fresh process. Models:
+the bundled SmolLM2-135M (finetune_core.models.sources.load_model('bundled'); the
 first load converts the GGUF, ~20 s) and a small random Llama built from a
 config (no download). Prints one JSON object.
 """
@@ -61,7 +61,7 @@ def random_model_dir(kind: str) -> str:
     """A random Llama of SHAPES[kind] (small: 19M parameters; tiny: the tests' model), built once."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from finetune_core.models import bundled_gguf_path
+    from finetune_core.models.sources import bundled_gguf_path
 
     folder = Path(tempfile.gettempdir()) / f"studio-bench-memory-{kind}-llama"
     if not (folder / "model.safetensors").is_file():
@@ -93,16 +93,16 @@ def vm_hwm() -> int:
 
 def run_one(cfg_dict: dict, steps: int) -> dict:
     """Child: train `steps` steps of the config and report the peak RSS after each."""
-    import finetune_core.runner  # noqa: F401 - the libraries a run imports, before the baseline is read
+    import finetune_core.training.runner  # noqa: F401 - the libraries a run imports, before the baseline is read
     import peft  # noqa: F401
     import torch
     import trl  # noqa: F401
     from transformers import TrainerCallback
 
     from finetune_core.config import RunConfig
-    from finetune_core.dataset import write_jsonl
-    from finetune_core.runner import run_job
-    from finetune_core.runs import create_run, write_json_atomic
+    from finetune_core.data.dataset import write_jsonl
+    from finetune_core.training.runner import run_job
+    from finetune_core.runs.store import create_run, write_json_atomic
 
     after_imports = vm_hwm()
     peaks: list[int] = []
@@ -134,7 +134,7 @@ def run_one(cfg_dict: dict, steps: int) -> dict:
 
 def estimate_mb(cfg_dict: dict) -> dict:
     """The estimate for a fresh training process on this machine, by part (MiB)."""
-    from finetune_core import memory
+    from finetune_core.models import memory
     from finetune_core.config import RunConfig
 
     cfg = RunConfig.from_dict(cfg_dict)
@@ -178,7 +178,7 @@ def main() -> None:
     import transformers
     import trl
 
-    from finetune_core import memory
+    from finetune_core.models import memory
 
     names = [n for n in (args.only or ",".join(CONFIGS)).split(",") if n]
     results = [measure(n, args.steps, args.timeout) for n in names]

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Imports (torch, transformers: ~3 s) are timed apart from the load itself.
 LOAD_SNIPPET = (
     "import time; t0=time.perf_counter();"
-    "from finetune_core.models import {fn}; import torch; from transformers import AutoModelForCausalLM;"
+    "from finetune_core.models.sources import {fn}; import torch; from transformers import AutoModelForCausalLM;"
     "t=time.perf_counter(); {call}; print(t-t0, time.perf_counter()-t)"
 )
 

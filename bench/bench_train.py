@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_train.py --tiny --steps 2 --warmup 1 --rounds 1   # smoke test
 
 Variants, each run in its own process and interleaved round by round:
-* ours          — finetune_core.train.build_trainer (dtype by device, no
+* ours          — finetune_core.training.train.build_trainer (dtype by device, no
                   gradient checkpointing, length-grouped batches, the CPU
                   speed-ups of finetune_core.speedups)
 * ours_fp32     — ours with precision float32 (on a CPU with bf16
@@ -53,7 +53,7 @@ LORA = dict(r=16, alpha=32, dropout=0.05)
 
 def load_rows(n: int) -> tuple[list[dict], str]:
     """Conversational prompt/completion rows with a realistic mix of lengths."""
-    from finetune_core.dataset import DataOptions, prepare_data
+    from finetune_core.data.dataset import DataOptions, prepare_data
 
     if SAMSUM.is_file():
         opts = DataOptions(path=str(SAMSUM), format="columns", prompt_template="Summarize this dialogue:\n{dialogue}",
@@ -142,9 +142,9 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
     from trl import SFTConfig, SFTTrainer
 
     from finetune_core.config import RunConfig
-    from finetune_core.models import load_model, load_tokenizer, training_policy
-    from finetune_core.runs import Run
-    from finetune_core.train import build_trainer
+    from finetune_core.models.sources import load_model, load_tokenizer, training_policy
+    from finetune_core.runs.store import Run
+    from finetune_core.training.train import build_trainer
 
     total = steps + warmup
     if variant == "ours_sdpa":
@@ -351,7 +351,7 @@ def tiny_model_dir() -> str:
     from transformers import AutoTokenizer
 
     from conftest import build_tiny_model
-    from finetune_core.models import bundled_gguf_path
+    from finetune_core.models.sources import bundled_gguf_path
 
     folder = Path(tempfile.gettempdir()) / "studio-bench-tiny-llama"
     if not (folder / "model.safetensors").is_file():

@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed the usage message
         return int(exc.code or 0)
-    from finetune_core.models import ModelError, hub_timeouts
-    from finetune_core.runs import RunError, run_from_dir
+    from finetune_core.models.sources import ModelError, hub_timeouts
+    from finetune_core.runs.store import RunError, run_from_dir
 
     hub_timeouts()  # fail fast instead of hanging when the Hub is unreachable
     try:

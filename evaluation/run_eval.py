@@ -7,7 +7,7 @@ saves the result in `runs/<id>/eval/` (results.json, examples.csv, meta.json).
 
     python -m evaluation --run runs/<id> --json
 
-    >>> from finetune_core.runs import run_from_dir        # doctest: +SKIP
+    >>> from finetune_core.runs.store import run_from_dir        # doctest: +SKIP
     >>> evaluate_run(run_from_dir("runs/<id>"), limit=20).summary  # doctest: +SKIP
 
 Choices worth knowing
@@ -41,7 +41,7 @@ from typing import Callable
 import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
-from finetune_core.dataset import read_jsonl
+from finetune_core.data.dataset import read_jsonl
 from finetune_core.limits import limits
 
 Progress = Callable[[str, float], None]
@@ -68,8 +68,8 @@ def load_eval_rows(run, data_path: str | None = None) -> tuple[list[dict], list[
         if not path.is_file():
             raise ValueError(f"Run {run.id} has no saved held-out split ({path.name} is missing).")
         return read_jsonl(path), labels, "heldout"
-    from finetune_core.dataset import prepare_data
-    from finetune_core.train import cfg_data_options
+    from finetune_core.data.dataset import prepare_data
+    from finetune_core.training.train import cfg_data_options
 
     prepared = prepare_data(cfg_data_options(run.config(), str(data_path)))
     if not prepared.usable:
@@ -221,7 +221,7 @@ def heldout_loss(model, rows: list[dict], tuned: bool, max_length: int, batch_si
     tokenised and truncated exactly as the trainer did (`data_stats.training_tokens`)."""
     import torch
 
-    from finetune_core.data_stats import training_tokens
+    from finetune_core.data.stats import training_tokens
 
     encoded = [training_tokens(row, model.tokenizer, max_length) for row in rows]
     total, count, done = 0.0, 0, 0
@@ -343,7 +343,7 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
 
 
 def _load_model(run, say: Progress):
-    from finetune_core.generation import InferenceModel
+    from finetune_core.inference.generation import InferenceModel
 
     if not run.has_adapter():
         raise FileNotFoundError(f"Run {run.id} has no saved adapter: train it to completion first.")
@@ -352,7 +352,7 @@ def _load_model(run, say: Progress):
 
 def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_loss, say, cancel
               ) -> tuple[Comparison, dict]:
-    from finetune_core.generation import GenSettings
+    from finetune_core.inference.generation import GenSettings
 
     started = time.time()
     lm = task == LM_TASK
@@ -396,7 +396,7 @@ def save_evaluation(run, comparison: Comparison, meta: dict) -> Path:
     never sees results.json from one evaluation beside examples.csv from
     another, and a failed save leaves the previous evaluation in place.
     """
-    from finetune_core.runs import write_json_atomic
+    from finetune_core.runs.store import write_json_atomic
 
     tmp = run.path / f".eval-tmp-{os.getpid()}"
     old = run.path / f".eval-old-{os.getpid()}"

@@ -1,4 +1,4 @@
 """`python -m finetune_core ...`: see finetune_core/cli.py for the commands."""
-from .cli import main
+from finetune_core.cli import main
 
 raise SystemExit(main())

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import PRESETS, ConfigError, RunConfig
+from finetune_core.config import PRESETS, ConfigError, RunConfig
 
 
 def _rank() -> int:
@@ -33,7 +33,7 @@ def _world() -> int:
 
 
 def _launch_file() -> Path:
-    from .runs import runs_root
+    from finetune_core.runs.store import runs_root
 
     token = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "0")
     return runs_root() / f".launch-{token}"
@@ -41,8 +41,8 @@ def _launch_file() -> Path:
 
 def _shared_run(cfg: RunConfig):
     """Rank 0 creates the run (and its split); other ranks wait for its id."""
-    from .runs import create_run, get_run
-    from .train import prepare_split
+    from finetune_core.runs.store import create_run, get_run
+    from finetune_core.training.train import prepare_split
 
     if _world() == 1:
         return create_run(cfg)
@@ -63,8 +63,8 @@ def _shared_run(cfg: RunConfig):
 
 
 def cmd_train(args) -> int:
-    from .runner import run_job
-    from .runs import run_from_dir
+    from finetune_core.training.runner import run_job
+    from finetune_core.runs.store import run_from_dir
 
     if args.resume:
         run = run_from_dir(args.resume)
@@ -94,8 +94,8 @@ def memory_allows(cfg: RunConfig, force: bool) -> bool:
     """The Train tab's check before a run is created: a Hub model that cannot be loaded here,
     or a run the memory estimate says will not fit (unless --force), is refused on stderr.
     (Multi-process launches are not estimated: the launcher decides what each rank gets.)"""
-    from .memory import WontFit, check_fits
-    from .models import ModelError
+    from finetune_core.models.memory import WontFit, check_fits
+    from finetune_core.models.sources import ModelError
 
     try:
         found = check_fits(cfg, force=force)
@@ -111,9 +111,9 @@ def memory_allows(cfg: RunConfig, force: bool) -> bool:
 
 
 def cmd_chat(args) -> int:
-    from .chat import ChatSession, stream_chat
-    from .generation import GenSettings, InferenceModel
-    from .runs import RunError, run_from_dir
+    from finetune_core.inference.chat import ChatSession, stream_chat
+    from finetune_core.inference.generation import GenSettings, InferenceModel
+    from finetune_core.runs.store import RunError, run_from_dir
 
     try:
         run = run_from_dir(args.run)
@@ -131,7 +131,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .runs import list_runs
+    from finetune_core.runs.store import list_runs
 
     for run in list_runs():
         s = run.summary()
@@ -163,11 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "inspect":
-        from .dataset import inspect_main
+        from finetune_core.data.dataset import inspect_main
 
         return inspect_main(argv[1:])
     if argv and argv[0] in ("export", "report"):
-        from . import export
+        from finetune_core.export import artifacts as export
 
         return export.main(argv)
     args = build_parser().parse_args(argv)

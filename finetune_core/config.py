@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from finetune_core.data_formats import check_template
+from finetune_core.data.formats import check_template
 from finetune_core.limits import LimitError, limits
 
 

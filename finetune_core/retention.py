@@ -199,7 +199,7 @@ def sweep(area: Area, protected: Iterable[Path] = (), skip: Iterable[Path] = (),
           now: float | None = None) -> SweepReport:
     """Apply the area's policy once; a missing folder is an empty one. The runs root is
     never touched, even when a deployment puts it inside a swept folder."""
-    from .runs import runs_root
+    from finetune_core.runs.store import runs_root
 
     report = SweepReport(area.name)
     if not area.path.is_dir() or area.path.resolve().is_relative_to(runs_root()):

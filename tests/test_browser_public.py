@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from finetune_core.ownership import write_owner
+from finetune_core.runs.ownership import write_owner
 from test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, _tab, launch_app, stop_app
 
 pytestmark = pytest.mark.browser

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from finetune_core import chat
-from finetune_core.chat import ChatSession
-from finetune_core.generation import GenSettings, InferenceModel
+from finetune_core.inference import chat
+from finetune_core.inference.chat import ChatSession
+from finetune_core.inference.generation import GenSettings, InferenceModel
 
 PROMPT = [{"role": "user", "content": "Item 3: which colour is the blue ball number 3?"}]
 GREEDY = GenSettings(max_new_tokens=8)
@@ -232,7 +232,7 @@ class _Slot:
         return self.job
 
     def gpu_run(self):  # the real slot's rule, over this fake's job
-        from finetune_core.runner import TrainingSlot
+        from finetune_core.training.runner import TrainingSlot
 
         return TrainingSlot.gpu_run(self)
 
@@ -330,7 +330,7 @@ def test_ui_run_choices_and_examples(trained_run, monkeypatch):
 
 def test_ui_model_load_error_becomes_short_gr_error():
     gr = pytest.importorskip("gradio")
-    from finetune_core.models import ModelError
+    from finetune_core.models.sources import ModelError
     from ui import chat_tab
 
     class FailingModels:

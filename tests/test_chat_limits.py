@@ -12,10 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from finetune_core import chat, generation
-from finetune_core.chat import ChatSession
-from finetune_core.chat_limits import GenerationSlots, TokenCounter, clean_text
-from finetune_core.generation import GenSettings, InferenceModel
+from finetune_core.inference import chat
+
+from finetune_core.inference import generation
+from finetune_core.inference.chat import ChatSession
+from finetune_core.inference.chat_limits import GenerationSlots, TokenCounter, clean_text
+from finetune_core.inference.generation import GenSettings, InferenceModel
 from finetune_core.limits import LimitError
 
 gr = pytest.importorskip("gradio")

@@ -12,7 +12,7 @@ import gradio as gr
 import pytest
 
 from finetune_core.config import ConfigError, RunConfig
-from finetune_core.runs import Run
+from finetune_core.runs.store import Run
 from ui.train_tab import config_from_yaml_file
 from ui.widgets import config_from_values
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_core.data_checks import (
+from finetune_core.data.checks import (
     RowProblem, check_conversation, find_duplicates, find_leakage, missing_columns, mixed_type_issues,
     require_text,
 )

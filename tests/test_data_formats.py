@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from finetune_core.data_checks import RowProblem
-from finetune_core.data_formats import (
+from finetune_core.data.checks import RowProblem
+from finetune_core.data.formats import (
     FormatSpec, detect_format, normalize_alpaca, normalize_classification, normalize_columns,
     normalize_messages, normalize_prompt_completion, normalize_sharegpt, normalize_text, render_template,
     template_fields,
 )
-from finetune_core.data_load import load_records
+from finetune_core.data.load import load_records
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 

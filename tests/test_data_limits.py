@@ -19,9 +19,9 @@ import gradio as gr
 import pytest
 
 from finetune_core.config import ConfigError, RunConfig
-from finetune_core.data_checks import ROWS_PER_GROUP, find_duplicates
-from finetune_core.data_load import load_records, record_problem, without_paths
-from finetune_core.dataset import DataOptions, prepare_data
+from finetune_core.data.checks import ROWS_PER_GROUP, find_duplicates
+from finetune_core.data.load import load_records, record_problem, without_paths
+from finetune_core.data.dataset import DataOptions, prepare_data
 from finetune_core.limits import limits
 from ui.data_tab import Mapping, inspect_data, load_eval_upload, load_upload, view_values
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finetune_core.data_load import load_records
+from finetune_core.data.load import load_records
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_core.dataset import DataOptions, inspect_file, prepare_data
+from finetune_core.data.dataset import DataOptions, inspect_file, prepare_data
 
 EMOTION = {"anger", "fear", "joy", "love", "sadness", "surprise"}
 

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from finetune_core.data_stats import (
+from finetune_core.data.stats import (
     FALLBACK_NOTE, ensure_chat_template, render_training_view, token_lengths, token_stats, training_tokens,
 )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_core.dataset import (
+from finetune_core.data.dataset import (
     DataOptions, Issue, inspect_file, inspect_main, prepare_data, read_jsonl, split_rows, write_jsonl,
 )
 
@@ -168,7 +168,7 @@ def test_split_edge_cases():
 
 
 def test_split_keeps_duplicates_together_so_no_leakage():
-    from finetune_core.data_checks import find_leakage
+    from finetune_core.data.checks import find_leakage
 
     rows = labelled({"a": 20})
     rows += [rows[0]] * 5 + [rows[1]] * 5  # heavy duplication

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from finetune_core import device_plan
+from finetune_core.models import device_plan
 from finetune_core.config import RunConfig
-from finetune_core.models import DevicePolicy, training_policy
-from finetune_core.train import TrainingError, check_method, sft_config, use_gradient_checkpointing
+from finetune_core.models.sources import DevicePolicy, training_policy
+from finetune_core.training.train import TrainingError, check_method, sft_config, use_gradient_checkpointing
 
 CUDA_BF16 = DevicePolicy("cuda", "bfloat16")
 CUDA_FP16 = DevicePolicy("cuda", "float16")
@@ -37,7 +37,7 @@ def test_a_card_with_bf16_trains_in_bf16_and_an_older_one_in_fp16(fake_cuda):
 
 
 def test_the_trainer_gets_mixed_precision_flags_on_gpus_only(tmp_path, monkeypatch):
-    from finetune_core.runs import create_run
+    from finetune_core.runs.store import create_run
 
     monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path))
     run = create_run(RunConfig())

@@ -180,7 +180,7 @@ def test_export_buttons_write_the_sizes_into_the_status_line(scratch):
 
 def test_vote_files_are_written_into_gradios_cache(scratch):
     """Served as they are, and swept with the cache (they used to pile up in the system temp dir)."""
-    from finetune_core.chat import ChatSession
+    from finetune_core.inference.chat import ChatSession
     from ui import chat_tab
 
     session = ChatSession()
@@ -199,7 +199,7 @@ def _no_space(path) -> OSError:
 @pytest.fixture()
 def toy_data(tmp_path) -> Path:
     from conftest import toy_rows
-    from finetune_core.dataset import write_jsonl
+    from finetune_core.data.dataset import write_jsonl
 
     path = tmp_path / "toy.jsonl"
     write_jsonl(path, [{"prompt": r["prompt"][0]["content"], "completion": r["completion"][0]["content"]}
@@ -217,7 +217,7 @@ def _cfg(model_dir, data, **kw):
 
 def _leftovers(run) -> list[str]:
     """Temporary files, half-written adapters and incomplete checkpoints left in a run."""
-    from finetune_core.train import checkpoints, missing_files
+    from finetune_core.training.train import checkpoints, missing_files
 
     hidden = [str(p.relative_to(run.path)) for p in run.path.rglob(".*")]
     torn = [p.name for p in checkpoints(run) if missing_files(p, "lora")]
@@ -242,9 +242,9 @@ def test_disk_full_in_a_checkpoint_fails_cleanly_and_resume_keeps_the_start_time
         tiny_model_dir, toy_data, scratch, monkeypatch):
     from transformers import Trainer
 
-    from finetune_core.report import gather
-    from finetune_core.runner import TrainingSlot
-    from finetune_core.train import checkpoints
+    from evaluation.report import gather
+    from finetune_core.training.runner import TrainingSlot
+    from finetune_core.training.train import checkpoints
     from ui.context import AppContext
     from ui.train_tab import resume_training
 
@@ -286,8 +286,8 @@ def test_disk_full_for_the_status_too_frees_the_slot_and_resume_works_once_space
     status and writes it when the disk takes it; resume does not refuse the run."""
     import builtins
 
-    from finetune_core import runs as runs_module
-    from finetune_core.runner import TrainingSlot
+    from finetune_core.runs import store as runs_module
+    from finetune_core.training.runner import TrainingSlot
     from ui.context import AppContext
     from ui.train_tab import resume_training
 
@@ -318,8 +318,8 @@ def test_disk_full_for_the_status_too_frees_the_slot_and_resume_works_once_space
 
 
 def test_a_run_left_running_by_a_dead_thread_can_be_resumed(tiny_model_dir, toy_data, scratch):
-    from finetune_core.runner import TrainingSlot
-    from finetune_core.runs import create_run
+    from finetune_core.training.runner import TrainingSlot
+    from finetune_core.runs.store import create_run
 
     slot = TrainingSlot()
     run = create_run(_cfg(tiny_model_dir, toy_data))
@@ -330,8 +330,8 @@ def test_a_run_left_running_by_a_dead_thread_can_be_resumed(tiny_model_dir, toy_
 def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     import builtins
 
-    from finetune_core import runs as runs_module
-    from finetune_core.runs import write_json_atomic
+    from finetune_core.runs import store as runs_module
+    from finetune_core.runs.store import write_json_atomic
 
     target = tmp_path / "status.json"
     write_json_atomic(target, {"state": "running"})
@@ -351,7 +351,7 @@ def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
 
 
 def test_disk_full_reasons():
-    from finetune_core.runner import failure_reason
+    from finetune_core.training.runner import failure_reason
 
     assert failure_reason(_no_space("/x/runs/r/.status.json.77.tmp")).startswith("disk full: could not write status.json; free space")
     quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/x/adapter_model.safetensors")
@@ -370,7 +370,7 @@ def test_disk_full_reasons():
 
 
 def test_report_shows_first_start_and_resumes():
-    from finetune_core.report import time_facts
+    from evaluation.report import time_facts
 
     t0 = 1_700_000_000.0
     status = {"state": "completed", "started": t0, "resumes": [t0 + 600, t0 + 1200], "finished": t0 + 1500}

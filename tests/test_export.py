@@ -26,12 +26,12 @@ import yaml
 
 from evaluation.compare import compare
 from finetune_core import cli
-from finetune_core.export import ExportError, adapter_zip, main, merge, model_card, push_to_hub
-from finetune_core.generation import GenSettings, InferenceModel
-from finetune_core.gguf_export import GGUFExportError, llama3_rope_factors, permute_rope, write_gguf
-from finetune_core.models import device_policy
-from finetune_core.report import report
-from finetune_core.runs import Run
+from finetune_core.export.artifacts import ExportError, adapter_zip, main, merge, model_card, push_to_hub
+from finetune_core.inference.generation import GenSettings, InferenceModel
+from finetune_core.export.gguf import GGUFExportError, llama3_rope_factors, permute_rope, write_gguf
+from finetune_core.models.sources import device_policy
+from evaluation.report import report
+from finetune_core.runs.store import Run
 
 PROMPTS = ["Item 3: which colour is the red ball number 3?", "Item 8: which colour is the blue ball number 8?",
            "Hello there! 12345", "Write one word."]
@@ -386,9 +386,9 @@ def test_bundled_model_gguf_round_trip(runs_root, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from finetune_core.config import RunConfig
-    from finetune_core.export import export_gguf
-    from finetune_core.models import load_model, load_tokenizer
-    from finetune_core.runs import create_run
+    from finetune_core.export.artifacts import export_gguf
+    from finetune_core.models.sources import load_model, load_tokenizer
+    from finetune_core.runs.store import create_run
 
     run = create_run(RunConfig(model="bundled", data_path="toy.jsonl", lora_r=4))
     base, tok = load_model("bundled", device_policy("cpu")), load_tokenizer("bundled")

@@ -1,4 +1,4 @@
-"""Prefilled batched generation (finetune_core.kv_batch): every row must get exactly
+"""Prefilled batched generation (finetune_core.inference.batching): every row must get exactly
 what it would get alone — same tokens, same logits — whatever the padding, the
 shared opening, the cache growth or the decode-attention trimming."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from finetune_core import kv_batch
-from finetune_core.generation import GenSettings, InferenceModel
-from finetune_core.kv_batch import plan_batches
+from finetune_core.inference import batching as kv_batch
+from finetune_core.inference.generation import GenSettings, InferenceModel
+from finetune_core.inference.batching import plan_batches
 from finetune_core.speedups import decode_attention, kv_cache
 from finetune_core.speedups.kv_cache import GrowingCache, GrowingLayer, prefilled_batch, shared_prefix_length
 

@@ -1,5 +1,5 @@
 """The memory estimate, its verdict, the settings it suggests, and the refusal before a run
-(finetune_core/memory.py, finetune_core/catalogue.py, the CLI's --force). Hermetic: the
+(finetune_core/models/memory.py, finetune_core/models/catalogue.py, the CLI's --force). Hermetic: the
 device is a fixed `memory.Device`, the Hub cache a temporary folder."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from finetune_core import memory
-from finetune_core.catalogue import CATALOGUE, ENTRIES, ModelShape, entry
+from finetune_core.models import memory
+from finetune_core.models.catalogue import CATALOGUE, ENTRIES, ModelShape, entry
 from finetune_core.config import RunConfig
-from finetune_core.memory import GB, Device, WontFit, check_fits, estimate_for, verdict
-from finetune_core.models import ModelError
+from finetune_core.models.memory import GB, Device, WontFit, check_fits, estimate_for, verdict
+from finetune_core.models.sources import ModelError
 
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct"
 SHAPE = entry(QWEN).shape
@@ -230,7 +230,8 @@ def test_public_deployment_estimates_only_allowed_models(monkeypatch):
 
 # -- the command line ----------------------------------------------------------------
 def test_cli_refuses_a_run_that_will_not_fit_and_force_trains_anyway(monkeypatch, runs_root, capsys):
-    from finetune_core import cli, runner
+    from finetune_core import cli
+    from finetune_core.training import runner
 
     monkeypatch.setattr(memory, "probe_device", lambda cfg: Device("cpu", available=4 * GB))
     trained = []

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_core.generation import GenSettings, InferenceModel
+from finetune_core.inference.generation import GenSettings, InferenceModel
 from finetune_core.speedups import apply_training
 from finetune_core.speedups.packed_attention import PACKED_ATTENTION, packing_unsafe_reason
 from model_families import (BY_NAME, EXPECTED, FAMILIES, HEADER, TRAIN_MAX_LENGTH, WINDOW, Family,
@@ -276,8 +276,8 @@ def test_a_failed_side_by_side_turn_leaves_the_model_answering():
 @pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
 def test_merged_model_gives_the_adapters_logits(family, dora, runs_root, tmp_path):
     from finetune_core.config import RunConfig
-    from finetune_core.export import merged_model
-    from finetune_core.runs import create_run
+    from finetune_core.export.artifacts import merged_model
+    from finetune_core.runs.store import create_run
 
     tok = family.tokenizer()
     folder = tmp_path / family.name
@@ -300,10 +300,10 @@ def test_merged_model_gives_the_adapters_logits(family, dora, runs_root, tmp_pat
 
 # -- (e) GGUF ------------------------------------------------------------------------------------------------------
 def test_gguf_export_writes_or_refuses_up_front(family, runs_root, tmp_path, monkeypatch):
-    from finetune_core import export
+    from finetune_core.export import artifacts as export
     from finetune_core.config import RunConfig
-    from finetune_core.gguf_export import GGUFExportError, write_gguf
-    from finetune_core.runs import create_run
+    from finetune_core.export.gguf import GGUFExportError, write_gguf
+    from finetune_core.runs.store import create_run
 
     tok = family.tokenizer()
     folder = tmp_path / "model"

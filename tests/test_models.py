@@ -9,13 +9,13 @@ import time
 import pytest
 
 from conftest import REPO
-from finetune_core import models
-from finetune_core.models import (ModelError, bundled_gguf_path, cache_root, device_policy, ensure_bundled_cache,
+from finetune_core.models import sources as models
+from finetune_core.models.sources import (ModelError, bundled_gguf_path, cache_root, device_policy, ensure_bundled_cache,
                                   load_model, load_tokenizer, resolve_model_source)
 
 
 def test_core_imports_without_gradio():
-    code = "import sys, finetune_core, evaluation, finetune_core.train, finetune_core.runner, evaluation.run_eval; " \
+    code = "import sys, finetune_core, evaluation, finetune_core.training.train, finetune_core.training.runner, evaluation.run_eval; " \
            "print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from finetune_core.ownership import Visitor, set_showcase, write_owner
+from finetune_core.runs.ownership import Visitor, set_showcase, write_owner
 
 TOKEN = "hf_" + "VisitorTypedT0ken0123456789abcdef"
 SERVER_TOKEN = "hf_" + "OwnerServerT0ken0123456789abcdef"
@@ -78,7 +78,7 @@ class FakeHub:
 def hub(env, monkeypatch):
     import huggingface_hub
 
-    from finetune_core import export
+    from finetune_core.export import artifacts as export
 
     FakeHub.calls, FakeHub.existing = [], set()
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
@@ -177,7 +177,7 @@ def test_stop_is_refused_to_anyone_but_the_runs_owner(env):
     from ui import train_tab
 
     env.mp.setenv("STUDIO_REQUIRE_LOGIN", "1")
-    from finetune_core.runs import get_run
+    from finetune_core.runs.store import get_run
 
     stopped = []
     job = SimpleNamespace(run=get_run(env.user_run))
@@ -261,7 +261,7 @@ def test_public_mode_allows_only_catalogue_models_under_the_size_ceiling(monkeyp
 
 
 def test_size_ceiling_counts_parameters_from_the_config_alone(tiny_model_dir, monkeypatch):
-    from finetune_core.models import count_params_b
+    from finetune_core.models.sources import count_params_b
     from ui.train_tab import check_model
 
     monkeypatch.delenv("STUDIO_PUBLIC", raising=False)
@@ -277,7 +277,7 @@ def test_size_ceiling_counts_parameters_from_the_config_alone(tiny_model_dir, mo
 def test_public_mode_trusts_only_its_own_run_folders(trained_run, runs_root, tiny_model_dir, monkeypatch):
     """A full fine-tune's output is a folder: on a public deployment the app still loads
     its own runs' saved models back, and nothing else from disk."""
-    from finetune_core.models import ModelError, resolve_model_source
+    from finetune_core.models.sources import ModelError, resolve_model_source
 
     shutil.copytree(tiny_model_dir, runs_root / trained_run.id / "adapter", dirs_exist_ok=True)
     monkeypatch.setenv("STUDIO_PUBLIC", "1")
@@ -289,7 +289,7 @@ def test_public_mode_trusts_only_its_own_run_folders(trained_run, runs_root, tin
 
 
 def test_runs_are_deleted_only_by_their_owner_and_never_while_training(env):
-    from finetune_core.runs import get_run
+    from finetune_core.runs.store import get_run
     from ui import train_tab
 
     env.mp.setenv("STUDIO_REQUIRE_LOGIN", "1")

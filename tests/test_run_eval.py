@@ -21,15 +21,15 @@ from evaluation.metrics import extract_label
 from evaluation.run_eval import (
     GENERATION_CAP, default_max_new_tokens, evaluate_run, heldout_loss, load_meta,
 )
-from finetune_core.dataset import read_jsonl, write_jsonl
-from finetune_core.runs import Run
+from finetune_core.data.dataset import read_jsonl, write_jsonl
+from finetune_core.runs.store import Run
 
 LABELS = ["blue", "red"]
 
 
 @pytest.fixture(scope="module")
 def inference(trained_run):
-    from finetune_core.generation import InferenceModel
+    from finetune_core.inference.generation import InferenceModel
 
     return InferenceModel.from_run(trained_run)
 
@@ -155,7 +155,7 @@ def test_heldout_loss_matches_transformers_loss(trained_run, inference):
     """One row: our completion-only mean NLL equals the model's own loss with the prompt masked."""
     import torch
 
-    from finetune_core.data_stats import training_tokens
+    from finetune_core.data.stats import training_tokens
 
     row = read_jsonl(trained_run.data_dir / "heldout.jsonl")[0]
     ids, mask = training_tokens(row, inference.tokenizer, 512)

@@ -1,4 +1,4 @@
-"""CPU training speed-ups (finetune_core.cpu_speed) keep the training maths unchanged:
+"""CPU training speed-ups (finetune_core.speedups) keep the training maths unchanged:
 dropout still drops with probability p and keeps the expectation, the label-only
 LM head gives the same loss and gradients, and dropping a right-padding mask
 changes no real token's output."""

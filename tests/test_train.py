@@ -13,10 +13,10 @@ from transformers import TrainerCallback
 
 from conftest import toy_rows
 from finetune_core.config import PRESETS, ConfigError, RunConfig, preset
-from finetune_core.dataset import write_jsonl
-from finetune_core.runner import Busy, TrainingSlot, run_job
-from finetune_core.runs import create_run, get_run, list_runs
-from finetune_core.train import TrainingError, check_checkpoint, latest_checkpoint
+from finetune_core.data.dataset import write_jsonl
+from finetune_core.training.runner import Busy, TrainingSlot, run_job
+from finetune_core.runs.store import create_run, get_run, list_runs
+from finetune_core.training.train import TrainingError, check_checkpoint, latest_checkpoint
 
 
 @pytest.fixture()

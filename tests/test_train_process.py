@@ -15,9 +15,9 @@ import pytest
 
 from conftest import REPO, toy_rows
 from finetune_core.config import RunConfig
-from finetune_core.dataset import write_jsonl
-from finetune_core.runner import TrainingSlot, run_job
-from finetune_core.runs import list_runs
+from finetune_core.data.dataset import write_jsonl
+from finetune_core.training.runner import TrainingSlot, run_job
+from finetune_core.runs.store import list_runs
 
 
 def _write_config(tmp_path: Path, model_dir: Path, **kw) -> Path:

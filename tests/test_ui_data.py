@@ -11,9 +11,9 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from finetune_core.dataset import prepare_data
-from finetune_core.samples import SAMPLES
-from finetune_core.train import cfg_data_options
+from finetune_core.data.dataset import prepare_data
+from finetune_core.data.samples import SAMPLES
+from finetune_core.training.train import cfg_data_options
 from ui.context import AppContext
 from ui.data_tab import (MASKED, TRAINED, Mapping, build, display_name, inspect_data, load_sample, load_upload,
                          md_text, save_upload, stats_tokenizer, TokenizerCache, view_values, with_eval_file)

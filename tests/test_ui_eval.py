@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 
 from evaluation.compare import compare
 from evaluation.run_eval import add_lower_is_better
-from finetune_core.dataset import write_jsonl
-from finetune_core.generation import InferenceModel
+from finetune_core.data.dataset import write_jsonl
+from finetune_core.inference.generation import InferenceModel
 from ui import eval_tab
 from ui.context import AppContext
 from ui.eval_tab import (CANCELLED, EXAMPLE_HEADERS, ORDERS, SUMMARY_HEADERS, arm_cancel, cancel_evaluation,

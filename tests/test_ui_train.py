@@ -6,9 +6,9 @@ import pytest
 
 from conftest import toy_rows
 from finetune_core.config import PRESETS, RunConfig
-from finetune_core.dataset import write_jsonl
+from finetune_core.data.dataset import write_jsonl
 from ui.context import AppContext
-from finetune_core.runs import create_run
+from finetune_core.runs.store import create_run
 from ui.train_tab import (TRAIN_ANYWAY, build_config, cli_text, config_from_yaml_file, loss_frame, memory_markdown,
                           model_choices, resume_training, run_view, start_training, tick)
 from ui.widgets import build_config_widgets, config_from_values, named_values
@@ -117,7 +117,7 @@ def test_timer_tick_sends_only_what_changed(runs_root):
 # -- the model picker and the memory estimate ------------------------------------------
 def fixed_device(monkeypatch, available_gb: float) -> None:
     """This machine as the estimate sees it: a CPU with `available_gb` of RAM to train in."""
-    from finetune_core import memory
+    from finetune_core.models import memory
 
     monkeypatch.setattr(memory, "probe_device", lambda cfg: memory.Device("cpu", available=available_gb * memory.GB))
 
@@ -132,7 +132,7 @@ def test_start_training_refuses_a_run_that_will_not_fit_unless_forced(tiny_model
         start_training(ctx, cfg)
     text = caught.value.message
     assert "will not fit" in text and "of 1.5 GB available" in text and TRAIN_ANYWAY in text
-    from finetune_core import memory
+    from finetune_core.models import memory
 
     tips = memory.assess(cfg).suggestions
     assert tips and all(f"{t.text}: {t.total / memory.GB:.1f} GB" in text for t in tips)
@@ -159,7 +159,7 @@ def test_memory_note_shows_the_model_and_the_verdict(monkeypatch, tmp_path, tiny
 
 
 def test_model_picker_lists_the_catalogue_this_deployment_allows(monkeypatch):
-    from finetune_core.models import CATALOGUE
+    from finetune_core.models.sources import CATALOGUE
 
     for name in ("STUDIO_PUBLIC", "STUDIO_MODEL_ALLOWLIST", "STUDIO_MAX_PARAMS_B"):
         monkeypatch.delenv(name, raising=False)

@@ -3,7 +3,7 @@
 Hiding a button is not protection: an API client can call any event, and an
 event marked private in gradio can still be called through the queue by its
 index. So every handler that touches a run takes the request and checks it
-here and in finetune_core/ownership.py. When ``STUDIO_REQUIRE_LOGIN`` is on
+here and in finetune_core/runs/ownership.py. When ``STUDIO_REQUIRE_LOGIN`` is on
 (e.g. a public Space with HF OAuth, or ``APP_AUTH`` password auth) handlers
 that train, evaluate or export refuse requests without a user.
 """
@@ -13,7 +13,7 @@ import os
 
 import gradio as gr
 
-from finetune_core.ownership import Policy, Visitor
+from finetune_core.runs.ownership import Policy, Visitor
 
 VISITOR_COOKIE = "studio_visitor"  # set by ui.middleware: an anonymous browser's secret key
 

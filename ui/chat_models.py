@@ -2,7 +2,7 @@
 
 A choice is a key: ``run:<run id>`` (base + that run's adapter) or
 ``base:<model source>`` (the deployment's base model alone). Only runs the
-visitor may see (finetune_core/ownership.py, showcase runs included) and the
+visitor may see (finetune_core/runs/ownership.py, showcase runs included) and the
 deployment's own base model are offered, and a key sent by a client is checked
 again before any model is loaded: anything else would be a model load of the
 visitor's choosing.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from finetune_core import chat
-from finetune_core.ownership import Visitor, can_view, visible_runs
-from finetune_core.runs import RUN_ID_RE, RunError, get_run
+from finetune_core.inference import chat
+from finetune_core.runs.ownership import Visitor, can_view, visible_runs
+from finetune_core.runs.store import RUN_ID_RE, RunError, get_run
 
 from .context import AppContext
 

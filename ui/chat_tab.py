@@ -4,7 +4,7 @@ Pick a run (its adapter is switched on for the tuned pane and off for the
 base pane: one copy of the weights) or the base model alone. Blind A/B mode
 hides which pane is which, collects votes, shows the tuned win rate and
 exports the votes as DPO preference pairs. All conversation state is a
-`finetune_core.chat.ChatSession` in a per-browser `gr.State`; the handlers
+`finetune_core.inference.chat.ChatSession` in a per-browser `gr.State`; the handlers
 below are plain functions (tests call them directly), wired in `build`.
 """
 from __future__ import annotations
@@ -15,14 +15,14 @@ import logging
 import gradio as gr
 from gradio.context import Context
 
-from finetune_core import chat
-from finetune_core.chat_limits import TokenCounter, check_chat_request, clean_text
-from finetune_core.generation import GenSettings
+from finetune_core.inference import chat
+from finetune_core.inference.chat_limits import TokenCounter, check_chat_request, clean_text
+from finetune_core.inference.generation import GenSettings
 from finetune_core.limits import limits
-from finetune_core.models import ModelError
+from finetune_core.models.sources import ModelError
 from finetune_core.retention import fresh_folder, gradio_cache_dir
-from finetune_core.ownership import Visitor
-from finetune_core.runs import RunError
+from finetune_core.runs.ownership import Visitor
+from finetune_core.runs.store import RunError
 
 from .access import visitor
 from .chat_models import BASE_PREFIX, RUN_PREFIX, check_model_key, default_choice, examples_for, run_choices

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_core.chat_limits import GenerationSlots
-from finetune_core.model_cache import ModelCache
+from finetune_core.inference.chat_limits import GenerationSlots
+from finetune_core.inference.model_cache import ModelCache
 from finetune_core.retention import Area, Sweeper, gradio_cache_dir
-from finetune_core.runner import TrainingSlot
+from finetune_core.training.runner import TrainingSlot
 
 DATA_EXTENSIONS = [".jsonl", ".json", ".csv", ".tsv", ".parquet"]
 GPU_QUEUE = "gpu"  # concurrency_id shared by every event that runs the model

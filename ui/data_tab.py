@@ -26,11 +26,11 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from finetune_core.data_checks import find_duplicates, find_leakage
-from finetune_core.data_stats import ensure_chat_template, token_stats
-from finetune_core.dataset import FORMATS, DataOptions, DataReport, prepare_data, split_rows
-from finetune_core.models import ModelError, load_tokenizer
-from finetune_core.samples import SAMPLES
+from finetune_core.data.checks import find_duplicates, find_leakage
+from finetune_core.data.stats import ensure_chat_template, token_stats
+from finetune_core.data.dataset import FORMATS, DataOptions, DataReport, prepare_data, split_rows
+from finetune_core.models.sources import ModelError, load_tokenizer
+from finetune_core.data.samples import SAMPLES
 
 from .context import DATA_EXTENSIONS, AppContext
 from .data_uploads import display_name, save_upload, uploads_dir  # noqa: F401 (part of this tab's API)

@@ -13,8 +13,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from finetune_core.data_stats import render_training_view
-from finetune_core.dataset import DataReport, Issue
+from finetune_core.data.stats import render_training_view
+from finetune_core.data.dataset import DataReport, Issue
 
 if TYPE_CHECKING:
     from .data_tab import Mapping

@@ -29,10 +29,10 @@ from gradio.context import Context
 from evaluation.compare import EXAMPLES_FILE, RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison
 from evaluation.plots import confusion_heatmap, delta_chart, improved
 from evaluation.run_eval import evaluate_run, is_lm_rows, load_meta
-from finetune_core.dataset import read_jsonl
+from finetune_core.data.dataset import read_jsonl
 from finetune_core.limits import LimitError, limits
-from finetune_core.ownership import Visitor, visible_runs
-from finetune_core.runs import Run, RunError
+from finetune_core.runs.ownership import Visitor, visible_runs
+from finetune_core.runs.store import Run, RunError
 
 from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext

@@ -9,7 +9,7 @@ Hugging Face Hub with a generated model card.
 Every file the browser downloads is written under `ctx.settings.exports_dir`
 (the only folder the app serves) in a fresh server-made folder; runs/ is
 never served. Each handler checks the user first (`require_user`) and that the
-visitor may see the run (finetune_core/ownership.py); merging and GGUF export
+visitor may see the run (finetune_core/runs/ownership.py); merging and GGUF export
 load the model, so they queue on the GPU lane.
 
 The Hub token is the visitor's own: the one typed into the form, else the
@@ -19,7 +19,7 @@ only where ``STUDIO_ALLOW_SERVER_TOKEN=1`` says so, and then only to admins
 never spends it on a visitor's behalf. A token is passed to the upload only,
 never logged or shown, and the field is cleared after a push. An existing repo
 is written to only when "Overwrite" is ticked.
-The work itself is `finetune_core.export`: the handlers below are plain
+The work itself is `finetune_core.export.artifacts`: the handlers below are plain
 functions (tests call them), wired in `build`.
 """
 from __future__ import annotations
@@ -35,12 +35,12 @@ from typing import Callable
 import gradio as gr
 from gradio.context import Context
 
-from finetune_core import export
-from finetune_core.gguf_export import QTYPES
-from finetune_core.models import ModelError
-from finetune_core.report import report
-from finetune_core.ownership import Policy, Visitor, admins, visible_runs
-from finetune_core.runs import Run, RunError
+from finetune_core.export import artifacts as export
+from finetune_core.export.gguf import QTYPES
+from finetune_core.models.sources import ModelError
+from evaluation.report import report
+from finetune_core.runs.ownership import Policy, Visitor, admins, visible_runs
+from finetune_core.runs.store import Run, RunError
 
 from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext

@@ -12,9 +12,9 @@ import time
 
 import gradio as gr
 
-from finetune_core.chat import example_prompts
+from finetune_core.inference.chat import example_prompts
 from finetune_core.config import PRESETS, RunConfig
-from finetune_core.runs import get_run
+from finetune_core.runs.store import get_run
 
 from . import chat_tab, eval_tab
 from .access import require_user, visitor

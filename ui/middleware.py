@@ -2,7 +2,7 @@
 downloads served as attachments.
 
 * Visitor cookie. Without login, a run belongs to the browser that started it
-  (finetune_core/ownership.py). The browser is recognised by a random secret
+  (finetune_core/runs/ownership.py). The browser is recognised by a random secret
   in an HttpOnly cookie made here on its first request; it survives reloads,
   and neither the page's scripts nor other visitors can read it. A request
   without the cookie gets a new key, injected into that request too, so the

@@ -1,11 +1,11 @@
 """Train tab: preset, model and method settings, Train / Stop / Resume, live
 progress with ETA, loss curve, log tail, and the list of runs (Delete; admins
 can make a run a read-only showcase). A visitor sees and changes only what
-finetune_core/ownership.py allows them.
+finetune_core/runs/ownership.py allows them.
 
-The model is picked from the catalogue (finetune_core/catalogue.py) or typed
+The model is picked from the catalogue (finetune_core/models/catalogue.py) or typed
 (any Hub id or local folder); beside it the memory estimate of
-finetune_core/memory.py follows the settings, and a run it says will not fit
+finetune_core/models/memory.py follows the settings, and a run it says will not fit
 is refused with the settings that would, unless "Train anyway" is ticked.
 
 The tab polls the run directory with a gr.Timer, so a page reload or a second
@@ -24,15 +24,15 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from finetune_core import memory
-from finetune_core.catalogue import BUNDLED_HUB_ID, ENTRIES
+from finetune_core.models import memory
+from finetune_core.models.catalogue import BUNDLED_HUB_ID, ENTRIES
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, read_config_yaml
-from finetune_core.models import (BUNDLED, BUNDLED_LABEL, ModelError, allowed_hub_ids, check_model_size, max_params_b,
+from finetune_core.models.sources import (BUNDLED, BUNDLED_LABEL, ModelError, allowed_hub_ids, check_model_size, max_params_b,
                                   resolve_model_source, training_policy)
-from finetune_core.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
-from finetune_core.runner import Busy
-from finetune_core.runs import RUN_ID_RE, RunError, get_run, runs_root
+from finetune_core.runs.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
+from finetune_core.training.runner import Busy
+from finetune_core.runs.store import RUN_ID_RE, RunError, get_run, runs_root
 
 from .access import require_user, visitor
 from .context import AppContext
@@ -86,7 +86,7 @@ def check_memory(cfg: RunConfig, force: bool = False) -> None:
 
 def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visitor | None = None,
                    force: bool = False) -> str:
-    """Start a run owned by `who` (see finetune_core/ownership.py); one the memory estimate
+    """Start a run owned by `who` (see finetune_core/runs/ownership.py); one the memory estimate
     says will not fit is refused unless `force`."""
     check_model(cfg.model)
     check_memory(cfg, force)

@@ -15,8 +15,8 @@ from typing import Any
 import gradio as gr
 
 from finetune_core.config import ConfigError, RunConfig, coerce, field_info
-from finetune_core.ownership import AccessError, Visitor, require_change, require_view
-from finetune_core.runs import RUN_ID_RE, Run, RunError, get_run
+from finetune_core.runs.ownership import AccessError, Visitor, require_change, require_view
+from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
 
 from .context import AppContext
 

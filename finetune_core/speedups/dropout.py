@@ -8,7 +8,7 @@ from 64-bit words instead (several times cheaper) and keeps dropout's
 meaning: each element is zeroed with probability p (to within 1/65536) and
 survivors are scaled so the expectation is unchanged. Dropout is random, so
 "the same result as the library" here means the same distribution
-(tests/test_cpu_speed.py), not the same draws.
+(tests/test_speedups.py), not the same draws.
 """
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from .config import RunConfig
-from .models import DevicePolicy
+from finetune_core.config import RunConfig
+from finetune_core.models.sources import DevicePolicy
 
 FLASH = ("flash_attention_2", "flash_attention_3")
 

@@ -24,10 +24,10 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .chat_limits import TokenCounter
-from .limits import limits
-from .models import DevicePolicy, device_policy, load_model, load_tokenizer
-from .runs import Run
+from finetune_core.inference.chat_limits import TokenCounter
+from finetune_core.limits import limits
+from finetune_core.models.sources import DevicePolicy, device_policy, load_model, load_tokenizer
+from finetune_core.runs.store import Run
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -169,7 +169,7 @@ class InferenceModel:
         self.label = label
         self.lock = threading.Lock()
         self.tokenizer.padding_side = "left"  # decoder-only batches must pad on the left
-        from .speedups import apply_inference
+        from finetune_core.speedups import apply_inference
 
         # what this model's generation gets (speedups.Report: applied, and why not)
         self.speedups = apply_inference(model, policy.device, speedups)
@@ -213,7 +213,7 @@ class InferenceModel:
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict]) -> str:
-        from .data_stats import ensure_chat_template
+        from finetune_core.data.stats import ensure_chat_template
 
         ensure_chat_template(self.tokenizer)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -250,8 +250,8 @@ class InferenceModel:
         import torch
         from transformers import StoppingCriteriaList
 
-        from .kv_batch import kv_bytes_per_token, plan_batches
-        from .speedups.kv_cache import prefilled_batch, shared_prefix
+        from finetune_core.inference.batching import kv_bytes_per_token, plan_batches
+        from finetune_core.speedups.kv_cache import prefilled_batch, shared_prefix
 
         settings = settings or GenSettings()
         texts = [self.render(p) for p in prompts]

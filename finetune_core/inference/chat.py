@@ -7,7 +7,7 @@ each turn, the turn awaiting a vote and the votes cast. Nothing here is
 shared between sessions; the model itself is shared read-only
 (`InferenceModel`, see generation.py).
 
-    from finetune_core.chat import ChatSession, stream_chat, panes
+    from finetune_core.inference.chat import ChatSession, stream_chat, panes
     session = ChatSession(system_prompt="Be brief.")
     for left, right in stream_chat(model, session, "Hello!", GenSettings()):
         print(left, "|", right)
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .chat_limits import TokenCounter, check_chat_request
-from .generation import GenSettings, InferenceModel
-from .limits import LimitError, limits
-from .runs import Run
+from finetune_core.inference.chat_limits import TokenCounter, check_chat_request
+from finetune_core.inference.generation import GenSettings, InferenceModel
+from finetune_core.limits import LimitError, limits
+from finetune_core.runs.store import Run
 
 SIDES = ("left", "right")
 VOTE_CHOICES = ("left", "right", "tie", "both_bad")

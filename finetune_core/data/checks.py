@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from finetune_core.data_load import Issue
+from finetune_core.data.load import Issue
 from finetune_core.limits import limits
 
 ROLES = ("system", "user", "assistant")

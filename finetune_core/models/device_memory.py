@@ -1,14 +1,14 @@
 """What memory this machine offers a training run: free RAM (cgroup-capped) or VRAM,
 this process's own RSS, and the device and dtypes a run's settings would get there.
 
-The memory estimate (finetune_core/memory.py) compares its figures with these.
+The memory estimate (finetune_core/models/memory.py) compares its figures with these.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RunConfig
+from finetune_core.config import RunConfig
 
 def _read_int(path: str) -> int | None:
     try:
@@ -70,7 +70,7 @@ class Device:
 
 def probe_device(cfg: RunConfig) -> Device:
     """This machine as a run with `cfg`'s device and precision would find it (the training policy)."""
-    from .models import training_policy
+    from finetune_core.models.sources import training_policy
 
     lora = training_policy(cfg.device, cfg.precision, "lora")
     full = training_policy(cfg.device, cfg.precision, "full")

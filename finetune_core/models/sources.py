@@ -10,7 +10,7 @@ Three sources resolve to a folder that `from_pretrained` can read:
 
 ``trust_remote_code`` is never enabled and only safetensors weights are read.
 
-    python -c "from finetune_core.models import load_model; print(load_model('bundled'))"
+    python -c "from finetune_core.models.sources import load_model; print(load_model('bundled'))"
 """
 from __future__ import annotations
 
@@ -204,10 +204,10 @@ def _offline() -> bool:
     ) not in ("", "0")
 
 
-# Instruction-tuned small models people pick for a studio like this (finetune_core/catalogue.py):
+# Instruction-tuned small models people pick for a studio like this (finetune_core/models/catalogue.py):
 # Hub id -> parameters in billions. On a public deployment this is the default allow-list, and the
 # counts let the size ceiling be checked without downloading anything.
-from .catalogue import CATALOGUE  # noqa: E402  (kept importable from here: callers and tests use it)
+from finetune_core.models.catalogue import CATALOGUE  # noqa: E402  (kept importable from here: callers and tests use it)
 
 PUBLIC_MAX_PARAMS_B = 4.0  # default ceiling on a public deployment: LoRA on a 4B model fits a 24 GB GPU in bf16
 
@@ -280,7 +280,7 @@ def own_run_folder(path: Path) -> bool:
     """A folder the app itself wrote: the saved model of one of its runs
     (runs/<id>/adapter). Trusted on a public deployment, so a full fine-tune can
     be evaluated, chatted with and exported there."""
-    from .runs import RUN_ID_RE, runs_root
+    from finetune_core.runs.store import RUN_ID_RE, runs_root
 
     try:
         path = path.resolve()

@@ -22,7 +22,7 @@ docs/benchmarks.md); the verdict is "fits" under 80% of the available memory,
 "tight" up to 100%, else "will not fit", and then `suggestions` lists
 settings that were estimated again and do fit.
 
-    python -c "from finetune_core.memory import RunConfig, assess; print(assess(RunConfig()).summary())"
+    python -c "from finetune_core.models.memory import RunConfig, assess; print(assess(RunConfig()).summary())"
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .catalogue import BUNDLED_HUB_ID, ModelEntry, ModelShape, entry
-from .config import RunConfig
-from .device_memory import Device, available_ram, available_vram, probe_device, process_rss  # noqa: F401 (re-exported)
-from .models import BUNDLED, BUNDLED_LABEL, HUB_ID_RE, ModelError, _offline, resolve_model_source
+from finetune_core.models.catalogue import BUNDLED_HUB_ID, ModelEntry, ModelShape, entry
+from finetune_core.config import RunConfig
+from finetune_core.models.device_memory import Device, available_ram, available_vram, probe_device, process_rss  # noqa: F401 (re-exported)
+from finetune_core.models.sources import BUNDLED, BUNDLED_LABEL, HUB_ID_RE, ModelError, _offline, resolve_model_source
 
 GB = 1e9
 FITS_SHARE = 0.8  # under 80% of what is available: fits; up to 100%: tight
@@ -215,7 +215,7 @@ def layer_activation_floats(shape: ModelShape, cfg: RunConfig) -> float:
 
 def speedups_off(cfg: RunConfig) -> bool:
     """Whether the run trains on the libraries' own code paths (its setting, or STUDIO_SPEEDUPS=off)."""
-    from .speedups import effective_mode
+    from finetune_core.speedups import effective_mode
 
     return effective_mode(cfg.speedups)[0] == "off"
 
@@ -284,9 +284,9 @@ def verdict(total: float, available: float) -> str:
 
 # -- putting it together -------------------------------------------------------
 def checkpointing_for(cfg: RunConfig, device: str, params: int) -> bool:
-    """The trainer's own rule (finetune_core.train.use_gradient_checkpointing)."""
-    from .models import DevicePolicy
-    from .train import use_gradient_checkpointing
+    """The trainer's own rule (finetune_core.training.train.use_gradient_checkpointing)."""
+    from finetune_core.models.sources import DevicePolicy
+    from finetune_core.training.train import use_gradient_checkpointing
 
     return use_gradient_checkpointing(cfg, DevicePolicy(device, "float32"), params)
 
@@ -360,7 +360,7 @@ def suggestions(cfg: RunConfig, shape: ModelShape, dev: Device) -> list[Suggesti
 
 def smaller_models(cfg: RunConfig, shape: ModelShape, dev: Device, limit: int = 3) -> list[Suggestion]:
     """Catalogue models that fit with the run's own settings (when no setting makes this one fit)."""
-    from .catalogue import ENTRIES
+    from finetune_core.models.catalogue import ENTRIES
 
     out = []
     for e in sorted(ENTRIES, key=lambda e: -e.params_b):

@@ -12,7 +12,7 @@ to 15 GB. So before a turn is queued:
 * `GenerationSlots` counts the generations each visitor has queued or running
   (`chats_per_user`); one object per app, held by the app's context.
 
-    from finetune_core.chat_limits import check_chat_request
+    from finetune_core.inference.chat_limits import check_chat_request
     message, system = check_chat_request("Hello!", "", 128)  # raises LimitError when over
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .limits import LimitError, limits
+from finetune_core.limits import LimitError, limits
 
 # No tokenizer we ship averages more than a few characters per token; 8 leaves
 # room for long words and runs of spaces, so the character pre-check only
@@ -58,7 +58,7 @@ class TokenCounter:
     at the same moment, so counting never touches the generating copy."""
 
     def __init__(self, tokenizer):
-        from .data_stats import ensure_chat_template
+        from finetune_core.data.stats import ensure_chat_template
 
         self.tokenizer = copy.deepcopy(tokenizer)
         ensure_chat_template(self.tokenizer)

@@ -18,14 +18,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune_core.data_checks import (
+from finetune_core.data.checks import (
     RowProblem, find_duplicates, find_leakage, missing_columns, mixed_type_issues, row_key,
 )
-from finetune_core.data_formats import (
+from finetune_core.data.formats import (
     FORMATS, FormatSpec, check_template, collect_labels, default_classification_template, detect_format,
     normalize_row, template_fields,
 )
-from finetune_core.data_load import Issue, load_records
+from finetune_core.data.load import Issue, load_records
 
 __all__ = [
     "Issue", "DataOptions", "DataReport", "prepare_data", "split_rows", "write_jsonl", "read_jsonl",
@@ -293,7 +293,7 @@ def inspect_file(options: DataOptions, tokenizer=None, max_length: int = 512, ev
     stats["split"] = {"train": len(train), "held_out": len(held), "eval_fraction": eval_fraction, "seed": seed}
     stats["leakage"] = find_leakage(train, held)
     if tokenizer is not None and report.rows:
-        from finetune_core.data_stats import token_stats
+        from finetune_core.data.stats import token_stats
 
         stats["tokens"] = token_stats(report.rows, tokenizer, max_length)
     out["stats"] = stats
@@ -337,7 +337,7 @@ def inspect_main(argv: list[str]) -> int:
     options = _options_from_args(args)
     tokenizer = None
     if args.model:
-        from finetune_core.models import ModelError, load_tokenizer
+        from finetune_core.models.sources import ModelError, load_tokenizer
 
         try:
             tokenizer = load_tokenizer(args.model)

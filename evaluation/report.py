@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runs import Run
+from finetune_core.runs.store import Run
 
 CURVE_FILE = "loss_curve.png"
 HTML_FILE = "report.html"
@@ -61,7 +61,7 @@ class Facts:
 # -- facts --------------------------------------------------------------------------------
 def model_label(source: str) -> str:
     """The model as a person would name it (a server path is reduced to its folder name)."""
-    from .models import BUNDLED, BUNDLED_LABEL
+    from finetune_core.models.sources import BUNDLED, BUNDLED_LABEL
 
     if source in ("", BUNDLED):
         return BUNDLED_LABEL
@@ -114,7 +114,7 @@ def _when(stamp: float) -> str:
 def time_facts(status: dict) -> list[tuple[str, str]]:
     """When the run first started, each resume, when it finished, and the time between:
     a resumed run still reports its whole span, not only its last part."""
-    from .runs import FINAL_STATES
+    from finetune_core.runs.store import FINAL_STATES
 
     started = status.get("started")
     resumes = [t for t in status.get("resumes") or [] if isinstance(t, (int, float)) and not isinstance(t, bool)]
@@ -204,7 +204,7 @@ def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
 
 def read_votes(run: Run) -> list[dict]:
     """Blind A/B votes saved with the run (votes.jsonl), skipping unreadable lines."""
-    from .chat import WINNERS
+    from finetune_core.inference.chat import WINNERS
 
     path = run.path / "votes.jsonl"
     if not path.is_file():
@@ -221,7 +221,7 @@ def read_votes(run: Run) -> list[dict]:
 
 
 def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
-    from .chat import tally
+    from finetune_core.inference.chat import tally
 
     cfg = run.run_yaml()
     votes = read_votes(run)

@@ -1,10 +1,10 @@
 """GGUF export of a Llama-architecture model folder (f16 or q8_0), for llama.cpp-based tools.
 
     python -m finetune_core export --run RUN_DIR --gguf model.gguf [--qtype q8_0]
-    python -c "from finetune_core.gguf_export import write_gguf; write_gguf('merged/', 'm.gguf')"
+    python -c "from finetune_core.export.gguf import write_gguf; write_gguf('merged/', 'm.gguf')"
 
 The input is a plain transformers folder (config.json, *.safetensors, tokenizer):
-`finetune_core.export.export_gguf` merges a run's adapter first. The file
+`finetune_core.export.artifacts.export_gguf` merges a run's adapter first. The file
 follows llama.cpp's own converter (convert_hf_to_gguf.py, `LlamaModel`):
 
 * hyperparameters under ``llama.*`` (context, widths, heads, rope base and

@@ -4,15 +4,15 @@ Each entry maps a display name to ``DataOptions`` keyword arguments (``path``
 is absolute, so the entry works from any working directory). The files and
 their generator live in ``sample_data/``; see sample_data/README.md.
 
-    python -c "from finetune_core.samples import sample_options; print(sample_options('Fact cards'))"
+    python -c "from finetune_core.data.samples import sample_options; print(sample_options('Fact cards'))"
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from finetune_core.dataset import DataOptions
+from finetune_core.data.dataset import DataOptions
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
 
 SAMPLES: dict[str, dict] = {
     "Fact cards (prompt/completion)": {

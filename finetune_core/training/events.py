@@ -15,7 +15,7 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
-from .runs import Run
+from finetune_core.runs.store import Run
 
 KEYS = {
     "loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "eval_loss": "eval_loss",

@@ -23,8 +23,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from finetune_core.cell_checks import has_broken_text
-from finetune_core.data_checks import RowProblem, check_conversation, require_text
+from finetune_core.data.cells import has_broken_text
+from finetune_core.data.checks import RowProblem, check_conversation, require_text
 from finetune_core.limits import limits
 
 FORMATS = ("prompt_completion", "messages", "sharegpt", "alpaca", "text", "columns", "classification")

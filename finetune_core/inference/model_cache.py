@@ -12,10 +12,10 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
-from .chat_limits import TokenCounter
-from .generation import InferenceModel
-from .models import load_tokenizer
-from .runs import get_run
+from finetune_core.inference.chat_limits import TokenCounter
+from finetune_core.inference.generation import InferenceModel
+from finetune_core.models.sources import load_tokenizer
+from finetune_core.runs.store import get_run
 
 
 class ModelCache:

@@ -116,7 +116,7 @@ def read_owner(run_path: Path) -> dict:
 
 
 def write_owner(run_path: Path, record: dict) -> None:
-    from .runs import write_json_atomic
+    from finetune_core.runs.store import write_json_atomic
 
     write_json_atomic(Path(run_path) / OWNER_FILE, record)
 
@@ -159,7 +159,7 @@ def require_change(run_path: Path, visitor: Visitor, action: str, policy: Policy
 
 def visible_runs(visitor: Visitor, policy: Policy | None = None) -> list:
     """The runs this visitor may list, newest first."""
-    from .runs import list_runs
+    from finetune_core.runs.store import list_runs
 
     policy = policy or Policy.from_env()
     return [run for run in list_runs() if can_view(run.path, visitor, policy)]

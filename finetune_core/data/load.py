@@ -14,7 +14,7 @@ from its footer, JSON Lines and CSV stop at the row limit. A cell over a limit
 or holding a broken character makes its row a bad row (named row and column);
 messages never hold the server's path.
 
-    python -c "from finetune_core.data_load import load_records; print(load_records('f.csv').columns)"
+    python -c "from finetune_core.data.load import load_records; print(load_records('f.csv').columns)"
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune_core.cell_checks import (BROKEN_TEXT, has_broken_text, json_text_within, printable, record_problem,
+from finetune_core.data.cells import (BROKEN_TEXT, has_broken_text, json_text_within, printable, record_problem,
                                        too_deep)
 from finetune_core.limits import LimitError, Limits, limits
 

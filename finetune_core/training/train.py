@@ -15,11 +15,11 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from . import device_plan
-from .config import RunConfig
-from .events import StudioCallback
-from .models import DevicePolicy, load_model, load_tokenizer, model_config, training_policy
-from .runs import Run
+from finetune_core.models import device_plan
+from finetune_core.config import RunConfig
+from finetune_core.training.events import StudioCallback
+from finetune_core.models.sources import DevicePolicy, load_model, load_tokenizer, model_config, training_policy
+from finetune_core.runs.store import Run
 
 Emit = Callable[[dict], None]
 CHECKPOINT_FILES_COMMON = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
@@ -45,7 +45,7 @@ def check_method(cfg: RunConfig, policy: DevicePolicy) -> None:
 def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dict]:
     """Load, validate and split the data; save the split in the run so evaluation
     later uses exactly the held-out rows."""
-    from .dataset import read_jsonl
+    from finetune_core.data.dataset import read_jsonl
 
     train_file, held_file = run.data_dir / "train.jsonl", run.data_dir / "heldout.jsonl"
     report_file = run.data_dir / "report.json"  # written last: without it the split is unfinished
@@ -54,7 +54,7 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
 
         report = json.loads(report_file.read_text(encoding="utf-8"))
         return read_jsonl(train_file), read_jsonl(held_file), report
-    from .dataset import prepare_data, split_rows, write_jsonl
+    from finetune_core.data.dataset import prepare_data, split_rows, write_jsonl
 
     report = prepare_data(cfg_data_options(cfg, cfg.data_path))
     if not report.usable:
@@ -76,14 +76,14 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
     write_jsonl(held_file, held)
     summary = {**report.summary(), "train_rows": len(train), "heldout_rows": len(held)}
     summary["issues"] = summary.get("issues", [])[:200]
-    from .runs import write_json_atomic
+    from finetune_core.runs.store import write_json_atomic
 
     write_json_atomic(report_file, summary)
     return train, held, summary
 
 
 def cfg_data_options(cfg: RunConfig, path: str):
-    from .dataset import DataOptions
+    from finetune_core.data.dataset import DataOptions
 
     return DataOptions(
         path=path, format=cfg.data_format, prompt_column=cfg.prompt_column,
@@ -301,7 +301,7 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
         processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
-    from .speedups import apply_training
+    from finetune_core.speedups import apply_training
 
     trainer.speedups = apply_training(trainer.model, policy.device, policy.dtype, cfg.max_length, cfg.speedups)
     say(trainer.speedups.summary())

@@ -18,8 +18,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from .config import RunConfig
-from .runs import Run, _pid_alive, create_run, mark_interrupted
+from finetune_core.config import RunConfig
+from finetune_core.runs.store import Run, _pid_alive, create_run, mark_interrupted
 
 LOGGERS = ("transformers", "trl", "peft", "accelerate")
 DISK_FULL_TEXTS = ("no space left on device", "storagefull", "disk quota exceeded")
@@ -65,7 +65,7 @@ class _RunLogHandler(logging.Handler):
 def disk_full_reason(exc: BaseException) -> str | None:
     """"disk full: ..." when `exc` (or what caused it) is a write refused for lack of space
     or quota; libraries that write in native code (safetensors) only say so in their text."""
-    from .train import disk_full_words
+    from finetune_core.training.train import disk_full_words
 
     advice = ("free space, then resume the run (it continues from its last complete checkpoint; "
               "the previous adapter is kept).")
@@ -88,8 +88,8 @@ def failure_reason(exc: BaseException) -> str:
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return ("Out of memory. Lower the batch size or max length, use LoRA instead of a full fine-tune, "
                 "or QLoRA on a GPU.")
-    from .models import ModelError
-    from .train import TrainingError
+    from finetune_core.models.sources import ModelError
+    from finetune_core.training.train import TrainingError
 
     if isinstance(exc, (TrainingError, ModelError)):
         return text
@@ -99,7 +99,7 @@ def failure_reason(exc: BaseException) -> str:
 def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = False,
             extra_callbacks: list | None = None) -> dict:
     """Execute a run and always leave a final status; never raises."""
-    from .train import execute, is_main_process
+    from finetune_core.training.train import execute, is_main_process
 
     if not is_main_process():  # other ranks of a multi-process run train but never write the run dir
         try:
@@ -127,7 +127,7 @@ def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = Fal
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)
     if result["state"] == "failed":
-        from .train import remove_partial_writes
+        from finetune_core.training.train import remove_partial_writes
 
         remove_partial_writes(run)
     status = finish(run, result)
@@ -158,7 +158,7 @@ def finish(run: Run, result: dict) -> dict:
     """Write the final status. When the write fails (disk full), remove the run's partial
     and temporary files and try once more; when that fails too, the status is returned
     marked "unsaved" and the training slot writes it once it can (`TrainingSlot.settle`)."""
-    from .train import remove_partial_writes
+    from finetune_core.training.train import remove_partial_writes
 
     fields = {**result, "finished": time.time()}
     try:
@@ -252,7 +252,7 @@ class TrainingSlot:
         try:
             device = job.run.run_yaml().get("resolved_device")
             if not device:
-                from .models import device_policy
+                from finetune_core.models.sources import device_policy
 
                 device = device_policy(job.run.config().device).device
         except (OSError, ValueError):
@@ -275,7 +275,7 @@ class TrainingSlot:
             if self.active() is not None:
                 raise Busy(self.busy_message())
             if resume_run is None:
-                from .models import training_policy
+                from finetune_core.models.sources import training_policy
 
                 policy = training_policy(cfg.device, cfg.precision, cfg.method)
                 run = create_run(cfg, label=label, owner=owner,

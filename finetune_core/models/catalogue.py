@@ -3,15 +3,15 @@
 Each entry carries what the Train tab's picker shows (label, parameter count,
 context length, architecture, whether the Hub gates it behind a licence) and
 the shape a memory estimate needs without downloading anything
-(`finetune_core.memory`). The figures are those of each model's config.json
+(`finetune_core.models.memory`). The figures are those of each model's config.json
 on the Hub; tests/test_memory.py checks that every shape adds up to the
 parameter count its model card states.
 
 On a public deployment the catalogue is the default allow-list, and its
 parameter counts let the size ceiling be checked offline
-(`finetune_core.models.check_model_size`).
+(`finetune_core.models.sources.check_model_size`).
 
-    python -c "from finetune_core.catalogue import ENTRIES; print(*(e.label for e in ENTRIES), sep='\\n')"
+    python -c "from finetune_core.models.catalogue import ENTRIES; print(*(e.label for e in ENTRIES), sep='\\n')"
 """
 from __future__ import annotations
 

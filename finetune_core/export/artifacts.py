@@ -34,9 +34,9 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .gguf_export import QTYPES, GGUFExportError, check_supported, read_config, write_gguf
-from .report import CURVE_FILE, gather, md, md_eval, report
-from .runs import Run, RunError, run_from_dir
+from finetune_core.export.gguf import QTYPES, GGUFExportError, check_supported, read_config, write_gguf
+from evaluation.report import CURVE_FILE, gather, md, md_eval, report
+from finetune_core.runs.store import Run, RunError, run_from_dir
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 WHAT = ("adapter", "merged")
@@ -72,7 +72,7 @@ def _replace_dir(tmp: Path, target: Path) -> Path:
 # -- adapter zip ----------------------------------------------------------------------------------
 def _tokenizer_files(run: Run, folder: Path) -> None:
     """Save the base tokenizer into `folder` (for adapters saved without one)."""
-    from .models import load_tokenizer
+    from finetune_core.models.sources import load_tokenizer
 
     load_tokenizer(run.config().model).save_pretrained(str(folder))
 
@@ -127,7 +127,7 @@ def _tokenizer(run: Run):
     """The tokenizer saved with the adapter (it carries the chat template used in training)."""
     from transformers import AutoTokenizer
 
-    from .models import load_tokenizer
+    from finetune_core.models.sources import load_tokenizer
 
     if (run.adapter_dir / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(str(run.adapter_dir))
@@ -136,7 +136,7 @@ def _tokenizer(run: Run):
 
 def merged_model(run: Run):
     """The run's model with the adapter folded into the base weights (policy device and dtype)."""
-    from .models import device_policy, load_model
+    from finetune_core.models.sources import device_policy, load_model
 
     cfg = run.config()
     policy = device_policy(cfg.device)
@@ -170,7 +170,7 @@ def merge(run: Run, out_dir: str | os.PathLike) -> Path:
 # -- GGUF ---------------------------------------------------------------------------------------------
 def _check_gguf_arch(run: Run) -> None:
     """Refuse a non-Llama run before spending a merge on it."""
-    from .models import resolve_model_source
+    from finetune_core.models.sources import resolve_model_source
 
     cfg = run.config()
     where = Path(run.adapter_dir if cfg.method == "full" else resolve_model_source(cfg.model))
@@ -204,7 +204,7 @@ def export_gguf(run_or_model_dir, out_file: str | os.PathLike, qtype: str = "f16
 
 # -- model card and Hub -------------------------------------------------------------------------------
 def _base_model_id(source: str) -> str | None:
-    from .models import BUNDLED, HUB_ID_RE
+    from finetune_core.models.sources import BUNDLED, HUB_ID_RE
 
     if source in ("", BUNDLED):
         return BUNDLED_HUB_ID
@@ -284,7 +284,7 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def check_hub_online() -> None:
-    from .models import _offline
+    from finetune_core.models.sources import _offline
 
     if _offline():
         raise ExportError("Cannot push to the Hugging Face Hub: this app runs offline (HF_HUB_OFFLINE is set). "
