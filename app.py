@@ -47,6 +47,9 @@ CSS = """
 
 
 def build_app(ctx: AppContext | None = None) -> gr.Blocks:
+    """The whole page: header, sharing notice, login button on a login-only Space, guide banner and the five
+    tabs, queued. `ctx` (one per app, shared by all sessions) is made when not given and kept as
+    `demo.studio_context`. Builds only: `main` launches."""
     ctx = ctx or AppContext()
     with gr.Blocks(title=TITLE) as demo:
         ctx.data_state = gr.State(None)
@@ -109,6 +112,8 @@ def launch_kwargs(ctx: AppContext) -> dict:
 
 
 def main() -> None:
+    """Launch the app: Hub timeouts, one AppContext, the retention sweeper thread, then Gradio's server
+    (blocks until it stops)."""
     hub_timeouts()
     ctx = AppContext()
     demo = build_app(ctx)

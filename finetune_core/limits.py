@@ -25,6 +25,9 @@ class LimitError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
+    """The per-request limits (tokens, rows, bytes, characters...), each a ceiling; build them with `limits()`,
+    which reads the ``STUDIO_LIMIT_*`` overrides."""
+
     # chat and generation
     chat_message_tokens: int = 2048  # one chat message
     system_prompt_tokens: int = 1024  # the chat's system prompt

@@ -94,6 +94,7 @@ class Policy:
 
     @classmethod
     def from_env(cls, area: str = "") -> "Policy":
+        """The policy the environment sets now for `area` (a name such as "uploads"; "" for the general one)."""
         return cls(max_age_s=_setting("HOURS", area) * 3600, max_bytes=int(_setting("MB", area) * 1024 * 1024),
                    grace_s=_setting("GRACE_MINUTES") * 60)
 
@@ -107,11 +108,14 @@ class Area:
     policy: Policy | None = None
 
     def current_policy(self) -> Policy:
+        """The fixed policy if one was given, else the environment's as it stands now."""
         return self.policy or Policy.from_env(self.name)
 
 
 @dataclass
 class Entry:
+    """One top-level entry of a swept folder: its path, total size in bytes, and age stamp (seconds since epoch)."""
+
     path: Path
     size: int
     mtime: float  # of the newest file or folder inside
@@ -119,6 +123,8 @@ class Entry:
 
 @dataclass
 class SweepReport:
+    """What one sweep of `area` did: names removed, bytes freed, and bytes the folder still holds."""
+
     area: str
     removed: list[str] = field(default_factory=list)
     freed_bytes: int = 0
@@ -240,6 +246,9 @@ class Sweeper:
         self._thread: threading.Thread | None = None
 
     def sweep_once(self) -> list[SweepReport]:
+        """Sweep every area now, in the calling thread; safe beside the sweeper thread (the two never overlap).
+
+        Logs each removal; returns one report per area."""
         with self._lock:
             reports = sweep_all(self.areas, list(self.protect()))
         for rep in reports:
@@ -268,6 +277,7 @@ class Sweeper:
                 return
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to stop and wait up to `timeout` seconds for it; a no-op when it never started."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

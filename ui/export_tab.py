@@ -137,6 +137,9 @@ def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | N
 
 def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", request: gr.Request | None = None,
                   progress: Progress | None = None) -> list[str]:
+    """Merge the run's adapter and write it as one GGUF file of `qtype` ("f16" or "q8_0") in a fresh export
+    folder; returns [its path] for the download. gr.Error when the visitor may not open the run, it has no
+    adapter, the type is not offered, the GPU is training or the export fails (its folder is then removed)."""
     require_user(request)
     run = open_run(run_id, request)
     if qtype not in QTYPES:

@@ -49,6 +49,7 @@ class GGUFExportError(ValueError):
 
 # -- checks ---------------------------------------------------------------------------------
 def read_config(model_dir: Path) -> dict:
+    """The folder's config.json as a dict; GGUFExportError when there is none."""
     path = model_dir / "config.json"
     if not path.is_file():
         raise GGUFExportError(f"{model_dir} has no config.json: it is not a model folder.")
@@ -63,6 +64,7 @@ def check_supported(config: dict) -> None:
 
 
 def check_qtype(qtype: str) -> str:
+    """Return `qtype` when it is one of QTYPES ("f16", "q8_0"); else GGUFExportError naming the choices."""
     if qtype not in QTYPES:
         raise GGUFExportError(f"GGUF type {qtype!r} is not offered: choose one of {', '.join(QTYPES)}.")
     return qtype
@@ -185,6 +187,8 @@ def tokenizer_metadata(tokenizer, vocab_size: int) -> dict:
 
 
 def write_tokenizer(writer, meta: dict) -> None:
+    """Add the tokenizer keys (from `tokenizer_metadata`) to `writer`: a byte-level BPE ("gpt2") vocabulary,
+    merges, special-token ids that are set, add-bos/eos flags and the chat template when there is one."""
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(meta["pre"])
     writer.add_token_list(meta["tokens"])
@@ -227,6 +231,7 @@ def read_state_dict(model_dir: Path):
 
 
 def gguf_tensor_name(tensor_map, hf_name: str) -> str:
+    """The GGUF name of a transformers tensor (e.g. ``blk.0.attn_q.weight``); GGUFExportError for an unknown one."""
     name = tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
     if name is None:
         raise GGUFExportError(f"GGUF export does not know where tensor {hf_name} goes.")
@@ -246,6 +251,8 @@ def encode_tensor(name: str, data: np.ndarray, qtype: str):
 
 
 def add_tensors(writer, model_dir: Path, config: dict, qtype: str) -> int:
+    """Add every tensor of the folder to `writer` (Q/K rows permuted, a tied LM head left out, Llama-3
+    `rope_freqs` added) in `qtype`; returns how many were added. The writer holds them until the file is written."""
     import gguf
 
     heads = int(config["num_attention_heads"])

@@ -65,6 +65,7 @@ class TokenCounter:
         self._lock = threading.Lock()
 
     def count(self, text: str) -> int:
+        """Tokens of `text` alone (no special tokens, no chat template); safe to call from several threads."""
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -166,6 +167,7 @@ class GenerationSlots:
             return ticket
 
     def held(self, key: str) -> int:
+        """How many turns `key` has queued or running now (unclaimed tickets past the TTL no longer count)."""
         with self._lock:
             return len(self._live(key))
 

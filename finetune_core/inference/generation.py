@@ -34,6 +34,9 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 @dataclass
 class GenSettings:
+    """How to generate: answer length in tokens (capped by the server's limit), temperature (0: greedy),
+    nucleus top_p (only when sampling) and a seed."""
+
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
@@ -46,6 +49,8 @@ class GenSettings:
         return max(1, min(int(self.max_new_tokens), limits().max_new_tokens))
 
     def kwargs(self, tokenizer) -> dict:
+        """Keyword arguments for `model.generate` with this tokenizer's pad id: sampling when temperature > 0,
+        else greedy with the sampling settings cleared."""
         kw = {"max_new_tokens": self.new_tokens, "pad_token_id": tokenizer.pad_token_id}
         if self.temperature and self.temperature > 0:
             kw.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p))
@@ -160,6 +165,11 @@ def drop_stale_adapter_hooks(model) -> int:
 
 
 class InferenceModel:
+    """A base model and its tuned side for generation, loaded once and shared; `lock` serialises generation.
+
+    For a LoRA run the tuned side is the adapter on one model; a full fine-tune holds two models.
+    The tokenizer is changed in place: left padding, and EOS as pad token where it has none."""
+
     def __init__(self, model, tokenizer, policy: DevicePolicy, tuned_model=None, label: str = "",
                  speedups: str = "auto"):
         self.model = model  # PeftModel when an adapter is loaded, else a plain model
@@ -181,15 +191,18 @@ class InferenceModel:
 
     @property
     def has_adapter(self) -> bool:
+        """Whether `model` is a PEFT model whose adapter can be switched off (a LoRA or QLoRA run)."""
         return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
 
     @property
     def has_tuned(self) -> bool:
+        """Whether there is a tuned side: an adapter, or a second model for a full fine-tune."""
         return self.has_adapter or self.tuned_model is not None
 
     # -- construction --------------------------------------------------------
     @classmethod
     def base_only(cls, source: str, progress: Callable[[str], None] | None = None) -> "InferenceModel":
+        """The model `source` alone, with no tuned side, on the default device (loads it: slow, may download)."""
         policy = device_policy()
         tok = load_tokenizer(source, progress)
         model = load_model(source, policy, progress).eval()
@@ -197,6 +210,8 @@ class InferenceModel:
 
     @classmethod
     def from_run(cls, run: Run, progress: Callable[[str], None] | None = None) -> "InferenceModel":
+        """The run's base model with its saved adapter (or, for a full fine-tune, base and tuned models), on the
+        run's device with its speed-up setting; FileNotFoundError when the run has saved no adapter yet."""
         cfg = run.config()
         if not run.has_adapter():
             raise FileNotFoundError(f"Run {run.id} has no saved adapter yet.")
@@ -213,6 +228,8 @@ class InferenceModel:
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict]) -> str:
+        """The prompt text for chat `messages`, ending with the assistant's turn opening; a tokenizer without
+        a chat template is given the ChatML fallback."""
         from finetune_core.data.stats import ensure_chat_template
 
         ensure_chat_template(self.tokenizer)

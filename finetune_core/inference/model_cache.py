@@ -19,6 +19,10 @@ from finetune_core.runs.store import get_run
 
 
 class ModelCache:
+    """The last `capacity` loaded models by key, least recently used dropped first; thread-safe.
+
+    One per app, shared by every session: a model is loaded once and the same object handed to all."""
+
     def __init__(self, capacity: int = 2):
         self.capacity = max(1, capacity)
         self._items: "OrderedDict[str, InferenceModel]" = OrderedDict()
@@ -63,5 +67,7 @@ class ModelCache:
             return self._counters[source]
 
     def drop(self, key: str) -> None:
+        """Forget `key`'s model (no-op when absent); the next `get` loads it again. A session still
+        holding it keeps using it, and its memory goes when the last holder lets go."""
         with self._lock:
             self._items.pop(key, None)

@@ -36,6 +36,7 @@ class ModelShape:
 
     @property
     def dim_per_head(self) -> int:
+        """Width of one attention head: `head_dim` where the config gives it, else hidden_size / heads."""
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
     @property
@@ -45,6 +46,7 @@ class ModelShape:
 
     @property
     def kv_width(self) -> int:
+        """Width of the keys (and of the values): key-value heads times the head width (smaller under GQA)."""
         return self.num_key_value_heads * self.dim_per_head
 
     def layer_linear_params(self) -> int:

@@ -65,6 +65,7 @@ class Device:
     process_rss: float = 0.0
 
     def dtype_for(self, method: str) -> str:
+        """The dtype name a run with `method` ("lora", "qlora" or "full") trains in on this device."""
         return self.full_dtype if method == "full" else self.lora_dtype
 
 

@@ -28,11 +28,14 @@ FLASH = ("flash_attention_2", "flash_attention_3")
 
 @dataclass(frozen=True)
 class DevicePlan:
+    """How a run uses its accelerator: attention implementation, padding-free batches, 4-bit base."""
+
     attn_implementation: str | None  # None: the model's default
     padding_free: bool
     quantized: bool
 
     def describe(self) -> str:
+        """One line for the UI and logs, e.g. "flash_attention_2, padding-free batches"."""
         attention = self.attn_implementation or "the model's default attention"
         extras = [x for x, on in (("4-bit NF4 base (QLoRA)", self.quantized), ("padding-free batches",
                                                                              self.padding_free)) if on]
@@ -40,6 +43,7 @@ class DevicePlan:
 
 
 def flash_attention_installed() -> bool:
+    """Whether the `flash_attn` package can be imported (looked up without importing it)."""
     return importlib.util.find_spec("flash_attn") is not None
 
 

@@ -79,6 +79,7 @@ class ModelFacts:
 
     @property
     def params_b(self) -> float:
+        """Parameter count in billions: the catalogue's stated figure where it lists the model, else the shape's."""
         return self.entry.params_b if self.entry else self.shape.params() / 1e9
 
 
@@ -94,10 +95,12 @@ class Estimate:
 
     @property
     def total(self) -> float:
+        """The estimated peak in bytes: the sum of `parts`."""
         return sum(self.parts.values())
 
     @property
     def memory_kind(self) -> str:
+        """The word the UI uses for the memory in question: "VRAM" on CUDA, else "RAM"."""
         return "VRAM" if self.device == "cuda" else "RAM"
 
 
@@ -112,6 +115,8 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class Assessment:
+    """The estimate for one run's settings against the memory available, with the verdict."""
+
     facts: ModelFacts
     estimate: Estimate
     available: float
@@ -119,11 +124,13 @@ class Assessment:
     suggestions: tuple[Suggestion, ...] = ()
 
     def summary(self) -> str:
+        """One line: estimated peak and available memory in GB, and the verdict."""
         e = self.estimate
         return (f"Estimated peak {e.memory_kind} {e.total / GB:.1f} GB of {self.available / GB:.1f} GB "
                 f"available: {self.verdict}")
 
     def breakdown(self) -> str:
+        """The estimate's parts in GB, e.g. "weights 0.27, optimizer states 0.01, ... GB"."""
         return ", ".join(f"{name} {value / GB:.2f}" for name, value in self.estimate.parts.items()) + " GB"
 
 
@@ -247,6 +254,7 @@ def lm_head_bytes(shape: ModelShape, cfg: RunConfig, device: str) -> float:
 
 
 def weight_bytes(shape: ModelShape, method: str, dtype: str) -> float:
+    """Bytes of the base weights: `dtype`'s width per parameter, or for QLoRA NF4 linears with bf16 embeddings."""
     if method == "qlora":
         return (shape.num_hidden_layers * shape.layer_linear_params() * QLORA_LINEAR_BYTES
                 + shape.embedding_params() * DTYPE_BYTES["bfloat16"])
@@ -277,6 +285,8 @@ def estimate(cfg: RunConfig, shape: ModelShape, device: str, dtype: str, checkpo
 
 
 def verdict(total: float, available: float) -> str:
+    """The verdict on a peak of `total` bytes: "fits" (under FITS_SHARE of `available`), "tight" (up to all
+    of it) or "will not fit" (over it, or nothing available)."""
     if available <= 0 or total > available:
         return "will not fit"
     return "fits" if total < FITS_SHARE * available else "tight"
@@ -292,6 +302,7 @@ def checkpointing_for(cfg: RunConfig, device: str, params: int) -> bool:
 
 
 def estimate_for(cfg: RunConfig, shape: ModelShape, dev: Device) -> Estimate:
+    """The estimate for `cfg` on `dev`, with the dtype and gradient checkpointing the trainer would pick there."""
     ckpt = checkpointing_for(cfg, dev.device, shape.params())
     return estimate(cfg, shape, dev.device, dev.dtype_for(cfg.method), ckpt, dev.process_rss)
 

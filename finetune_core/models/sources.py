@@ -47,11 +47,13 @@ class DevicePolicy:
 
     @property
     def torch_dtype(self):
+        """The `torch.dtype` named by `dtype` (imports torch)."""
         import torch
 
         return getattr(torch, self.dtype)
 
     def describe(self) -> str:
+        """The policy as the UI and logs show it: "device / dtype", e.g. "cpu / float32"."""
         return f"{self.device} / {self.dtype}"
 
 
@@ -326,6 +328,9 @@ def _load_error(source: str, exc: Exception) -> ModelError:
 
 
 def load_tokenizer(source: str, progress: Progress | None = None):
+    """The tokenizer of a model choice (resolved as `resolve_model_source`), pad token set to EOS where it has none.
+
+    Raises ModelError with a user message when it cannot be loaded (e.g. offline)."""
     from transformers import AutoTokenizer
 
     where = resolve_model_source(source, progress)

@@ -40,6 +40,7 @@ def _flag(name: str) -> bool:
 
 
 def admins() -> set[str]:
+    """User names from ``STUDIO_ADMINS`` (comma separated), read from the environment at each call."""
     return {x.strip() for x in os.environ.get("STUDIO_ADMINS", "").split(",") if x.strip()}
 
 
@@ -53,11 +54,13 @@ class Visitor:
 
     @classmethod
     def from_browser_key(cls, key: str | None, user: str | None = None) -> "Visitor":
+        """A visitor from the browser's secret key (stored only as its sha256) and the signed-in user, if any."""
         digest = hashlib.sha256(key.encode()).hexdigest() if key else None
         return cls(user=user or None, browser=digest)
 
     @property
     def admin(self) -> bool:
+        """Whether the visitor is signed in as a user named in ``STUDIO_ADMINS``."""
         return bool(self.user) and self.user in admins()
 
     @property
@@ -68,6 +71,7 @@ class Visitor:
         return f"browser:{self.browser}" if self.browser else "local"
 
     def owner_record(self) -> dict:
+        """What owner.json records for a run this visitor starts: the user, else the browser hash, else {}."""
         if self.user:
             return {"user": self.user}
         return {"browser": self.browser} if self.browser else {}
@@ -82,6 +86,7 @@ class Policy:
 
     @classmethod
     def from_env(cls) -> "Policy":
+        """The mode the environment sets now (``STUDIO_REQUIRE_LOGIN``/``APP_AUTH`` for login, ``STUDIO_PUBLIC``)."""
         login = _flag("STUDIO_REQUIRE_LOGIN") or bool(os.environ.get("APP_AUTH"))
         return cls(login=login, public=_flag("STUDIO_PUBLIC"))
 
@@ -108,6 +113,7 @@ class Policy:
 
 
 def read_owner(run_path: Path) -> dict:
+    """The run's owner.json as a dict; {} when it is missing, unreadable or not a JSON object."""
     try:
         data = json.loads((Path(run_path) / OWNER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -116,12 +122,14 @@ def read_owner(run_path: Path) -> dict:
 
 
 def write_owner(run_path: Path, record: dict) -> None:
+    """Write `record` as the run's owner.json (atomically: readers never see half a file)."""
     from finetune_core.runs.store import write_json_atomic
 
     write_json_atomic(Path(run_path) / OWNER_FILE, record)
 
 
 def is_owner(record: dict, visitor: Visitor) -> bool:
+    """Whether `record` (an owner.json) names this visitor: by user when both have one, else by browser."""
     if visitor.user and record.get("user"):
         return record["user"] == visitor.user
     if visitor.browser and record.get("browser"):
@@ -130,6 +138,8 @@ def is_owner(record: dict, visitor: Visitor) -> bool:
 
 
 def can_view(run_path: Path, visitor: Visitor, policy: Policy | None = None) -> bool:
+    """Whether the visitor may list and open the run: always on a local or shared deployment and for admins,
+    else only its owner or, for a showcase run, anyone. `policy` None: read from the environment."""
     policy = policy or Policy.from_env()
     if policy.local or policy.shared or visitor.admin:
         return True
@@ -146,12 +156,14 @@ def can_change(run_path: Path, visitor: Visitor, policy: Policy | None = None) -
 
 
 def require_view(run_path: Path, visitor: Visitor, policy: Policy | None = None) -> None:
+    """Raise AccessError unless the visitor may view the run; the message is that of a missing run."""
     if not can_view(run_path, visitor, policy):
         # the same words as a missing run: others' run ids are not confirmed to exist
         raise AccessError(f"Run {Path(run_path).name} does not exist.")
 
 
 def require_change(run_path: Path, visitor: Visitor, action: str, policy: Policy | None = None) -> None:
+    """Raise AccessError unless the visitor may view and change the run; `action` (e.g. "stop") goes in the message."""
     require_view(run_path, visitor, policy)
     if not can_change(run_path, visitor, policy):
         raise AccessError(f"Only the person who started run {Path(run_path).name} (or an admin) can {action} it.")

@@ -36,6 +36,7 @@ class RunError(Exception):
 
 
 def runs_root() -> Path:
+    """Where run directories live: ``STUDIO_RUNS_DIR``, else ./runs, as an absolute path (read at each call)."""
     return Path(os.environ.get("STUDIO_RUNS_DIR") or "runs").resolve()
 
 
@@ -59,35 +60,44 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 @dataclass
 class Run:
+    """One run directory on disk (see the module docstring); reads and writes its files, holds nothing in memory."""
+
     path: Path
 
     @property
     def id(self) -> str:
+        """The run's id: its directory name."""
         return self.path.name
 
     # -- well-known places ---------------------------------------------------
     @property
     def adapter_dir(self) -> Path:
+        """Where the final adapter (or full model) and its tokenizer are saved."""
         return self.path / "adapter"
 
     @property
     def checkpoints_dir(self) -> Path:
+        """Where the Trainer writes its checkpoints."""
         return self.path / "checkpoints"
 
     @property
     def data_dir(self) -> Path:
+        """The run's data split: train.jsonl, heldout.jsonl and report.json."""
         return self.path / "data"
 
     @property
     def eval_dir(self) -> Path:
+        """Where evaluation results are written."""
         return self.path / "eval"
 
     @property
     def log_path(self) -> Path:
+        """The human-readable log, log.txt."""
         return self.path / "log.txt"
 
     # -- config and status ---------------------------------------------------
     def config(self) -> RunConfig:
+        """The run's RunConfig from run.yaml (recorded facts such as the resolved device are ignored)."""
         return RunConfig.load(self.path / "run.yaml")
 
     def run_yaml(self) -> dict:
@@ -95,6 +105,7 @@ class Run:
         return read_config_yaml(self.path / "run.yaml")
 
     def status(self) -> dict:
+        """status.json as a dict; a missing or unreadable one reads as state "failed" with a reason."""
         try:
             return json.loads((self.path / "status.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -111,16 +122,19 @@ class Run:
         tmp.replace(self.path / "run.yaml")
 
     def set_status(self, **fields: Any) -> dict:
+        """Merge `fields` into status.json (stamping "updated"), write it atomically, and return the new status."""
         status = {**self.status(), **fields, "updated": time.time()}
         write_json_atomic(self.path / "status.json", status)
         return status
 
     # -- metrics and log -------------------------------------------------------
     def append_metric(self, event: dict) -> None:
+        """Append one event as a line of metrics.jsonl."""
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(event) + "\n")
 
     def metrics(self) -> list[dict]:
+        """Every event in metrics.jsonl, in order; [] when there is none. Lines that are not JSON are skipped."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
@@ -133,19 +147,25 @@ class Run:
         return out
 
     def log(self, message: str) -> None:
+        """Append `message` to log.txt, stamped with the local time of day."""
         stamp = time.strftime("%H:%M:%S")
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(f"[{stamp}] {message}\n")
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of log.txt ("" when there is no log yet)."""
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
     def has_adapter(self) -> bool:
+        """Whether training saved a final adapter or full model (its config file is in adapter/)."""
         return (self.adapter_dir / "adapter_config.json").is_file() or (self.adapter_dir / "config.json").is_file()
 
     def summary(self) -> dict:
+        """One row for the runs list: id, state, steps, model, method, data file name, created, reason.
+
+        A damaged run.yaml leaves model and method None (and data "") rather than raising."""
         st = self.status()
         cfg = {}
         try:
@@ -199,6 +219,7 @@ def run_from_dir(folder: str | Path) -> Run:
 
 
 def list_runs() -> list[Run]:
+    """Every run under the runs root, newest first, whoever owns it (`ownership.visible_runs` filters by visitor)."""
     root = runs_root()
     if not root.is_dir():
         return []

@@ -56,6 +56,8 @@ def effective_mode(requested: str = "auto") -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Choice:
+    """One speed-up's decision: its name (a key of LABELS), whether it was applied, and if not, why."""
+
     name: str
     applied: bool
     reason: str = ""  # why not, when not applied
@@ -69,12 +71,15 @@ class Report:
     choices: list[Choice] = field(default_factory=list)
 
     def applied(self) -> list[str]:
+        """Names of the speed-ups applied, in the order they were decided."""
         return [c.name for c in self.choices if c.applied]
 
     def skipped(self) -> dict[str, str]:
+        """Name -> reason for each speed-up not applied."""
         return {c.name: c.reason for c in self.choices if not c.applied}
 
     def as_dict(self) -> dict:
+        """The facts recorded in run.yaml: speedups_mode, speedups_applied, speedups_skipped."""
         return {"speedups_mode": self.mode, "speedups_applied": self.applied(), "speedups_skipped": self.skipped()}
 
     def summary(self) -> str:
