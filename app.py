@@ -28,7 +28,7 @@ from finetune_core.runs.store import runs_root  # noqa: E402
 from ui import chat_tab, data_tab, eval_tab, export_tab, guide, train_tab  # noqa: E402
 from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
-from ui.context import AppContext  # noqa: E402
+from ui.context import AppContext, Page, Shared  # noqa: E402
 from ui.middleware import middleware  # noqa: E402
 from ui.widgets import with_ctx  # noqa: E402
 
@@ -48,12 +48,12 @@ CSS = """
 
 def build_app(ctx: AppContext | None = None) -> gr.Blocks:
     """The whole page: header, sharing notice, login button on a login-only Space, guide banner and the five
-    tabs, queued. `ctx` (one per app, shared by all sessions) is made when not given and kept as
-    `demo.studio_context`. Builds only: `main` launches."""
+    tabs, queued. Each tab gets the shared components made before it and returns what it exposes; the
+    events that span tabs are wired once every tab exists (see ui/context.py). `ctx` (one per app, shared
+    by all sessions) is made when not given and kept as `demo.studio_context`. Builds only: `main` launches."""
     ctx = ctx or AppContext()
     with gr.Blocks(title=TITLE) as demo:
-        ctx.data_state = gr.State(None)
-        ctx.run_state = gr.State("")
+        data_state, run_state = gr.State(None), gr.State("")
         gr.Markdown(f"# {TITLE}\n{INTRO}", elem_id="studio-header")
         notice = Policy.from_env().notice()
         if notice:  # who sees what, said plainly on a shared or multi-user deployment
@@ -63,35 +63,37 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
             gr.LoginButton()
         guide_status, guide_button = guide.banner()
         with gr.Tabs() as tabs:
-            ctx.components["tabs"] = tabs
+            shared = Shared(blocks=demo, tabs=tabs, data_state=data_state, run_state=run_state)
             with gr.Tab("1 · Data", id="data"):
-                data_tab.build(ctx)
+                data = data_tab.build(ctx, shared)
             with gr.Tab("2 · Train", id="train"):
-                train_tab.build(ctx)
+                train = train_tab.build(ctx, shared)
             with gr.Tab("3 · Evaluate", id="evaluate") as evaluate:
-                eval_tab.build(ctx)
+                evaluate_parts = eval_tab.build(ctx, shared)
             with gr.Tab("4 · Chat", id="chat") as chat:
-                chat_tab.build(ctx)
+                chat_parts = chat_tab.build(ctx, shared)
             with gr.Tab("5 · Export", id="export"):
-                export_tab.build(ctx)
-        refresh_pickers_on_select(ctx, evaluate, chat)
-        guide.wire(ctx, guide_status, guide_button)
+                export = export_tab.build(ctx, shared)
+        page = Page(shared, data, train, evaluate_parts, chat_parts, export)
+        refresh_pickers_on_select(ctx, page, evaluate, chat)
+        guide.wire(ctx, page, guide_status, guide_button)
     demo.queue(max_size=int(os.environ.get("STUDIO_QUEUE_MAX", "64")), default_concurrency_limit=4)
     demo.studio_context = ctx  # for tests and scripts that drive the app in-process
+    demo.studio_page = page  # the same, for the page's cross-tab components
     return demo
 
 
-def refresh_pickers_on_select(ctx: AppContext, evaluate: gr.Tab, chat: gr.Tab) -> None:
+def refresh_pickers_on_select(ctx: AppContext, page: Page, evaluate: gr.Tab, chat: gr.Tab) -> None:
     """A run finished since the page was opened: opening Evaluate or Chat lists it
     (and selects the run the session last trained or picked)."""
     private = {"api_visibility": "private", "queue": False}
+    run_state, eval_run, chat_run = page.shared.run_state, page.evaluate.run, page.chat.run
 
     def eval_runs(shared, current, request: gr.Request):
         return eval_tab.runs_dropdown(shared, current, visitor(request))
 
-    evaluate.select(eval_runs, [ctx.run_state, ctx.components["eval_run"]], ctx.components["eval_run"], **private)
-    chat.select(with_ctx(chat_tab.follow_shared_run, ctx), [ctx.run_state, ctx.components["chat_run"]],
-                ctx.components["chat_run"], **private)
+    evaluate.select(eval_runs, [run_state, eval_run], eval_run, **private)
+    chat.select(with_ctx(chat_tab.follow_shared_run, ctx), [run_state, chat_run], chat_run, **private)
 
 
 def launch_kwargs(ctx: AppContext) -> dict:

@@ -167,11 +167,11 @@ def test_export_buttons_write_the_sizes_into_the_status_line(scratch):
 
     from ui import export_tab
     from ui.context import AppContext
+    from ui_support import shared_for
 
     ctx = AppContext()
     with gr.Blocks() as demo:
-        ctx.run_state = gr.State("")
-        export_tab.build(ctx)
+        export_tab.build(ctx, shared_for(demo))
     status = next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "export-status")
     for fn in demo.fns.values():
         if fn.api_name in ("export_adapter", "export_merged", "export_gguf", "export_report"):

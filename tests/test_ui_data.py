@@ -15,6 +15,7 @@ from finetune_core.data.dataset import prepare_data
 from finetune_core.data.samples import SAMPLES
 from finetune_core.training.train import cfg_data_options
 from ui.context import AppContext
+from ui_support import shared_for
 from ui.data_tab import (MASKED, TRAINED, Mapping, build, display_name, inspect_data, load_sample, load_upload,
                          md_text, save_upload, stats_tokenizer, TokenizerCache, view_values, with_eval_file)
 from ui.train_tab import build_config
@@ -189,12 +190,12 @@ def test_bad_tokenizer_source_only_skips_token_stats():
 def test_build_registers_the_guided_demo_hooks(tiny_model_dir):
     ctx = AppContext()
     ctx.settings.default_model = str(tiny_model_dir)
-    with gr.Blocks():
-        ctx.data_state = gr.State(None)
-        build(ctx)
-    outputs = ctx.components["data_outputs"]
-    assert outputs[0] is ctx.data_state
-    values = ctx.components["data_load_sample"]("Customer intents (classification)")
+    with gr.Blocks() as demo:
+        shared = shared_for(demo)
+        parts = build(ctx, shared)
+    outputs = parts.outputs
+    assert outputs[0] is shared.data_state
+    values = parts.load_sample("Customer intents (classification)")
     assert len(values) == len(outputs)
     assert values[0]["rows"] == 450 and values[0]["data_format"] == "classification"
     assert values[6] is not None  # token histogram from the tiny model's tokenizer

@@ -22,6 +22,7 @@ from finetune_core.data.dataset import write_jsonl
 from finetune_core.inference.generation import InferenceModel
 from ui import eval_tab
 from ui.context import AppContext
+from ui_support import shared_for
 from ui.eval_tab import (CANCELLED, EXAMPLE_HEADERS, ORDERS, SUMMARY_HEADERS, arm_cancel, cancel_evaluation,
                          evaluate, examples_frame, export_results, order_examples, runs_dropdown, show_run,
                          summary_frame)
@@ -240,10 +241,8 @@ def test_model_text_is_plain_text(runs_root):
     c = compare("generation", ["<b>hi</b>"], ["**ref**"], ["<img src=x onerror=alert(1)>"], [""])
     table = examples_frame(c.examples)
     assert table.loc[0, "base output"] == "<img src=x onerror=alert(1)>"  # kept as text, not escaped twice
-    with gr.Blocks():
-        ctx.run_state = gr.State("")
-        eval_tab.build(ctx)
-    shown = ctx.components["eval_examples"]
+    with gr.Blocks() as demo:
+        shown = eval_tab.build(ctx, shared_for(demo)).examples
     text_types = [t for h, t in zip(EXAMPLE_HEADERS, shown.datatype) if h in ("input", "reference", "base output",
                                                                            "tuned output")]
     assert text_types == ["str"] * 4  # "str" cells render as text; "markdown"/"html" would render markup

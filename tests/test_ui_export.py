@@ -88,11 +88,11 @@ def test_tab_builds_and_names_its_endpoints(tab):
     import gradio as gr
 
     from ui import export_tab
+    from ui_support import shared_for
 
     ctx, run_id = tab
     with gr.Blocks() as demo:
-        ctx.run_state = gr.State("")
-        export_tab.build(ctx)
+        export_tab.build(ctx, shared_for(demo))
     names = {dep.get("api_name") for dep in demo.config["dependencies"]}
     assert {"export_adapter", "export_merged", "export_gguf", "export_report", "export_push"} <= names
     lanes = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in demo.fns.values()}

@@ -179,7 +179,8 @@ def test_train_tab_wires_the_picker_the_note_and_train_anyway(monkeypatch, tiny_
     monkeypatch.setenv("STUDIO_DEFAULT_MODEL", str(tiny_model_dir))
     ctx = AppContext()
     demo = app.build_app(ctx)
-    picker = ctx.components["train_widgets"]["model"]
+    widgets = demo.studio_page.train.widgets
+    picker = widgets["model"]
     assert isinstance(picker, gr.Dropdown) and picker.allow_custom_value and picker.value == str(tiny_model_dir)
     note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "memory-estimate")
     anyway = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "train-anyway")
@@ -187,6 +188,5 @@ def test_train_tab_wires_the_picker_the_note_and_train_anyway(monkeypatch, tiny_
     train = next(f for f in fns if f.api_name == "train")
     assert anyway in train.inputs
     followers = {block_id for f in fns if note in f.outputs for block_id, _event in f.targets}  # what it follows
-    widgets = ctx.components["train_widgets"]
     assert {widgets[n]._id for n in ("model", "method", "batch_size", "max_length", "precision",
                                      "gradient_checkpointing")} <= followers

@@ -13,7 +13,6 @@ import functools
 import logging
 
 import gradio as gr
-from gradio.context import Context
 
 from finetune_core.inference import chat
 from finetune_core.inference.chat_limits import TokenCounter, check_chat_request, clean_text
@@ -26,7 +25,7 @@ from finetune_core.runs.store import RunError
 
 from .access import visitor
 from .chat_models import BASE_PREFIX, RUN_PREFIX, check_model_key, default_choice, examples_for, run_choices
-from .context import GPU_QUEUE, AppContext
+from .context import GPU_QUEUE, AppContext, ChatParts, Shared
 from .widgets import with_ctx
 
 log = logging.getLogger(__name__)
@@ -307,10 +306,10 @@ def pick_example(sample) -> str:
 
 
 # -- layout and wiring ----------------------------------------------------------
-def build(ctx: AppContext) -> None:
-    """Build the Chat tab inside the caller's `gr.Tab`."""
+def build(ctx: AppContext, shared: Shared) -> ChatParts:
+    """Build the Chat tab inside the caller's `gr.Tab`; its model picker follows shared.run_state."""
     choices = run_choices(ctx.settings.default_model)
-    first = default_choice(choices, getattr(ctx.run_state, "value", None))
+    first = default_choice(choices, shared.run_state.value)
     session_state = gr.State(None)
     message_state = gr.State("")
 
@@ -364,16 +363,13 @@ def build(ctx: AppContext) -> None:
     blind.change(toggle_blind, [session_state, blind], [session_state, left, right, vote_row], **private)
     run_dd.change(with_ctx(change_model, ctx), [session_state, run_dd],
                   [session_state, left, right, examples, vote_row, status], **private)
-    run_state = ctx.run_state if ctx.run_state is not None else gr.State("")
+    run_state = shared.run_state
     refresh.click(with_ctx(refresh_runs, ctx), [run_dd, run_state], [run_dd], **private)
-    if ctx.run_state is not None:
-        ctx.run_state.change(with_ctx(follow_shared_run, ctx), [ctx.run_state, run_dd], [run_dd], **private)
-    root = Context.root_block  # the Blocks being built: refresh the run list on each page load
-    if root is not None:
-        root.load(with_ctx(on_load, ctx), [run_state, run_dd], [run_dd, examples, status], **private)
+    run_state.change(with_ctx(follow_shared_run, ctx), [run_state, run_dd], [run_dd], **private)
+    # refresh the run list on each page load
+    shared.blocks.load(with_ctx(on_load, ctx), [run_state, run_dd], [run_dd, examples, status], **private)
     for choice, button in vote_buttons.items():
         button.click(bound(cast_vote, choice=choice), [session_state],
                      [session_state, tally_md, vote_row, status], api_name=f"chat_vote_{choice}")
     export_btn.click(export_votes, [session_state], [export_file], api_name="chat_export_votes")
-    ctx.components["chat_run"] = run_dd
-    ctx.components["chat_message"] = message
+    return ChatParts(run=run_dd, message=message)

@@ -1,15 +1,22 @@
-"""AppContext: what the tabs share, made once per app by app.py.
+"""What the tabs share: server-wide objects, and the page's cross-tab components.
 
-Server-wide objects (the training slot, the model cache, settings) live here;
-per-browser-session values live in the gr.State components created in
-`app.build_app` and attached here so tabs can wire to them.
+`AppContext` holds the server-wide objects (the training slot, the model cache,
+settings), made once per app. The page's components that more than one tab
+wires to are typed dataclasses, not looked up by name: `Shared` is made by
+`app.build_app` before the tabs and handed to each tab's `build`; each `build`
+returns its own `*Parts` of what it exposes; `Page` gathers them once every tab
+exists, and only then does `app.py` wire the events that span tabs (picker
+refresh on tab select, the guided demo). So a tab can only use what was built
+before it, and the order is in the code, not in a registry.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import gradio as gr
 
 from finetune_core.inference.chat_limits import GenerationSlots
 from finetune_core.inference.model_cache import ModelCache
@@ -40,14 +47,12 @@ class Settings:
 
 @dataclass
 class AppContext:
+    """Server-wide objects every tab's handlers use; one per app, shared by all visitors."""
+
     slot: TrainingSlot = field(default_factory=TrainingSlot)
     models: ModelCache = field(default_factory=ModelCache)
     chat_slots: GenerationSlots = field(default_factory=GenerationSlots)  # chat turns each visitor has queued/running
     settings: Settings = field(default_factory=Settings)
-    # gr.State components, set by app.build_app inside the Blocks context:
-    data_state: Any = None  # dict: DataOptions fields of the current file + summary, or None
-    run_state: Any = None  # str: id of the run the Evaluate/Chat tabs use, or ""
-    components: dict = field(default_factory=dict)  # cross-tab components (tabs, run pickers...)
     sweeper: Sweeper | None = None  # made by start_sweeper (app.py main), not by tests that build the app
 
     def in_use(self) -> list[Path]:
@@ -71,3 +76,73 @@ class AppContext:
                                     Area("gradio-cache", gradio_cache_dir())], protect=self.in_use)
             self.sweeper.start()
         return self.sweeper
+
+
+@dataclass
+class Shared:
+    """Made by app.build_app inside its Blocks before any tab, and passed to every tab's `build`."""
+
+    blocks: gr.Blocks  # the page: the Evaluate, Chat and Export tabs refresh their run list on `blocks.load`
+    tabs: gr.Tabs  # the tab strip: the Data tab's "Next" button and the guided demo select a tab
+    # per browser session: dict of DataOptions fields of the current file + summary, or None.
+    # Written by the Data tab (and the guided demo); read by the Train tab (Train, CLI command).
+    data_state: gr.State
+    # per browser session: id of the session's run, or "". Written by the Train tab (Train, Resume,
+    # Delete, "Open run"), the Evaluate and Export pickers and the guided demo; the Evaluate, Chat
+    # and Export pickers follow it, and app.py's tab-select refresh reads it.
+    run_state: gr.State
+
+
+@dataclass
+class DataParts:
+    """What data_tab.build exposes; the guided demo (guide.wire) uses it."""
+
+    outputs: list[Any]  # what a data view fills, in order: shared.data_state first (data_views.view_values)
+    load_sample: Callable[..., tuple]  # sample name -> values in the order of `outputs`
+    sample_buttons: dict[str, gr.Button]  # one per sample, by name
+    status: gr.Markdown  # the "Ready / Not usable" line
+
+
+@dataclass
+class TrainParts:
+    """What train_tab.build exposes (tests read the widgets; nothing else wires to them yet)."""
+
+    pick: gr.Dropdown  # "Open run": the run the tab watches
+    widgets: dict[str, Any]  # RunConfig field name -> its input component
+
+
+@dataclass
+class EvalParts:
+    """What eval_tab.build exposes; app.py (tab-select refresh) and the guided demo use it."""
+
+    run: gr.Dropdown  # the run to evaluate
+    view: list[Any]  # what show_run/evaluate fill, in order (status, summary, ..., downloads)
+    examples: gr.Dataframe  # the per-example table (also in `view`)
+
+
+@dataclass
+class ChatParts:
+    """What chat_tab.build exposes; app.py (tab-select refresh) and the guided demo use it."""
+
+    run: gr.Dropdown  # the model picker (base alone, or a run)
+    message: gr.Textbox  # the message box the guided demo types a held-out prompt into
+
+
+@dataclass
+class ExportParts:
+    """What export_tab.build exposes."""
+
+    run: gr.Dropdown  # the run to export
+
+
+@dataclass
+class Page:
+    """Every tab's parts, gathered by app.build_app once all tabs exist; the events that span
+    tabs are wired from it. Kept on the Blocks as `studio_page` for tests and scripts."""
+
+    shared: Shared
+    data: DataParts
+    train: TrainParts
+    evaluate: EvalParts
+    chat: ChatParts
+    export: ExportParts

@@ -7,7 +7,7 @@ histograms, duplicates and train/held-out leakage, a preview of normalised
 rows and one example rendered through the chat template with the trained
 (completion) tokens told apart from the masked prompt tokens.
 
-When the file is usable the view also sets ``ctx.data_state`` (the dict of
+When the file is usable the view also sets ``shared.data_state`` (the dict of
 RunConfig data fields the Train tab reads); otherwise ``data_state`` is None
 and the status line says what to fix. The handlers below are plain functions
 (tests call them); ``build`` only lays out widgets and wires them.
@@ -32,7 +32,7 @@ from finetune_core.data.dataset import FORMATS, DataOptions, DataReport, prepare
 from finetune_core.models.sources import ModelError, load_tokenizer
 from finetune_core.data.samples import SAMPLES
 
-from .context import DATA_EXTENSIONS, AppContext
+from .context import DATA_EXTENSIONS, AppContext, DataParts, Shared
 from .data_uploads import display_name, save_upload, uploads_dir  # noqa: F401 (part of this tab's API)
 from .data_views import (ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS, SPLIT_SEED, TRAINED,  # noqa: F401
                          example_spans, issues_frame,
@@ -291,7 +291,8 @@ MAPPING_FIELDS = ("format", "prompt_column", "completion_column", "prompt_templa
                   "system_prompt", "held_out_pct", "drop_bad_rows")
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, shared: Shared) -> DataParts:
+    """Build the Data tab inside the caller's `gr.Tab`; returns what the guided demo uses."""
     settings = ctx.settings
     tokenizers = TokenizerCache()  # per app, read-only for users (like ctx.models)
     file_state = gr.State(None)  # per browser: {"path", "name", "sample", "eval_path", "eval_name"}
@@ -344,7 +345,7 @@ def build(ctx: AppContext) -> None:
                                          elem_id="data-example")
             preview = gr.Dataframe(label=f"Preview (first {PREVIEW_ROWS} normalised rows)", interactive=False,
                                    wrap=True, max_height=400, elem_id="data-preview")
-    outputs = [ctx.data_state, file_state, status, summary, issues, labels, lengths, preview, example, sample_info,
+    outputs = [shared.data_state, file_state, status, summary, issues, labels, lengths, preview, example, sample_info,
                mapping["format"], mapping["prompt_column"], mapping["completion_column"], mapping["prompt_template"],
                mapping["completion_template"], mapping["system_prompt"], mapping["drop_bad_rows"]]
     stats_inputs = {tok_source, max_length}
@@ -406,12 +407,8 @@ def build(ctx: AppContext) -> None:
     eval_upload.upload(on_eval_file, mapping_inputs | {file_state, eval_upload}, outputs, api_name="data_eval_upload")
     eval_upload.clear(on_eval_file, mapping_inputs | {file_state, eval_upload}, outputs, api_visibility="private")
     apply_btn.click(on_apply, mapping_inputs | {file_state}, outputs, api_name="data_apply")
-    if ctx.components.get("tabs") is not None:
-        next_btn.click(on_next, None, ctx.components["tabs"], api_visibility="private")
-    ctx.components["data_load_sample"] = load_sample_values
-    ctx.components["data_outputs"] = outputs
-    ctx.components["data_sample_buttons"] = sample_buttons
-    ctx.components["data_status"] = status
+    next_btn.click(on_next, None, shared.tabs, api_visibility="private")
+    return DataParts(outputs=outputs, load_sample=load_sample_values, sample_buttons=sample_buttons, status=status)
 
 
 __all__ = ["build", "save_upload", "display_name", "uploads_dir", "Mapping", "DataView", "inspect_data",

@@ -24,7 +24,6 @@ from typing import Callable, NamedTuple
 
 import gradio as gr
 import pandas as pd
-from gradio.context import Context
 
 from evaluation.compare import EXAMPLES_FILE, RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison
 from evaluation.plots import confusion_heatmap, delta_chart, improved
@@ -35,7 +34,7 @@ from finetune_core.runs.ownership import Visitor, visible_runs
 from finetune_core.runs.store import Run, RunError
 
 from .access import require_user, visitor
-from .context import GPU_QUEUE, AppContext
+from .context import GPU_QUEUE, AppContext, EvalParts, Shared
 from .widgets import open_run, pick_run, user_error
 
 log = logging.getLogger(__name__)
@@ -311,8 +310,8 @@ def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | No
 
 
 # -- layout and wiring ------------------------------------------------------------------
-def build(ctx: AppContext) -> None:
-    """Build the Evaluate tab inside the caller's `gr.Tab`."""
+def build(ctx: AppContext, shared: Shared) -> EvalParts:
+    """Build the Evaluate tab inside the caller's `gr.Tab`; its picker follows and sets shared.run_state."""
     cancel_state = gr.State(None)  # threading.Event of this browser's evaluation (made per click)
     gr.Markdown("Score the base model (adapter off) and the tuned model (adapter on) on the run's held-out "
                 "rows — rows it never trained on — and see where fine-tuning helped and where it hurt.")
@@ -320,7 +319,7 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         # allow_custom_value: the server-side check of a pick is open_run(), and a run
         # trained after start-up must be usable by API clients that never loaded the page.
-        run_dd = gr.Dropdown(choices=choices, value=pick_run(choices, getattr(ctx.run_state, "value", None)),
+        run_dd = gr.Dropdown(choices=choices, value=pick_run(choices, shared.run_state.value),
                              label="Run to evaluate (runs with a trained adapter)", allow_custom_value=True,
                              scale=4, elem_id="eval-run")
         refresh = gr.Button("↻ Refresh runs", scale=1)
@@ -364,16 +363,16 @@ def build(ctx: AppContext) -> None:
     def on_export(run_id, request: gr.Request):
         return export_results(ctx, run_id, request)
 
-    def on_follow(shared, current, request: gr.Request):
-        return runs_dropdown(shared, current, visitor(request))
+    def on_follow(shared_run, current, request: gr.Request):
+        return runs_dropdown(shared_run, current, visitor(request))
 
-    def on_refresh(current, shared, request: gr.Request):
-        return runs_dropdown(current, shared, visitor(request))
+    def on_refresh(current, shared_run, request: gr.Request):
+        return runs_dropdown(current, shared_run, visitor(request))
 
-    def on_load(shared, current, request: gr.Request):
+    def on_load(shared_run, current, request: gr.Request):
         who = visitor(request)
         choices = run_choices(who)
-        value = pick_run(choices, shared, current)
+        value = pick_run(choices, shared_run, current)
         return gr.Dropdown(choices=choices, value=value), *show_run(value, ORDERS[0], who)
 
     def on_show(run_id, order_value, request: gr.Request):
@@ -383,9 +382,8 @@ def build(ctx: AppContext) -> None:
         return order_examples(run_id, order_value, visitor(request))
 
     view = [status, summary, counts, chart, confusion, examples, downloads]
-    ctx.components["eval_view"] = view
     private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API
-    run_state = ctx.run_state if ctx.run_state is not None else gr.State("")
+    run_state = shared.run_state
     evaluate_btn.click(arm_cancel, [cancel_state], [cancel_state, evaluate_btn], **private).then(
         on_evaluate, [run_dd, limit, batch_size, max_new, with_loss, cancel_state, order], view,
         concurrency_id=GPU_QUEUE, concurrency_limit=1, api_name="evaluate",
@@ -398,13 +396,10 @@ def build(ctx: AppContext) -> None:
     order.change(on_order, [run_dd, order], examples, **private)
     refresh.click(on_refresh, [run_dd, run_state], run_dd, **private)
     export_btn.click(on_export, [run_dd], downloads, api_name="evaluate_download")
-    if ctx.run_state is not None:
-        ctx.run_state.change(on_follow, [ctx.run_state, run_dd], run_dd, **private)
-    root = Context.root_block  # the Blocks being built: fresh run list and results on each page load
-    if root is not None:
-        root.load(on_load, [run_state, run_dd], [run_dd, *view], **private)
-    ctx.components["eval_run"] = run_dd
-    ctx.components["eval_examples"] = examples
+    run_state.change(on_follow, [run_state, run_dd], run_dd, **private)
+    # fresh run list and results on each page load
+    shared.blocks.load(on_load, [run_state, run_dd], [run_dd, *view], **private)
+    return EvalParts(run=run_dd, view=view, examples=examples)
 
 
 __all__ = ["build", "show_run", "evaluate", "export_results", "arm_cancel", "cancel_evaluation", "order_examples",

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Callable
 
 import gradio as gr
-from gradio.context import Context
 
 from finetune_core.export import artifacts as export
 from finetune_core.export.gguf import QTYPES
@@ -43,7 +42,7 @@ from finetune_core.runs.ownership import Policy, Visitor, admins, visible_runs
 from finetune_core.runs.store import Run, RunError
 
 from .access import oauth_token, require_user, visitor
-from .context import GPU_QUEUE, AppContext
+from .context import GPU_QUEUE, AppContext, ExportParts, Shared
 from .widgets import open_run as open_any_run
 from .widgets import pick_run, user_error
 
@@ -233,8 +232,8 @@ def files_note(paths: list[str]) -> str:
 
 
 # -- layout and wiring --------------------------------------------------------------------------
-def build(ctx: AppContext) -> None:
-    """Build the Export tab inside the caller's `gr.Tab`."""
+def build(ctx: AppContext, shared: Shared) -> ExportParts:
+    """Build the Export tab inside the caller's `gr.Tab`; its picker follows and sets shared.run_state."""
     gr.Markdown("Take a trained run elsewhere, or show the result to people who will not open the app.")
     with gr.Row():
         # custom values allowed: runs made after page load; every handler checks the id with get_run()
@@ -296,16 +295,13 @@ def build(ctx: AppContext) -> None:
     gguf_btn.click(on_gguf, [run_dd, qtype], files, api_name="export_gguf", **gpu)
     report_btn.click(on_report, [run_dd], files, api_name="export_report")
     push_btn.click(on_push, [run_dd, repo, token, what, private, overwrite], [status, token], api_name="export_push", **gpu)
-    refresh.click(on_runs, [run_dd, ctx.run_state if ctx.run_state is not None else run_dd], run_dd, **private_api)
-    if ctx.run_state is not None:
-        # .input fires only for the user's own pick, so following the shared run cannot loop back
-        run_dd.input(lambda run_id: run_id or "", run_dd, ctx.run_state, **private_api)
-        ctx.run_state.change(on_runs, [ctx.run_state, run_dd], run_dd, **private_api)
-    root = Context.root_block
-    if root is not None:  # fresh run list on each page load
-        shared = ctx.run_state if ctx.run_state is not None else run_dd
-        root.load(on_runs, [shared, run_dd], run_dd, **private_api)
-    ctx.components["export_run"] = run_dd
+    run_state = shared.run_state
+    refresh.click(on_runs, [run_dd, run_state], run_dd, **private_api)
+    # .input fires only for the user's own pick, so following the shared run cannot loop back
+    run_dd.input(lambda run_id: run_id or "", run_dd, run_state, **private_api)
+    run_state.change(on_runs, [run_state, run_dd], run_dd, **private_api)
+    shared.blocks.load(on_runs, [run_state, run_dd], run_dd, **private_api)  # fresh run list on each page load
+    return ExportParts(run=run_dd)
 
 
 __all__ = ["build", "download_adapter", "download_merged", "download_gguf", "download_report", "push",

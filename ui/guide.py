@@ -18,7 +18,7 @@ from finetune_core.runs.store import get_run
 
 from . import chat_tab, eval_tab
 from .access import require_user, visitor
-from .context import AppContext
+from .context import AppContext, Page
 from .train_tab import data_fields, start_training
 
 SAMPLE = "Customer intents (classification)"
@@ -52,12 +52,14 @@ def banner() -> tuple[gr.Markdown, gr.Button]:
     return status, button
 
 
-def wire(ctx: AppContext, status: gr.Markdown, button: gr.Button) -> None:
-    tabs = ctx.components["tabs"]
-    data_outputs = ctx.components["data_outputs"]
-    eval_view = ctx.components["eval_view"]
-    eval_run, chat_run, chat_message = ctx.components["eval_run"], ctx.components["chat_run"], ctx.components["chat_message"]
-    outputs = [status, tabs, ctx.run_state, eval_run, chat_run, chat_message, *data_outputs, *eval_view]
+def wire(ctx: AppContext, page: Page, status: gr.Markdown, button: gr.Button) -> None:
+    """Wire the banner's button once every tab is built: the demo fills the Data, Evaluate
+    and Chat tabs' components in `page`, sets the session's run and moves the tab strip."""
+    tabs, run_state = page.shared.tabs, page.shared.run_state
+    data_outputs = page.data.outputs
+    eval_view = page.evaluate.view
+    eval_run, chat_run, chat_message = page.evaluate.run, page.chat.run, page.chat.message
+    outputs = [status, tabs, run_state, eval_run, chat_run, chat_message, *data_outputs, *eval_view]
 
     def say(text: str, updates: dict | None = None) -> dict:
         return {status: text, **(updates or {})}
@@ -66,7 +68,7 @@ def wire(ctx: AppContext, status: gr.Markdown, button: gr.Button) -> None:
         require_user(request)
         who = visitor(request)
         yield say("**Step 1/4 · Data** — loading the customer-intents sample...", {tabs: gr.Tabs(selected="data")})
-        values = ctx.components["data_load_sample"](SAMPLE)
+        values = page.data.load_sample(SAMPLE)
         data_state = values[0]
         if not data_state:
             raise gr.Error("The sample dataset could not be loaded.")
@@ -75,7 +77,7 @@ def wire(ctx: AppContext, status: gr.Markdown, button: gr.Button) -> None:
         time.sleep(POLL_S)
         run_id = start_training(ctx, demo_config(ctx, data_state), label="guided-demo", who=who)
         yield say(f"**Step 2/4 · Train** — run `{run_id}` started (LoRA, {PRESETS[PRESET]['max_steps']} steps). "
-                  "Watch the loss fall.", {tabs: gr.Tabs(selected="train"), ctx.run_state: run_id})
+                  "Watch the loss fall.", {tabs: gr.Tabs(selected="train"), run_state: run_id})
         final = None
         for step, total in wait_for_run(ctx, run_id):
             yield say(f"**Step 2/4 · Train** — step {step}/{total or '?'}; the curve updates live.")

@@ -35,7 +35,7 @@ from finetune_core.training.runner import Busy
 from finetune_core.runs.store import RUN_ID_RE, RunError, get_run, runs_root
 
 from .access import require_user, visitor
-from .context import AppContext
+from .context import AppContext, Shared, TrainParts
 from .widgets import (build_config_widgets, config_from_values, named_values, open_run, progress_html,
                       widget_updates)
 
@@ -295,7 +295,8 @@ def config_from_yaml_file(path: str) -> RunConfig:
 
 
 # -- layout and wiring ---------------------------------------------------------
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, shared: Shared) -> TrainParts:
+    """Build the Train tab inside the caller's `gr.Tab`; reads shared.data_state, writes shared.run_state."""
     policy = training_policy()
     gr.Markdown(f"LoRA training runs on **{policy.describe()}** ({precision_note(policy)}).")
     with gr.Row():
@@ -343,14 +344,14 @@ def build(ctx: AppContext) -> None:
                                        "selected run (admins only)", visible=bool(admins()))
     timer = gr.Timer(1.0)
     seen = gr.State(None)  # per page: the file stamps of what it last received
-    inputs = set(widgets.values()) | {ctx.data_state}
+    inputs = set(widgets.values()) | {shared.data_state}
     estimate_inputs = {widgets[name] for name in ESTIMATE_FIELDS if name in widgets}
 
     def on_train(raw: dict, request: gr.Request):
         require_user(request)
         who = visitor(request)
-        cfg = build_config(named_values(widgets, raw), raw[ctx.data_state])
-        run_id = start_training(ctx, cfg, label=(raw[ctx.data_state] or {}).get("name", ""), who=who,
+        cfg = build_config(named_values(widgets, raw), raw[shared.data_state])
+        run_id = start_training(ctx, cfg, label=(raw[shared.data_state] or {}).get("name", ""), who=who,
                                 force=bool(raw[force]))
         gr.Info(f"Training started: {run_id}")
         return run_id, gr.update(choices=run_ids(who), value=run_id)
@@ -401,7 +402,7 @@ def build(ctx: AppContext) -> None:
 
     def on_cli(raw: dict):
         values = named_values(widgets, raw)
-        cfg = config_from_values(values, (raw[ctx.data_state] or {}))
+        cfg = config_from_values(values, (raw[shared.data_state] or {}))
         return gr.update(value=cli_text(cfg), visible=True)
 
     def on_yaml(path: str | None):
@@ -412,23 +413,22 @@ def build(ctx: AppContext) -> None:
     def on_estimate(raw: dict):
         return memory_markdown(named_values(widgets, raw))
 
-    train_btn.click(on_train, inputs | {force}, [ctx.run_state, pick], api_name="train")
+    train_btn.click(on_train, inputs | {force}, [shared.run_state, pick], api_name="train")
     for widget in estimate_inputs:  # a preset or run.yaml changes them too: .change covers both
         widget.change(on_estimate, estimate_inputs, memory_note, show_progress="hidden", queue=False)
     stop_btn.click(on_stop, None, None, api_name="train_stop")
-    resume_btn.click(on_resume, pick, ctx.run_state, api_name="train_resume")
+    resume_btn.click(on_resume, pick, shared.run_state, api_name="train_resume")
     # the browser asks first; a cancelled confirm sends no id, and nothing is deleted
-    delete_btn.click(on_delete, pick, [pick, ctx.run_state], api_name="train_delete",
+    delete_btn.click(on_delete, pick, [pick, shared.run_state], api_name="train_delete",
                      js="(run_id) => (run_id && confirm('Delete run ' + run_id + ' for good?')) ? run_id : ''")
     showcase.input(on_showcase, [pick, showcase], None, api_name="run_showcase")
     timer.tick(on_tick, [pick, seen], [title, bar, plot, log, runs, pick, seen], show_progress="hidden",
                queue=False)
-    pick.change(on_pick, pick, ctx.run_state, queue=False)
+    pick.change(on_pick, pick, shared.run_state, queue=False)
     apply_btn.click(on_preset, {preset} | set(widgets.values()), list(widgets.values()))
     cli_btn.click(on_cli, inputs, cli_box)
     yaml_file.upload(on_yaml, yaml_file, list(widgets.values()))
-    ctx.components["train_pick"] = pick
-    ctx.components["train_widgets"] = widgets
+    return TrainParts(pick=pick, widgets=widgets)
 
 
 __all__ = ["build", "build_config", "start_training", "check_memory", "memory_markdown", "model_choices",
