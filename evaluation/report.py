@@ -14,7 +14,7 @@ HTML-escaped in the page and made inert in the Markdown: a model output
 ``<script>`` is shown as text, never run.
 
 `gather(run)` collects the facts once; the HTML, the Markdown and the model
-card (export.py) render them.
+card (model_card.py) render them.
 """
 from __future__ import annotations
 

@@ -264,7 +264,16 @@ def _check_field(f, value) -> None:
 
 
 def coerce(f, value):
-    """Convert YAML / CLI / widget values to the field's type, naming the field on failure."""
+    """Convert YAML / CLI / widget values to the field's type, naming the field on failure.
+
+    >>> fields_by_name = {f.name: f for f in fields(RunConfig)}
+    >>> coerce(fields_by_name["packing"], "off"), coerce(fields_by_name["max_steps"], "1e3")
+    (False, 1000)
+    >>> coerce(fields_by_name["lora_r"], 8.5)
+    Traceback (most recent call last):
+    ...
+    finetune_core.config.ConfigError: lora_r: '8.5' is not a valid int.
+    """
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     try:
         if kind == "bool":
