@@ -23,7 +23,8 @@ $(STAMP): requirements.txt
 run: setup
 	$(VENV)/bin/python app.py
 
-# The whole suite: fast hermetic tests, the slow ones that use the real bundled
+# The whole suite (tests/test_doctests.py runs the docstring examples of
+# finetune_core and evaluation too): fast hermetic tests, the slow ones that use the real bundled
 # model, and the browser tests (which install Debian's chromium if missing).
 test: setup browser-deps
 	$(VENV)/bin/python -m pytest -q -m "" --durations=15 tests

@@ -14,7 +14,7 @@ HTML-escaped in the page and made inert in the Markdown: a model output
 ``<script>`` is shown as text, never run.
 
 `gather(run)` collects the facts once; the HTML, the Markdown and the model
-card (export.py) render them.
+card (model_card.py) render them.
 """
 from __future__ import annotations
 
@@ -203,21 +203,10 @@ def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
 
 
 def read_votes(run: Run) -> list[dict]:
-    """Blind A/B votes saved with the run (votes.jsonl), skipping unreadable lines."""
-    from finetune_core.inference.chat import WINNERS
+    """Blind A/B votes saved with the run (votes.jsonl, any schema version), skipping unreadable lines."""
+    from finetune_core.inference.votes import load_votes
 
-    path = run.path / "votes.jsonl"
-    if not path.is_file():
-        return []
-    votes = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            vote = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(vote, dict) and vote.get("winner") in WINNERS:
-            votes.append(vote)
-    return votes
+    return load_votes(run)[0]
 
 
 def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:

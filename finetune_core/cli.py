@@ -1,10 +1,17 @@
-"""Command line over the same functions the UI calls.
+"""Command line over the same functions the UI calls: the core's commands.
 
     python -m finetune_core inspect FILE [--map prompt=COL ...] [--json]
     python -m finetune_core train --config run.yaml [--preset NAME] [--set key=value ...] [--force]
     python -m finetune_core train --resume RUN_DIR
-    python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
     python -m finetune_core runs
+    python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
+
+Each layer declares its commands where their code lives, as `Command`
+records: these four here (COMMANDS), `eval`, `export` and `report` in
+evaluation/commands.py (they need the evaluation layer: metrics, the report,
+the model card). finetune_core/__main__.py, the program entry, joins both
+lists into one parser; this library module never imports evaluation. Exit
+status: 0 success, 1 a run that did not complete, 2 bad input, 130 interrupted.
 
 Several processes (torchrun / accelerate launch) run one training together:
 rank 0 creates the run directory and the split, the other ranks find it
@@ -19,9 +26,22 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 from finetune_core.config import PRESETS, ConfigError, RunConfig
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, its one-line help, how it adds its flags to its
+    parser, and what runs it (parsed arguments in, exit status out)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def _rank() -> int:
@@ -62,7 +82,19 @@ def _shared_run(cfg: RunConfig):
     return get_run(marker.read_text(encoding="utf-8").strip())
 
 
+def add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """The `train` command's flags."""
+    t.add_argument("--config", help="run.yaml to start from (default: built-in defaults).")
+    t.add_argument("--preset", choices=list(PRESETS), help="Apply a preset before --set overrides.")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one config field (repeatable).")
+    t.add_argument("--resume", metavar="RUN_DIR", help="Resume a stopped, failed or interrupted run.")
+    t.add_argument("--quiet", action="store_true", help="Do not print events as JSON lines.")
+    t.add_argument("--force", action="store_true",
+                   help="Train even when the memory estimate says the run will not fit (it is approximate).")
+
+
 def cmd_train(args) -> int:
+    """Train (or resume) a run; 0 when it completes, 1 when it ends otherwise, 2 on bad input."""
     from finetune_core.training.runner import run_job
     from finetune_core.runs.store import run_from_dir
 
@@ -110,7 +142,16 @@ def memory_allows(cfg: RunConfig, force: bool) -> bool:
     return True
 
 
+def add_chat_arguments(c: argparse.ArgumentParser) -> None:
+    """The `chat` command's flags."""
+    c.add_argument("--run", required=True, help="Run directory with an adapter.")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--system", default="")
+    c.add_argument("--max-new-tokens", type=int, default=128)
+
+
 def cmd_chat(args) -> int:
+    """Ask base and tuned the same question and print both answers."""
     from finetune_core.inference.chat import ChatSession, stream_chat
     from finetune_core.inference.generation import GenSettings, InferenceModel
     from finetune_core.runs.store import RunError, run_from_dir
@@ -131,6 +172,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    """List the runs under the runs root, newest first."""
     from finetune_core.runs.store import list_runs
 
     for run in list_runs():
@@ -139,39 +181,47 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cmd_inspect(args) -> int:
+    """Check a data file: 0 when it is usable, 2 when it is not."""
+    from finetune_core.data.dataset import run_inspect
+
+    return run_inspect(args)
+
+
+def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    from finetune_core.data.dataset import add_inspect_arguments
+
+    add_inspect_arguments(parser)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("inspect", "Check a data file: format, rows, issues, token statistics.", _add_inspect_arguments,
+            cmd_inspect),
+    Command("train", "Train a run from a run.yaml (or resume one with --resume).", add_train_arguments, cmd_train),
+    Command("runs", "List runs and their states.", lambda parser: None, cmd_runs),  # no flags
+    Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    """One parser with a subcommand per Command; `--help` lists them all with their help."""
     p = argparse.ArgumentParser(prog="python -m finetune_core", description="Fine-tuning studio command line.")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("inspect", help="Check a data file (see `inspect --help`).", add_help=False)
-    t = sub.add_parser("train", help="Train a run from a run.yaml.")
-    t.add_argument("--config", help="run.yaml to start from (default: built-in defaults).")
-    t.add_argument("--preset", choices=list(PRESETS), help="Apply a preset before --set overrides.")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one config field (repeatable).")
-    t.add_argument("--resume", metavar="RUN_DIR", help="Resume a stopped, failed or interrupted run.")
-    t.add_argument("--quiet", action="store_true", help="Do not print events as JSON lines.")
-    t.add_argument("--force", action="store_true",
-                   help="Train even when the memory estimate says the run will not fit (it is approximate).")
-    c = sub.add_parser("chat", help="Ask base and tuned the same question.")
-    c.add_argument("--run", required=True, help="Run directory with an adapter.")
-    c.add_argument("--prompt", required=True)
-    c.add_argument("--system", default="")
-    c.add_argument("--max-new-tokens", type=int, default=128)
-    sub.add_parser("runs", help="List runs and their states.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in commands:
+        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help))
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "inspect":
-        from finetune_core.data.dataset import inspect_main
+def main(argv: list[str] | None = None, commands: Sequence[Command] = COMMANDS) -> int:
+    """Parse `argv` and run its command; returns the exit status (argparse exits 2 on bad flags).
 
-        return inspect_main(argv[1:])
-    if argv and argv[0] in ("export", "report"):
-        from finetune_core.export import artifacts as export
-
-        return export.main(argv)
-    args = build_parser().parse_args(argv)
-    return {"train": cmd_train, "chat": cmd_chat, "runs": cmd_runs}[args.command](args)
+    `python -m finetune_core` passes the core's and evaluation's commands together."""
+    args = build_parser(commands).parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return {c.name: c for c in commands}[args.command].run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def command_line(cfg: RunConfig, config_path: str = "run.yaml") -> dict[str, str]:

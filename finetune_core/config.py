@@ -94,6 +94,22 @@ def read_config_yaml(path: str | os.PathLike, what: str = "run.yaml") -> dict[st
 
 @dataclass
 class RunConfig:
+    """Every setting of one training run, validated whenever one is made.
+
+    Each field carries its help text, bounds and choices as metadata (the UI
+    builds its widgets from them, see `field_info`). Construction validates
+    (`__post_init__`), so no path -- direct construction, `from_dict`, `load`,
+    `with_overrides`, `with_sets` -- yields an out-of-bounds config; the
+    ConfigError names the field.
+
+    >>> RunConfig(lora_r=8).lora_r
+    8
+    >>> RunConfig(lora_r=0)
+    Traceback (most recent call last):
+    ...
+    finetune_core.config.ConfigError: lora_r: 0 is below the minimum 1.
+    """
+
     # model
     model: str = _f("bundled", "Model: 'bundled' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.", "model")
     # data
@@ -145,20 +161,19 @@ class RunConfig:
                        "libraries' own code paths only. STUDIO_SPEEDUPS=off turns them off for the whole server.",
                        "schedule", choices=("auto", "off"))
 
+    def __post_init__(self) -> None:
+        # Every construction path passes here, so an invalid config cannot exist.
+        self.validate()
+
     # -- validation --------------------------------------------------------
     def validate(self) -> "RunConfig":
+        """Check every field against its bounds, choices and the template limits; returns self.
+
+        Raises ConfigError naming the field (construction already calls it; kept
+        public for callers that change a field in place).
+        """
         for f in fields(self):
-            value = getattr(self, f.name)
-            meta = f.metadata
-            if "choices" in meta and value not in meta["choices"]:
-                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, meta['choices']))}.")
-            if isinstance(value, float) and not math.isfinite(value):
-                # NaN passes every < and > test below, and inf has no use: refuse both by name.
-                raise ConfigError(f"{f.name}: {value} is not a finite number.")
-            if "min" in meta and value < meta["min"]:
-                raise ConfigError(f"{f.name}: {value} is below the minimum {meta['min']}.")
-            if "max" in meta and value > meta["max"]:
-                raise ConfigError(f"{f.name}: {value} is above the maximum {meta['max']}.")
+            _check_field(f, getattr(self, f.name))
         for name in ("prompt_template", "completion_template", "system_prompt"):
             try:
                 check_template(name, getattr(self, name), placeholders=name != "system_prompt")
@@ -168,9 +183,11 @@ class RunConfig:
 
     # -- (de)serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, in declaration order (what run.yaml holds)."""
         return asdict(self)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write the config as YAML to `path`; `extra` adds facts (resolved device...) after the fields."""
         data = self.to_dict()
         if extra:
             data = {**data, **extra}
@@ -178,6 +195,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], strict: bool = True) -> "RunConfig":
+        """A config from YAML / CLI / widget values, each coerced to its field's type.
+
+        Unknown keys are refused when `strict`, skipped otherwise.
+
+        >>> RunConfig.from_dict({"lora_r": "8", "packing": "yes"}).packing
+        True
+        >>> RunConfig.from_dict({"lora_rank": 8})
+        Traceback (most recent call last):
+        ...
+        finetune_core.config.ConfigError: Unknown config field 'lora_rank'.
+        """
         known = {f.name: f for f in fields(cls)}
         kwargs = {}
         for key, value in (data or {}).items():
@@ -186,19 +214,29 @@ class RunConfig:
                     raise ConfigError(f"Unknown config field {key!r}.")
                 continue
             kwargs[key] = coerce(known[key], value)
-        return cls(**kwargs).validate()
+        return cls(**kwargs)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
+        """The config in a run.yaml (or any config YAML), read safely; extra keys are ignored."""
         data = read_config_yaml(path)
         # run.yaml also records facts about the run (resolved device...): ignore those.
         return cls.from_dict(data, strict=False)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        """A new config with `overrides` (field -> value, coerced) applied; this one is unchanged."""
         return RunConfig.from_dict({**self.to_dict(), **overrides})
 
     def with_sets(self, sets: list[str]) -> "RunConfig":
-        """Apply CLI ``key=value`` strings."""
+        """A new config with CLI ``key=value`` strings applied.
+
+        >>> RunConfig().with_sets(["batch_size=2", "method=full"]).batch_size
+        2
+        >>> RunConfig().with_sets(["batch_size"])
+        Traceback (most recent call last):
+        ...
+        finetune_core.config.ConfigError: --set expects key=value, got 'batch_size'.
+        """
         overrides = {}
         for item in sets:
             if "=" not in item:
@@ -208,8 +246,34 @@ class RunConfig:
         return self.with_overrides(overrides)
 
 
+def _check_field(f, value) -> None:
+    """One field's value against its metadata (choices, bounds, finiteness); ConfigError names it."""
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, meta['choices']))}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN passes every < and > test below, and inf has no use: refuse both by name.
+        raise ConfigError(f"{f.name}: {value} is not a finite number.")
+    try:
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"{f.name}: {value} is below the minimum {meta['min']}.")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"{f.name}: {value} is above the maximum {meta['max']}.")
+    except TypeError:  # direct construction with a value of the wrong type, e.g. lora_r="8"
+        raise ConfigError(f"{f.name}: {str(value)[:80]!r} is not a valid {f.type if isinstance(f.type, str) else f.type.__name__}.") from None
+
+
 def coerce(f, value):
-    """Convert YAML / CLI / widget values to the field's type, naming the field on failure."""
+    """Convert YAML / CLI / widget values to the field's type, naming the field on failure.
+
+    >>> fields_by_name = {f.name: f for f in fields(RunConfig)}
+    >>> coerce(fields_by_name["packing"], "off"), coerce(fields_by_name["max_steps"], "1e3")
+    (False, 1000)
+    >>> coerce(fields_by_name["lora_r"], 8.5)
+    Traceback (most recent call last):
+    ...
+    finetune_core.config.ConfigError: lora_r: '8.5' is not a valid int.
+    """
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     try:
         if kind == "bool":
@@ -266,6 +330,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, base: RunConfig | None = None) -> RunConfig:
+    """`base` (default: the defaults) with the named preset's overrides applied; ConfigError names an unknown one."""
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     return (base or RunConfig()).with_overrides(PRESETS[name])

@@ -254,11 +254,13 @@ def _ctx(model=None, job=None):
     return AppContext(slot=_Slot(job), models=_Models(model or FakeModel()))
 
 
-def test_ui_send_stream_vote_export_flow(trained_run, monkeypatch):
+def test_ui_send_stream_vote_export_flow(trained_run, runs_root):
     gr = pytest.importorskip("gradio")
+    import shutil
+
     from ui import chat_tab
 
-    monkeypatch.setenv("STUDIO_RUNS_DIR", str(trained_run.path.parent))
+    shutil.copytree(trained_run.path, runs_root / trained_run.id)  # the vote is saved in the run: use a copy
     ctx, key = _ctx(), f"run:{trained_run.id}"
     session, box, msg, left, right, _ = chat_tab.begin_send(ctx, None, " hello ", key, True)
     assert box == "" and msg == "hello" and left[-1]["content"] == "hello"
@@ -269,6 +271,9 @@ def test_ui_send_stream_vote_export_flow(trained_run, monkeypatch):
     tuned_side = session.tuned_sides[-1]
     _, tally_md, _, note = chat_tab.cast_vote(session, tuned_side)
     assert "100%" in tally_md and "tuned" in note
+    saved = [json.loads(line) for line in (runs_root / trained_run.id / "votes.jsonl").read_text().splitlines()]
+    assert [v["winner"] for v in saved] == ["A" if tuned_side == "left" else "B"]
+    assert "100%" in chat_tab.run_tally(key)  # what a reloaded page shows, from the file
     path = chat_tab.export_votes(session)
     row = json.loads(open(path).read())
     assert row["chosen"][0]["content"] == "tuned-1"

@@ -86,7 +86,7 @@ def test_template_length_is_limited_for_each_field(tmp_path, monkeypatch, name):
     assert report.fatal and f"the length of {name} in characters is 156, over this server's limit of 100" in \
         report.issues[-1].message
     with pytest.raises(ConfigError, match=f"the length of {name} in characters is 156"):
-        RunConfig(**values).validate()
+        RunConfig(**values)
 
 
 def test_template_with_a_broken_character_refused_by_name(tmp_path):

@@ -25,8 +25,9 @@ import torch
 import yaml
 
 from evaluation.compare import compare
-from finetune_core import cli
-from finetune_core.export.artifacts import ExportError, adapter_zip, main, merge, model_card, push_to_hub
+from evaluation.model_card import card_files, model_card
+from finetune_core.__main__ import main
+from finetune_core.export.artifacts import ExportError, adapter_zip, merge, push_to_hub
 from finetune_core.inference.generation import GenSettings, InferenceModel
 from finetune_core.export.gguf import GGUFExportError, llama3_rope_factors, permute_rope, write_gguf
 from finetune_core.models.sources import device_policy
@@ -132,7 +133,7 @@ def merged_dir(trained_run, tmp_path_factory) -> Path:
 def gguf_f16(trained_run, tmp_path_factory) -> Path:
     """The run exported to GGUF f16 through the command line (merge + write)."""
     out = tmp_path_factory.mktemp("gguf-f16") / "tiny-f16.gguf"
-    assert cli.main(["export", "--run", str(trained_run.path), "--gguf", str(out)]) == 0
+    assert main(["export", "--run", str(trained_run.path), "--gguf", str(out)]) == 0
     return out
 
 
@@ -165,7 +166,7 @@ def test_adapter_zip_never_shows_server_paths(trained_run, tmp_path):
 
 
 def test_adapter_zip_holds_adapter_tokenizer_and_run_yaml(trained_run, tmp_path):
-    out = adapter_zip(trained_run, tmp_path / "a" / "adapter.zip")
+    out = adapter_zip(trained_run, tmp_path / "a" / "adapter.zip", card_files=card_files(trained_run, curve=False))
     with zipfile.ZipFile(out) as zf:
         names = set(zf.namelist())
         shared = yaml.safe_load(zf.read("run.yaml"))
@@ -331,6 +332,21 @@ def test_model_card_describes_the_run_and_holds_no_token(report_run, monkeypatch
     assert TOKEN not in card and TOKEN not in (report_run.path / "run.yaml").read_text()
 
 
+def test_the_card_files_go_into_the_zip_and_the_upload_as_given(report_run, tmp_path):
+    from finetune_core.export.artifacts import _stage_upload
+
+    with zipfile.ZipFile(adapter_zip(report_run, tmp_path / "bare.zip")) as zf:
+        assert "README.md" not in zf.namelist()  # no card passed, none added (PEFT's template neither)
+    card = card_files(report_run, "adapter", curve=False)
+    assert list(card) == ["README.md"] and b"![Training loss]" not in card["README.md"]
+    with zipfile.ZipFile(adapter_zip(report_run, tmp_path / "card.zip", card_files=card)) as zf:
+        assert zf.read("README.md") == card["README.md"] == model_card(report_run, "adapter", None).encode()
+    files = card_files(report_run, "merged")
+    assert files["loss_curve.png"][:4] == b"\x89PNG" and b"![Training loss](loss_curve.png)" in files["README.md"]
+    _stage_upload(report_run, "adapter", tmp_path / "stage", files)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "stage").iterdir() if p.name in files} == files
+
+
 def test_push_offline_fails_fast_and_clearly(trained_run, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
@@ -365,7 +381,7 @@ def test_push_needs_a_token_and_never_falls_back_to_the_servers(trained_run, mon
 def test_cli_adapter_zip_and_report(trained_run, tmp_path, capsys):
     assert main(["export", "--run", str(trained_run.path), "--adapter-zip", str(tmp_path / "a.zip")]) == 0
     assert zipfile.is_zipfile(tmp_path / "a.zip")
-    assert cli.main(["report", "--run", str(trained_run.path), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["report", "--run", str(trained_run.path), "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'a.zip'}" in out
     assert f"report: {tmp_path / 'rep' / 'report.html'}" in out and (tmp_path / "rep" / "report.md").is_file()

@@ -239,7 +239,7 @@ def test_run_yaml_round_trip_and_presets(tmp_path):
     unsloth = preset("Unsloth notebook defaults")
     assert (unsloth.lora_r, unsloth.lora_alpha, unsloth.lora_dropout, unsloth.weight_decay) == (16, 16, 0.0, 0.01)
     with pytest.raises(ConfigError, match="lora_r"):
-        RunConfig(lora_r=0).validate()
+        RunConfig(lora_r=0)  # direct construction validates too
     with pytest.raises(ConfigError, match="method"):
         cfg.with_sets(["method=magic"])
     assert cfg.with_sets(["use_dora=false", "batch_size=2"]).batch_size == 2

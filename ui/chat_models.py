@@ -13,7 +13,7 @@ import gradio as gr
 
 from finetune_core.inference import chat
 from finetune_core.runs.ownership import Visitor, can_view, visible_runs
-from finetune_core.runs.store import RUN_ID_RE, RunError, get_run
+from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
 
 from .context import AppContext
 
@@ -71,3 +71,15 @@ def examples_for(key: str, who: Visitor | None = None) -> list[list[str]]:
         return [[p] for p in chat.example_prompts(run, n=8)]
     except RunError:
         return []
+
+
+def key_run(key, who: Visitor | None = None) -> Run | None:
+    """The run a model key names (None for the base model or a run that is gone); with
+    `who`, only a run that visitor may see (keys from the page are checked again)."""
+    if not isinstance(key, str) or not key.startswith(RUN_PREFIX):
+        return None
+    try:
+        run = get_run(key[len(RUN_PREFIX):])
+    except RunError:
+        return None
+    return run if who is None or can_view(run.path, who) else None

@@ -17,6 +17,7 @@ import gradio as gr
 from finetune_core.inference import chat
 from finetune_core.inference.chat_limits import TokenCounter, check_chat_request, clean_text
 from finetune_core.inference.generation import GenSettings
+from finetune_core.inference.votes import load_votes
 from finetune_core.limits import limits
 from finetune_core.models.sources import ModelError
 from finetune_core.retention import fresh_folder, gradio_cache_dir
@@ -24,7 +25,8 @@ from finetune_core.runs.ownership import Visitor
 from finetune_core.runs.store import RunError
 
 from .access import visitor
-from .chat_models import BASE_PREFIX, RUN_PREFIX, check_model_key, default_choice, examples_for, run_choices
+from .chat_models import (BASE_PREFIX, RUN_PREFIX, check_model_key, default_choice, examples_for, key_run,
+                          run_choices)
 from .context import GPU_QUEUE, AppContext, ChatParts, Shared
 from .widgets import with_ctx
 
@@ -51,6 +53,12 @@ def _tally_markdown(votes: list[dict]) -> str:
     rate = "n/a" if t["tuned_win_rate"] is None else f"{100 * t['tuned_win_rate']:.0f}%"
     return (f"**Tuned win rate: {rate}** over {t['tuned'] + t['base']} decided votes — "
             f"tuned {t['tuned']} · base {t['base']} · tie {t['tie']} · both bad {t['both_bad']}")
+
+
+def run_tally(key, request: gr.Request | None = None) -> str:
+    """The tally of the chosen run's saved votes (votes.jsonl): what a reloaded page shows."""
+    run = key_run(key, visitor(request))
+    return _tally_markdown(load_votes(run)[0] if run is not None else [])
 
 
 def gpu_busy_message(ctx: AppContext) -> str:
@@ -102,7 +110,7 @@ def on_load(ctx: AppContext, run_id: str | None, current: str | None, request: g
     choices, value = _followed(ctx, run_id, current, who)
     samples = examples_for(value or "", who)
     return (gr.Dropdown(choices=choices, value=value), gr.Dataset(samples=samples or [[""]], visible=bool(samples)),
-            _status(ctx, value or ""))
+            _status(ctx, value or ""), run_tally(value, request))
 
 
 def _followed(ctx: AppContext, run_id: str | None, current: str | None,
@@ -128,7 +136,8 @@ def change_model(ctx: AppContext, state, key: str, request: gr.Request = None):
     key = key if isinstance(key, str) else ""
     samples = examples_for(key, visitor(request))
     examples = gr.Dataset(samples=samples or [[""]], visible=bool(samples))
-    return session, left, right, examples, gr.Row(visible=False), _status(ctx, key or "")
+    return (session, left, right, examples, gr.Row(visible=False), _status(ctx, key or ""),
+            run_tally(key, request))
 
 
 def toggle_blind(state, blind: bool):
@@ -243,6 +252,7 @@ def _reply(ctx: AppContext, session: chat.ChatSession, message: str, key: str, s
     failure = None
     try:
         model = ctx.models.get(key)
+        session.run = key_run(key)  # votes on this turn go to this run's votes.jsonl (key checked in begin_send)
         settings = _settings(temperature, top_p, max_new_tokens, seed)
         status_text = "Generating... (Stop keeps what has arrived)"
         for _ in chat.stream_chat(model, session, message, settings, session.cancel):
@@ -282,18 +292,22 @@ def cast_vote(state, choice: str):
         raise gr.Error(str(exc)) from None
     revealed = "tuned" if vote["tuned_side"] == "left" else "base"
     note = f"Vote saved. Left was **{revealed}**, right was **{'base' if revealed == 'tuned' else 'tuned'}**."
-    return session, _tally_markdown(session.votes), gr.Row(visible=False), note
+    return session, _tally_markdown(chat.saved_votes(session)), gr.Row(visible=False), note
 
 
-def export_votes(state):
+def export_votes(state, key=None, request: gr.Request = None):
+    """The decided votes as DPO pairs in a fresh file: the chosen run's saved votes
+    (votes.jsonl, so earlier sessions' votes count too), else this session's."""
     session = _session(state)
-    if not any(v["winner"] in ("tuned", "base") for v in session.votes):
+    run = key_run(key, visitor(request)) if key else session.run
+    votes = load_votes(run)[0] if run is not None else session.votes
+    if not any(v["winner"] in ("tuned", "base") for v in votes):
         gr.Warning("No decided votes to export yet (ties and 'both bad' make no preference pair).")
         return None
     # A fresh server-made folder per export: users never share or name files.
     # Inside Gradio's cache: served without a copy, and swept by the retention settings.
     path = fresh_folder(gradio_cache_dir(), "studio-votes-") / "preferences.jsonl"
-    count = chat.export_preferences(session.votes, path)
+    count = chat.export_preferences(votes, path)
     gr.Info(f"Exported {count} preference pairs (prompt / chosen / rejected, TRL DPO format).")
     return str(path)
 
@@ -343,7 +357,7 @@ def build(ctx: AppContext, shared: Shared) -> ChatParts:
     examples = gr.Dataset(components=[message], samples=samples or [[""]], label="Held-out prompts (click to send)",
                           visible=bool(samples))
     with gr.Row():
-        tally_md = gr.Markdown(_tally_markdown([]))
+        tally_md = gr.Markdown(run_tally(first))
         export_btn = gr.Button("Export votes (JSONL)", scale=0)
     export_file = gr.File(label="Preference pairs", interactive=False)
 
@@ -362,14 +376,14 @@ def build(ctx: AppContext, shared: Shared) -> ChatParts:
     clear_btn.click(clear_chat, [session_state], [session_state, left, right, vote_row], api_name="chat_clear")
     blind.change(toggle_blind, [session_state, blind], [session_state, left, right, vote_row], **private)
     run_dd.change(with_ctx(change_model, ctx), [session_state, run_dd],
-                  [session_state, left, right, examples, vote_row, status], **private)
+                  [session_state, left, right, examples, vote_row, status, tally_md], **private)
     run_state = shared.run_state
     refresh.click(with_ctx(refresh_runs, ctx), [run_dd, run_state], [run_dd], **private)
     run_state.change(with_ctx(follow_shared_run, ctx), [run_state, run_dd], [run_dd], **private)
     # refresh the run list on each page load
-    shared.blocks.load(with_ctx(on_load, ctx), [run_state, run_dd], [run_dd, examples, status], **private)
+    shared.blocks.load(with_ctx(on_load, ctx), [run_state, run_dd], [run_dd, examples, status, tally_md], **private)
     for choice, button in vote_buttons.items():
         button.click(bound(cast_vote, choice=choice), [session_state],
                      [session_state, tally_md, vote_row, status], api_name=f"chat_vote_{choice}")
-    export_btn.click(export_votes, [session_state], [export_file], api_name="chat_export_votes")
+    export_btn.click(export_votes, [session_state, run_dd], [export_file], api_name="chat_export_votes")
     return ChatParts(run=run_dd, message=message)

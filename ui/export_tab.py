@@ -34,6 +34,7 @@ from typing import Callable
 
 import gradio as gr
 
+from evaluation.model_card import card_files
 from finetune_core.export import artifacts as export
 from finetune_core.export.gguf import QTYPES
 from finetune_core.models.sources import ModelError
@@ -108,7 +109,9 @@ def download_adapter(ctx: AppContext, run_id: str | None, request: gr.Request | 
     require_user(request)
     run = open_run(run_id, request)
     folder = export_folder(ctx)
-    path = _guarded(folder, lambda: export.adapter_zip(run, folder / f"{run.id}-adapter.zip"), "adapter zip")
+    path = _guarded(folder, lambda: export.adapter_zip(run, folder / f"{run.id}-adapter.zip",
+                                                       card_files=card_files(run, "adapter", curve=False)),
+                    "adapter zip")
     return [str(path)]
 
 
@@ -195,7 +198,8 @@ def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, w
     if busy:
         raise gr.Error(busy)
     try:
-        url = export.push_to_hub(run, repo_id, token, what=what, private=bool(private), overwrite=bool(overwrite))
+        url = export.push_to_hub(run, repo_id, token, what=what, private=bool(private), overwrite=bool(overwrite),
+                                 card_files=card_files(run, what))
     except USER_ERRORS as exc:
         raise gr.Error(str(exc)) from None  # ExportError messages are already token-free
     except Exception as exc:  # noqa: BLE001 - no traceback: it could quote the token

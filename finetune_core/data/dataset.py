@@ -301,8 +301,8 @@ def inspect_file(options: DataOptions, tokenizer=None, max_length: int = 512, ev
     return out
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m finetune_core inspect", description="Check a training data file.")
+def add_inspect_arguments(ap: argparse.ArgumentParser) -> None:
+    """The `inspect` command's flags (finetune_core/cli.py puts them on its subcommand)."""
     ap.add_argument("file")
     ap.add_argument("--format", default="auto", choices=("auto", *FORMATS))
     ap.add_argument("--map", action="append", default=[], metavar="prompt=COL|completion=COL",
@@ -314,7 +314,6 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--model", default="", help="tokenizer for token statistics ('bundled', a Hub id, a folder)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    return ap.parse_args(argv)
 
 
 def _options_from_args(args: argparse.Namespace) -> DataOptions:
@@ -333,7 +332,13 @@ def _options_from_args(args: argparse.Namespace) -> DataOptions:
 
 def inspect_main(argv: list[str]) -> int:
     """``inspect FILE ...``: exit 0 when the file is usable, 2 when it is not."""
-    args = _parse_args(argv)
+    ap = argparse.ArgumentParser(prog="python -m finetune_core inspect", description="Check a training data file.")
+    add_inspect_arguments(ap)
+    return run_inspect(ap.parse_args(argv))
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Run `inspect` on parsed arguments: exit 0 when the file is usable, 2 when it is not."""
     options = _options_from_args(args)
     tokenizer = None
     if args.model:

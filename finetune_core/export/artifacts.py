@@ -1,47 +1,45 @@
-"""Take a trained run elsewhere: adapter zip, merged model, GGUF file, Hub upload, report.
+"""Take a trained run elsewhere: adapter zip, merged model, GGUF file, Hub upload.
 
     python -m finetune_core export --run RUN_DIR --adapter-zip adapter.zip
     python -m finetune_core export --run RUN_DIR --merged merged/
     python -m finetune_core export --run RUN_DIR --gguf model.gguf [--qtype f16|q8_0]
-    python -m finetune_core report --run RUN_DIR [--out DIR]
+
+(the `export` command itself is declared in evaluation/commands.py: it adds
+the model card, which is built from the evaluation's report facts.)
 
 * `adapter_zip` — the adapter folder (weights, adapter_config, tokenizer), the
-  run's run.yaml and a README model card.
+  run's run.yaml and the model card files the caller passes (`card_files`,
+  see evaluation/model_card.py).
 * `merge` — LoRA folded into the base weights (`merge_and_unload`): a plain
   transformers folder (safetensors, tokenizer, generation config) that loads
   with `AutoModelForCausalLM.from_pretrained`.
 * `export_gguf` — the merged model as one GGUF file (see gguf_export.py).
-* `push_to_hub` — adapter or merged model plus a model card and the loss
-  curve to a (private by default) Hub repo. Offline it fails at once with a
+* `push_to_hub` — adapter or merged model plus the model card files the
+  caller passes (README and loss curve) to a (private by default) Hub repo. Offline it fails at once with a
   clear message. The token is used for the upload only: it is never written
   to a file, a log or a card, and is scrubbed from error messages.
-* `report` — the stakeholder report (see report.py).
 
 Every file is written to a temporary name beside its target and renamed, so
 an interrupted export leaves no half-written result.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from finetune_core.export.gguf import QTYPES, GGUFExportError, check_supported, read_config, write_gguf
-from evaluation.report import CURVE_FILE, gather, md, md_eval, report
-from finetune_core.runs.store import Run, RunError, run_from_dir
+from finetune_core.export.gguf import check_supported, read_config, write_gguf
+from finetune_core.runs.store import Run
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 WHAT = ("adapter", "merged")
 HUB_PROBE_TIMEOUT_S = 4.0
-BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled GGUF was converted from
 
 
 class ExportError(ValueError):
@@ -96,8 +94,9 @@ def shareable_run_yaml(run: Run) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def adapter_zip(run: Run, out_path: str | os.PathLike) -> Path:
-    """Zip adapter/ (weights, config, tokenizer), run.yaml and a README card."""
+def adapter_zip(run: Run, out_path: str | os.PathLike, card_files: dict[str, bytes] | None = None) -> Path:
+    """Zip adapter/ (weights, config, tokenizer), run.yaml and the model card files
+    (name -> bytes, at the top of the zip; see evaluation.model_card.card_files)."""
     _require_adapter(run)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +112,8 @@ def adapter_zip(run: Run, out_path: str | os.PathLike) -> Path:
                     if path.name != "README.md":  # PEFT's template card; ours goes at the top
                         zf.write(path, f"adapter/{path.relative_to(folder).as_posix()}")
             zf.writestr("run.yaml", shareable_run_yaml(run))
-            zf.writestr("README.md", model_card(run, what="adapter", curve_file=None))
+            for name, data in (card_files or {}).items():
+                zf.writestr(name, data)
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -202,58 +202,7 @@ def export_gguf(run_or_model_dir, out_file: str | os.PathLike, qtype: str = "f16
     return write_gguf(Path(run_or_model_dir), out_file, qtype)
 
 
-# -- model card and Hub -------------------------------------------------------------------------------
-def _base_model_id(source: str) -> str | None:
-    from finetune_core.models.sources import BUNDLED, HUB_ID_RE
-
-    if source in ("", BUNDLED):
-        return BUNDLED_HUB_ID
-    return source if HUB_ID_RE.match(source) else None
-
-
-def _card_header(run: Run, what: str) -> str:
-    base = _base_model_id(str(run.run_yaml().get("model") or ""))
-    lines = ["---", f"library_name: {'peft' if what == 'adapter' else 'transformers'}",
-             "pipeline_tag: text-generation", "tags:", "- finetune-studio", "- sft"]
-    if run.run_yaml().get("method") in ("lora", "qlora"):
-        lines.append("- lora")
-    if base:
-        lines.append(f"base_model: {base}")
-    return "\n".join(lines + ["---", ""])
-
-
-def _usage(what: str, base: str | None) -> str:
-    if what == "adapter":
-        return ("```python\nfrom peft import AutoPeftModelForCausalLM\n"
-                "model = AutoPeftModelForCausalLM.from_pretrained(\"THIS_REPO_OR_FOLDER\")\n```"
-                + ("" if base else "\n\nThe base model was a local folder: load it first, then the adapter."))
-    return ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(\"THIS_REPO_OR_FOLDER\")\n"
-            "tokenizer = AutoTokenizer.from_pretrained(\"THIS_REPO_OR_FOLDER\")\n```")
-
-
-def model_card(run: Run, what: str = "adapter", curve_file: str | None = CURVE_FILE) -> str:
-    """README.md for the Hub (or a download): base model, data, config, curve, before/after metrics.
-
-    It is built only from the run folder; no secret is ever passed in.
-    """
-    facts = gather(run, with_curve=False)
-    base = _base_model_id(str(run.run_yaml().get("model") or ""))
-    kind = "LoRA adapter" if what == "adapter" else "merged model"
-    parts = [
-        _card_header(run, what), f"# {md(facts.model)} fine-tuned ({kind})\n",
-        f"Fine-tuned with the fine-tuning studio (run `{run.id}`), supervised fine-tuning with TRL.\n",
-        "## Base model\n", f"{md(base or facts.model)}\n", "## Training data\n",
-        "\n".join(f"- **{md(k)}**: {md(v)}" for k, v in facts.data) + "\n", "## Training configuration\n",
-        "\n".join(f"- `{k}`: {md(v)}" for k, v in facts.config) + "\n", "## Training\n",
-        "\n".join(f"- **{md(k)}**: {md(v)}" for k, v in facts.training) + "\n",
-    ]
-    if curve_file and run.metrics():
-        parts.append(f"![Training loss]({curve_file})\n")
-    parts += [md_eval(facts), "## Usage\n", _usage(what, base), ""]
-    return "\n".join(parts)
-
-
+# -- Hub -------------------------------------------------------------------------------------------------
 def _hub_host() -> str:
     return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
 
@@ -294,21 +243,20 @@ def check_hub_online() -> None:
                           "machine (offline?). Download the files instead and upload them from a connected machine.")
 
 
-def _stage_upload(run: Run, what: str, stage: Path) -> None:
-    """Fill the new folder `stage` with what goes to the repo: model files, README card, loss curve."""
+def _stage_upload(run: Run, what: str, stage: Path, card_files: dict[str, bytes] | None = None) -> None:
+    """Fill the new folder `stage` with what goes to the repo: model files, then the card files."""
     if what == "merged":
         merge(run, stage)
-    else:  # PEFT's template README is replaced by our card
+    else:  # PEFT's template README is replaced by the card (when one is passed)
         shutil.copytree(run.adapter_dir, stage, ignore=shutil.ignore_patterns("README.md"))
-    png = gather(run).curve_png
-    if png:
-        (stage / CURVE_FILE).write_bytes(png)
-    (stage / "README.md").write_text(model_card(run, what, CURVE_FILE if png else None), encoding="utf-8")
+    for name, data in (card_files or {}).items():
+        (stage / name).write_bytes(data)
 
 
 def push_to_hub(run: Run, repo_id: str, token: str | None, what: str = "adapter", private: bool = True,
-                overwrite: bool = False) -> str:
-    """Upload the adapter or the merged model with a model card; returns the repo URL.
+                overwrite: bool = False, card_files: dict[str, bytes] | None = None) -> str:
+    """Upload the adapter or the merged model with the model card files (name -> bytes,
+    see evaluation.model_card.card_files); returns the repo URL.
 
     `token` is the caller's own (no fallback here: who may use which token is the
     caller's decision). A repo that already exists is refused unless `overwrite`.
@@ -338,7 +286,7 @@ def push_to_hub(run: Run, repo_id: str, token: str | None, what: str = "adapter"
                           "or choose another name.")
     with tempfile.TemporaryDirectory(prefix="studio-push-") as tmp:
         stage = Path(tmp) / "upload"
-        _stage_upload(run, what, stage)
+        _stage_upload(run, what, stage, card_files)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=bool(overwrite), repo_type="model")
             api.upload_folder(folder_path=str(stage), repo_id=repo_id, repo_type="model",
@@ -346,45 +294,3 @@ def push_to_hub(run: Run, repo_id: str, token: str | None, what: str = "adapter"
         except Exception as exc:  # noqa: BLE001 - becomes one user message, without the token
             raise hub_error(exc) from None
     return str(url)
-
-
-# -- command line ---------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m finetune_core", description="Export a run or write its report.")
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="Adapter zip, merged model or GGUF file of a run.")
-    e.add_argument("--run", required=True, help="Run directory (runs/<id>).")
-    target = e.add_mutually_exclusive_group(required=True)
-    target.add_argument("--adapter-zip", metavar="OUT.zip", help="Zip of the adapter, tokenizer and run.yaml.")
-    target.add_argument("--merged", metavar="OUT_DIR", help="Folder for the merged standalone model.")
-    target.add_argument("--gguf", metavar="OUT.gguf", help="GGUF file of the merged model (Llama models).")
-    e.add_argument("--qtype", choices=QTYPES, default="f16", help="GGUF tensor type (default f16).")
-    r = sub.add_parser("report", help="Stakeholder report (HTML + Markdown) of a run.")
-    r.add_argument("--run", required=True, help="Run directory (runs/<id>).")
-    r.add_argument("--out", help="Output folder (default: RUN_DIR/report).")
-    return p
-
-
-def _export(args) -> Path:
-    run = run_from_dir(args.run)
-    if args.adapter_zip:
-        return adapter_zip(run, args.adapter_zip)
-    if args.merged:
-        return merge(run, args.merged)
-    return export_gguf(run, args.gguf, args.qtype)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`export` / `report` subcommands (argv[0] names which); returns the exit status."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        if args.command == "report":
-            run = run_from_dir(args.run)
-            html_path, md_path = report(run, args.out or run.path / "report")
-            print(f"report: {html_path}\nmarkdown: {md_path}")
-        else:
-            print(f"wrote {_export(args)}")
-    except (ExportError, GGUFExportError, RunError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -14,8 +14,10 @@ shared between sessions; the model itself is shared read-only
 
 Blind mode puts the tuned answer on a random side each turn (the session's own
 seeded RNG). A vote ("left", "right", "tie", "both_bad") is mapped back to a
-winner ("tuned", "base", "tie", "both_bad"); `export_preferences` writes the
-decided votes as TRL DPO pairs in conversational form:
+winner ("tuned", "base", "tie", "both_bad"). Given the run, a vote is also
+appended to the run's votes.jsonl as it is cast (see votes.py), which the
+Chat tab's tally, the report and the export read back. `export_preferences`
+writes the decided votes as TRL DPO pairs in conversational form:
 
     {"prompt": [...messages up to the user turn...],
      "chosen": [{"role": "assistant", "content": ...}],
@@ -33,6 +35,7 @@ from typing import Iterator
 
 from finetune_core.inference.chat_limits import TokenCounter, check_chat_request
 from finetune_core.inference.generation import GenSettings, InferenceModel
+from finetune_core.inference.votes import append_vote, load_votes
 from finetune_core.limits import LimitError, limits
 from finetune_core.runs.store import Run
 
@@ -55,6 +58,7 @@ class ChatSession:
     tuned_sides: list[str] = field(default_factory=list)  # per turn: the pane tuned was shown in
     pending: dict | None = None  # the last blind turn, until it is voted on
     votes: list[dict] = field(default_factory=list)
+    run: Run | None = field(default=None, compare=False)  # the run answering: its votes.jsonl gets the votes
     epoch: int = 0  # bumped by clear(); a stream from an older epoch stops writing
     first_turn: int = 0  # turns before this one no longer fit the context limit and are not sent
     tickets: list = field(default_factory=list, repr=False, compare=False)  # admitted turns not yet started
@@ -261,9 +265,12 @@ def stream_chat(model: InferenceModel, session: ChatSession, message: str,
 
 
 # -- votes ------------------------------------------------------------------------
-def record_vote(session: ChatSession, choice: str) -> dict:
+def record_vote(session: ChatSession, choice: str, run: Run | None = None) -> dict:
     """Vote on the pending blind turn: "left", "right", "tie" or "both_bad".
-    Returns the stored vote, whose "winner" is "tuned", "base", "tie" or "both_bad"."""
+    Returns the stored vote, whose "winner" is "tuned", "base", "tie" or "both_bad".
+    The vote is also appended to the votes.jsonl of `run` (default: the session's
+    run, the one whose adapter answered) before it counts, so a vote shown is a
+    vote saved; without a run it stays in the session only."""
     if choice not in VOTE_CHOICES:
         raise ValueError(f"Unknown vote {choice!r}: expected one of {', '.join(VOTE_CHOICES)}.")
     turn = session.pending
@@ -274,9 +281,20 @@ def record_vote(session: ChatSession, choice: str) -> dict:
     else:
         winner = choice
     vote = {**turn, "choice": choice, "winner": winner}
+    run = run if run is not None else session.run
+    if run is not None:
+        append_vote(run, vote)
     session.votes.append(vote)
     session.pending = None
     return vote
+
+
+def saved_votes(session: ChatSession) -> list[dict]:
+    """The votes to count and export: the session's run's votes.jsonl (every session's
+    votes on that run, across reloads), or the session's own votes when it has no run."""
+    if session.run is None:
+        return list(session.votes)
+    return load_votes(session.run)[0]
 
 
 def tally(votes: list[dict]) -> dict:

@@ -8,6 +8,12 @@
     runs/<id>/checkpoints/    Trainer checkpoints (retention-limited)
     runs/<id>/adapter/        final adapter (or full model) + tokenizer
     runs/<id>/eval/           evaluation results
+    runs/<id>/votes.jsonl     blind A/B votes from the Chat tab (see inference/votes.py)
+
+run.yaml and status.json carry ``schema_version`` (SCHEMA_VERSION). A file
+without one was written before versions existed: it reads as version 1 and is
+migrated in memory (`migrate_run_yaml`, `migrate_status`), so old run
+directories open unchanged on disk until the run is next written.
 
 Run ids are made here, never taken from user text; `get_run` only opens ids
 that match the id pattern and exist under the runs root. The root defaults to
@@ -29,6 +35,7 @@ from finetune_core.config import RunConfig, read_config_yaml
 STATES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
 FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9-]{1,40}-[0-9a-f]{6}$")
+SCHEMA_VERSION = 2  # of run.yaml, status.json and votes.jsonl lines; bumped with each format change
 
 
 class RunError(Exception):
@@ -56,6 +63,44 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def schema_version(data: dict) -> int:
+    """The format version a run file was written in; 1 for files from before versions.
+
+    >>> schema_version({"state": "queued"}), schema_version({"schema_version": 2})
+    (1, 2)
+    """
+    version = data.get("schema_version", 1)
+    return version if isinstance(version, int) and not isinstance(version, bool) and version >= 1 else 1
+
+
+def migrate_run_yaml(data: dict) -> dict:
+    """run.yaml's mapping brought to SCHEMA_VERSION (a new dict; the file is not touched).
+
+    Version 1 -> 2 only adds the version: the fields themselves did not change.
+
+    >>> migrate_run_yaml({"model": "bundled"})
+    {'model': 'bundled', 'schema_version': 2}
+    """
+    data = dict(data)
+    if schema_version(data) < 2:
+        data["schema_version"] = 2
+    return data
+
+
+def migrate_status(data: dict) -> dict:
+    """status.json's mapping brought to SCHEMA_VERSION (a new dict; the file is not touched).
+
+    Version 1 -> 2 only adds the version: the states and keys did not change.
+
+    >>> migrate_status({"state": "completed", "step": 3})["schema_version"]
+    2
+    """
+    data = dict(data)
+    if schema_version(data) < 2:
+        data["schema_version"] = 2
+    return data
 
 
 @dataclass
@@ -101,15 +146,17 @@ class Run:
         return RunConfig.load(self.path / "run.yaml")
 
     def run_yaml(self) -> dict:
-        """run.yaml as a dict (config fields + resolved facts), read by the size- and alias-safe loader."""
-        return read_config_yaml(self.path / "run.yaml")
+        """run.yaml as a dict (config fields + resolved facts), read by the size- and alias-safe loader
+        and migrated to the current schema version."""
+        return migrate_run_yaml(read_config_yaml(self.path / "run.yaml"))
 
     def status(self) -> dict:
         """status.json as a dict; a missing or unreadable one reads as state "failed" with a reason."""
         try:
-            return json.loads((self.path / "status.json").read_text(encoding="utf-8"))
+            status = json.loads((self.path / "status.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {"state": "failed", "reason": "status.json is missing or unreadable"}
+        return migrate_status(status) if isinstance(status, dict) else status
 
     def record_facts(self, **facts: Any) -> None:
         """Add facts found while running (resolved device, speed-ups applied...) to run.yaml;
@@ -193,7 +240,7 @@ def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None, owner
         (path / sub).mkdir()
     if owner:
         write_json_atomic(path / "owner.json", owner)
-    cfg.save(path / "run.yaml", extra=extra)
+    cfg.save(path / "run.yaml", extra={**(extra or {}), "schema_version": SCHEMA_VERSION})
     run = Run(path)
     run.set_status(state="queued", step=0, total_steps=0, reason="", created=time.time(), pid=os.getpid())
     return run

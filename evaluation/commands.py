@@ -1,0 +1,194 @@
+"""The evaluation layer's commands: `eval`, `export` and `report`.
+
+    python -m finetune_core eval --run runs/<id> [--json] [--data other.jsonl] [--limit N] [--loss]
+    python -m finetune_core export --run runs/<id> --adapter-zip a.zip | --merged DIR | --gguf f.gguf
+    python -m finetune_core report --run runs/<id> [--out DIR]
+
+They are declared here, where their code lives, as `finetune_core.cli.Command`
+records (COMMANDS); finetune_core/__main__.py joins them with the core's.
+`export` is here and not in the core because the model card it adds is built
+from the evaluation (evaluation/model_card.py). `python -m evaluation` is the
+`eval` command under its old name.
+
+`eval` saves its results in runs/<id>/eval/; progress goes to stderr, so stdout
+holds only the summary (or the JSON object). Exit status of every command: 0
+on success, 2 on bad input (not a run directory, no adapter, unusable data),
+130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from finetune_core.cli import Command
+
+EXAMPLES_SHOWN = 3
+CELL = 48  # characters of text shown per cell of the example lists
+
+
+# -- eval ------------------------------------------------------------------------------
+def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
+    """The `eval` command's flags (also `python -m evaluation`'s)."""
+    ap.add_argument("--run", required=True, help="run directory (runs/<id>)")
+    ap.add_argument("--data", help="evaluate on this file instead, mapped like the run's training data")
+    ap.add_argument("--limit", type=int, help="use only the first N rows")
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="most prompts per generation batch (default 64; fewer when their cache would pass 2 GiB)")
+    ap.add_argument("--max-new-tokens", type=int,
+                    help="default: longest label + 8 (classification), longest reference + 16 up to 256")
+    ap.add_argument("--loss", action="store_true", help="also compute held-out loss and perplexity")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate base vs tuned on the run's held-out rows (or --data) and print the summary."""
+    from evaluation.run_eval import LOWER_IS_BETTER, evaluate_run, load_meta
+    from finetune_core.models.sources import ModelError, hub_timeouts
+    from finetune_core.runs.store import RunError, run_from_dir
+
+    hub_timeouts()  # fail fast instead of hanging when the Hub is unreachable
+    try:
+        run = run_from_dir(args.run)
+        comparison = evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
+                                  max_new_tokens=args.max_new_tokens, with_loss=args.loss,
+                                  progress=_print_progress)
+    except (RunError, ModelError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (InterruptedError, KeyboardInterrupt):
+        print("interrupted: nothing was saved", file=sys.stderr)
+        return 130
+    meta = load_meta(run)
+    if args.json:
+        out = {**comparison.to_json_dict(), "seconds": meta.get("seconds", {}),
+               "max_new_tokens": meta.get("max_new_tokens"), "batch_size": meta.get("batch_size"),
+               "lower_is_better": [m for m in LOWER_IS_BETTER if m in comparison.base_metrics],
+               "saved_to": str(run.eval_dir)}
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(render_text(comparison, meta, str(run.eval_dir)))
+    return 0
+
+
+def _print_progress(text: str, fraction: float) -> None:
+    print(f"[{fraction * 100:5.1f}%] {text}", file=sys.stderr, flush=True)
+
+
+# -- readable output -----------------------------------------------------------
+
+def render_text(comparison, meta: dict, saved_to: str) -> str:
+    """Summary table, win/tie/loss and the biggest wins and losses, as plain text."""
+    seconds = meta.get("seconds", {})
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+    lines = [f"{comparison.task}: {comparison.rows} rows" + (f" ({timing})" if timing else ""), ""]
+    lines += _summary_table(comparison.summary)
+    if comparison.task != "language_modeling":
+        lines += ["", f"per example, tuned vs base: {comparison.wins} wins, {comparison.ties} ties, "
+                      f"{comparison.losses} losses"]
+        lines += _example_lines("Biggest wins", comparison.biggest_wins(EXAMPLES_SHOWN))
+        lines += _example_lines("Biggest losses", comparison.biggest_losses(EXAMPLES_SHOWN))
+    lines += ["", f"saved to {saved_to}"]
+    return "\n".join(lines)
+
+
+def _summary_table(summary: list[dict]) -> list[str]:
+    width = max([len(e["metric"]) for e in summary] + [6])
+    out = [f"{'metric':<{width}}  {'base':>12}  {'tuned':>12}  {'delta':>12}"]
+    for e in summary:
+        # Say it in the table: a negative delta is an improvement for these.
+        note = "  (lower is better)" if e.get("higher_is_better") is False else ""
+        out.append(f"{e['metric']:<{width}}  {_num(e['base']):>12}  {_num(e['tuned']):>12}  "
+                   f"{_num(e['delta'], signed=True):>12}{note}")
+    return out
+
+
+def _num(value, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _example_lines(title: str, table) -> list[str]:
+    out = ["", f"{title}:"]
+    if table.empty:
+        return out + ["  (none)"]
+    for row, ex in table.iterrows():
+        out.append(f"  row {row}  delta {ex['delta']:+.3f}  input: {_cell(ex['input'])}")
+        out.append(f"      reference: {_cell(ex['reference'])}")
+        out.append(f"      base:      {_cell(ex['base_output'])}")
+        out.append(f"      tuned:     {_cell(ex['tuned_output'])}")
+    return out
+
+
+def _cell(text) -> str:
+    text = " ".join(str(text).split())  # one line: newlines would break the layout
+    text = text if len(text) <= CELL else text[:CELL - 1] + "…"
+    return repr(text) if not text else text
+
+
+# -- export and report -----------------------------------------------------------------
+def add_export_arguments(e: argparse.ArgumentParser) -> None:
+    """The `export` command's flags: the run and exactly one target."""
+    from finetune_core.export.gguf import QTYPES
+
+    e.add_argument("--run", required=True, help="Run directory (runs/<id>).")
+    target = e.add_mutually_exclusive_group(required=True)
+    target.add_argument("--adapter-zip", metavar="OUT.zip", help="Zip of the adapter, tokenizer and run.yaml.")
+    target.add_argument("--merged", metavar="OUT_DIR", help="Folder for the merged standalone model.")
+    target.add_argument("--gguf", metavar="OUT.gguf", help="GGUF file of the merged model (Llama models).")
+    e.add_argument("--qtype", choices=QTYPES, default="f16", help="GGUF tensor type (default f16).")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the adapter zip (with its model card), the merged model or the GGUF file."""
+    from evaluation.model_card import card_files
+    from finetune_core.export.artifacts import adapter_zip, export_gguf, merge
+
+    def export(run):
+        if args.adapter_zip:
+            return adapter_zip(run, args.adapter_zip, card_files=card_files(run, "adapter", curve=False))
+        if args.merged:
+            return merge(run, args.merged)
+        return export_gguf(run, args.gguf, args.qtype)
+
+    return _user_errors_exit_2(lambda run: print(f"wrote {export(run)}"), args.run)
+
+
+def add_report_arguments(r: argparse.ArgumentParser) -> None:
+    """The `report` command's flags."""
+    r.add_argument("--run", required=True, help="Run directory (runs/<id>).")
+    r.add_argument("--out", help="Output folder (default: RUN_DIR/report).")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Write the stakeholder report (HTML + Markdown) of a run."""
+    from evaluation.report import report
+
+    def write(run):
+        html_path, md_path = report(run, args.out or run.path / "report")
+        print(f"report: {html_path}\nmarkdown: {md_path}")
+
+    return _user_errors_exit_2(write, args.run)
+
+
+def _user_errors_exit_2(work, run_dir: str) -> int:
+    """Open the run and do `work(run)`; a user error is one line on stderr and exit status 2."""
+    from finetune_core.export.artifacts import ExportError
+    from finetune_core.export.gguf import GGUFExportError
+    from finetune_core.runs.store import RunError, run_from_dir
+
+    try:
+        work(run_from_dir(run_dir))
+    except (ExportError, GGUFExportError, RunError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+EVAL = Command("eval", "Compare a run's base and tuned model on held-out rows.", add_eval_arguments, run_eval)
+COMMANDS: tuple[Command, ...] = (
+    EVAL,
+    Command("export", "Adapter zip, merged model or GGUF file of a run.", add_export_arguments, run_export),
+    Command("report", "Stakeholder report (HTML + Markdown) of a run.", add_report_arguments, run_report),
+)
