@@ -169,8 +169,9 @@ class Run:
         tmp.replace(self.path / "run.yaml")
 
     def set_status(self, **fields: Any) -> dict:
-        """Merge `fields` into status.json (stamping "updated"), write it atomically, and return the new status."""
-        status = {**self.status(), **fields, "updated": time.time()}
+        """Merge `fields` into status.json (stamping "updated"), write it atomically in the current schema
+        version, and return the new status."""
+        status = {**self.status(), **fields, "updated": time.time(), "schema_version": SCHEMA_VERSION}
         write_json_atomic(self.path / "status.json", status)
         return status
 
