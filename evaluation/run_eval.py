@@ -69,9 +69,8 @@ def load_eval_rows(run, data_path: str | None = None) -> tuple[list[dict], list[
             raise ValueError(f"Run {run.id} has no saved held-out split ({path.name} is missing).")
         return read_jsonl(path), labels, "heldout"
     from finetune_core.data.dataset import prepare_data
-    from finetune_core.training.train import cfg_data_options
 
-    prepared = prepare_data(cfg_data_options(run.config(), str(data_path)))
+    prepared = prepare_data(run.config().data.for_file(data_path))
     if not prepared.usable:
         first = "; ".join(_issue_text(i) for i in prepared.issues[:3]) or "no usable rows"
         raise ValueError(f"The data file {data_path} is not usable: {first}")

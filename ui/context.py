@@ -45,7 +45,7 @@ class AppContext:
     chat_slots: GenerationSlots = field(default_factory=GenerationSlots)  # chat turns each visitor has queued/running
     settings: Settings = field(default_factory=Settings)
     # gr.State components, set by app.build_app inside the Blocks context:
-    data_state: Any = None  # dict: DataOptions fields of the current file + summary, or None
+    data_state: Any = None  # dict: {"mapping": DataMapping fields, "name", "rows"} of the current file, or None
     run_state: Any = None  # str: id of the run the Evaluate/Chat tabs use, or ""
     components: dict = field(default_factory=dict)  # cross-tab components (tabs, run pickers...)
     sweeper: Sweeper | None = None  # made by start_sweeper (app.py main), not by tests that build the app
@@ -59,7 +59,7 @@ class AppContext:
             cfg = job.run.config()
         except (OSError, ValueError):
             return []
-        return [Path(p) for p in (cfg.data_path, cfg.eval_path) if p]
+        return [Path(p) for p in (cfg.data.data_path, cfg.data.eval_path) if p]
 
     def start_sweeper(self) -> Sweeper:
         """Sweep uploads, exports and Gradio's cache by the retention settings

@@ -55,20 +55,20 @@ def build_config_widgets(groups: tuple[str, ...], cfg: RunConfig | None = None,
                          only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Widgets for the fields of the given groups (or just the fields named in `only`), in
     dataclass order. Each widget is placed on the page as it is made: build only those shown."""
-    cfg = cfg or RunConfig()
-    return {info["name"]: make_widget(info, getattr(cfg, info["name"]))
+    values = (cfg or RunConfig()).to_dict()
+    return {info["name"]: make_widget(info, values[info["name"]])
             for info in field_info() if info["group"] in groups and (only is None or info["name"] in only)}
 
 
 def config_from_values(values: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
     """RunConfig from widget values (by field name) on top of `base` (e.g. the data state).
 
-    Validated (bounds, NaN/inf, template limits); a bad value is a gr.Error naming the
-    field, so every Train tab event (train, preset, CLI text) shows the reason.
+    Validated (bounds, NaN/inf, template limits, no unknown key); a bad value is a
+    gr.Error naming the field, so every Train tab event (train, preset, CLI text) shows the reason.
     """
     merged = {**(base or {}), **{k: v for k, v in values.items() if v is not None}}
     try:
-        return RunConfig.from_dict(merged, strict=False)
+        return RunConfig.from_dict(merged)
     except ConfigError as exc:
         raise gr.Error(str(exc)) from exc
 
@@ -81,7 +81,8 @@ def named_values(widgets: dict[str, Any], raw: dict) -> dict[str, Any]:
 
 def widget_updates(widgets: dict[str, Any], cfg: RunConfig) -> dict:
     """Gradio update mapping that shows `cfg` in the widgets."""
-    return {comp: gr.update(value=getattr(cfg, name)) for name, comp in widgets.items()}
+    values = cfg.to_dict()
+    return {comp: gr.update(value=values[name]) for name, comp in widgets.items()}
 
 
 def user_error(exc: Exception) -> gr.Error:

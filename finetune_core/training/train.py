@@ -54,22 +54,20 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
 
         report = json.loads(report_file.read_text(encoding="utf-8"))
         return read_jsonl(train_file), read_jsonl(held_file), report
-    from finetune_core.data.dataset import prepare_data, split_rows, write_jsonl
+    from finetune_core.data.dataset import prepare_data, train_and_held, write_jsonl
 
-    report = prepare_data(cfg_data_options(cfg, cfg.data_path))
+    mapping = cfg.data
+    report = prepare_data(mapping)
     if not report.usable:
         first = "; ".join(_issue_text(i) for i in report.issues[:3])
         raise TrainingError(f"The data file is not usable ({len(report.issues)} issue(s)): {first}")
-    rows = report.rows
-    if cfg.eval_path:
-        held_report = prepare_data(cfg_data_options(cfg, cfg.eval_path))
+    held_rows = None
+    if mapping.eval_path:
+        held_report = prepare_data(mapping.for_file(mapping.eval_path))
         if not held_report.usable:
             raise TrainingError("The evaluation file is not usable: " + "; ".join(_issue_text(i) for i in held_report.issues[:3]))
-        train, held = rows, held_report.rows
-    else:
-        train, held = split_rows(rows, cfg.eval_fraction, cfg.seed)
-    if cfg.max_train_rows and len(train) > cfg.max_train_rows:
-        train = train[: cfg.max_train_rows]
+        held_rows = held_report.rows
+    train, held = train_and_held(mapping, report.rows, held_rows)
     if not train:
         raise TrainingError("No training rows are left after the held-out split.")
     write_jsonl(train_file, train)
@@ -80,17 +78,6 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
 
     write_json_atomic(report_file, summary)
     return train, held, summary
-
-
-def cfg_data_options(cfg: RunConfig, path: str):
-    from finetune_core.data.dataset import DataOptions
-
-    return DataOptions(
-        path=path, format=cfg.data_format, prompt_column=cfg.prompt_column,
-        completion_column=cfg.completion_column, prompt_template=cfg.prompt_template,
-        completion_template=cfg.completion_template, system_prompt=cfg.system_prompt,
-        drop_bad_rows=cfg.drop_bad_rows,
-    )
 
 
 def _issue_text(issue) -> str:
@@ -152,7 +139,7 @@ def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, gr
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
-        seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
+        seed=cfg.data.seed, data_seed=cfg.data.seed, report_to="none", disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
         save_only_model=False, logging_nan_inf_filter=False,  # we must see a NaN loss to fail the run
         ddp_find_unused_parameters=False if world > 1 else None,
@@ -322,8 +309,8 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
         emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
     train, held, _report = prepare_split(cfg, run)
     emit({"event": "log", "message": f"Data: {len(train)} training rows, {len(held)} held out."})
-    if cfg.max_eval_rows and len(held) > cfg.max_eval_rows:
-        held = held[: cfg.max_eval_rows]  # the loss curve needs a sample, not all of a large split
+    if cfg.data.max_eval_rows and len(held) > cfg.data.max_eval_rows:
+        held = held[: cfg.data.max_eval_rows]  # the loss curve needs a sample, not all of a large split
     callback = StudioCallback(run, stop_event, emit)
     # injected hooks (tests, benchmarks) act before ours
     trainer, tokenizer = build_trainer(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
