@@ -116,7 +116,7 @@ def batched_vs_single(run, n: int) -> dict:
     settings = GenSettings(max_new_tokens=24)
     prompts = prompts_of(n)
     batched = im.generate(prompts, tuned=True, settings=settings, batch_size=n)
-    model = im._pick(True)
+    model, _ = im.side(True)  # the tuned side of a LoRA model: the weights as they are
     same = 0
     for prompt, answer in zip(prompts, batched):
         ids = im.tokenizer(im.render(prompt), return_tensors="pt", add_special_tokens=False).to(im.policy.device)

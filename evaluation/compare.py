@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +99,24 @@ class Comparison:
             losses=int(data["losses"]), base_metrics=data["base"],
             tuned_metrics=data["tuned"], confusion=data.get("confusion"),
         )
+
+
+def copy_results(eval_dir: Path, folder: Path, prefix: str) -> list[Path]:
+    """Copy a saved evaluation's results.json and examples.csv into ``folder`` as
+    ``<prefix>-results.json`` / ``<prefix>-examples.csv`` (for a download). FileNotFoundError
+    when either is missing, as while an evaluation is being swapped in: the copies made are
+    removed again."""
+    copied = []
+    try:
+        for name in (RESULTS_FILE, EXAMPLES_FILE):
+            target = Path(folder) / f"{prefix}-{name}"
+            shutil.copyfile(Path(eval_dir) / name, target)
+            copied.append(target)
+    except FileNotFoundError:
+        for path in copied:
+            path.unlink(missing_ok=True)
+        raise
+    return copied
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -28,7 +28,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -113,16 +112,6 @@ def download_adapter(ctx: AppContext, run_id: str | None, request: gr.Request | 
     return [str(path)]
 
 
-def _merged_zip(run: Run, folder: Path) -> Path:
-    """Merge in a private temp folder, then zip it into the export folder."""
-    work = Path(tempfile.mkdtemp(prefix="studio-merge-"))
-    try:
-        merged = export.merge(run, work / f"{run.id}-merged")
-        return Path(shutil.make_archive(str(folder / f"{run.id}-merged"), "zip", merged.parent, merged.name))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | None = None,
                     progress: Progress | None = None) -> list[str]:
     require_user(request)
@@ -132,7 +121,7 @@ def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | N
         raise gr.Error(busy)
     (progress or (lambda *_: None))(0.1, "Merging the adapter into the base weights...")
     folder = export_folder(ctx)
-    return [str(_guarded(folder, lambda: _merged_zip(run, folder), "merge"))]
+    return [str(_guarded(folder, lambda: export.merged_zip(run, folder), "merge"))]
 
 
 def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", request: gr.Request | None = None,

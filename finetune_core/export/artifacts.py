@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import socket
 import sys
@@ -36,12 +35,12 @@ from urllib.parse import urlparse
 
 from finetune_core.export.gguf import QTYPES, GGUFExportError, check_supported, read_config, write_gguf
 from evaluation.report import CURVE_FILE, gather, md, md_eval, report
+from finetune_core.models.catalogue import BUNDLED_HUB_ID  # what the bundled GGUF was converted from
+from finetune_core.models.sources import HUB_ID_RE as REPO_ID_RE  # a Hub repo id, as the model picker takes it
 from finetune_core.runs.store import Run, RunError, run_from_dir
 
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 WHAT = ("adapter", "merged")
 HUB_PROBE_TIMEOUT_S = 4.0
-BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled GGUF was converted from
 
 
 class ExportError(ValueError):
@@ -167,6 +166,17 @@ def merge(run: Run, out_dir: str | os.PathLike) -> Path:
     return _replace_dir(tmp, out_dir)
 
 
+def merged_zip(run: Run, out_dir: str | os.PathLike) -> Path:
+    """The merged model as ``<run id>-merged.zip`` in ``out_dir``: merged in a private
+    temporary folder (removed afterwards, on failure too), then zipped."""
+    work = Path(tempfile.mkdtemp(prefix="studio-merge-"))
+    try:
+        merged = merge(run, work / f"{run.id}-merged")
+        return Path(shutil.make_archive(str(Path(out_dir) / f"{run.id}-merged"), "zip", merged.parent, merged.name))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # -- GGUF ---------------------------------------------------------------------------------------------
 def _check_gguf_arch(run: Run) -> None:
     """Refuse a non-Llama run before spending a merge on it."""
@@ -204,11 +214,11 @@ def export_gguf(run_or_model_dir, out_file: str | os.PathLike, qtype: str = "f16
 
 # -- model card and Hub -------------------------------------------------------------------------------
 def _base_model_id(source: str) -> str | None:
-    from finetune_core.models.sources import BUNDLED, HUB_ID_RE
+    from finetune_core.models.sources import BUNDLED
 
     if source in ("", BUNDLED):
         return BUNDLED_HUB_ID
-    return source if HUB_ID_RE.match(source) else None
+    return source if REPO_ID_RE.match(source) else None
 
 
 def _card_header(run: Run, what: str) -> str:
