@@ -101,6 +101,27 @@ class Comparison:
         )
 
 
+def improved(entry: dict) -> bool | None:
+    """True when tuned beat base on this summary entry, whichever way the metric points
+    (``higher_is_better``, True unless said); None when equal or unknown.
+
+    >>> improved({"delta": -0.2, "higher_is_better": False})
+    True
+    """
+    delta = entry.get("delta")
+    if delta is None or delta == 0:
+        return None
+    return (delta > 0) == entry.get("higher_is_better", True)
+
+
+def verdict(entry: dict) -> str:
+    """The word the report and the Evaluate tab show for a summary entry: better, worse,
+    same, or "—" when either side is unknown."""
+    if entry.get("delta") is None:
+        return "—"
+    return {True: "better", False: "worse", None: "same"}[improved(entry)]
+
+
 def copy_results(eval_dir: Path, folder: Path, prefix: str) -> list[Path]:
     """Copy a saved evaluation's results.json and examples.csv into ``folder`` as
     ``<prefix>-results.json`` / ``<prefix>-examples.csv`` (for a download). FileNotFoundError

@@ -40,7 +40,7 @@ from typing import Callable
 import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
-from finetune_core.data.dataset import read_jsonl
+from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.limits import limits
 
 Progress = Callable[[str, float], None]
@@ -88,11 +88,6 @@ def _read_report(run) -> dict:
 def _issue_text(issue) -> str:
     where = f"row {issue.row}" if issue.row else "file"
     return f"{where}: {issue.message}"
-
-
-def is_lm_rows(rows: list[dict]) -> bool:
-    """True for language-modelling rows: plain "text", no prompt to answer."""
-    return bool(rows) and "prompt" not in rows[0] and "text" in rows[0]
 
 
 def input_text(row: dict) -> str:
@@ -316,7 +311,7 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
     rows = rows[:limit] if limit else rows
     if not rows:
         raise ValueError("Nothing to evaluate: 0 held-out rows (was eval_fraction 0?).")
-    lm = is_lm_rows(rows)
+    lm = is_text_rows(rows)
     if lm and not with_loss:
         raise ValueError("These are language-modelling rows (plain text, no prompt to answer): only held-out "
                          "loss applies. Ask for it: 'Also compute held-out loss' in the Evaluate tab, "

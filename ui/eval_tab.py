@@ -26,10 +26,10 @@ import gradio as gr
 import pandas as pd
 from gradio.context import Context
 
-from evaluation.compare import RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison, copy_results
-from evaluation.plots import confusion_heatmap, delta_chart, improved
-from evaluation.run_eval import evaluate_run, is_lm_rows, load_meta
-from finetune_core.data.dataset import read_jsonl
+from evaluation.compare import RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison, copy_results, verdict
+from evaluation.plots import confusion_heatmap, delta_chart
+from evaluation.run_eval import evaluate_run, load_meta
+from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.limits import limits
 from finetune_core.runs.ownership import Visitor, visible_runs
 from finetune_core.runs.store import Run, RunError
@@ -102,11 +102,9 @@ def summary_frame(summary: list[dict] | None) -> pd.DataFrame:
     and the last column says whether tuned improved whichever way the metric points."""
     rows = []
     for entry in summary or []:
-        better = improved(entry)
-        verdict = "—" if entry.get("delta") is None else {True: "better", False: "worse", None: "same"}[better]
         rows.append([entry["metric"], _number(entry.get("base")), _number(entry.get("tuned")),
                      _number(entry.get("delta"), signed=True),
-                     "higher ↑" if entry.get("higher_is_better", True) else "lower ↓ (lower is better)", verdict])
+                     "higher ↑" if entry.get("higher_is_better", True) else "lower ↓ (lower is better)", verdict(entry)])
     return pd.DataFrame(rows, columns=SUMMARY_HEADERS)
 
 
@@ -171,7 +169,7 @@ def not_evaluated_text(run: Run) -> str:
     if not rows:
         return (f"Run `{run.id}` has no held-out rows (it was trained with no held-out split), so there is "
                 "nothing to evaluate it on. Train a run with a held-out fraction above 0.")
-    loss_hint = " with **Also compute held-out loss** ticked (its rows are plain text)" if is_lm_rows(rows) else ""
+    loss_hint = " with **Also compute held-out loss** ticked (its rows are plain text)" if is_text_rows(rows) else ""
     return (f"Run `{run.id}` has not been evaluated yet. Press **Evaluate**{loss_hint} to score base and tuned "
             f"on its {len(rows)} held-out rows.")
 

@@ -30,7 +30,7 @@ from finetune_core.data.mapping import DataMapping
 from finetune_core.data.split import split_rows, train_and_held
 
 __all__ = [
-    "Issue", "DataMapping", "DataReport", "Inspection", "prepare_data", "split_rows", "train_and_held",
+    "Issue", "DataMapping", "DataReport", "Inspection", "prepare_data", "is_text_rows", "split_rows", "train_and_held",
     "inspect_mapping", "write_jsonl", "read_jsonl", "inspect_file", "inspect_main", "FORMATS",
 ]
 MAX_ISSUES_IN_SUMMARY = 500
@@ -191,6 +191,12 @@ def _placeholder_issues(spec: FormatSpec, columns: list[str], extra: tuple = ())
                 issues.append(Issue(None, name, f"the {side} template uses {{{name}}} but the file has no column "
                                                 f"{name!r} (columns: {', '.join(columns)})"))
     return issues
+
+
+def is_text_rows(rows: list[dict]) -> bool:
+    """True for language-modelling rows: plain "text", no prompt to answer (every token is
+    trained; evaluation can only compare held-out loss)."""
+    return bool(rows) and "prompt" not in rows[0] and "text" in rows[0]
 
 
 def write_jsonl(path, rows) -> None:

@@ -17,6 +17,7 @@ from typing import Callable
 
 from finetune_core.models import device_plan
 from finetune_core.config import RunConfig
+from finetune_core.data.dataset import is_text_rows
 from finetune_core.training.events import StudioCallback
 from finetune_core.models.sources import DevicePolicy, load_model, load_tokenizer, model_config, training_policy
 from finetune_core.runs.store import Run
@@ -88,7 +89,7 @@ def _issue_text(issue) -> str:
 
 def training_rows(rows: list[dict]) -> list[dict]:
     """Only the fields TRL reads; labels and other metadata stay in the saved split."""
-    if rows and "text" in rows[0] and "prompt" not in rows[0]:
+    if is_text_rows(rows):
         return [{"text": r["text"]} for r in rows]
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
 
@@ -275,7 +276,7 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     model = load_model(cfg.model, policy, progress=say, **device_plan.load_kwargs(cfg, policy, accel))
     model.config.use_cache = False  # the KV cache is useless (and wasteful) while training
     n_params = sum(p.numel() for p in model.parameters())
-    lm_rows = "text" in train[0] and "prompt" not in train[0]
+    lm_rows = is_text_rows(train)
     grad_ckpt = use_gradient_checkpointing(cfg, policy, n_params)
     if accel.quantized:  # PEFT's recipe for a 4-bit base: norms in float32, input gradients for checkpointing
         from peft import prepare_model_for_kbit_training
