@@ -31,12 +31,13 @@ from evaluation.plots import confusion_heatmap, delta_chart
 from evaluation.run_eval import evaluate_run, load_meta
 from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.limits import limits
-from finetune_core.runs.ownership import Visitor, visible_runs
+from finetune_core.runs.ownership import Visitor
 from finetune_core.runs.store import Run, RunError
 
 from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext
 from .widgets import open_run, pick_run, user_error
+from .widgets import run_choices as adapter_runs
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,10 @@ class View(NamedTuple):
 
 # -- runs ---------------------------------------------------------------------------
 def run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
-    """(label, run id) for the runs with a saved adapter that `who` may see, newest first."""
-    choices = []
-    for run in visible_runs(who or Visitor()):
-        if run.has_adapter():
-            done = "evaluated" if (run.eval_dir / RESULTS_FILE).is_file() else "not evaluated yet"
-            choices.append((f"{run.id} · {run.summary().get('model') or '?'} · {done}", run.id))
-    return choices
+    """(label, run id) for the runs with a saved adapter that `who` may see, newest first,
+    each saying whether it has been evaluated."""
+    return adapter_runs(who, lambda run, _summary: "evaluated" if (run.eval_dir / RESULTS_FILE).is_file()
+                        else "not evaluated yet")
 
 
 def heldout_rows(run: Run) -> list[dict]:

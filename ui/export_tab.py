@@ -38,13 +38,14 @@ from finetune_core.export import artifacts as export
 from finetune_core.export.gguf import QTYPES
 from finetune_core.models.sources import ModelError
 from evaluation.report import report
-from finetune_core.runs.ownership import Policy, Visitor, admins, visible_runs
+from finetune_core.runs.ownership import Policy, Visitor, admins
 from finetune_core.runs.store import Run, RunError
 
 from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext
 from .widgets import open_run as open_any_run
 from .widgets import pick_run, user_error
+from .widgets import run_choices as adapter_runs
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ Progress = Callable[[float, str], None]
 # -- runs and folders ---------------------------------------------------------------------------
 def run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
     """(label, run id) for the runs with a saved adapter that `who` may see, newest first."""
-    return [(f"{run.id} · {run.summary().get('model') or '?'}", run.id)
-            for run in visible_runs(who or Visitor()) if run.has_adapter()]
+    return adapter_runs(who)
 
 
 def runs_dropdown(*wanted: str | None, who: Visitor | None = None) -> gr.Dropdown:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
 from finetune_core.config import ConfigError, RunConfig, coerce, field_info
-from finetune_core.runs.ownership import AccessError, Visitor, require_change, require_view
+from finetune_core.runs.ownership import AccessError, Visitor, require_change, require_view, visible_runs
 from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
 
 from .context import AppContext
@@ -90,6 +90,19 @@ def user_error(exc: Exception) -> gr.Error:
     if isinstance(exc, (ConfigError, RunError, ValueError, FileNotFoundError)):
         return gr.Error(str(exc))
     return gr.Error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+
+def run_choices(who: Visitor | None = None, note: Callable[[Run, dict], str] | None = None,
+                key: Callable[[Run], str] = lambda run: run.id) -> list[tuple[str, str]]:
+    """Dropdown choices of the runs with a saved adapter that `who` may see, newest first:
+    label 'id · model' (then ' · ' + ``note(run, summary)``), value ``key(run)`` (the id)."""
+    choices = []
+    for run in visible_runs(who or Visitor()):
+        if run.has_adapter():
+            summary = run.summary()
+            label = f"{run.id} · {summary.get('model') or '?'}"
+            choices.append((label + (f" · {note(run, summary)}" if note else ""), key(run)))
+    return choices
 
 
 def pick_run(choices: list[tuple[str, str]], *wanted: str | None) -> str | None:
