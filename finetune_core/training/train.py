@@ -300,10 +300,14 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
 
 
 def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = False,
-            extra_callbacks: list | None = None) -> dict:
-    """Train the run described by run.yaml. Returns the final status fields."""
+            extra_callbacks: list | None = None, policy: DevicePolicy | None = None) -> dict:
+    """Train the run described by run.yaml. Returns the final status fields.
+
+    ``policy`` (device and dtype) is the one the runner worked out when it created the
+    run; without it (CLI, resume, other ranks) it is worked out here. Gradient
+    checkpointing is decided once, in ``build_trainer``, from it."""
     cfg = run.config()
-    policy = training_policy(cfg.device, cfg.precision, cfg.method)
+    policy = policy or training_policy(cfg.device, cfg.precision, cfg.method)
     check_method(cfg, policy)
     resume_from = resume_point(run, cfg.method, emit) if resume else None
     if resume_from is not None:
