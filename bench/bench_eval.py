@@ -148,7 +148,8 @@ def make_tiny_run(workdir: Path, rows: int):
     model.save_pretrained(model_dir, safe_serialization=True)
     tok.save_pretrained(model_dir)
     os.environ["STUDIO_RUNS_DIR"] = str(workdir / "runs")  # this process only: keep the run in the temp dir
-    run = create_run(RunConfig(model=str(model_dir), data=DataMapping(data_path="toy.jsonl"), max_steps=1), label="bench-tiny")
+    run = create_run(RunConfig(model=str(model_dir), data=DataMapping(data_path="toy.jsonl"), max_steps=1),
+                     label="bench-tiny")
     write_jsonl(run.data_dir / "heldout.jsonl", _toy_rows(rows))
     write_json_atomic(run.data_dir / "report.json", {"format": "prompt_completion", "labels": None})
     # init_lora_weights=False: random B, so the adapter really changes the outputs.

@@ -78,7 +78,8 @@ def train(model: str, method: str, device: str, steps: int):
     from finetune_core.training.runner import run_job
     from finetune_core.runs.store import create_run
 
-    cfg = RunConfig(model=model, data=DataMapping(data_path=str(DATA), eval_fraction=0.1), method="qlora" if method == "qlora" else
+    cfg = RunConfig(model=model, data=DataMapping(data_path=str(DATA), eval_fraction=0.1),
+                    method="qlora" if method == "qlora" else
                     ("full" if method == "full" else "lora"), use_dora=method == "dora", max_steps=steps,
                     batch_size=8, max_length=256, lora_dropout=0.0, learning_rate=1e-4 if method == "full" else 2e-4,
                     device=device, logging_steps=1)

@@ -56,11 +56,13 @@ def load_rows(n: int) -> tuple[list[dict], str]:
     from finetune_core.data.dataset import DataMapping, prepare_data
 
     if SAMSUM.is_file():
-        opts = DataMapping(data_path=str(SAMSUM), data_format="columns", prompt_template="Summarize this dialogue:\n{dialogue}",
+        opts = DataMapping(data_path=str(SAMSUM), data_format="columns",
+                           prompt_template="Summarize this dialogue:\n{dialogue}",
                            completion_template="{summary}")
         source = "samsum_train.json"
     else:
-        opts = DataMapping(data_path=str(FALLBACK), data_format="columns", prompt_template="Summarise this support note:\n{note}",
+        opts = DataMapping(data_path=str(FALLBACK), data_format="columns",
+                           prompt_template="Summarise this support note:\n{note}",
                            completion_column="summary")
         source = "sample_data/support_notes.csv"
     rows = prepare_data(opts).rows[:n]
@@ -153,7 +155,8 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
         cpu_speed.GROUPED_MAX_LEN = 0  # every row takes the kernel
     if variant in ("ours", "ours_fp32", "ours_sdpa", "ours_off"):
         cfg = RunConfig(model=model, max_steps=total, batch_size=batch, max_length=512, lora_r=LORA["r"],
-                        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000, data=DataMapping(seed=42),
+                        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000,
+                        data=DataMapping(seed=42),
                         precision="float32" if variant in ("ours_fp32", "ours_off") else "auto",
                         speedups="off" if variant == "ours_off" else "auto")
         policy = training_policy(cfg.device, cfg.precision, cfg.method)
@@ -164,7 +167,7 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
         tok = load_tokenizer(model)
         base = load_model(model)  # float32 weights; the variants differ in SFTConfig only
         kwargs = dict(output_dir=out_dir, per_device_train_batch_size=batch, max_steps=total, max_length=512,
-                      report_to="none", save_strategy="no", logging_steps=10_000, data=DataMapping(seed=42), disable_tqdm=True,
+                      report_to="none", save_strategy="no", logging_steps=10_000, seed=42, disable_tqdm=True,
                       use_cpu=not torch.cuda.is_available())  # what TRL asks for on a GPU-less machine
         if variant == "plain_tuned":
             kwargs.update(bf16=False, gradient_checkpointing=False)

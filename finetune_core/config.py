@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from finetune_core.data.mapping import DATA_FORMATS, DataMapping  # noqa: F401 (re-exported: part of this API)
+from finetune_core.data.mapping import DataMapping
 from finetune_core.fieldmeta import check_values, field_rows
 from finetune_core.fieldmeta import coerce as _coerce
 from finetune_core.fieldmeta import setting as _f

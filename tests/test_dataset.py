@@ -129,7 +129,8 @@ def test_unknown_columns_and_unknown_format(tmp_path):
 
 def test_forced_format_with_mapping(tmp_path):
     path = write(tmp_path, "q.jsonl", '{"question": "2+2?", "answer": "4"}\n')
-    report = prepare_data(DataMapping(path, data_format="prompt_completion", prompt_column="question", completion_column="answer"))
+    report = prepare_data(DataMapping(path, data_format="prompt_completion", prompt_column="question",
+                                      completion_column="answer"))
     assert report.format == "prompt_completion" and report.rows[0]["completion"][0]["content"] == "4"
     missing = prepare_data(DataMapping(path, data_format="alpaca"))
     assert [i.column for i in missing.issues] == ["instruction", "output"]

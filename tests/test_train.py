@@ -230,7 +230,8 @@ def test_bad_data_fails_before_training(tiny_model_dir, tmp_path, runs_root):
 
 
 def test_run_yaml_round_trip_and_presets(tmp_path):
-    cfg = RunConfig.from_dict(dict(model="bundled", lora_r=8, learning_rate=3e-4, use_dora=True, prompt_template="Q: {q}"))
+    cfg = RunConfig.from_dict(dict(model="bundled", lora_r=8, learning_rate=3e-4, use_dora=True,
+                                   prompt_template="Q: {q}"))
     cfg.save(tmp_path / "run.yaml", extra={"resolved_device": "cpu"})
     assert RunConfig.load(tmp_path / "run.yaml") == cfg
     for name in PRESETS:

@@ -47,7 +47,8 @@ def test_every_sample_sets_a_usable_data_state(name, tokenizer):
     assert state is not None, view.status
     assert set(state) == STATE_KEYS and set(state["mapping"]) == set(DataMapping.names())
     entry = SAMPLES[name]
-    assert state["mapping"]["data_path"] == entry["data_path"] and state["mapping"]["data_format"] == entry["data_format"]
+    mapping = state["mapping"]
+    assert mapping["data_path"] == entry["data_path"] and mapping["data_format"] == entry["data_format"]
     assert state["name"] == name and state["mapping"]["eval_path"] == "" and state["mapping"]["eval_fraction"] == 0.1
     for key in ("prompt_column", "completion_column", "prompt_template"):
         assert state["mapping"][key] == entry.get(key, "")
@@ -150,7 +151,8 @@ def test_mapping_problems_make_the_data_unusable(tmp_path):
     view = inspect_data(source, DataMapping(data_format="columns", prompt_column="body", completion_column="reply"))
     assert view.data_state is None and "Not usable" in view.status and "'reply'" in view.status
     good = inspect_data(source, DataMapping(prompt_column="body", completion_column="answer"))
-    assert good.data_state["mapping"]["data_format"] == "columns" and good.data_state["mapping"]["completion_column"] == "answer"
+    chosen = good.data_state["mapping"]
+    assert chosen["data_format"] == "columns" and chosen["completion_column"] == "answer"
     assert good.columns == ["body", "answer"]
 
 

@@ -287,7 +287,8 @@ def build(ctx: AppContext) -> None:
             preview = gr.Dataframe(label=f"Preview (first {PREVIEW_ROWS} normalised rows)", interactive=False,
                                    wrap=True, max_height=400, elem_id="data-preview")
     outputs = [ctx.data_state, file_state, status, summary, issues, labels, lengths, preview, example, sample_info,
-               mapping["data_format"], mapping["prompt_column"], mapping["completion_column"], mapping["prompt_template"],
+               mapping["data_format"], mapping["prompt_column"], mapping["completion_column"],
+               mapping["prompt_template"],
                mapping["completion_template"], mapping["system_prompt"], mapping["drop_bad_rows"]]
     stats_inputs = {tok_source, max_length}
 

@@ -178,7 +178,8 @@ def summary_text(report: DataReport, source: dict, mapping: DataMapping, eval_re
         lines.append(f"- Held out: the separate file **{md_text(source.get('eval_name', ''))}** "
                      f"({held_n} usable rows); the held-out % is not used.")
     else:
-        lines.append(f"- Split: {train_n} train / {held_n} held out ({mapping.eval_fraction:.0%}, seed {mapping.seed}).")
+        lines.append(f"- Split: {train_n} train / {held_n} held out ({mapping.eval_fraction:.0%}, "
+                     f"seed {mapping.seed}).")
     lines.append(f"- Exact duplicates: {duplicates['count']}" + duplicate_rows_text(duplicates))
     lines.append(f"- Held-out rows also in training: {leakage['count']} exact, {leakage['same_prompt']} with the same prompt")
     if report.labels:

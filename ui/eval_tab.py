@@ -102,7 +102,8 @@ def summary_frame(summary: list[dict] | None) -> pd.DataFrame:
     for entry in summary or []:
         rows.append([entry["metric"], _number(entry.get("base")), _number(entry.get("tuned")),
                      _number(entry.get("delta"), signed=True),
-                     "higher ↑" if entry.get("higher_is_better", True) else "lower ↓ (lower is better)", verdict(entry)])
+                     "higher ↑" if entry.get("higher_is_better", True) else "lower ↓ (lower is better)",
+                     verdict(entry)])
     return pd.DataFrame(rows, columns=SUMMARY_HEADERS)
 
 

@@ -4,7 +4,7 @@ Each entry maps a display name to ``DataMapping`` fields (``data_path`` is
 absolute, so the entry works from any working directory) and a description. The files and
 their generator live in ``sample_data/``; see sample_data/README.md.
 
-    python -c "from finetune_core.data.samples import sample_mapping; print(sample_mapping('Fact cards (prompt/completion)'))"
+    python -c "from finetune_core.data import samples; print(samples.sample_mapping('Fact cards (prompt/completion)'))"
 """
 from __future__ import annotations
 
