@@ -77,21 +77,21 @@ def setup_run(run_dir: str, rows: int, max_new_tokens: int | None):
 
 
 def setup_bundled(rows: int, data_path: str | None, max_new_tokens: int | None):
-    from finetune_core.data.dataset import DataOptions, prepare_data
+    from finetune_core.data.dataset import DataMapping, prepare_data
     from finetune_core.inference.generation import InferenceModel
 
     if data_path or SAMSUM.is_file():
-        options = DataOptions(path=data_path or str(SAMSUM), format="columns", completion_column="summary",
+        options = DataMapping(data_path=data_path or str(SAMSUM), data_format="columns", completion_column="summary",
                               prompt_template="Summarize this dialogue:\n{dialogue}")
     else:
-        from finetune_core.data.samples import sample_options
+        from finetune_core.data.samples import sample_mapping
 
-        options = sample_options("Support note summaries (custom CSV columns)")
+        options = sample_mapping("Support note summaries (custom CSV columns)")
     report = prepare_data(options)
     if not report.usable:
-        raise SystemExit(f"error: {options.path} is not usable: {report.issues[:1]}")
+        raise SystemExit(f"error: {options.data_path} is not usable: {report.issues[:1]}")
     model = InferenceModel.base_only("bundled", progress=log)
-    facts = {"mode": "bundled", "model": "bundled", "data": Path(options.path).name,
+    facts = {"mode": "bundled", "model": "bundled", "data": Path(options.data_path).name,
              "measured": "base (no adapter loaded)"}
     return model, [r["prompt"] for r in report.rows[:rows]], False, max_new_tokens or DEFAULT_MAX_NEW_TOKENS, facts
 
@@ -133,7 +133,7 @@ def make_tiny_run(workdir: Path, rows: int):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finetune_core.config import RunConfig
+    from finetune_core.config import DataMapping, RunConfig
     from finetune_core.data.dataset import write_jsonl
     from finetune_core.runs.store import create_run, write_json_atomic
 
@@ -148,7 +148,8 @@ def make_tiny_run(workdir: Path, rows: int):
     model.save_pretrained(model_dir, safe_serialization=True)
     tok.save_pretrained(model_dir)
     os.environ["STUDIO_RUNS_DIR"] = str(workdir / "runs")  # this process only: keep the run in the temp dir
-    run = create_run(RunConfig(model=str(model_dir), data_path="toy.jsonl", max_steps=1), label="bench-tiny")
+    run = create_run(RunConfig(model=str(model_dir), data=DataMapping(data_path="toy.jsonl"), max_steps=1),
+                     label="bench-tiny")
     write_jsonl(run.data_dir / "heldout.jsonl", _toy_rows(rows))
     write_json_atomic(run.data_dir / "report.json", {"format": "prompt_completion", "labels": None})
     # init_lora_weights=False: random B, so the adapter really changes the outputs.

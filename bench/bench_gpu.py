@@ -74,14 +74,15 @@ def methods(device: str) -> list[str]:
 def train(model: str, method: str, device: str, steps: int):
     import torch
 
-    from finetune_core.config import RunConfig
+    from finetune_core.config import DataMapping, RunConfig
     from finetune_core.training.runner import run_job
     from finetune_core.runs.store import create_run
 
-    cfg = RunConfig(model=model, data_path=str(DATA), method="qlora" if method == "qlora" else
+    cfg = RunConfig(model=model, data=DataMapping(data_path=str(DATA), eval_fraction=0.1),
+                    method="qlora" if method == "qlora" else
                     ("full" if method == "full" else "lora"), use_dora=method == "dora", max_steps=steps,
                     batch_size=8, max_length=256, lora_dropout=0.0, learning_rate=1e-4 if method == "full" else 2e-4,
-                    device=device, logging_steps=1, eval_fraction=0.1)
+                    device=device, logging_steps=1)
     run = create_run(cfg)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -116,7 +117,7 @@ def batched_vs_single(run, n: int) -> dict:
     settings = GenSettings(max_new_tokens=24)
     prompts = prompts_of(n)
     batched = im.generate(prompts, tuned=True, settings=settings, batch_size=n)
-    model = im._pick(True)
+    model, _ = im.side(True)  # the tuned side of a LoRA model: the weights as they are
     same = 0
     for prompt, answer in zip(prompts, batched):
         ids = im.tokenizer(im.render(prompt), return_tensors="pt", add_special_tokens=False).to(im.policy.device)

@@ -63,9 +63,10 @@ def launch(model: str, workdir: Path):
 
 def start_training(ctx, model: str, steps: int):
     """A small LoRA run on a bundled sample file, long enough to outlast the measurement."""
-    from finetune_core.config import RunConfig, preset
+    from finetune_core.config import DataMapping, RunConfig, preset
 
-    cfg = preset("Quick demo (CPU)", RunConfig(model=model, data_path=str(REPO / "sample_data" / "calc_chats.jsonl")))
+    data = DataMapping(data_path=str(REPO / "sample_data" / "calc_chats.jsonl"))
+    cfg = preset("Quick demo (CPU)", RunConfig(model=model, data=data))
     cfg = cfg.with_overrides({"max_steps": steps, "save_steps": 0, "batch_size": 4, "max_length": 128,
                               "logging_steps": 1})
     return ctx.slot.start(cfg, label="bench-load")

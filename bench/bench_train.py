@@ -53,14 +53,16 @@ LORA = dict(r=16, alpha=32, dropout=0.05)
 
 def load_rows(n: int) -> tuple[list[dict], str]:
     """Conversational prompt/completion rows with a realistic mix of lengths."""
-    from finetune_core.data.dataset import DataOptions, prepare_data
+    from finetune_core.data.dataset import DataMapping, prepare_data
 
     if SAMSUM.is_file():
-        opts = DataOptions(path=str(SAMSUM), format="columns", prompt_template="Summarize this dialogue:\n{dialogue}",
+        opts = DataMapping(data_path=str(SAMSUM), data_format="columns",
+                           prompt_template="Summarize this dialogue:\n{dialogue}",
                            completion_template="{summary}")
         source = "samsum_train.json"
     else:
-        opts = DataOptions(path=str(FALLBACK), format="columns", prompt_template="Summarise this support note:\n{note}",
+        opts = DataMapping(data_path=str(FALLBACK), data_format="columns",
+                           prompt_template="Summarise this support note:\n{note}",
                            completion_column="summary")
         source = "sample_data/support_notes.csv"
     rows = prepare_data(opts).rows[:n]
@@ -141,7 +143,7 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from finetune_core.config import RunConfig
+    from finetune_core.config import DataMapping, RunConfig
     from finetune_core.models.sources import load_model, load_tokenizer, training_policy
     from finetune_core.runs.store import Run
     from finetune_core.training.train import build_trainer
@@ -153,7 +155,8 @@ def run_variant(variant: str, model: str, rows: list[dict], steps: int, warmup: 
         cpu_speed.GROUPED_MAX_LEN = 0  # every row takes the kernel
     if variant in ("ours", "ours_fp32", "ours_sdpa", "ours_off"):
         cfg = RunConfig(model=model, max_steps=total, batch_size=batch, max_length=512, lora_r=LORA["r"],
-                        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000, seed=42,
+                        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], logging_steps=10_000,
+                        data=DataMapping(seed=42),
                         precision="float32" if variant in ("ours_fp32", "ours_off") else "auto",
                         speedups="off" if variant == "ours_off" else "auto")
         policy = training_policy(cfg.device, cfg.precision, cfg.method)

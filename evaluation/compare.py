@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +99,45 @@ class Comparison:
             losses=int(data["losses"]), base_metrics=data["base"],
             tuned_metrics=data["tuned"], confusion=data.get("confusion"),
         )
+
+
+def improved(entry: dict) -> bool | None:
+    """True when tuned beat base on this summary entry, whichever way the metric points
+    (``higher_is_better``, True unless said); None when equal or unknown.
+
+    >>> improved({"delta": -0.2, "higher_is_better": False})
+    True
+    """
+    delta = entry.get("delta")
+    if delta is None or delta == 0:
+        return None
+    return (delta > 0) == entry.get("higher_is_better", True)
+
+
+def verdict(entry: dict) -> str:
+    """The word the report and the Evaluate tab show for a summary entry: better, worse,
+    same, or "—" when either side is unknown."""
+    if entry.get("delta") is None:
+        return "—"
+    return {True: "better", False: "worse", None: "same"}[improved(entry)]
+
+
+def copy_results(eval_dir: Path, folder: Path, prefix: str) -> list[Path]:
+    """Copy a saved evaluation's results.json and examples.csv into ``folder`` as
+    ``<prefix>-results.json`` / ``<prefix>-examples.csv`` (for a download). FileNotFoundError
+    when either is missing, as while an evaluation is being swapped in: the copies made are
+    removed again."""
+    copied = []
+    try:
+        for name in (RESULTS_FILE, EXAMPLES_FILE):
+            target = Path(folder) / f"{prefix}-{name}"
+            shutil.copyfile(Path(eval_dir) / name, target)
+            copied.append(target)
+    except FileNotFoundError:
+        for path in copied:
+            path.unlink(missing_ok=True)
+        raise
+    return copied
 
 
 def _atomic_write(path: Path, text: str) -> None:

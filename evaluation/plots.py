@@ -16,24 +16,14 @@ from __future__ import annotations
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evaluation.compare import improved
+
 GAIN_COLOUR = "#2e7d32"  # tuned is better, whichever way the metric points
 LOSS_COLOUR = "#c62828"  # tuned is worse
 SAME_COLOUR = "#9e9e9e"
 # exp(eval_loss): the same information as eval_loss on a scale that can run to
 # thousands, which would flatten every other bar in its panel.
 LEFT_OUT = ("perplexity",)
-
-
-def improved(entry: dict) -> bool | None:
-    """True when tuned beat base on this summary entry, None when equal or unknown.
-
-    >>> improved({"delta": -0.2, "higher_is_better": False})
-    True
-    """
-    delta = entry.get("delta")
-    if delta is None or delta == 0:
-        return None
-    return (delta > 0) == entry.get("higher_is_better", True)
 
 
 def delta_chart(comparison) -> Figure:

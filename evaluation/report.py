@@ -173,12 +173,6 @@ def loss_curve_png(run: Run) -> bytes | None:
     return buf.getvalue()
 
 
-def _verdict(entry: dict) -> str:
-    from evaluation.plots import improved
-
-    return {True: "better", False: "worse", None: "same"}[improved(entry)] if entry.get("delta") is not None else "—"
-
-
 def _examples(frame, n: int) -> list[dict]:
     return [{"row": int(idx), "input": r["input"], "reference": r["reference"], "base": r["base_output"],
              "tuned": r["tuned_output"], "delta": float(r["delta"])} for idx, r in frame.head(n).iterrows()]
@@ -186,7 +180,7 @@ def _examples(frame, n: int) -> list[dict]:
 
 def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
     """Metrics and examples from runs/<id>/eval/, when the run was evaluated."""
-    from evaluation.compare import RESULTS_FILE, Comparison
+    from evaluation.compare import RESULTS_FILE, Comparison, verdict
 
     if not (run.eval_dir / RESULTS_FILE).is_file():
         return
@@ -195,7 +189,7 @@ def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
     except (OSError, ValueError, KeyError):
         return  # being rewritten by an evaluation right now, or damaged: report without it
     facts.task, facts.eval_rows = comparison.task, comparison.rows
-    facts.metrics = [{**e, "verdict": _verdict(e)} for e in comparison.summary]
+    facts.metrics = [{**e, "verdict": verdict(e)} for e in comparison.summary]
     if not comparison.examples.empty:
         facts.counts = (comparison.wins, comparison.ties, comparison.losses)
         facts.wins = _examples(comparison.biggest_wins(n_examples), n_examples)

@@ -27,7 +27,6 @@ Choices worth knowing
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -41,7 +40,7 @@ from typing import Callable
 import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
-from finetune_core.data.dataset import read_jsonl
+from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.limits import limits
 
 Progress = Callable[[str, float], None]
@@ -69,9 +68,8 @@ def load_eval_rows(run, data_path: str | None = None) -> tuple[list[dict], list[
             raise ValueError(f"Run {run.id} has no saved held-out split ({path.name} is missing).")
         return read_jsonl(path), labels, "heldout"
     from finetune_core.data.dataset import prepare_data
-    from finetune_core.training.train import cfg_data_options
 
-    prepared = prepare_data(cfg_data_options(run.config(), str(data_path)))
+    prepared = prepare_data(run.config().data.for_file(data_path))
     if not prepared.usable:
         first = "; ".join(_issue_text(i) for i in prepared.issues[:3]) or "no usable rows"
         raise ValueError(f"The data file {data_path} is not usable: {first}")
@@ -90,11 +88,6 @@ def _read_report(run) -> dict:
 def _issue_text(issue) -> str:
     where = f"row {issue.row}" if issue.row else "file"
     return f"{where}: {issue.message}"
-
-
-def is_lm_rows(rows: list[dict]) -> bool:
-    """True for language-modelling rows: plain "text", no prompt to answer."""
-    return bool(rows) and "prompt" not in rows[0] and "text" in rows[0]
 
 
 def input_text(row: dict) -> str:
@@ -129,12 +122,14 @@ def _longest_in_tokens(tokenizer, texts: list[str]) -> int:
 
 
 def _check_args(limit, batch_size, max_new_tokens) -> None:
+    """The settings' bounds, checked before anything loads; each message names the setting
+    as the Evaluate tab shows it and as the API takes it."""
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1 (got {limit}).")
+        raise ValueError(f"Rows to evaluate (limit) must be at least 1 (got {limit}).")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1 (got {batch_size}).")
+        raise ValueError(f"Batch size (batch_size) must be at least 1 (got {batch_size}).")
     if max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1 (got {max_new_tokens}).")
+        raise ValueError(f"Max new tokens (max_new_tokens) must be at least 1 (got {max_new_tokens}).")
     if max_new_tokens is not None:  # checked before the model loads; LimitError is a ValueError
         limits().check("max_new_tokens", max_new_tokens, "Max new tokens")
 
@@ -171,15 +166,6 @@ def _side_name(tuned: bool) -> str:
 
 
 # -- held-out loss ------------------------------------------------------------
-
-def _side_context(model, tuned: bool):
-    """The weights of one side, as InferenceModel.generate picks them: for LoRA
-    the base side is the same model with the adapter switched off."""
-    target = model._pick(tuned)
-    if model.has_adapter and not tuned and target is model.model:
-        return target, model.model.disable_adapter()
-    return target, contextlib.nullcontext()
-
 
 def _loss_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
     """Row indices grouped by length, each group within the token budget."""
@@ -229,7 +215,7 @@ def heldout_loss(model, rows: list[dict], tuned: bool, max_length: int, batch_si
         _check_cancel(cancel)
         # A fresh context per batch: disable_adapter() is a one-shot context manager,
         # and releasing the lock between batches lets the chat tab interleave.
-        target, context = _side_context(model, tuned)
+        target, context = model.side(tuned)
         with model.lock, torch.inference_mode(), context:
             nll, n = _batch_nll(target, [encoded[i] for i in group], model.tokenizer.pad_token_id,
                                 model.policy.device)
@@ -311,11 +297,12 @@ def _loss_only_comparison(rows: int) -> Comparison:
 def evaluate_run(run, data_path: str | None = None, limit: int | None = None, batch_size: int = 64,
                  max_new_tokens: int | None = None, with_loss: bool = False,
                  progress: Progress | None = None, cancel: threading.Event | None = None,
-                 model=None) -> Comparison:
+                 model=None, load_model: Callable[[], object] | None = None) -> Comparison:
     """Score base and tuned on the same rows, save to run.eval_dir, return the Comparison.
 
-    `model` reuses an already-loaded `InferenceModel` of this run (the UI keeps
-    one); otherwise it is loaded here. Raises ValueError on unusable input,
+    `model` reuses an already-loaded `InferenceModel` of this run; `load_model`
+    gets one (the UI's shared copy) only after every check here has passed;
+    otherwise it is loaded from the run. Raises ValueError on unusable input,
     FileNotFoundError when the run has no adapter, InterruptedError when
     `cancel` is set (nothing is written then).
     """
@@ -324,13 +311,14 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
     rows = rows[:limit] if limit else rows
     if not rows:
         raise ValueError("Nothing to evaluate: 0 held-out rows (was eval_fraction 0?).")
-    lm = is_lm_rows(rows)
+    lm = is_text_rows(rows)
     if lm and not with_loss:
-        raise ValueError("These are language-modelling rows (plain text, no prompt to answer): "
-                         "only held-out loss applies. Use with_loss=True (--loss on the command line).")
+        raise ValueError("These are language-modelling rows (plain text, no prompt to answer): only held-out "
+                         "loss applies. Ask for it: 'Also compute held-out loss' in the Evaluate tab, "
+                         "with_loss=True, --loss on the command line.")
     _check_cancel(cancel)
     say = progress or (lambda _text, _fraction: None)
-    model = model or _load_model(run, say)
+    model = model or _load_model(run, say, load_model)
     if not model.has_tuned:
         raise ValueError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
     task = LM_TASK if lm else ("classification" if labels else "generation")
@@ -342,11 +330,15 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
     return comparison
 
 
-def _load_model(run, say: Progress):
+def _load_model(run, say: Progress, load_model: Callable[[], object] | None = None):
+    """The run's model (through ``load_model`` when given), once the run is known to have an adapter."""
     from finetune_core.inference.generation import InferenceModel
 
     if not run.has_adapter():
-        raise FileNotFoundError(f"Run {run.id} has no saved adapter: train it to completion first.")
+        raise FileNotFoundError(f"Run {run.id} has no saved adapter: let it finish training first.")
+    say("Loading the model (its first use takes a few seconds)...", 0.0)
+    if load_model is not None:
+        return load_model()
     return InferenceModel.from_run(run, progress=lambda message: say(message, 0.0))
 
 

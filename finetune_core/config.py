@@ -11,34 +11,22 @@ hundred bytes into gigabytes).
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from finetune_core.data.formats import check_template
+from finetune_core.data.mapping import DataMapping
+from finetune_core.fieldmeta import check_values, field_rows
+from finetune_core.fieldmeta import coerce as _coerce
+from finetune_core.fieldmeta import setting as _f
 from finetune_core.limits import LimitError, limits
-
-
-def _f(default, help: str, group: str, lo=None, hi=None, choices=None, step=None):
-    meta = {"help": help, "group": group}
-    if lo is not None:
-        meta["min"] = lo
-    if hi is not None:
-        meta["max"] = hi
-    if choices is not None:
-        meta["choices"] = list(choices)
-    if step is not None:
-        meta["step"] = step
-    return field(default=default, metadata=meta)
 
 
 METHODS = ("lora", "qlora", "full")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-DATA_FORMATS = ("auto", "prompt_completion", "messages", "sharegpt", "alpaca", "text", "columns", "classification")
 
 
 class ConfigError(ValueError):
@@ -97,10 +85,10 @@ class RunConfig:
     """Every setting of one training run, validated whenever one is made.
 
     Each field carries its help text, bounds and choices as metadata (the UI
-    builds its widgets from them, see `field_info`). Construction validates
-    (`__post_init__`), so no path -- direct construction, `from_dict`, `load`,
-    `with_overrides`, `with_sets` -- yields an out-of-bounds config; the
-    ConfigError names the field.
+    builds its widgets from them, see `field_info`); the data mapping is one
+    `DataMapping` in ``data``. Construction validates (`__post_init__`), so no
+    path -- direct construction, `from_dict`, `load`, `with_overrides`,
+    `with_sets` -- yields an out-of-bounds config; the ConfigError names the field.
 
     >>> RunConfig(lora_r=8).lora_r
     8
@@ -112,19 +100,9 @@ class RunConfig:
 
     # model
     model: str = _f("bundled", "Model: 'bundled' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.", "model")
-    # data
-    data_path: str = _f("", "Training file (set by the Data tab; server-side path).", "data")
-    data_format: str = _f("auto", "Data format; 'auto' detects it from the columns.", "data", choices=DATA_FORMATS)
-    prompt_column: str = _f("", "Column holding the prompt (custom column files).", "data")
-    completion_column: str = _f("", "Column holding the completion / label.", "data")
-    prompt_template: str = _f("", "Prompt template with {column} placeholders, e.g. 'Summarize:\\n{dialogue}'.", "data")
-    completion_template: str = _f("", "Completion template with {column} placeholders, e.g. '{summary}'.", "data")
-    system_prompt: str = _f("", "Optional system message added to every example.", "data")
-    eval_fraction: float = _f(0.1, "Share of rows held out for evaluation.", "data", lo=0.0, hi=0.5, step=0.01)
-    eval_path: str = _f("", "Separate evaluation file (overrides the held-out share).", "data")
-    max_train_rows: int = _f(0, "Use at most this many training rows (0 = all).", "data", lo=0, hi=10_000_000)
-    max_eval_rows: int = _f(256, "Held-out rows used for the loss during training (0 = all); evaluation uses all.", "data", lo=0, hi=10_000_000)
-    drop_bad_rows: bool = _f(True, "Drop rows that fail validation instead of refusing the file.", "data")
+    # data: the file, its mapping, the split and the row caps, described once in DataMapping;
+    # run.yaml keeps them as flat keys (see to_dict / from_dict)
+    data: DataMapping = field(default_factory=DataMapping, metadata={"group": "data"})
     # method
     method: str = _f("lora", "lora; qlora (4-bit, CUDA + bitsandbytes only); full fine-tune.", "method", choices=METHODS)
     lora_r: int = _f(16, "LoRA rank: capacity of the adapter.", "method", lo=1, hi=512)
@@ -151,7 +129,6 @@ class RunConfig:
     save_steps: int = _f(0, "Checkpoint every N steps (0 = only the final adapter).", "schedule", lo=0, hi=1_000_000)
     save_total_limit: int = _f(2, "Checkpoints kept on disk.", "schedule", lo=1, hi=100)
     logging_steps: int = _f(1, "Log metrics every N steps.", "schedule", lo=1, hi=10_000)
-    seed: int = _f(42, "Random seed for split, shuffling and initialisation.", "schedule", lo=0, hi=2**31 - 1)
     device: str = _f("auto", "auto picks CUDA, then MPS, then CPU.", "schedule", choices=("auto", "cuda", "mps", "cpu"))
     precision: str = _f("auto", "Training precision. auto: bf16 on GPUs, and for LoRA on CPUs with bf16 matrix "
                         "instructions (AVX512-BF16, AMX); float32 elsewhere.", "schedule",
@@ -167,24 +144,28 @@ class RunConfig:
 
     # -- validation --------------------------------------------------------
     def validate(self) -> "RunConfig":
-        """Check every field against its bounds, choices and the template limits; returns self.
+        """Check bounds, choices and template limits of every field, the mapping's included; returns self.
 
         Raises ConfigError naming the field (construction already calls it; kept
         public for callers that change a field in place).
         """
-        for f in fields(self):
-            _check_field(f, getattr(self, f.name))
-        for name in ("prompt_template", "completion_template", "system_prompt"):
-            try:
-                check_template(name, getattr(self, name), placeholders=name != "system_prompt")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+        try:
+            check_values(self)
+            self.data.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return self
 
     # -- (de)serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict, in declaration order (what run.yaml holds)."""
-        return asdict(self)
+        """Flat fields (the mapping's in the place of ``data``): the keys run.yaml has always had."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "data":
+                out.update(self.data.to_dict())
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         """Write the config as YAML to `path`; `extra` adds facts (resolved device...) after the fields."""
@@ -195,25 +176,31 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], strict: bool = True) -> "RunConfig":
-        """A config from YAML / CLI / widget values, each coerced to its field's type.
+        """A validated config from flat keys (run.yaml, CLI, widgets); the mapping's keys
+        go to ``data``. An unknown key is a ConfigError naming it, unless ``strict`` is
+        False (run.yaml also records facts about the run).
 
-        Unknown keys are refused when `strict`, skipped otherwise.
-
-        >>> RunConfig.from_dict({"lora_r": "8", "packing": "yes"}).packing
-        True
+        >>> RunConfig.from_dict({"lora_r": "8", "packing": "yes", "eval_fraction": "0.2"}).data.eval_fraction
+        0.2
         >>> RunConfig.from_dict({"lora_rank": 8})
         Traceback (most recent call last):
         ...
         finetune_core.config.ConfigError: Unknown config field 'lora_rank'.
         """
-        known = {f.name: f for f in fields(cls)}
-        kwargs = {}
+        known = {f.name: f for f in fields(cls) if f.name != "data"}
+        mapping_names = set(DataMapping.names())
+        kwargs, mapping = {}, {}
         for key, value in (data or {}).items():
-            if key not in known:
-                if strict:
-                    raise ConfigError(f"Unknown config field {key!r}.")
-                continue
-            kwargs[key] = coerce(known[key], value)
+            if key in mapping_names:
+                mapping[key] = value
+            elif key in known:
+                kwargs[key] = coerce(known[key], value)
+            elif strict:
+                raise ConfigError(f"Unknown config field {key!r}.")
+        try:
+            kwargs["data"] = DataMapping.from_dict(mapping)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(**kwargs)
 
     @classmethod
@@ -224,7 +211,7 @@ class RunConfig:
         return cls.from_dict(data, strict=False)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
-        """A new config with `overrides` (field -> value, coerced) applied; this one is unchanged."""
+        """A new config with `overrides` (flat field -> value, coerced) applied; this one is unchanged."""
         return RunConfig.from_dict({**self.to_dict(), **overrides})
 
     def with_sets(self, sets: list[str]) -> "RunConfig":
@@ -246,25 +233,8 @@ class RunConfig:
         return self.with_overrides(overrides)
 
 
-def _check_field(f, value) -> None:
-    """One field's value against its metadata (choices, bounds, finiteness); ConfigError names it."""
-    meta = f.metadata
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, meta['choices']))}.")
-    if isinstance(value, float) and not math.isfinite(value):
-        # NaN passes every < and > test below, and inf has no use: refuse both by name.
-        raise ConfigError(f"{f.name}: {value} is not a finite number.")
-    try:
-        if "min" in meta and value < meta["min"]:
-            raise ConfigError(f"{f.name}: {value} is below the minimum {meta['min']}.")
-        if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{f.name}: {value} is above the maximum {meta['max']}.")
-    except TypeError:  # direct construction with a value of the wrong type, e.g. lora_r="8"
-        raise ConfigError(f"{f.name}: {str(value)[:80]!r} is not a valid {f.type if isinstance(f.type, str) else f.type.__name__}.") from None
-
-
 def coerce(f, value):
-    """Convert YAML / CLI / widget values to the field's type, naming the field on failure.
+    """Convert YAML / CLI / widget values to the field's type, naming the field on failure (ConfigError).
 
     >>> fields_by_name = {f.name: f for f in fields(RunConfig)}
     >>> coerce(fields_by_name["packing"], "off"), coerce(fields_by_name["max_steps"], "1e3")
@@ -274,34 +244,20 @@ def coerce(f, value):
     ...
     finetune_core.config.ConfigError: lora_r: '8.5' is not a valid int.
     """
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
     try:
-        if kind == "bool":
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) else int(value)
-        if kind == "float":
-            return float(value)
-        return "" if value is None else str(value)
-    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(float("inf"))
-        raise ConfigError(f"{f.name}: {str(value)[:80]!r} is not a valid {kind}.") from exc
+        return _coerce(f, value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc.__cause__
 
 
 def field_info() -> list[dict[str, Any]]:
-    """Metadata of every field, for building widgets."""
+    """Metadata of every field, for building widgets; the mapping's fields stand in for ``data``."""
     out = []
-    for f in fields(RunConfig):
-        default = f.default if f.default is not MISSING else None
-        out.append({"name": f.name, "type": f.type if isinstance(f.type, str) else f.type.__name__, "default": default, **f.metadata})
+    for info in field_rows(RunConfig):
+        out.extend(field_rows(DataMapping) if info["name"] == "data" else [info])
+    for info in out:
+        if info["default"] is MISSING:
+            info["default"] = None
     return out
 
 

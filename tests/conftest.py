@@ -104,7 +104,7 @@ def make_trained_run(model_dir: Path, steps: int = 30, label: bool = True, **ove
                     learning_rate=5e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, logging_steps=5,
                     precision="float32")
     settings.update(overrides)
-    cfg = RunConfig(**settings)
+    cfg = RunConfig.from_dict(settings)
     run = create_run(cfg)
     rows = toy_rows(48, label=label)
     write_jsonl(run.data_dir / "train.jsonl", rows[:40])

@@ -63,8 +63,9 @@ def studio_lora_config(method: str):
     from finetune_core.config import RunConfig
     from finetune_core.training.train import peft_config
 
-    return peft_config(RunConfig(model="tiny", data_path="x.jsonl", method="full" if method == "full" else "lora",
-                                 lora_r=4, lora_alpha=8, lora_dropout=0.0, use_dora=method == "dora"))
+    return peft_config(RunConfig.from_dict(dict(model="tiny", data_path="x.jsonl",
+                                                method="full" if method == "full" else "lora",
+                                 lora_r=4, lora_alpha=8, lora_dropout=0.0, use_dora=method == "dora")))
 
 
 def randomise_lora_b(model, seed: int) -> None:

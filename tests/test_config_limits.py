@@ -69,7 +69,7 @@ def test_deeply_nested_yaml_is_a_config_error_not_a_recursion_error(tmp_path):
 
 
 def test_plain_run_yaml_still_round_trips(tmp_path):
-    cfg = RunConfig(lora_r=8, system_prompt="Be brief.")
+    cfg = RunConfig.from_dict(dict(lora_r=8, system_prompt="Be brief."))
     cfg.save(tmp_path / "run.yaml", extra={"resolved_device": "cpu"})
     assert RunConfig.load(tmp_path / "run.yaml") == cfg
     assert Run(tmp_path).run_yaml()["resolved_device"] == "cpu"

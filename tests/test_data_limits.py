@@ -21,9 +21,9 @@ import pytest
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.data.checks import ROWS_PER_GROUP, find_duplicates
 from finetune_core.data.load import load_records, record_problem, without_paths
-from finetune_core.data.dataset import DataOptions, prepare_data
+from finetune_core.data.dataset import DataMapping, prepare_data
 from finetune_core.limits import limits
-from ui.data_tab import Mapping, inspect_data, load_eval_upload, load_upload, view_values
+from ui.data_tab import inspect_data, load_eval_upload, load_upload, view_values
 
 
 # -- data files: shared helpers ----------------------------------------------------
@@ -63,7 +63,7 @@ def notes_csv(path: Path, n: int = 50) -> Path:
 
 def test_template_with_thousands_of_placeholders_refused_before_rendering(tmp_path):
     start = time.perf_counter()
-    report = prepare_data(DataOptions(str(notes_csv(tmp_path / "n.csv")), prompt_template="{text}" * 10_000,
+    report = prepare_data(DataMapping(str(notes_csv(tmp_path / "n.csv")), prompt_template="{text}" * 10_000,
                                       completion_column="summary"))
     assert time.perf_counter() - start < 1
     assert report.fatal and not report.rows and not report.unreadable
@@ -71,7 +71,7 @@ def test_template_with_thousands_of_placeholders_refused_before_rendering(tmp_pa
         "the length of prompt_template in characters is 60,000, over this server's limit of 8,000 "
         "(setting STUDIO_LIMIT_TEMPLATE_CHARS)")
     # Short enough in characters, still too many placeholders:
-    report = prepare_data(DataOptions(str(tmp_path / "n.csv"), prompt_template="{text}" * 1000,
+    report = prepare_data(DataMapping(str(tmp_path / "n.csv"), prompt_template="{text}" * 1000,
                                       completion_column="summary"))
     assert report.fatal and report.issues[-1].message == (
         "the number of {column} placeholders in prompt_template is 1,000, over this server's limit of 32 "
@@ -82,22 +82,22 @@ def test_template_with_thousands_of_placeholders_refused_before_rendering(tmp_pa
 def test_template_length_is_limited_for_each_field(tmp_path, monkeypatch, name):
     monkeypatch.setenv("STUDIO_LIMIT_TEMPLATE_CHARS", "100")
     values = {"prompt_template": "{text}", "completion_template": "{summary}", name: "x" * 150 + "{text}"}
-    report = prepare_data(DataOptions(str(notes_csv(tmp_path / "n.csv")), format="columns", **values))
+    report = prepare_data(DataMapping(str(notes_csv(tmp_path / "n.csv")), data_format="columns", **values))
     assert report.fatal and f"the length of {name} in characters is 156, over this server's limit of 100" in \
         report.issues[-1].message
     with pytest.raises(ConfigError, match=f"the length of {name} in characters is 156"):
-        RunConfig(**values)
+        RunConfig.from_dict(values)
 
 
 def test_template_with_a_broken_character_refused_by_name(tmp_path):
-    report = prepare_data(DataOptions(str(notes_csv(tmp_path / "n.csv")), prompt_template="Sum\ud800: {text}",
+    report = prepare_data(DataMapping(str(notes_csv(tmp_path / "n.csv")), prompt_template="Sum\ud800: {text}",
                                       completion_column="summary"))
     assert report.fatal and "prompt_template holds a broken character" in report.issues[-1].message
 
 
 def test_data_tab_shows_the_template_limit_and_keeps_the_columns(tmp_path):
     source = {"path": str(notes_csv(tmp_path / "n.csv")), "name": "n", "sample": ""}
-    view = inspect_data(source, Mapping(prompt_template="{text}" * 100, completion_column="summary"))
+    view = inspect_data(source, DataMapping(prompt_template="{text}" * 100, completion_column="summary"))
     assert view.data_state is None and view.columns == ["text", "summary"]
     assert "placeholders in prompt\\_template is 100" in view.status and "Apply mapping" in view.status
 
@@ -199,12 +199,12 @@ def test_duplicate_list_is_truncated_with_a_count_of_the_rest(tmp_path, monkeypa
     monkeypatch.setenv("STUDIO_LIMIT_DUPLICATES_LISTED", "3")
     rows = [{"prompt": f"Q{i % 10}?", "completion": "A."} for i in range(5000)]  # 10 groups of 500
     path = jsonl(tmp_path / "dups.jsonl", rows)
-    report = prepare_data(DataOptions(str(path)))
+    report = prepare_data(DataMapping(str(path)))
     dups = find_duplicates(report.rows, report.row_numbers)
     assert dups["count"] == 4990 and dups["groups"] == 10 and len(dups["examples"]) == 3
     assert dups["examples"][0] == list(range(1, 5000, 10))[:ROWS_PER_GROUP]
     assert dups["not_listed"] == {"groups": 7, "rows": 5000 - 3 * ROWS_PER_GROUP}
-    view = inspect_data({"path": str(path), "name": "dups", "sample": ""}, Mapping())
+    view = inspect_data({"path": str(path), "name": "dups", "sample": ""}, DataMapping())
     line = next(x for x in view.summary.splitlines() if x.startswith("- Exact duplicates"))
     assert line == ("- Exact duplicates: 4990 (rows 1/11/21/31/41…, 2/12/22/32/42…, 3/13/23/33/43…, "
                     "… 7 more groups)")
@@ -276,10 +276,10 @@ def test_an_evaluation_upload_that_cannot_be_read_is_removed(tmp_path, uploads):
 def test_a_failed_inspection_removes_the_copy_and_says_so(tmp_path, uploads, monkeypatch):
     import ui.data_tab
 
-    def crash(options):
+    def crash(*args, **kwargs):
         raise TypeError("an unexpected bug")
 
-    monkeypatch.setattr(ui.data_tab, "prepare_data", crash)
+    monkeypatch.setattr(ui.data_tab, "inspect_mapping", crash)
     with pytest.raises(gr.Error, match="could not be inspected \\(TypeError\\); it was not kept"):
         load_upload(str(jsonl(tmp_path / "ok.jsonl", qa_rows(3))))
     assert kept(uploads) == []
@@ -291,8 +291,8 @@ def test_lone_surrogate_makes_a_bad_row_naming_row_and_column(tmp_path):
     path.write_text('{"prompt": "a\\ud800b", "completion": "ok"}\n'
                     '{"prompt": "fine", "completion": "ok"}\n'
                     '{"prompt": "q", "completion": "ok", "\\udc00key": "x"}\n')
-    view = inspect_data({"path": str(path), "name": "s", "sample": ""}, Mapping())
-    report = prepare_data(DataOptions(str(path)))
+    view = inspect_data({"path": str(path), "name": "s", "sample": ""}, DataMapping())
+    report = prepare_data(DataMapping(str(path)))
     assert [(i.row, i.column) for i in report.issues] == [(1, "prompt"), (3, "\\udc00key")]
     assert "column 'prompt' holds a broken character (a lone UTF-16 surrogate" in report.issues[0].message
     assert len(report.rows) == 1 and view.data_state is not None and "2 rows with problems" in view.status
@@ -355,11 +355,11 @@ def test_data_errors_never_show_the_server_path(tmp_path, uploads):
     (secret / "bad.parquet").write_bytes(b"PAR1 this is not parquet at all")
     (secret / "folder.json").mkdir()  # a directory where a file was expected
     for name in ("bad.parquet", "folder.json"):
-        report = prepare_data(DataOptions(str(secret / name)))
+        report = prepare_data(DataMapping(str(secret / name)))
         assert report.fatal and report.issues, name
         for issue in report.issues:
             assert "server-secret-dir" not in issue.message and str(tmp_path) not in issue.message, issue.message
-    assert "magic bytes not found" in prepare_data(DataOptions(str(secret / "bad.parquet"))).issues[0].message
+    assert "magic bytes not found" in prepare_data(DataMapping(str(secret / "bad.parquet"))).issues[0].message
     view = load_upload(str(secret / "bad.parquet"))
     shown = " ".join(str(v) for v in view_values(view)[2:5])
     assert "cannot read the Parquet file" in shown

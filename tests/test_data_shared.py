@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_core.data.dataset import DataOptions, inspect_file, prepare_data
+from finetune_core.data.dataset import DataMapping, inspect_file, prepare_data
 
 EMOTION = {"anger", "fear", "joy", "love", "sadness", "surprise"}
 
@@ -22,12 +22,12 @@ EMOTION = {"anger", "fear", "joy", "love", "sadness", "surprise"}
     ("fastchat_dummy_conversation.json", "sharegpt", 500, 500),
 ])
 def test_detected_and_usable(shared_datasets, name, fmt, rows, total):
-    report = prepare_data(DataOptions(str(shared_datasets / name)))
+    report = prepare_data(DataMapping(str(shared_datasets / name)))
     assert (report.format, len(report.rows), report.total_rows, report.usable) == (fmt, rows, total, True)
 
 
 def test_samsum_explicit_mapping_keeps_crlf(shared_datasets):
-    opts = DataOptions(str(shared_datasets / "samsum_train.json"), prompt_template="Summarize this dialog:\n{dialogue}",
+    opts = DataMapping(str(shared_datasets / "samsum_train.json"), prompt_template="Summarize this dialog:\n{dialogue}",
                        completion_template="{summary}")
     report = prepare_data(opts)
     assert report.format == "columns" and report.usable and len(report.rows) == 14731
@@ -39,23 +39,23 @@ def test_samsum_explicit_mapping_keeps_crlf(shared_datasets):
 
 
 def test_dialogsum_guessed_mapping(shared_datasets):
-    report = prepare_data(DataOptions(str(shared_datasets / "dialogsum_dev.jsonl")))
+    report = prepare_data(DataMapping(str(shared_datasets / "dialogsum_dev.jsonl")))
     assert report.spec.prompt_column == "dialogue" and report.spec.completion_column == "summary"
     assert report.rows[0]["prompt"][0]["content"].startswith("#Person1#: Hello, how are you doing today?")
 
 
 def test_classification_label_sets(shared_datasets):
-    emotion = prepare_data(DataOptions(str(shared_datasets / "emotion_validation.jsonl")))
+    emotion = prepare_data(DataMapping(str(shared_datasets / "emotion_validation.jsonl")))
     assert set(emotion.labels) == EMOTION and sum(emotion.labels.values()) == 2000
     assert emotion.rows[0]["prompt"][0]["content"].startswith(
         "Classify the text into one of: anger, fear, joy, love, sadness, surprise.\n\nText: ")
-    yelp = prepare_data(DataOptions(str(shared_datasets / "yelp5_train.json")))
+    yelp = prepare_data(DataMapping(str(shared_datasets / "yelp5_train.json")))
     assert yelp.labels == {"negative": 794, "neutral": 772, "positive": 812, "very negative": 839, "very positive": 783}
     assert yelp.spec.prompt_column == "sentence"
 
 
 def test_glaive_tool_calls_become_turns(shared_datasets):
-    report = prepare_data(DataOptions(str(shared_datasets / "lf_glaive_toolcall_en_demo.json")))
+    report = prepare_data(DataMapping(str(shared_datasets / "lf_glaive_toolcall_en_demo.json")))
     first = report.rows[0]["prompt"]
     assert first[0]["role"] == "system" and "search_recipes" in first[0]["content"]
     roles = [m["role"] for m in first[1:]]
@@ -65,7 +65,7 @@ def test_glaive_tool_calls_become_turns(shared_datasets):
 
 
 def test_token_stats_on_a_real_file(shared_datasets, tokenizer):
-    out = inspect_file(DataOptions(str(shared_datasets / "lf_identity.json")), tokenizer, max_length=512)
+    out = inspect_file(DataMapping(str(shared_datasets / "lf_identity.json")), tokenizer, max_length=512)
     tokens = out["stats"]["tokens"]
     assert tokens["rows_measured"] == 91 and tokens["over_max_length"] == 0
     assert out["stats"]["duplicates"]["count"] == 0 and out["usable"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from finetune_core.data.dataset import (
-    DataOptions, Issue, inspect_file, inspect_main, prepare_data, read_jsonl, split_rows, write_jsonl,
+    DataMapping, Issue, inspect_file, inspect_main, prepare_data, read_jsonl, split_rows, write_jsonl,
 )
 
 FIX = Path(__file__).parent / "fixtures" / "data"
@@ -35,28 +35,28 @@ def pc_lines(pairs) -> str:
     ("reviews.tsv", "classification", 6),
 ])
 def test_every_fixture_prepares_usable(name, fmt, rows):
-    report = prepare_data(DataOptions(str(FIX / name)))
+    report = prepare_data(DataMapping(str(FIX / name)))
     assert (report.format, len(report.rows), report.usable, report.fatal) == (fmt, rows, True, False)
     assert [i for i in report.issues if i.row is not None] == []
 
 
 def test_classification_labels_counted_and_numeric_order():
-    report = prepare_data(DataOptions(str(FIX / "classification.csv")))
+    report = prepare_data(DataMapping(str(FIX / "classification.csv")))
     assert report.labels == {"negative": 4, "neutral": 4, "positive": 4}
-    stars = prepare_data(DataOptions(str(FIX / "reviews.tsv")))
+    stars = prepare_data(DataMapping(str(FIX / "reviews.tsv")))
     assert stars.labels == {"1": 2, "3": 2, "5": 2}
     assert stars.rows[0]["prompt"][0]["content"].startswith("Classify the text into one of: 1, 3, 5.")
 
 
 def test_csv_with_mapping_and_template():
-    opts = DataOptions(str(FIX / "tickets.csv"), prompt_template="Ticket:\n{ticket}", completion_column="reply")
+    opts = DataMapping(str(FIX / "tickets.csv"), prompt_template="Ticket:\n{ticket}", completion_column="reply")
     report = prepare_data(opts)
     assert report.format == "columns" and report.usable
     assert report.rows[0]["prompt"][0]["content"] == "Ticket:\nPrinter broken.\r\nPlease help."
 
 
 def test_csv_missing_mapped_column_is_named():
-    report = prepare_data(DataOptions(str(FIX / "tickets.csv"), prompt_column="ticket", completion_column="answer"))
+    report = prepare_data(DataMapping(str(FIX / "tickets.csv"), prompt_column="ticket", completion_column="answer"))
     assert report.fatal and not report.usable
     assert [i.to_dict() for i in report.issues] == [{
         "row": None, "column": "answer",
@@ -65,7 +65,7 @@ def test_csv_missing_mapped_column_is_named():
 
 
 def test_unknown_placeholder_is_named():
-    report = prepare_data(DataOptions(str(FIX / "tickets.csv"), prompt_template="{tikcet}", completion_column="reply"))
+    report = prepare_data(DataMapping(str(FIX / "tickets.csv"), prompt_template="{tikcet}", completion_column="reply"))
     assert report.fatal
     assert report.issues[0].column == "tikcet"
     assert report.issues[0].message == ("the prompt template uses {tikcet} but the file has no column 'tikcet' "
@@ -74,18 +74,18 @@ def test_unknown_placeholder_is_named():
 
 def test_rows_with_empty_completions_are_named_and_dropped(tmp_path):
     path = write(tmp_path, "d.jsonl", pc_lines([("a", "1"), ("b", ""), ("c", "3"), ("d", "   ")]))
-    report = prepare_data(DataOptions(path))
+    report = prepare_data(DataMapping(path))
     assert [i.to_dict() for i in report.issues] == [
         {"row": 2, "column": "completion", "message": "the completion ('completion') is empty"},
         {"row": 4, "column": "completion", "message": "the completion ('completion') is empty"},
     ]
     assert len(report.rows) == 2 and report.row_numbers == [1, 3] and report.usable
-    strict = prepare_data(DataOptions(path, drop_bad_rows=False))
+    strict = prepare_data(DataMapping(path, drop_bad_rows=False))
     assert not strict.usable and not strict.fatal and strict.bad_rows == 2
 
 
 def test_all_completions_empty_is_not_usable(tmp_path):
-    report = prepare_data(DataOptions(write(tmp_path, "d.jsonl", pc_lines([("a", ""), ("b", "")]))))
+    report = prepare_data(DataMapping(write(tmp_path, "d.jsonl", pc_lines([("a", ""), ("b", "")]))))
     assert report.fatal and not report.usable and report.rows == []
     assert report.issues[-1] == Issue(None, None, "no usable rows: all 2 rows have problems "
                                                   "(first problem: the completion ('completion') is empty)")
@@ -94,7 +94,7 @@ def test_all_completions_empty_is_not_usable(tmp_path):
 def test_mixed_types_warn_and_still_load(tmp_path):
     lines = [{"text": f"t{i}", "label": "yes" if i % 2 else "no"} for i in range(9)] + [{"text": "t9", "label": 1}]
     path = write(tmp_path, "m.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
-    report = prepare_data(DataOptions(path))
+    report = prepare_data(DataMapping(path))
     assert report.format == "classification" and report.usable and len(report.rows) == 10
     assert report.issues == [Issue(None, "label", "column 'label' mixes types: 9 text, 1 number (first number value at row 10)")]
     assert report.labels == {"1": 1, "no": 5, "yes": 4}
@@ -102,41 +102,42 @@ def test_mixed_types_warn_and_still_load(tmp_path):
 
 def test_wrong_type_in_a_row(tmp_path):
     path = write(tmp_path, "w.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": ["x"], "completion": "c"}\n')
-    report = prepare_data(DataOptions(path))
+    report = prepare_data(DataMapping(path))
     assert report.issues[-1].to_dict() == {"row": 2, "column": "prompt",
                                            "message": "message 1 should be an object with role and content"}
 
 
 def test_size_limit_refusal(tmp_path):
     path = write(tmp_path, "d.jsonl", pc_lines([("a", "b")] * 200))
-    report = prepare_data(DataOptions(path, max_file_mb=0.001))
+    report = prepare_data(DataMapping(path), max_file_mb=0.001)
     assert report.fatal and report.rows == [] and "over the 0.001 MB limit" in report.issues[0].message
 
 
 def test_garbage_never_raises(tmp_path):
     p = tmp_path / "g.json"
     p.write_bytes(bytes(range(1, 120)) * 3)
-    report = prepare_data(DataOptions(str(p)))
+    report = prepare_data(DataMapping(str(p)))
     assert report.fatal and not report.usable
 
 
 def test_unknown_columns_and_unknown_format(tmp_path):
     path = write(tmp_path, "u.jsonl", '{"foo": "a", "bar": "b", "baz": "c"}\n')
-    report = prepare_data(DataOptions(path))
+    report = prepare_data(DataMapping(path))
     assert report.fatal and report.issues[0].message.startswith("could not detect the format (columns: foo, bar, baz)")
-    assert prepare_data(DataOptions(path, format="yaml")).issues[0].message.startswith("unknown format 'yaml'")
+    assert prepare_data(DataMapping(path, data_format="yaml")).issues[0].message.startswith("unknown format 'yaml'")
 
 
 def test_forced_format_with_mapping(tmp_path):
     path = write(tmp_path, "q.jsonl", '{"question": "2+2?", "answer": "4"}\n')
-    report = prepare_data(DataOptions(path, format="prompt_completion", prompt_column="question", completion_column="answer"))
+    report = prepare_data(DataMapping(path, data_format="prompt_completion", prompt_column="question",
+                                      completion_column="answer"))
     assert report.format == "prompt_completion" and report.rows[0]["completion"][0]["content"] == "4"
-    missing = prepare_data(DataOptions(path, format="alpaca"))
+    missing = prepare_data(DataMapping(path, data_format="alpaca"))
     assert [i.column for i in missing.issues] == ["instruction", "output"]
 
 
 def test_summary_is_json_able():
-    summary = prepare_data(DataOptions(str(FIX / "classification.csv"))).summary()
+    summary = prepare_data(DataMapping(str(FIX / "classification.csv"))).summary()
     assert json.loads(json.dumps(summary))["format"] == "classification"
     assert {"format", "rows", "total_rows", "issues", "labels", "columns"} <= set(summary)
     assert summary["rows"] == 12 and summary["columns"] == ["text", "label"]
@@ -188,7 +189,7 @@ def test_jsonl_round_trip_is_atomic(tmp_path):
 
 def test_inspect_file_reports_duplicates_split_and_leakage(tmp_path):
     path = write(tmp_path, "d.jsonl", pc_lines([("a", "1"), ("b", "2"), ("a", "1"), ("c", "3")] + [(f"q{i}", "x") for i in range(16)]))
-    out = inspect_file(DataOptions(path), eval_fraction=0.1, seed=3)
+    out = inspect_file(DataMapping(path, eval_fraction=0.1, seed=3))
     assert out["rows"] == 20 and out["usable"] is True and out["format"] == "prompt_completion"
     assert out["stats"]["duplicates"] == {"count": 1, "groups": 1, "examples": [[1, 3]]}
     assert out["stats"]["split"] == {"train": 18, "held_out": 2, "eval_fraction": 0.1, "seed": 3}

@@ -212,7 +212,7 @@ def _cfg(model_dir, data, **kw):
 
     base = dict(model=str(model_dir), data_path=str(data), max_steps=3, batch_size=4, learning_rate=1e-3,
                 lora_r=4, lora_alpha=8, logging_steps=1, save_steps=1, precision="float32")
-    return RunConfig(**{**base, **kw})
+    return RunConfig.from_dict({**base, **kw})
 
 
 def _leftovers(run) -> list[str]:

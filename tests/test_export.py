@@ -406,7 +406,7 @@ def test_bundled_model_gguf_round_trip(runs_root, tmp_path):
     from finetune_core.models.sources import load_model, load_tokenizer
     from finetune_core.runs.store import create_run
 
-    run = create_run(RunConfig(model="bundled", data_path="toy.jsonl", lora_r=4))
+    run = create_run(RunConfig.from_dict(dict(model="bundled", data_path="toy.jsonl", lora_r=4)))
     base, tok = load_model("bundled", device_policy("cpu")), load_tokenizer("bundled")
     torch.manual_seed(0)
     peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"],

@@ -283,7 +283,7 @@ def test_merged_model_gives_the_adapters_logits(family, dora, runs_root, tmp_pat
     folder = tmp_path / family.name
     family.build(tok, seed=2, init=TRAIN_INIT).save_pretrained(folder)
     tok.save_pretrained(folder)
-    run = create_run(RunConfig(model=str(folder), data_path="x.jsonl", method="lora", use_dora=dora))
+    run = create_run(RunConfig.from_dict(dict(model=str(folder), data_path="x.jsonl", method="lora", use_dora=dora)))
     adapter = lora_model(family, tok, TRAIN_INIT, dora=dora)  # same seed: the base weights saved above
     adapter.save_pretrained(run.adapter_dir)
     merged = merged_model(run).eval()
@@ -328,7 +328,7 @@ def test_gguf_export_writes_or_refuses_up_front(family, runs_root, tmp_path, mon
     assert refusal in str(caught.value)
     assert not out.exists() or not any(out.iterdir())
     # From a run: refused before the adapter is merged (a merge is the expensive part on a real model).
-    run = create_run(RunConfig(model=str(folder), data_path="x.jsonl"))
+    run = create_run(RunConfig.from_dict(dict(model=str(folder), data_path="x.jsonl")))
     lora_model(family, tok, 0.02).save_pretrained(run.adapter_dir)
     monkeypatch.setattr(export, "merge", lambda *a, **k: pytest.fail("merged before refusing"))
     with pytest.raises(GGUFExportError, match=re.escape(family.architecture)):

@@ -31,7 +31,7 @@ def tiny_cfg(model_dir, data_file, **kw) -> RunConfig:
     base = dict(model=str(model_dir), data_path=str(data_file), max_steps=2, batch_size=4,
                 learning_rate=1e-3, lora_r=4, lora_alpha=8, logging_steps=1, save_steps=0)
     base.update(kw)
-    return RunConfig(**base)
+    return RunConfig.from_dict(base)
 
 
 class AtStep(TrainerCallback):
@@ -230,7 +230,8 @@ def test_bad_data_fails_before_training(tiny_model_dir, tmp_path, runs_root):
 
 
 def test_run_yaml_round_trip_and_presets(tmp_path):
-    cfg = RunConfig(model="bundled", lora_r=8, learning_rate=3e-4, use_dora=True, prompt_template="Q: {q}")
+    cfg = RunConfig.from_dict(dict(model="bundled", lora_r=8, learning_rate=3e-4, use_dora=True,
+                                   prompt_template="Q: {q}"))
     cfg.save(tmp_path / "run.yaml", extra={"resolved_device": "cpu"})
     assert RunConfig.load(tmp_path / "run.yaml") == cfg
     for name in PRESETS:

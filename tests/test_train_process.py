@@ -24,8 +24,8 @@ def _write_config(tmp_path: Path, model_dir: Path, **kw) -> Path:
     data = tmp_path / "toy.jsonl"
     write_jsonl(data, [{"prompt": r["prompt"][0]["content"], "completion": r["completion"][0]["content"]}
                        for r in toy_rows(48)])
-    cfg = RunConfig(model=str(model_dir), data_path=str(data), batch_size=4, lora_r=4, lora_alpha=8,
-                    learning_rate=1e-3, logging_steps=1, **kw)
+    cfg = RunConfig.from_dict(dict(model=str(model_dir), data_path=str(data), batch_size=4, lora_r=4, lora_alpha=8,
+                    learning_rate=1e-3, logging_steps=1, **kw))
     path = tmp_path / "run.yaml"
     cfg.save(path)
     return path

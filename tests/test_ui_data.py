@@ -13,15 +13,14 @@ import pytest
 
 from finetune_core.data.dataset import prepare_data
 from finetune_core.data.samples import SAMPLES
-from finetune_core.training.train import cfg_data_options
+from finetune_core.data.mapping import DataMapping
 from ui.context import AppContext
 from ui_support import shared_for
-from ui.data_tab import (MASKED, TRAINED, Mapping, build, display_name, inspect_data, load_sample, load_upload,
-                         md_text, save_upload, stats_tokenizer, TokenizerCache, view_values, with_eval_file)
+from ui.data_tab import (MASKED, TRAINED, build, display_name, inspect_data, load_sample, load_upload,
+                         md_text, save_upload, TokenizerCache, view_values, with_eval_file)
 from ui.train_tab import build_config
 
-STATE_KEYS = {"data_path", "data_format", "prompt_column", "completion_column", "prompt_template",
-              "completion_template", "system_prompt", "eval_fraction", "eval_path", "drop_bad_rows", "name", "rows"}
+STATE_KEYS = {"mapping", "name", "rows"}
 GENERATED = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{12}\.(jsonl|json|csv|tsv|parquet)$")
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -47,28 +46,29 @@ def test_every_sample_sets_a_usable_data_state(name, tokenizer):
     view = load_sample(name, tokenizer)
     state = view.data_state
     assert state is not None, view.status
-    assert set(state) == STATE_KEYS
+    assert set(state) == STATE_KEYS and set(state["mapping"]) == set(DataMapping.names())
     entry = SAMPLES[name]
-    assert state["data_path"] == entry["path"] and state["data_format"] == entry["format"]
-    assert state["name"] == name and state["eval_path"] == "" and state["eval_fraction"] == 0.1
+    mapping = state["mapping"]
+    assert mapping["data_path"] == entry["data_path"] and mapping["data_format"] == entry["data_format"]
+    assert state["name"] == name and state["mapping"]["eval_path"] == "" and state["mapping"]["eval_fraction"] == 0.1
     for key in ("prompt_column", "completion_column", "prompt_template"):
-        assert state[key] == entry.get(key, "")
+        assert state["mapping"][key] == entry.get(key, "")
     assert f"Ready: {state['rows']} rows. Next: the Train tab." in view.status
     assert entry["description"] in view_values(view)[9]
     # The Train tab accepts it, and a run re-reads exactly the rows inspected here.
     cfg = build_config({}, state)
-    assert prepare_data(cfg_data_options(cfg, cfg.data_path)).usable
-    assert len(prepare_data(cfg_data_options(cfg, cfg.data_path)).rows) == state["rows"]
+    assert prepare_data(cfg.data).usable
+    assert len(prepare_data(cfg.data).rows) == state["rows"]
 
 
 def test_upload_is_copied_under_a_generated_name(uploads, tmp_path, tokenizer):
     src = write_lines(tmp_path / "My Data (v2).jsonl", pc_lines(30))
     view = load_upload(str(src), tokenizer)
-    copied = Path(view.data_state["data_path"])
+    copied = Path(view.data_state["mapping"]["data_path"])
     assert copied.parent == uploads.resolve() and GENERATED.match(copied.name)
     assert copied.read_bytes() == src.read_bytes()
     assert view.data_state["name"] == "My-Data-v2"
-    assert view.data_state["rows"] == 30 and view.data_state["data_format"] == "prompt_completion"
+    assert view.data_state["rows"] == 30 and view.data_state["mapping"]["data_format"] == "prompt_completion"
     assert src.exists()  # the upload itself is left alone
 
 
@@ -76,12 +76,12 @@ def test_broken_jsonl_line_57_is_named(uploads, tmp_path, tokenizer):
     lines = pc_lines(60)
     lines[56] = '{"prompt": "Question 57?", "completion": '
     src = write_lines(tmp_path / "broken.jsonl", lines)
-    view = load_upload(str(src), tokenizer, Mapping(drop_bad_rows=False))
+    view = load_upload(str(src), tokenizer, DataMapping(drop_bad_rows=False))
     row = view.issues[view.issues["row"] == "57"]
     assert len(row) == 1 and "line 57" in row.iloc[0]["message"]
     assert view.data_state is None
     assert "row 57" in view.status and "Drop bad rows" in view.status
-    dropped = inspect_data(view.source, Mapping(drop_bad_rows=True), tokenizer)
+    dropped = inspect_data(view.source, DataMapping(drop_bad_rows=True), tokenizer)
     assert dropped.data_state["rows"] == 59 and "1 row with problems will be dropped" in dropped.status
 
 
@@ -132,8 +132,8 @@ def test_classification_label_counts(tokenizer):
     assert "refund\\_request (90)" in view.summary
     labels_update = view_values(view)[5]
     assert labels_update["visible"] is True
-    fixture = inspect_data({"path": str(FIXTURES / "classification.csv"), "name": "c"}, Mapping(), tokenizer)
-    assert fixture.data_state["data_format"] == "classification" and not fixture.labels.empty
+    fixture = inspect_data({"path": str(FIXTURES / "classification.csv"), "name": "c"}, DataMapping(), tokenizer)
+    assert fixture.data_state["mapping"]["data_format"] == "classification" and not fixture.labels.empty
     assert view_values(load_sample("Fact cards (prompt/completion)", tokenizer))[5]["visible"] is False
 
 
@@ -149,10 +149,11 @@ def test_token_stats_and_max_length(tokenizer):
 def test_mapping_problems_make_the_data_unusable(tmp_path):
     src = write_lines(tmp_path / "tickets.csv", ["body,answer", "printer jams,restart it"])
     source = {"path": str(src), "name": "tickets"}
-    view = inspect_data(source, Mapping(format="columns", prompt_column="body", completion_column="reply"))
+    view = inspect_data(source, DataMapping(data_format="columns", prompt_column="body", completion_column="reply"))
     assert view.data_state is None and "Not usable" in view.status and "'reply'" in view.status
-    good = inspect_data(source, Mapping(prompt_column="body", completion_column="answer"))
-    assert good.data_state["data_format"] == "columns" and good.data_state["completion_column"] == "answer"
+    good = inspect_data(source, DataMapping(prompt_column="body", completion_column="answer"))
+    chosen = good.data_state["mapping"]
+    assert chosen["data_format"] == "columns" and chosen["completion_column"] == "answer"
     assert good.columns == ["body", "answer"]
 
 
@@ -162,11 +163,11 @@ def test_separate_evaluation_file_and_leakage(uploads, tmp_path):
     view = load_upload(str(train))
     source = with_eval_file(view.source, str(held), 100)
     assert Path(source["eval_path"]).parent == uploads.resolve()
-    both = inspect_data(source, Mapping())
-    assert both.data_state["eval_path"] == source["eval_path"]
+    both = inspect_data(source, DataMapping())
+    assert both.data_state["mapping"]["eval_path"] == source["eval_path"]
     assert "2 exact" in both.summary and "held.jsonl" not in both.summary
     bad = write_lines(tmp_path / "bad.jsonl", pc_lines(1) + ['{"prompt": "x", "completion": ""}'] + pc_lines(1))
-    unusable = inspect_data(with_eval_file(view.source, str(bad), 100), Mapping(drop_bad_rows=False))
+    unusable = inspect_data(with_eval_file(view.source, str(bad), 100), DataMapping(drop_bad_rows=False))
     assert unusable.data_state is None and "evaluation file" in unusable.status and "row 2" in unusable.status
     assert "eval file, row 2" in set(unusable.issues["row"])
     assert with_eval_file(source, None, 100)["eval_path"] == ""
@@ -175,13 +176,13 @@ def test_separate_evaluation_file_and_leakage(uploads, tmp_path):
 def test_file_content_is_escaped_in_markdown(tmp_path):
     src = write_lines(tmp_path / "x.csv", ["text,label"] + [f"message {i},<img src=x onerror=alert(1)>" for i in range(6)]
                       + [f"other {i},ok" for i in range(6)])
-    view = inspect_data({"path": str(src), "name": "x"}, Mapping())
+    view = inspect_data({"path": str(src), "name": "x"}, DataMapping())
     assert "<img" not in view.summary and "&lt;img" in view.summary
     assert "<b>" not in md_text("<b>bold</b>")
 
 
 def test_bad_tokenizer_source_only_skips_token_stats():
-    tok, problem = stats_tokenizer(TokenizerCache(), "not a model id", "bundled")
+    tok, problem = TokenizerCache().for_stats("not a model id", "bundled")
     assert tok is None and "not a Hub model id" in problem
     view = load_sample("Fact cards (prompt/completion)", None, token_problem=problem)
     assert view.data_state is not None and "Token statistics unavailable" in view.summary
@@ -197,5 +198,5 @@ def test_build_registers_the_guided_demo_hooks(tiny_model_dir):
     assert outputs[0] is shared.data_state
     values = parts.load_sample("Customer intents (classification)")
     assert len(values) == len(outputs)
-    assert values[0]["rows"] == 450 and values[0]["data_format"] == "classification"
+    assert values[0]["rows"] == 450 and values[0]["mapping"]["data_format"] == "classification"
     assert values[6] is not None  # token histogram from the tiny model's tokenizer

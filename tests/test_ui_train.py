@@ -9,8 +9,8 @@ from finetune_core.config import PRESETS, RunConfig
 from finetune_core.data.dataset import write_jsonl
 from ui.context import AppContext
 from finetune_core.runs.store import create_run
-from ui.train_tab import (TRAIN_ANYWAY, build_config, cli_text, config_from_yaml_file, loss_frame, memory_markdown,
-                          model_choices, resume_training, run_view, start_training, tick)
+from ui.train_tab import (TRAIN_ANYWAY, build_config, cli_text, config_from_yaml_file, data_fields, loss_frame,
+                          memory_markdown, model_choices, resume_training, run_view, start_training, tick)
 from ui.widgets import build_config_widgets, config_from_values, named_values
 
 
@@ -19,7 +19,7 @@ def data_state(tmp_path):
     path = tmp_path / "toy.jsonl"
     write_jsonl(path, [{"prompt": r["prompt"][0]["content"], "completion": r["completion"][0]["content"]}
                        for r in toy_rows(48)])
-    return {"data_path": str(path), "data_format": "auto", "eval_fraction": 0.1, "name": "toy"}
+    return {"mapping": {"data_path": str(path), "data_format": "auto", "eval_fraction": 0.1}, "name": "toy"}
 
 
 def test_widgets_carry_bounds_and_help_from_the_config():
@@ -39,14 +39,14 @@ def test_build_config_needs_data_and_checks_bounds(data_state):
     with pytest.raises(gr.Error, match="Data tab"):
         build_config({"lora_r": 8}, None)
     cfg = build_config({"lora_r": 8.0, "learning_rate": 1e-4}, data_state)
-    assert cfg.lora_r == 8 and cfg.data_path == data_state["data_path"]
+    assert cfg.lora_r == 8 and cfg.data.data_path == data_state["mapping"]["data_path"]
     with pytest.raises(gr.Error, match="lora_r"):
         build_config({"lora_r": 0}, data_state)
 
 
 def test_refuses_unknown_model_id_before_creating_a_run(data_state, runs_root):
     ctx = AppContext()
-    cfg = config_from_values({"model": "not a model id"}, data_state)
+    cfg = config_from_values({"model": "not a model id"}, data_fields(data_state))
     with pytest.raises(gr.Error, match="not a Hub model id"):
         start_training(ctx, cfg)
     assert not runs_root.exists() or not any(runs_root.iterdir())
@@ -54,7 +54,8 @@ def test_refuses_unknown_model_id_before_creating_a_run(data_state, runs_root):
 
 def test_start_then_view_the_run(tiny_model_dir, data_state, runs_root):
     ctx = AppContext()
-    cfg = config_from_values({"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "logging_steps": 1}, data_state)
+    cfg = config_from_values({"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "logging_steps": 1},
+                             data_fields(data_state))
     run_id = start_training(ctx, cfg, label="toy")
     with pytest.raises(gr.Error, match="already running"):  # the job takes seconds: still running here
         start_training(ctx, cfg)
@@ -127,7 +128,7 @@ def test_start_training_refuses_a_run_that_will_not_fit_unless_forced(tiny_model
     fixed_device(monkeypatch, 1.5)
     ctx = AppContext()
     cfg = config_from_values({"model": str(tiny_model_dir), "max_steps": 1, "batch_size": 16, "max_length": 1024,
-                              "logging_steps": 1}, data_state)
+                              "logging_steps": 1}, data_fields(data_state))
     with pytest.raises(gr.Error) as caught:
         start_training(ctx, cfg)
     text = caught.value.message

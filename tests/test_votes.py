@@ -34,7 +34,7 @@ class FakeModel:
 
 @pytest.fixture()
 def run(runs_root) -> Run:
-    return create_run(RunConfig(model="bundled", data_path="toy.jsonl"), label="votes")
+    return create_run(RunConfig.from_dict({"model": "bundled", "data_path": "toy.jsonl"}), label="votes")
 
 
 def blind_turn(session: chat.ChatSession, model: FakeModel, message: str) -> str:
@@ -135,7 +135,7 @@ def write_version_1_run(root, run_id: str = "20250101-120000-old-run-abc123") ->
     path = root / run_id
     (path / "data").mkdir(parents=True)
     (path / "checkpoints").mkdir()
-    cfg = RunConfig(model="bundled", data_path="/srv/uploads/toy.jsonl", lora_r=8).to_dict()
+    cfg = RunConfig.from_dict({"model": "bundled", "data_path": "/srv/uploads/toy.jsonl", "lora_r": 8}).to_dict()
     (path / "run.yaml").write_text(yaml.safe_dump({**cfg, "resolved_device": "cpu"}, sort_keys=False),
                                    encoding="utf-8")
     (path / "status.json").write_text(json.dumps({"state": "completed", "step": 30, "total_steps": 30,
@@ -159,4 +159,4 @@ def test_an_old_run_directory_opens_as_version_1_migrated_in_memory(runs_root):
 def test_new_runs_write_the_current_schema_version(run):
     assert yaml.safe_load((run.path / "run.yaml").read_text())["schema_version"] == SCHEMA_VERSION
     assert json.loads((run.path / "status.json").read_text())["schema_version"] == SCHEMA_VERSION
-    assert run.config() == RunConfig(model="bundled", data_path="toy.jsonl")  # the version is not a config field
+    assert run.config() == RunConfig.from_dict({"model": "bundled", "data_path": "toy.jsonl"})  # the version is not a config field

@@ -12,10 +12,11 @@ from __future__ import annotations
 import gradio as gr
 
 from finetune_core.inference import chat
-from finetune_core.runs.ownership import Visitor, can_view, visible_runs
+from finetune_core.runs.ownership import Visitor, can_view
 from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
 
 from .context import AppContext
+from .widgets import run_choices as adapter_runs
 
 BASE_PREFIX = "base:"
 RUN_PREFIX = "run:"
@@ -24,11 +25,7 @@ RUN_PREFIX = "run:"
 def run_choices(default_model: str, who: Visitor | None = None) -> list[tuple[str, str]]:
     """Dropdown choices: runs with a saved adapter that `who` may see (newest first), then
     the base model alone."""
-    choices = []
-    for run in visible_runs(who or Visitor()):
-        if run.has_adapter():
-            s = run.summary()
-            choices.append((f"{run.id} · {s.get('model') or '?'} · {s.get('state')}", RUN_PREFIX + run.id))
+    choices = adapter_runs(who, lambda _run, summary: summary.get("state"), key=lambda run: RUN_PREFIX + run.id)
     choices.append((f"Base model only ({default_model})", BASE_PREFIX + default_model))
     return choices
 

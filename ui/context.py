@@ -64,7 +64,7 @@ class AppContext:
             cfg = job.run.config()
         except (OSError, ValueError):
             return []
-        return [Path(p) for p in (cfg.data_path, cfg.eval_path) if p]
+        return [Path(p) for p in (cfg.data.data_path, cfg.data.eval_path) if p]
 
     def start_sweeper(self) -> Sweeper:
         """Sweep uploads, exports and Gradio's cache by the retention settings

@@ -7,35 +7,35 @@ histograms, duplicates and train/held-out leakage, a preview of normalised
 rows and one example rendered through the chat template with the trained
 (completion) tokens told apart from the masked prompt tokens.
 
-When the file is usable the view also sets ``shared.data_state`` (the dict of
-RunConfig data fields the Train tab reads); otherwise ``data_state`` is None
-and the status line says what to fix. The handlers below are plain functions
+The mapping controls make one ``DataMapping`` (finetune_core/data/mapping.py;
+the held-out share is shown as a percentage and converted at the widget edge
+by ``held_out_fraction``). When the file is usable the view also sets
+``shared.data_state`` (``{"mapping": DataMapping fields, "name", "rows"}``, which
+the Train tab reads); otherwise ``data_state`` is None and the status line
+says what to fix. The inspection itself is ``inspect_mapping`` in the core. The handlers below are plain functions
 (tests call them); ``build`` only lays out widgets and wires them.
 
     .venv/bin/python -m pytest -q tests/test_ui_data.py
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from finetune_core.data.checks import find_duplicates, find_leakage
-from finetune_core.data.stats import ensure_chat_template, token_stats
-from finetune_core.data.dataset import FORMATS, DataOptions, DataReport, prepare_data, split_rows
-from finetune_core.models.sources import ModelError, load_tokenizer
-from finetune_core.data.samples import SAMPLES
+from finetune_core.data.dataset import FORMATS, DataReport, inspect_mapping
+from finetune_core.data.mapping import DataMapping
+from finetune_core.data.stats import TokenizerCache
+from finetune_core.data.samples import SAMPLES, sample_mapping
 
 from .context import DATA_EXTENSIONS, AppContext, DataParts, Shared
 from .data_uploads import display_name, save_upload, uploads_dir  # noqa: F401 (part of this tab's API)
-from .data_views import (ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS, SPLIT_SEED, TRAINED,  # noqa: F401
-                         example_spans, issues_frame,
+from .data_views import (ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS, TRAINED,  # noqa: F401
+                         example_spans, held_out_fraction, held_out_percent, issues_frame,
                          labels_frame, length_figure, md_text, preview_frame, status_text, summary_text)
 
 EXAMPLE_COLOURS = {TRAINED: "#16a34a", MASKED: "#d1d5db"}
@@ -45,80 +45,36 @@ NO_COLUMN = ("(none)", "")
 EMPTY_STATUS = "No dataset chosen yet: load a sample or upload a file."
 
 
-# -- tokenizers ---------------------------------------------------------------------
-class TokenizerCache:
-    """Tokenizers for token statistics, by model source: one per app (made in ``build``),
-    shared read-only between users; a lock so two clicks do not load the same one twice."""
-
-    def __init__(self, capacity: int = 2):
-        self.capacity = capacity
-        self._items: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, source: str, progress: Callable[[str], None] | None = None):
-        with self._lock:
-            if source in self._items:
-                self._items.move_to_end(source)
-                return self._items[source]
-            tok = load_tokenizer(source, progress)
-            ensure_chat_template(tok)  # mutate once here, before other threads can see it
-            self._items[source] = tok
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-            return tok
-
-
-def stats_tokenizer(cache: TokenizerCache, source: str | None, default: str,
-                    progress: Callable[[str], None] | None = None) -> tuple[Any, str]:
-    """(tokenizer or None, problem text). A bad model choice only costs the token
-    statistics: the rest of the data view does not depend on it."""
-    source = (source or "").strip() or default
-    try:
-        return cache.get(source, progress), ""
-    except ModelError as exc:
-        return None, str(exc)
-
-
 # -- what the user chose ------------------------------------------------------------
-@dataclass
-class Mapping:
-    """The mapping controls' values (classification: prompt = text column, completion = label column)."""
-
-    format: str = "auto"
-    prompt_column: str = ""
-    completion_column: str = ""
-    prompt_template: str = ""
-    completion_template: str = ""
-    system_prompt: str = ""
-    held_out_pct: float = 10.0
-    drop_bad_rows: bool = True
-
-    @property
-    def eval_fraction(self) -> float:
-        return round(max(0.0, min(50.0, float(self.held_out_pct or 0))) / 100, 4)
-
-    def options(self, path: str, max_file_mb: float) -> DataOptions:
-        return DataOptions(
-            path=path, format=self.format or "auto", prompt_column=self.prompt_column or "",
-            completion_column=self.completion_column or "", prompt_template=self.prompt_template or "",
-            completion_template=self.completion_template or "", system_prompt=self.system_prompt or "",
-            max_file_mb=max_file_mb, drop_bad_rows=bool(self.drop_bad_rows),
-        )
+def mapping_from_widgets(values: dict[str, Any], base: DataMapping | None = None) -> DataMapping:
+    """The DataMapping the mapping controls show (by field name), on top of ``base``. The
+    held-out slider is a percentage: converted here, the one place. A bad or unknown
+    value is a gr.Error naming the field; the templates are checked with the file
+    (their problems show as issues)."""
+    values = {k: v for k, v in values.items() if v is not None}
+    try:
+        if "eval_fraction" in values:
+            values["eval_fraction"] = held_out_fraction(values["eval_fraction"])
+        return DataMapping.from_dict({**(base or DataMapping()).to_dict(), **values}, check_templates=False)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
 
 
-def sample_source(name: str, mapping: Mapping | None = None) -> tuple[dict, Mapping]:
-    """The source dict and mapping for a sample (keeps the user's split and drop choices)."""
+def kept_choices(mapping: DataMapping | None) -> DataMapping:
+    """A fresh mapping keeping the user's split, seed, drop and system-prompt choices (a new file's columns differ)."""
+    base = mapping or DataMapping()
+    return DataMapping(system_prompt=base.system_prompt, eval_fraction=base.eval_fraction, seed=base.seed,
+                       drop_bad_rows=base.drop_bad_rows)
+
+
+def sample_source(name: str, mapping: DataMapping | None = None) -> tuple[dict, DataMapping]:
+    """The source dict and mapping for a sample (keeps the user's split, seed and drop choices)."""
     if name not in SAMPLES:
         raise gr.Error(f"Unknown sample {name!r}; choose one of: {', '.join(SAMPLES)}.")
-    entry = SAMPLES[name]
-    base = mapping or Mapping()
-    chosen = Mapping(
-        format=entry.get("format", "auto"), prompt_column=entry.get("prompt_column", ""),
-        completion_column=entry.get("completion_column", ""), prompt_template=entry.get("prompt_template", ""),
-        completion_template=entry.get("completion_template", ""), system_prompt=entry.get("system_prompt", ""),
-        held_out_pct=base.held_out_pct, drop_bad_rows=base.drop_bad_rows,
-    )
-    source = {"path": entry["path"], "name": name, "sample": name, "eval_path": "", "eval_name": ""}
+    base = mapping or DataMapping()
+    chosen = replace(sample_mapping(name), eval_fraction=base.eval_fraction, seed=base.seed,
+                     drop_bad_rows=base.drop_bad_rows)
+    source = {"path": chosen.data_path, "name": name, "sample": name, "eval_path": "", "eval_name": ""}
     return source, chosen
 
 
@@ -146,7 +102,7 @@ class DataView:
 
     data_state: dict | None
     source: dict | None
-    mapping: Mapping
+    mapping: DataMapping
     status: str
     summary: str = ""
     issues: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUE_COLUMNS))
@@ -160,44 +116,30 @@ class DataView:
     unreadable: tuple[str, ...] = ()  # source keys ("path", "eval_path") of files that could not be read at all
 
 
-def state_for(report: DataReport, source: dict, mapping: Mapping) -> dict:
-    """The dict the Train tab reads (RunConfig data fields + name and rows).
+def state_for(report: DataReport, mapping: DataMapping, source: dict) -> dict:
+    """What the Train tab reads: ``{"mapping": every DataMapping field, "name", "rows"}``.
 
     ``data_format`` is the resolved format, not "auto": the run re-reads the file
     exactly as it was inspected here.
     """
-    return {
-        "data_path": source["path"], "data_format": report.format,
-        "prompt_column": mapping.prompt_column or "", "completion_column": mapping.completion_column or "",
-        "prompt_template": mapping.prompt_template or "", "completion_template": mapping.completion_template or "",
-        "system_prompt": mapping.system_prompt or "", "eval_fraction": mapping.eval_fraction,
-        "eval_path": source.get("eval_path", "") or "", "drop_bad_rows": bool(mapping.drop_bad_rows),
-        "name": source.get("name", "") or "data", "rows": len(report.rows),
-    }
+    chosen = replace(mapping, data_format=report.format)
+    return {"mapping": chosen.to_dict(), "name": source.get("name", "") or "data", "rows": len(report.rows)}
 
 
-def inspect_data(source: dict | None, mapping: Mapping, tokenizer=None, max_length: int = 512,
+def inspect_data(source: dict | None, mapping: DataMapping, tokenizer=None, max_length: int = 512,
                  max_file_mb: float = 100.0, token_problem: str = "") -> DataView:
-    """Read, validate and describe ``source`` with ``mapping``; never raises on bad content."""
+    """Read, validate and describe ``source`` with ``mapping`` (``inspect_mapping``); never raises on bad content."""
     if not source or not source.get("path"):
         return DataView(None, source, mapping, EMPTY_STATUS)
     max_length = int(max_length or 512)
-    report = prepare_data(mapping.options(source["path"], max_file_mb))
-    eval_report = None
-    if source.get("eval_path"):
-        eval_report = prepare_data(mapping.options(source["eval_path"], max_file_mb))
-        train, held = report.rows, eval_report.rows
-    else:
-        train, held = split_rows(report.rows, mapping.eval_fraction, SPLIT_SEED)
-    duplicates = find_duplicates(report.rows, report.row_numbers)
-    leakage = find_leakage(train, held)
-    tokens = token_stats(report.rows, tokenizer, max_length) if tokenizer is not None and report.rows else None
-    usable = report.usable and (eval_report is None or eval_report.usable)
+    mapping = replace(mapping, data_path=source["path"], eval_path=source.get("eval_path", "") or "")
+    found = inspect_mapping(mapping, tokenizer, max_length, max_file_mb)
+    report, eval_report, tokens = found.report, found.eval_report, found.tokens
     view = DataView(
-        data_state=state_for(report, source, mapping) if usable else None,
+        data_state=state_for(report, mapping, source) if found.usable else None,
         source=source, mapping=mapping, status=status_text(report, eval_report, source),
-        summary=summary_text(report, source, mapping, eval_report, (len(train), len(held)), duplicates, leakage,
-                             tokens, token_problem),
+        summary=summary_text(report, source, mapping, eval_report, (len(found.train), len(found.held)),
+                             found.duplicates, found.leakage, tokens, token_problem),
         issues=issues_frame(report.issues, eval_report.issues if eval_report else None),
         labels=labels_frame(report.labels), lengths=length_figure(tokens) if tokens else None,
         preview=preview_frame(report.rows, report.row_numbers), columns=list(report.columns), tokens=tokens,
@@ -209,35 +151,34 @@ def inspect_data(source: dict | None, mapping: Mapping, tokenizer=None, max_leng
     return view
 
 
-def load_sample(name: str, tokenizer=None, mapping: Mapping | None = None, max_length: int = 512,
+def load_sample(name: str, tokenizer=None, mapping: DataMapping | None = None, max_length: int = 512,
                 max_file_mb: float = 100.0, token_problem: str = "") -> DataView:
     """One click: a sample with its own mapping."""
     source, chosen = sample_source(name, mapping)
     return inspect_data(source, chosen, tokenizer, max_length, max_file_mb, token_problem)
 
 
-def load_upload(file_path: str | None, tokenizer=None, mapping: Mapping | None = None, max_length: int = 512,
+def load_upload(file_path: str | None, tokenizer=None, mapping: DataMapping | None = None, max_length: int = 512,
                 max_file_mb: float = 100.0, folder: Path | None = None, token_problem: str = "") -> DataView:
     """A new upload: copied into the uploads folder and inspected with a fresh mapping
-    (auto-detect; the split, drop and system-prompt choices are kept)."""
+    (auto-detect; the split, seed, drop and system-prompt choices are kept)."""
     source = upload_source(file_path, max_file_mb, folder)
-    base = mapping or Mapping()
-    fresh = Mapping(system_prompt=base.system_prompt, held_out_pct=base.held_out_pct, drop_bad_rows=base.drop_bad_rows)
-    return inspect_new_copy(source, "path", fresh, tokenizer, max_length, max_file_mb, token_problem)
+    return inspect_new_copy(source, "path", kept_choices(mapping), tokenizer, max_length, max_file_mb, token_problem)
 
 
-def load_eval_upload(source: dict | None, file_path: str | None, tokenizer=None, mapping: Mapping | None = None,
+def load_eval_upload(source: dict | None, file_path: str | None, tokenizer=None,
+                     mapping: DataMapping | None = None,
                      max_length: int = 512, max_file_mb: float = 100.0, folder: Path | None = None,
                      token_problem: str = "") -> DataView:
     """A separate evaluation file attached (detached when ``file_path`` is None) and the view redone."""
     source = with_eval_file(source, file_path, max_file_mb, folder)
     if not file_path:
-        return inspect_data(source, mapping or Mapping(), tokenizer, max_length, max_file_mb, token_problem)
-    return inspect_new_copy(source, "eval_path", mapping or Mapping(), tokenizer, max_length, max_file_mb,
+        return inspect_data(source, mapping or DataMapping(), tokenizer, max_length, max_file_mb, token_problem)
+    return inspect_new_copy(source, "eval_path", mapping or DataMapping(), tokenizer, max_length, max_file_mb,
                             token_problem)
 
 
-def inspect_new_copy(source: dict, key: str, mapping: Mapping, tokenizer, max_length: int, max_file_mb: float,
+def inspect_new_copy(source: dict, key: str, mapping: DataMapping, tokenizer, max_length: int, max_file_mb: float,
                      token_problem: str) -> DataView:
     """``inspect_data`` for a source whose ``key`` file was just copied into the uploads
     folder. A copy that cannot be read at all (or whose inspection fails) is deleted
@@ -281,16 +222,12 @@ def view_values(view: DataView) -> tuple:
         # y from 0: with equal counts the plot's own domain would collapse and hide the bars.
         gr.update(value=view.labels, visible=has_labels, y_lim=[0, max(view.labels["count"], default=1)]), view.lengths,
         gr.update(value=view.preview, column_widths=preview_widths(view.preview)), view.example, description,
-        m.format, _column_update(view.columns, m.prompt_column), _column_update(view.columns, m.completion_column),
+        m.data_format, _column_update(view.columns, m.prompt_column), _column_update(view.columns, m.completion_column),
         m.prompt_template, m.completion_template, m.system_prompt, m.drop_bad_rows,
     )
 
 
 # -- layout and wiring -------------------------------------------------------------
-MAPPING_FIELDS = ("format", "prompt_column", "completion_column", "prompt_template", "completion_template",
-                  "system_prompt", "held_out_pct", "drop_bad_rows")
-
-
 def build(ctx: AppContext, shared: Shared) -> DataParts:
     """Build the Data tab inside the caller's `gr.Tab`; returns what the guided demo uses."""
     settings = ctx.settings
@@ -308,8 +245,9 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
             upload = gr.File(label="Upload a training file", file_types=DATA_EXTENSIONS, type="filepath",
                              height=110, elem_id="data-upload")
             with gr.Accordion("Mapping and split", open=True):
-                mapping = {
-                    "format": gr.Dropdown(FORMAT_CHOICES, value="auto", label="Format", elem_id="data-format"),
+                defaults = DataMapping()
+                mapping = {  # keyed by DataMapping field: current() reads them back by name
+                    "data_format": gr.Dropdown(FORMAT_CHOICES, value="auto", label="Format", elem_id="data-format"),
                     "prompt_column": gr.Dropdown([NO_COLUMN], value="", label="Prompt column (text, for classification)",
                                                  elem_id="data-prompt-column"),
                     "completion_column": gr.Dropdown([NO_COLUMN], value="", label="Completion column (label, for classification)",
@@ -318,8 +256,12 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                                                   info="{column} placeholders; overrides the prompt column."),
                     "completion_template": gr.Textbox(label="Completion template", placeholder="{summary}"),
                     "system_prompt": gr.Textbox(label="System prompt (optional)", lines=1),
-                    "held_out_pct": gr.Slider(0, 50, value=10, step=1, label="Held-out %",
-                                              info="Rows kept aside for evaluation (stratified by label)."),
+                    "eval_fraction": gr.Slider(0, 50, value=held_out_percent(defaults.eval_fraction), step=1,
+                                               label="Held-out %",
+                                               info="Rows kept aside for evaluation (stratified by label)."),
+                    "seed": gr.Number(defaults.seed, precision=0, minimum=0, maximum=2**31 - 1, label="Seed",
+                                      info="Picks the held-out rows; training also shuffles and initialises "
+                                           "with it."),
                     "drop_bad_rows": gr.Checkbox(True, label="Drop bad rows",
                                                  info="Train on the good rows; off = refuse a file with any bad row."),
                 }
@@ -346,31 +288,31 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
             preview = gr.Dataframe(label=f"Preview (first {PREVIEW_ROWS} normalised rows)", interactive=False,
                                    wrap=True, max_height=400, elem_id="data-preview")
     outputs = [shared.data_state, file_state, status, summary, issues, labels, lengths, preview, example, sample_info,
-               mapping["format"], mapping["prompt_column"], mapping["completion_column"], mapping["prompt_template"],
+               mapping["data_format"], mapping["prompt_column"], mapping["completion_column"],
+               mapping["prompt_template"],
                mapping["completion_template"], mapping["system_prompt"], mapping["drop_bad_rows"]]
     stats_inputs = {tok_source, max_length}
 
-    def current(raw: dict) -> Mapping:
-        return Mapping(**{name: raw[comp] for name, comp in mapping.items() if comp in raw})
+    def current(raw: dict) -> DataMapping:
+        return mapping_from_widgets({name: raw[comp] for name, comp in mapping.items() if comp in raw})
 
     def tokenizer_for(source: str | None):
-        tok, problem = stats_tokenizer(tokenizers, source, settings.default_model, gr.Info)
+        tok, problem = tokenizers.for_stats(source, settings.default_model, gr.Info)
         if problem:
             gr.Warning(f"Token statistics skipped: {problem}")
         return tok, problem
 
     def load_sample_values(name: str, tokenizer_source: str | None = None, max_len: int = 512,
-                           held_out_pct: float = 10, drop_bad_rows: bool = True) -> tuple:
-        """For the guided demo: load a sample by name; values in the order of ``data_outputs``."""
+                           chosen: DataMapping | None = None) -> tuple:
+        """For the guided demo: load a sample by name (keeping ``chosen``'s split, seed and
+        drop choices); values in the order of ``data_outputs``."""
         tok, problem = tokenizer_for(tokenizer_source)
-        view = load_sample(name, tok, Mapping(held_out_pct=held_out_pct, drop_bad_rows=drop_bad_rows), max_len,
-                           settings.max_upload_mb, problem)
+        view = load_sample(name, tok, chosen, max_len, settings.max_upload_mb, problem)
         return view_values(view)
 
     def sample_handler(name: str):
         def on_sample(raw: dict):
-            return load_sample_values(name, raw[tok_source], raw[max_length], raw[mapping["held_out_pct"]],
-                                      raw[mapping["drop_bad_rows"]])
+            return load_sample_values(name, raw[tok_source], raw[max_length], current(raw))
         return on_sample
 
     def on_upload(raw: dict):
@@ -379,7 +321,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                                        token_problem=problem))
 
     def on_upload_clear():
-        return view_values(DataView(None, None, Mapping(), EMPTY_STATUS))
+        return view_values(DataView(None, None, DataMapping(), EMPTY_STATUS))
 
     def on_eval_file(raw: dict):
         if not raw[file_state] and not raw[eval_upload]:  # cleared before any training file: nothing to redo
@@ -399,8 +341,9 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
         return gr.Tabs(selected="train")
 
     mapping_inputs = set(mapping.values()) | stats_inputs
+    kept = {mapping[k] for k in ("eval_fraction", "seed", "drop_bad_rows")}  # what a sample click keeps
     for i, (name, btn) in enumerate(sample_buttons.items()):
-        btn.click(sample_handler(name), stats_inputs | {mapping["held_out_pct"], mapping["drop_bad_rows"]}, outputs,
+        btn.click(sample_handler(name), stats_inputs | kept, outputs,
                   api_name=f"data_sample_{i}")
     upload.upload(on_upload, mapping_inputs | {upload}, outputs, api_name="data_upload")
     upload.clear(on_upload_clear, None, outputs, api_visibility="private")
@@ -411,8 +354,9 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
     return DataParts(outputs=outputs, load_sample=load_sample_values, sample_buttons=sample_buttons, status=status)
 
 
-__all__ = ["build", "save_upload", "display_name", "uploads_dir", "Mapping", "DataView", "inspect_data",
+__all__ = ["build", "save_upload", "display_name", "uploads_dir", "mapping_from_widgets", "kept_choices", "DataView",
+           "inspect_data",
            "load_sample", "load_upload", "load_eval_upload", "inspect_new_copy", "with_eval_file", "sample_source",
            "state_for", "view_values",
-           "TokenizerCache", "stats_tokenizer", "example_spans", "issues_frame", "labels_frame", "preview_frame",
+           "TokenizerCache", "example_spans", "issues_frame", "labels_frame", "preview_frame",
            "length_figure", "TRAINED", "MASKED"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -15,17 +15,29 @@ from matplotlib.figure import Figure
 
 from finetune_core.data.stats import render_training_view
 from finetune_core.data.dataset import DataReport, Issue
+from finetune_core.data.mapping import DataMapping
 
-if TYPE_CHECKING:
-    from .data_tab import Mapping
-
-SPLIT_SEED = 42  # RunConfig's default seed: the split previewed here is the one a default run makes
 PREVIEW_ROWS = 20
 CELL_CHARS = 400  # preview cells are cut here so one huge row cannot swamp the table
 ISSUE_ROWS = 500  # the table shows this many; the count above it says how many there are
 TRAINED, MASKED = "trained", "masked (prompt)"
 ISSUE_COLUMNS = ["row", "column", "message"]
 LABEL_COLUMNS = ["label", "count"]
+
+
+def held_out_fraction(percent: Any) -> float:
+    """The held-out slider's percentage as the fraction the core uses (10 -> 0.1); the one
+    place the Data tab converts. Out of range is left to ``DataMapping`` to refuse by name."""
+    try:
+        return round(float(percent or 0) / 100, 4)
+    except (TypeError, ValueError):
+        raise ValueError(f"Held-out %: {str(percent)[:40]!r} is not a number.") from None
+
+
+def held_out_percent(fraction: float) -> float:
+    """A held-out fraction as the slider shows it (0.1 -> 10)."""
+    return round(float(fraction) * 100, 2)
+
 
 def md_text(text: Any) -> str:
     """File content shown in Markdown: HTML-escaped and with Markdown syntax neutralised."""
@@ -154,7 +166,7 @@ def duplicate_rows_text(duplicates: dict, groups: int = 5, rows: int = 5) -> str
     return f" (rows {text}" + (f", … {more} more group{'s' if more != 1 else ''}" if more > 0 else "") + ")"
 
 
-def summary_text(report: DataReport, source: dict, mapping: Mapping, eval_report: DataReport | None,
+def summary_text(report: DataReport, source: dict, mapping: DataMapping, eval_report: DataReport | None,
                  split: tuple[int, int], duplicates: dict, leakage: dict, tokens: dict | None,
                  token_problem: str) -> str:
     lines = [f"**{md_text(source.get('name', ''))}** · format **{report.format}** · "
@@ -166,7 +178,8 @@ def summary_text(report: DataReport, source: dict, mapping: Mapping, eval_report
         lines.append(f"- Held out: the separate file **{md_text(source.get('eval_name', ''))}** "
                      f"({held_n} usable rows); the held-out % is not used.")
     else:
-        lines.append(f"- Split: {train_n} train / {held_n} held out ({mapping.eval_fraction:.0%}, seed {SPLIT_SEED}).")
+        lines.append(f"- Split: {train_n} train / {held_n} held out ({mapping.eval_fraction:.0%}, "
+                     f"seed {mapping.seed}).")
     lines.append(f"- Exact duplicates: {duplicates['count']}" + duplicate_rows_text(duplicates))
     lines.append(f"- Held-out rows also in training: {leakage['count']} exact, {leakage['same_prompt']} with the same prompt")
     if report.labels:

@@ -25,17 +25,18 @@ from typing import Callable, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from evaluation.compare import EXAMPLES_FILE, RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison
-from evaluation.plots import confusion_heatmap, delta_chart, improved
-from evaluation.run_eval import evaluate_run, is_lm_rows, load_meta
-from finetune_core.data.dataset import read_jsonl
-from finetune_core.limits import LimitError, limits
-from finetune_core.runs.ownership import Visitor, visible_runs
+from evaluation.compare import RESULTS_FILE, SCORE_COLUMNS, TEXT_COLUMNS, Comparison, copy_results, verdict
+from evaluation.plots import confusion_heatmap, delta_chart
+from evaluation.run_eval import evaluate_run, load_meta
+from finetune_core.data.dataset import is_text_rows, read_jsonl
+from finetune_core.limits import limits
+from finetune_core.runs.ownership import Visitor
 from finetune_core.runs.store import Run, RunError
 
 from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext, EvalParts, Shared
 from .widgets import open_run, pick_run, user_error
+from .widgets import run_choices as adapter_runs
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,10 @@ class View(NamedTuple):
 
 # -- runs ---------------------------------------------------------------------------
 def run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
-    """(label, run id) for the runs with a saved adapter that `who` may see, newest first."""
-    choices = []
-    for run in visible_runs(who or Visitor()):
-        if run.has_adapter():
-            done = "evaluated" if (run.eval_dir / RESULTS_FILE).is_file() else "not evaluated yet"
-            choices.append((f"{run.id} · {run.summary().get('model') or '?'} · {done}", run.id))
-    return choices
+    """(label, run id) for the runs with a saved adapter that `who` may see, newest first,
+    each saying whether it has been evaluated."""
+    return adapter_runs(who, lambda run, _summary: "evaluated" if (run.eval_dir / RESULTS_FILE).is_file()
+                        else "not evaluated yet")
 
 
 def heldout_rows(run: Run) -> list[dict]:
@@ -101,11 +99,10 @@ def summary_frame(summary: list[dict] | None) -> pd.DataFrame:
     and the last column says whether tuned improved whichever way the metric points."""
     rows = []
     for entry in summary or []:
-        better = improved(entry)
-        verdict = "—" if entry.get("delta") is None else {True: "better", False: "worse", None: "same"}[better]
         rows.append([entry["metric"], _number(entry.get("base")), _number(entry.get("tuned")),
                      _number(entry.get("delta"), signed=True),
-                     "higher ↑" if entry.get("higher_is_better", True) else "lower ↓ (lower is better)", verdict])
+                     "higher ↑" if entry.get("higher_is_better", True) else "lower ↓ (lower is better)",
+                     verdict(entry)])
     return pd.DataFrame(rows, columns=SUMMARY_HEADERS)
 
 
@@ -170,7 +167,7 @@ def not_evaluated_text(run: Run) -> str:
     if not rows:
         return (f"Run `{run.id}` has no held-out rows (it was trained with no held-out split), so there is "
                 "nothing to evaluate it on. Train a run with a held-out fraction above 0.")
-    loss_hint = " with **Also compute held-out loss** ticked (its rows are plain text)" if is_lm_rows(rows) else ""
+    loss_hint = " with **Also compute held-out loss** ticked (its rows are plain text)" if is_text_rows(rows) else ""
     return (f"Run `{run.id}` has not been evaluated yet. Press **Evaluate**{loss_hint} to score base and tuned "
             f"on its {len(rows)} held-out rows.")
 
@@ -223,14 +220,12 @@ def cancel_evaluation(cancel) -> None:
         gr.Info("Cancelling: the current batch finishes first.")
 
 
-def _whole(value, name: str, low: int) -> int:
+def _whole(value, name: str) -> int:
+    """A number field's value as an int (the bounds are evaluate_run's to check)."""
     try:
-        number = int(value or 0)
+        return int(value or 0)
     except (TypeError, ValueError, OverflowError):
         raise gr.Error(f"{name} must be a whole number.") from None
-    if number < low:
-        raise gr.Error(f"{name} must be at least {low}.")
-    return number
 
 
 def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_new_tokens=0,
@@ -246,33 +241,22 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
     if not run_id:
         raise gr.Error("Pick a run first." if run_choices(who) else "Train a run first (Train tab).")
     run = open_run(run_id, visitor=who, change="evaluate")  # an evaluation replaces the saved one
-    limit = _whole(limit, "Rows to evaluate", 0)
-    batch_size = _whole(batch_size, "Batch size", 1)
-    max_new_tokens = _whole(max_new_tokens, "Max new tokens", 0)
-    try:  # before the model loads (an API call may ask for any length)
-        limits().check("max_new_tokens", max_new_tokens, "Max new tokens")
-    except LimitError as exc:
-        raise gr.Error(str(exc)) from None
-    if not run.has_adapter():
-        raise gr.Error(f"Run {run.id} has no saved adapter: let it finish training first.")
-    rows = heldout_rows(run)
-    if is_lm_rows(rows) and not with_loss:
-        raise gr.Error("This run's held-out rows are plain text (no prompt to answer): "
-                       "tick 'Also compute held-out loss' to compare base and tuned by loss.")
+    # 0 = every row / sized from the references; evaluate_run checks the settings and the
+    # rows before it asks for the model
+    limit, batch_size = _whole(limit, "Rows to evaluate"), _whole(batch_size, "Batch size")
+    max_new_tokens = _whole(max_new_tokens, "Max new tokens")
     busy = gpu_busy(ctx)
     if busy:
         raise gr.Error(busy)
     cancel = cancel if isinstance(cancel, threading.Event) else threading.Event()
     say = progress or (lambda _text, _fraction: None)
     try:
-        if cancel.is_set():  # cancelled while queued: don't even load the model
-            raise InterruptedError("Evaluation cancelled.")
-        say("Loading the model (its first use takes a few seconds)...", 0.0)
         # The app's shared copy (also used by Chat): evaluation never loads a second one.
-        model = ctx.models.get(f"run:{run.id}", progress=lambda message: say(message, 0.0))
         comparison = evaluate_run(run, limit=limit or None, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens or None, with_loss=bool(with_loss),
-                                  progress=say, cancel=cancel, model=model)
+                                  progress=say, cancel=cancel,
+                                  load_model=lambda: ctx.models.get(f"run:{run.id}",
+                                                                    progress=lambda message: say(message, 0.0)))
     except InterruptedError:
         gr.Warning("Evaluation cancelled: nothing was saved.")
         view = show_run(run.id, order, who)
@@ -296,17 +280,12 @@ def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | No
         raise gr.Error("No results to download yet: press Evaluate first.")
     folder = ctx.settings.exports_dir / secrets.token_urlsafe(16)
     folder.mkdir(parents=True)
-    paths = []
-    try:
-        for name in (RESULTS_FILE, EXAMPLES_FILE):
-            target = folder / f"{run.id}-{name}"  # run ids are server-made: safe as file names
-            shutil.copyfile(run.eval_dir / name, target)
-            paths.append(str(target))
+    try:  # run ids are server-made: safe as file names
+        return [str(p) for p in copy_results(run.eval_dir, folder, run.id)]
     except FileNotFoundError:
         # An evaluation of this run was being saved at that moment (eval/ is swapped by rename).
         shutil.rmtree(folder, ignore_errors=True)
         raise gr.Error("The results changed while copying them: try again.") from None
-    return paths
 
 
 # -- layout and wiring ------------------------------------------------------------------

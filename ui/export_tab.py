@@ -28,7 +28,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -39,13 +38,14 @@ from finetune_core.export import artifacts as export
 from finetune_core.export.gguf import QTYPES
 from finetune_core.models.sources import ModelError
 from evaluation.report import report
-from finetune_core.runs.ownership import Policy, Visitor, admins, visible_runs
+from finetune_core.runs.ownership import Policy, Visitor, admins
 from finetune_core.runs.store import Run, RunError
 
 from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext, ExportParts, Shared
 from .widgets import open_run as open_any_run
 from .widgets import pick_run, user_error
+from .widgets import run_choices as adapter_runs
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ Progress = Callable[[float, str], None]
 # -- runs and folders ---------------------------------------------------------------------------
 def run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
     """(label, run id) for the runs with a saved adapter that `who` may see, newest first."""
-    return [(f"{run.id} · {run.summary().get('model') or '?'}", run.id)
-            for run in visible_runs(who or Visitor()) if run.has_adapter()]
+    return adapter_runs(who)
 
 
 def runs_dropdown(*wanted: str | None, who: Visitor | None = None) -> gr.Dropdown:
@@ -115,16 +114,6 @@ def download_adapter(ctx: AppContext, run_id: str | None, request: gr.Request | 
     return [str(path)]
 
 
-def _merged_zip(run: Run, folder: Path) -> Path:
-    """Merge in a private temp folder, then zip it into the export folder."""
-    work = Path(tempfile.mkdtemp(prefix="studio-merge-"))
-    try:
-        merged = export.merge(run, work / f"{run.id}-merged")
-        return Path(shutil.make_archive(str(folder / f"{run.id}-merged"), "zip", merged.parent, merged.name))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | None = None,
                     progress: Progress | None = None) -> list[str]:
     require_user(request)
@@ -134,7 +123,7 @@ def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | N
         raise gr.Error(busy)
     (progress or (lambda *_: None))(0.1, "Merging the adapter into the base weights...")
     folder = export_folder(ctx)
-    return [str(_guarded(folder, lambda: _merged_zip(run, folder), "merge"))]
+    return [str(_guarded(folder, lambda: export.merged_zip(run, folder), "merge"))]
 
 
 def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", request: gr.Request | None = None,

@@ -27,8 +27,9 @@ POLL_S = 2.0
 
 
 def demo_config(ctx: AppContext, data_state: dict) -> RunConfig:
-    base = RunConfig(model=ctx.settings.default_model).with_overrides(PRESETS[PRESET])
-    return base.with_overrides(data_fields(data_state))
+    # the preset after the data: its training-row cap beats the mapping's default (all rows)
+    base = RunConfig(model=ctx.settings.default_model).with_overrides(data_fields(data_state))
+    return base.with_overrides(PRESETS[PRESET])
 
 
 def wait_for_run(ctx: AppContext, run_id: str):

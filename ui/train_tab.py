@@ -28,6 +28,7 @@ from finetune_core.models import memory
 from finetune_core.models.catalogue import BUNDLED_HUB_ID, ENTRIES
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, read_config_yaml
+from finetune_core.data.mapping import DataMapping
 from finetune_core.models.sources import (BUNDLED, BUNDLED_LABEL, ModelError, allowed_hub_ids, check_model_size, max_params_b,
                                   resolve_model_source, training_policy)
 from finetune_core.runs.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
@@ -39,8 +40,6 @@ from .context import AppContext, Shared, TrainParts
 from .widgets import (build_config_widgets, config_from_values, named_values, open_run, progress_html,
                       widget_updates)
 
-DATA_FIELDS = ("data_path", "data_format", "prompt_column", "completion_column", "prompt_template",
-               "completion_template", "system_prompt", "eval_fraction", "eval_path", "drop_bad_rows")
 RUN_COLUMNS = ["id", "state", "step", "total_steps", "model", "method", "data", "reason"]
 TRAIN_ANYWAY = "Train anyway (the estimate is approximate)"
 # the settings the memory estimate reads: the note under the model picker follows them
@@ -49,10 +48,19 @@ ESTIMATE_FIELDS = ("model", "method", "lora_r", "lora_dropout", "use_dora", "tar
 
 
 # -- plain functions (the tests call these) ------------------------------------
-def data_fields(data_state: dict | None) -> dict[str, Any]:
-    if not data_state or not data_state.get("data_path"):
+def data_fields(data_state: dict | None, required: bool = True) -> dict[str, Any]:
+    """The Data tab's DataMapping (``data_state["mapping"]``) as flat RunConfig fields, validated:
+    an unknown or bad field is a gr.Error naming it. Without a chosen file: a gr.Error, or {}
+    when not ``required`` (the CLI text can be shown before a dataset is chosen)."""
+    mapping = (data_state or {}).get("mapping") or {}
+    if not mapping.get("data_path"):
+        if not required:
+            return {}
         raise gr.Error("Choose a dataset in the Data tab first (upload a file or pick a sample).")
-    return {k: data_state[k] for k in DATA_FIELDS if k in data_state}
+    try:
+        return DataMapping.from_dict(mapping).to_dict()
+    except ValueError as exc:
+        raise gr.Error(f"The Data tab's choices: {exc}") from None
 
 
 def build_config(values: dict[str, Any], data_state: dict | None) -> RunConfig:
@@ -402,7 +410,7 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
 
     def on_cli(raw: dict):
         values = named_values(widgets, raw)
-        cfg = config_from_values(values, (raw[shared.data_state] or {}))
+        cfg = config_from_values(values, data_fields(raw[shared.data_state], required=False))
         return gr.update(value=cli_text(cfg), visible=True)
 
     def on_yaml(path: str | None):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
 from finetune_core.config import ConfigError, RunConfig, coerce, field_info
-from finetune_core.runs.ownership import AccessError, Visitor, require_change, require_view
+from finetune_core.runs.ownership import AccessError, Visitor, require_change, require_view, visible_runs
 from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
 
 from .context import AppContext
@@ -55,20 +55,20 @@ def build_config_widgets(groups: tuple[str, ...], cfg: RunConfig | None = None,
                          only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Widgets for the fields of the given groups (or just the fields named in `only`), in
     dataclass order. Each widget is placed on the page as it is made: build only those shown."""
-    cfg = cfg or RunConfig()
-    return {info["name"]: make_widget(info, getattr(cfg, info["name"]))
+    values = (cfg or RunConfig()).to_dict()
+    return {info["name"]: make_widget(info, values[info["name"]])
             for info in field_info() if info["group"] in groups and (only is None or info["name"] in only)}
 
 
 def config_from_values(values: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
     """RunConfig from widget values (by field name) on top of `base` (e.g. the data state).
 
-    Validated (bounds, NaN/inf, template limits); a bad value is a gr.Error naming the
-    field, so every Train tab event (train, preset, CLI text) shows the reason.
+    Validated (bounds, NaN/inf, template limits, no unknown key); a bad value is a
+    gr.Error naming the field, so every Train tab event (train, preset, CLI text) shows the reason.
     """
     merged = {**(base or {}), **{k: v for k, v in values.items() if v is not None}}
     try:
-        return RunConfig.from_dict(merged, strict=False)
+        return RunConfig.from_dict(merged)
     except ConfigError as exc:
         raise gr.Error(str(exc)) from exc
 
@@ -81,7 +81,8 @@ def named_values(widgets: dict[str, Any], raw: dict) -> dict[str, Any]:
 
 def widget_updates(widgets: dict[str, Any], cfg: RunConfig) -> dict:
     """Gradio update mapping that shows `cfg` in the widgets."""
-    return {comp: gr.update(value=getattr(cfg, name)) for name, comp in widgets.items()}
+    values = cfg.to_dict()
+    return {comp: gr.update(value=values[name]) for name, comp in widgets.items()}
 
 
 def user_error(exc: Exception) -> gr.Error:
@@ -89,6 +90,19 @@ def user_error(exc: Exception) -> gr.Error:
     if isinstance(exc, (ConfigError, RunError, ValueError, FileNotFoundError)):
         return gr.Error(str(exc))
     return gr.Error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+
+def run_choices(who: Visitor | None = None, note: Callable[[Run, dict], str] | None = None,
+                key: Callable[[Run], str] = lambda run: run.id) -> list[tuple[str, str]]:
+    """Dropdown choices of the runs with a saved adapter that `who` may see, newest first:
+    label 'id · model' (then ' · ' + ``note(run, summary)``), value ``key(run)`` (the id)."""
+    choices = []
+    for run in visible_runs(who or Visitor()):
+        if run.has_adapter():
+            summary = run.summary()
+            label = f"{run.id} · {summary.get('model') or '?'}"
+            choices.append((label + (f" · {note(run, summary)}" if note else ""), key(run)))
+    return choices
 
 
 def pick_run(choices: list[tuple[str, str]], *wanted: str | None) -> str | None:

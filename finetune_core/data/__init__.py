@@ -1,12 +1,15 @@
 """Data: from an uploaded file to training rows, with every problem named by row and column.
 
-``load`` reads a file into raw records (``cells`` holds the per-cell checks),
-``formats`` detects the layout and normalises rows to TRL's conversational
-form, ``checks`` validates rows and whole files, ``stats`` counts tokens and
-shows what the model will learn, ``dataset`` is the facade the rest of the
-studio calls (load, detect, normalise, validate, split, inspect), ``samples``
-lists the project's own sample files.
+``mapping`` holds ``DataMapping``, the one description of the file, its
+column mapping, the held-out split and the row caps (RunConfig, the Data tab,
+training and evaluation all use it). ``load`` reads a file into raw records
+(``cells`` holds the per-cell checks), ``formats`` detects the layout and
+normalises rows to TRL's conversational form, ``checks`` validates rows and
+whole files, ``split`` makes the held-out split, ``stats`` counts tokens,
+shows what the model will learn and caches tokenizers, ``dataset`` is the
+facade the rest of the studio calls (load, detect, normalise, validate,
+split, inspect), ``samples`` lists the project's own sample files.
 
-May import: ``finetune_core.config``, ``finetune_core.limits``,
+May import: ``finetune_core.fieldmeta``, ``finetune_core.limits``,
 ``finetune_core.errors`` and ``finetune_core.models`` (for tokenizers).
 """

@@ -1,8 +1,9 @@
 """The data layer's facade: load, detect, normalise, validate, split, inspect.
 
 Everything else (the Data tab, the trainer, evaluation, the CLI) calls these
-functions; none of them raises on bad content - problems come back as
-``Issue(row, column, message)`` in a ``DataReport``.
+functions with a ``DataMapping`` (finetune_core/data/mapping.py); none of them
+raises on bad content - problems come back as ``Issue(row, column, message)``
+in a ``DataReport``. The split itself is in ``split`` (re-exported here).
 
     python -m finetune_core inspect sample_data/fact_cards.jsonl --model bundled --json
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 from collections import Counter
@@ -19,39 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune_core.data.checks import (
-    RowProblem, find_duplicates, find_leakage, missing_columns, mixed_type_issues, row_key,
+    RowProblem, find_duplicates, find_leakage, missing_columns, mixed_type_issues,
 )
 from finetune_core.data.formats import (
-    FORMATS, FormatSpec, check_template, collect_labels, default_classification_template, detect_format,
+    FORMATS, FormatSpec, collect_labels, default_classification_template, detect_format,
     normalize_row, template_fields,
 )
 from finetune_core.data.load import Issue, load_records
+from finetune_core.data.mapping import DataMapping
+from finetune_core.data.split import split_rows, train_and_held
 
 __all__ = [
-    "Issue", "DataOptions", "DataReport", "prepare_data", "split_rows", "write_jsonl", "read_jsonl",
-    "inspect_file", "inspect_main", "FORMATS",
+    "Issue", "DataMapping", "DataReport", "Inspection", "prepare_data", "is_text_rows", "split_rows", "train_and_held",
+    "inspect_mapping", "write_jsonl", "read_jsonl", "inspect_file", "inspect_main", "FORMATS",
 ]
 MAX_ISSUES_IN_SUMMARY = 500
-
-
-@dataclass
-class DataOptions:
-    """What the user chose: the file, the format (or auto) and the column mapping.
-
-    For classification, ``prompt_column`` is the text column and
-    ``completion_column`` the label column; a classification prompt template
-    may use ``{labels}`` for the comma-separated label set.
-    """
-
-    path: str
-    format: str = "auto"  # auto|prompt_completion|messages|sharegpt|alpaca|text|columns|classification
-    prompt_column: str = ""
-    completion_column: str = ""
-    prompt_template: str = ""
-    completion_template: str = ""
-    system_prompt: str = ""
-    max_file_mb: float = 100.0
-    drop_bad_rows: bool = True
 
 
 @dataclass
@@ -94,11 +76,14 @@ class DataReport:
         }
 
 
-def prepare_data(options: DataOptions) -> DataReport:
-    """Load ``options.path`` and normalise it; never raises on bad content."""
-    loaded = load_records(options.path, options.max_file_mb)
+def prepare_data(options: DataMapping, max_file_mb: float = 100.0) -> DataReport:
+    """Load ``options.data_path`` and normalise it with the mapping; never raises on bad content.
+
+    The evaluation file is read with ``prepare_data(mapping.for_file(mapping.eval_path))``.
+    """
+    loaded = load_records(options.data_path, max_file_mb)
     report = DataReport(
-        format=options.format, rows=[], issues=list(loaded.issues), total_rows=loaded.total_rows,
+        format=options.data_format, rows=[], issues=list(loaded.issues), total_rows=loaded.total_rows,
         columns=loaded.columns, labels=None, fatal=loaded.fatal, drop_bad_rows=options.drop_bad_rows,
         unreadable=loaded.fatal,
     )
@@ -134,21 +119,15 @@ def prepare_data(options: DataOptions) -> DataReport:
     return report
 
 
-def mapping_issues(options: DataOptions) -> list[Issue]:
+def mapping_issues(options: DataMapping) -> list[Issue]:
     """The templates and system prompt within the deployment's limits, checked before
     any row is rendered (each issue names the field)."""
-    issues = []
-    for name in ("prompt_template", "completion_template", "system_prompt"):
-        try:
-            check_template(name, str(getattr(options, name) or ""), placeholders=name != "system_prompt")
-        except ValueError as exc:
-            issues.append(Issue(None, None, str(exc).rstrip(".")))
-    return issues
+    return [Issue(None, None, problem.rstrip(".")) for problem in options.template_problems()]
 
 
-def resolve_spec(options: DataOptions, columns: list[str], records: list[dict], notes: list[str]):
+def resolve_spec(options: DataMapping, columns: list[str], records: list[dict], notes: list[str]):
     """Turn the user's choice (or auto) into a FormatSpec, or file-level issues."""
-    fmt = options.format or "auto"
+    fmt = options.data_format or "auto"
     if fmt != "auto" and fmt not in FORMATS:
         return None, [Issue(None, None, f"unknown format {fmt!r}; choose one of auto, {', '.join(FORMATS)}")]
     detected, why = detect_format(columns, records)
@@ -214,53 +193,10 @@ def _placeholder_issues(spec: FormatSpec, columns: list[str], extra: tuple = ())
     return issues
 
 
-def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Deterministic train / held-out split, stratified by ``label`` when present.
-
-    Exact duplicates stay on the same side (as far as the counts allow) so the
-    held-out rows are not copies of training rows. Both lists keep file order.
-    """
-    if eval_fraction <= 0 or len(rows) < 2:
-        return list(rows), []
-    n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_fraction)))
-    strata: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        strata.setdefault(str(row.get("label", "")), []).append(i)
-    quotas = _allocate(n_eval, {k: len(v) for k, v in strata.items()})
-    rng = random.Random(seed)
-    chosen: set[int] = set()
-    for key in sorted(strata):
-        chosen |= _pick_groups(rows, strata[key], quotas[key], rng)
-    # Duplicate groups larger than a quota can leave the total short: top up row by row.
-    rest = [i for i in range(len(rows)) if i not in chosen]
-    rng.shuffle(rest)
-    chosen |= set(rest[: max(0, n_eval - len(chosen))])
-    train = [r for i, r in enumerate(rows) if i not in chosen]
-    held = [r for i, r in enumerate(rows) if i in chosen]
-    return train, held
-
-
-def _allocate(total: int, sizes: dict[str, int]) -> dict[str, int]:
-    """Split ``total`` across strata proportionally (largest remainder, ties by name)."""
-    n = sum(sizes.values())
-    exact = {k: total * s / n for k, s in sizes.items()}
-    quotas = {k: int(v) for k, v in exact.items()}
-    for k in sorted(exact, key=lambda k: (-(exact[k] - quotas[k]), k))[: total - sum(quotas.values())]:
-        quotas[k] += 1
-    return quotas
-
-
-def _pick_groups(rows: list[dict], indices: list[int], quota: int, rng: random.Random) -> set[int]:
-    groups: dict[str, list[int]] = {}
-    for i in indices:
-        groups.setdefault(row_key(rows[i]), []).append(i)
-    order = sorted(groups)
-    rng.shuffle(order)
-    picked: set[int] = set()
-    for key in order:
-        if len(picked) + len(groups[key]) <= quota:
-            picked.update(groups[key])
-    return picked
+def is_text_rows(rows: list[dict]) -> bool:
+    """True for language-modelling rows: plain "text", no prompt to answer (every token is
+    trained; evaluation can only compare held-out loss)."""
+    return bool(rows) and "prompt" not in rows[0] and "text" in rows[0]
 
 
 def write_jsonl(path, rows) -> None:
@@ -283,21 +219,54 @@ def read_jsonl(path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def inspect_file(options: DataOptions, tokenizer=None, max_length: int = 512, eval_fraction: float = 0.1,
-                 seed: int = 42) -> dict:
-    """Everything the Data tab and ``inspect`` show, as one JSON-able dict."""
-    report = prepare_data(options)
-    out = report.summary()
-    stats: dict = {"duplicates": find_duplicates(report.rows, report.row_numbers)}
-    train, held = split_rows(report.rows, eval_fraction, seed)
-    stats["split"] = {"train": len(train), "held_out": len(held), "eval_fraction": eval_fraction, "seed": seed}
-    stats["leakage"] = find_leakage(train, held)
+@dataclass
+class Inspection:
+    """What one mapping gives: the training file's report (and the evaluation file's),
+    the split, duplicates, train/held-out leakage and token statistics (None without
+    a tokenizer)."""
+
+    report: DataReport
+    eval_report: DataReport | None
+    train: list[dict]
+    held: list[dict]
+    duplicates: dict
+    leakage: dict
+    tokens: dict | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Both files usable: a run can start from this mapping."""
+        return self.report.usable and (self.eval_report is None or self.eval_report.usable)
+
+
+def inspect_mapping(mapping: DataMapping, tokenizer=None, max_length: int = 512,
+                    max_file_mb: float = 100.0) -> Inspection:
+    """Read, validate and describe the mapping's file(s); never raises on bad content.
+    The Data tab and ``inspect`` show this."""
+    report = prepare_data(mapping, max_file_mb)
+    eval_report = prepare_data(mapping.for_file(mapping.eval_path), max_file_mb) if mapping.eval_path else None
+    train, held = train_and_held(mapping, report.rows, eval_report.rows if eval_report else None)
+    tokens = None
     if tokenizer is not None and report.rows:
         from finetune_core.data.stats import token_stats
 
-        stats["tokens"] = token_stats(report.rows, tokenizer, max_length)
+        tokens = token_stats(report.rows, tokenizer, max_length)
+    return Inspection(report, eval_report, train, held, find_duplicates(report.rows, report.row_numbers),
+                      find_leakage(train, held), tokens)
+
+
+def inspect_file(mapping: DataMapping, tokenizer=None, max_length: int = 512, max_file_mb: float = 100.0) -> dict:
+    """``inspect_mapping`` as one JSON-able dict (what ``inspect --json`` prints)."""
+    found = inspect_mapping(mapping, tokenizer, max_length, max_file_mb)
+    out = found.report.summary()
+    stats: dict = {"duplicates": found.duplicates}
+    stats["split"] = {"train": len(found.train), "held_out": len(found.held), "eval_fraction": mapping.eval_fraction,
+                      "seed": mapping.seed}
+    stats["leakage"] = found.leakage
+    if found.tokens is not None:
+        stats["tokens"] = found.tokens
     out["stats"] = stats
-    out["preview"] = report.rows[:5]
+    out["preview"] = found.report.rows[:5]
     return out
 
 
@@ -316,10 +285,9 @@ def add_inspect_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _options_from_args(args: argparse.Namespace) -> DataOptions:
-    options = DataOptions(path=args.file, format=args.format, prompt_template=args.prompt_template,
-                          completion_template=args.completion_template, system_prompt=args.system_prompt,
-                          max_file_mb=args.max_file_mb)
+def _options_from_args(args: argparse.Namespace) -> DataMapping:
+    options = DataMapping(data_path=args.file, data_format=args.format, prompt_template=args.prompt_template,
+                          completion_template=args.completion_template, system_prompt=args.system_prompt)
     sides = {"prompt": "prompt_column", "text": "prompt_column", "completion": "completion_column",
              "label": "completion_column"}
     for item in args.map:
@@ -349,7 +317,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         except ModelError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    result = inspect_file(options, tokenizer, args.max_length)
+    result = inspect_file(options, tokenizer, args.max_length, args.max_file_mb)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

@@ -1,40 +1,40 @@
 """The project's own sample datasets, offered by the UI with one click.
 
-Each entry maps a display name to ``DataOptions`` keyword arguments (``path``
-is absolute, so the entry works from any working directory). The files and
+Each entry maps a display name to ``DataMapping`` fields (``data_path`` is
+absolute, so the entry works from any working directory) and a description. The files and
 their generator live in ``sample_data/``; see sample_data/README.md.
 
-    python -c "from finetune_core.data.samples import sample_options; print(sample_options('Fact cards'))"
+    python -c "from finetune_core.data import samples; print(samples.sample_mapping('Fact cards (prompt/completion)'))"
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from finetune_core.data.dataset import DataOptions
+from finetune_core.data.mapping import DataMapping
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
 
 SAMPLES: dict[str, dict] = {
     "Fact cards (prompt/completion)": {
-        "path": str(SAMPLE_DIR / "fact_cards.jsonl"),
-        "format": "prompt_completion",
+        "data_path": str(SAMPLE_DIR / "fact_cards.jsonl"),
+        "data_format": "prompt_completion",
         "description": "Questions about a country answered as a fixed five-line FACT CARD.",
     },
     "CALC-9 calculator chats (multi-turn messages)": {
-        "path": str(SAMPLE_DIR / "calc_chats.jsonl"),
-        "format": "messages",
+        "data_path": str(SAMPLE_DIR / "calc_chats.jsonl"),
+        "data_format": "messages",
         "description": "Multi-turn arithmetic; the assistant always replies 'CALC-9 >> a op b = result'.",
     },
     "Support note summaries (custom CSV columns)": {
-        "path": str(SAMPLE_DIR / "support_notes.csv"),
-        "format": "columns",
+        "data_path": str(SAMPLE_DIR / "support_notes.csv"),
+        "data_format": "columns",
         "prompt_template": "Summarise this support note:\n{note}",
         "completion_column": "summary",
         "description": "Free-text IT support notes summarised as WHO / WHAT / WHEN / URGENCY.",
     },
     "Customer intents (classification)": {
-        "path": str(SAMPLE_DIR / "customer_intents.csv"),
-        "format": "classification",
+        "data_path": str(SAMPLE_DIR / "customer_intents.csv"),
+        "data_format": "classification",
         "prompt_column": "text",
         "completion_column": "label",
         "description": "Customer messages labelled with one of five snake_case intents.",
@@ -43,8 +43,8 @@ SAMPLES: dict[str, dict] = {
 _NOT_OPTIONS = ("description",)
 
 
-def sample_options(name: str) -> DataOptions:
-    """DataOptions for a sample by display name (KeyError names the choices)."""
+def sample_mapping(name: str) -> DataMapping:
+    """The DataMapping of a sample by display name (KeyError names the choices)."""
     if name not in SAMPLES:
         raise KeyError(f"unknown sample {name!r}; choose one of: {', '.join(SAMPLES)}")
-    return DataOptions(**{k: v for k, v in SAMPLES[name].items() if k not in _NOT_OPTIONS})
+    return DataMapping.from_dict({k: v for k, v in SAMPLES[name].items() if k not in _NOT_OPTIONS})

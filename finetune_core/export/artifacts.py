@@ -25,7 +25,6 @@ an interrupted export leaves no half-written result.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -35,9 +34,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from finetune_core.export.gguf import check_supported, read_config, write_gguf
+from finetune_core.models.sources import HUB_ID_RE as REPO_ID_RE  # a Hub repo id, as the model picker takes it
 from finetune_core.runs.store import Run
 
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 WHAT = ("adapter", "merged")
 HUB_PROBE_TIMEOUT_S = 4.0
 
@@ -165,6 +164,17 @@ def merge(run: Run, out_dir: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _replace_dir(tmp, out_dir)
+
+
+def merged_zip(run: Run, out_dir: str | os.PathLike) -> Path:
+    """The merged model as ``<run id>-merged.zip`` in ``out_dir``: merged in a private
+    temporary folder (removed afterwards, on failure too), then zipped."""
+    work = Path(tempfile.mkdtemp(prefix="studio-merge-"))
+    try:
+        merged = merge(run, work / f"{run.id}-merged")
+        return Path(shutil.make_archive(str(Path(out_dir) / f"{run.id}-merged"), "zip", merged.parent, merged.name))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- GGUF ---------------------------------------------------------------------------------------------

@@ -254,6 +254,17 @@ class InferenceModel:
             return self.model.disable_adapter()
         return contextlib.nullcontext()
 
+    def side(self, tuned: bool):
+        """(weights, context) that answer as the base (``tuned=False``) or the tuned side.
+
+        Run the weights inside the context: for a LoRA model both sides are the same
+        weights, and the context switches the adapter off for the base side. Ask for a
+        fresh pair per use (PEFT's ``disable_adapter()`` context is one-shot). ValueError
+        when the tuned side is asked of a model without one.
+        """
+        model = self._pick(tuned)
+        return model, self._side(model, tuned)
+
     # -- batched (evaluation) ------------------------------------------------
     def generate(self, prompts: list[list[dict]], tuned: bool, settings: GenSettings | None = None,
                  batch_size: int = 16, progress: Callable[[int, int], None] | None = None,

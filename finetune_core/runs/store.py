@@ -233,7 +233,7 @@ def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None, owner
     ownership.py) is written first: the run is never listed without it."""
     root = runs_root()
     root.mkdir(parents=True, exist_ok=True)
-    base = label or Path(cfg.data_path).stem or "run"
+    base = label or Path(cfg.data.data_path).stem or "run"
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(base)}-{secrets.token_hex(3)}"
     path = root / run_id
     path.mkdir()

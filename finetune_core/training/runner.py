@@ -97,13 +97,15 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = False,
-            extra_callbacks: list | None = None) -> dict:
-    """Execute a run and always leave a final status; never raises."""
+            extra_callbacks: list | None = None, policy=None) -> dict:
+    """Execute a run and always leave a final status; never raises. ``policy`` is the
+    run's training policy when the caller has worked it out already (see ``execute``)."""
     from finetune_core.training.train import execute, is_main_process
 
     if not is_main_process():  # other ranks of a multi-process run train but never write the run dir
         try:
-            return execute(run, stop_event, lambda _e: None, resume=resume, extra_callbacks=extra_callbacks)
+            return execute(run, stop_event, lambda _e: None, resume=resume, extra_callbacks=extra_callbacks,
+                           policy=policy)
         except BaseException as exc:  # noqa: BLE001
             return {"state": "failed", "reason": failure_reason(exc)}
 
@@ -117,7 +119,7 @@ def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = Fal
         logging.getLogger(name).addHandler(handler)
     try:
         run.set_status(**start_fields(run, resume))
-        result = execute(run, stop_event, _emit, resume=resume, extra_callbacks=extra_callbacks)
+        result = execute(run, stop_event, _emit, resume=resume, extra_callbacks=extra_callbacks, policy=policy)
     except BaseException as exc:  # noqa: BLE001 - every failure must end in a status
         reason = failure_reason(exc)
         log_quietly(run, "FAILED: " + reason)
@@ -274,9 +276,11 @@ class TrainingSlot:
         with self._lock:
             if self.active() is not None:
                 raise Busy(self.busy_message())
+            policy = None  # a resumed run's is worked out by execute, from its run.yaml
             if resume_run is None:
                 from finetune_core.models.sources import training_policy
 
+                # worked out once for the run: recorded in run.yaml and handed to execute
                 policy = training_policy(cfg.device, cfg.precision, cfg.method)
                 run = create_run(cfg, label=label, owner=owner,
                                  extra={"resolved_device": policy.device, "resolved_dtype": policy.dtype})
@@ -293,7 +297,7 @@ class TrainingSlot:
             def work() -> None:
                 try:
                     job.final = run_job(run, job.stop_event, emit, resume=resume_run is not None,
-                                        extra_callbacks=extra_callbacks)
+                                        extra_callbacks=extra_callbacks, policy=policy)
                 except BaseException as exc:  # noqa: BLE001 - run_job should not raise; if it does,
                     # the slot still knows how the job ended and settle() writes it
                     job.final = {"state": "failed", "reason": failure_reason(exc), "unsaved": True}

@@ -17,6 +17,7 @@ from typing import Callable
 
 from finetune_core.models import device_plan
 from finetune_core.config import RunConfig
+from finetune_core.data.dataset import is_text_rows
 from finetune_core.training.events import StudioCallback
 from finetune_core.models.sources import DevicePolicy, load_model, load_tokenizer, model_config, training_policy
 from finetune_core.runs.store import Run
@@ -54,22 +55,20 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
 
         report = json.loads(report_file.read_text(encoding="utf-8"))
         return read_jsonl(train_file), read_jsonl(held_file), report
-    from finetune_core.data.dataset import prepare_data, split_rows, write_jsonl
+    from finetune_core.data.dataset import prepare_data, train_and_held, write_jsonl
 
-    report = prepare_data(cfg_data_options(cfg, cfg.data_path))
+    mapping = cfg.data
+    report = prepare_data(mapping)
     if not report.usable:
         first = "; ".join(_issue_text(i) for i in report.issues[:3])
         raise TrainingError(f"The data file is not usable ({len(report.issues)} issue(s)): {first}")
-    rows = report.rows
-    if cfg.eval_path:
-        held_report = prepare_data(cfg_data_options(cfg, cfg.eval_path))
+    held_rows = None
+    if mapping.eval_path:
+        held_report = prepare_data(mapping.for_file(mapping.eval_path))
         if not held_report.usable:
             raise TrainingError("The evaluation file is not usable: " + "; ".join(_issue_text(i) for i in held_report.issues[:3]))
-        train, held = rows, held_report.rows
-    else:
-        train, held = split_rows(rows, cfg.eval_fraction, cfg.seed)
-    if cfg.max_train_rows and len(train) > cfg.max_train_rows:
-        train = train[: cfg.max_train_rows]
+        held_rows = held_report.rows
+    train, held = train_and_held(mapping, report.rows, held_rows)
     if not train:
         raise TrainingError("No training rows are left after the held-out split.")
     write_jsonl(train_file, train)
@@ -82,17 +81,6 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
     return train, held, summary
 
 
-def cfg_data_options(cfg: RunConfig, path: str):
-    from finetune_core.data.dataset import DataOptions
-
-    return DataOptions(
-        path=path, format=cfg.data_format, prompt_column=cfg.prompt_column,
-        completion_column=cfg.completion_column, prompt_template=cfg.prompt_template,
-        completion_template=cfg.completion_template, system_prompt=cfg.system_prompt,
-        drop_bad_rows=cfg.drop_bad_rows,
-    )
-
-
 def _issue_text(issue) -> str:
     where = f"row {issue.row}" if issue.row else "file"
     col = f", column {issue.column!r}" if issue.column else ""
@@ -101,7 +89,7 @@ def _issue_text(issue) -> str:
 
 def training_rows(rows: list[dict]) -> list[dict]:
     """Only the fields TRL reads; labels and other metadata stay in the saved split."""
-    if rows and "text" in rows[0] and "prompt" not in rows[0]:
+    if is_text_rows(rows):
         return [{"text": r["text"]} for r in rows]
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
 
@@ -152,7 +140,7 @@ def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, gr
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
-        seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
+        seed=cfg.data.seed, data_seed=cfg.data.seed, report_to="none", disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
         save_only_model=False, logging_nan_inf_filter=False,  # we must see a NaN loss to fail the run
         ddp_find_unused_parameters=False if world > 1 else None,
@@ -288,7 +276,7 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     model = load_model(cfg.model, policy, progress=say, **device_plan.load_kwargs(cfg, policy, accel))
     model.config.use_cache = False  # the KV cache is useless (and wasteful) while training
     n_params = sum(p.numel() for p in model.parameters())
-    lm_rows = "text" in train[0] and "prompt" not in train[0]
+    lm_rows = is_text_rows(train)
     grad_ckpt = use_gradient_checkpointing(cfg, policy, n_params)
     if accel.quantized:  # PEFT's recipe for a 4-bit base: norms in float32, input gradients for checkpointing
         from peft import prepare_model_for_kbit_training
@@ -312,18 +300,22 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
 
 
 def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = False,
-            extra_callbacks: list | None = None) -> dict:
-    """Train the run described by run.yaml. Returns the final status fields."""
+            extra_callbacks: list | None = None, policy: DevicePolicy | None = None) -> dict:
+    """Train the run described by run.yaml. Returns the final status fields.
+
+    ``policy`` (device and dtype) is the one the runner worked out when it created the
+    run; without it (CLI, resume, other ranks) it is worked out here. Gradient
+    checkpointing is decided once, in ``build_trainer``, from it."""
     cfg = run.config()
-    policy = training_policy(cfg.device, cfg.precision, cfg.method)
+    policy = policy or training_policy(cfg.device, cfg.precision, cfg.method)
     check_method(cfg, policy)
     resume_from = resume_point(run, cfg.method, emit) if resume else None
     if resume_from is not None:
         emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
     train, held, _report = prepare_split(cfg, run)
     emit({"event": "log", "message": f"Data: {len(train)} training rows, {len(held)} held out."})
-    if cfg.max_eval_rows and len(held) > cfg.max_eval_rows:
-        held = held[: cfg.max_eval_rows]  # the loss curve needs a sample, not all of a large split
+    if cfg.data.max_eval_rows and len(held) > cfg.data.max_eval_rows:
+        held = held[: cfg.data.max_eval_rows]  # the loss curve needs a sample, not all of a large split
     callback = StudioCallback(run, stop_event, emit)
     # injected hooks (tests, benchmarks) act before ours
     trainer, tokenizer = build_trainer(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
