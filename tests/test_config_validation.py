@@ -9,11 +9,12 @@ import pytest
 import yaml
 
 from finetune_core.config import ConfigError, RunConfig
+from finetune_core.data.mapping import DataMapping
 
 
 @pytest.mark.parametrize("kwargs, field", [
     ({"lora_r": 0}, "lora_r"), ({"learning_rate": float("nan")}, "learning_rate"),
-    ({"method": "magic"}, "method"), ({"eval_fraction": 0.9}, "eval_fraction"), ({"batch_size": "8"}, "batch_size"),
+    ({"method": "magic"}, "method"), ({"data": DataMapping(eval_fraction=0.9)}, "eval_fraction"), ({"batch_size": "8"}, "batch_size"),
 ])
 def test_direct_construction_refuses_bad_values_by_field(kwargs, field):
     with pytest.raises(ConfigError, match=f"^{field}: "):
