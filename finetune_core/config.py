@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from finetune_core.data.formats import check_template
+from finetune_core.errors import StudioError
 from finetune_core.limits import LimitError, limits
 
 
@@ -41,7 +42,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DATA_FORMATS = ("auto", "prompt_completion", "messages", "sharegpt", "alpaca", "text", "columns", "classification")
 
 
-class ConfigError(ValueError):
+class ConfigError(StudioError, ValueError):
     """A config value is out of bounds or unknown; the message names the field."""
 
 

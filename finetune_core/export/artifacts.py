@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from finetune_core.errors import StudioError
 from finetune_core.export.gguf import QTYPES, GGUFExportError, check_supported, read_config, write_gguf
 from evaluation.report import CURVE_FILE, gather, md, md_eval, report
 from finetune_core.runs.store import Run, RunError, run_from_dir
@@ -44,7 +45,7 @@ HUB_PROBE_TIMEOUT_S = 4.0
 BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled GGUF was converted from
 
 
-class ExportError(ValueError):
+class ExportError(StudioError, ValueError):
     """An export could not be made; the message is for the user."""
 
 

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from finetune_core.config import RunConfig, read_config_yaml
+from finetune_core.errors import StudioError
 
 STATES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
 FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9-]{1,40}-[0-9a-f]{6}$")
 
 
-class RunError(Exception):
+class RunError(StudioError):
     """A run could not be found or used; the message is for the user."""
 
 

@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from finetune_core.config import RunConfig
+from finetune_core.errors import StudioError
 from finetune_core.runs.store import Run, _pid_alive, create_run, mark_interrupted
 
 LOGGERS = ("transformers", "trl", "peft", "accelerate")
@@ -26,7 +27,7 @@ DISK_FULL_TEXTS = ("no space left on device", "storagefull", "disk quota exceede
 log = logging.getLogger(__name__)
 
 
-class Busy(Exception):
+class Busy(StudioError):
     """A training job is already running in this process."""
 
 

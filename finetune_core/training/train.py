@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from finetune_core.errors import StudioError
 from finetune_core.models import device_plan
 from finetune_core.config import RunConfig
 from finetune_core.training.events import StudioCallback
@@ -25,7 +26,7 @@ Emit = Callable[[dict], None]
 CHECKPOINT_FILES_COMMON = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
-class TrainingError(Exception):
+class TrainingError(StudioError):
     """A run cannot start or continue; the message is for the user."""
 
 
@@ -58,13 +59,13 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
 
     report = prepare_data(cfg_data_options(cfg, cfg.data_path))
     if not report.usable:
-        first = "; ".join(_issue_text(i) for i in report.issues[:3])
+        first = "; ".join(i.text() for i in report.issues[:3])
         raise TrainingError(f"The data file is not usable ({len(report.issues)} issue(s)): {first}")
     rows = report.rows
     if cfg.eval_path:
         held_report = prepare_data(cfg_data_options(cfg, cfg.eval_path))
         if not held_report.usable:
-            raise TrainingError("The evaluation file is not usable: " + "; ".join(_issue_text(i) for i in held_report.issues[:3]))
+            raise TrainingError("The evaluation file is not usable: " + "; ".join(i.text() for i in held_report.issues[:3]))
         train, held = rows, held_report.rows
     else:
         train, held = split_rows(rows, cfg.eval_fraction, cfg.seed)
@@ -91,12 +92,6 @@ def cfg_data_options(cfg: RunConfig, path: str):
         completion_template=cfg.completion_template, system_prompt=cfg.system_prompt,
         drop_bad_rows=cfg.drop_bad_rows,
     )
-
-
-def _issue_text(issue) -> str:
-    where = f"row {issue.row}" if issue.row else "file"
-    col = f", column {issue.column!r}" if issue.column else ""
-    return f"{where}{col}: {issue.message}"
 
 
 def training_rows(rows: list[dict]) -> list[dict]:
