@@ -16,6 +16,7 @@ import json
 import sys
 
 from evaluation.run_eval import LOWER_IS_BETTER, evaluate_run, load_meta
+from finetune_core.errors import run_cli
 
 EXAMPLES_SHOWN = 3
 CELL = 48  # characters of text shown per cell of the example lists
@@ -41,21 +42,25 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed the usage message
         return int(exc.code or 0)
-    from finetune_core.models.sources import ModelError, hub_timeouts
-    from finetune_core.runs.store import RunError, run_from_dir
+    from finetune_core.models.sources import hub_timeouts
 
     hub_timeouts()  # fail fast instead of hanging when the Hub is unreachable
     try:
-        run = run_from_dir(args.run)
-        comparison = evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
-                                  max_new_tokens=args.max_new_tokens, with_loss=args.loss,
-                                  progress=_print_progress)
-    except (RunError, ModelError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        # a StudioError (not a run, no adapter, unusable data) is "error: ..." and 2; a bug keeps its traceback
+        return run_cli(lambda: _evaluate_and_print(args))
     except (InterruptedError, KeyboardInterrupt):
         print("interrupted: nothing was saved", file=sys.stderr)
         return 130
+
+
+def _evaluate_and_print(args: argparse.Namespace) -> int:
+    """Evaluate the run named on the command line and print the summary (or the JSON object)."""
+    from finetune_core.runs.store import run_from_dir
+
+    run = run_from_dir(args.run)
+    comparison = evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
+                              max_new_tokens=args.max_new_tokens, with_loss=args.loss,
+                              progress=_print_progress)
     meta = load_meta(run)
     if args.json:
         out = {**comparison.to_json_dict(), "seconds": meta.get("seconds", {}),

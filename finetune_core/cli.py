@@ -21,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from finetune_core.config import PRESETS, ConfigError, RunConfig
+from finetune_core.config import PRESETS, RunConfig
+from finetune_core.errors import run_cli
 
 
 def _rank() -> int:
@@ -70,14 +71,14 @@ def cmd_train(args) -> int:
         run = run_from_dir(args.resume)
         resume = True
     else:
-        try:
+        try:  # a ConfigError (a StudioError) is reported by main
             cfg = RunConfig.load(args.config) if args.config else RunConfig()
-            if args.preset:
-                cfg = cfg.with_overrides(PRESETS[args.preset])
-            cfg = cfg.with_sets(args.set or [])
-        except (ConfigError, KeyError, OSError) as exc:
+        except OSError as exc:  # the run.yaml named on the command line cannot be read
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if args.preset:
+            cfg = cfg.with_overrides(PRESETS[args.preset])
+        cfg = cfg.with_sets(args.set or [])
         if _world() == 1 and not memory_allows(cfg, args.force):
             return 2
         run = _shared_run(cfg)
@@ -113,19 +114,16 @@ def memory_allows(cfg: RunConfig, force: bool) -> bool:
 def cmd_chat(args) -> int:
     from finetune_core.inference.chat import ChatSession, stream_chat
     from finetune_core.inference.generation import GenSettings, InferenceModel
-    from finetune_core.runs.store import RunError, run_from_dir
+    from finetune_core.runs.store import run_from_dir
 
-    try:
-        run = run_from_dir(args.run)
-        model = InferenceModel.from_run(run)
-        # Through the chat session, so the same message/system/length limits apply as in the app.
-        session = ChatSession(system_prompt=args.system or "")
-        base = tuned = ""
-        for base, tuned in stream_chat(model, session, args.prompt, GenSettings(max_new_tokens=args.max_new_tokens)):
-            pass
-    except (RunError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # a missing run, a run without adapter, a message over a limit: StudioErrors, reported by main
+    run = run_from_dir(args.run)
+    model = InferenceModel.from_run(run)
+    # Through the chat session, so the same message/system/length limits apply as in the app.
+    session = ChatSession(system_prompt=args.system or "")
+    base = tuned = ""
+    for base, tuned in stream_chat(model, session, args.prompt, GenSettings(max_new_tokens=args.max_new_tokens)):
+        pass
     print(f"base:  {base.strip()}\ntuned: {tuned.strip()}")
     return 0
 
@@ -161,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a StudioError is ``error: <message>`` and exit status 2, a bug keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda: _dispatch(argv))
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "inspect":
         from finetune_core.data.dataset import inspect_main
 

@@ -19,6 +19,11 @@ callers and tests that predate this module catch those.
 """
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
+USER_ERROR_EXIT = 2  # a command line's exit status for a StudioError
+
 
 class StudioError(Exception):
     """A problem the user can fix; the message says what to change and is shown as it is.
@@ -44,4 +49,15 @@ def one_line(exc: BaseException, width: int = 200) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-__all__ = ["StudioError", "InputError", "is_user_error", "one_line"]
+def run_cli(body: Callable[[], int]) -> int:
+    """Run a command line's body and return its exit status. A StudioError prints
+    ``error: <message>`` on stderr and gives USER_ERROR_EXIT (2); anything else is
+    a bug and propagates, so Python prints its traceback."""
+    try:
+        return body()
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+__all__ = ["StudioError", "InputError", "USER_ERROR_EXIT", "is_user_error", "one_line", "run_cli"]

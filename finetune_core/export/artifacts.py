@@ -34,10 +34,10 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from finetune_core.errors import StudioError
-from finetune_core.export.gguf import QTYPES, GGUFExportError, check_supported, read_config, write_gguf
+from finetune_core.errors import StudioError, run_cli
+from finetune_core.export.gguf import QTYPES, check_supported, read_config, write_gguf
 from evaluation.report import CURVE_FILE, gather, md, md_eval, report
-from finetune_core.runs.store import Run, RunError, run_from_dir
+from finetune_core.runs.store import Run, run_from_dir
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 WHAT = ("adapter", "merged")
@@ -378,14 +378,15 @@ def _export(args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """`export` / `report` subcommands (argv[0] names which); returns the exit status."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        if args.command == "report":
-            run = run_from_dir(args.run)
-            html_path, md_path = report(run, args.out or run.path / "report")
-            print(f"report: {html_path}\nmarkdown: {md_path}")
-        else:
-            print(f"wrote {_export(args)}")
-    except (ExportError, GGUFExportError, RunError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run_command(args))
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The body of `main`: its StudioErrors (ExportError, RunError, ...) are reported by run_cli."""
+    if args.command == "report":
+        run = run_from_dir(args.run)
+        html_path, md_path = report(run, args.out or run.path / "report")
+        print(f"report: {html_path}\nmarkdown: {md_path}")
+    else:
+        print(f"wrote {_export(args)}")
     return 0
