@@ -29,6 +29,7 @@ from ui import chat_tab, data_tab, eval_tab, export_tab, guide, train_tab  # noq
 from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext  # noqa: E402
+from ui.errors import shows_errors  # noqa: E402
 from ui.middleware import middleware  # noqa: E402
 from ui.widgets import with_ctx  # noqa: E402
 
@@ -83,6 +84,7 @@ def refresh_pickers_on_select(ctx: AppContext, evaluate: gr.Tab, chat: gr.Tab) -
     (and selects the run the session last trained or picked)."""
     private = {"api_visibility": "private", "queue": False}
 
+    @shows_errors
     def eval_runs(shared, current, request: gr.Request):
         return eval_tab.runs_dropdown(shared, current, visitor(request))
 

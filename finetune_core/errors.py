@@ -37,11 +37,6 @@ class InputError(StudioError, ValueError):
     a sample name); also a ValueError, which callers of the core caught before."""
 
 
-def is_user_error(exc: BaseException) -> bool:
-    """Whether `exc` is a problem the user can fix (shown as is) rather than a bug."""
-    return isinstance(exc, StudioError)
-
-
 def one_line(exc: BaseException, width: int = 200) -> str:
     """`exc` as one short line for a page or a terminal: "Type: first line of the message"."""
     lines = str(exc).strip().splitlines()
@@ -60,4 +55,4 @@ def run_cli(body: Callable[[], int]) -> int:
         return USER_ERROR_EXIT
 
 
-__all__ = ["StudioError", "InputError", "USER_ERROR_EXIT", "is_user_error", "one_line", "run_cli"]
+__all__ = ["StudioError", "InputError", "USER_ERROR_EXIT", "one_line", "run_cli"]

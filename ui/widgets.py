@@ -84,13 +84,6 @@ def widget_updates(widgets: dict[str, Any], cfg: RunConfig) -> dict:
     return {comp: gr.update(value=getattr(cfg, name)) for name, comp in widgets.items()}
 
 
-def user_error(exc: Exception) -> gr.Error:
-    """Short message for the page; never a traceback."""
-    if isinstance(exc, (ConfigError, RunError, ValueError, FileNotFoundError)):
-        return gr.Error(str(exc))
-    return gr.Error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
-
-
 def pick_run(choices: list[tuple[str, str]], *wanted: str | None) -> str | None:
     """The first wanted id that is in the (label, id) choices, else the newest run, else None."""
     ids = [value for _, value in choices]
@@ -159,4 +152,4 @@ def progress_html(step: int, total: int, state: str, eta: float | None) -> str:
 
 
 __all__ = ["coerce", "build_config_widgets", "config_from_values", "named_values", "widget_updates",
-           "user_error", "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run", "with_ctx"]
+           "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run", "with_ctx"]
