@@ -33,11 +33,11 @@ from finetune_core.models.sources import ModelError, load_tokenizer
 from finetune_core.data.samples import SAMPLES
 
 from .context import DATA_EXTENSIONS, AppContext
-from .errors import page_error, shows_errors
 from .data_uploads import display_name, save_upload, uploads_dir  # noqa: F401 (part of this tab's API)
 from .data_views import (ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS, SPLIT_SEED, TRAINED,  # noqa: F401
                          example_spans, issues_frame,
                          labels_frame, length_figure, md_text, preview_frame, status_text, summary_text)
+from .errors import page_error, shows_errors
 
 EXAMPLE_COLOURS = {TRAINED: "#16a34a", MASKED: "#d1d5db"}
 FORMAT_CHOICES = [("auto-detect", "auto")] + [(f.replace("_", " / ", 1) if f == "prompt_completion" else f, f)

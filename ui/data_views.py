@@ -111,7 +111,7 @@ def length_figure(tokens: dict) -> Figure:
 
 
 def issue_lines(issues: list[Issue], limit: int = 3) -> str:
-    """The first issues as 'row 57: message' (rows first: they are what to fix)."""
+    """The first issues as 'row 57 [text]: message' (Issue.text; rows first: they are what to fix)."""
     ordered = [i for i in issues if not i.file_wide] + [i for i in issues if i.file_wide]
     return "; ".join(i.text() for i in ordered[:limit])
 
