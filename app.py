@@ -29,6 +29,7 @@ from ui import chat_tab, data_tab, eval_tab, export_tab, guide, train_tab  # noq
 from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext, Page, Shared  # noqa: E402
+from ui.errors import shows_errors  # noqa: E402
 from ui.middleware import middleware  # noqa: E402
 from ui.widgets import with_ctx  # noqa: E402
 
@@ -89,6 +90,7 @@ def refresh_pickers_on_select(ctx: AppContext, page: Page, evaluate: gr.Tab, cha
     private = {"api_visibility": "private", "queue": False}
     run_state, eval_run, chat_run = page.shared.run_state, page.evaluate.run, page.chat.run
 
+    @shows_errors
     def eval_runs(shared, current, request: gr.Request):
         return eval_tab.runs_dropdown(shared, current, visitor(request))
 

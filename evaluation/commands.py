@@ -22,6 +22,7 @@ import json
 import sys
 
 from finetune_core.cli import Command
+from finetune_core.errors import USER_ERROR_EXIT, StudioError, run_cli
 
 EXAMPLES_SHOWN = 3
 CELL = 48  # characters of text shown per cell of the example lists
@@ -44,18 +45,19 @@ def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate base vs tuned on the run's held-out rows (or --data) and print the summary."""
     from evaluation.run_eval import LOWER_IS_BETTER, evaluate_run, load_meta
-    from finetune_core.models.sources import ModelError, hub_timeouts
-    from finetune_core.runs.store import RunError, run_from_dir
+    from finetune_core.models.sources import hub_timeouts
+    from finetune_core.runs.store import run_from_dir
 
     hub_timeouts()  # fail fast instead of hanging when the Hub is unreachable
     try:
+        # a StudioError (not a run, no adapter, unusable data) is "error: ..." and 2; a bug keeps its traceback
         run = run_from_dir(args.run)
         comparison = evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
                                   max_new_tokens=args.max_new_tokens, with_loss=args.loss,
                                   progress=_print_progress)
-    except (RunError, ModelError, FileNotFoundError, ValueError) as exc:
+    except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     except (InterruptedError, KeyboardInterrupt):
         print("interrupted: nothing was saved", file=sys.stderr)
         return 130
@@ -152,7 +154,7 @@ def run_export(args: argparse.Namespace) -> int:
             return merge(run, args.merged)
         return export_gguf(run, args.gguf, args.qtype)
 
-    return _user_errors_exit_2(lambda run: print(f"wrote {export(run)}"), args.run)
+    return _with_run(lambda run: print(f"wrote {export(run)}"), args.run)
 
 
 def add_report_arguments(r: argparse.ArgumentParser) -> None:
@@ -169,21 +171,15 @@ def run_report(args: argparse.Namespace) -> int:
         html_path, md_path = report(run, args.out or run.path / "report")
         print(f"report: {html_path}\nmarkdown: {md_path}")
 
-    return _user_errors_exit_2(write, args.run)
+    return _with_run(write, args.run)
 
 
-def _user_errors_exit_2(work, run_dir: str) -> int:
-    """Open the run and do `work(run)`; a user error is one line on stderr and exit status 2."""
-    from finetune_core.export.artifacts import ExportError
-    from finetune_core.export.gguf import GGUFExportError
-    from finetune_core.runs.store import RunError, run_from_dir
+def _with_run(work, run_dir: str) -> int:
+    """Open the run and do `work(run)`; a StudioError (not a run, no adapter, export refused) is one
+    line on stderr and exit status 2, a bug keeps its traceback."""
+    from finetune_core.runs.store import run_from_dir
 
-    try:
-        work(run_from_dir(run_dir))
-    except (ExportError, GGUFExportError, RunError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: work(run_from_dir(run_dir)) or 0)
 
 
 EVAL = Command("eval", "Compare a run's base and tuned model on held-out rows.", add_eval_arguments, run_eval)

@@ -41,6 +41,7 @@ import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
 from finetune_core.data.dataset import is_text_rows, read_jsonl
+from finetune_core.errors import InputError
 from finetune_core.limits import limits
 
 Progress = Callable[[str, float], None]
@@ -65,14 +66,14 @@ def load_eval_rows(run, data_path: str | None = None) -> tuple[list[dict], list[
     if data_path is None:
         path = run.data_dir / "heldout.jsonl"
         if not path.is_file():
-            raise ValueError(f"Run {run.id} has no saved held-out split ({path.name} is missing).")
+            raise InputError(f"Run {run.id} has no saved held-out split ({path.name} is missing).")
         return read_jsonl(path), labels, "heldout"
     from finetune_core.data.dataset import prepare_data
 
     prepared = prepare_data(run.config().data.for_file(data_path))
     if not prepared.usable:
-        first = "; ".join(_issue_text(i) for i in prepared.issues[:3]) or "no usable rows"
-        raise ValueError(f"The data file {data_path} is not usable: {first}")
+        first = "; ".join(i.text() for i in prepared.issues[:3]) or "no usable rows"
+        raise InputError(f"The data file {data_path} is not usable: {first}")
     # The run's label set wins: the model was trained to answer with those labels.
     labels = labels or (sorted(prepared.labels) if prepared.labels else None)
     return prepared.rows, labels, str(data_path)
@@ -85,9 +86,6 @@ def _read_report(run) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) or {}
 
 
-def _issue_text(issue) -> str:
-    where = f"row {issue.row}" if issue.row else "file"
-    return f"{where}: {issue.message}"
 
 
 def input_text(row: dict) -> str:
@@ -125,11 +123,11 @@ def _check_args(limit, batch_size, max_new_tokens) -> None:
     """The settings' bounds, checked before anything loads; each message names the setting
     as the Evaluate tab shows it and as the API takes it."""
     if limit is not None and limit < 1:
-        raise ValueError(f"Rows to evaluate (limit) must be at least 1 (got {limit}).")
+        raise InputError(f"Rows to evaluate (limit) must be at least 1 (got {limit}).")
     if batch_size < 1:
-        raise ValueError(f"Batch size (batch_size) must be at least 1 (got {batch_size}).")
+        raise InputError(f"Batch size (batch_size) must be at least 1 (got {batch_size}).")
     if max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError(f"Max new tokens (max_new_tokens) must be at least 1 (got {max_new_tokens}).")
+        raise InputError(f"Max new tokens (max_new_tokens) must be at least 1 (got {max_new_tokens}).")
     if max_new_tokens is not None:  # checked before the model loads; LimitError is a ValueError
         limits().check("max_new_tokens", max_new_tokens, "Max new tokens")
 
@@ -223,7 +221,7 @@ def heldout_loss(model, rows: list[dict], tuned: bool, max_length: int, batch_si
         if progress:
             progress(done, len(rows))
     if count == 0:
-        raise ValueError("No completion tokens to score: every row was truncated away (max_length too small?).")
+        raise InputError("No completion tokens to score: every row was truncated away (max_length too small?).")
     return total / count
 
 
@@ -302,25 +300,25 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
 
     `model` reuses an already-loaded `InferenceModel` of this run; `load_model`
     gets one (the UI's shared copy) only after every check here has passed;
-    otherwise it is loaded from the run. Raises ValueError on unusable input,
-    FileNotFoundError when the run has no adapter, InterruptedError when
+    otherwise it is loaded from the run. Raises InputError (a ValueError) on unusable input,
+    RunError when the run has no adapter (both StudioErrors), InterruptedError when
     `cancel` is set (nothing is written then).
     """
     _check_args(limit, batch_size, max_new_tokens)
     rows, labels, source = load_eval_rows(run, data_path)
     rows = rows[:limit] if limit else rows
     if not rows:
-        raise ValueError("Nothing to evaluate: 0 held-out rows (was eval_fraction 0?).")
+        raise InputError("Nothing to evaluate: 0 held-out rows (was eval_fraction 0?).")
     lm = is_text_rows(rows)
     if lm and not with_loss:
-        raise ValueError("These are language-modelling rows (plain text, no prompt to answer): only held-out "
+        raise InputError("These are language-modelling rows (plain text, no prompt to answer): only held-out "
                          "loss applies. Ask for it: 'Also compute held-out loss' in the Evaluate tab, "
                          "with_loss=True, --loss on the command line.")
     _check_cancel(cancel)
     say = progress or (lambda _text, _fraction: None)
     model = model or _load_model(run, say, load_model)
     if not model.has_tuned:
-        raise ValueError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
+        raise InputError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
     task = LM_TASK if lm else ("classification" if labels else "generation")
     comparison, meta = _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens,
                                  with_loss, say, cancel)
@@ -333,9 +331,10 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
 def _load_model(run, say: Progress, load_model: Callable[[], object] | None = None):
     """The run's model (through ``load_model`` when given), once the run is known to have an adapter."""
     from finetune_core.inference.generation import InferenceModel
+    from finetune_core.runs.store import RunError
 
     if not run.has_adapter():
-        raise FileNotFoundError(f"Run {run.id} has no saved adapter: let it finish training first.")
+        raise RunError(f"Run {run.id} has no saved adapter: let it finish training first.")
     say("Loading the model (its first use takes a few seconds)...", 0.0)
     if load_model is not None:
         return load_model()

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from finetune_core.config import PRESETS, ConfigError, RunConfig
+from finetune_core.config import PRESETS, RunConfig
+from finetune_core.errors import run_cli
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,14 @@ def cmd_train(args) -> int:
         run = run_from_dir(args.resume)
         resume = True
     else:
-        try:
+        try:  # a ConfigError (a StudioError) is reported by main
             cfg = RunConfig.load(args.config) if args.config else RunConfig()
-            if args.preset:
-                cfg = cfg.with_overrides(PRESETS[args.preset])
-            cfg = cfg.with_sets(args.set or [])
-        except (ConfigError, KeyError, OSError) as exc:
+        except OSError as exc:  # the run.yaml named on the command line cannot be read
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if args.preset:
+            cfg = cfg.with_overrides(PRESETS[args.preset])
+        cfg = cfg.with_sets(args.set or [])
         if _world() == 1 and not memory_allows(cfg, args.force):
             return 2
         run = _shared_run(cfg)
@@ -154,19 +155,16 @@ def cmd_chat(args) -> int:
     """Ask base and tuned the same question and print both answers."""
     from finetune_core.inference.chat import ChatSession, stream_chat
     from finetune_core.inference.generation import GenSettings, InferenceModel
-    from finetune_core.runs.store import RunError, run_from_dir
+    from finetune_core.runs.store import run_from_dir
 
-    try:
-        run = run_from_dir(args.run)
-        model = InferenceModel.from_run(run)
-        # Through the chat session, so the same message/system/length limits apply as in the app.
-        session = ChatSession(system_prompt=args.system or "")
-        base = tuned = ""
-        for base, tuned in stream_chat(model, session, args.prompt, GenSettings(max_new_tokens=args.max_new_tokens)):
-            pass
-    except (RunError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # a missing run, a run without adapter, a message over a limit: StudioErrors, reported by main
+    run = run_from_dir(args.run)
+    model = InferenceModel.from_run(run)
+    # Through the chat session, so the same message/system/length limits apply as in the app.
+    session = ChatSession(system_prompt=args.system or "")
+    base = tuned = ""
+    for base, tuned in stream_chat(model, session, args.prompt, GenSettings(max_new_tokens=args.max_new_tokens)):
+        pass
     print(f"base:  {base.strip()}\ntuned: {tuned.strip()}")
     return 0
 
@@ -218,7 +216,8 @@ def main(argv: list[str] | None = None, commands: Sequence[Command] = COMMANDS) 
     `python -m finetune_core` passes the core's and evaluation's commands together."""
     args = build_parser(commands).parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        return {c.name: c for c in commands}[args.command].run(args)
+        # a StudioError is "error: <message>" and exit status 2; a bug keeps its traceback
+        return run_cli(lambda: {c.name: c for c in commands}[args.command].run(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -22,6 +22,7 @@ from finetune_core.data.mapping import DataMapping
 from finetune_core.fieldmeta import check_values, field_rows
 from finetune_core.fieldmeta import coerce as _coerce
 from finetune_core.fieldmeta import setting as _f
+from finetune_core.errors import StudioError
 from finetune_core.limits import LimitError, limits
 
 
@@ -29,7 +30,7 @@ METHODS = ("lora", "qlora", "full")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
-class ConfigError(ValueError):
+class ConfigError(StudioError, ValueError):
     """A config value is out of bounds or unknown; the message names the field."""
 
 

@@ -17,8 +17,10 @@ import math
 import os
 from dataclasses import dataclass, fields, replace
 
+from finetune_core.errors import StudioError
 
-class LimitError(ValueError):
+
+class LimitError(StudioError, ValueError):
     """A request is over one of the deployment's limits; the message names the
     field, the size found and the limit (and the setting that changes it)."""
 

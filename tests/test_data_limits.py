@@ -273,16 +273,17 @@ def test_an_evaluation_upload_that_cannot_be_read_is_removed(tmp_path, uploads):
     assert view.data_state is None and "not usable" in view.status
 
 
-def test_a_failed_inspection_removes_the_copy_and_says_so(tmp_path, uploads, monkeypatch):
+def test_a_failed_inspection_removes_the_copy_and_says_so(tmp_path, uploads, monkeypatch, caplog):
     import ui.data_tab
 
     def crash(*args, **kwargs):
         raise TypeError("an unexpected bug")
 
     monkeypatch.setattr(ui.data_tab, "inspect_mapping", crash)
-    with pytest.raises(gr.Error, match="could not be inspected \\(TypeError\\); it was not kept"):
+    with pytest.raises(gr.Error, match="Internal error: TypeError: an unexpected bug"):
         load_upload(str(jsonl(tmp_path / "ok.jsonl", qa_rows(3))))
     assert kept(uploads) == []
+    assert "in crash" in caplog.text  # the bug's traceback is in the app log
 
 
 # -- 5. lone surrogates --------------------------------------------------------------

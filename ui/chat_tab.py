@@ -10,7 +10,6 @@ below are plain functions (tests call them directly), wired in `build`.
 from __future__ import annotations
 
 import functools
-import logging
 
 import gradio as gr
 
@@ -19,19 +18,17 @@ from finetune_core.inference.chat_limits import TokenCounter, check_chat_request
 from finetune_core.inference.generation import GenSettings
 from finetune_core.inference.votes import load_votes
 from finetune_core.limits import limits
-from finetune_core.models.sources import ModelError
+from finetune_core.errors import StudioError
 from finetune_core.retention import fresh_folder, gradio_cache_dir
 from finetune_core.runs.ownership import Visitor
-from finetune_core.runs.store import RunError
 
 from .access import visitor
 from .chat_models import (BASE_PREFIX, RUN_PREFIX, check_model_key, default_choice, examples_for, key_run,
                           run_choices)
 from .context import GPU_QUEUE, AppContext, ChatParts, Shared
+from .errors import page_error, shows_errors
 from .widgets import with_ctx
 
-log = logging.getLogger(__name__)
-USER_ERRORS = (ValueError, RunError, ModelError, FileNotFoundError)
 VOTE_LABELS = {"left": "👈 Left is better", "right": "Right is better 👉", "tie": "🤝 Tie", "both_bad": "👎 Both bad"}
 
 
@@ -99,11 +96,13 @@ def _chatbots(session: chat.ChatSession):
 
 
 # -- handlers ---------------------------------------------------------------------
+@shows_errors
 def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None, request: gr.Request = None):
     choices = run_choices(ctx.settings.default_model, visitor(request))
     return gr.Dropdown(choices=choices, value=default_choice(choices, run_id, current))
 
 
+@shows_errors
 def on_load(ctx: AppContext, run_id: str | None, current: str | None, request: gr.Request = None):
     """Page (re)load: fresh run list, the shared run preselected, its example prompts."""
     who = visitor(request)
@@ -122,12 +121,14 @@ def _followed(ctx: AppContext, run_id: str | None, current: str | None,
     return choices, value if value in values else choices[0][1]
 
 
+@shows_errors
 def follow_shared_run(ctx: AppContext, run_id: str | None, current: str | None, request: gr.Request = None):
     """Another tab selected a run: pick it here too when it has an adapter."""
     choices, value = _followed(ctx, run_id, current, visitor(request))
     return gr.Dropdown(choices=choices, value=value)
 
 
+@shows_errors
 def change_model(ctx: AppContext, state, key: str, request: gr.Request = None):
     """A new model means a new conversation (each history belongs to its model)."""
     session = _session(state)
@@ -140,6 +141,7 @@ def change_model(ctx: AppContext, state, key: str, request: gr.Request = None):
             run_tally(key, request))
 
 
+@shows_errors
 def toggle_blind(state, blind: bool):
     session = _session(state)
     chat.set_blind(session, blind)
@@ -154,7 +156,7 @@ def _counter(ctx: AppContext, key: str) -> TokenCounter | None:
         return None  # never load the tokenizer of a model the deployment does not offer
     try:
         return ctx.models.counter(key)
-    except USER_ERRORS:
+    except StudioError:  # a bug is not hidden: it reaches the page as an internal error
         return None
 
 
@@ -172,11 +174,12 @@ def admit_turn(ctx: AppContext, session: chat.ChatSession, key: str, message: st
         ticket = ctx.chat_slots.acquire(visitor(request).key, page)
         ticket.model = key
         session.tickets.append(ticket)
-    except ValueError as exc:  # LimitError included
+    except StudioError as exc:  # LimitError, InputError
         raise gr.Error(str(exc)) from None
     return message
 
 
+@shows_errors
 def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool, system: str | None = None,
                max_new_tokens=None, request: gr.Request = None):
     """Fast first step of a send: check, show the user message, clear the box.
@@ -202,6 +205,7 @@ def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool, syst
     return session, "", message, left, right, gr.Row(visible=False)
 
 
+@shows_errors
 def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
                  temperature, top_p, max_new_tokens, seed):
     """Streaming step (GPU queue): load the model if needed, then yield both panes per token.
@@ -236,7 +240,7 @@ def _reply(ctx: AppContext, session: chat.ChatSession, message: str, key: str, s
     """The body of an admitted turn (see stream_reply)."""
     try:  # the system prompt box is read again here: check it before anything is loaded
         message, system = check_chat_request(message, system, max_new_tokens)
-    except ValueError as exc:
+    except StudioError as exc:
         yield *chat.panes(session), _status(ctx, key), gr.skip()  # take down the unsent message
         raise gr.Error(str(exc)) from None
     session.system_prompt = system
@@ -259,24 +263,23 @@ def _reply(ctx: AppContext, session: chat.ChatSession, message: str, key: str, s
             left, right = chat.panes(session)
             yield left, right, status_text, gr.skip()
             status_text = gr.skip()  # sent once: each token then only updates the panes
-    except USER_ERRORS as exc:
-        failure = str(exc)
-    except Exception as exc:  # noqa: BLE001 - the user sees one line, the server log keeps the rest
-        log.exception("Chat generation failed")
-        failure = f"Generation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    except Exception as exc:  # noqa: BLE001 - shown after the rollback below; a bug is logged (page_error)
+        failure = page_error(exc, "chat generation")
     if failure is not None:
         left, right = chat.panes(session)  # the failed turn was rolled back: show that
         yield left, right, _status(ctx, key), gr.skip()
-        raise gr.Error(failure)
+        raise failure
     left, right = chat.panes(session)
     yield left, right, _status(ctx, key, _context_note(session)), gr.Row(visible=session.pending is not None)
 
 
+@shows_errors
 def stop_chat(state) -> None:
     if isinstance(state, chat.ChatSession):
         chat.stop(state)
 
 
+@shows_errors
 def clear_chat(state):
     session = _session(state)
     chat.clear(session)
@@ -284,17 +287,19 @@ def clear_chat(state):
     return session, left, right, gr.Row(visible=False)
 
 
+@shows_errors
 def cast_vote(state, choice: str):
     session = _session(state)
     try:
         vote = chat.record_vote(session, choice)
-    except ValueError as exc:
+    except StudioError as exc:
         raise gr.Error(str(exc)) from None
     revealed = "tuned" if vote["tuned_side"] == "left" else "base"
     note = f"Vote saved. Left was **{revealed}**, right was **{'base' if revealed == 'tuned' else 'tuned'}**."
     return session, _tally_markdown(chat.saved_votes(session)), gr.Row(visible=False), note
 
 
+@shows_errors
 def export_votes(state, key=None, request: gr.Request = None):
     """The decided votes as DPO pairs in a fresh file: the chosen run's saved votes
     (votes.jsonl, so earlier sessions' votes count too), else this session's."""
@@ -312,6 +317,7 @@ def export_votes(state, key=None, request: gr.Request = None):
     return str(path)
 
 
+@shows_errors
 def pick_example(sample) -> str:
     """A Dataset click gives the row's values: one prompt."""
     if isinstance(sample, (list, tuple)):

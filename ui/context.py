@@ -84,7 +84,7 @@ class Shared:
 
     blocks: gr.Blocks  # the page: the Evaluate, Chat and Export tabs refresh their run list on `blocks.load`
     tabs: gr.Tabs  # the tab strip: the Data tab's "Next" button and the guided demo select a tab
-    # per browser session: dict of DataOptions fields of the current file + summary, or None.
+    # per browser session: {"mapping": DataMapping fields, "name", "rows"} of the current file, or None.
     # Written by the Data tab (and the guided demo); read by the Train tab (Train, CLI command).
     data_state: gr.State
     # per browser session: id of the session's run, or "". Written by the Train tab (Train, Resume,

@@ -37,6 +37,7 @@ from .data_uploads import display_name, save_upload, uploads_dir  # noqa: F401 (
 from .data_views import (ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS, TRAINED,  # noqa: F401
                          example_spans, held_out_fraction, held_out_percent, issues_frame,
                          labels_frame, length_figure, md_text, preview_frame, status_text, summary_text)
+from .errors import page_error, shows_errors
 
 EXAMPLE_COLOURS = {TRAINED: "#16a34a", MASKED: "#d1d5db"}
 FORMAT_CHOICES = [("auto-detect", "auto")] + [(f.replace("_", " / ", 1) if f == "prompt_completion" else f, f)
@@ -187,12 +188,12 @@ def inspect_new_copy(source: dict, key: str, mapping: DataMapping, tokenizer, ma
     copy = Path(source[key])
     try:
         view = inspect_data(source, mapping, tokenizer, max_length, max_file_mb, token_problem)
-    except gr.Error:
+    except Exception as exc:  # noqa: BLE001 - a bug must still remove the copy; page_error logs it
         copy.unlink(missing_ok=True)
-        raise
-    except Exception as exc:  # a bug must still remove the copy, and show a message, not a bare "Error"
-        copy.unlink(missing_ok=True)
-        raise gr.Error(f"That file could not be inspected ({type(exc).__name__}); it was not kept.") from exc
+        error = page_error(exc, "inspecting an uploaded file")
+        if error is exc:
+            raise
+        raise error from None
     if key in view.unreadable:
         copy.unlink(missing_ok=True)
         view.source = None if key == "path" else {**source, "eval_path": "", "eval_name": ""}
@@ -311,18 +312,22 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
         return view_values(view)
 
     def sample_handler(name: str):
+        @shows_errors
         def on_sample(raw: dict):
             return load_sample_values(name, raw[tok_source], raw[max_length], current(raw))
         return on_sample
 
+    @shows_errors
     def on_upload(raw: dict):
         tok, problem = tokenizer_for(raw[tok_source])
         return view_values(load_upload(raw[upload], tok, current(raw), raw[max_length], settings.max_upload_mb,
                                        token_problem=problem))
 
+    @shows_errors
     def on_upload_clear():
         return view_values(DataView(None, None, DataMapping(), EMPTY_STATUS))
 
+    @shows_errors
     def on_eval_file(raw: dict):
         if not raw[file_state] and not raw[eval_upload]:  # cleared before any training file: nothing to redo
             return tuple(gr.skip() for _ in outputs)
@@ -330,6 +335,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
         return view_values(load_eval_upload(raw[file_state], raw[eval_upload], tok, current(raw), raw[max_length],
                                             settings.max_upload_mb, token_problem=problem))
 
+    @shows_errors
     def on_apply(raw: dict):
         if not raw[file_state]:
             raise gr.Error("Load a sample or upload a file first.")
@@ -337,6 +343,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
         return view_values(inspect_data(raw[file_state], current(raw), tok, raw[max_length], settings.max_upload_mb,
                                         problem))
 
+    @shows_errors
     def on_next():
         return gr.Tabs(selected="train")
 

@@ -47,8 +47,8 @@ def md_text(text: Any) -> str:
 
 def issues_frame(issues: list[Issue], eval_issues: list[Issue] | None = None) -> pd.DataFrame:
     """The issues table: row (or 'file'), column, message. Evaluation-file issues are marked as such."""
-    rows = [[str(i.row) if i.row is not None else "file", i.column or "", i.message] for i in issues]
-    rows += [[f"eval file, row {i.row}" if i.row is not None else "eval file", i.column or "", i.message]
+    rows = [["file" if i.file_wide else str(i.row), i.column or "", i.message] for i in issues]
+    rows += [["eval file" if i.file_wide else f"eval file, row {i.row}", i.column or "", i.message]
              for i in eval_issues or []]
     return pd.DataFrame(rows[:ISSUE_ROWS], columns=ISSUE_COLUMNS)
 
@@ -122,15 +122,10 @@ def length_figure(tokens: dict) -> Figure:
     return fig
 
 
-def _where(issue: Issue) -> str:
-    col = f" [{issue.column}]" if issue.column else ""
-    return (f"row {issue.row}" if issue.row is not None else "file") + col
-
-
 def issue_lines(issues: list[Issue], limit: int = 3) -> str:
-    """The first issues as 'row 57: message' (rows first: they are what to fix)."""
-    ordered = [i for i in issues if i.row is not None] + [i for i in issues if i.row is None]
-    return "; ".join(f"{_where(i)}: {i.message}" for i in ordered[:limit])
+    """The first issues as 'row 57 [text]: message' (Issue.text; rows first: they are what to fix)."""
+    ordered = [i for i in issues if not i.file_wide] + [i for i in issues if i.file_wide]
+    return "; ".join(i.text() for i in ordered[:limit])
 
 
 def status_text(report: DataReport, eval_report: DataReport | None, source: dict) -> str:
@@ -139,7 +134,7 @@ def status_text(report: DataReport, eval_report: DataReport | None, source: dict
         # An unreadable upload is not kept (see data_tab.load_upload): only a new upload can help.
         fix = ("Fix the file and upload it again." if report.unreadable
                else "Fix the file or the mapping, then press **Apply mapping**.")
-        return (f"**Not usable:** {md_text(issue_lines([i for i in report.issues if i.row is None] or report.issues))}. "
+        return (f"**Not usable:** {md_text(issue_lines([i for i in report.issues if i.file_wide] or report.issues))}. "
                 + fix)
     if not report.usable:
         return (f"**Not usable yet:** {report.bad_rows} of {report.total_rows} rows have problems, e.g. "

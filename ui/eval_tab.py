@@ -16,7 +16,6 @@ holding the cancel Event of the current evaluation.
 """
 from __future__ import annotations
 
-import logging
 import secrets
 import shutil
 import threading
@@ -31,14 +30,14 @@ from evaluation.run_eval import evaluate_run, load_meta
 from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.limits import limits
 from finetune_core.runs.ownership import Visitor
-from finetune_core.runs.store import Run, RunError
+from finetune_core.runs.store import Run
 
 from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext, EvalParts, Shared
-from .widgets import open_run, pick_run, user_error
+from .errors import page_error, shows_errors
+from .widgets import open_run, pick_run
 from .widgets import run_choices as adapter_runs
 
-log = logging.getLogger(__name__)
 
 ORDERS = ("Biggest wins first", "Biggest losses first", "Original order")
 SUMMARY_HEADERS = ["metric", "base", "tuned", "delta", "better when", "tuned vs base"]
@@ -208,12 +207,14 @@ def runs_dropdown(first: str | None, second: str | None, who: Visitor | None = N
     return gr.Dropdown(choices=choices, value=pick_run(choices, first, second))
 
 
+@shows_errors
 def arm_cancel(_previous=None) -> tuple[threading.Event, dict]:
     """Click-time step of Evaluate: a fresh cancel Event for this evaluation (so
     Cancel works while it still waits in the queue) and the button disabled."""
     return threading.Event(), gr.update(interactive=False)
 
 
+@shows_errors
 def cancel_evaluation(cancel) -> None:
     if isinstance(cancel, threading.Event) and not cancel.is_set():
         cancel.set()
@@ -261,10 +262,8 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
         gr.Warning("Evaluation cancelled: nothing was saved.")
         view = show_run(run.id, order, who)
         return view._replace(status=f"{view.status}\n\n{CANCELLED}")
-    except Exception as exc:  # noqa: BLE001 - the page gets one line, the server log the traceback
-        if not isinstance(exc, (ValueError, FileNotFoundError, RunError)):
-            log.exception("evaluation of run %s failed", run.id)
-        raise user_error(exc) from None
+    except Exception as exc:  # noqa: BLE001 - a StudioError's words, or "Internal error" with the traceback logged
+        raise page_error(exc, f"evaluation of run {run.id}") from None
     return results_view(run, comparison, load_meta(run), order)
 
 
@@ -334,29 +333,36 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
         export_btn = gr.Button("Get results files (results.json + examples.csv)", scale=1)
         downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, scale=3)
 
+    @shows_errors
     def on_evaluate(run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request: gr.Request,
                     progress=gr.Progress()):
         return evaluate(ctx, run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request,
                         progress=lambda text, fraction: progress(fraction, desc=text))
 
+    @shows_errors
     def on_export(run_id, request: gr.Request):
         return export_results(ctx, run_id, request)
 
+    @shows_errors
     def on_follow(shared_run, current, request: gr.Request):
         return runs_dropdown(shared_run, current, visitor(request))
 
+    @shows_errors
     def on_refresh(current, shared_run, request: gr.Request):
         return runs_dropdown(current, shared_run, visitor(request))
 
+    @shows_errors
     def on_load(shared_run, current, request: gr.Request):
         who = visitor(request)
         choices = run_choices(who)
         value = pick_run(choices, shared_run, current)
         return gr.Dropdown(choices=choices, value=value), *show_run(value, ORDERS[0], who)
 
+    @shows_errors
     def on_show(run_id, order_value, request: gr.Request):
         return show_run(run_id, order_value, visitor(request))
 
+    @shows_errors
     def on_order(run_id, order_value, request: gr.Request):
         return order_examples(run_id, order_value, visitor(request))
 

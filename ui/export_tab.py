@@ -24,7 +24,6 @@ functions (tests call them), wired in `build`.
 """
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
@@ -36,20 +35,17 @@ import gradio as gr
 from evaluation.model_card import card_files
 from finetune_core.export import artifacts as export
 from finetune_core.export.gguf import QTYPES
-from finetune_core.models.sources import ModelError
 from evaluation.report import report
 from finetune_core.runs.ownership import Policy, Visitor, admins
-from finetune_core.runs.store import Run, RunError
+from finetune_core.runs.store import Run
 
 from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext, ExportParts, Shared
+from .errors import page_error, shows_errors
 from .widgets import open_run as open_any_run
-from .widgets import pick_run, user_error
+from .widgets import pick_run
 from .widgets import run_choices as adapter_runs
 
-log = logging.getLogger(__name__)
-
-USER_ERRORS = (ValueError, RunError, ModelError, FileNotFoundError)  # ExportError/GGUFExportError are ValueErrors
 Progress = Callable[[float, str], None]
 
 
@@ -90,17 +86,17 @@ def gpu_busy(ctx: AppContext) -> str:
 
 
 def _guarded(folder: Path | None, work: Callable[[], object], what: str):
-    """Run `work`, turning failures into one-line page errors and removing a half-filled folder."""
+    """Run `work`, removing a half-filled folder when it fails; the page gets `page_error`'s
+    message (a StudioError's own words, or "Internal error" with the traceback logged)."""
     try:
         return work()
-    except gr.Error:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the page gets one line, the server log the traceback
+    except Exception as exc:  # noqa: BLE001 - the folder goes whatever the failure
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-        if not isinstance(exc, USER_ERRORS):
-            log.exception("%s failed", what)
-        raise user_error(exc) from None
+        error = page_error(exc, what)
+        if error is exc:
+            raise
+        raise error from None
 
 
 # -- handlers -----------------------------------------------------------------------------------
@@ -189,11 +185,8 @@ def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, w
     try:
         url = export.push_to_hub(run, repo_id, token, what=what, private=bool(private), overwrite=bool(overwrite),
                                  card_files=card_files(run, what))
-    except USER_ERRORS as exc:
-        raise gr.Error(str(exc)) from None  # ExportError messages are already token-free
-    except Exception as exc:  # noqa: BLE001 - no traceback: it could quote the token
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise gr.Error(f"Push failed: {text.replace(token, '***')}"[:300]) from None
+    except Exception as exc:  # noqa: BLE001 - ExportError messages are token-free; a bug's log and line are redacted
+        raise page_error(exc, "push to the Hub", redact=(token,)) from None
     visibility = "private" if private else "public"
     return f"Pushed the {what} of run `{run.id}` to {visibility} repo [{repo_id}]({url}).", gr.update(value="")
 
@@ -258,25 +251,31 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
     status = gr.Markdown(elem_id="export-status")
     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="export-files")
 
+    @shows_errors
     def on_adapter(run_id, request: gr.Request):
         paths = download_adapter(ctx, run_id, request)
         return paths, files_note(paths)
 
+    @shows_errors
     def on_merged(run_id, request: gr.Request, progress=gr.Progress()):
         paths = download_merged(ctx, run_id, request, lambda f, text: progress(f, desc=text))
         return paths, files_note(paths)
 
+    @shows_errors
     def on_gguf(run_id, kind, request: gr.Request, progress=gr.Progress()):
         paths = download_gguf(ctx, run_id, kind, request, lambda f, text: progress(f, desc=text))
         return paths, files_note(paths)
 
+    @shows_errors
     def on_report(run_id, request: gr.Request):
         paths = download_report(ctx, run_id, request)
         return paths, files_note(paths)
 
+    @shows_errors
     def on_push(run_id, repo_id, secret, kind, is_private, replace, request: gr.Request):
         return push(ctx, run_id, repo_id, secret, kind, is_private, replace, request)
 
+    @shows_errors
     def on_runs(first, second, request: gr.Request):
         return runs_dropdown(first, second, who=visitor(request))
 

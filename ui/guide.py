@@ -19,6 +19,7 @@ from finetune_core.runs.store import get_run
 from . import chat_tab, eval_tab
 from .access import require_user, visitor
 from .context import AppContext, Page
+from .errors import shows_errors
 from .train_tab import data_fields, start_training
 
 SAMPLE = "Customer intents (classification)"
@@ -65,6 +66,7 @@ def wire(ctx: AppContext, page: Page, status: gr.Markdown, button: gr.Button) ->
     def say(text: str, updates: dict | None = None) -> dict:
         return {status: text, **(updates or {})}
 
+    @shows_errors
     def run_demo(request: gr.Request):
         require_user(request)
         who = visitor(request)

@@ -29,6 +29,7 @@ from finetune_core.models.catalogue import BUNDLED_HUB_ID, ENTRIES
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, read_config_yaml
 from finetune_core.data.mapping import DataMapping
+from finetune_core.errors import StudioError
 from finetune_core.models.sources import (BUNDLED, BUNDLED_LABEL, ModelError, allowed_hub_ids, check_model_size, max_params_b,
                                   resolve_model_source, training_policy)
 from finetune_core.runs.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
@@ -37,6 +38,7 @@ from finetune_core.runs.store import RUN_ID_RE, RunError, get_run, runs_root
 
 from .access import require_user, visitor
 from .context import AppContext, Shared, TrainParts
+from .errors import shows_errors
 from .widgets import (build_config_widgets, config_from_values, named_values, open_run, progress_html,
                       widget_updates)
 
@@ -168,7 +170,7 @@ def memory_markdown(values: dict[str, Any]) -> str:
     try:
         cfg = config_from_values({k: v for k, v in values.items() if k in ESTIMATE_FIELDS})
         a = memory.assess(cfg)
-    except (gr.Error, ModelError, ConfigError) as exc:
+    except (gr.Error, StudioError) as exc:  # a bug is not a note: it reaches the page as an internal error
         return f"⚠ {getattr(exc, 'message', None) or exc}"
     e = a.estimate
     lines = [model_facts_line(a.facts), f"Estimated peak {e.memory_kind} {e.total / memory.GB:.1f} GB of "
@@ -355,6 +357,7 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
     inputs = set(widgets.values()) | {shared.data_state}
     estimate_inputs = {widgets[name] for name in ESTIMATE_FIELDS if name in widgets}
 
+    @shows_errors
     def on_train(raw: dict, request: gr.Request):
         require_user(request)
         who = visitor(request)
@@ -364,17 +367,20 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
         gr.Info(f"Training started: {run_id}")
         return run_id, gr.update(choices=run_ids(who), value=run_id)
 
+    @shows_errors
     def on_stop(request: gr.Request):
         require_user(request)
         if not stop_training(ctx, visitor(request)):
             gr.Warning("No training job is running.")
 
+    @shows_errors
     def on_resume(run_id: str, request: gr.Request):
         require_user(request)
         if not run_id:
             raise gr.Error("Pick a run to resume in 'Open run'.")
         return resume_training(ctx, run_id, visitor(request))
 
+    @shows_errors
     def on_delete(run_id, request: gr.Request):
         require_user(request)
         if not run_id:
@@ -383,12 +389,14 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
         gr.Info(f"Deleted run {delete_run(ctx, run_id, who)}.")
         return gr.update(choices=run_ids(who), value=None), ""
 
+    @shows_errors
     def on_showcase(run_id, on, request: gr.Request):
         require_user(request)
         if not run_id:
             raise gr.Error("Pick a run in 'Open run' first.")
         gr.Info(showcase_run(run_id, on, visitor(request)))
 
+    @shows_errors
     def on_tick(selected: str | None, last: dict | None, request: gr.Request):
         who = visitor(request)
         if last and last.get("who") != who.key:
@@ -401,23 +409,28 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
         # the runs changed: the "Open run" list follows (only this visitor's runs)
         return (*view, table, gr.update(choices=run_ids(who)), stamps)
 
+    @shows_errors
     def on_pick(run_id: str | None):
         return run_id if isinstance(run_id, str) else ""
 
+    @shows_errors
     def on_preset(raw: dict):
         cfg = config_from_values(named_values(widgets, raw), {}).with_overrides(PRESETS[raw[preset]])
         return widget_updates(widgets, cfg)
 
+    @shows_errors
     def on_cli(raw: dict):
         values = named_values(widgets, raw)
         cfg = config_from_values(values, data_fields(raw[shared.data_state], required=False))
         return gr.update(value=cli_text(cfg), visible=True)
 
+    @shows_errors
     def on_yaml(path: str | None):
         if not path:
             return {}
         return widget_updates(widgets, config_from_yaml_file(path))
 
+    @shows_errors
     def on_estimate(raw: dict):
         return memory_markdown(named_values(widgets, raw))
 

@@ -85,13 +85,6 @@ def widget_updates(widgets: dict[str, Any], cfg: RunConfig) -> dict:
     return {comp: gr.update(value=values[name]) for name, comp in widgets.items()}
 
 
-def user_error(exc: Exception) -> gr.Error:
-    """Short message for the page; never a traceback."""
-    if isinstance(exc, (ConfigError, RunError, ValueError, FileNotFoundError)):
-        return gr.Error(str(exc))
-    return gr.Error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
-
-
 def run_choices(who: Visitor | None = None, note: Callable[[Run, dict], str] | None = None,
                 key: Callable[[Run], str] = lambda run: run.id) -> list[tuple[str, str]]:
     """Dropdown choices of the runs with a saved adapter that `who` may see, newest first:
@@ -173,4 +166,4 @@ def progress_html(step: int, total: int, state: str, eta: float | None) -> str:
 
 
 __all__ = ["coerce", "build_config_widgets", "config_from_values", "named_values", "widget_updates",
-           "user_error", "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run", "with_ctx"]
+           "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run", "with_ctx"]

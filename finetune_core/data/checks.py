@@ -12,13 +12,14 @@ import json
 from collections import Counter
 
 from finetune_core.data.load import Issue
+from finetune_core.errors import StudioError
 from finetune_core.limits import limits
 
 ROLES = ("system", "user", "assistant")
 ROWS_PER_GROUP = 20  # row numbers listed for one duplicate group
 
 
-class RowProblem(Exception):
+class RowProblem(StudioError):
     """One row cannot be used; ``column`` names where the problem is."""
 
     def __init__(self, column: str | None, message: str):

@@ -55,7 +55,7 @@ class DataReport:
 
     @property
     def bad_rows(self) -> int:
-        return len({i.row for i in self.issues if i.row is not None})
+        return len({i.row for i in self.issues if not i.file_wide})
 
     @property
     def usable(self) -> bool:
@@ -112,7 +112,7 @@ def prepare_data(options: DataMapping, max_file_mb: float = 100.0) -> DataReport
     if spec.format == "classification":
         report.labels = dict(sorted(Counter(r["label"] for r in report.rows).items()))
     if not report.rows:
-        first = next((i.message for i in report.issues if i.row is not None), "")
+        first = next((i.message for i in report.issues if not i.file_wide), "")
         detail = f" (first problem: {first})" if first else ""
         report.issues.append(Issue(None, None, f"no usable rows: all {loaded.total_rows} rows have problems{detail}"))
         report.fatal = True
@@ -342,9 +342,7 @@ def _readable(result: dict) -> str:
                      f"(prompt alone too long, dropped by the trainer: {tokens['completion_lost']})")
     lines.append(f"issues: {result['issue_count']}")
     for issue in result["issues"][:20]:
-        where = f"row {issue['row']}" if issue["row"] is not None else "file"
-        col = f" [{issue['column']}]" if issue["column"] else ""
-        lines.append(f"  {where}{col}: {issue['message']}")
+        lines.append(f"  {Issue(**issue).text()}")
     if result["issue_count"] > 20:
         lines.append(f"  ... and {result['issue_count'] - 20} more (use --json for all)")
     lines.append("usable: yes" if result["usable"] else "usable: NO")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from finetune_core.data.cells import has_broken_text
 from finetune_core.data.checks import RowProblem, check_conversation, require_text
+from finetune_core.errors import InputError
 from finetune_core.limits import limits
 
 FORMATS = ("prompt_completion", "messages", "sharegpt", "alpaca", "text", "columns", "classification")
@@ -83,7 +84,7 @@ def check_template(name: str, text: str, placeholders: bool = True) -> None:
         lim.check("template_placeholders", count, f"the number of {{column}} placeholders in {name}")
     if has_broken_text(text):
         # Tokenizers and the browser cannot encode a lone surrogate: refuse it here, named.
-        raise ValueError(f"{name} holds a broken character (a lone UTF-16 surrogate); retype that text.")
+        raise InputError(f"{name} holds a broken character (a lone UTF-16 surrogate); retype that text.")
 
 
 def render_template(template: str, record: dict, extra: dict | None = None) -> str:

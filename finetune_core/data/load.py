@@ -40,11 +40,30 @@ _ABS_PATH = re.compile(r"""(?<![^\s'"(\[=])(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/
 
 @dataclass
 class Issue:
-    """One problem found in a data file; ``row`` is None for file-level problems."""
+    """One problem found in a data file; ``row`` is None for file-level problems.
+
+    Rows are numbered from 1, so row 0 names no row: it is read as file-wide too
+    (``file_wide``), and every place that shows an issue says "file" for both.
+    """
 
     row: int | None  # 1-based row or line number
     column: str | None
     message: str
+
+    @property
+    def file_wide(self) -> bool:
+        """True for a problem of the whole file (or mapping) rather than of one row."""
+        return not self.row
+
+    @property
+    def place(self) -> str:
+        """Where the problem is: "row 57", "row 57 [text]", "file" or "file [label]"."""
+        where = "file" if self.file_wide else f"row {self.row}"
+        return f"{where} [{self.column}]" if self.column else where
+
+    def text(self) -> str:
+        """The issue as one line, "row 57 [text]: message": the one way an issue becomes text."""
+        return f"{self.place}: {self.message}"
 
     def to_dict(self) -> dict:
         return {"row": self.row, "column": self.column, "message": self.message}

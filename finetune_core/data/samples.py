@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune_core.data.mapping import DataMapping
+from finetune_core.errors import InputError
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
 
@@ -44,7 +45,7 @@ _NOT_OPTIONS = ("description",)
 
 
 def sample_mapping(name: str) -> DataMapping:
-    """The DataMapping of a sample by display name (KeyError names the choices)."""
+    """The DataMapping of a sample by display name (InputError names the choices)."""
     if name not in SAMPLES:
-        raise KeyError(f"unknown sample {name!r}; choose one of: {', '.join(SAMPLES)}")
+        raise InputError(f"unknown sample {name!r}; choose one of: {', '.join(SAMPLES)}")
     return DataMapping.from_dict({k: v for k, v in SAMPLES[name].items() if k not in _NOT_OPTIONS})

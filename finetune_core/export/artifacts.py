@@ -33,6 +33,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from finetune_core.errors import StudioError
 from finetune_core.export.gguf import check_supported, read_config, write_gguf
 from finetune_core.models.sources import HUB_ID_RE as REPO_ID_RE  # a Hub repo id, as the model picker takes it
 from finetune_core.runs.store import Run
@@ -41,7 +42,7 @@ WHAT = ("adapter", "merged")
 HUB_PROBE_TIMEOUT_S = 4.0
 
 
-class ExportError(ValueError):
+class ExportError(StudioError, ValueError):
     """An export could not be made; the message is for the user."""
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune_core.errors import StudioError
+
 SUPPORTED_MODEL_TYPE = "llama"
 QTYPES = ("f16", "q8_0")
 Q8_BLOCK = 32  # Q8_0 quantises rows in blocks of 32 values
@@ -43,7 +45,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-class GGUFExportError(ValueError):
+class GGUFExportError(StudioError, ValueError):
     """The model cannot be written as GGUF; the message is for the user."""
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from finetune_core.errors import InputError
 from finetune_core.inference.chat_limits import TokenCounter, check_chat_request
 from finetune_core.inference.generation import GenSettings, InferenceModel
 from finetune_core.inference.votes import append_vote, load_votes
@@ -88,9 +89,9 @@ def start_turn(session: ChatSession, message: str, tuned: bool = True
     the tuned prompt is None when `tuned` is False (no adapter loaded)."""
     message = (message or "").strip()
     if not message:
-        raise ValueError("Type a message first.")
+        raise InputError("Type a message first.")
     if session.blind and not tuned:
-        raise ValueError("Blind A/B needs a tuned model: pick a run with an adapter.")
+        raise InputError("Blind A/B needs a tuned model: pick a run with an adapter.")
     side = session.rng.choice(SIDES) if session.blind else "right"
     user = {"role": "user", "content": message}
     base_messages = _with_system(session, session.base_history + [user])
@@ -272,10 +273,10 @@ def record_vote(session: ChatSession, choice: str, run: Run | None = None) -> di
     run, the one whose adapter answered) before it counts, so a vote shown is a
     vote saved; without a run it stays in the session only."""
     if choice not in VOTE_CHOICES:
-        raise ValueError(f"Unknown vote {choice!r}: expected one of {', '.join(VOTE_CHOICES)}.")
+        raise InputError(f"Unknown vote {choice!r}: expected one of {', '.join(VOTE_CHOICES)}.")
     turn = session.pending
     if turn is None:
-        raise ValueError("There is no blind answer to vote on: send a message in blind mode first.")
+        raise InputError("There is no blind answer to vote on: send a message in blind mode first.")
     if choice in SIDES:
         winner = "tuned" if choice == turn["tuned_side"] else "base"
     else:

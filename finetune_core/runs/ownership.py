@@ -28,10 +28,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune_core.errors import StudioError
+
 OWNER_FILE = "owner.json"
 
 
-class AccessError(PermissionError):
+class AccessError(StudioError, PermissionError):
     """The visitor may not do this to the run; the message is for the user."""
 
 

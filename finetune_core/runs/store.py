@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_core.config import RunConfig, read_config_yaml
+from finetune_core.errors import StudioError
 
 STATES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
 FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
@@ -38,7 +39,7 @@ RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9-]{1,40}-[0-9a-f]{6}$")
 SCHEMA_VERSION = 2  # of run.yaml, status.json and votes.jsonl lines; bumped with each format change
 
 
-class RunError(Exception):
+class RunError(StudioError):
     """A run could not be found or used; the message is for the user."""
 
 

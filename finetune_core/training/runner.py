@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from finetune_core.config import RunConfig
+from finetune_core.errors import StudioError
 from finetune_core.runs.store import Run, _pid_alive, create_run, mark_interrupted
 
 LOGGERS = ("transformers", "trl", "peft", "accelerate")
@@ -26,7 +27,7 @@ DISK_FULL_TEXTS = ("no space left on device", "storagefull", "disk quota exceede
 log = logging.getLogger(__name__)
 
 
-class Busy(Exception):
+class Busy(StudioError):
     """A training job is already running in this process."""
 
 
@@ -88,10 +89,7 @@ def failure_reason(exc: BaseException) -> str:
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return ("Out of memory. Lower the batch size or max length, use LoRA instead of a full fine-tune, "
                 "or QLoRA on a GPU.")
-    from finetune_core.models.sources import ModelError
-    from finetune_core.training.train import TrainingError
-
-    if isinstance(exc, (TrainingError, ModelError)):
+    if isinstance(exc, StudioError):  # written for the user (TrainingError, ModelError, ConfigError, ...)
         return text
     return disk_full_reason(exc) or f"{name}: {text.splitlines()[0][:300]}"
 
@@ -107,6 +105,8 @@ def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = Fal
             return execute(run, stop_event, lambda _e: None, resume=resume, extra_callbacks=extra_callbacks,
                            policy=policy)
         except BaseException as exc:  # noqa: BLE001
+            if not isinstance(exc, StudioError):  # this rank writes no run log: the process log keeps it
+                log.exception("run %s failed on rank %s", run.id, os.environ.get("RANK", "?"))
             return {"state": "failed", "reason": failure_reason(exc)}
 
     def _emit(event: dict) -> None:
@@ -122,8 +122,8 @@ def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = Fal
         result = execute(run, stop_event, _emit, resume=resume, extra_callbacks=extra_callbacks, policy=policy)
     except BaseException as exc:  # noqa: BLE001 - every failure must end in a status
         reason = failure_reason(exc)
+        log_failure(run, exc)  # before the reason: the log's last lines say why it failed
         log_quietly(run, "FAILED: " + reason)
-        log_quietly(run, traceback.format_exc(limit=8))
         result = {"state": "failed", "reason": reason}
     finally:
         for name in LOGGERS:
@@ -145,6 +145,17 @@ def start_fields(run: Run, resume: bool) -> dict:
         now = time.time()
         fields.update(resumed=now, resumes=[*run.status().get("resumes", []), now])
     return fields
+
+
+def log_failure(run: Run, exc: BaseException) -> None:
+    """Keep what a developer needs about a failed run. A StudioError's message (already
+    logged as the reason) is all there is to it; anything else is a bug or a crash, so
+    its whole traceback goes into the run's log.txt (the innermost frames are where
+    it broke) and into the app's log."""
+    if isinstance(exc, StudioError):
+        return
+    log_quietly(run, "".join(traceback.format_exception(exc)).rstrip())
+    log.error("run %s failed", run.id, exc_info=exc)
 
 
 def log_quietly(run: Run, message: str) -> None:

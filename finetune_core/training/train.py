@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from finetune_core.errors import StudioError
 from finetune_core.models import device_plan
 from finetune_core.config import RunConfig
 from finetune_core.data.dataset import is_text_rows
@@ -26,7 +27,7 @@ Emit = Callable[[dict], None]
 CHECKPOINT_FILES_COMMON = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
-class TrainingError(Exception):
+class TrainingError(StudioError):
     """A run cannot start or continue; the message is for the user."""
 
 
@@ -60,13 +61,13 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
     mapping = cfg.data
     report = prepare_data(mapping)
     if not report.usable:
-        first = "; ".join(_issue_text(i) for i in report.issues[:3])
+        first = "; ".join(i.text() for i in report.issues[:3])
         raise TrainingError(f"The data file is not usable ({len(report.issues)} issue(s)): {first}")
     held_rows = None
     if mapping.eval_path:
         held_report = prepare_data(mapping.for_file(mapping.eval_path))
         if not held_report.usable:
-            raise TrainingError("The evaluation file is not usable: " + "; ".join(_issue_text(i) for i in held_report.issues[:3]))
+            raise TrainingError("The evaluation file is not usable: " + "; ".join(i.text() for i in held_report.issues[:3]))
         held_rows = held_report.rows
     train, held = train_and_held(mapping, report.rows, held_rows)
     if not train:
@@ -81,10 +82,6 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
     return train, held, summary
 
 
-def _issue_text(issue) -> str:
-    where = f"row {issue.row}" if issue.row else "file"
-    col = f", column {issue.column!r}" if issue.column else ""
-    return f"{where}{col}: {issue.message}"
 
 
 def training_rows(rows: list[dict]) -> list[dict]:
