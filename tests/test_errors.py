@@ -118,7 +118,7 @@ def test_shows_errors_keeps_what_gradio_reads_and_sorts_user_errors_from_bugs(ca
 def test_tab_handler_shows_a_core_user_error_as_it_is(export_ctx, run_with_adapter, monkeypatch, caplog):
     from ui import export_tab
 
-    def refuse(run, target):
+    def refuse(run, target, **_kw):
         raise ExportError(f"Run {run.id} has no tokenizer saved: train it again.")
 
     monkeypatch.setattr(export_tab.export, "adapter_zip", refuse)
@@ -133,7 +133,7 @@ def test_tab_handler_shows_a_bug_as_internal_error_and_logs_its_traceback(export
                                                                           monkeypatch, caplog):
     from ui import export_tab
 
-    def broken(run, target):
+    def broken(run, target, **_kw):
         raise ValueError("zip member name is None")  # a plain ValueError: a bug, not the user's input
 
     monkeypatch.setattr(export_tab.export, "adapter_zip", broken)
@@ -196,7 +196,7 @@ def test_page_error_passes_page_messages_and_user_errors_through():
 def _crash_with(monkeypatch, exc: BaseException):
     from finetune_core.training import train
 
-    def execute(run, stop_event, emit, resume=False, extra_callbacks=None):
+    def execute(run, stop_event, emit, resume=False, extra_callbacks=None, policy=None):
         raise exc
 
     monkeypatch.setattr(train, "execute", execute)
