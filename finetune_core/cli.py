@@ -182,8 +182,9 @@ def cmd_runs(args) -> int:
 def cmd_inspect(args) -> int:
     """Check a data file: 0 when it is usable, 2 when it is not."""
     from finetune_core.data.dataset import run_inspect
+    from finetune_core.models.sources import load_tokenizer
 
-    return run_inspect(args)
+    return run_inspect(args, load_tokenizer)
 
 
 def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ from transformers import LlamaConfig
 from finetune_core.models import device_plan
 from finetune_core.config import RunConfig
 from finetune_core.models.sources import DevicePolicy, training_policy
-from finetune_core.training.train import TrainingError, check_method, sft_config, use_gradient_checkpointing
+from finetune_core.models.device_plan import use_gradient_checkpointing
+from finetune_core.training.train import TrainingError, check_method, sft_config
 
 CUDA_BF16 = DevicePolicy("cuda", "bfloat16")
 CUDA_FP16 = DevicePolicy("cuda", "float16")

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from finetune_core.data.dataset import FORMATS, DataReport, inspect_mapping
 from finetune_core.data.mapping import DataMapping
-from finetune_core.data.stats import TokenizerCache
+from finetune_core.models.tokenizers import TokenizerCache
 from finetune_core.data.samples import SAMPLES, sample_mapping
 
 from .context import DATA_EXTENSIONS, AppContext, DataParts, Shared

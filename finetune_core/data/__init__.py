@@ -6,10 +6,11 @@ training and evaluation all use it). ``load`` reads a file into raw records
 (``cells`` holds the per-cell checks), ``formats`` detects the layout and
 normalises rows to TRL's conversational form, ``checks`` validates rows and
 whole files, ``split`` makes the held-out split, ``stats`` counts tokens,
-shows what the model will learn and caches tokenizers, ``dataset`` is the
+shows what the model will learn, ``dataset`` is the
 facade the rest of the studio calls (load, detect, normalise, validate,
 split, inspect), ``samples`` lists the project's own sample files.
 
-May import: ``finetune_core.fieldmeta``, ``finetune_core.limits``,
-``finetune_core.errors`` and ``finetune_core.models`` (for tokenizers).
+May import: ``finetune_core.fieldmeta``, ``finetune_core.limits`` and
+``finetune_core.errors``; never ``models`` (a tokenizer is passed in; the
+app's tokenizer cache is ``models.tokenizers``).
 """

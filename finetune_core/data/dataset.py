@@ -17,7 +17,9 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
+from finetune_core.errors import StudioError
 from finetune_core.data.checks import (
     RowProblem, find_duplicates, find_leakage, missing_columns, mixed_type_issues,
 )
@@ -298,23 +300,23 @@ def _options_from_args(args: argparse.Namespace) -> DataMapping:
     return options
 
 
-def inspect_main(argv: list[str]) -> int:
-    """``inspect FILE ...``: exit 0 when the file is usable, 2 when it is not."""
+def inspect_main(argv: list[str], load_tokenizer: Callable[[str], Any] | None = None) -> int:
+    """``inspect FILE ...``: exit 0 when the file is usable, 2 when it is not (see `run_inspect`)."""
     ap = argparse.ArgumentParser(prog="python -m finetune_core inspect", description="Check a training data file.")
     add_inspect_arguments(ap)
-    return run_inspect(ap.parse_args(argv))
+    return run_inspect(ap.parse_args(argv), load_tokenizer)
 
 
-def run_inspect(args: argparse.Namespace) -> int:
-    """Run `inspect` on parsed arguments: exit 0 when the file is usable, 2 when it is not."""
+def run_inspect(args: argparse.Namespace, load_tokenizer: Callable[[str], Any] | None = None) -> int:
+    """Run `inspect` on parsed arguments: exit 0 when the file is usable, 2 when it is not, 1 when
+    ``--model`` names a tokenizer that ``load_tokenizer`` (the command line passes the models
+    layer's) cannot load. The data layer itself loads no model."""
     options = _options_from_args(args)
     tokenizer = None
-    if args.model:
-        from finetune_core.models.sources import ModelError, load_tokenizer
-
+    if args.model and load_tokenizer is not None:
         try:
             tokenizer = load_tokenizer(args.model)
-        except ModelError as exc:
+        except StudioError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     result = inspect_file(options, tokenizer, args.max_length, args.max_file_mb)

@@ -93,3 +93,13 @@ def load_kwargs(cfg: RunConfig, policy: DevicePolicy, device_plan: DevicePlan) -
         # a 4-bit model is placed by from_pretrained (it cannot be moved with .to afterwards)
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     return kwargs
+
+
+def use_gradient_checkpointing(cfg: RunConfig, policy: DevicePolicy, n_params: int) -> bool:
+    """Whether a run recomputes activations instead of keeping them: the run's choice, or for
+    "auto" only on CUDA for models over 3B parameters and for QLoRA."""
+    if cfg.gradient_checkpointing != "auto":
+        return cfg.gradient_checkpointing == "on"
+    # Recomputing activations costs ~30% speed; only worth it for big models on a GPU, and
+    # with QLoRA, which is chosen to save memory.
+    return policy.device == "cuda" and (n_params > 3_000_000_000 or cfg.method == "qlora")

@@ -294,9 +294,9 @@ def verdict(total: float, available: float) -> str:
 
 # -- putting it together -------------------------------------------------------
 def checkpointing_for(cfg: RunConfig, device: str, params: int) -> bool:
-    """The trainer's own rule (finetune_core.training.train.use_gradient_checkpointing)."""
+    """The trainer's own rule (finetune_core.models.device_plan.use_gradient_checkpointing)."""
     from finetune_core.models.sources import DevicePolicy
-    from finetune_core.training.train import use_gradient_checkpointing
+    from finetune_core.models.device_plan import use_gradient_checkpointing
 
     return use_gradient_checkpointing(cfg, DevicePolicy(device, "float32"), params)
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 from finetune_core.errors import StudioError
 from finetune_core.models import device_plan
+from finetune_core.models.device_plan import use_gradient_checkpointing
 from finetune_core.config import RunConfig
 from finetune_core.data.dataset import is_text_rows
 from finetune_core.training.events import StudioCallback
@@ -103,14 +104,6 @@ def peft_config(cfg: RunConfig):
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
         use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type="CAUSAL_LM", bias="none",
     )
-
-
-def use_gradient_checkpointing(cfg: RunConfig, policy: DevicePolicy, n_params: int) -> bool:
-    if cfg.gradient_checkpointing != "auto":
-        return cfg.gradient_checkpointing == "on"
-    # Recomputing activations costs ~30% speed; only worth it for big models on a GPU, and
-    # with QLoRA, which is chosen to save memory.
-    return policy.device == "cuda" and (n_params > 3_000_000_000 or cfg.method == "qlora")
 
 
 def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, grad_ckpt: bool, has_eval: bool,
