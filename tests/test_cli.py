@@ -6,7 +6,6 @@ core never imports the evaluation layer (only the program entry, finetune_core/_
 """
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -79,29 +78,7 @@ def test_inspect_keeps_its_flags_and_exit_codes(tmp_path, capsys):
     assert program(["inspect", str(bad), "--map", "prompt=a", "--map", "completion=missing"]) == 2
 
 
-# -- layers -----------------------------------------------------------------------------------
-def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_the_core_never_imports_evaluation_or_gradio():
-    offenders = []
-    for path in sorted((REPO / "finetune_core").rglob("*.py")):
-        if path == REPO / "finetune_core" / "__main__.py":
-            continue  # the program entry, like app.py: it joins the layers' commands
-        for name in _imported_modules(path):
-            if name.split(".")[0] in ("evaluation", "gradio"):
-                offenders.append(f"{path.relative_to(REPO)} imports {name}")
-    assert offenders == []
-
-
+# -- layers (the static check of every import is tests/test_layout.py) ------------------------------
 def test_importing_the_core_command_line_loads_no_evaluation_module():
     code = ("import sys, finetune_core.cli, finetune_core.export.artifacts; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'evaluation'))")
