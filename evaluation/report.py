@@ -92,6 +92,7 @@ def data_facts(run: Run) -> list[tuple[str, str]]:
 
 
 def config_facts(run: Run) -> list[tuple[str, str]]:
+    """The training settings a reader cares about (CONFIG_KEYS, in that order) from run.yaml, as (key, text) pairs."""
     cfg = run.run_yaml()
     return [(key, str(cfg[key])) for key in CONFIG_KEYS if key in cfg]
 
@@ -131,6 +132,8 @@ def time_facts(status: dict) -> list[tuple[str, str]]:
 
 
 def training_facts(run: Run) -> list[tuple[str, str]]:
+    """State, steps done of total, start/resume/finish times, first → last training loss and the last
+    held-out loss, as (label, text) pairs."""
     status = run.status()
     train, held = loss_points(run)
     facts = [("State", str(status.get("state", "?"))),
@@ -165,6 +168,7 @@ def loss_figure(run: Run):
 
 
 def loss_curve_png(run: Run) -> bytes | None:
+    """The loss figure as PNG bytes (110 dpi), or None when the run logged no loss."""
     fig = loss_figure(run)
     if fig is None:
         return None
@@ -204,6 +208,10 @@ def read_votes(run: Run) -> list[dict]:
 
 
 def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
+    """Collect everything the report and the model card show about `run`.
+
+    `n_examples` caps the biggest wins and losses listed; `with_curve=False` skips drawing the
+    loss PNG (matplotlib), for callers that do not show it."""
     from finetune_core.inference.chat import tally
 
     cfg = run.run_yaml()
@@ -218,28 +226,34 @@ def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
 
 # -- formatting ---------------------------------------------------------------------------------
 def number(value, signed: bool = False) -> str:
+    """A metric value to 4 decimals (with its sign when `signed`), or "—" for None."""
     if value is None:
         return "—"
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def clip(text: str, limit: int = MAX_CELL) -> str:
+    """`text` as a string, cut to `limit` characters with " …" appended when longer."""
     text = str(text)
     return text if len(text) <= limit else text[:limit] + " …"
 
 
 def metric_cells(entry: dict) -> list[str]:
+    """One metric-table row as text cells: metric, base, tuned, signed delta, verdict (not escaped)."""
     return [str(entry["metric"]), number(entry.get("base")), number(entry.get("tuned")),
             number(entry.get("delta"), signed=True), entry["verdict"]]
 
 
 def vote_line(votes: dict) -> str:
+    """One sentence summing up the blind votes (a `tally` dict): counts per winner and the tuned win rate."""
     rate = "—" if votes["tuned_win_rate"] is None else f"{votes['tuned_win_rate']:.0%}"
     return (f"{votes['votes']} blind votes: tuned preferred {votes['tuned']}×, base {votes['base']}×, "
             f"tie {votes['tie']}×, both bad {votes['both_bad']}×. Tuned win rate over decided votes: {rate}.")
 
 
 def headline(facts: Facts) -> str:
+    """The one-line verdict at the top of the report (plain text, not escaped): metrics tuned beat
+    base on and per-example wins/ties/losses, or how to evaluate when the run was not."""
     if not facts.metrics:
         return "Not evaluated yet: run `python -m evaluation --run RUN_DIR` to compare base and tuned."
     better = sum(1 for m in facts.metrics if m["verdict"] == "better")
@@ -266,15 +280,18 @@ img{max-width:100%}footer{margin-top:2em;color:#9ca3af;font-size:.85em}
 
 
 def esc(value) -> str:
+    """`value` as text safe inside HTML content and attribute values."""
     return html.escape(str(value), quote=True)
 
 
 def html_pairs(pairs: list[tuple[str, str]]) -> str:
+    """(label, value) pairs as a two-column HTML table; both sides escaped."""
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs)
     return f"<table>{rows}</table>"
 
 
 def html_metrics(facts: Facts) -> str:
+    """The base-vs-tuned metric table in HTML; the verdict is also the cell's CSS class (better/worse colours)."""
     head = "".join(f"<th>{h}</th>" for h in ("metric", "base", "tuned", "tuned − base", "tuned vs base"))
     rows = []
     for entry in facts.metrics:
@@ -285,6 +302,7 @@ def html_metrics(facts: Facts) -> str:
 
 
 def html_examples(examples: list[dict]) -> str:
+    """Per-example rows (see `_examples`) as an HTML table, texts clipped and escaped; "None." when empty."""
     if not examples:
         return "<p class='sub'>None.</p>"
     head = "".join(f"<th>{h}</th>" for h in ("row", "prompt", "reference", "base output", "tuned output", "Δ"))
@@ -296,6 +314,7 @@ def html_examples(examples: list[dict]) -> str:
 
 
 def html_eval(facts: Facts) -> str:
+    """The HTML evaluation section: metric table plus biggest wins and losses, or the headline when not evaluated."""
     if not facts.metrics:
         return f"<h2>Base vs tuned</h2><p>{esc(headline(facts))}</p>"
     parts = [f"<h2>Base vs tuned ({esc(facts.task)}, {facts.eval_rows} held-out rows)</h2>", html_metrics(facts)]
@@ -306,6 +325,7 @@ def html_eval(facts: Facts) -> str:
 
 
 def render_html(facts: Facts) -> str:
+    """The whole report as one self-contained HTML page (inline CSS, loss curve embedded as base64 PNG)."""
     curve = ("<p class='sub'>No loss was logged.</p>" if not facts.curve_png else
              f"<img alt='training loss curve' src='data:image/png;base64,"
              f"{base64.b64encode(facts.curve_png).decode('ascii')}'>")
@@ -340,12 +360,14 @@ def md(value) -> str:
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table; cells are used as given, so the caller makes them inert with `md`."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def md_examples(examples: list[dict]) -> str:
+    """Per-example rows as a Markdown table, texts clipped and made inert; "None." when empty."""
     if not examples:
         return "None."
     rows = [[str(e["row"]), *(md(clip(e[k])) for k in ("input", "reference", "base", "tuned")),
@@ -354,15 +376,18 @@ def md_examples(examples: list[dict]) -> str:
 
 
 def md_metrics(facts: Facts) -> str:
+    """The base-vs-tuned metric table in Markdown (the metric name made inert)."""
     rows = [[md(c) if i == 0 else c for i, c in enumerate(metric_cells(e))] for e in facts.metrics]
     return md_table(["metric", "base", "tuned", "tuned − base", "tuned vs base"], rows)
 
 
 def md_pairs(pairs: list[tuple[str, str]]) -> str:
+    """(label, value) pairs as a headerless two-column Markdown table; both sides made inert."""
     return md_table(["", ""], [[md(k), md(v)] for k, v in pairs])
 
 
 def md_eval(facts: Facts, level: str = "##") -> str:
+    """The Markdown evaluation section, its headings at `level` (the Markdown "#" marks)."""
     if not facts.metrics:
         return f"{level} Base vs tuned\n\n{headline(facts)}\n"
     parts = [f"{level} Base vs tuned ({md(facts.task)}, {facts.eval_rows} held-out rows)\n", md_metrics(facts)]
@@ -373,6 +398,8 @@ def md_eval(facts: Facts, level: str = "##") -> str:
 
 
 def render_markdown(facts: Facts, curve_file: str | None = CURVE_FILE) -> str:
+    """The whole report in Markdown. The loss curve is linked as `curve_file`, which the caller must write
+    beside it (`report` does); None leaves the image out."""
     curve = f"![Training loss]({curve_file})" if facts.curve_png and curve_file else "No loss was logged."
     votes = vote_line(facts.votes) if facts.votes else "No blind votes were saved with this run."
     return "\n".join([

@@ -19,10 +19,12 @@ VISITOR_COOKIE = "studio_visitor"  # set by ui.middleware: an anonymous browser'
 
 
 def login_required() -> bool:
+    """Whether this deployment requires a signed-in user (read from the environment on each call)."""
     return Policy.from_env().login
 
 
 def current_user(request: gr.Request | None) -> str | None:
+    """The signed-in user's name (password auth or HF OAuth), or None when anonymous or there is no request."""
     if request is None:
         return None
     user = getattr(request, "username", None)

@@ -59,6 +59,8 @@ def check_model_key(ctx: AppContext, key, who: Visitor | None = None) -> str:
 
 
 def examples_for(key: str, who: Visitor | None = None) -> list[list[str]]:
+    """Up to 8 held-out prompts of the run behind a `run:` key, one per row as gr.Dataset samples;
+    [] for the base model, a missing run, or one `who` may not see."""
     if not key.startswith(RUN_PREFIX):
         return []
     try:

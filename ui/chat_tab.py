@@ -98,6 +98,7 @@ def _chatbots(session: chat.ChatSession):
 # -- handlers ---------------------------------------------------------------------
 @shows_errors
 def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None, request: gr.Request = None):
+    """Refresh button: the run dropdown with a fresh list, keeping the shared run or the current pick when offered."""
     choices = run_choices(ctx.settings.default_model, visitor(request))
     return gr.Dropdown(choices=choices, value=default_choice(choices, run_id, current))
 
@@ -143,6 +144,7 @@ def change_model(ctx: AppContext, state, key: str, request: gr.Request = None):
 
 @shows_errors
 def toggle_blind(state, blind: bool):
+    """Blind checkbox: switch mode and relabel the panes; the vote row shows only while a blind turn awaits a vote."""
     session = _session(state)
     chat.set_blind(session, blind)
     left, right = _chatbots(session)
@@ -275,12 +277,14 @@ def _reply(ctx: AppContext, session: chat.ChatSession, message: str, key: str, s
 
 @shows_errors
 def stop_chat(state) -> None:
+    """Stop button (no concurrency limit): stop the turn in progress or queued, keeping what has streamed so far."""
     if isinstance(state, chat.ChatSession):
         chat.stop(state)
 
 
 @shows_errors
 def clear_chat(state):
+    """Clear button: empty both panes and hide the vote row; saved votes are kept."""
     session = _session(state)
     chat.clear(session)
     left, right = _chatbots(session)
@@ -289,6 +293,7 @@ def clear_chat(state):
 
 @shows_errors
 def cast_vote(state, choice: str):
+    """Vote button (`choice` bound in build): save it to the run's votes.jsonl, reveal the sides, update the tally."""
     session = _session(state)
     try:
         vote = chat.record_vote(session, choice)

@@ -54,6 +54,7 @@ def issues_frame(issues: list[Issue], eval_issues: list[Issue] | None = None) ->
 
 
 def labels_frame(labels: dict[str, int] | None) -> pd.DataFrame:
+    """Label counts as the Labels bar chart's table (label, count); empty for None."""
     return pd.DataFrame([[str(k), int(v)] for k, v in (labels or {}).items()], columns=LABEL_COLUMNS)
 
 
@@ -164,6 +165,8 @@ def duplicate_rows_text(duplicates: dict, groups: int = 5, rows: int = 5) -> str
 def summary_text(report: DataReport, source: dict, mapping: DataMapping, eval_report: DataReport | None,
                  split: tuple[int, int], duplicates: dict, leakage: dict, tokens: dict | None,
                  token_problem: str) -> str:
+    """The Data tab's Markdown summary: format, usable/bad rows, the split, duplicates, leakage, labels and
+    token statistics (or why they are missing). Text from the file is escaped."""
     lines = [f"**{md_text(source.get('name', ''))}** · format **{report.format}** · "
              f"{len(report.rows)} usable of {report.total_rows} rows · {len(report.issues)} issues "
              f"({report.bad_rows} bad rows)"]

@@ -74,6 +74,7 @@ def run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
 
 
 def heldout_rows(run: Run) -> list[dict]:
+    """The run's held-out rows (data/heldout.jsonl), or [] when it has none."""
     path = run.data_dir / "heldout.jsonl"
     return read_jsonl(path) if path.is_file() else []
 
@@ -122,6 +123,7 @@ def examples_frame(examples: pd.DataFrame | None, order: str = ORDERS[0]) -> pd.
 
 
 def counts_text(comparison: Comparison) -> str:
+    """Markdown line of per-example wins, ties and losses, or a note that text rows are compared by loss only."""
     if comparison.examples.empty:
         return "These held-out rows are plain text: base and tuned are compared by held-out loss only."
     measure = "correct label" if comparison.task == "classification" else "ROUGE-L"
@@ -130,6 +132,7 @@ def counts_text(comparison: Comparison) -> str:
 
 
 def status_text(run: Run, comparison: Comparison, meta: dict) -> str:
+    """Markdown line describing the saved evaluation: run, task, rows and their source, settings, timings."""
     facts = [f"Results for run `{run.id}`", comparison.task.replace("_", " "), f"{comparison.rows} rows"]
     if meta.get("source") not in (None, "heldout"):
         facts[-1] += " from another data file"
@@ -154,6 +157,7 @@ def message_view(text: str) -> View:
 
 
 def results_view(run: Run, comparison: Comparison, meta: dict, order: str, note: str = "") -> View:
+    """The tab's View of a saved evaluation; `order` sorts the examples, `note` is appended to the status."""
     heatmap = confusion_heatmap(comparison)
     status = status_text(run, comparison, meta) + (f"\n\n{note}" if note else "")
     return View(status, summary_frame(comparison.summary), counts_text(comparison),
@@ -162,6 +166,7 @@ def results_view(run: Run, comparison: Comparison, meta: dict, order: str, note:
 
 
 def not_evaluated_text(run: Run) -> str:
+    """What to do for a run not evaluated yet (or why it cannot be: no held-out rows), in Markdown."""
     rows = heldout_rows(run)
     if not rows:
         return (f"Run `{run.id}` has no held-out rows (it was trained with no held-out split), so there is "
@@ -216,6 +221,8 @@ def arm_cancel(_previous=None) -> tuple[threading.Event, dict]:
 
 @shows_errors
 def cancel_evaluation(cancel) -> None:
+    """Cancel button (no concurrency limit): set this evaluation's cancel Event (from `arm_cancel`); the
+    evaluation stops after its current batch."""
     if isinstance(cancel, threading.Event) and not cancel.is_set():
         cancel.set()
         gr.Info("Cancelling: the current batch finishes first.")

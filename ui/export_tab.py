@@ -101,6 +101,8 @@ def _guarded(folder: Path | None, work: Callable[[], object], what: str):
 
 # -- handlers -----------------------------------------------------------------------------------
 def download_adapter(ctx: AppContext, run_id: str | None, request: gr.Request | None = None) -> list[str]:
+    """Zip the run's adapter, run.yaml and model card into a fresh export folder; returns [the zip's path].
+    gr.Error when login is required and missing, or the visitor may not open the run or it has no adapter."""
     require_user(request)
     run = open_run(run_id, request)
     folder = export_folder(ctx)
@@ -112,6 +114,9 @@ def download_adapter(ctx: AppContext, run_id: str | None, request: gr.Request | 
 
 def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | None = None,
                     progress: Progress | None = None) -> list[str]:
+    """Merge the adapter into the base weights and zip it in a fresh export folder; returns [the zip's path].
+    gr.Error when the run cannot be opened or training holds the GPU. Slow (loads the full model);
+    `progress(fraction, text)` is told when the merge starts."""
     require_user(request)
     run = open_run(run_id, request)
     busy = gpu_busy(ctx)
@@ -141,6 +146,8 @@ def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", reque
 
 
 def download_report(ctx: AppContext, run_id: str | None, request: gr.Request | None = None) -> list[str]:
+    """Write the stakeholder report (HTML, Markdown, loss curve PNG) into a fresh export folder;
+    returns the paths of every file written there."""
     require_user(request)
     run = open_run(run_id, request)
     folder = export_folder(ctx)
@@ -192,6 +199,7 @@ def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, w
 
 
 def hub_note() -> str:
+    """Markdown hint under the Hub push form: offline, or where the token comes from in this deployment."""
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         return "*This server runs offline: pushing to the Hub will not work. Download the files instead.*"
     if server_token_allowed() and Policy.from_env().local:  # a local app: its one user may use it
@@ -204,6 +212,7 @@ def hub_note() -> str:
 
 
 def size_text(size: int) -> str:
+    """A byte count in words ("1.5 GB", "12.0 MB", "3.2 KB", "512 B")."""
     for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
         if size >= scale:
             return f"{size / scale:.1f} {unit}"

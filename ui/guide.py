@@ -28,6 +28,7 @@ POLL_S = 2.0
 
 
 def demo_config(ctx: AppContext, data_state: dict) -> RunConfig:
+    """The guided demo's RunConfig: the loaded data's fields, then the "Quick demo (CPU)" preset on top."""
     # the preset after the data: its training-row cap beats the mapping's default (all rows)
     base = RunConfig(model=ctx.settings.default_model).with_overrides(data_fields(data_state))
     return base.with_overrides(PRESETS[PRESET])

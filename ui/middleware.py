@@ -41,6 +41,7 @@ def _https(scope) -> bool:
 
 
 def visitor_cookie(key: str, https: bool) -> str:
+    """The Set-Cookie value for a new visitor key; cross-site form (SameSite=None; Secure; Partitioned) over HTTPS."""
     attrs = f"{VISITOR_COOKIE}={key}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly"
     return attrs + ("; SameSite=None; Secure; Partitioned" if https else "; SameSite=Lax")
 
@@ -85,6 +86,7 @@ class StudioMiddleware:
 
 
 def middleware() -> list[Middleware]:
+    """The middleware list to hand to `launch(app_kwargs={"middleware": ...})`."""
     return [Middleware(StudioMiddleware)]
 
 

@@ -32,10 +32,13 @@ SLIDER_FIELDS = {"lora_dropout", "eval_fraction", "weight_decay"}
 
 
 def label_for(name: str) -> str:
+    """The widget label for a RunConfig field: its entry in LABELS, else the name in words."""
     return LABELS.get(name, name.replace("_", " ").capitalize())
 
 
 def make_widget(info: dict, value: Any = None):
+    """A new Gradio input for one field's metadata (from `field_info`), showing `value` or the default:
+    Checkbox, Dropdown, Slider (SLIDER_FIELDS with bounds), Number or Textbox; elem_id is "cfg-<name>"."""
     name, kind = info["name"], info["type"]
     value = info["default"] if value is None else value
     common = {"label": label_for(name), "info": info.get("help"), "value": value, "elem_id": f"cfg-{name}"}
@@ -144,6 +147,7 @@ def with_ctx(fn, ctx: AppContext):
 
 
 def fmt_seconds(seconds: float | None) -> str:
+    """A duration in seconds, shortened ("1h 05m", "2m 03s", "42s"); "—" for None."""
     if seconds is None:
         return "—"
     seconds = int(seconds)
@@ -155,6 +159,7 @@ def fmt_seconds(seconds: float | None) -> str:
 
 
 def progress_html(step: int, total: int, state: str, eta: float | None) -> str:
+    """The training progress bar as HTML: percent of steps, coloured by state, ETA (seconds) while running."""
     pct = 0 if not total else min(100, round(100 * step / total))
     colour = {"completed": "#16a34a", "failed": "#dc2626", "stopped": "#d97706", "interrupted": "#d97706"}.get(state, "#2563eb")
     return (

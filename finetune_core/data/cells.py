@@ -112,4 +112,5 @@ def printable(text: str) -> str:
 
 
 def too_deep(lim: Limits) -> str:
+    """The end of a "too deeply nested" message, naming this server's limit and the setting that raises it."""
     return f"nested deeper than this server's limit of {lim.json_depth} levels (setting {lim.setting('json_depth')})"

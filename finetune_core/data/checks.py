@@ -69,6 +69,7 @@ def missing_columns(required: list[str], columns: list[str], what: str) -> list[
 
 
 def type_name(value) -> str:
+    """A JSON value's type as messages name it to a user: null, boolean, number, text, list or object."""
     if value is None:
         return "null"
     if isinstance(value, bool):

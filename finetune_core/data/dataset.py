@@ -57,13 +57,17 @@ class DataReport:
 
     @property
     def bad_rows(self) -> int:
+        """How many distinct rows have at least one issue (file-wide issues not counted)."""
         return len({i.row for i in self.issues if not i.file_wide})
 
     @property
     def usable(self) -> bool:
+        """Whether training can go ahead: no fatal issue, some good rows, and no bad row unless those are dropped."""
         return not self.fatal and bool(self.rows) and (self.drop_bad_rows or self.bad_rows == 0)
 
     def summary(self) -> dict:
+        """The report as JSON-ready counts (the rows themselves left out; issues capped at MAX_ISSUES_IN_SUMMARY),
+        as written to a run's data/report.json."""
         return {
             "format": self.format,
             "rows": len(self.rows),
@@ -217,6 +221,7 @@ def write_jsonl(path, rows) -> None:
 
 
 def read_jsonl(path) -> list[dict]:
+    """All rows of a JSON Lines file the studio wrote, blank lines skipped; a malformed line raises ValueError."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 

@@ -189,6 +189,7 @@ def collect_labels(records: list[dict], column: str) -> list[str]:
 
 
 def clean_label(value) -> str:
+    """A label cell as stripped text; "" for null, booleans, floats and other non-label values."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return ""
     return str(value).strip()
@@ -234,6 +235,7 @@ def split_last_turn(messages: list[dict], column: str) -> tuple[list[dict], list
 # -- one normaliser per format -----------------------------------------------
 
 def normalize_prompt_completion(record: dict, spec: FormatSpec) -> dict:
+    """A prompt/completion row: each side text or a message list; the completion must be assistant turns."""
     pcol, ccol = spec.prompt_column or "prompt", spec.completion_column or "completion"
     prompt = _side(record.get(pcol), pcol, "user", "prompt")
     completion = _side(record.get(ccol), ccol, "assistant", "completion")
@@ -252,6 +254,7 @@ def _side(value, column: str, role: str, what: str) -> list[dict]:
 
 
 def normalize_messages(record: dict, spec: FormatSpec) -> dict:
+    """A row with one message list (default column "messages"): its last assistant turn is the completion."""
     column = spec.prompt_column or "messages"
     if record.get(column) is None:
         raise RowProblem(column, f"column {column!r} is missing or null")
@@ -260,6 +263,8 @@ def normalize_messages(record: dict, spec: FormatSpec) -> dict:
 
 
 def normalize_sharegpt(record: dict, spec: FormatSpec) -> dict:
+    """A ShareGPT row (from/value turns): roles mapped (tool results become user turns), the row's system
+    text and tools put in the system message, and the last assistant turn made the completion."""
     column = spec.prompt_column or "conversations"
     turns = record.get(column)
     if not isinstance(turns, list) or not turns:
@@ -308,6 +313,8 @@ def _sharegpt_system(record: dict, messages: list[dict]) -> str:
 
 
 def normalize_alpaca(record: dict, spec: FormatSpec) -> dict:
+    """An Alpaca row: instruction (+ input) is the user turn, output the completion; an optional system
+    field and [question, answer] history pairs come before it in the prompt."""
     instruction = require_text(record.get("instruction"), "instruction")
     extra = record.get("input")
     if extra is not None and not isinstance(extra, str):
@@ -328,11 +335,13 @@ def normalize_alpaca(record: dict, spec: FormatSpec) -> dict:
 
 
 def normalize_text(record: dict, spec: FormatSpec) -> dict:
+    """A language-modelling row: {"text": ...} from the text column (default "text"), every token trained."""
     column = spec.prompt_column or "text"
     return {"text": require_text(record.get(column), column)}
 
 
 def normalize_columns(record: dict, spec: FormatSpec) -> dict:
+    """A row mapped by the user: prompt and completion each from a column or a ``{column}`` template."""
     prompt = _from_mapping(record, spec.prompt_template, spec.prompt_column, "prompt")
     completion = _from_mapping(record, spec.completion_template, spec.completion_column, "completion")
     return {
@@ -357,6 +366,8 @@ def _from_mapping(record: dict, template: str, column: str, what: str) -> str:
 
 
 def normalize_classification(record: dict, spec: FormatSpec) -> dict:
+    """A classification row: the text rendered into the prompt template (with the label set), the
+    cleaned label as the completion, and the label also kept under "label" for evaluation."""
     text_col, label_col = spec.prompt_column, spec.completion_column
     require_text(record.get(text_col), text_col)
     raw = record.get(label_col)

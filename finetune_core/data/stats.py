@@ -34,6 +34,7 @@ def ensure_chat_template(tokenizer) -> str | None:
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading token ids `a` and `b` share (where the completion mask starts)."""
     n = 0
     for x, y in zip(a, b):
         if x != y:

@@ -237,6 +237,7 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 
 def check_repo_id(repo_id: str) -> str:
+    """The Hub repo id without surrounding spaces; ExportError unless it looks like "owner/name"."""
     repo_id = (repo_id or "").strip()
     if not REPO_ID_RE.match(repo_id) or ".." in repo_id:
         raise ExportError("The repo id must look like 'your-name/model-name' (letters, digits, '-', '_', '.').")
@@ -244,6 +245,8 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def check_hub_online() -> None:
+    """Raise ExportError, saying to download the files instead, when this server is offline or
+    cannot reach the Hub; may block a few seconds on the network probe (`hub_reachable`)."""
     from finetune_core.models.sources import _offline
 
     if _offline():

@@ -71,6 +71,7 @@ class ChatSession:
 
     @property
     def turns(self) -> int:
+        """Turns in the current conversation (since the last clear), including those no longer sent."""
         return len(self.tuned_sides)
 
 

@@ -24,6 +24,10 @@ KEYS = {
 
 
 class StudioCallback(TrainerCallback):
+    """Trainer callback that logs each step to the run's metrics.jsonl and status.json and forwards events
+    to `emit`; when `stop_event` is set it saves a checkpoint and stops after the current step; a
+    non-finite loss stops the run unsaved, with the reason in `failure`. Only rank 0 writes or emits."""
+
     def __init__(self, run: Run, stop_event: threading.Event, emit: Callable[[dict], None]):
         self.run = run
         self.stop_event = stop_event

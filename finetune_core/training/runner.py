@@ -187,6 +187,9 @@ def finish(run: Run, result: dict) -> dict:
 
 @dataclass
 class Job:
+    """One training job: its run, the stop event, the live event queue, the worker thread, and the final
+    status once it ends (marked "unsaved" while it could not be written)."""
+
     run: Run
     stop_event: threading.Event
     events: "queue.Queue[dict]"
@@ -195,6 +198,7 @@ class Job:
     started: float = field(default_factory=time.time)
 
     def alive(self) -> bool:
+        """Whether the job's thread is still running."""
         return self.thread is not None and self.thread.is_alive()
 
 
@@ -273,6 +277,7 @@ class TrainingSlot:
         return None if device == "cpu" else job.run
 
     def busy_message(self) -> str:
+        """Why a new job cannot start (which run, at which step), or "" when the slot is free."""
         job = self.active()
         if job is None:
             return ""
@@ -319,6 +324,8 @@ class TrainingSlot:
             return run
 
     def stop(self) -> bool:
+        """Ask the running job to stop after its current step, saving a checkpoint; False when nothing runs.
+        Returns at once: use `wait` to know when it ended."""
         job = self.active()
         if job is None:
             return False
@@ -327,6 +334,8 @@ class TrainingSlot:
         return True
 
     def wait(self, timeout: float | None = None) -> dict | None:
+        """Block until the last started job's thread ends or `timeout` seconds pass; its final status,
+        or None when no job was started or it is still running."""
         job = self._job
         if job is None or job.thread is None:
             return None

@@ -33,6 +33,8 @@ class TrainingError(StudioError):
 
 
 def check_method(cfg: RunConfig, policy: DevicePolicy) -> None:
+    """Raise TrainingError when this machine cannot train with the chosen method (QLoRA needs CUDA
+    and bitsandbytes)."""
     if cfg.method == "qlora":
         if policy.device != "cuda":
             raise TrainingError(
@@ -93,6 +95,8 @@ def training_rows(rows: list[dict]) -> list[dict]:
 
 
 def peft_config(cfg: RunConfig):
+    """The LoraConfig for the run's adapter (target_modules "all-linear" or a comma-separated list),
+    or None for full fine-tuning."""
     if cfg.method == "full":
         return None
     from peft import LoraConfig
@@ -108,6 +112,8 @@ def peft_config(cfg: RunConfig):
 
 def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, grad_ckpt: bool, has_eval: bool,
                padding_free: bool = False):
+    """TRL's SFTConfig for this run: checkpoints in the run folder, precision from `policy`, held-out loss
+    only when `has_eval`, and the completion-only setting left to TRL for plain-text rows (`lm_rows`)."""
     from trl import SFTConfig
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -144,11 +150,14 @@ def checkpoints(run: Run) -> list[Path]:
 
 
 def latest_checkpoint(run: Run) -> Path | None:
+    """The run's newest checkpoint folder, or None when it has none (complete or not: see `missing_files`)."""
     found = checkpoints(run)
     return found[0] if found else None
 
 
 def missing_files(path: Path, method: str) -> list[str]:
+    """What a checkpoint folder lacks to be resumed from (files, or an unreadable trainer_state.json);
+    empty when complete. `method` decides whether full-model or adapter weights are expected."""
     weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     missing = [name for name in (*CHECKPOINT_FILES_COMMON, weights) if not (path / name).is_file()]
     if "trainer_state.json" not in missing:  # the Trainer writes it last: cut short, the save was too
@@ -247,6 +256,7 @@ def disk_full_words(exc: OSError) -> str:
 
 
 def is_main_process() -> bool:
+    """Whether this is rank 0 of a multi-process run (or a single process): only it writes the run folder."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
