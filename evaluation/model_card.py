@@ -13,7 +13,8 @@ files as a parameter (`card_files`) and write them as they are.
 """
 from __future__ import annotations
 
-from evaluation.report import CURVE_FILE, gather, md, md_eval
+from evaluation.report import md, md_eval
+from evaluation.report_facts import CURVE_FILE, gather
 from finetune_core.runs.store import Run
 
 

@@ -8,10 +8,10 @@ import pytest
 from finetune_core.data.checks import RowProblem
 from finetune_core.data.formats import (
     FormatSpec, detect_format, normalize_alpaca, normalize_classification, normalize_columns,
-    normalize_messages, normalize_prompt_completion, normalize_sharegpt, normalize_text, render_template,
-    template_fields,
+    normalize_messages, normalize_prompt_completion, normalize_sharegpt, normalize_text,
 )
 from finetune_core.data.load import load_records
+from finetune_core.data.templates import render_template, template_fields
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 

@@ -242,7 +242,7 @@ def test_disk_full_in_a_checkpoint_fails_cleanly_and_resume_keeps_the_start_time
         tiny_model_dir, toy_data, scratch, monkeypatch):
     from transformers import Trainer
 
-    from evaluation.report import gather
+    from evaluation.report_facts import gather
     from finetune_core.training.runner import TrainingSlot
     from finetune_core.training.train import checkpoints
     from ui.context import AppContext
@@ -370,7 +370,7 @@ def test_disk_full_reasons():
 
 
 def test_report_shows_first_start_and_resumes():
-    from evaluation.report import time_facts
+    from evaluation.report_facts import time_facts
 
     t0 = 1_700_000_000.0
     status = {"state": "completed", "started": t0, "resumes": [t0 + 600, t0 + 1200], "finished": t0 + 1500}

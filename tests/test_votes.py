@@ -62,7 +62,7 @@ def test_a_vote_is_one_line_with_panes_models_and_winner(run):
 
 
 def test_a_new_session_and_the_report_count_the_saved_votes(run, tmp_path):
-    from evaluation.report import gather, read_votes
+    from evaluation.report_facts import gather, read_votes
 
     session, model = chat.ChatSession(blind=True, seed=5, run=run), FakeModel()
     for choice in ("tuned", "tuned", "base", "tie"):

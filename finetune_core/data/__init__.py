@@ -5,7 +5,7 @@ column mapping, the held-out split and the row caps (RunConfig, the Data tab,
 training and evaluation all use it). ``load`` reads a file into raw records
 (``cells`` holds the per-cell checks), ``formats`` detects the layout and
 normalises rows to TRL's conversational form, ``checks`` validates rows and
-whole files, ``split`` makes the held-out split, ``stats`` counts tokens,
+whole files, ``templates`` fills ``{column}`` templates, ``split`` makes the held-out split, ``stats`` counts tokens,
 shows what the model will learn, ``dataset`` is the
 facade the rest of the studio calls (load, detect, normalise, validate,
 split, inspect), ``samples`` lists the project's own sample files.

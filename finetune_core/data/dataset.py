@@ -25,9 +25,10 @@ from finetune_core.data.checks import (
 )
 from finetune_core.data.formats import (
     FORMATS, FormatSpec, collect_labels, default_classification_template, detect_format,
-    normalize_row, template_fields,
+    normalize_row,
 )
 from finetune_core.data.load import Issue, load_records
+from finetune_core.data.templates import template_fields
 from finetune_core.data.mapping import DataMapping
 from finetune_core.data.split import split_rows, train_and_held
 

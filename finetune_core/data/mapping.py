@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from finetune_core.data.formats import FORMATS, check_template
+from finetune_core.data.formats import FORMATS
+from finetune_core.data.templates import check_template
 from finetune_core.fieldmeta import check_values, coerce, setting
 
 DATA_FORMATS = ("auto", *FORMATS)
