@@ -178,7 +178,7 @@ def main() -> None:
     import transformers
     import trl
 
-    from finetune_core.models import memory
+    from finetune_core.models import memory_estimate as formulas
 
     names = [n for n in (args.only or ",".join(CONFIGS)).split(",") if n]
     results = [measure(n, args.steps, args.timeout) for n in names]
@@ -186,9 +186,9 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "memory_estimate", "device": "cpu", "date": time.strftime("%Y-%m-%d"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-        "constants": {"ACTIVATION_SCALE": memory.ACTIVATION_SCALE, "LM_HEAD_TILES_CPU": memory.LM_HEAD_TILES_CPU,
-                      "IMPORTS_RSS_mb": round(memory.IMPORTS_RSS / 2**20), "RUN_OVERHEAD_mb":
-                      round(memory.RUN_OVERHEAD / 2**20)},
+        "constants": {"ACTIVATION_SCALE": formulas.ACTIVATION_SCALE, "LM_HEAD_TILES_CPU": formulas.LM_HEAD_TILES_CPU,
+                      "IMPORTS_RSS_mb": round(formulas.IMPORTS_RSS / 2**20), "RUN_OVERHEAD_mb":
+                      round(formulas.RUN_OVERHEAD / 2**20)},
         "worst_error": worst, "within_25_percent": worst <= 0.25, "results": results}))
 
 

@@ -44,7 +44,8 @@ def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate base vs tuned on the run's held-out rows (or --data) and print the summary."""
-    from evaluation.run_eval import LOWER_IS_BETTER, evaluate_run, load_meta
+    from evaluation.heldout_loss import LOWER_IS_BETTER
+    from evaluation.run_eval import evaluate_run, load_meta
     from finetune_core.models.sources import hub_timeouts
     from finetune_core.runs.store import run_from_dir
 

@@ -19,16 +19,12 @@ Choices worth knowing
   reference in tokens + 16, capped at 256 (a summary task stops early, and
   the cap bounds CPU time on long references).
 - Optional held-out loss ("eval_loss", completion-only mean NLL per token, and
-  "perplexity" = exp(eval_loss)) is LOWER-is-better. Win/tie/loss counts come
-  only from the per-example text scores, never from these. Their summary
-  entries keep delta = tuned − base (negative = improvement) and carry
-  "higher_is_better": False; every other entry carries True, so a table or
-  chart can colour by improvement instead of by sign.
+  "perplexity" = exp(eval_loss)) is LOWER-is-better and never counts towards
+  wins; see `evaluation.heldout_loss`.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import threading
@@ -40,6 +36,7 @@ from typing import Callable
 import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
+from evaluation.heldout_loss import add_losses, check_cancel, heldout_loss, mark_direction
 from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.errors import InputError
 from finetune_core.limits import limits
@@ -48,11 +45,9 @@ Progress = Callable[[str, float], None]
 
 META_FILE = "meta.json"
 LM_TASK = "language_modeling"
-LOWER_IS_BETTER = ("eval_loss", "perplexity")
 CLASSIFICATION_SLACK = 8  # tokens beyond the longest label
 GENERATION_SLACK = 16  # tokens beyond the longest reference
 GENERATION_CAP = 256
-LOSS_TOKEN_BUDGET = 2048  # tokens per loss forward pass: bounds the batch × length × vocab logits
 GEN_SHARE = 0.8  # share of each half of the progress bar spent generating when loss is on too
 
 
@@ -132,11 +127,6 @@ def _check_args(limit, batch_size, max_new_tokens) -> None:
         limits().check("max_new_tokens", max_new_tokens, "Max new tokens")
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise InterruptedError("Evaluation cancelled.")
-
-
 # -- progress ----------------------------------------------------------------
 
 def _span(progress: Progress, start: float, end: float, label: str) -> Callable[[int, int], None]:
@@ -163,99 +153,6 @@ def _side_name(tuned: bool) -> str:
     return "Tuned (adapter on)" if tuned else "Base (adapter off)"
 
 
-# -- held-out loss ------------------------------------------------------------
-
-def _loss_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
-    """Row indices grouped by length, each group within the token budget."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    groups: list[list[int]] = []
-    for i in order:
-        longest = len(encoded[i][0])  # sorted ascending: the newest row is the longest
-        if groups and len(groups[-1]) < batch_size and (len(groups[-1]) + 1) * longest <= LOSS_TOKEN_BUDGET:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
-def _batch_nll(target, batch: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[float, int]:
-    """Summed NLL of the masked (trained) tokens in one right-padded batch, and their count."""
-    import torch
-
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    weight = torch.zeros((len(batch), width), dtype=torch.float32)
-    for row, (tokens, mask) in enumerate(batch):
-        ids[row, :len(tokens)] = torch.tensor(tokens)
-        attention[row, :len(tokens)] = 1
-        weight[row, :len(mask)] = torch.tensor(mask, dtype=torch.float32)
-    ids, attention, weight = ids.to(device), attention.to(device), weight.to(device)
-    logits = target(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-    # Token t is predicted from positions < t: compare logits[t-1] with ids[t].
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-    trained = weight[:, 1:]
-    return float((nll * trained).sum()), int(trained.sum())
-
-
-def heldout_loss(model, rows: list[dict], tuned: bool, max_length: int, batch_size: int = 8,
-                 progress: Callable[[int, int], None] | None = None,
-                 cancel: threading.Event | None = None) -> float:
-    """Mean NLL per trained token (completion tokens; every token for text rows),
-    tokenised and truncated exactly as the trainer did (`data_stats.training_tokens`)."""
-    import torch
-
-    from finetune_core.data.stats import training_tokens
-
-    encoded = [training_tokens(row, model.tokenizer, max_length) for row in rows]
-    total, count, done = 0.0, 0, 0
-    for group in _loss_batches(encoded, batch_size):
-        _check_cancel(cancel)
-        # A fresh context per batch: disable_adapter() is a one-shot context manager,
-        # and releasing the lock between batches lets the chat tab interleave.
-        target, context = model.side(tuned)
-        with model.lock, torch.inference_mode(), context:
-            nll, n = _batch_nll(target, [encoded[i] for i in group], model.tokenizer.pad_token_id,
-                                model.policy.device)
-        total, count, done = total + nll, count + n, done + len(group)
-        if progress:
-            progress(done, len(rows))
-    if count == 0:
-        raise InputError("No completion tokens to score: every row was truncated away (max_length too small?).")
-    return total / count
-
-
-def _perplexity(nll: float) -> float | None:
-    # exp overflows past ~709; a diverged model's perplexity is reported as unknown.
-    return math.exp(nll) if math.isfinite(nll) and nll < 700 else None
-
-
-def add_lower_is_better(comparison: Comparison, name: str, base: float | None, tuned: float | None) -> None:
-    """Add a lower-is-better metric to a Comparison (metrics dicts + summary entry)."""
-    comparison.base_metrics[name] = base
-    comparison.tuned_metrics[name] = tuned
-    delta = None if base is None or tuned is None else tuned - base
-    comparison.summary.append({"metric": name, "base": base, "tuned": tuned, "delta": delta,
-                               "higher_is_better": False})
-
-
-def _mark_direction(comparison: Comparison) -> None:
-    for entry in comparison.summary:
-        entry.setdefault("higher_is_better", entry["metric"] not in LOWER_IS_BETTER)
-
-
-def _add_losses(comparison: Comparison, losses: dict[bool, float]) -> None:
-    base, tuned = (_finite(losses[False]), _finite(losses[True]))
-    add_lower_is_better(comparison, "eval_loss", base, tuned)
-    add_lower_is_better(comparison, "perplexity", _perplexity(base) if base is not None else None,
-                        _perplexity(tuned) if tuned is not None else None)
-
-
-def _finite(value: float) -> float | None:
-    # NaN/inf cannot go into results.json (saved with allow_nan=False).
-    return value if math.isfinite(value) else None
-
-
 # -- one side ------------------------------------------------------------------
 
 def _run_side(model, tuned: bool, rows: list[dict], prompts: list[list[dict]] | None, settings,
@@ -271,7 +168,7 @@ def _run_side(model, tuned: bool, rows: list[dict], prompts: list[list[dict]] | 
         outputs = model.generate(prompts, tuned=tuned, settings=settings, batch_size=batch_size,
                                  progress=report, cancel=cancel)
         # generate() stops mid-batch when cancelled and returns cut answers: never score those.
-        _check_cancel(cancel)
+        check_cancel(cancel)
         seconds["tuned" if tuned else "base"] = round(time.perf_counter() - start, 3)
     if (tuned, "loss") in spans:
         start = time.perf_counter()
@@ -314,7 +211,7 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
         raise InputError("These are language-modelling rows (plain text, no prompt to answer): only held-out "
                          "loss applies. Ask for it: 'Also compute held-out loss' in the Evaluate tab, "
                          "with_loss=True, --loss on the command line.")
-    _check_cancel(cancel)
+    check_cancel(cancel)
     say = progress or (lambda _text, _fraction: None)
     model = model or _load_model(run, say, load_model)
     if not model.has_tuned:
@@ -369,8 +266,8 @@ def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_l
         comparison = compare(task, [input_text(r) for r in rows], references,
                              results[False][0], results[True][0], labels=labels)
     if with_loss:
-        _add_losses(comparison, {False: results[False][1], True: results[True][1]})
-    _mark_direction(comparison)
+        add_losses(comparison, {False: results[False][1], True: results[True][1]})
+    mark_direction(comparison)
     meta = {"run": run.id, "task": task, "rows": len(rows), "batch_size": batch_size,
             "max_new_tokens": None if lm else max_new_tokens, "with_loss": with_loss,
             "seconds": seconds, "device": model.policy.describe(), "started": started,

@@ -20,7 +20,8 @@ import pytest
 
 from finetune_core.config import ConfigError, RunConfig
 from finetune_core.data.checks import ROWS_PER_GROUP, find_duplicates
-from finetune_core.data.load import load_records, record_problem, without_paths
+from finetune_core.data.cells import record_problem
+from finetune_core.data.load import load_records, without_paths
 from finetune_core.data.dataset import DataMapping, prepare_data
 from finetune_core.limits import limits
 from ui.data_tab import inspect_data, load_eval_upload, load_upload, view_values

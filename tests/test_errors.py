@@ -15,7 +15,7 @@ import gradio as gr
 import pytest
 
 from finetune_core.config import RunConfig
-from finetune_core.data.load import Issue
+from finetune_core.data.records import Issue
 from finetune_core.errors import InputError, StudioError, run_cli
 from finetune_core.export.artifacts import ExportError
 from finetune_core.runs.store import RunError, create_run

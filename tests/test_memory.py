@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from finetune_core.models import memory
+from finetune_core.models import memory, memory_estimate
 from finetune_core.models.catalogue import CATALOGUE, ENTRIES, ModelShape, entry
 from finetune_core.config import RunConfig
 from finetune_core.models.memory import GB, Device, WontFit, check_fits, estimate_for, verdict
@@ -81,7 +81,7 @@ def test_full_fine_tune_needs_more_than_lora():
         lora, full = est(lora_dropout=dropout), est(method="full", lora_dropout=dropout)
         assert full.total > lora.total
         assert full.parts["optimizer states"] == 2 * SHAPE.params() * 4  # AdamW: two float32 values per weight
-        assert lora.parts["optimizer states"] == 2 * memory.lora_params(SHAPE, 16) * 4
+        assert lora.parts["optimizer states"] == 2 * memory_estimate.lora_params(SHAPE, 16) * 4
 
 
 def test_checkpointing_lowers_activations_and_dora_raises_them():
@@ -95,7 +95,7 @@ def test_checkpointing_lowers_activations_and_dora_raises_them():
 def test_the_libraries_own_paths_cost_more_rss_on_a_cpu_only(monkeypatch):
     monkeypatch.delenv("STUDIO_SPEEDUPS", raising=False)
     auto, off = est(speedups="auto"), est(speedups="off")
-    assert off.detail["activations"] == pytest.approx(memory.SPEEDUPS_OFF_RSS * auto.detail["activations"])
+    assert off.detail["activations"] == pytest.approx(memory_estimate.SPEEDUPS_OFF_RSS * auto.detail["activations"])
     monkeypatch.setenv("STUDIO_SPEEDUPS", "off")  # the server-wide switch wins over the run's setting
     assert est(speedups="auto").total == off.total
     gpu = Device("cuda", available=24 * GB, lora_dtype="bfloat16", full_dtype="bfloat16")
@@ -107,13 +107,13 @@ def test_qlora_on_a_gpu_holds_4_bit_weights_and_lora_dtype_follows_the_device():
     lora, qlora = est(gpu, method="lora"), est(gpu, method="qlora")
     assert lora.dtype == "bfloat16" and lora.parts["weights"] == SHAPE.params() * 2
     assert qlora.parts["weights"] < lora.parts["weights"] / 2
-    assert lora.parts["baseline"] == memory.CUDA_OVERHEAD  # VRAM: no process RSS in it
+    assert lora.parts["baseline"] == memory_estimate.CUDA_OVERHEAD  # VRAM: no process RSS in it
 
 
 def test_baseline_is_what_the_training_process_already_holds_at_least_the_libraries():
-    assert est().parts["baseline"] == memory.IMPORTS_RSS + memory.RUN_OVERHEAD
+    assert est().parts["baseline"] == memory_estimate.IMPORTS_RSS + memory_estimate.RUN_OVERHEAD
     busy_app = Device("cpu", available=16 * GB, process_rss=3 * GB)
-    assert est(busy_app).parts["baseline"] == 3 * GB + memory.RUN_OVERHEAD
+    assert est(busy_app).parts["baseline"] == 3 * GB + memory_estimate.RUN_OVERHEAD
 
 
 def test_lm_head_tiles_are_trls():
@@ -121,9 +121,9 @@ def test_lm_head_tiles_are_trls():
     import trl.trainer.utils as trl_utils
     from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
 
-    assert (memory.TOKEN_TILE, memory.VOCAB_TILE) == (TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+    assert (memory_estimate.TOKEN_TILE, memory_estimate.VOCAB_TILE) == (TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)
     short, long = est(batch_size=1, max_length=1024), est(batch_size=8, max_length=1024)
-    assert short.detail["LM head"] < long.detail["LM head"] < 2 * memory.LM_HEAD_TILES_CPU * 4096 * 32768 * 4
+    assert short.detail["LM head"] < long.detail["LM head"] < 2 * memory_estimate.LM_HEAD_TILES_CPU * 4096 * 32768 * 4
 
 
 def test_verdict_thresholds():

@@ -141,7 +141,7 @@ def test_existing_repo_is_not_overwritten_without_asking(env, hub):
 
 # -- ownership with login (finding 2) ---------------------------------------------------------------------
 def test_with_login_a_second_user_can_do_nothing_to_the_first_users_run(env):
-    from ui import chat_tab, eval_tab, export_tab, train_tab
+    from ui import chat_tab, eval_tab, export_tab, train_tab, train_views
 
     env.mp.setenv("STUDIO_REQUIRE_LOGIN", "1")
     bob, run_id, ctx = as_user("bob"), env.user_run, env.ctx
@@ -149,8 +149,8 @@ def test_with_login_a_second_user_can_do_nothing_to_the_first_users_run(env):
     assert run_id not in [v for _, v in eval_tab.run_choices(who)]
     assert run_id not in [v for _, v in export_tab.run_choices(who)]
     assert "run:" + run_id not in [v for _, v in chat_tab.run_choices("bundled", who)]
-    assert run_id not in set(train_tab.runs_table(who)["id"])
-    assert "That run is gone" in train_tab.run_view(run_id, who)[0]
+    assert run_id not in set(train_views.runs_table(who)["id"])
+    assert "That run is gone" in train_views.run_view(run_id, who)[0]
     attempts = [
         lambda: eval_tab.show_run(run_id, who=who),
         lambda: eval_tab.order_examples(run_id, eval_tab.ORDERS[0], who),
@@ -174,7 +174,7 @@ def test_with_login_a_second_user_can_do_nothing_to_the_first_users_run(env):
 
 
 def test_stop_is_refused_to_anyone_but_the_runs_owner(env):
-    from ui import train_tab
+    from ui import train_tab, train_views
 
     env.mp.setenv("STUDIO_REQUIRE_LOGIN", "1")
     from finetune_core.runs.store import get_run
@@ -187,7 +187,7 @@ def test_stop_is_refused_to_anyone_but_the_runs_owner(env):
         train_tab.stop_training(env.ctx, Visitor(user="bob"))
     assert stopped == []
     # the Train tab of another user does not even watch the job
-    assert train_tab.watched_run_id(env.ctx, None, Visitor(user="bob")) is None
+    assert train_views.watched_run_id(env.ctx, None, Visitor(user="bob")) is None
     assert train_tab.stop_training(env.ctx, Visitor(user="alice")) and stopped == [True]
 
 

@@ -18,9 +18,8 @@ import pytest
 from evaluation.__main__ import main
 from evaluation.compare import Comparison
 from evaluation.metrics import extract_label
-from evaluation.run_eval import (
-    GENERATION_CAP, default_max_new_tokens, evaluate_run, heldout_loss, load_meta,
-)
+from evaluation.heldout_loss import heldout_loss
+from evaluation.run_eval import GENERATION_CAP, default_max_new_tokens, evaluate_run, load_meta
 from finetune_core.data.dataset import read_jsonl, write_jsonl
 from finetune_core.runs.store import Run
 

@@ -17,7 +17,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from evaluation.compare import compare
-from evaluation.run_eval import add_lower_is_better
+from evaluation.heldout_loss import add_lower_is_better
 from finetune_core.data.dataset import write_jsonl
 from finetune_core.inference.generation import InferenceModel
 from ui import eval_tab

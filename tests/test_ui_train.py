@@ -9,8 +9,9 @@ from finetune_core.config import PRESETS, RunConfig
 from finetune_core.data.dataset import write_jsonl
 from ui.context import AppContext
 from finetune_core.runs.store import create_run
-from ui.train_tab import (TRAIN_ANYWAY, build_config, cli_text, config_from_yaml_file, data_fields, loss_frame,
-                          memory_markdown, model_choices, resume_training, run_view, start_training, tick)
+from ui.train_tab import (TRAIN_ANYWAY, build_config, cli_text, config_from_yaml_file, data_fields,
+                          memory_markdown, model_choices, resume_training, start_training)
+from ui.train_views import loss_frame, run_view, tick
 from ui.widgets import build_config_widgets, config_from_values, named_values
 
 

@@ -11,17 +11,16 @@ is refused with the settings that would, unless "Train anyway" is ticked.
 The tab polls the run directory with a gr.Timer, so a page reload or a second
 browser re-attaches to the running job. Each tick compares file stamps with
 what this page last got and sends only what changed (an idle page with many
-runs costs a few stat calls a second, and the plot does not redraw).
+runs costs a few stat calls a second, and the plot does not redraw); the run
+and runs views it sends are built in ui/train_views.py.
 """
 from __future__ import annotations
 
 import secrets
 import shutil
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 import yaml
 
 from finetune_core.models import memory
@@ -32,17 +31,15 @@ from finetune_core.data.mapping import DataMapping
 from finetune_core.errors import StudioError
 from finetune_core.models.sources import (BUNDLED, BUNDLED_LABEL, ModelError, allowed_hub_ids, check_model_size, max_params_b,
                                   resolve_model_source, training_policy)
-from finetune_core.runs.ownership import AccessError, Visitor, admins, can_view, require_change, set_showcase, visible_runs
+from finetune_core.runs.ownership import AccessError, Visitor, admins, require_change, set_showcase
 from finetune_core.training.runner import Busy
-from finetune_core.runs.store import RUN_ID_RE, RunError, get_run, runs_root
 
 from .access import require_user, visitor
 from .context import AppContext, Shared, TrainParts
 from .errors import shows_errors
-from .widgets import (build_config_widgets, config_from_values, named_values, open_run, progress_html,
-                      widget_updates)
+from .train_views import run_ids, runs_table, tick, watched_run_id
+from .widgets import build_config_widgets, config_from_values, named_values, open_run, widget_updates
 
-RUN_COLUMNS = ["id", "state", "step", "total_steps", "model", "method", "data", "reason"]
 TRAIN_ANYWAY = "Train anyway (the estimate is approximate)"
 # the settings the memory estimate reads: the note under the model picker follows them
 ESTIMATE_FIELDS = ("model", "method", "lora_r", "lora_dropout", "use_dora", "target_modules", "batch_size",
@@ -66,6 +63,7 @@ def data_fields(data_state: dict | None, required: bool = True) -> dict[str, Any
 
 
 def build_config(values: dict[str, Any], data_state: dict | None) -> RunConfig:
+    """The RunConfig from the tab's widget values and the Data tab's choices; a bad value is a gr.Error naming it."""
     try:
         return config_from_values(values, data_fields(data_state))
     except ConfigError as exc:
@@ -108,6 +106,7 @@ def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visito
 
 
 def resume_training(ctx: AppContext, run_id: str, who: Visitor | None = None) -> str:
+    """Resume a stopped, failed or interrupted run `who` may change; returns its id (gr.Error otherwise)."""
     run = open_run(run_id, visitor=who, change="resume")
     state = ctx.slot.settle(run).get("state")  # not the file alone: a dead job can leave "running"
     if state not in ("stopped", "failed", "interrupted"):
@@ -155,6 +154,7 @@ def model_choices() -> list[tuple[str, str]]:
 
 
 def model_facts_line(facts: memory.ModelFacts) -> str:
+    """The note's first line: the catalogue's label of the model, or its size, context and architecture."""
     if facts.entry is not None:
         name = BUNDLED_LABEL if facts.source == BUNDLED else facts.entry.hub_id
         line = facts.entry.label.replace(facts.entry.name, f"**{name}**", 1)
@@ -183,23 +183,6 @@ def memory_markdown(values: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
-def loss_frame(metrics: list[dict]) -> pd.DataFrame:
-    rows = [{"step": m["step"], "loss": m["loss"], "series": "train"} for m in metrics if m.get("loss") is not None]
-    rows += [{"step": m["step"], "loss": m["eval_loss"], "series": "held-out"} for m in metrics if m.get("eval_loss") is not None]
-    frame = pd.DataFrame(rows or [], columns=["step", "loss", "series"])
-    # explicit dtypes: an object column would make the plot treat loss values as categories
-    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
-
-
-def runs_table(who: Visitor | None = None) -> pd.DataFrame:
-    return pd.DataFrame([r.summary() for r in visible_runs(who or Visitor())], columns=RUN_COLUMNS)
-
-
-def run_ids(who: Visitor | None = None) -> list[str]:
-    """Ids for the "Open run" picker: the runs this visitor may see, newest first."""
-    return [run.id for run in visible_runs(who or Visitor())]
-
-
 def stop_training(ctx: AppContext, who: Visitor | None = None) -> bool:
     """Stop the running job if `who` may (its owner or an admin); False when none runs."""
     job = ctx.slot.active()
@@ -212,41 +195,8 @@ def stop_training(ctx: AppContext, who: Visitor | None = None) -> bool:
     return ctx.slot.stop()
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def run_stamp(run_id: str | None) -> tuple:
-    """Changes whenever run_view(run_id) could: the run's status, metrics or log file changed."""
-    if not run_id or not RUN_ID_RE.match(run_id):
-        return (run_id,)
-    folder = runs_root() / run_id
-    return (run_id, *(_stamp(folder / name) for name in ("run.yaml", "status.json", "metrics.jsonl", "log.txt")))
-
-
-def runs_stamp() -> tuple:
-    """Changes whenever runs_table() could: a run appeared, went or changed its status."""
-    root = runs_root()
-    if not root.is_dir():
-        return ()
-    return tuple(sorted((p.name, _stamp(p / "run.yaml"), _stamp(p / "status.json")) for p in root.iterdir()))
-
-
-def tick(run_id: str | None, seen: dict | None, who: Visitor | None = None
-         ) -> tuple[tuple | None, pd.DataFrame | None, dict]:
-    """(run view or None, runs table or None, stamps): None where nothing changed since `seen`."""
-    seen = seen or {}
-    now = {"run": run_stamp(run_id), "runs": runs_stamp()}
-    view = run_view(run_id, who) if now["run"] != seen.get("run") else None
-    table = runs_table(who) if now["runs"] != seen.get("runs") else None
-    return view, table, now
-
-
 def precision_note(policy) -> str:
+    """Why training uses the precision it does on this device (shown at the top of the tab)."""
     if policy.device != "cpu":
         return "Precision float32 turns half precision off"
     if policy.dtype == "bfloat16":
@@ -254,39 +204,8 @@ def precision_note(policy) -> str:
     return "this CPU has no bf16 matrix instructions, where bf16 is many times slower than float32"
 
 
-def watched_run_id(ctx: AppContext, selected: str | None, who: Visitor | None = None) -> str | None:
-    """The running job when this visitor may see it, else the run they picked."""
-    job = ctx.slot.active()
-    if job is not None and can_view(job.run.path, who or Visitor()):
-        return job.run.id
-    return selected if isinstance(selected, str) and selected else None
-
-
-def run_view(run_id: str | None, who: Visitor | None = None) -> tuple[str, str, pd.DataFrame, str]:
-    """(title markdown, progress html, loss frame, log tail) of a run."""
-    if not run_id:
-        return ("No run yet. Pick a dataset in the Data tab, choose a preset and press **Train**.",
-                progress_html(0, 0, "idle", None), loss_frame([]), "")
-    try:
-        run = get_run(run_id)
-        if not can_view(run.path, who or Visitor()):
-            raise RunError("hidden")
-    except RunError:  # missing or someone else's: the same words, so ids are not confirmed
-        return ("That run is gone.", progress_html(0, 0, "missing", None), loss_frame([]), "")
-    st = run.status()
-    metrics = run.metrics()
-    last = next((m for m in reversed(metrics) if "loss" in m), {})
-    facts = [f"**{run.id}** — {st.get('state')}"]
-    if st.get("reason"):
-        facts.append(st["reason"])
-    if last.get("tokens_per_s"):
-        facts.append(f"{last['tokens_per_s']:.0f} tokens/s")
-    title = " · ".join(facts)
-    bar = progress_html(int(st.get("step") or 0), int(st.get("total_steps") or 0), st.get("state", "?"), st.get("eta_s"))
-    return title, bar, loss_frame(metrics), run.log_tail(30)
-
-
 def cli_text(cfg: RunConfig) -> str:
+    """The run.yaml of `cfg`, headed by the commands that train it from a shell."""
     cmds = command_line(cfg)
     body = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
     return (f"# Save this as run.yaml, then run one of:\n# {cmds['single']}\n# {cmds['cpu_ddp']}   "
@@ -453,5 +372,4 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
 
 
 __all__ = ["build", "build_config", "start_training", "check_memory", "memory_markdown", "model_choices",
-           "resume_training", "run_view", "loss_frame", "cli_text",
-           "config_from_yaml_file", "tick"]
+           "resume_training", "cli_text", "config_from_yaml_file"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from finetune_core.data.load import Issue
+from finetune_core.data.records import Issue
 from finetune_core.errors import StudioError
 from finetune_core.limits import limits
 

@@ -27,7 +27,8 @@ from finetune_core.data.formats import (
     FORMATS, FormatSpec, collect_labels, default_classification_template, detect_format,
     normalize_row,
 )
-from finetune_core.data.load import Issue, load_records
+from finetune_core.data.load import load_records
+from finetune_core.data.records import Issue
 from finetune_core.data.templates import template_fields
 from finetune_core.data.mapping import DataMapping
 from finetune_core.data.split import split_rows, train_and_held

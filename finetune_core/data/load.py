@@ -2,7 +2,8 @@
 
 Supported: ``.jsonl``, ``.json`` (an array of objects, an object of equal-length
 columns, or JSON Lines saved as ``.json``), ``.csv``, ``.tsv``, ``.parquet``.
-Nothing here interprets the columns; that is ``data_formats``' job.
+Nothing here interprets the columns; that is ``data_formats``' job. What a read
+produces (``LoadResult``, ``Issue``) is in ``finetune_core.data.records``.
 
 Row numbers are 1-based: the line number for JSON Lines, the position of the
 object for JSON arrays, the data row (header not counted) for CSV/TSV/Parquet.
@@ -23,12 +24,10 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune_core.data.cells import (BROKEN_TEXT, has_broken_text, json_text_within, printable, record_problem,
-                                       too_deep)
-from finetune_core.limits import LimitError, Limits, limits
+from finetune_core.data.cells import BROKEN_TEXT, has_broken_text, printable, too_deep
+from finetune_core.data.records import Issue, LoadResult
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -36,90 +35,6 @@ CSV_FIELD_CAP = 2**31 - 1
 PARQUET_BATCH_ROWS = 256  # rows decoded at a time: each batch is measured before it becomes Python objects
 # An absolute path: starts the text or follows a space, quote or bracket (so "bytes/value" is left alone).
 _ABS_PATH = re.compile(r"""(?<![^\s'"(\[=])(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/])+[^\s'"():,;]*""")
-
-
-@dataclass
-class Issue:
-    """One problem found in a data file; ``row`` is None for file-level problems.
-
-    Rows are numbered from 1, so row 0 names no row: it is read as file-wide too
-    (``file_wide``), and every place that shows an issue says "file" for both.
-    """
-
-    row: int | None  # 1-based row or line number
-    column: str | None
-    message: str
-
-    @property
-    def file_wide(self) -> bool:
-        """True for a problem of the whole file (or mapping) rather than of one row."""
-        return not self.row
-
-    @property
-    def place(self) -> str:
-        """Where the problem is: "row 57", "row 57 [text]", "file" or "file [label]"."""
-        where = "file" if self.file_wide else f"row {self.row}"
-        return f"{where} [{self.column}]" if self.column else where
-
-    def text(self) -> str:
-        """The issue as one line, "row 57 [text]: message": the one way an issue becomes text."""
-        return f"{self.place}: {self.message}"
-
-    def to_dict(self) -> dict:
-        return {"row": self.row, "column": self.column, "message": self.message}
-
-
-@dataclass
-class LoadResult:
-    """Raw records plus where each came from; ``fatal`` means nothing can be used."""
-
-    records: list[dict] = field(default_factory=list)
-    row_numbers: list[int] = field(default_factory=list)  # parallel to records
-    columns: list[str] = field(default_factory=list)
-    issues: list[Issue] = field(default_factory=list)
-    total_rows: int = 0
-    fatal: bool = False
-    limits: Limits = field(default_factory=limits, repr=False)  # read once per file
-
-    def fail(self, message: str, column: str | None = None) -> "LoadResult":
-        self.issues.append(Issue(None, column, message))
-        self.fatal = True
-        return self
-
-    def within(self, name: str, value: int, what: str) -> bool:
-        """True when ``value`` is within the limit ``name``; else the file is refused, naming ``what``."""
-        try:
-            self.limits.check(name, value, what)
-        except LimitError as exc:
-            self.fail(str(exc).rstrip("."))
-            return False
-        return True
-
-    def count_row(self) -> bool:
-        """Count one more row; False (the file refused) past the row limit, so a reader stops there."""
-        if self.total_rows >= self.limits.data_rows:
-            self.fail(f"the file has more than {self.limits.data_rows:,} rows, this server's limit "
-                      f"(setting {self.limits.setting('data_rows')})")
-            return False
-        self.total_rows += 1
-        return True
-
-    def add(self, number: int, record: dict, source: str | None = None) -> None:
-        """Keep a row, or record why it cannot be used (a cell over a limit, broken text).
-
-        ``source`` is the row's JSON text when there is one: when it is short, has
-        few brackets and no surrogate escape, no cell can break a limit, and the
-        per-cell checks (which would double the load time) are skipped.
-        """
-        if source is not None and json_text_within(source, self.limits):
-            problem = None
-        else:
-            problem = record_problem(record, self.limits)
-        if problem is not None:
-            self.issues.append(Issue(number, *problem))
-            return
-        self.records.append(record)
-        self.row_numbers.append(number)
 
 
 def without_paths(exc: BaseException, path: Path) -> str:

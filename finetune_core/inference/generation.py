@@ -11,7 +11,8 @@ to switch off).
   (held-out evaluation); on a CPU from per-prompt prefilled caches
   (speedups.kv_cache) unless the speed-ups are off for this model.
 * `stream_pair(...)` — base and tuned answers streamed together, token by
-  token, in one mixed batch (the side-by-side chat).
+  token, in one mixed batch (the side-by-side chat; in
+  finetune_core.inference.streaming).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import queue
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -29,8 +29,6 @@ from finetune_core.inference.chat_limits import TokenCounter
 from finetune_core.limits import limits
 from finetune_core.models.sources import DevicePolicy, device_policy, load_model, load_tokenizer
 from finetune_core.runs.store import Run, RunError
-
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -93,76 +91,6 @@ class _Cancel:
 
         stop = self.is_set()
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
-class _RowStreamer:
-    """A streamer for a batch: decodes each row's new tokens and queues (row, text) snapshots."""
-
-    def __init__(self, tokenizer, rows: int):
-        self.tokenizer = tokenizer
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.done = [False] * rows
-        self.out: "queue.Queue" = queue.Queue()
-        self._prompt_seen = False
-        self._eos = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # the first call carries the prompt ids
-            self._prompt_seen = True
-            return
-        ids = value.reshape(len(self.tokens), -1)[:, -1].tolist()
-        texts = []
-        for row, tok in enumerate(ids):
-            if not self.done[row]:
-                if tok in self._eos:
-                    self.done[row] = True
-                else:
-                    self.tokens[row].append(tok)
-            texts.append(self.tokenizer.decode(self.tokens[row], skip_special_tokens=True))
-        self.out.put(texts)
-
-    def end(self) -> None:
-        self.out.put(None)
-
-
-class _OneRow:
-    """Streams one row of a _RowStreamer when the sides are generated one after the other."""
-
-    def __init__(self, shared: _RowStreamer, row: int):
-        self.shared, self.row, self._prompt_seen = shared, row, False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # the first call carries the prompt ids
-            self._prompt_seen = True
-            return
-        s, tok = self.shared, int(value.reshape(-1)[-1])
-        if not s.done[self.row]:
-            if tok in s._eos:
-                s.done[self.row] = True
-            else:
-                s.tokens[self.row].append(tok)
-        s.out.put([s.tokenizer.decode(t, skip_special_tokens=True) for t in s.tokens])
-
-    def end(self) -> None:
-        pass
-
-
-def drop_stale_adapter_hooks(model) -> int:
-    """Remove PEFT's per-row adapter hooks left on the layers by a mixed-batch call that raised.
-
-    PEFT registers them for `adapter_names` and removes them only when the call returns
-    normally; left behind, every later call on the shared model fails ("Length of
-    adapter_names should be the same as the number of inputs"). Returns how many went.
-    """
-    dropped = 0
-    for module in model.modules():
-        for hooks in (module._forward_pre_hooks,):
-            for key, hook in list(hooks.items()):
-                if getattr(getattr(hook, "func", None), "__name__", "") == "_adapter_names_pre_forward_hook":
-                    del hooks[key]
-                    module._forward_pre_hooks_with_kwargs.pop(key, None)
-                    dropped += 1
-    return dropped
 
 
 class InferenceModel:
@@ -322,94 +250,8 @@ class InferenceModel:
     def stream_pair(self, base_messages: list[dict] | None, tuned_messages: list[dict] | None,
                     settings: GenSettings | None = None, cancel: threading.Event | None = None
                     ) -> Iterator[tuple[str, str]]:
-        """Yield (base_text, tuned_text) snapshots as tokens arrive; either side may be None."""
-        import torch
-        from transformers import StoppingCriteriaList
+        """Yield (base_text, tuned_text) snapshots as tokens arrive; either side may be None
+        (see finetune_core.inference.streaming)."""
+        from finetune_core.inference.streaming import stream_pair
 
-        settings = settings or GenSettings()
-        sides = [(False, base_messages), (True, tuned_messages)]
-        sides = [(tuned, m) for tuned, m in sides if m is not None]
-        if any(t for t, _ in sides) and not self.has_tuned:
-            raise InputError("No tuned model is loaded: pick a run with an adapter.")
-        texts = [self.render(m) for _, m in sides]
-        streamer = _RowStreamer(self.tokenizer, len(texts))
-        gone = threading.Event()  # set when the consumer stops reading: the worker stops too
-        stopping = _Cancel(cancel, gone)
-        kw = {**settings.kwargs(self.tokenizer), "streamer": streamer,
-              "stopping_criteria": StoppingCriteriaList([stopping])}
-        mixed = self.has_adapter and len(sides) == 2 and self._mixed_batch_allowed()
-        if mixed:
-            kw["adapter_names"] = [BASE_ADAPTER, "default"]  # one batch: row 0 base, row 1 tuned
-            jobs = [(self.model, texts, kw)]
-        elif len(sides) == 2:  # full fine-tune (two models) or DoRA: one side after the other
-            jobs = None
-        else:
-            jobs = [(self._pick(sides[0][0]), texts, kw)]
-
-        def work():
-            try:
-                with self.lock, torch.inference_mode():
-                    torch.manual_seed(settings.seed)
-                    if jobs is not None:
-                        model, ts, kwargs = jobs[0]
-                        tuned_only = len(sides) == 1 and sides[0][0]
-                        if len(sides) == 1 and not tuned_only and self.has_adapter:
-                            with self.model.disable_adapter():
-                                model.generate(**self._encode(ts), **kwargs)
-                        else:
-                            model.generate(**self._encode(ts), **kwargs)
-                    else:
-                        self._stream_two_models(texts, streamer, settings, stopping)
-            except Exception as exc:  # noqa: BLE001 - surfaced to the caller through the queue
-                if mixed:
-                    drop_stale_adapter_hooks(self.model)
-                streamer.out.put(exc)
-            finally:
-                streamer.end()
-                release_memory()  # after the lock is released: the next turn need not wait for it
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            yield from self._snapshots(streamer, sides)
-        finally:
-            # Stopped, failed or closed by the consumer (a page closed): the worker ends at its
-            # next token instead of generating to max_new_tokens for nobody. Not joined here:
-            # a close from the server's event loop must not wait for that token.
-            gone.set()
-        thread.join()
-
-    @staticmethod
-    def _snapshots(streamer: "_RowStreamer", sides: list) -> Iterator[tuple[str, str]]:
-        """(base_text, tuned_text) from the worker's queue until it ends; its errors are raised."""
-        while True:
-            item = streamer.out.get()
-            if item is None:
-                return
-            if isinstance(item, Exception):
-                raise item
-            if len(sides) == 2:
-                yield item[0], item[1]
-            elif sides[0][0]:
-                yield "", item[0]
-            else:
-                yield item[0], ""
-
-    def _mixed_batch_allowed(self) -> bool:
-        """Whether base and tuned can share one batch (PEFT's `adapter_names`): not for DoRA,
-        which PEFT refuses there."""
-        return not any(getattr(c, "use_dora", False) for c in self.model.peft_config.values())
-
-    def _stream_two_models(self, texts, streamer: "_RowStreamer", settings: GenSettings, stopping) -> None:
-        """Base then tuned, each streaming into its row of the shared streamer: a full
-        fine-tune (two models) or an adapter that cannot share a batch (switched off, then on)."""
-        from transformers import StoppingCriteriaList
-
-        tuned = self.tuned_model if self.tuned_model is not None else self.model
-        for row, model in enumerate((self.model, tuned)):
-            if stopping.is_set():  # stopped during the base side: the tuned side is not started
-                return
-            side = self._side(model, tuned=row == 1) if self.tuned_model is None else contextlib.nullcontext()
-            with side:
-                model.generate(**self._encode([texts[row]]), **settings.kwargs(self.tokenizer),
-                               streamer=_OneRow(streamer, row), stopping_criteria=StoppingCriteriaList([stopping]))
+        return stream_pair(self, base_messages, tuned_messages, settings, cancel)
