@@ -2,7 +2,8 @@
 
 ``mapping`` holds ``DataMapping``, the one description of the file, its
 column mapping, the held-out split and the row caps (RunConfig, the Data tab,
-training and evaluation all use it). ``load`` reads a file into raw records
+training and evaluation all use it). ``records`` holds the ``Issue`` a problem
+becomes and the ``LoadResult`` of a read. ``load`` reads a file into raw records
 (``cells`` holds the per-cell checks), ``formats`` detects the layout and
 normalises rows to TRL's conversational form, ``checks`` validates rows and
 whole files, ``templates`` fills ``{column}`` templates, ``split`` makes the held-out split, ``stats`` counts tokens,

@@ -1,7 +1,7 @@
 """Inference: generation with base and tuned from one copy of the weights, and chat.
 
 ``generation`` holds ``InferenceModel`` (base, adapter on/off, batched and
-streaming generation), ``batching`` groups prompts into batches that fit a
+streaming generation; ``streaming`` streams base and tuned side by side), ``batching`` groups prompts into batches that fit a
 key/value-cache budget, ``model_cache`` keeps the last few loaded models,
 ``chat`` is a side-by-side conversation with blind A/B votes, and
 ``chat_limits`` checks what one chat turn may ask of a shared server.
