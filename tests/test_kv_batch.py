@@ -162,7 +162,7 @@ def test_generate_batched_equals_plain_generate_per_prompt(run_model, tuned):
     expected = []
     for p in prompts(7):
         ids = tok(run_model.render(p), return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode(), run_model._side(run_model.model, tuned):
+        with torch.inference_mode(), run_model.side_context(run_model.model, tuned):
             out = run_model.model.generate(**ids, **sampled.kwargs(tok))
         expected.append(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     assert got == expected

@@ -164,11 +164,14 @@ class InferenceModel:
         ensure_chat_template(self.tokenizer)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _encode(self, texts: list[str]):
+    def encode(self, texts: list[str]):
+        """Tokenize a batch of rendered prompts (left-padded, no special tokens added) onto the model's device."""
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return {k: v.to(self.policy.device) for k, v in enc.items()}
 
-    def _pick(self, tuned: bool):
+    def weights(self, tuned: bool):
+        """The module that answers for one side: the base model, a separate tuned model when one is held,
+        or the same LoRA model (switch the side with `side_context`). InputError for a tuned side that is missing."""
         if not tuned:
             return self.model
         if self.tuned_model is not None:
@@ -177,7 +180,7 @@ class InferenceModel:
             raise InputError("This model has no adapter: there is no tuned side.")
         return self.model
 
-    def _side(self, model, tuned: bool):
+    def side_context(self, model, tuned: bool):
         """The context for one side: the adapter switched off for the base side of a LoRA model."""
         if self.has_adapter and not tuned and model is self.model:
             return self.model.disable_adapter()
@@ -188,11 +191,11 @@ class InferenceModel:
 
         Run the weights inside the context: for a LoRA model both sides are the same
         weights, and the context switches the adapter off for the base side. Ask for a
-        fresh pair per use (PEFT's ``disable_adapter()`` context is one-shot). ValueError
+        fresh pair per use (PEFT's ``disable_adapter()`` context is one-shot). InputError
         when the tuned side is asked of a model without one.
         """
-        model = self._pick(tuned)
-        return model, self._side(model, tuned)
+        model = self.weights(tuned)
+        return model, self.side_context(model, tuned)
 
     # -- batched (evaluation) ------------------------------------------------
     def generate(self, prompts: list[list[dict]], tuned: bool, settings: GenSettings | None = None,
@@ -214,7 +217,7 @@ class InferenceModel:
         texts = [self.render(p) for p in prompts]
         tokens = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         answers: list[str] = [""] * len(texts)
-        model = self._pick(tuned)
+        model = self.weights(tuned)
         # Length-sorted batches (little padding), each capped so its cache fits the memory budget.
         batches = plan_batches([len(t) for t in tokens], batch_size, settings.new_tokens,
                                kv_bytes_per_token(model))
@@ -223,18 +226,18 @@ class InferenceModel:
         prefix, prefix_len = None, 0
         if prefilled:
             with self.lock:
-                prefix, prefix_len = shared_prefix(model, tokens, self.policy.device, lambda: self._side(model, tuned))
+                prefix, prefix_len = shared_prefix(model, tokens, self.policy.device, lambda: self.side_context(model, tuned))
         done = 0
         for idx in batches:
             if stopped():
                 raise InterruptedError("Generation cancelled.")
-            with self.lock, torch.inference_mode(), self._side(model, tuned):
+            with self.lock, torch.inference_mode(), self.side_context(model, tuned):
                 if prefilled:
                     inputs = prefilled_batch(model, [tokens[i] for i in idx], self.tokenizer.pad_token_id,
                                              settings.new_tokens, self.policy.device, prefix, prefix_len,
                                              stopped)
                 else:
-                    inputs = self._encode([texts[i] for i in idx])
+                    inputs = self.encode([texts[i] for i in idx])
                 out = model.generate(**inputs, **settings.kwargs(self.tokenizer),
                                      stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]))
             new = out[:, inputs["input_ids"].shape[1]:]

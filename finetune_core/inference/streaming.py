@@ -121,7 +121,7 @@ def stream_pair(inference, base_messages: list[dict] | None, tuned_messages: lis
     elif len(sides) == 2:  # full fine-tune (two models) or DoRA: one side after the other
         jobs = None
     else:
-        jobs = [(inference._pick(sides[0][0]), texts, kw)]
+        jobs = [(inference.weights(sides[0][0]), texts, kw)]
 
     def work():
         try:
@@ -132,9 +132,9 @@ def stream_pair(inference, base_messages: list[dict] | None, tuned_messages: lis
                     tuned_only = len(sides) == 1 and sides[0][0]
                     if len(sides) == 1 and not tuned_only and inference.has_adapter:
                         with inference.model.disable_adapter():
-                            model.generate(**inference._encode(ts), **kwargs)
+                            model.generate(**inference.encode(ts), **kwargs)
                     else:
-                        model.generate(**inference._encode(ts), **kwargs)
+                        model.generate(**inference.encode(ts), **kwargs)
                 else:
                     _stream_two_models(inference, texts, streamer, settings, stopping)
         except Exception as exc:  # noqa: BLE001 - surfaced to the caller through the queue
@@ -188,7 +188,7 @@ def _stream_two_models(inference, texts, streamer: _RowStreamer, settings: GenSe
     for row, model in enumerate((inference.model, tuned)):
         if stopping.is_set():  # stopped during the base side: the tuned side is not started
             return
-        side = inference._side(model, tuned=row == 1) if inference.tuned_model is None else contextlib.nullcontext()
+        side = inference.side_context(model, tuned=row == 1) if inference.tuned_model is None else contextlib.nullcontext()
         with side:
-            model.generate(**inference._encode([texts[row]]), **settings.kwargs(inference.tokenizer),
+            model.generate(**inference.encode([texts[row]]), **settings.kwargs(inference.tokenizer),
                            streamer=_OneRow(streamer, row), stopping_criteria=StoppingCriteriaList([stopping]))
