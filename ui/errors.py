@@ -83,10 +83,7 @@ def shows_errors(fn):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - the edge: every failure becomes a page message
-                error = page_error(exc, what)
-                if error is exc:
-                    raise
-                raise error from None
+                _raise_for_page(exc, what)
         return streaming
 
     @functools.wraps(fn)
@@ -94,11 +91,16 @@ def shows_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the edge: every failure becomes a page message
-            error = page_error(exc, what)
-            if error is exc:
-                raise
-            raise error from None
+            _raise_for_page(exc, what)
     return handler
+
+
+def _raise_for_page(exc: Exception, what: str):
+    """Raise what the page shows for `exc` (see `page_error`); a gr.Error goes on with its own traceback."""
+    error = page_error(exc, what)
+    if error is exc:
+        raise exc
+    raise error from None
 
 
 __all__ = ["shows_errors", "page_error", "internal_error", "log_location"]
