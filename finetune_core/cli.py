@@ -60,16 +60,16 @@ def _launch_file() -> Path:
     return runs_root() / f".launch-{token}"
 
 
-def _shared_run(cfg: RunConfig):
-    """Rank 0 creates the run (and its split); other ranks wait for its id."""
+def _shared_run(cfg: RunConfig, name: str = ""):
+    """Rank 0 creates the run (named `name`, else dataset · time) and its split; other ranks wait for its id."""
     from finetune_core.runs.store import create_run, get_run
     from finetune_core.training.train import prepare_split
 
     if _world() == 1:
-        return create_run(cfg)
+        return create_run(cfg, name=name)
     marker = _launch_file()
     if _rank() == 0:
-        run = create_run(cfg, extra={"world_size": _world()})
+        run = create_run(cfg, extra={"world_size": _world()}, name=name)
         prepare_split(cfg, run)
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(run.id, encoding="utf-8")
@@ -88,6 +88,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--config", help="run.yaml to start from (default: built-in defaults).")
     t.add_argument("--preset", choices=list(PRESETS), help="Apply a preset before --set overrides.")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one config field (repeatable).")
+    t.add_argument("--name", help="The run's human name (default: data file · day and time).")
     t.add_argument("--resume", metavar="RUN_DIR", help="Resume a stopped, failed or interrupted run.")
     t.add_argument("--quiet", action="store_true", help="Do not print events as JSON lines.")
     t.add_argument("--force", action="store_true",
@@ -113,7 +114,7 @@ def cmd_train(args) -> int:
         cfg = cfg.with_sets(args.set or [])
         if _world() == 1 and not memory_allows(cfg, args.force):
             return 2
-        run = _shared_run(cfg)
+        run = _shared_run(cfg, args.name or "")
         resume = False
     printer = None if (_rank() != 0 or args.quiet) else (lambda e: print(json.dumps(e), flush=True))
     status = run_job(run, threading.Event(), printer, resume=resume)
@@ -175,7 +176,7 @@ def cmd_runs(args) -> int:
 
     for run in list_runs():
         s = run.summary()
-        print(f"{s['id']}  {s['state']:<11} step {s['step']}/{s['total_steps']}  {s['model']}  {s['reason']}")
+        print(f"{s['id']}  {s['name']!r}  {s['state']:<11} step {s['step']}/{s['total_steps']}  {s['model']}  {s['reason']}")
     return 0
 
 

@@ -91,12 +91,12 @@ def widget_updates(widgets: dict[str, Any], cfg: RunConfig) -> dict:
 def run_choices(who: Visitor | None = None, note: Callable[[Run, dict], str] | None = None,
                 key: Callable[[Run], str] = lambda run: run.id) -> list[tuple[str, str]]:
     """Dropdown choices of the runs with a saved adapter that `who` may see, newest first:
-    label 'id · model' (then ' · ' + ``note(run, summary)``), value ``key(run)`` (the id)."""
+    label 'name (id's time…tail) · model' (then ' · ' + ``note(run, summary)``), value ``key(run)`` (the id)."""
     choices = []
     for run in visible_runs(who or Visitor()):
         if run.has_adapter():
             summary = run.summary()
-            label = f"{run.id} · {summary.get('model') or '?'}"
+            label = f"{run.label()} · {summary.get('model') or '?'}"
             choices.append((label + (f" · {note(run, summary)}" if note else ""), key(run)))
     return choices
 

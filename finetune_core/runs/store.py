@@ -9,13 +9,15 @@
     runs/<id>/adapter/        final adapter (or full model) + tokenizer
     runs/<id>/eval/           evaluation results
     runs/<id>/votes.jsonl     blind A/B votes from the Chat tab (see inference/votes.py)
+    runs/<id>/name.json       the run's human name (editable; the id never changes)
 
 run.yaml and status.json carry ``schema_version`` (SCHEMA_VERSION). A file
 without one was written before versions existed: it reads as version 1 and is
 migrated in memory (`migrate_run_yaml`, `migrate_status`), so old run
 directories open unchanged on disk until the run is next written.
 
-Run ids are made here, never taken from user text; `get_run` only opens ids
+Run ids are made here, never taken from user text (a person sees the run's
+human name, `Run.name`, beside or instead of it); `get_run` only opens ids
 that match the id pattern and exist under the runs root. The root defaults to
 ./runs and ``STUDIO_RUNS_DIR`` moves it (e.g. to a Space's persistent storage).
 """
@@ -35,6 +37,7 @@ from finetune_core.errors import StudioError
 
 STATES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
 FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
+NAME_MAX = 80  # characters of a run's human name
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9-]{1,40}-[0-9a-f]{6}$")
 SCHEMA_VERSION = 2  # of run.yaml, status.json and votes.jsonl lines; bumped with each format change
 
@@ -104,6 +107,35 @@ def migrate_status(data: dict) -> dict:
     return data
 
 
+def check_run_name(name: Any) -> str:
+    """A run name from a person, cleaned (spaces collapsed); a RunError names the field when it is
+    empty, too long or has control characters.
+
+    >>> check_run_name("  emotion   · lr 2e-4 ")
+    'emotion · lr 2e-4'
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise RunError("Run name: type a name (any words, up to 80 characters).")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise RunError("Run name: it has control characters (line breaks or tabs); use plain words.")
+    name = " ".join(name.split())
+    if len(name) > NAME_MAX:
+        raise RunError(f"Run name: {len(name)} characters; keep it to {NAME_MAX}.")
+    return name
+
+
+def default_run_name(data_label: str, preset: str = "", when: float | None = None) -> str:
+    """The name a run gets unless a person gives one: dataset · preset · day and time.
+
+    >>> default_run_name("customer_intents.jsonl", "Quick demo (CPU)", 0.0)[:35]
+    'customer_intents · Quick demo (CPU)'
+    """
+    stem = Path(data_label or "").stem if "." in (data_label or "") else (data_label or "")
+    parts = [p for p in (stem.strip() or "run", (preset or "").strip()) if p]
+    stamp = time.strftime("%d %b %H:%M", time.localtime(time.time() if when is None else when))
+    return check_run_name(" · ".join([*parts, stamp])[-NAME_MAX:])
+
+
 @dataclass
 class Run:
     """One run directory on disk (see the module docstring); reads and writes its files, holds nothing in memory."""
@@ -141,7 +173,31 @@ class Run:
         """The human-readable log, log.txt."""
         return self.path / "log.txt"
 
-    # -- config and status ---------------------------------------------------
+    # -- name, config and status ----------------------------------------------
+    @property
+    def name(self) -> str:
+        """The run's human name (name.json); a run made before names existed reads as its id."""
+        try:
+            data = json.loads((self.path / "name.json").read_text(encoding="utf-8"))
+            return check_run_name(data.get("name"))
+        except (OSError, ValueError, AttributeError, RunError):
+            return self.id
+
+    def rename(self, name: str) -> str:
+        """Give the run a new human name (checked by `check_run_name`); returns it. Its own file, so a
+        rename during training never races the trainer's writes to run.yaml or status.json."""
+        name = check_run_name(name)
+        write_json_atomic(self.path / "name.json", {"name": name, "schema_version": SCHEMA_VERSION})
+        return name
+
+    def label(self) -> str:
+        """How a person sees the run in lists: its name, then the id's time and random tail, which tell
+        apart two runs with the same name."""
+        if self.name == self.id:
+            return self.id
+        return f"{self.name} ({self.id[:15]}…{self.id[-6:]})"
+
+
     def config(self) -> RunConfig:
         """The run's RunConfig from run.yaml (recorded facts such as the resolved device are ignored)."""
         return RunConfig.load(self.path / "run.yaml")
@@ -212,7 +268,7 @@ class Run:
         return (self.adapter_dir / "adapter_config.json").is_file() or (self.adapter_dir / "config.json").is_file()
 
     def summary(self) -> dict:
-        """One row for the runs list: id, state, steps, model, method, data file name, created, reason.
+        """One row for the runs list: id, name, state, steps, model, method, data file name, created, reason.
 
         A damaged run.yaml leaves model and method None (and data "") rather than raising."""
         st = self.status()
@@ -222,16 +278,18 @@ class Run:
         except (OSError, ValueError):  # a damaged run.yaml must not break the runs list
             pass
         return {
-            "id": self.id, "state": st.get("state"), "step": st.get("step", 0),
+            "id": self.id, "name": self.name, "state": st.get("state"), "step": st.get("step", 0),
             "total_steps": st.get("total_steps", 0), "model": cfg.get("model"),
             "method": cfg.get("method"), "data": Path(cfg.get("data_path") or "").name,
             "created": st.get("created"), "reason": st.get("reason", ""),
         }
 
 
-def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None, owner: dict | None = None) -> Run:
-    """Make a new run directory with run.yaml and a queued status. `owner` (see
-    ownership.py) is written first: the run is never listed without it."""
+def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None, owner: dict | None = None,
+               name: str = "") -> Run:
+    """Make a new run directory with run.yaml, its human `name` (default: dataset · time) and a queued
+    status. `owner` (see ownership.py) is written first: the run is never listed without it."""
+    name = check_run_name(name) if name else default_run_name(label or Path(cfg.data.data_path).name)
     root = runs_root()
     root.mkdir(parents=True, exist_ok=True)
     base = label or Path(cfg.data.data_path).stem or "run"
@@ -244,6 +302,7 @@ def create_run(cfg: RunConfig, label: str = "", extra: dict | None = None, owner
         write_json_atomic(path / "owner.json", owner)
     cfg.save(path / "run.yaml", extra={**(extra or {}), "schema_version": SCHEMA_VERSION})
     run = Run(path)
+    run.rename(name)
     run.set_status(state="queued", step=0, total_steps=0, reason="", created=time.time(), pid=os.getpid())
     return run
 

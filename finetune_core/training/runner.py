@@ -286,9 +286,10 @@ class TrainingSlot:
                 f"{st.get('total_steps') or '?'}. Wait for it or stop it first.")
 
     def start(self, cfg: RunConfig | None = None, resume_run: Run | None = None,
-              extra_callbacks: list | None = None, label: str = "", owner: dict | None = None) -> Run:
-        """Start a new run from `cfg` (owned by `owner`, see ownership.py), or resume
-        `resume_run`. Raises Busy when occupied."""
+              extra_callbacks: list | None = None, label: str = "", owner: dict | None = None,
+              name: str = "") -> Run:
+        """Start a new run from `cfg` (owned by `owner`, see ownership.py; human `name`, see
+        runs/store.py), or resume `resume_run`. Raises Busy when occupied."""
         with self._lock:
             if self.active() is not None:
                 raise Busy(self.busy_message())
@@ -298,7 +299,7 @@ class TrainingSlot:
 
                 # worked out once for the run: recorded in run.yaml and handed to execute
                 policy = training_policy(cfg.device, cfg.precision, cfg.method)
-                run = create_run(cfg, label=label, owner=owner,
+                run = create_run(cfg, label=label, owner=owner, name=name,
                                  extra={"resolved_device": policy.device, "resolved_dtype": policy.dtype})
             else:
                 run = resume_run
