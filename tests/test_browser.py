@@ -166,11 +166,16 @@ def test_bad_upload_shows_the_row_number_in_the_page(page, tmp_path):
     _shot(page, "1-data-bad-upload")
 
 
-def test_guided_demo_walks_from_data_to_chat(page):
+def test_guided_demo_walks_from_data_to_chat_and_survives_a_reload(page):
     page.locator("#guide-button").click()
     page.wait_for_function("document.querySelector('#guide-status').innerText.includes('Step 2/4')", timeout=120_000)
     assert "Customer intents" in page.locator("#data-summary").inner_text() or \
         "rows" in page.locator("#data-status").inner_text()
+    # A reload mid-demo: the new page picks the walk up (banner, data, training) and finishes it.
+    page.reload()
+    page.wait_for_selector("#data-upload")
+    page.wait_for_function("/Step [234]\\/4|resumed/.test(document.querySelector('#guide-status').innerText)",
+                           timeout=20_000)
     page.wait_for_function("document.querySelector('#guide-status').innerText.includes('Step 4/4')", timeout=300_000)
     # The demo ends on the Chat tab with a held-out customer message typed in.
     assert page.get_by_role("tab", name="4 · Chat").get_attribute("aria-selected") == "true"

@@ -53,6 +53,7 @@ class AppContext:
     models: ModelCache = field(default_factory=ModelCache)
     chat_slots: GenerationSlots = field(default_factory=GenerationSlots)  # chat turns each visitor has queued/running
     settings: Settings = field(default_factory=Settings)
+    guides: dict = field(default_factory=dict)  # visitor key -> that visitor's guided demo walk (ui/guide.py)
     sweeper: Sweeper | None = None  # made by start_sweeper (app.py main), not by tests that build the app
 
     def in_use(self) -> list[Path]:
