@@ -245,13 +245,13 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
                     # label: the run's name and time, value: its id; custom values allowed (an id typed
                     # or a run made after the last refresh): get_run() checks every id
                     pick = gr.Dropdown(label="Open run", choices=[], elem_id="run-pick", allow_custom_value=True,
-                                       scale=2)
-                    resume_btn = gr.Button("Resume selected run", size="sm")
-                    delete_btn = gr.Button("Delete selected run", size="sm", variant="stop", elem_id="delete-run")
-                with gr.Row(equal_height=True):
+                                       scale=3)
                     new_name = gr.Textbox(label="New name for the selected run", elem_id="rename-box", scale=2,
                                           max_length=80)
+                with gr.Row():
+                    resume_btn = gr.Button("Resume selected run", size="sm")
                     rename_btn = gr.Button("Rename selected run", size="sm", elem_id="rename-button")
+                    delete_btn = gr.Button("Delete selected run", size="sm", variant="stop", elem_id="delete-run")
                 showcase = gr.Checkbox(False, label="Showcase: every visitor may open, chat with and vote on the "
                                        "selected run (admins only)", visible=bool(admins()))
     timer = gr.Timer(1.0)

@@ -48,12 +48,14 @@ FOLLOW_LOG_JS = """() => {
   const box = document.querySelector('#run-log textarea');
   if (!box) return;
   const atEnd = () => box.scrollTop + box.clientHeight >= box.scrollHeight - 24;
+  const follow = () => { if (box.dataset.follow !== 'no') box.scrollTop = box.scrollHeight; };
   if (!box.dataset.follow) {
     box.dataset.follow = 'yes';
     for (const kind of ['wheel', 'touchend', 'keyup', 'mouseup'])
       box.addEventListener(kind, () => setTimeout(() => { box.dataset.follow = atEnd() ? 'yes' : 'no'; }, 60));
+    new ResizeObserver(follow).observe(box);  // filled while its tab was hidden, then shown
   }
-  if (box.dataset.follow === 'yes') requestAnimationFrame(() => { box.scrollTop = box.scrollHeight; });
+  for (const ms of [0, 100, 400]) setTimeout(follow, ms);  // after the new text is laid out
 }"""
 
 
