@@ -28,7 +28,7 @@ from finetune_core.models import memory
 from finetune_core.models.catalogue import BUNDLED_HUB_ID, ENTRIES
 from finetune_core.models.sources import BUNDLED, BUNDLED_LABEL, allowed_hub_ids, max_params_b
 from finetune_core.runs.ownership import Visitor, can_view, visible_runs
-from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run, runs_root
+from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run, list_runs, runs_root
 
 from .context import AppContext
 from .widgets import config_from_values, progress_html, run_name_md
@@ -199,8 +199,8 @@ def watched_run_id(ctx: AppContext, selected: str | None, who: Visitor | None = 
         return selected  # run_view says "gone" for a run that is missing or not theirs
     if _visible(session, who):
         return session
-    latest = visible_runs(who)
-    return latest[0].id if latest else None
+    # newest first, stopping at the first this visitor may see (owner files are read only as needed)
+    return next((run.id for run in list_runs() if can_view(run.path, who)), None)
 
 
 def run_title(run: Run, st: dict, last: dict) -> str:
