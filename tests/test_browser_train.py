@@ -173,7 +173,7 @@ def test_stop_from_another_page_says_where_it_stopped_and_keeps_the_log(browser,
     watcher.locator("#stop-button").click()
     for page in (watcher, starter):
         wait_title(page, BETA, "stopped at step", "of 400")
-    watcher.wait_for_timeout(3000)  # it stays: not "No run yet" a few seconds later
+    watcher.wait_for_timeout(2000)  # it stays: not "No run yet" a few seconds later
     assert "stopped at step" in title(watcher) and BETA in title(watcher)
     log = watcher.evaluate(LOG_SCROLL)
     assert "Stop requested" in log["text"] and "Run stopped" in log["text"]

@@ -239,7 +239,7 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
             log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="run-log")
             with gr.Accordion("Runs", open=True):
                 # filled per visitor when the page loads (only the runs they may see)
-                runs = gr.Dataframe(runs_table(Visitor(browser="nobody")).head(0), interactive=False, wrap=True,
+                runs = gr.Dataframe(runs_table(nobody=True), interactive=False, wrap=True,
                                     column_widths=COLUMN_WIDTHS, elem_id="runs-table")
                 with gr.Row():
                     # label: the run's name and time, value: its id; custom values allowed (an id typed
@@ -270,7 +270,7 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
         run_id = start_training(ctx, cfg, label=(data_state or {}).get("name", ""), who=who, force=bool(raw[force]),
                                 name=chosen_run_name(raw[run_name], data_state, raw[preset]))
         gr.Info(f'Training started: "{open_run(run_id, visitor=who).name}".')
-        return run_id, gr.update(choices=run_picks(who), value=run_id)
+        return run_id, gr.update(choices=run_picks(who), value=run_id), ""  # the next run: a new default name
 
     @shows_errors
     def on_stop(request: gr.Request):
@@ -352,7 +352,7 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
     def on_estimate(raw: dict):
         return memory_markdown(named_values(widgets, raw))
 
-    train_btn.click(on_train, inputs | {force, run_name, preset}, [shared.run_state, pick], api_name="train")
+    train_btn.click(on_train, inputs | {force, run_name, preset}, [shared.run_state, pick, run_name], api_name="train")
     for widget in estimate_inputs:  # a preset or run.yaml changes them too: .change covers both
         widget.change(on_estimate, estimate_inputs, memory_note, show_progress="hidden", queue=False)
     stop_btn.click(on_stop, None, None, api_name="train_stop")
@@ -361,7 +361,8 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
     rename_btn.click(on_rename, [pick, new_name], [pick, new_name], api_name="train_rename")
     showcase.input(on_showcase, [pick, showcase], None, api_name="run_showcase")
     timer.tick(on_tick, watch_inputs, watch_outputs, show_progress="hidden", queue=False)
-    shared.blocks.load(on_tick, watch_inputs, watch_outputs, show_progress="hidden", queue=False)
+    shared.blocks.load(on_tick, watch_inputs, watch_outputs, show_progress="hidden", queue=False,
+                       api_visibility="private")
     log.change(None, None, None, js=FOLLOW_LOG_JS)  # the newest log line stays in sight
     shared.tabs.select(None, None, None, js=FOLLOW_LOG_JS)  # a log filled while its tab was hidden
     for source in (shared.data_state, preset):  # the "Run name" box shows the name it would default to

@@ -97,10 +97,11 @@ def data_label(run: Run, data_file: str) -> str:
     return "-".join(run.id.split("-")[2:-1]) or data_file
 
 
-def runs_table(who: Visitor | None = None) -> pd.DataFrame:
-    """The runs table: one row (RUN_COLUMNS) per run this visitor may see, newest first."""
+def runs_table(who: Visitor | None = None, nobody: bool = False) -> pd.DataFrame:
+    """The runs table: one row (RUN_COLUMNS) per run this visitor may see, newest first
+    (`nobody`: the table with no rows, as a page starts before it knows its visitor)."""
     rows = []
-    for run in visible_runs(who or Visitor()):
+    for run in [] if nobody else visible_runs(who or Visitor()):
         s = run.summary()
         rows.append({"name": s["name"], "state": s["state"], "steps": f"{s['step'] or 0}/{s['total_steps'] or '?'}",
                      "model": short_model(s["model"]), "method": s["method"] or "?",
