@@ -48,7 +48,7 @@ def _resume(page, run_id: str) -> None:
     page.get_by_role("button", name="Resume selected run").click()
 
 
-def test_second_visitor_sees_the_run_but_cannot_change_it(public_app):
+def test_second_visitor_sees_the_run_but_cannot_change_it(public_app, trained_run):
     from playwright.sync_api import sync_playwright
 
     url, run_id = public_app
@@ -59,7 +59,7 @@ def test_second_visitor_sees_the_run_but_cannot_change_it(public_app):
         for page in (first, second):
             assert page.get_by_text("Everything here is shared").is_visible()
             _tab(page, "2 · Train")
-            page.wait_for_function(f"document.querySelector('#runs-table').innerText.includes('{run_id}')")
+            page.wait_for_function(f"document.querySelector('#runs-table').innerText.includes({trained_run.name!r})")
         _resume(second, run_id)
         refusal = second.get_by_text(f"Only the person who started run {run_id}")
         refusal.first.wait_for(state="visible")

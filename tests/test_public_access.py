@@ -10,6 +10,7 @@ import gradio as gr
 import pytest
 
 from finetune_core.runs.ownership import Visitor, set_showcase, write_owner
+from finetune_core.runs.store import get_run
 
 TOKEN = "hf_" + "VisitorTypedT0ken0123456789abcdef"
 SERVER_TOKEN = "hf_" + "OwnerServerT0ken0123456789abcdef"
@@ -149,7 +150,7 @@ def test_with_login_a_second_user_can_do_nothing_to_the_first_users_run(env):
     assert run_id not in [v for _, v in eval_tab.run_choices(who)]
     assert run_id not in [v for _, v in export_tab.run_choices(who)]
     assert "run:" + run_id not in [v for _, v in chat_tab.run_choices("bundled", who)]
-    assert run_id not in set(train_views.runs_table(who)["id"])
+    assert get_run(run_id).name not in set(train_views.runs_table(who)["name"])  # the table lists names
     assert "That run is gone" in train_views.run_view(run_id, who)[0]
     attempts = [
         lambda: eval_tab.show_run(run_id, who=who),

@@ -8,11 +8,17 @@ The model is picked from the catalogue (finetune_core/models/catalogue.py) or ty
 finetune_core/models/memory.py follows the settings, and a run it says will not fit
 is refused with the settings that would, unless "Train anyway" is ticked.
 
-The tab polls the run directory with a gr.Timer, so a page reload or a second
-browser re-attaches to the running job. Each tick compares file stamps with
-what this page last got and sends only what changed (an idle page with many
-runs costs a few stat calls a second, and the plot does not redraw); the run
-and runs views it sends are built in ui/train_views.py.
+The tab polls the run directory with a gr.Timer (and once when the page loads),
+so a page reload or a second browser re-attaches to the running job. It shows
+the running job, else the run picked in "Open run", else the session's run,
+else the visitor's latest run (train_views.watched_run_id), so a run that
+ended or was stopped stays on screen. Each tick compares file stamps with what
+this page last got and sends only what changed (an idle page with many runs
+costs a few stat calls a second, and the plot does not redraw); the run and
+runs views it sends are built in ui/train_views.py.
+
+Runs have human names: the "Run name" box (empty: dataset · preset · time) and
+"Rename" beside "Open run" (the run's owner or an admin).
 """
 from __future__ import annotations
 
@@ -23,27 +29,29 @@ from typing import Any
 import gradio as gr
 import yaml
 
-from finetune_core.models import memory
-from finetune_core.models.catalogue import BUNDLED_HUB_ID, ENTRIES
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, read_config_yaml
 from finetune_core.data.mapping import DataMapping
-from finetune_core.errors import StudioError
-from finetune_core.models.sources import (BUNDLED, BUNDLED_LABEL, ModelError, allowed_hub_ids, check_model_size, max_params_b,
-                                  resolve_model_source, training_policy)
+from finetune_core.models import memory
+from finetune_core.models.sources import BUNDLED, ModelError, check_model_size, resolve_model_source, training_policy
 from finetune_core.runs.ownership import AccessError, Visitor, admins, require_change, set_showcase
+from finetune_core.runs.store import RunError, check_run_name
 from finetune_core.training.runner import Busy
 
 from .access import require_user, visitor
 from .context import AppContext, Shared, TrainParts
 from .errors import shows_errors
-from .train_views import run_ids, runs_table, tick, watched_run_id
-from .widgets import build_config_widgets, config_from_values, named_values, open_run, widget_updates
+from .train_views import (COLUMN_WIDTHS, ESTIMATE_FIELDS, FOLLOW_LOG_JS, device_note, memory_markdown,
+                          model_choices, run_picks, runs_table, tick, watched_run_id)
+from .widgets import (build_config_widgets, chosen_run_name, config_from_values, default_name_for, named_values,
+                      open_run, widget_updates)
 
 TRAIN_ANYWAY = "Train anyway (the estimate is approximate)"
-# the settings the memory estimate reads: the note under the model picker follows them
-ESTIMATE_FIELDS = ("model", "method", "lora_r", "lora_dropout", "use_dora", "target_modules", "batch_size",
-                   "grad_accum", "max_length", "gradient_checkpointing", "device", "precision")
+# the browser asks first, naming the run as the picker shows it; a cancelled confirm sends no id
+CONFIRM_DELETE_JS = """(run_id) => {
+  const shown = document.querySelector('#run-pick input')?.value || run_id;
+  return (run_id && confirm('Delete run "' + shown + '" for good?')) ? run_id : '';
+}"""
 
 
 # -- plain functions (the tests call these) ------------------------------------
@@ -93,13 +101,19 @@ def check_memory(cfg: RunConfig, force: bool = False) -> None:
 
 
 def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visitor | None = None,
-                   force: bool = False) -> str:
-    """Start a run owned by `who` (see finetune_core/runs/ownership.py); one the memory estimate
-    says will not fit is refused unless `force`."""
+                   force: bool = False, name: str = "") -> str:
+    """Start a run owned by `who` (see finetune_core/runs/ownership.py) and called `name` (empty: the
+    dataset and the time); one the memory estimate says will not fit is refused unless `force`, and a
+    bad name before anything starts, with the field named."""
+    if name:
+        try:
+            name = check_run_name(name)
+        except RunError as exc:
+            raise gr.Error(str(exc)) from None
     check_model(cfg.model)
     check_memory(cfg, force)
     try:
-        run = ctx.slot.start(cfg, label=label, owner=(who or Visitor()).owner_record())
+        run = ctx.slot.start(cfg, label=label, owner=(who or Visitor()).owner_record(), name=name)
     except Busy as exc:
         raise gr.Error(str(exc)) from exc
     return run.id
@@ -110,12 +124,22 @@ def resume_training(ctx: AppContext, run_id: str, who: Visitor | None = None) ->
     run = open_run(run_id, visitor=who, change="resume")
     state = ctx.slot.settle(run).get("state")  # not the file alone: a dead job can leave "running"
     if state not in ("stopped", "failed", "interrupted"):
-        raise gr.Error(f"Run {run_id} is {state}; only stopped, failed or interrupted runs can be resumed.")
+        raise gr.Error(f'Run "{run.name}" is {state}; only stopped, failed or interrupted runs can be resumed.')
     try:
         ctx.slot.start(resume_run=run)
     except Busy as exc:
         raise gr.Error(str(exc)) from exc
     return run.id
+
+
+def rename_run(run_id, name, who: Visitor | None = None) -> str:
+    """Give a run a new human name (its owner or an admin); returns the name as saved. A bad
+    name is a gr.Error that names the field."""
+    run = open_run(run_id, "Pick a run to rename in 'Open run'.", visitor=who, change="rename")
+    try:
+        return run.rename(name)
+    except RunError as exc:
+        raise gr.Error(str(exc)) from None
 
 
 def delete_run(ctx: AppContext, run_id, who: Visitor | None = None) -> str:
@@ -124,7 +148,7 @@ def delete_run(ctx: AppContext, run_id, who: Visitor | None = None) -> str:
     run = open_run(run_id, visitor=who, change="delete")
     job = ctx.slot.active()
     if job is not None and job.run.id == run.id:
-        raise gr.Error(f"Run {run.id} is training: stop it first.")
+        raise gr.Error(f'Run "{run.name}" is training: stop it first.')
     trash = run.path.with_name(f".deleted-{run.id}-{secrets.token_hex(4)}")
     run.path.rename(trash)
     shutil.rmtree(trash, ignore_errors=True)
@@ -138,49 +162,8 @@ def showcase_run(run_id, on: bool, who: Visitor | None = None) -> str:
         set_showcase(run.path, who or Visitor(), bool(on))
     except AccessError as exc:
         raise gr.Error(str(exc)) from None
-    return (f"Run {run.id} is now a showcase: every visitor can open it, chat with it and vote."
-            if on else f"Run {run.id} is no longer shared.")
-
-
-def model_choices() -> list[tuple[str, str]]:
-    """(label, value) of the picker: the bundled model, then the catalogue models this
-    deployment allows (its allow-list and parameter ceiling)."""
-    bundled = next(e for e in ENTRIES if e.hub_id == BUNDLED_HUB_ID)
-    choices = [(bundled.label.replace(bundled.name, BUNDLED_LABEL) + " · offline", BUNDLED)]
-    allow, ceiling = allowed_hub_ids(), max_params_b()
-    choices += [(e.label, e.hub_id) for e in ENTRIES
-                if (allow is None or e.hub_id in allow) and (ceiling is None or e.params_b <= ceiling)]
-    return choices
-
-
-def model_facts_line(facts: memory.ModelFacts) -> str:
-    """The note's first line: the catalogue's label of the model, or its size, context and architecture."""
-    if facts.entry is not None:
-        name = BUNDLED_LABEL if facts.source == BUNDLED else facts.entry.hub_id
-        line = facts.entry.label.replace(facts.entry.name, f"**{name}**", 1)
-        return line + (" (accept its licence on the Hub first)" if facts.entry.gated else "")
-    context = f" · {facts.context // 1024}k context" if facts.context >= 1024 else ""
-    return (f"**{facts.source}** · {facts.params_b:.2f}B params{context} · {facts.architecture or '?'} "
-            f"(from its {facts.origin})")
-
-
-def memory_markdown(values: dict[str, Any]) -> str:
-    """The note beside the picker: the model's facts, the estimate and, unless it fits,
-    settings that would (re-estimated). Problems are shown, never raised: it follows every edit."""
-    try:
-        cfg = config_from_values({k: v for k, v in values.items() if k in ESTIMATE_FIELDS})
-        a = memory.assess(cfg)
-    except (gr.Error, StudioError) as exc:  # a bug is not a note: it reaches the page as an internal error
-        return f"⚠ {getattr(exc, 'message', None) or exc}"
-    e = a.estimate
-    lines = [model_facts_line(a.facts), f"Estimated peak {e.memory_kind} {e.total / memory.GB:.1f} GB of "
-             f"{a.available / memory.GB:.1f} GB available: **{a.verdict}** ({a.breakdown()})."]
-    if a.facts.problem:
-        lines.append(f"⚠ {a.facts.problem}")
-    if a.suggestions:
-        lines.append("Settings that would fit:\n" + "\n".join(f"- {t.text}: {t.total / memory.GB:.1f} GB"
-                                                             for t in a.suggestions))
-    return "\n\n".join(lines)
+    return (f'Run "{run.name}" is now a showcase: every visitor can open it, chat with it and vote.'
+            if on else f'Run "{run.name}" is no longer shared.')
 
 
 def stop_training(ctx: AppContext, who: Visitor | None = None) -> bool:
@@ -193,15 +176,6 @@ def stop_training(ctx: AppContext, who: Visitor | None = None) -> bool:
     except AccessError as exc:
         raise gr.Error(str(exc)) from None
     return ctx.slot.stop()
-
-
-def precision_note(policy) -> str:
-    """Why training uses the precision it does on this device (shown at the top of the tab)."""
-    if policy.device != "cpu":
-        return "Precision float32 turns half precision off"
-    if policy.dtype == "bfloat16":
-        return "this CPU has bf16 matrix instructions: the frozen base weights are held in bf16, the adapter in float32"
-    return "this CPU has no bf16 matrix instructions, where bf16 is many times slower than float32"
 
 
 def cli_text(cfg: RunConfig) -> str:
@@ -226,8 +200,7 @@ def config_from_yaml_file(path: str) -> RunConfig:
 # -- layout and wiring ---------------------------------------------------------
 def build(ctx: AppContext, shared: Shared) -> TrainParts:
     """Build the Train tab inside the caller's `gr.Tab`; reads shared.data_state, writes shared.run_state."""
-    policy = training_policy()
-    gr.Markdown(f"LoRA training runs on **{policy.describe()}** ({precision_note(policy)}).")
+    gr.Markdown(device_note(training_policy()), elem_id="train-device")
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
@@ -248,6 +221,9 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
                 widgets.update(build_config_widgets(("data",), start_cfg, only=("max_train_rows",)))
             force = gr.Checkbox(False, label=TRAIN_ANYWAY, elem_id="train-anyway",
                                 info="Start a run even when the estimate says it will not fit.")
+            run_name = gr.Textbox(label="Run name", placeholder=default_name_for(None, preset.value),
+                                  info="How the run is listed everywhere; empty: dataset · preset · day and time.",
+                                  max_length=80, elem_id="run-name")
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-button")
@@ -262,29 +238,39 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
                                height=260, elem_id="loss-plot")
             log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="run-log")
             with gr.Accordion("Runs", open=True):
-                runs = gr.Dataframe(runs_table(), interactive=False, wrap=True, elem_id="runs-table")
+                # filled per visitor when the page loads (only the runs they may see)
+                runs = gr.Dataframe(runs_table(nobody=True), interactive=False, wrap=True,
+                                    column_widths=COLUMN_WIDTHS, elem_id="runs-table")
                 with gr.Row():
-                    # custom values allowed: runs made after page load; get_run() checks every id
-                    pick = gr.Dropdown(label="Open run", choices=run_ids(), elem_id="run-pick",
-                                       allow_custom_value=True)
+                    # label: the run's name and time, value: its id; custom values allowed (an id typed
+                    # or a run made after the last refresh): get_run() checks every id
+                    pick = gr.Dropdown(label="Open run", choices=[], elem_id="run-pick", allow_custom_value=True,
+                                       scale=3)
+                    new_name = gr.Textbox(label="New name for the selected run", elem_id="rename-box", scale=2,
+                                          max_length=80)
+                with gr.Row():
                     resume_btn = gr.Button("Resume selected run", size="sm")
+                    rename_btn = gr.Button("Rename selected run", size="sm", elem_id="rename-button")
                     delete_btn = gr.Button("Delete selected run", size="sm", variant="stop", elem_id="delete-run")
                 showcase = gr.Checkbox(False, label="Showcase: every visitor may open, chat with and vote on the "
                                        "selected run (admins only)", visible=bool(admins()))
     timer = gr.Timer(1.0)
     seen = gr.State(None)  # per page: the file stamps of what it last received
     inputs = set(widgets.values()) | {shared.data_state}
+    watch_inputs = [pick, seen, shared.run_state]
+    watch_outputs = [title, bar, plot, log, runs, pick, seen]
     estimate_inputs = {widgets[name] for name in ESTIMATE_FIELDS if name in widgets}
 
     @shows_errors
     def on_train(raw: dict, request: gr.Request):
         require_user(request)
         who = visitor(request)
-        cfg = build_config(named_values(widgets, raw), raw[shared.data_state])
-        run_id = start_training(ctx, cfg, label=(raw[shared.data_state] or {}).get("name", ""), who=who,
-                                force=bool(raw[force]))
-        gr.Info(f"Training started: {run_id}")
-        return run_id, gr.update(choices=run_ids(who), value=run_id)
+        data_state = raw[shared.data_state]
+        cfg = build_config(named_values(widgets, raw), data_state)
+        run_id = start_training(ctx, cfg, label=(data_state or {}).get("name", ""), who=who, force=bool(raw[force]),
+                                name=chosen_run_name(raw[run_name], data_state, raw[preset]))
+        gr.Info(f'Training started: "{open_run(run_id, visitor=who).name}".')
+        return run_id, gr.update(choices=run_picks(who), value=run_id), ""  # the next run: a new default name
 
     @shows_errors
     def on_stop(request: gr.Request):
@@ -305,8 +291,17 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
         if not run_id:
             return gr.skip(), gr.skip()
         who = visitor(request)
-        gr.Info(f"Deleted run {delete_run(ctx, run_id, who)}.")
-        return gr.update(choices=run_ids(who), value=None), ""
+        name = open_run(run_id, visitor=who).name
+        delete_run(ctx, run_id, who)
+        gr.Info(f'Deleted run "{name}".')
+        return gr.update(choices=run_picks(who), value=None), ""
+
+    @shows_errors
+    def on_rename(run_id, name, request: gr.Request):
+        require_user(request)
+        who = visitor(request)
+        gr.Info(f'Renamed: "{rename_run(run_id, name, who)}".')
+        return gr.update(choices=run_picks(who), value=run_id), ""
 
     @shows_errors
     def on_showcase(run_id, on, request: gr.Request):
@@ -316,21 +311,25 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
         gr.Info(showcase_run(run_id, on, visitor(request)))
 
     @shows_errors
-    def on_tick(selected: str | None, last: dict | None, request: gr.Request):
+    def on_tick(selected: str | None, last: dict | None, session: str | None, request: gr.Request):
         who = visitor(request)
         if last and last.get("who") != who.key:
             last = None  # another identity on this page (signed in or out): send everything again
-        view, table, stamps = tick(watched_run_id(ctx, selected, who), last, who)
+        view, table, stamps = tick(watched_run_id(ctx, selected, who, session), last, who)
         stamps["who"] = who.key
         view = view if view is not None else (gr.skip(),) * 4
         if table is None:
             return (*view, gr.skip(), gr.skip(), stamps)
         # the runs changed: the "Open run" list follows (only this visitor's runs)
-        return (*view, table, gr.update(choices=run_ids(who)), stamps)
+        return (*view, table, gr.update(choices=run_picks(who)), stamps)
 
     @shows_errors
     def on_pick(run_id: str | None):
         return run_id if isinstance(run_id, str) else ""
+
+    @shows_errors
+    def on_name_hint(data_state, preset_name):
+        return gr.update(placeholder=default_name_for(data_state, preset_name))
 
     @shows_errors
     def on_preset(raw: dict):
@@ -353,17 +352,21 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
     def on_estimate(raw: dict):
         return memory_markdown(named_values(widgets, raw))
 
-    train_btn.click(on_train, inputs | {force}, [shared.run_state, pick], api_name="train")
+    train_btn.click(on_train, inputs | {force, run_name, preset}, [shared.run_state, pick, run_name], api_name="train")
     for widget in estimate_inputs:  # a preset or run.yaml changes them too: .change covers both
         widget.change(on_estimate, estimate_inputs, memory_note, show_progress="hidden", queue=False)
     stop_btn.click(on_stop, None, None, api_name="train_stop")
     resume_btn.click(on_resume, pick, shared.run_state, api_name="train_resume")
-    # the browser asks first; a cancelled confirm sends no id, and nothing is deleted
-    delete_btn.click(on_delete, pick, [pick, shared.run_state], api_name="train_delete",
-                     js="(run_id) => (run_id && confirm('Delete run ' + run_id + ' for good?')) ? run_id : ''")
+    delete_btn.click(on_delete, pick, [pick, shared.run_state], api_name="train_delete", js=CONFIRM_DELETE_JS)
+    rename_btn.click(on_rename, [pick, new_name], [pick, new_name], api_name="train_rename")
     showcase.input(on_showcase, [pick, showcase], None, api_name="run_showcase")
-    timer.tick(on_tick, [pick, seen], [title, bar, plot, log, runs, pick, seen], show_progress="hidden",
-               queue=False)
+    timer.tick(on_tick, watch_inputs, watch_outputs, show_progress="hidden", queue=False)
+    shared.blocks.load(on_tick, watch_inputs, watch_outputs, show_progress="hidden", queue=False,
+                       api_visibility="private")
+    log.change(None, None, None, js=FOLLOW_LOG_JS)  # the newest log line stays in sight
+    shared.tabs.select(None, None, None, js=FOLLOW_LOG_JS)  # a log filled while its tab was hidden
+    for source in (shared.data_state, preset):  # the "Run name" box shows the name it would default to
+        source.change(on_name_hint, [shared.data_state, preset], run_name, show_progress="hidden", queue=False)
     pick.change(on_pick, pick, shared.run_state, queue=False)
     apply_btn.click(on_preset, {preset} | set(widgets.values()), list(widgets.values()))
     cli_btn.click(on_cli, inputs, cli_box)
@@ -372,4 +375,4 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
 
 
 __all__ = ["build", "build_config", "start_training", "check_memory", "memory_markdown", "model_choices",
-           "resume_training", "cli_text", "config_from_yaml_file"]
+           "resume_training", "rename_run", "delete_run", "cli_text", "config_from_yaml_file"]

@@ -16,7 +16,7 @@ import gradio as gr
 
 from finetune_core.config import ConfigError, RunConfig, coerce, field_info
 from finetune_core.runs.ownership import AccessError, Visitor, require_change, require_view, visible_runs
-from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
+from finetune_core.runs.store import RUN_ID_RE, Run, RunError, default_run_name, get_run
 
 from .context import AppContext
 
@@ -170,5 +170,31 @@ def progress_html(step: int, total: int, state: str, eta: float | None) -> str:
     )
 
 
+MARKDOWN_SPECIAL = set("\\`*_{}[]()<>#+-.!|~&")
+
+
+def run_name_md(name: str) -> str:
+    r"""A run's name as literal Markdown: what Markdown would read as formatting or HTML is escaped.
+
+    >>> print(run_name_md("**big** <b>run</b>"))
+    \*\*big\*\* \<b\>run\</b\>
+    """
+    return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in str(name))
+
+
+def default_name_for(data_state: dict | None, preset: str | None = None, when: float | None = None) -> str:
+    """The name a run started now gets when its "Run name" box is left empty: the Data tab's
+    dataset, the preset and the day and time (finetune_core/runs/store.py default_run_name)."""
+    data = (data_state or {}).get("name") or ((data_state or {}).get("mapping") or {}).get("data_path") or ""
+    return default_run_name(str(data).rsplit("/", 1)[-1], preset if isinstance(preset, str) else "", when)
+
+
+def chosen_run_name(typed: Any, data_state: dict | None, preset: str | None = None) -> str:
+    """The "Run name" box as typed, or the default name (`default_name_for`) when it is empty;
+    checking it is left to start_training, so a bad name is refused with the field named."""
+    return typed if isinstance(typed, str) and typed.strip() else default_name_for(data_state, preset)
+
+
 __all__ = ["coerce", "build_config_widgets", "config_from_values", "named_values", "widget_updates",
-           "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run", "with_ctx"]
+           "progress_html", "fmt_seconds", "label_for", "pick_run", "open_run", "with_ctx",
+           "run_name_md", "default_name_for", "chosen_run_name"]
