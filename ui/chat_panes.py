@@ -19,14 +19,15 @@ def session_of(value) -> chat.ChatSession:
 
 def pane_labels(blind: bool) -> tuple[str, str]:
     """(left, right) pane labels: the models' roles, or neutral letters in blind mode."""
-    return ("A", "B") if blind else ("Base", "Tuned")
+    return ("Model A", "Model B") if blind else ("Base", "Tuned")
 
 
 def panes_with(session: chat.ChatSession, message: str) -> tuple[list[dict], list[dict]]:
-    """Both panes plus a user message not yet part of the conversation (sent, not answered)."""
+    """Both panes plus a user message not yet part of the conversation (sent, not answered),
+    as each side will get it (wrapped in its run's template when wrapping is on)."""
     left, right = chat.panes(session)
-    user = {"role": "user", "content": message}
-    return left + [user], right + [dict(user)]
+    base_user, tuned_user = chat.user_turns(session, message)
+    return left + [base_user], right + [tuned_user]
 
 
 def chatbots(session: chat.ChatSession):

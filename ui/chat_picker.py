@@ -1,74 +1,89 @@
 """The Chat tab's model picker: which model is offered and selected, and what a change resets.
 
-The picker follows the run shared between tabs (the session's run), is
-refreshed on page load and on demand, and a new model starts a new
-conversation with that run's held-out prompts as examples.
+The picker selects the latest run (with an adapter) this visitor may see, on
+page load, on reload and when the tab is opened, unless the visitor picked
+another model on this page (`default_choice`); the run shared between tabs
+(trained or picked elsewhere in this session) comes before the latest. A new
+model starts a new conversation with that run's held-out prompts as chips and
+its prompt-template settings.
 """
 from __future__ import annotations
 
 import gradio as gr
 
 from finetune_core.inference import chat
-from finetune_core.runs.ownership import Visitor
 
 from .access import visitor
-from .chat_models import RUN_PREFIX, default_choice, examples_for, run_choices
+from .chat_models import RUN_PREFIX, default_choice, run_choices
 from .chat_panes import chatbots, session_of
+from .chat_prompts import chips, examples_for, prompt_controls
 from .chat_send import status_line
 from .chat_votes import run_tally
 from .context import AppContext
 from .errors import shows_errors
 
 
-@shows_errors
-def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None, request: gr.Request = None):
-    """Refresh button: the run dropdown with a fresh list, keeping the shared run or the current pick when offered."""
+def choose(ctx: AppContext, run_id, picked=None, current=None, request: gr.Request | None = None) -> gr.Dropdown:
+    """The picker with a fresh list of what this visitor may chat with, and its selection (see default_choice)."""
     choices = run_choices(ctx.settings.default_model, visitor(request))
-    return gr.Dropdown(choices=choices, value=default_choice(choices, run_id, current))
+    return gr.Dropdown(choices=choices, value=default_choice(choices, run_id, picked, current))
 
 
-@shows_errors
-def on_load(ctx: AppContext, run_id: str | None, current: str | None, request: gr.Request = None):
-    """Page (re)load: fresh run list, the shared run preselected, its example prompts."""
+def model_view(ctx: AppContext, key, blind: bool = False, request: gr.Request | None = None) -> tuple:
+    """What follows the chosen model: (chips, their prompts, wrap checkbox, single-turn checkbox,
+    template note, status line, tally)."""
     who = visitor(request)
-    choices, value = _followed(ctx, run_id, current, who)
-    samples = examples_for(value or "", who)
-    return (gr.Dropdown(choices=choices, value=value), gr.Dataset(samples=samples or [[""]], visible=bool(samples)),
-            status_line(ctx, value or ""), run_tally(value, request))
-
-
-def _followed(ctx: AppContext, run_id: str | None, current: str | None,
-              who: Visitor | None = None) -> tuple[list, str]:
-    """Choices, and the shared run when it has an adapter (else the current pick, else the first)."""
-    choices = run_choices(ctx.settings.default_model, who)
-    values = [v for _, v in choices]
-    value = RUN_PREFIX + run_id if run_id and RUN_PREFIX + run_id in values else current
-    return choices, value if value in values else choices[0][1]
+    key = key if isinstance(key, str) else ""
+    examples = examples_for(key, who)
+    return (chips(examples, key, who), examples, *prompt_controls(key, who, blind),
+            status_line(ctx, key, blind=blind), run_tally(key, request, blind))
 
 
 @shows_errors
-def follow_shared_run(ctx: AppContext, run_id: str | None, current: str | None, request: gr.Request = None):
-    """Another tab selected a run: pick it here too when it has an adapter."""
-    choices, value = _followed(ctx, run_id, current, visitor(request))
-    return gr.Dropdown(choices=choices, value=value)
+def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None, request: gr.Request = None,
+                 picked=None):
+    """Refresh button: a fresh list, keeping the visitor's pick (else the shared run, else the latest run)."""
+    return choose(ctx, run_id, picked, current if picked is None else None, request)
 
 
 @shows_errors
-def change_model(ctx: AppContext, state, key: str, request: gr.Request = None):
-    """A new model means a new conversation (each history belongs to its model)."""
+def on_load(ctx: AppContext, run_id: str | None, current: str | None = None, request: gr.Request = None):
+    """Page (re)load: a fresh list with the shared run or the latest run selected, and what follows it.
+    `current` (the value the page was built with) is not kept: a new page has picked nothing yet."""
+    dropdown = choose(ctx, run_id, "", None, request)
+    return (dropdown, *model_view(ctx, dropdown.value, False, request))
+
+
+@shows_errors
+def follow_shared_run(ctx: AppContext, run_id: str | None, current: str | None, request: gr.Request = None,
+                      picked: str | None = None):
+    """The tab was opened, or another tab (or the guided demo) selected a run: a fresh list with the
+    visitor's own pick kept, else the shared run, else the latest run. `picked` is the key the visitor
+    chose here ("" for none); without it, a run in `current` is kept as if picked."""
+    return choose(ctx, run_id, picked, current if picked is None else None, request)
+
+
+@shows_errors
+def follow_new_shared_run(ctx: AppContext, run_id: str | None, current: str | None = None,
+                          request: gr.Request = None):
+    """The session's shared run changed (trained, or picked in another tab): it is the newer wish,
+    so it replaces the visitor's earlier pick here (`current` included). Returns (picker, pick)."""
+    return choose(ctx, run_id, "", None, request), ""
+
+
+@shows_errors
+def remember_pick(key):
+    """The visitor chose a model in the picker: keep it as their pick, and share a run with the
+    other tabs as Evaluate and Export do. Returns (pick, shared run)."""
+    key = key if isinstance(key, str) else ""
+    return key, key[len(RUN_PREFIX):] if key.startswith(RUN_PREFIX) else gr.skip()
+
+
+@shows_errors
+def change_model(ctx: AppContext, state, key: str, blind: bool = False, request: gr.Request = None):
+    """A new model means a new conversation (each history belongs to its model) and its own chips,
+    template settings, status and tally."""
     session = session_of(state)
     chat.clear(session)
     left, right = chatbots(session)
-    key = key if isinstance(key, str) else ""
-    samples = examples_for(key, visitor(request))
-    examples = gr.Dataset(samples=samples or [[""]], visible=bool(samples))
-    return (session, left, right, examples, gr.Row(visible=False), status_line(ctx, key or ""),
-            run_tally(key, request))
-
-
-@shows_errors
-def pick_example(sample) -> str:
-    """A Dataset click gives the row's values: one prompt."""
-    if isinstance(sample, (list, tuple)):
-        return str(sample[0]) if sample else ""
-    return str(sample or "")
+    return (session, left, right, gr.Row(visible=False), *model_view(ctx, key, bool(blind), request))

@@ -18,6 +18,7 @@ from finetune_core.limits import limits
 from .access import visitor
 from .chat_models import BASE_PREFIX, RUN_PREFIX, check_model_key, key_run
 from .chat_panes import chatbots, panes_with, session_of
+from .chat_prompts import side_templates
 from .context import AppContext
 from .errors import page_error, shows_errors
 
@@ -31,14 +32,19 @@ def gpu_busy_message(ctx: AppContext) -> str:
             "It resumes when the run finishes or is stopped (Train tab).")
 
 
-def status_line(ctx: AppContext, key: str, extra: str = "") -> str:
-    """The line under the picker: whom the visitor chats with, and why answers are paused or slow."""
+def status_line(ctx: AppContext, key: str, extra: str = "", blind: bool = False) -> str:
+    """The line under the picker: whom the visitor chats with (in blind mode only that the sides
+    are hidden), and why answers are paused or slow."""
     busy = gpu_busy_message(ctx)
     if busy:
         return f"⏳ {busy}"
     if ctx.slot.active() is not None:
         extra = (extra + " " if extra else "") + "A training job is running on the CPU: answers come slower."
-    who = "base model only" if key.startswith(BASE_PREFIX) else f"run `{key[len(RUN_PREFIX):]}`"
+    if blind:
+        return (f"Blind A/B: Model A and Model B answer each message, on sides drawn at random each turn; "
+                f"which is which is shown after your vote. {extra}").strip()
+    run = key_run(key) if isinstance(key, str) else None
+    who = f"run “{run.name}”" if run is not None else "the base model only"
     return f"Chatting with {who}. {extra}".strip()
 
 
@@ -79,11 +85,12 @@ def admit_turn(ctx: AppContext, session: chat.ChatSession, key: str, message: st
 
 @shows_errors
 def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool, system: str | None = None,
-               max_new_tokens=None, request: gr.Request = None):
+               max_new_tokens=None, request: gr.Request = None, wrap: bool = False, single_turn: bool = False):
     """Fast first step of a send: check, show the user message, clear the box.
     The message travels to the streaming step through a State; the turn is admitted
     here (limits, one generation slot of the visitor's) and never reaches the queue
-    when refused."""
+    when refused. `wrap` puts the message in the run's prompt template on both sides;
+    `single_turn` sends it without the earlier turns."""
     message = clean_text(message).strip()  # a lone surrogate cannot be sent back to the page
     if not message:
         raise gr.Error("Type a message first.")
@@ -99,6 +106,8 @@ def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool, syst
     message = admit_turn(ctx, session, key, message, system, max_new_tokens, request)
     chat.arm_cancel(session)  # armed at click time: Stop while queued still cancels this turn
     chat.set_blind(session, blind)
+    session.base_template, session.tuned_template = side_templates(key, bool(wrap), visitor(request))
+    session.single_turn = bool(single_turn)
     left, right = panes_with(session, message)
     return session, "", message, left, right, gr.Row(visible=False)
 
@@ -116,7 +125,7 @@ def stream_reply(ctx: AppContext, state, message: str, key: str, system: str,
     if ticket is None or ticket.model != key or not ticket.claim() or not message:
         if ticket is not None:
             ticket.release()
-        yield *chat.panes(session), status_line(ctx, key), gr.Row(visible=False)
+        yield *chat.panes(session), status_line(ctx, key, blind=session.blind), gr.Row(visible=False)
         return
     try:
         yield from _reply(ctx, session, message, key, system, temperature, top_p, max_new_tokens, seed)
@@ -139,11 +148,11 @@ def _reply(ctx: AppContext, session: chat.ChatSession, message: str, key: str, s
     try:  # the system prompt box is read again here: check it before anything is loaded
         message, system = check_chat_request(message, system, max_new_tokens)
     except StudioError as exc:
-        yield *chat.panes(session), status_line(ctx, key), gr.skip()  # take down the unsent message
+        yield *chat.panes(session), status_line(ctx, key, blind=session.blind), gr.skip()  # take down the unsent message
         raise gr.Error(str(exc)) from None
     session.system_prompt = system
     if session.cancel.is_set():  # Stop was pressed while the turn waited in the queue
-        yield *chat.panes(session), status_line(ctx, key, "Stopped before it started."), gr.skip()
+        yield *chat.panes(session), status_line(ctx, key, "Stopped before it started.", session.blind), gr.skip()
         return
     busy = gpu_busy_message(ctx)  # the job may have started while this turn was queued
     if busy:
@@ -165,10 +174,11 @@ def _reply(ctx: AppContext, session: chat.ChatSession, message: str, key: str, s
         failure = page_error(exc, "chat generation")
     if failure is not None:
         left, right = chat.panes(session)  # the failed turn was rolled back: show that
-        yield left, right, status_line(ctx, key), gr.skip()
+        yield left, right, status_line(ctx, key, blind=session.blind), gr.skip()
         raise failure
     left, right = chat.panes(session)
-    yield left, right, status_line(ctx, key, _context_note(session)), gr.Row(visible=session.pending is not None)
+    done = status_line(ctx, key, _context_note(session), session.blind)
+    yield left, right, done, gr.Row(visible=session.pending is not None)
 
 
 @shows_errors

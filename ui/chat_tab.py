@@ -6,9 +6,10 @@ hides which pane is which, collects votes, shows the tuned win rate and
 exports the votes as DPO preference pairs. All conversation state is a
 `finetune_core.inference.chat.ChatSession` in a per-browser `gr.State`. The
 handlers are plain functions (tests call them directly), one module per
-concept: chat_picker (the model picker), chat_send (a turn), chat_votes
-(blind A/B), chat_panes (the panes); this module lays the tab out and wires it,
-and re-exports the handlers under their old names.
+concept: chat_picker (the model picker), chat_prompts (the run's prompt
+template, single turn, example chips), chat_send (a turn), chat_votes (blind
+A/B), chat_panes (the panes); this module lays the tab out and wires it, and
+re-exports the handlers under their old names.
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import gradio as gr
 
 from finetune_core.limits import limits
 
-from .chat_models import check_model_key, default_choice, examples_for, run_choices
-from .chat_picker import change_model, follow_shared_run, on_load, pick_example, refresh_runs
+from .chat_models import check_model_key, default_choice, run_choices
+from .chat_picker import (change_model, follow_new_shared_run, follow_shared_run, on_load, refresh_runs,
+                          remember_pick)
+from .chat_prompts import SINGLE_LABEL, WRAP_LABEL, examples_for, pick_example
 from .chat_send import (admit_turn, begin_send, clear_chat, gpu_busy_message, status_line, stop_chat,
                         stream_reply)
-from .chat_votes import VOTE_LABELS, cast_vote, export_votes, run_tally, toggle_blind
+from .chat_votes import INTRO, VOTE_LABELS, cast_vote, export_votes, run_tally, toggle_blind
 from .context import GPU_QUEUE, AppContext, ChatParts, Shared
 from .widgets import with_ctx
 
@@ -36,17 +39,21 @@ __all__ = ["build", "follow_shared_run", "on_load", "refresh_runs", "change_mode
 def build(ctx: AppContext, shared: Shared) -> ChatParts:
     """Build the Chat tab inside the caller's `gr.Tab`; its model picker follows shared.run_state."""
     choices = run_choices(ctx.settings.default_model)
-    first = default_choice(choices, shared.run_state.value)
-    session_state = gr.State(None)
-    message_state = gr.State("")
+    first = default_choice(choices, shared.run_state.value)  # the first paint; each page load picks again
+    session_state, message_state = gr.State(None), gr.State("")
+    picked_state = gr.State("")  # the model the visitor chose here ("" until they do): kept over the latest run
+    examples_state = gr.State([])  # the chips' [whole prompt, typed text] pairs, filled per visitor on load
 
-    gr.Markdown("Send one message to the base model (left) and the tuned model (right); both answer "
-                "token by token. Blind A/B mode hides which is which so you can vote fairly.")
+    intro = gr.Markdown(INTRO, elem_id="chat-intro")
     with gr.Row():
-        run_dd = gr.Dropdown(choices=choices, value=first, label="Model", scale=4)
+        run_dd = gr.Dropdown(choices=choices, value=first, label="Model", scale=4, elem_id="chat-model")
         refresh = gr.Button("↻ Refresh runs", scale=1)
-        blind = gr.Checkbox(value=False, label="Blind A/B mode", scale=1)
-    status = gr.Markdown(status_line(ctx, first))
+        blind = gr.Checkbox(value=False, label="Blind A/B mode", scale=1, elem_id="chat-blind")
+    with gr.Row():
+        wrap = gr.Checkbox(value=False, visible=False, label=WRAP_LABEL, elem_id="chat-wrap")
+        single = gr.Checkbox(value=False, label=SINGLE_LABEL, elem_id="chat-single")
+    note = gr.Markdown(visible=False, elem_id="chat-template-note")
+    status = gr.Markdown(status_line(ctx, first), elem_id="chat-status")
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", lines=2, placeholder="Optional, e.g. 'Answer in one sentence.'")
         with gr.Row():
@@ -58,43 +65,46 @@ def build(ctx: AppContext, shared: Shared) -> ChatParts:
     with gr.Row(equal_height=True):
         left = gr.Chatbot(label="Base", height=420, elem_id="chat-left")
         right = gr.Chatbot(label="Tuned", height=420, elem_id="chat-right")
-    with gr.Row(visible=False) as vote_row:
-        vote_buttons = {c: gr.Button(label) for c, label in VOTE_LABELS.items()}
+    with gr.Row(visible=False, elem_id="chat-votes") as vote_row:
+        vote_buttons = {c: gr.Button(label, elem_id=f"chat-vote-{c}") for c, label in VOTE_LABELS.items()}
     with gr.Row():
         message = gr.Textbox(show_label=False, placeholder="Message both models...", scale=6, lines=1,
                              elem_id="chat-input")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         stop = gr.Button("Stop", variant="stop", scale=1)
         clear_btn = gr.Button("Clear", scale=1)
-    samples = examples_for(first)
-    examples = gr.Dataset(components=[message], samples=samples or [[""]], label="Held-out prompts (click to send)",
-                          visible=bool(samples))
+    examples = gr.Dataset(components=[message], samples=[[""]], type="index", visible=False,
+                          label="Held-out prompts (click to send)", elem_id="chat-examples")
     with gr.Row():
-        tally_md = gr.Markdown(run_tally(first))
+        tally_md = gr.Markdown(run_tally(first), elem_id="chat-tally")
         export_btn = gr.Button("Export votes (JSONL)", scale=0)
     export_file = gr.File(label="Preference pairs", interactive=False)
 
     bound = functools.partial
     private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API
-    begin = dict(fn=with_ctx(begin_send, ctx), inputs=[session_state, message, run_dd, blind, system, max_new],
+    begin = dict(fn=with_ctx(begin_send, ctx),
+                 inputs=[session_state, message, run_dd, blind, system, max_new, wrap, single],
                  outputs=[session_state, message, message_state, left, right, vote_row])
     reply = dict(fn=with_ctx(stream_reply, ctx),
                  inputs=[session_state, message_state, run_dd, system, temperature, top_p, max_new, seed],
                  outputs=[left, right, status, vote_row], concurrency_id=GPU_QUEUE, concurrency_limit=1,
                  show_progress="minimal")
     gr.on([send.click, message.submit], **begin, api_name="chat_send").success(**reply, api_name="chat_stream")
-    examples.click(pick_example, [examples], [message], **private).then(**begin, **private).success(
-        **reply, **private)
+    examples.click(pick_example, [examples, examples_state, wrap], [message], **private).then(
+        **begin, **private).success(**reply, **private)
     stop.click(stop_chat, [session_state], None, concurrency_limit=None, api_name="chat_stop")
     clear_btn.click(clear_chat, [session_state], [session_state, left, right, vote_row], api_name="chat_clear")
-    blind.change(toggle_blind, [session_state, blind], [session_state, left, right, vote_row], **private)
-    run_dd.change(with_ctx(change_model, ctx), [session_state, run_dd],
-                  [session_state, left, right, examples, vote_row, status, tally_md], **private)
+    blind.change(with_ctx(toggle_blind, ctx), [session_state, blind, run_dd],
+                 [session_state, left, right, vote_row, intro, status, note, tally_md, run_dd], **private)
+    view = [examples, examples_state, wrap, single, note, status, tally_md]  # what follows the chosen model
+    run_dd.change(with_ctx(change_model, ctx), [session_state, run_dd, blind],
+                  [session_state, left, right, vote_row, *view], **private)
     run_state = shared.run_state
-    refresh.click(with_ctx(refresh_runs, ctx), [run_dd, run_state], [run_dd], **private)
-    run_state.change(with_ctx(follow_shared_run, ctx), [run_state, run_dd], [run_dd], **private)
-    # refresh the run list on each page load
-    shared.blocks.load(with_ctx(on_load, ctx), [run_state, run_dd], [run_dd, examples, status, tally_md], **private)
+    run_dd.input(remember_pick, [run_dd], [picked_state, run_state], **private)
+    refresh.click(with_ctx(refresh_runs, ctx), [run_dd, run_state, picked_state], [run_dd], **private)
+    run_state.change(with_ctx(follow_new_shared_run, ctx), [run_state, run_dd], [run_dd, picked_state], **private)
+    # each page load: a fresh run list, the latest run selected (a new visitor or a reload picked nothing yet)
+    shared.blocks.load(with_ctx(on_load, ctx), [run_state, run_dd], [run_dd, *view], **private)
     for choice, button in vote_buttons.items():
         button.click(bound(cast_vote, choice=choice), [session_state],
                      [session_state, tally_md, vote_row, status], api_name=f"chat_vote_{choice}")

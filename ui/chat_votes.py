@@ -13,48 +13,84 @@ from finetune_core.inference.votes import load_votes
 from finetune_core.retention import fresh_folder, gradio_cache_dir
 
 from .access import visitor
-from .chat_models import key_run
+from .chat_models import RUN_PREFIX, key_run, run_choices
 from .chat_panes import chatbots, session_of
+from .chat_prompts import template_for, template_note
+from .chat_send import status_line
+from .context import AppContext
 from .errors import shows_errors
 
-VOTE_LABELS = {"left": "👈 Left is better", "right": "Right is better 👉", "tie": "🤝 Tie", "both_bad": "👎 Both bad"}
+# Plain words: emoji render as empty boxes where no emoji font is installed (many servers, Spaces).
+VOTE_LABELS = {"left": "A is better", "tie": "Tie", "right": "B is better", "both_bad": "Both bad"}
+INTRO = ("Send one message to the base model (left) and the tuned model (right); both answer "
+         "token by token. Blind A/B mode hides which is which so you can vote fairly.")
+BLIND_INTRO = ("**Blind A/B mode.** Two models answer each message as Model A and Model B, on sides drawn at "
+               "random each turn. Vote for the better answer; after your vote you see which model wrote which.")
 
 
-def tally_markdown(votes: list[dict]) -> str:
-    """The tally line under the panes: the tuned win rate and the counts per winner."""
+def tally_markdown(votes: list[dict], blind: bool = False) -> str:
+    """The tally line under the panes: the tuned win rate and the counts per winner; in blind mode
+    only how many votes there are (the counts name the models)."""
     t = chat.tally(votes)
     if not t["votes"]:
         return "No votes yet. Turn on blind A/B mode, chat, and vote after each answer."
+    if blind:
+        return f"{t['votes']} blind vote(s) saved with this run. The win rate is shown after your vote."
     rate = "n/a" if t["tuned_win_rate"] is None else f"{100 * t['tuned_win_rate']:.0f}%"
     return (f"**Tuned win rate: {rate}** over {t['tuned'] + t['base']} decided votes — "
             f"tuned {t['tuned']} · base {t['base']} · tie {t['tie']} · both bad {t['both_bad']}")
 
 
-def run_tally(key, request: gr.Request | None = None) -> str:
+def run_tally(key, request: gr.Request | None = None, blind: bool = False) -> str:
     """The tally of the chosen run's saved votes (votes.jsonl): what a reloaded page shows."""
     run = key_run(key, visitor(request))
-    return tally_markdown(load_votes(run)[0] if run is not None else [])
+    return tally_markdown(load_votes(run)[0] if run is not None else [], blind)
+
+
+def _blind_model(ctx: AppContext, key, blind: bool, request: gr.Request | None):
+    """The picker update blind mode needs: the latest run instead of the base model alone
+    (blind A/B compares a run with its base), else no change."""
+    if not blind or not isinstance(key, str) or key.startswith(RUN_PREFIX):
+        return gr.skip(), key
+    choices = run_choices(ctx.settings.default_model, visitor(request))
+    if not choices[0][1].startswith(RUN_PREFIX):
+        gr.Warning("Blind A/B compares a trained run with its base model: train a run first (Train tab).")
+        return gr.skip(), key
+    return gr.Dropdown(choices=choices, value=choices[0][1]), choices[0][1]
 
 
 @shows_errors
-def toggle_blind(state, blind: bool):
-    """Blind checkbox: switch mode and relabel the panes; the vote row shows only while a blind turn awaits a vote."""
+def toggle_blind(ctx: AppContext, state, blind: bool, key=None, request: gr.Request = None):
+    """Blind checkbox. Turning it on starts a clean conversation (no earlier answer keeps its side)
+    and hides which model is which everywhere in the tab until a vote: pane labels, intro, status,
+    template note and tally. Returns (session, left, right, vote row, intro, status, template note,
+    tally, picker)."""
     session = session_of(state)
+    blind = bool(blind)
+    if blind:
+        chat.clear(session)
     chat.set_blind(session, blind)
+    picker, key = _blind_model(ctx, key, blind, request)
     left, right = chatbots(session)
-    return session, left, right, gr.Row(visible=session.pending is not None)
+    template = template_for(key, visitor(request))
+    note = gr.Markdown(template_note(template, blind), visible=template is not None)
+    return (session, left, right, gr.Row(visible=session.pending is not None), BLIND_INTRO if blind else INTRO,
+            status_line(ctx, key or "", blind=blind), note, run_tally(key, request, blind), picker)
 
 
 @shows_errors
 def cast_vote(state, choice: str):
-    """Vote button (`choice` bound in build): save it to the run's votes.jsonl, reveal the sides, update the tally."""
+    """Vote button (`choice` bound in build): save it to the run's votes.jsonl, reveal which model
+    was which, show the whole tally. Returns (session, tally, vote row, status)."""
     session = session_of(state)
     try:
         vote = chat.record_vote(session, choice)
     except StudioError as exc:
         raise gr.Error(str(exc)) from None
-    revealed = "tuned" if vote["tuned_side"] == "left" else "base"
-    note = f"Vote saved. Left was **{revealed}**, right was **{'base' if revealed == 'tuned' else 'tuned'}**."
+    tuned, base = ("A", "B") if vote["tuned_side"] == "left" else ("B", "A")
+    run = f" (run “{session.run.name}”)" if session.run is not None else ""
+    note = (f"Vote saved. Model {tuned} was the **tuned** model{run}; Model {base} was the **base** model. "
+            "Send another message for the next blind round.")
     return session, tally_markdown(chat.saved_votes(session)), gr.Row(visible=False), note
 
 
