@@ -23,10 +23,17 @@ from .context import AppContext
 from .errors import shows_errors
 
 
+def choices_and_value(ctx: AppContext, run_id, picked=None, current=None,
+                      request: gr.Request | None = None) -> tuple[list[tuple[str, str]], str]:
+    """A fresh list of what this visitor may chat with, and what to select (see default_choice)."""
+    choices = run_choices(ctx.settings.default_model, visitor(request))
+    return choices, default_choice(choices, run_id, picked, current)
+
+
 def choose(ctx: AppContext, run_id, picked=None, current=None, request: gr.Request | None = None) -> gr.Dropdown:
     """The picker with a fresh list of what this visitor may chat with, and its selection (see default_choice)."""
-    choices = run_choices(ctx.settings.default_model, visitor(request))
-    return gr.Dropdown(choices=choices, value=default_choice(choices, run_id, picked, current))
+    choices, value = choices_and_value(ctx, run_id, picked, current, request)
+    return gr.Dropdown(choices=choices, value=value)
 
 
 def model_view(ctx: AppContext, key, blind: bool = False, request: gr.Request | None = None) -> tuple:
@@ -50,8 +57,9 @@ def refresh_runs(ctx: AppContext, current: str | None, run_id: str | None, reque
 def on_load(ctx: AppContext, run_id: str | None, current: str | None = None, request: gr.Request = None):
     """Page (re)load: a fresh list with the shared run or the latest run selected, and what follows it.
     `current` (the value the page was built with) is not kept: a new page has picked nothing yet."""
-    dropdown = choose(ctx, run_id, "", None, request)
-    return (dropdown, *model_view(ctx, dropdown.value, False, request))
+    # the update's attributes are not readable inside a running event: keep the value apart
+    choices, value = choices_and_value(ctx, run_id, "", None, request)
+    return (gr.Dropdown(choices=choices, value=value), *model_view(ctx, value, False, request))
 
 
 @shows_errors
