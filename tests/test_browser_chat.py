@@ -169,6 +169,11 @@ def test_template_run_chips_differ_and_messages_are_wrapped(chat_app, browser, t
     user = page.locator("#chat-right [data-testid=user]").last.inner_text()
     assert texts[1].rstrip("…") in user and user.count("Classify the text") == 1, user
     page.screenshot(path=str(ARTIFACTS / "chat-template-run.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the template and chips wrap, not scroll
+    page.wait_for_timeout(500)
+    for selector in ("#chat-template-note", "#chat-examples", "#chat-status"):
+        assert page.evaluate(f"(e => e.scrollWidth <= e.clientWidth)(document.querySelector('{selector}'))"), selector
+    page.screenshot(path=str(ARTIFACTS / "chat-template-run-phone.png"), full_page=True)
     page.context.close()
     assert run.has_adapter()
 

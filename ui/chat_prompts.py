@@ -85,10 +85,12 @@ def template_note(template: RunTemplate | None, blind: bool = False) -> str:
     shown = template.template
     for name, value in template.extras.items():
         shown = shown.replace("{" + name + "}", value)
+    # one inline code span per line: they wrap on a phone, where a code block would scroll sideways
+    lines = "  \n".join(f"`{line.replace('`', chr(39))}`" for line in shown.splitlines() if line.strip())
     fair = ("Both models get the same wrapped prompt, so the comparison is fair." if blind else
             "The base model gets the same wrapped prompt (this run's template), so the comparison is fair.")
     return (f"This run was trained on prompts made from a template; with wrapping on, your message "
-            f"fills `{{{template.column}}}`:\n\n```text\n{shown}\n```\n{fair}")
+            f"fills `{{{template.column}}}`:\n\n{lines}\n\n{fair}")
 
 
 def prompt_controls(key, who: Visitor | None = None, blind: bool = False) -> tuple:
