@@ -407,6 +407,12 @@ def test_wrapped_message_equals_the_training_prompt_of_a_column_template(runs_ro
     report = prepare_data(DataMapping.from_dict({"data_path": str(data), **mapping}))
     assert template.messages("What is 7+7?") == report.rows[7]["prompt"]
     assert template.messages("x", system="Mine.")[0] == {"role": "system", "content": "Mine."}
+    # a template ending in whitespace: still recognised when the prompt comes back stripped (chips, pasting)
+    mapping["prompt_template"] = "Summarize this dialogue:\n{question}\n"
+    template = run_template(split_run(data, **mapping))
+    report = prepare_data(DataMapping.from_dict({"data_path": str(data), **mapping}))
+    assert template.messages("What is 3+3?") == report.rows[3]["prompt"]
+    assert template.wrap(template.wrap("hi").strip()) == template.wrap("hi").strip()  # not wrapped twice
 
 
 def test_plain_and_several_column_runs_have_no_template(runs_root, trained_run, tmp_path):

@@ -37,21 +37,22 @@ class RunTemplate:
     extras: dict[str, str] = field(default_factory=dict)
     system_prompt: str = ""
 
-    def pattern(self) -> tuple[re.Pattern, str]:
-        """A regex matching exactly the prompts this template makes (the field's text is a named group)."""
-        source, groups = template_regex(self.template, self.extras)
-        return re.compile(source, re.DOTALL), groups[self.column]
-
     def field_of(self, prompt: str) -> str | None:
         """The field's text in a prompt this template made; None when it was not made with it.
 
-        >>> t = RunTemplate("Summarize:\\n{dialogue}\\nSummary:", "dialogue")
-        >>> t.field_of("Summarize:\\nA: hi\\nSummary:"), t.field_of("hello")
-        ('A: hi', None)
+        >>> t = RunTemplate("Summarize:\\n{dialogue}\\nSummary: ", "dialogue")
+        >>> t.field_of("Summarize:\\nA: hi\\nSummary: "), t.field_of("Summarize:\\nA: hi\\nSummary:"), t.field_of("hi")
+        ('A: hi', 'A: hi', None)
         """
-        pattern, group = self.pattern()
-        match = pattern.fullmatch(prompt or "")
-        return match.group(group) if match else None
+        prompt = prompt or ""
+        # Chat strips what is typed and examples are shown stripped: a template's own leading or
+        # trailing whitespace must not make its prompts unrecognisable (and wrapped twice).
+        for template, text in ((self.template, prompt), (self.template.strip(), prompt.strip())):
+            source, groups = template_regex(template, self.extras)
+            match = re.fullmatch(source, text, re.DOTALL)
+            if match:
+                return match.group(groups[self.column])
+        return None
 
     def wrap(self, message: str) -> str:
         """The prompt training would have made from `message` as the field's value (a message
@@ -121,18 +122,19 @@ def _template_text(cfg: dict, fmt: str) -> str:
 
 
 def _user_text(prompt) -> str:
-    """The last user message of a conversational prompt, or a plain-text prompt."""
+    """The last user message of a conversational prompt, or a plain-text prompt, as it was saved."""
     if isinstance(prompt, str):
-        return prompt.strip()
+        return prompt
     if isinstance(prompt, list):
         users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
         if users and isinstance(users[-1], str):
-            return users[-1].strip()
+            return users[-1]
     return ""
 
 
-def _first_prompts(run: Run, n: int, *files: str) -> list[str]:
-    """Up to `n` distinct user prompts from the run's saved split files, in file order."""
+def _first_prompts(run: Run, n: int, *files: str, strip: bool = True) -> list[str]:
+    """Up to `n` distinct user prompts from the run's saved split files, in file order
+    (stripped, as a person would type them, unless `strip` is False)."""
     found: list[str] = []
     for name in files:
         path = run.data_dir / name
@@ -143,11 +145,13 @@ def _first_prompts(run: Run, n: int, *files: str) -> list[str]:
                 row = json.loads(line)
             except ValueError:
                 continue
+            if not isinstance(row, dict):
+                continue
             prompt = row.get("prompt") if "prompt" in row else row.get("messages")
             if isinstance(prompt, list) and "prompt" not in row:
                 prompt = prompt[:-1] if prompt and prompt[-1].get("role") == "assistant" else prompt
-            text = _user_text(prompt) if isinstance(row, dict) else ""
-            if text and text not in found:
+            text = _user_text(prompt).strip() if strip else _user_text(prompt)
+            if text.strip() and text not in found:
                 found.append(text)
             if len(found) >= n:
                 return found
@@ -188,7 +192,7 @@ def run_template(run: Run) -> RunTemplate | None:
         return None
     extra_names = [n for n in names if n not in columns]
     labels = ", ".join(str(k) for k in (report.get("labels") or {}))
-    seen = _first_prompts(run, 1, "train.jsonl", "heldout.jsonl")
+    seen = _first_prompts(run, 1, "train.jsonl", "heldout.jsonl", strip=False)  # exactly as trained
     extras = _extras_from(template, extra_names, seen[0] if seen else "", {n: labels for n in extra_names})
     if extras is None:
         return None
