@@ -293,8 +293,8 @@ def test_ui_stop_and_clear():
     run_turn(session, "hi")
     session, left, right, _ = chat_tab.clear_chat(session)
     assert left.value == [] and right.value == [] and left.label == "Base"
-    session, left, right, _ = chat_tab.toggle_blind(session, True)
-    assert (left.label, right.label) == ("A", "B")
+    session, left, right, *_ = chat_tab.toggle_blind(_ctx(), session, True, "base:bundled")
+    assert (left.label, right.label) == ("Model A", "Model B")
 
 
 def test_ui_gpu_busy_blocks_chat_but_cpu_training_does_not(trained_run, monkeypatch):
@@ -328,9 +328,13 @@ def test_ui_run_choices_and_examples(trained_run, monkeypatch):
     values = [v for _, v in choices]
     assert values == [f"run:{trained_run.id}", "base:bundled"]
     assert chat_tab.default_choice(choices, trained_run.id) == f"run:{trained_run.id}"
-    assert chat_tab.default_choice(choices, "", "base:bundled") == "base:bundled"
-    assert chat_tab.examples_for(f"run:{trained_run.id}")[0] == [chat.example_prompts(trained_run, 1)[0]]
-    assert chat_tab.pick_example(["a prompt"]) == "a prompt"
+    assert chat_tab.default_choice(choices, "", "base:bundled") == "base:bundled"  # the visitor's own pick
+    first = chat.example_prompts(trained_run, 1)[0]
+    examples = chat_tab.examples_for(f"run:{trained_run.id}")
+    assert examples[0] == [first, first]  # no template: the chip types the prompt itself
+    assert chat_tab.pick_example(0, examples, True) == first == chat_tab.pick_example(0, examples, False)
+    assert chat_tab.pick_example(["a prompt"], [], False) == "a prompt"  # a "values" click
+    assert chat_tab.pick_example(99, examples, True) == ""
 
 
 def test_ui_model_load_error_becomes_short_gr_error():
@@ -353,3 +357,205 @@ def test_ui_model_load_error_becomes_short_gr_error():
     with pytest.raises(gr.Error, match="not reachable"):
         list(stream)
     assert chat.panes(session) == ([], [])
+
+
+# -- the run's prompt template, single turn, chips (issue 19: chat speaks the run's language) -------------
+INTENTS = "sample_data/customer_intents.csv"
+
+
+def split_run(data_path: str, **mapping):
+    """A run with its data split saved exactly as training saves it (no training: the prompts are what matter)."""
+    from finetune_core.config import RunConfig
+    from finetune_core.runs.store import create_run
+    from finetune_core.training.train import prepare_split
+
+    cfg = RunConfig.from_dict({"model": "bundled", "data_path": str(data_path), **mapping})
+    run = create_run(cfg, label="template")
+    prepare_split(cfg, run)
+    return run
+
+
+def test_wrapped_message_equals_the_training_prompt_of_a_classification_run(runs_root):
+    """Every row's text, wrapped for chat, is exactly the prompt training saw for that row."""
+    import csv
+
+    from finetune_core.data.dataset import DataMapping, prepare_data
+    from finetune_core.inference.run_prompts import run_template
+
+    run = split_run(INTENTS)
+    template = run_template(run)
+    assert template is not None and template.column == "text"
+    report = prepare_data(DataMapping.from_dict({"data_path": INTENTS}))
+    with open(INTENTS, encoding="utf-8") as fh:
+        texts = [r["text"] for r in csv.DictReader(fh)]
+    for row, number in zip(report.rows, report.row_numbers):
+        text = texts[number - 1]  # row numbers count data rows from 1
+        assert template.messages(text) == row["prompt"], number
+        assert template.field_of(row["prompt"][-1]["content"]) == text
+    assert template.wrap(template.wrap("hi")) == template.wrap("hi")  # never wrapped twice
+
+
+def test_wrapped_message_equals_the_training_prompt_of_a_column_template(runs_root, tmp_path):
+    from finetune_core.data.dataset import DataMapping, prepare_data
+    from finetune_core.inference.run_prompts import run_template
+
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\n" + "".join(f"What is {i}+{i}?,{2 * i}\n" for i in range(30)))
+    mapping = {"data_format": "columns", "prompt_template": "Answer with a number.\nQ: {question}\nA:",
+               "completion_column": "answer", "system_prompt": "You are a calculator."}
+    template = run_template(split_run(data, **mapping))
+    report = prepare_data(DataMapping.from_dict({"data_path": str(data), **mapping}))
+    assert template.messages("What is 7+7?") == report.rows[7]["prompt"]
+    assert template.messages("x", system="Mine.")[0] == {"role": "system", "content": "Mine."}
+    # a template ending in whitespace: still recognised when the prompt comes back stripped (chips, pasting)
+    mapping["prompt_template"] = "Summarize this dialogue:\n{question}\n"
+    template = run_template(split_run(data, **mapping))
+    report = prepare_data(DataMapping.from_dict({"data_path": str(data), **mapping}))
+    assert template.messages("What is 3+3?") == report.rows[3]["prompt"]
+    assert template.wrap(template.wrap("hi").strip()) == template.wrap("hi").strip()  # not wrapped twice
+
+
+def test_plain_and_several_column_runs_have_no_template(runs_root, trained_run, tmp_path):
+    from finetune_core.inference.run_prompts import run_template
+
+    assert run_template(trained_run) is None  # prompt/completion: chat as it is
+    data = tmp_path / "two.csv"
+    data.write_text("a,b,c\n" + "".join(f"x{i},y{i},z{i}\n" for i in range(20)))
+    run = split_run(data, data_format="columns", prompt_template="{a} and {b}", completion_column="c")
+    assert run_template(run) is None  # two columns: a typed message cannot fill both
+
+
+def test_chips_show_the_part_that_differs_and_type_the_right_text(runs_root):
+    from ui import chat_prompts
+
+    run = split_run(INTENTS)
+    key = f"run:{run.id}"
+    examples = chat_prompts.examples_for(key)
+    labels = chat_prompts.chips(examples, key).sample_labels
+    assert len(labels) == len(set(labels)) == 8 and not any(x.startswith("Classify") for x in labels)
+    full, typed = examples[0]
+    assert full.startswith("Classify the text") and typed in full and labels[0] == typed
+    assert chat_prompts.pick_example(0, examples, True) == typed  # wrapping on: the template is added on send
+    assert chat_prompts.pick_example(0, examples, False) == full
+    wrap, single, note = chat_prompts.prompt_controls(key)
+    assert wrap.visible and wrap.value and single.value and "{text}" in note.value and note.visible
+    assert "base model gets the same" in note.value
+    wrap, single, note = chat_prompts.prompt_controls("base:bundled")
+    assert not wrap.visible and not wrap.value and not single.value and not note.visible
+
+
+def test_distinct_parts_without_a_template():
+    from finetune_core.inference.run_prompts import chip_texts
+
+    prompts = [f"Please summarise the following note for the team lead: {n} broke. Keep it short."
+               for n in ("printer", "laptop", "badge reader")]
+    assert chip_texts(prompts, None) == ["…printer…", "…laptop…", "…badge reader…"]
+
+
+def test_each_side_wraps_with_its_template_and_single_turn_sends_no_earlier_turn(runs_root):
+    from finetune_core.inference.run_prompts import run_template
+
+    template = run_template(split_run(INTENTS))
+    model = FakeModel()
+    session = ChatSession(base_template=template, tuned_template=template, single_turn=True)
+    run_turn(session, "Where is my parcel?", model)
+    run_turn(session, "I love the kettle", model)
+    base_msgs, tuned_msgs = model.calls[-1]
+    assert tuned_msgs == base_msgs == template.messages("I love the kettle")  # alone, wrapped
+    assert chat.panes(session)[1][-2]["content"] == template.wrap("I love the kettle")  # what the pane shows
+    session.single_turn = False
+    run_turn(session, "third", model)
+    assert len(model.calls[-1][1]) == 5  # multi-turn again: the earlier turns come along
+    other = ChatSession(tuned_template=template)  # a side without a template gets the message as typed
+    run_turn(other, "raw", model)
+    assert model.calls[-1][0][-1]["content"] == "raw" and model.calls[-1][1] == template.messages("raw")
+
+
+def test_ui_send_wraps_the_message_for_a_template_run(runs_root):
+    from finetune_core.inference.run_prompts import run_template
+    from ui import chat_tab
+
+    run = split_run(INTENTS)
+    key, model = f"run:{run.id}", FakeModel()
+    ctx = _ctx(model)
+    session, _, msg, left, right, _ = chat_tab.begin_send(ctx, None, "Where is my parcel?", key, False,
+                                                          wrap=True, single_turn=True)
+    wrapped = run_template(run).wrap("Where is my parcel?")
+    assert left[-1]["content"] == right[-1]["content"] == wrapped  # shown as the models get it
+    list(chat_tab.stream_reply(ctx, session, msg, key, "", 0.0, 1.0, 8, 0))
+    assert model.calls[-1][1] == [{"role": "user", "content": wrapped}]
+    session, *_ = chat_tab.begin_send(ctx, session, "again", key, False, wrap=False, single_turn=False)
+    list(chat_tab.stream_reply(ctx, session, "again", key, "", 0.0, 1.0, 8, 0))
+    assert model.calls[-1][1][-1] == {"role": "user", "content": "again"} and len(model.calls[-1][1]) == 3
+
+
+# -- the picker: the latest run unless the visitor picked another ------------------------------------------
+def test_picker_defaults_to_the_latest_run_unless_the_visitor_picked(trained_run, runs_root):
+    import shutil
+
+    from ui import chat_tab
+    from ui.chat_picker import follow_new_shared_run, remember_pick
+
+    ctx = _ctx()
+    ctx.settings.default_model = "bundled"
+    assert chat_tab.on_load(ctx, "")[0].value == "base:bundled"  # no run yet
+    shutil.copytree(trained_run.path, runs_root / trained_run.id)
+    key = f"run:{trained_run.id}"
+    dropdown, chips, examples, wrap, single, note, status, tally = chat_tab.on_load(ctx, "")
+    assert dropdown.value == key and chips.visible and trained_run.name in status  # a fresh page or a reload
+    assert chat_tab.follow_shared_run(ctx, "", "base:bundled", None, "").value == key  # tab opened, no pick
+    assert chat_tab.follow_shared_run(ctx, "", "base:bundled", None, "base:bundled").value == "base:bundled"
+    assert chat_tab.follow_shared_run(ctx, "", "base:bundled").value == key  # the old call (guided demo, app.py)
+    assert chat_tab.follow_shared_run(ctx, trained_run.id, None).value == key
+    assert chat_tab.refresh_runs(ctx, "base:bundled", "", None, "").value == key
+    assert remember_pick(key) == (key, trained_run.id) and remember_pick("base:bundled")[0] == "base:bundled"
+    assert follow_new_shared_run(ctx, trained_run.id, "base:bundled")[1] == ""  # a newly shared run replaces the pick
+
+
+# -- blind A/B: clean, hidden until the vote, saved ----------------------------------------------------------
+IDENTITY = __import__("re").compile(r"\b(base|tuned)\b", __import__("re").IGNORECASE)
+
+
+def test_turning_blind_on_clears_and_hides_identities(trained_run, runs_root):
+    import shutil
+
+    from ui import chat_tab
+
+    shutil.copytree(trained_run.path, runs_root / trained_run.id)
+    ctx, key = _ctx(), f"run:{trained_run.id}"
+    session, *_ = chat_tab.begin_send(ctx, None, "hello", key, False)
+    list(chat_tab.stream_reply(ctx, session, "hello", key, "", 0.0, 1.0, 8, 0))
+    assert chat.panes(session)[1]  # a normal turn
+    session, left, right, votes, intro, status, note, tally, picker = chat_tab.toggle_blind(ctx, session, True, key)
+    assert left.value == right.value == [] and (left.label, right.label) == ("Model A", "Model B")
+    for text in (intro, status, tally, note.value or ""):
+        assert not IDENTITY.search(text), text
+    assert votes.visible is False
+    # the base model alone cannot be compared blind: the latest run is picked instead
+    *_, picker = chat_tab.toggle_blind(ctx, session, True, "base:bundled")
+    assert picker.value == key
+
+
+def test_vote_labels_are_plain_text_and_a_vote_reveals_and_is_saved(trained_run, runs_root):
+    import shutil
+
+    from evaluation.report import render_markdown
+    from evaluation.report_facts import gather
+    from finetune_core.runs.store import get_run
+    from ui import chat_tab
+
+    assert list(chat_tab.VOTE_LABELS.values()) == ["A is better", "Tie", "B is better", "Both bad"]
+    assert all(label.isascii() for label in chat_tab.VOTE_LABELS.values())  # no emoji to render as boxes
+    shutil.copytree(trained_run.path, runs_root / trained_run.id)
+    ctx, key = _ctx(), f"run:{trained_run.id}"
+    session, *_ = chat_tab.toggle_blind(ctx, None, True, key)
+    session, *_ = chat_tab.begin_send(ctx, session, "hello", key, True)
+    *_, (left, right, status, votes) = list(chat_tab.stream_reply(ctx, session, "hello", key, "", 0.0, 1.0, 8, 0))
+    assert votes.visible and not IDENTITY.search(status)
+    tuned_pane = "A" if session.tuned_sides[-1] == "left" else "B"
+    _, tally, votes, note = chat_tab.cast_vote(session, "left")
+    assert f"Model {tuned_pane} was the **tuned** model" in note and trained_run.name in note
+    assert "1 decided votes" in tally
+    lines = (runs_root / trained_run.id / "votes.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["winner"] == "A"
+    assert "1 blind votes" in render_markdown(gather(get_run(trained_run.id), with_curve=False))

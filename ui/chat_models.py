@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from finetune_core.inference import chat
 from finetune_core.runs.ownership import Visitor, can_view
 from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
 
@@ -30,10 +29,22 @@ def run_choices(default_model: str, who: Visitor | None = None) -> list[tuple[st
     return choices
 
 
-def default_choice(choices: list[tuple[str, str]], run_id: str | None, current: str | None = None) -> str:
-    """The shared selected run when it has an adapter, else the current pick, else the newest run."""
+def default_choice(choices: list[tuple[str, str]], run_id: str | None, picked: str | None = None,
+                   current: str | None = None) -> str:
+    """What the picker selects: the visitor's own pick while it is offered, else the shared run
+    (the one the session trained or picked in another tab), else `current` when it is a run still
+    offered (passed only when whether the visitor picked is unknown), else the newest run: the
+    base model only when there is no run.
+
+    >>> runs = [("new", "run:b"), ("old", "run:a"), ("Base model only", "base:m")]
+    >>> default_choice(runs, None), default_choice(runs, "a"), default_choice(runs, "a", "base:m")
+    ('run:b', 'run:a', 'base:m')
+    >>> default_choice(runs, "", current="base:m"), default_choice(runs, "", current="run:a")
+    ('run:b', 'run:a')
+    """
     values = [v for _, v in choices]
-    for want in (RUN_PREFIX + (run_id or ""), current):
+    kept = current if isinstance(current, str) and current.startswith(RUN_PREFIX) else None
+    for want in (picked, RUN_PREFIX + run_id if isinstance(run_id, str) and run_id else None, kept):
         if want in values:
             return want
     return values[0]
@@ -56,20 +67,6 @@ def check_model_key(ctx: AppContext, key, who: Visitor | None = None) -> str:
         return key
     # any other base model would be a model load of the visitor's choosing
     raise gr.Error("Pick a run or the base model from the list.")
-
-
-def examples_for(key: str, who: Visitor | None = None) -> list[list[str]]:
-    """Up to 8 held-out prompts of the run behind a `run:` key, one per row as gr.Dataset samples;
-    [] for the base model, a missing run, or one `who` may not see."""
-    if not key.startswith(RUN_PREFIX):
-        return []
-    try:
-        run = get_run(key[len(RUN_PREFIX):])
-        if not can_view(run.path, who or Visitor()):
-            return []
-        return [[p] for p in chat.example_prompts(run, n=8)]
-    except RunError:
-        return []
 
 
 def key_run(key, who: Visitor | None = None) -> Run | None:

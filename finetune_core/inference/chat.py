@@ -12,6 +12,11 @@ shared between sessions; the model itself is shared read-only
     for left, right in stream_chat(model, session, "Hello!", GenSettings()):
         print(left, "|", right)
 
+A run trained on a prompt template (run_prompts.RunTemplate) only knows its
+prompts in that wrapping: with `base_template` / `tuned_template` set, each
+side's user turn is wrapped in its template as training wrapped the same
+text, and `single_turn` answers each message without the earlier turns.
+
 Blind mode puts the tuned answer on a random side each turn (the session's own
 seeded RNG). A vote ("left", "right", "tie", "both_bad") is mapped back to a
 winner ("tuned", "base", "tie", "both_bad"). Given the run, a vote is also
@@ -36,10 +41,13 @@ from typing import Iterator
 from finetune_core.errors import InputError
 from finetune_core.inference.chat_limits import TokenCounter, check_chat_request
 from finetune_core.inference.generation import GenSettings, InferenceModel
+from finetune_core.inference.run_prompts import RunTemplate, example_prompts
 from finetune_core.inference.votes import append_vote, load_votes
 from finetune_core.limits import LimitError, limits
 from finetune_core.runs.store import Run
 
+__all__ = ["ChatSession", "stream_chat", "panes", "record_vote", "tally", "export_preferences",
+           "example_prompts"]  # example_prompts lives in run_prompts; callers import it from here too
 SIDES = ("left", "right")
 VOTE_CHOICES = ("left", "right", "tie", "both_bad")
 WINNERS = ("tuned", "base", "tie", "both_bad")
@@ -53,6 +61,9 @@ class ChatSession:
 
     system_prompt: str = ""
     blind: bool = False
+    single_turn: bool = False  # each message answered alone: earlier turns are not sent
+    base_template: RunTemplate | None = None  # wraps base's user turns (the tuned run's template: a fair test)
+    tuned_template: RunTemplate | None = None  # wraps tuned's user turns as its training prompts were
     seed: int | None = None  # None: a fresh random seed, so sessions do not share side patterns
     base_history: list[dict] = field(default_factory=list)
     tuned_history: list[dict] = field(default_factory=list)
@@ -76,11 +87,23 @@ class ChatSession:
 
 
 # -- turns ----------------------------------------------------------------------
-def _with_system(session: ChatSession, history: list[dict]) -> list[dict]:
-    """The messages sent for `history` (a whole pane's): system prompt, then the turns from `first_turn`."""
-    system = (session.system_prompt or "").strip()
+def _with_system(session: ChatSession, history: list[dict], template: RunTemplate | None = None) -> list[dict]:
+    """The messages sent for `history` (a whole pane's, ending with a user turn): the system prompt
+    (else the template's run's), then the turns from `first_turn`, or the last alone in single-turn mode."""
+    system = (session.system_prompt or "").strip() or (template.system_prompt.strip() if template else "")
     head = [{"role": "system", "content": system}] if system else []
-    return head + [dict(m) for m in history[2 * session.first_turn:]]
+    turns = history[2 * session.first_turn:]
+    if session.single_turn:
+        turns = turns[-1:]  # earlier turns must not leak into this answer
+    return head + [dict(m) for m in turns]
+
+
+def user_turns(session: ChatSession, message: str) -> tuple[dict, dict]:
+    """(base, tuned) user turns for `message`: each wrapped in its side's run template when it has one."""
+    def turn(template: RunTemplate | None) -> dict:
+        return {"role": "user", "content": template.wrap(message) if template else message}
+
+    return turn(session.base_template), turn(session.tuned_template)
 
 
 def start_turn(session: ChatSession, message: str, tuned: bool = True
@@ -94,18 +117,19 @@ def start_turn(session: ChatSession, message: str, tuned: bool = True
     if session.blind and not tuned:
         raise InputError("Blind A/B needs a tuned model: pick a run with an adapter.")
     side = session.rng.choice(SIDES) if session.blind else "right"
-    user = {"role": "user", "content": message}
-    base_messages = _with_system(session, session.base_history + [user])
-    tuned_messages = _with_system(session, session.tuned_history + [user]) if tuned else None
+    base_user, tuned_user = user_turns(session, message)
+    base_messages = _with_system(session, session.base_history + [base_user], session.base_template)
+    tuned_messages = (_with_system(session, session.tuned_history + [tuned_user], session.tuned_template)
+                      if tuned else None)
     session.pending = None  # a new turn replaces an unvoted one
     session.tuned_sides.append(side)
-    session.base_history += [dict(user), {"role": "assistant", "content": ""}]
+    session.base_history += [base_user, {"role": "assistant", "content": ""}]
     if tuned:
-        session.tuned_history += [dict(user), {"role": "assistant", "content": ""}]
+        session.tuned_history += [tuned_user, {"role": "assistant", "content": ""}]
     else:
         # Keep the panes aligned turn by turn; the note is never sent to a model
         # because a tuned prompt is only built when a tuned model is loaded.
-        session.tuned_history += [dict(user), {"role": "assistant", "content": "(no tuned model selected)"}]
+        session.tuned_history += [tuned_user, {"role": "assistant", "content": "(no tuned model selected)"}]
     return base_messages, tuned_messages
 
 
@@ -119,11 +143,12 @@ def fit_context(session: ChatSession, message: str, counter: TokenCounter) -> in
     Chat tab says which turns the models no longer see.
     """
     lim = limits()
-    user = {"role": "user", "content": message}
+    sides = list(zip((session.base_history, session.tuned_history), user_turns(session, message),
+                     (session.base_template, session.tuned_template)))
     before = session.first_turn
     while True:
-        tokens = max(counter.count_messages(_with_system(session, history + [user]))
-                     for history in (session.base_history, session.tuned_history))
+        tokens = max(counter.count_messages(_with_system(session, history + [user], template))
+                     for history, user, template in sides)
         if tokens <= lim.chat_context_tokens:
             return session.first_turn - before
         if session.first_turn >= session.turns:  # nothing left to drop: the turn alone is too long
@@ -148,8 +173,8 @@ def finish_turn(session: ChatSession, base_text: str, tuned_text: str | None) ->
     update_turn(session, base_text, tuned_text)
     if session.blind and tuned_text is not None:
         session.pending = {
-            "prompt_base": _with_system(session, session.base_history[:-1]),
-            "prompt_tuned": _with_system(session, session.tuned_history[:-1]),
+            "prompt_base": _with_system(session, session.base_history[:-1], session.base_template),
+            "prompt_tuned": _with_system(session, session.tuned_history[:-1], session.tuned_template),
             "base": base_text, "tuned": tuned_text, "tuned_side": session.tuned_sides[-1],
         }
 
@@ -336,37 +361,3 @@ def export_preferences(votes: list[dict], path: str | Path) -> int:
         for pair in pairs:
             fh.write(json.dumps(pair, ensure_ascii=False) + "\n")
     return len(pairs)
-
-
-# -- example prompts ------------------------------------------------------------------
-def _user_text(prompt) -> str:
-    """The last user message of a conversational prompt, or a plain-text prompt."""
-    if isinstance(prompt, str):
-        return prompt.strip()
-    if isinstance(prompt, list):
-        users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-        if users and isinstance(users[-1], str):
-            return users[-1].strip()
-    return ""
-
-
-def example_prompts(run: Run, n: int = 5) -> list[str]:
-    """Up to `n` distinct user prompts from the run's held-out split (file order)."""
-    path = run.data_dir / "heldout.jsonl"
-    if not path.is_file():
-        return []
-    found: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        prompt = row.get("prompt") if "prompt" in row else row.get("messages")
-        if isinstance(prompt, list) and "prompt" not in row:
-            prompt = prompt[:-1] if prompt and prompt[-1].get("role") == "assistant" else prompt
-        text = _user_text(prompt)
-        if text and text not in found:
-            found.append(text)
-        if len(found) >= n:
-            break
-    return found

@@ -1,0 +1,112 @@
+"""Blind A/B in the Chat tab: the mode switch, the vote buttons, the tally and the export.
+
+A vote is saved to the run's votes.jsonl as it is cast (chat.record_vote ->
+votes.append_vote), so the tally, the report and the export read one file.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from finetune_core.errors import StudioError
+from finetune_core.inference import chat
+from finetune_core.inference.votes import load_votes
+from finetune_core.retention import fresh_folder, gradio_cache_dir
+
+from .access import visitor
+from .chat_models import RUN_PREFIX, key_run, run_choices
+from .chat_panes import chatbots, session_of
+from .chat_prompts import template_for, template_note
+from .chat_send import status_line
+from .context import AppContext
+from .errors import shows_errors
+
+# Plain words: emoji render as empty boxes where no emoji font is installed (many servers, Spaces).
+VOTE_LABELS = {"left": "A is better", "tie": "Tie", "right": "B is better", "both_bad": "Both bad"}
+INTRO = ("Send one message to the base model (left) and the tuned model (right); both answer "
+         "token by token. Blind A/B mode hides which is which so you can vote fairly.")
+BLIND_INTRO = ("**Blind A/B mode.** Two models answer each message as Model A and Model B, on sides drawn at "
+               "random each turn. Vote for the better answer; after your vote you see which model wrote which.")
+
+
+def tally_markdown(votes: list[dict], blind: bool = False) -> str:
+    """The tally line under the panes: the tuned win rate and the counts per winner; in blind mode
+    only how many votes there are (the counts name the models)."""
+    t = chat.tally(votes)
+    if not t["votes"]:
+        return "No votes yet. Turn on blind A/B mode, chat, and vote after each answer."
+    if blind:
+        return f"{t['votes']} blind vote(s) saved with this run. The win rate is shown after your vote."
+    rate = "n/a" if t["tuned_win_rate"] is None else f"{100 * t['tuned_win_rate']:.0f}%"
+    return (f"**Tuned win rate: {rate}** over {t['tuned'] + t['base']} decided votes — "
+            f"tuned {t['tuned']} · base {t['base']} · tie {t['tie']} · both bad {t['both_bad']}")
+
+
+def run_tally(key, request: gr.Request | None = None, blind: bool = False) -> str:
+    """The tally of the chosen run's saved votes (votes.jsonl): what a reloaded page shows."""
+    run = key_run(key, visitor(request))
+    return tally_markdown(load_votes(run)[0] if run is not None else [], blind)
+
+
+def _blind_model(ctx: AppContext, key, blind: bool, request: gr.Request | None):
+    """The picker update blind mode needs: the latest run instead of the base model alone
+    (blind A/B compares a run with its base), else no change."""
+    if not blind or not isinstance(key, str) or key.startswith(RUN_PREFIX):
+        return gr.skip(), key
+    choices = run_choices(ctx.settings.default_model, visitor(request))
+    if not choices[0][1].startswith(RUN_PREFIX):
+        gr.Warning("Blind A/B compares a trained run with its base model: train a run first (Train tab).")
+        return gr.skip(), key
+    return gr.Dropdown(choices=choices, value=choices[0][1]), choices[0][1]
+
+
+@shows_errors
+def toggle_blind(ctx: AppContext, state, blind: bool, key=None, request: gr.Request = None):
+    """Blind checkbox. Turning it on starts a clean conversation (no earlier answer keeps its side)
+    and hides which model is which everywhere in the tab until a vote: pane labels, intro, status,
+    template note and tally. Returns (session, left, right, vote row, intro, status, template note,
+    tally, picker)."""
+    session = session_of(state)
+    blind = bool(blind)
+    if blind:
+        chat.clear(session)
+    chat.set_blind(session, blind)
+    picker, key = _blind_model(ctx, key, blind, request)
+    left, right = chatbots(session)
+    template = template_for(key, visitor(request))
+    note = gr.Markdown(template_note(template, blind), visible=template is not None)
+    return (session, left, right, gr.Row(visible=session.pending is not None), BLIND_INTRO if blind else INTRO,
+            status_line(ctx, key or "", blind=blind), note, run_tally(key, request, blind), picker)
+
+
+@shows_errors
+def cast_vote(state, choice: str):
+    """Vote button (`choice` bound in build): save it to the run's votes.jsonl, reveal which model
+    was which, show the whole tally. Returns (session, tally, vote row, status)."""
+    session = session_of(state)
+    try:
+        vote = chat.record_vote(session, choice)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from None
+    tuned, base = ("A", "B") if vote["tuned_side"] == "left" else ("B", "A")
+    run = f" (run “{session.run.name}”)" if session.run is not None else ""
+    note = (f"Vote saved. Model {tuned} was the **tuned** model{run}; Model {base} was the **base** model. "
+            "Send another message for the next blind round.")
+    return session, tally_markdown(chat.saved_votes(session)), gr.Row(visible=False), note
+
+
+@shows_errors
+def export_votes(state, key=None, request: gr.Request = None):
+    """The decided votes as DPO pairs in a fresh file: the chosen run's saved votes
+    (votes.jsonl, so earlier sessions' votes count too), else this session's."""
+    session = session_of(state)
+    run = key_run(key, visitor(request)) if key else session.run
+    votes = load_votes(run)[0] if run is not None else session.votes
+    if not any(v["winner"] in ("tuned", "base") for v in votes):
+        gr.Warning("No decided votes to export yet (ties and 'both bad' make no preference pair).")
+        return None
+    # A fresh server-made folder per export: users never share or name files.
+    # Inside Gradio's cache: served without a copy, and swept by the retention settings.
+    path = fresh_folder(gradio_cache_dir(), "studio-votes-") / "preferences.jsonl"
+    count = chat.export_preferences(votes, path)
+    gr.Info(f"Exported {count} preference pairs (prompt / chosen / rejected, TRL DPO format).")
+    return str(path)
