@@ -95,7 +95,9 @@ def refresh_pickers_on_select(ctx: AppContext, page: Page, evaluate: gr.Tab, cha
         return eval_tab.runs_dropdown(shared, current, visitor(request))
 
     evaluate.select(eval_runs, [run_state, eval_run], eval_run, **private)
-    chat.select(with_ctx(chat_tab.follow_shared_run, ctx), [run_state, chat_run], chat_run, **private)
+    # the visitor's own pick in Chat (base alone included) is kept over the latest run
+    chat.select(with_ctx(chat_tab.follow_shared_run, ctx), [run_state, chat_run, page.chat.picked], chat_run,
+                **private)
 
 
 def launch_kwargs(ctx: AppContext) -> dict:

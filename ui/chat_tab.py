@@ -109,4 +109,4 @@ def build(ctx: AppContext, shared: Shared) -> ChatParts:
         button.click(bound(cast_vote, choice=choice), [session_state],
                      [session_state, tally_md, vote_row, status], api_name=f"chat_vote_{choice}")
     export_btn.click(export_votes, [session_state, run_dd], [export_file], api_name="chat_export_votes")
-    return ChatParts(run=run_dd, message=message)
+    return ChatParts(run=run_dd, message=message, picked=picked_state)

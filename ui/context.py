@@ -127,6 +127,7 @@ class ChatParts:
 
     run: gr.Dropdown  # the model picker (base alone, or a run)
     message: gr.Textbox  # the message box the guided demo types a held-out prompt into
+    picked: gr.State | None = None  # the model the visitor chose in Chat ("" until they do)
 
 
 @dataclass

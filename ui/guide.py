@@ -171,8 +171,8 @@ class Guide:
         data_state = yield from self.data_step()
         time.sleep(POLL_S)
         cfg = demo_config(self.ctx, data_state)
-        walk.run_id = start_training(self.ctx, cfg, label="guided-demo", who=who)
-        get_run(walk.run_id).rename(default_run_name("Customer intents", PRESET))
+        walk.run_id = start_training(self.ctx, cfg, label="guided-demo", who=who,
+                                     name=default_run_name("Customer intents", PRESET))
         walk.step = TRAIN
         yield from self.walk_on(walk, who, request)
 
