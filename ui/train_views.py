@@ -45,17 +45,20 @@ NO_RUN = "No run yet. Pick a dataset in the Data tab, choose a preset and press 
 # Gradio 6.31's Textbox `autoscroll` scrolls only once (its effect does not follow the value), so
 # the log's change event scrolls it to the newest line, unless a person scrolled up to read.
 FOLLOW_LOG_JS = """() => {
-  const box = document.querySelector('#run-log textarea');
-  if (!box) return;
-  const atEnd = () => box.scrollTop + box.clientHeight >= box.scrollHeight - 24;
-  const follow = () => { if (box.dataset.follow !== 'no') box.scrollTop = box.scrollHeight; };
-  if (!box.dataset.follow) {
-    box.dataset.follow = 'yes';
-    for (const kind of ['wheel', 'touchend', 'keyup', 'mouseup'])
-      box.addEventListener(kind, () => setTimeout(() => { box.dataset.follow = atEnd() ? 'yes' : 'no'; }, 60));
-    new ResizeObserver(follow).observe(box);  // filled while its tab was hidden, then shown
-  }
-  for (const ms of [0, 100, 400]) setTimeout(follow, ms);  // after the new text is laid out
+  const attach = (tries) => {  // a tab's content is laid out a moment after the tab is selected
+    const box = document.querySelector('#run-log textarea');
+    if (!box) { if (tries > 0) setTimeout(() => attach(tries - 1), 200); return; }
+    const atEnd = () => box.scrollTop + box.clientHeight >= box.scrollHeight - 24;
+    const follow = () => { if (box.dataset.follow !== 'no') box.scrollTop = box.scrollHeight; };
+    if (!box.dataset.follow) {
+      box.dataset.follow = 'yes';
+      for (const kind of ['wheel', 'touchend', 'keyup', 'mouseup'])
+        box.addEventListener(kind, () => setTimeout(() => { box.dataset.follow = atEnd() ? 'yes' : 'no'; }, 60));
+      new ResizeObserver(follow).observe(box);  // filled while its tab was hidden, then shown
+    }
+    for (const ms of [0, 100, 400, 1000]) setTimeout(follow, ms);  // after the new text is laid out
+  };
+  attach(10);
 }"""
 
 
