@@ -115,6 +115,52 @@ def test_shows_errors_keeps_what_gradio_reads_and_sorts_user_errors_from_bugs(ca
     assert "Traceback" in caplog.text and "internal_key" in caplog.text and "in handler" in caplog.text
 
 
+def test_a_user_message_is_one_log_line_and_a_bug_keeps_its_traceback(caplog):
+    """Gradio prints the traceback of every gr.Error whose print_exception is set: the wrapper
+    clears it for user messages (logged as one line instead) and for the internal-error
+    message (whose real traceback is logged once, by the wrapper)."""
+    @shows_errors
+    def handler(value: str):
+        if value == "user":
+            raise InputError("Pick a run first.")
+        if value == "page":
+            raise gr.Error("Load a sample or\nupload a file first.")
+        raise KeyError("internal_key")
+
+    caplog.set_level(logging.INFO, logger="ui.errors")
+    for value, shown in (("user", "Pick a run first."), ("page", "Load a sample or upload a file first.")):
+        caplog.clear()
+        with pytest.raises(gr.Error) as info:
+            handler(value)
+        assert info.value.print_exception is False  # Gradio's queue prints no traceback for it
+        (record,) = caplog.records
+        assert record.levelno == logging.WARNING and record.exc_info is None
+        assert record.getMessage().endswith(f"handler: {shown}")  # names the handler; one line
+        assert caplog.text.count("\n") == 1 and "Traceback" not in caplog.text
+    caplog.clear()
+    with pytest.raises(gr.Error) as bug:
+        handler("bug")
+    assert bug.value.print_exception is False  # logged once below, not again by Gradio
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert "Traceback" in caplog.text and "internal_key" in caplog.text
+
+
+def test_a_user_message_passed_through_two_wrappers_is_logged_once(caplog):
+    @shows_errors
+    def inner():
+        raise InputError("That run is gone.")
+
+    @shows_errors
+    def outer():
+        inner()
+
+    caplog.set_level(logging.INFO, logger="ui.errors")
+    with pytest.raises(gr.Error):
+        outer()
+    assert len(caplog.records) == 1 and "That run is gone." in caplog.text
+
+
 def test_tab_handler_shows_a_core_user_error_as_it_is(export_ctx, run_with_adapter, monkeypatch, caplog):
     from ui import export_tab
 
