@@ -157,6 +157,21 @@ def test_mapping_problems_make_the_data_unusable(tmp_path):
     assert good.columns == ["body", "answer"]
 
 
+def test_the_column_pickers_are_named_for_the_format_found(tmp_path):
+    """A question/answer file has a prompt and a completion column; only a classification
+    file has a text and a label column (the pickers said "for classification" for every file)."""
+    qa = write_lines(tmp_path / "qa.csv", ["question,answer"] + [f"What is {i}+{i}?,{2 * i}" for i in range(12)])
+    values = view_values(inspect_data({"path": str(qa), "name": "qa"}, DataMapping()))
+    prompt, completion = values[11]["label"], values[12]["label"]
+    assert (prompt, completion) == ("Prompt column", "Completion column (the answer to learn)")
+    intents = view_values(load_sample("Customer intents (classification)", None))
+    assert intents[11]["label"].startswith("Text column") and intents[12]["label"].startswith("Label column")
+    chats = view_values(load_sample("CALC-9 calculator chats (multi-turn messages)", None))
+    assert chats[11]["label"] == "Conversation column" and "not used" in chats[12]["label"]
+    for update in values[11:13] + chats[11:13]:
+        assert "classification" not in update["label"]
+
+
 def test_separate_evaluation_file_and_leakage(uploads, tmp_path):
     train = write_lines(tmp_path / "train.jsonl", pc_lines(20))
     held = write_lines(tmp_path / "held.jsonl", pc_lines(25)[18:])  # rows 19, 20 are also in training

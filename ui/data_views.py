@@ -23,6 +23,18 @@ ISSUE_ROWS = 500  # the table shows this many; the count above it says how many 
 TRAINED, MASKED = "trained", "masked (prompt)"
 ISSUE_COLUMNS = ["row", "column", "message"]
 LABEL_COLUMNS = ["label", "count"]
+# What the two column pickers mean in each format (DataMapping's prompt_column / completion_column).
+NOT_USED = "not used by this format"
+COLUMN_LABELS = {
+    "classification": ("Text column (the text to classify)", "Label column (the answer to learn)"),
+    "columns": ("Prompt column", "Completion column (the answer to learn)"),
+    "prompt_completion": ("Prompt column", "Completion column (the answer to learn)"),
+    "messages": ("Conversation column", "Completion column (not used: the last reply is learned)"),
+    "sharegpt": ("Conversation column", "Completion column (not used: the last reply is learned)"),
+    "alpaca": (f"Prompt column ({NOT_USED})", f"Completion column ({NOT_USED})"),
+    "text": ("Text column", f"Completion column ({NOT_USED})"),
+}
+DEFAULT_COLUMN_LABELS = ("Prompt column", "Completion column")
 
 
 def held_out_fraction(percent: Any) -> float:
@@ -32,6 +44,18 @@ def held_out_fraction(percent: Any) -> float:
         return round(float(percent or 0) / 100, 4)
     except (TypeError, ValueError):
         raise ValueError(f"Held-out %: {str(percent)[:40]!r} is not a number.") from None
+
+
+def column_labels(data_format: str | None) -> tuple[str, str]:
+    """The prompt and completion column pickers' labels for a detected or chosen format: a
+    classification file has a text and a label column, a chat file a conversation column.
+
+    >>> column_labels("columns")
+    ('Prompt column', 'Completion column (the answer to learn)')
+    >>> column_labels("auto")
+    ('Prompt column', 'Completion column')
+    """
+    return COLUMN_LABELS.get(data_format or "", DEFAULT_COLUMN_LABELS)
 
 
 def held_out_percent(fraction: float) -> float:
