@@ -276,12 +276,15 @@ def test_a_run_refused_for_a_user_reason_logs_the_reason_without_a_traceback(run
 
 # -- issues as text --------------------------------------------------------------------------------
 def test_issue_text_for_a_row_and_for_the_whole_file():
-    assert Issue(57, "text", "the value is empty").text() == "row 57 [text]: the value is empty"
+    """Plain words: "row 57, column 'text': ...", and a problem of the whole file is its own sentence
+    (the page once said "Not usable: file: the file is empty")."""
+    assert Issue(57, "text", "the value is empty").text() == "row 57, column 'text': the value is empty"
     assert Issue(3, None, "invalid JSON on line 3").text() == "row 3: invalid JSON on line 3"
-    assert Issue(None, None, "no usable rows").text() == "file: no usable rows"
-    assert Issue(None, "label", "column 'label' mixes types").text() == "file [label]: column 'label' mixes types"
+    assert Issue(None, None, "no usable rows").text() == "no usable rows"
+    assert Issue(None, "label", "column 'label' mixes types").text() == "column 'label' mixes types"
+    assert Issue(None, "label", "mixes types").text() == "column 'label': mixes types"
     # rows count from 1: row 0 names no row, so it reads as the file, like None
-    assert Issue(0, None, "the file is empty").text() == "file: the file is empty"
+    assert Issue(0, None, "the file is empty").text() == "the file is empty"
     assert Issue(0, None, "x").file_wide and not Issue(1, None, "x").file_wide
 
 
@@ -294,7 +297,7 @@ def test_every_place_that_shows_issues_agrees(tmp_path, capsys):
     path.write_text('{"prompt": "q1", "completion": "a1"}\n{"prompt": "", "completion": "a2"}\n', encoding="utf-8")
     report = prepare_data(DataMapping(data_path=str(path), drop_bad_rows=False))
     (issue,) = [i for i in report.issues if not i.file_wide]
-    assert issue.text().startswith("row 2 [prompt]: ")
+    assert issue.text().startswith("row 2, column 'prompt': ")
     assert issue_lines(report.issues).startswith(issue.text())
     inspect_main([str(path)])  # the command line's list of issues
     assert f"  {issue.text()}" in capsys.readouterr().out
