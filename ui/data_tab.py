@@ -203,11 +203,13 @@ def inspect_new_copy(source: dict, key: str, mapping: DataMapping, tokenizer, ma
 
 
 def preview_widths(frame: pd.DataFrame) -> list[str]:
-    """Narrow row and label columns, so the prompt and the completion share the width."""
-    narrow = {"row": 6, "label": 14, "system": 16}
-    fixed = sum(narrow.get(c, 0) for c in frame.columns)
+    """Narrow row and label columns, so the prompt and the completion share the width. The narrow ones
+    are in pixels (as wide as their header, on a phone too: a header's word is never split); the table
+    scrolls sideways where the screen is narrower than them all."""
+    narrow = {"row": "60px", "label": "130px", "system": "16%"}
+    share = 76 - (16 if "system" in frame.columns else 0)  # what the pixel columns leave, on a laptop
     wide = [c for c in frame.columns if c not in narrow]
-    return [f"{narrow.get(c, (100 - fixed) // max(1, len(wide)))}%" for c in frame.columns]
+    return [narrow.get(c, f"{share // max(1, len(wide))}%") for c in frame.columns]
 
 
 def _column_update(columns: list[str], value: str, label: str):
@@ -248,7 +250,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                               for i, name in enumerate(SAMPLES)}
             sample_info = gr.Markdown(elem_id="sample-description")
             upload = gr.File(label="Upload a training file", file_types=DATA_EXTENSIONS, type="filepath",
-                             height=110, elem_id="data-upload")
+                             elem_id="data-upload")  # sized by app.py's CSS
             with gr.Accordion("Mapping and split", open=True):
                 defaults = DataMapping()
                 mapping = {  # keyed by DataMapping field: current() reads them back by name
@@ -271,7 +273,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                                                  info="Train on the good rows; off = refuse a file with any bad row."),
                 }
                 eval_upload = gr.File(label="Separate evaluation file (optional, replaces the held-out %)",
-                                      file_types=DATA_EXTENSIONS, type="filepath", height=90, elem_id="data-eval-upload")
+                                      file_types=DATA_EXTENSIONS, type="filepath", elem_id="data-eval-upload")
             with gr.Accordion("Token statistics", open=False):
                 tok_source = gr.Textbox(settings.default_model, label="Tokenizer/model for stats",
                                         info="'bundled', a Hub id or a model folder; the Train tab's model may differ.")
@@ -285,7 +287,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
             labels = gr.BarPlot(labels_frame(None), x="label", y="count", title="Labels", height=220,
                                 visible=False, elem_id="data-labels")
             issues = gr.Dataframe(pd.DataFrame(columns=ISSUE_COLUMNS), label="Issues", interactive=False, wrap=True,
-                                  column_widths=["12%", "18%", "70%"],
+                                  column_widths=["60px", "110px", "76%"],  # the headers whole on a phone
                                   max_height=300, elem_id="data-issues")
             example = gr.HighlightedText(label="One example as the model sees it (green = trained, grey = masked)",
                                          color_map=EXAMPLE_COLOURS, show_legend=True, combine_adjacent=True,
