@@ -43,7 +43,19 @@ CSS = """
 .gradio-container {max-width: 1400px !important;}
 #studio-header h1 {margin-bottom: 0;}
 .studio-progress {margin: 4px 0 8px 0;}
-#guide-banner {background: #eef2ff; border-radius: 8px; padding: 6px 10px; align-items: center;}
+#guide-banner {background: #eef2ff; border-radius: 8px; padding: 6px 10px; align-items: center;
+               flex-wrap: wrap; row-gap: 8px;}
+/* On a phone the button goes under the text instead of squeezing it to one word a line. */
+#guide-banner > #guide-status {flex: 1 1 320px; min-width: min(100%, 320px);}
+/* Upload boxes (every gr.File that takes a file): the label on its own line above the drop area, and the
+   drop area only as tall as its text, so neither covers the other and nothing is cut off at the bottom. */
+.gradio-container .block:has(> .upload-container) {height: auto !important; min-height: 0 !important;}
+.block:has(> .upload-container) > label[data-testid=block-label] {position: static;
+    margin: var(--block-label-margin) 0 0 var(--block-label-margin);}
+.block > .upload-container {height: auto !important;}
+.upload-container [data-testid=upload-text] {min-height: 0; height: auto; padding: 4px 0 12px;}
+/* An accordion's closed arrow is turned sideways: room for it inside the header's box. */
+.label-wrap {padding-right: var(--size-2);}
 """
 
 
@@ -63,7 +75,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
             # On a Space with `hf_oauth: true` in the README front matter: sign in with Hugging Face.
             gr.LoginButton()
         guide_status, guide_button = guide.banner()
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # a phone sees all five steps, not "…"
             shared = Shared(blocks=demo, tabs=tabs, data_state=data_state, run_state=run_state)
             with gr.Tab("1 · Data", id="data"):
                 data = data_tab.build(ctx, shared)

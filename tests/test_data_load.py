@@ -33,7 +33,8 @@ def test_jsonl_blank_lines_keep_line_numbers_and_non_objects_are_flagged(tmp_pat
     res = load_records(write(tmp_path, "d.jsonl", '{"a": 1}\n\n[1, 2]\n  \n{"a": 3}\n'))
     assert res.row_numbers == [1, 5]
     assert res.total_rows == 3
-    assert [(i.row, i.message) for i in res.issues] == [(3, "line 3 is a JSON array, not an object")]
+    assert [(i.row, i.message) for i in res.issues] == [(3, 'line 3 is a list, not an example (an object with named fields, like '
+                                                     '{"prompt": ..., "completion": ...})')]
 
 
 def test_json_array_object_of_columns_and_wrapped_rows(tmp_path):
@@ -45,7 +46,8 @@ def test_json_array_object_of_columns_and_wrapped_rows(tmp_path):
     assert wrapped.records == [{"x": "1"}, {"x": "2"}] and wrapped.row_numbers == [1, 2]
     mixed = load_records(write(tmp_path, "m.json", '[{"x": "1"}, "oops", {"x": "3"}]'))
     assert mixed.row_numbers == [1, 3]
-    assert [(i.row, i.message) for i in mixed.issues] == [(2, "row 2 is a JSON string, not an object")]
+    assert [(i.row, i.message) for i in mixed.issues] == [(2, 'row 2 is a piece of text, not an example (an object with named fields, '
+                                                       'like {"prompt": ..., "completion": ...})')]
 
 
 def test_json_column_lengths_must_match(tmp_path):
@@ -95,10 +97,11 @@ def test_header_only_csv_is_a_file_level_failure(tmp_path):
 
 
 def test_empty_and_blank_files(tmp_path):
-    assert load_records(write(tmp_path, "e.jsonl", b"")).issues[0].message == "the file is empty"
+    assert load_records(write(tmp_path, "e.jsonl", b"")).issues[0].message == "the file is empty: it needs at least one example"
     blank = load_records(write(tmp_path, "b.csv", "\n  \n"))
-    assert blank.fatal and blank.issues[0].message == "the file is empty (only whitespace)"
-    assert load_records(write(tmp_path, "z.json", "[]")).issues[0].message == "the file holds no rows"
+    assert blank.fatal and blank.issues[0].message == (
+        "the file is empty (only spaces and blank lines): it needs at least one example")
+    assert load_records(write(tmp_path, "z.json", "[]")).issues[0].message == "the file holds no examples: it needs at least one"
 
 
 def test_latin1_reports_the_first_bad_byte_offset(tmp_path):

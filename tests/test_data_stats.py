@@ -96,7 +96,8 @@ def test_token_stats_counts_rows_over_max_length(tokenizer):
     assert stats["chat_template_note"] is None
     assert token_stats(rows, tokenizer, max_length=totals[3])["over_max_length"] == 0
     prompt_only = token_stats(rows, tokenizer, max_length=min(stats["lengths"]["prompt"]))
-    assert prompt_only["completion_lost"] == 4
+    assert prompt_only["completion_lost"] == 4 and prompt_only["completion_lost_at"] == [0, 1, 2, 3]
+    assert stats["cut_at"] == [2, 3]  # positions in `rows`, for messages that name the rows
 
 
 def test_token_stats_samples_large_inputs(tokenizer):

@@ -217,4 +217,4 @@ def test_inspect_main_mapping_and_readable_output(capsys):
     assert text.splitlines()[:2] == ["format: columns", "rows: 2 usable of 2 read"]
     assert text.rstrip().endswith("usable: yes")
     assert inspect_main([str(FIX / "tickets.csv"), "--map", "completion=missing", "--map", "prompt=ticket"]) == 2
-    assert "[missing]: the mapping needs column 'missing'" in capsys.readouterr().out
+    assert "  the mapping needs column 'missing'" in capsys.readouterr().out

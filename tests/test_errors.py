@@ -115,6 +115,52 @@ def test_shows_errors_keeps_what_gradio_reads_and_sorts_user_errors_from_bugs(ca
     assert "Traceback" in caplog.text and "internal_key" in caplog.text and "in handler" in caplog.text
 
 
+def test_a_user_message_is_one_log_line_and_a_bug_keeps_its_traceback(caplog):
+    """Gradio prints the traceback of every gr.Error whose print_exception is set: the wrapper
+    clears it for user messages (logged as one line instead) and for the internal-error
+    message (whose real traceback is logged once, by the wrapper)."""
+    @shows_errors
+    def handler(value: str):
+        if value == "user":
+            raise InputError("Pick a run first.")
+        if value == "page":
+            raise gr.Error("Load a sample or\nupload a file first.")
+        raise KeyError("internal_key")
+
+    caplog.set_level(logging.INFO, logger="ui.errors")
+    for value, shown in (("user", "Pick a run first."), ("page", "Load a sample or upload a file first.")):
+        caplog.clear()
+        with pytest.raises(gr.Error) as info:
+            handler(value)
+        assert info.value.print_exception is False  # Gradio's queue prints no traceback for it
+        (record,) = caplog.records
+        assert record.levelno == logging.WARNING and record.exc_info is None
+        assert record.getMessage().endswith(f"handler: {shown}")  # names the handler; one line
+        assert caplog.text.count("\n") == 1 and "Traceback" not in caplog.text
+    caplog.clear()
+    with pytest.raises(gr.Error) as bug:
+        handler("bug")
+    assert bug.value.print_exception is False  # logged once below, not again by Gradio
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert "Traceback" in caplog.text and "internal_key" in caplog.text
+
+
+def test_a_user_message_passed_through_two_wrappers_is_logged_once(caplog):
+    @shows_errors
+    def inner():
+        raise InputError("That run is gone.")
+
+    @shows_errors
+    def outer():
+        inner()
+
+    caplog.set_level(logging.INFO, logger="ui.errors")
+    with pytest.raises(gr.Error):
+        outer()
+    assert len(caplog.records) == 1 and "That run is gone." in caplog.text
+
+
 def test_tab_handler_shows_a_core_user_error_as_it_is(export_ctx, run_with_adapter, monkeypatch, caplog):
     from ui import export_tab
 
@@ -230,12 +276,15 @@ def test_a_run_refused_for_a_user_reason_logs_the_reason_without_a_traceback(run
 
 # -- issues as text --------------------------------------------------------------------------------
 def test_issue_text_for_a_row_and_for_the_whole_file():
-    assert Issue(57, "text", "the value is empty").text() == "row 57 [text]: the value is empty"
+    """Plain words: "row 57, column 'text': ...", and a problem of the whole file is its own sentence
+    (the page once said "Not usable: file: the file is empty")."""
+    assert Issue(57, "text", "the value is empty").text() == "row 57, column 'text': the value is empty"
     assert Issue(3, None, "invalid JSON on line 3").text() == "row 3: invalid JSON on line 3"
-    assert Issue(None, None, "no usable rows").text() == "file: no usable rows"
-    assert Issue(None, "label", "column 'label' mixes types").text() == "file [label]: column 'label' mixes types"
+    assert Issue(None, None, "no usable rows").text() == "no usable rows"
+    assert Issue(None, "label", "column 'label' mixes types").text() == "column 'label' mixes types"
+    assert Issue(None, "label", "mixes types").text() == "column 'label': mixes types"
     # rows count from 1: row 0 names no row, so it reads as the file, like None
-    assert Issue(0, None, "the file is empty").text() == "file: the file is empty"
+    assert Issue(0, None, "the file is empty").text() == "the file is empty"
     assert Issue(0, None, "x").file_wide and not Issue(1, None, "x").file_wide
 
 
@@ -248,7 +297,7 @@ def test_every_place_that_shows_issues_agrees(tmp_path, capsys):
     path.write_text('{"prompt": "q1", "completion": "a1"}\n{"prompt": "", "completion": "a2"}\n', encoding="utf-8")
     report = prepare_data(DataMapping(data_path=str(path), drop_bad_rows=False))
     (issue,) = [i for i in report.issues if not i.file_wide]
-    assert issue.text().startswith("row 2 [prompt]: ")
+    assert issue.text().startswith("row 2, column 'prompt': ")
     assert issue_lines(report.issues).startswith(issue.text())
     inspect_main([str(path)])  # the command line's list of issues
     assert f"  {issue.text()}" in capsys.readouterr().out

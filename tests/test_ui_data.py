@@ -141,9 +141,38 @@ def test_token_stats_and_max_length(tokenizer):
     view = load_sample("CALC-9 calculator chats (multi-turn messages)", tokenizer, max_length=64)
     assert view.tokens["max_length"] == 64 and view.tokens["over_max_length"] > 0
     assert len(view.lengths.axes) == 3
-    assert "Over max_length 64" in view.summary
+    assert "the prompt alone is longer than the maximum length (64 tokens)" in view.summary
+    longer = load_sample("CALC-9 calculator chats (multi-turn messages)", tokenizer, max_length=128).summary
+    assert re.search(r"\*\*Rows \d+, \d+, .*: longer than the maximum length \(128 tokens\)\*\*; the end of the "
+                     r"answer is cut off", longer)  # the rows are named by number
+    for summary in (view.summary, longer):
+        assert "max_length" not in summary and "nothing left to learn" not in summary
     plain = load_sample("CALC-9 calculator chats (multi-turn messages)", None)  # no tokenizer: no stats, still usable
     assert plain.tokens is None and plain.lengths is None and plain.data_state is not None
+
+
+def test_a_prompt_longer_than_the_max_length_is_named_by_row_in_plain_words(tmp_path, tokenizer):
+    lines = pc_lines(12)
+    lines[6] = json.dumps({"prompt": "Summarise: " + "word " * 120, "completion": "Short."})  # file row 7
+    view = inspect_data({"path": str(write_lines(tmp_path / "long.jsonl", lines)), "name": "long"}, DataMapping(),
+                        tokenizer, max_length=64)
+    assert ("**Row 7: the prompt alone is longer than the maximum length (64 tokens), so nothing of the answer "
+            "would be learned.** Raise the max length or shorten the prompt.") in view.summary
+    assert "cut off" not in view.summary  # row 7 is the only long row, and it is said once
+
+
+def test_a_file_problem_reads_as_one_plain_sentence(uploads, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    view = load_upload(str(empty))
+    assert view.status == ("**Not usable:** The file is empty: it needs at least one example. "
+                           "Fix the file and upload it again.")  # was "Not usable: file: the file is empty"
+    rows = write_lines(tmp_path / "rows.jsonl", ['{"prompt": "", "completion": "a"}', "[1, 2]",
+                                                 '{"prompt": "q", "completion": "a"}'])
+    status = inspect_data({"path": str(rows), "name": "rows"}, DataMapping(drop_bad_rows=False)).status
+    assert status.startswith("**Not usable yet:** 2 of 3 rows have problems, e.g. row 2: line 2 is a list, not an "
+                             "example")
+    assert "; row 1, column 'prompt': the prompt" in status
 
 
 def test_mapping_problems_make_the_data_unusable(tmp_path):
@@ -155,6 +184,21 @@ def test_mapping_problems_make_the_data_unusable(tmp_path):
     chosen = good.data_state["mapping"]
     assert chosen["data_format"] == "columns" and chosen["completion_column"] == "answer"
     assert good.columns == ["body", "answer"]
+
+
+def test_the_column_pickers_are_named_for_the_format_found(tmp_path):
+    """A question/answer file has a prompt and a completion column; only a classification
+    file has a text and a label column (the pickers said "for classification" for every file)."""
+    qa = write_lines(tmp_path / "qa.csv", ["question,answer"] + [f"What is {i}+{i}?,{2 * i}" for i in range(12)])
+    values = view_values(inspect_data({"path": str(qa), "name": "qa"}, DataMapping()))
+    prompt, completion = values[11]["label"], values[12]["label"]
+    assert (prompt, completion) == ("Prompt column", "Completion column (the answer to learn)")
+    intents = view_values(load_sample("Customer intents (classification)", None))
+    assert intents[11]["label"].startswith("Text column") and intents[12]["label"].startswith("Label column")
+    chats = view_values(load_sample("CALC-9 calculator chats (multi-turn messages)", None))
+    assert chats[11]["label"] == "Conversation column" and "not used" in chats[12]["label"]
+    for update in values[11:13] + chats[11:13]:
+        assert "classification" not in update["label"]
 
 
 def test_separate_evaluation_file_and_leakage(uploads, tmp_path):

@@ -35,7 +35,7 @@ from finetune_core.data.samples import SAMPLES, sample_mapping
 from .context import DATA_EXTENSIONS, AppContext, DataParts, Shared
 from .data_uploads import display_name, save_upload, uploads_dir  # noqa: F401 (part of this tab's API)
 from .data_views import (ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS, TRAINED,  # noqa: F401
-                         example_spans, held_out_fraction, held_out_percent, issues_frame,
+                         column_labels, example_spans, held_out_fraction, held_out_percent, issues_frame,
                          labels_frame, length_figure, md_text, preview_frame, status_text, summary_text)
 from .errors import page_error, shows_errors
 
@@ -115,6 +115,7 @@ class DataView:
     tokens: dict | None = None
     description: str = ""
     unreadable: tuple[str, ...] = ()  # source keys ("path", "eval_path") of files that could not be read at all
+    data_format: str = ""  # the format the file was read in (detected or chosen); names the column pickers
 
 
 def state_for(report: DataReport, mapping: DataMapping, source: dict) -> dict:
@@ -146,6 +147,7 @@ def inspect_data(source: dict | None, mapping: DataMapping, tokenizer=None, max_
         preview=preview_frame(report.rows, report.row_numbers), columns=list(report.columns), tokens=tokens,
         description=SAMPLES.get(source.get("sample") or "", {}).get("description", ""),
         unreadable=tuple(key for key, r in (("path", report), ("eval_path", eval_report)) if r and r.unreadable),
+        data_format=report.format,
     )
     if tokenizer is not None and report.rows:
         view.example = example_spans(report.rows[0], tokenizer, max_length)
@@ -201,21 +203,24 @@ def inspect_new_copy(source: dict, key: str, mapping: DataMapping, tokenizer, ma
 
 
 def preview_widths(frame: pd.DataFrame) -> list[str]:
-    """Narrow row and label columns, so the prompt and the completion share the width."""
-    narrow = {"row": 6, "label": 14, "system": 16}
-    fixed = sum(narrow.get(c, 0) for c in frame.columns)
+    """Narrow row and label columns, so the prompt and the completion share the width. The narrow ones
+    are in pixels (as wide as their header, on a phone too: a header's word is never split); the table
+    scrolls sideways where the screen is narrower than them all."""
+    narrow = {"row": "60px", "label": "130px", "system": "16%"}
+    share = 76 - (16 if "system" in frame.columns else 0)  # what the pixel columns leave, on a laptop
     wide = [c for c in frame.columns if c not in narrow]
-    return [f"{narrow.get(c, (100 - fixed) // max(1, len(wide)))}%" for c in frame.columns]
+    return [narrow.get(c, f"{share // max(1, len(wide))}%") for c in frame.columns]
 
 
-def _column_update(columns: list[str], value: str):
+def _column_update(columns: list[str], value: str, label: str):
     choices = [NO_COLUMN] + [(c, c) for c in columns]
-    return gr.update(choices=choices, value=value if value in columns else "")
+    return gr.update(choices=choices, value=value if value in columns else "", label=label)
 
 
 def view_values(view: DataView) -> tuple:
     """The view in the order of the tab's output components (see ``build``: ``data_outputs``)."""
     m = view.mapping
+    prompt_label, completion_label = column_labels(view.data_format or m.data_format)
     has_labels = not view.labels.empty
     description = f"**{md_text((view.source or {}).get('name', ''))}** — {view.description}" if view.description else ""
     return (
@@ -223,7 +228,8 @@ def view_values(view: DataView) -> tuple:
         # y from 0: with equal counts the plot's own domain would collapse and hide the bars.
         gr.update(value=view.labels, visible=has_labels, y_lim=[0, max(view.labels["count"], default=1)]), view.lengths,
         gr.update(value=view.preview, column_widths=preview_widths(view.preview)), view.example, description,
-        m.data_format, _column_update(view.columns, m.prompt_column), _column_update(view.columns, m.completion_column),
+        m.data_format, _column_update(view.columns, m.prompt_column, prompt_label),
+        _column_update(view.columns, m.completion_column, completion_label),
         m.prompt_template, m.completion_template, m.system_prompt, m.drop_bad_rows,
     )
 
@@ -244,14 +250,14 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                               for i, name in enumerate(SAMPLES)}
             sample_info = gr.Markdown(elem_id="sample-description")
             upload = gr.File(label="Upload a training file", file_types=DATA_EXTENSIONS, type="filepath",
-                             height=110, elem_id="data-upload")
+                             elem_id="data-upload")  # sized by app.py's CSS
             with gr.Accordion("Mapping and split", open=True):
                 defaults = DataMapping()
                 mapping = {  # keyed by DataMapping field: current() reads them back by name
                     "data_format": gr.Dropdown(FORMAT_CHOICES, value="auto", label="Format", elem_id="data-format"),
-                    "prompt_column": gr.Dropdown([NO_COLUMN], value="", label="Prompt column (text, for classification)",
+                    "prompt_column": gr.Dropdown([NO_COLUMN], value="", label=column_labels("auto")[0],
                                                  elem_id="data-prompt-column"),
-                    "completion_column": gr.Dropdown([NO_COLUMN], value="", label="Completion column (label, for classification)",
+                    "completion_column": gr.Dropdown([NO_COLUMN], value="", label=column_labels("auto")[1],
                                                      elem_id="data-completion-column"),
                     "prompt_template": gr.Textbox(label="Prompt template", lines=2, placeholder="Summarize this dialog:\n{dialogue}",
                                                   info="{column} placeholders; overrides the prompt column."),
@@ -267,7 +273,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                                                  info="Train on the good rows; off = refuse a file with any bad row."),
                 }
                 eval_upload = gr.File(label="Separate evaluation file (optional, replaces the held-out %)",
-                                      file_types=DATA_EXTENSIONS, type="filepath", height=90, elem_id="data-eval-upload")
+                                      file_types=DATA_EXTENSIONS, type="filepath", elem_id="data-eval-upload")
             with gr.Accordion("Token statistics", open=False):
                 tok_source = gr.Textbox(settings.default_model, label="Tokenizer/model for stats",
                                         info="'bundled', a Hub id or a model folder; the Train tab's model may differ.")
@@ -281,7 +287,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
             labels = gr.BarPlot(labels_frame(None), x="label", y="count", title="Labels", height=220,
                                 visible=False, elem_id="data-labels")
             issues = gr.Dataframe(pd.DataFrame(columns=ISSUE_COLUMNS), label="Issues", interactive=False, wrap=True,
-                                  column_widths=["12%", "18%", "70%"],
+                                  column_widths=["60px", "110px", "76%"],  # the headers whole on a phone
                                   max_height=300, elem_id="data-issues")
             example = gr.HighlightedText(label="One example as the model sees it (green = trained, grey = masked)",
                                          color_map=EXAMPLE_COLOURS, show_legend=True, combine_adjacent=True,

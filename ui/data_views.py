@@ -23,6 +23,18 @@ ISSUE_ROWS = 500  # the table shows this many; the count above it says how many 
 TRAINED, MASKED = "trained", "masked (prompt)"
 ISSUE_COLUMNS = ["row", "column", "message"]
 LABEL_COLUMNS = ["label", "count"]
+# What the two column pickers mean in each format (DataMapping's prompt_column / completion_column).
+NOT_USED = "not used by this format"
+COLUMN_LABELS = {
+    "classification": ("Text column (the text to classify)", "Label column (the answer to learn)"),
+    "columns": ("Prompt column", "Completion column (the answer to learn)"),
+    "prompt_completion": ("Prompt column", "Completion column (the answer to learn)"),
+    "messages": ("Conversation column", "Completion column (not used: the last reply is learned)"),
+    "sharegpt": ("Conversation column", "Completion column (not used: the last reply is learned)"),
+    "alpaca": (f"Prompt column ({NOT_USED})", f"Completion column ({NOT_USED})"),
+    "text": ("Text column", f"Completion column ({NOT_USED})"),
+}
+DEFAULT_COLUMN_LABELS = ("Prompt column", "Completion column")
 
 
 def held_out_fraction(percent: Any) -> float:
@@ -32,6 +44,18 @@ def held_out_fraction(percent: Any) -> float:
         return round(float(percent or 0) / 100, 4)
     except (TypeError, ValueError):
         raise ValueError(f"Held-out %: {str(percent)[:40]!r} is not a number.") from None
+
+
+def column_labels(data_format: str | None) -> tuple[str, str]:
+    """The prompt and completion column pickers' labels for a detected or chosen format: a
+    classification file has a text and a label column, a chat file a conversation column.
+
+    >>> column_labels("columns")
+    ('Prompt column', 'Completion column (the answer to learn)')
+    >>> column_labels("auto")
+    ('Prompt column', 'Completion column')
+    """
+    return COLUMN_LABELS.get(data_format or "", DEFAULT_COLUMN_LABELS)
 
 
 def held_out_percent(fraction: float) -> float:
@@ -116,17 +140,22 @@ def length_figure(tokens: dict) -> Figure:
             # Drawing a far-away limit would squash the bars into one pixel column: say it instead.
             if limit <= 1.5 * max(values, default=0):
                 ax.axvline(limit, color="#dc2626", linestyle="--", linewidth=1)
-                ax.set_title(f"total tokens (max_length {limit}: {tokens['over_max_length']} over)", fontsize=10)
+                ax.set_title(f"total tokens ({tokens['over_max_length']} over the max length {limit})", fontsize=10)
             else:
-                ax.set_title(f"total tokens (all under max_length {limit})", fontsize=10)
+                ax.set_title(f"total tokens (all under the max length {limit})", fontsize=10)
     fig.axes[0].set_ylabel("rows")
     return fig
 
 
 def issue_lines(issues: list[Issue], limit: int = 3) -> str:
-    """The first issues as 'row 57 [text]: message' (Issue.text; rows first: they are what to fix)."""
+    """The first issues as "row 57, column 'text': message" (Issue.text; rows first: they are what to fix)."""
     ordered = [i for i in issues if not i.file_wide] + [i for i in issues if i.file_wide]
     return "; ".join(i.text() for i in ordered[:limit])
+
+
+def sentence(text: str) -> str:
+    """`text` starting with a capital letter, for a status line that begins with it."""
+    return text[:1].upper() + text[1:]
 
 
 def status_text(report: DataReport, eval_report: DataReport | None, source: dict) -> str:
@@ -135,8 +164,8 @@ def status_text(report: DataReport, eval_report: DataReport | None, source: dict
         # An unreadable upload is not kept (see data_tab.load_upload): only a new upload can help.
         fix = ("Fix the file and upload it again." if report.unreadable
                else "Fix the file or the mapping, then press **Apply mapping**.")
-        return (f"**Not usable:** {md_text(issue_lines([i for i in report.issues if i.file_wide] or report.issues))}. "
-                + fix)
+        first = issue_lines([i for i in report.issues if i.file_wide] or report.issues)
+        return f"**Not usable:** {md_text(sentence(first))}. " + fix
     if not report.usable:
         return (f"**Not usable yet:** {report.bad_rows} of {report.total_rows} rows have problems, e.g. "
                 f"{md_text(issue_lines(report.issues))}. Fix them in the file, or tick **Drop bad rows** to "
@@ -162,6 +191,38 @@ def duplicate_rows_text(duplicates: dict, groups: int = 5, rows: int = 5) -> str
     return f" (rows {text}" + (f", … {more} more group{'s' if more != 1 else ''}" if more > 0 else "") + ")"
 
 
+def rows_named(positions: list[int], row_numbers: list[int], count: int) -> str:
+    """'row 12' / 'rows 12, 40' / 'rows 12, 40, … (5 in all)': file row numbers for positions in the rows."""
+    numbers = [str(row_numbers[i]) for i in positions if i < len(row_numbers)]
+    if not numbers:
+        return f"{count} row{'s' if count != 1 else ''}"
+    more = f", … ({count} in all)" if count > len(numbers) else ""
+    return f"row{'s' if len(numbers) > 1 or more else ''} {', '.join(numbers)}{more}"
+
+
+def token_lines(tokens: dict, row_numbers: list[int], rows: int) -> list[str]:
+    """The summary's token lines: lengths, then the rows longer than the maximum length and the rows
+    whose prompt alone fills it (named by row number, with what to do about them)."""
+    limit = tokens["max_length"]
+    parts = ", ".join(f"{p} median {tokens[p]['median']:g} / longest {tokens[p]['max']}"
+                      for p in ("prompt", "completion", "total"))
+    measured = "" if tokens["rows_measured"] == rows else f" (measured on {tokens['rows_measured']} rows)"
+    lines = [f"- Tokens per row{measured}: {parts}."]
+    over, lost = tokens["over_max_length"], tokens["completion_lost"]
+    if not over:
+        lines.append(f"- Every row fits in the maximum length ({limit} tokens).")
+    elif over > lost:  # the rows whose prompt alone is too long are said below, with what to do
+        where = rows_named(tokens.get("cut_at", []), row_numbers, over - lost)
+        lines.append(f"- **{where[0].upper() + where[1:]}: longer than the maximum length ({limit} tokens)**; "
+                     "the end of the answer is cut off in training.")
+    if lost:
+        where = rows_named(tokens.get("completion_lost_at", []), row_numbers, lost)
+        lines.append(f"- **{where[0].upper() + where[1:]}: the prompt alone is longer than the maximum length "
+                     f"({limit} tokens), so nothing of the answer would be learned.** Raise the max length or "
+                     "shorten the prompt.")
+    return lines
+
+
 def summary_text(report: DataReport, source: dict, mapping: DataMapping, eval_report: DataReport | None,
                  split: tuple[int, int], duplicates: dict, leakage: dict, tokens: dict | None,
                  token_problem: str) -> str:
@@ -183,12 +244,7 @@ def summary_text(report: DataReport, source: dict, mapping: DataMapping, eval_re
     if report.labels:
         lines.append(f"- {len(report.labels)} labels: " + ", ".join(f"{md_text(k)} ({v})" for k, v in report.labels.items()))
     if tokens:
-        parts = ", ".join(f"{p} median {tokens[p]['median']:g} / max {tokens[p]['max']}"
-                          for p in ("prompt", "completion", "total"))
-        measured = "" if tokens["rows_measured"] == len(report.rows) else f" (measured on {tokens['rows_measured']} rows)"
-        lines.append(f"- Tokens{measured}: {parts}. Over max_length {tokens['max_length']}: "
-                     f"**{tokens['over_max_length']}** rows (truncated); prompt alone too long (nothing left to "
-                     f"learn): {tokens['completion_lost']}.")
+        lines += token_lines(tokens, report.row_numbers, len(report.rows))
         if tokens.get("chat_template_note"):
             lines.append(f"- {md_text(tokens['chat_template_note'])}")
     elif token_problem:

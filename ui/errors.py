@@ -3,10 +3,12 @@
 One rule for every tab (see finetune_core/errors.py):
 
 - a ``StudioError`` is a problem the user can fix: the page shows its message
-  as it is (``gr.Error``), and nothing is logged;
-- a ``gr.Error`` raised by the tab itself is already a message for the page;
+  as it is (``gr.Error``), and the app log gets one line (no traceback);
+- a ``gr.Error`` raised by the tab itself is already a message for the page:
+  one line in the log as well;
 - anything else is a bug: its traceback goes to the app's log and the page
   says "Internal error: <one line>. The details are in the app log (<where>)."
+  (logged once: Gradio is told not to print the page message's own traceback).
   A plain ValueError or KeyError is a bug too: the core raises a StudioError
   for what the user did.
 
@@ -59,17 +61,31 @@ def internal_error(exc: BaseException, what: str = "", redact: tuple[str, ...] =
     line = one_line(exc)
     for secret in secrets:
         line = line.replace(secret, "***")
-    return gr.Error(f"Internal error: {line.rstrip('.')}. The details are in the app log ({log_location()}).")
+    # The traceback that matters is logged above; Gradio printing this message's own would only repeat it.
+    return gr.Error(f"Internal error: {line.rstrip('.')}. The details are in the app log ({log_location()}).",
+                    print_exception=False)
 
 
 def page_error(exc: BaseException, what: str = "", redact: tuple[str, ...] = ()) -> gr.Error:
     """The gr.Error the page shows for `exc`: a gr.Error as it is, a StudioError's message
-    as it is, anything else logged (see `internal_error`) and shown as an internal error."""
+    as it is (each logged as one line, see `user_message`), anything else logged with its
+    traceback (see `internal_error`) and shown as an internal error."""
     if isinstance(exc, gr.Error):
-        return exc
+        return user_message(exc, what)
     if isinstance(exc, StudioError):
-        return gr.Error(str(exc))
+        return user_message(gr.Error(str(exc)), what)
     return internal_error(exc, what, redact)
+
+
+def user_message(error: gr.Error, what: str = "") -> gr.Error:
+    """`error`, a message meant for the user, logged as one line and marked so that Gradio
+    does not print its traceback: it is what the user did, not a fault of the app."""
+    if error.print_exception:
+        error.print_exception = False
+        where = f" in {what}" if what else ""
+        text = " ".join(str(error.message).split())
+        log.warning("Shown to the user%s: %s", where, text if len(text) <= 300 else text[:299] + "…")
+    return error
 
 
 def shows_errors(fn):
@@ -103,4 +119,4 @@ def _raise_for_page(exc: Exception, what: str):
     raise error from None
 
 
-__all__ = ["shows_errors", "page_error", "internal_error", "log_location"]
+__all__ = ["shows_errors", "page_error", "user_message", "internal_error", "log_location"]

@@ -347,8 +347,9 @@ def _readable(result: dict) -> str:
         for part in ("prompt", "completion", "total"):
             d = tokens[part]
             lines.append(f"{part} tokens: min {d['min']}, median {d['median']:g}, p95 {d['p95']}, max {d['max']}")
-        lines.append(f"rows over max_length {tokens['max_length']}: {tokens['over_max_length']} "
-                     f"(prompt alone too long, dropped by the trainer: {tokens['completion_lost']})")
+        lines.append(f"rows longer than --max-length {tokens['max_length']} (cut to it): {tokens['over_max_length']}, "
+                     f"of which the prompt alone is that long, so nothing of the answer is learned: "
+                     f"{tokens['completion_lost']}")
     lines.append(f"issues: {result['issue_count']}")
     for issue in result["issues"][:20]:
         lines.append(f"  {Issue(**issue).text()}")

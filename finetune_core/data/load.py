@@ -32,6 +32,8 @@ from finetune_core.data.records import Issue, LoadResult
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 UTF8_BOM = b"\xef\xbb\xbf"
 CSV_FIELD_CAP = 2**31 - 1
+EMPTY = "the file is empty: it needs at least one example"
+NOT_AN_OBJECT = 'an object with named fields, like {"prompt": ..., "completion": ...}'
 PARQUET_BATCH_ROWS = 256  # rows decoded at a time: each batch is measured before it becomes Python objects
 # An absolute path: starts the text or follows a space, quote or bracket (so "bytes/value" is left alone).
 _ABS_PATH = re.compile(r"""(?<![^\s'"(\[=])(?:[A-Za-z]:)?[\\/](?:[^\s'"\\/]+[\\/])+[^\s'"():,;]*""")
@@ -61,7 +63,7 @@ def load_records(path: str | os.PathLike, max_file_mb: float = 100.0) -> LoadRes
     if size > limit:
         return result.fail(f"the file is {_human_size(size)}, over the {max_file_mb:g} MB limit")
     if size == 0:
-        return result.fail("the file is empty")
+        return result.fail(EMPTY)
     if suffix == ".parquet":
         _read_parquet(p, result)
     else:
@@ -74,7 +76,7 @@ def load_records(path: str | os.PathLike, max_file_mb: float = 100.0) -> LoadRes
         if text is None:
             return result
         if not text.strip():
-            return result.fail("the file is empty (only whitespace)")
+            return result.fail(EMPTY.replace("empty", "empty (only spaces and blank lines)", 1))
         reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_tsv}[suffix]
         reader(text, result)
     if not result.fatal:
@@ -82,7 +84,7 @@ def load_records(path: str | os.PathLike, max_file_mb: float = 100.0) -> LoadRes
         if not result.within("data_columns", len(result.columns), "the number of columns"):
             return result
         if result.total_rows == 0:
-            result.fail("the file holds no rows")
+            result.fail("the file holds no examples: it needs at least one")
     return result
 
 
@@ -126,7 +128,8 @@ def _read_jsonl(text: str, result: LoadResult) -> None:
             result.issues.append(Issue(number, None, f"invalid JSON on line {number}: {_json_error(exc)}"))
             continue
         if not isinstance(value, dict):
-            result.issues.append(Issue(number, None, f"line {number} is a JSON {_json_kind(value)}, not an object"))
+            result.issues.append(Issue(number, None,
+                                       f"line {number} is {_json_kind(value)}, not an example ({NOT_AN_OBJECT})"))
             continue
         result.add(number, value, source=line)
 
@@ -151,7 +154,8 @@ def _read_json(text: str, result: LoadResult) -> None:
         if value is None:
             return
     if not isinstance(value, list):
-        result.fail(f"the JSON holds a {_json_kind(value)}; expected an array of objects or an object of columns")
+        result.fail(f"the file holds {_json_kind(value)}, not a list of examples ({NOT_AN_OBJECT}) "
+                    "or an object of columns")
         return
     if not result.within("data_rows", len(value), "the number of rows"):
         return
@@ -160,7 +164,8 @@ def _read_json(text: str, result: LoadResult) -> None:
         if isinstance(item, dict):
             result.add(number, item)
         else:
-            result.issues.append(Issue(number, None, f"row {number} is a JSON {_json_kind(item)}, not an object"))
+            result.issues.append(Issue(number, None,
+                                       f"row {number} is {_json_kind(item)}, not an example ({NOT_AN_OBJECT})"))
 
 
 def _rows_from_object(value: dict, result: LoadResult) -> list | None:
@@ -186,7 +191,7 @@ def _rows_from_object(value: dict, result: LoadResult) -> list | None:
         keys = list(value)
         result.columns = keys
         return [{k: value[k][i] for k in keys} for i in range(len(value[keys[0]]))]
-    result.fail("the JSON object is neither an object of columns (each a list) nor a wrapper of a row list")
+    result.fail("the JSON object is neither columns (each a list of values) nor an object holding one list of examples")
     return None
 
 
@@ -212,7 +217,7 @@ def _read_csv(text: str, result: LoadResult, delimiter: str = ",") -> None:
     try:
         header = next(reader)
     except StopIteration:
-        result.fail("the file is empty")
+        result.fail(EMPTY)
         return
     except csv.Error as exc:
         result.fail(f"cannot parse the header: {exc}")
@@ -344,12 +349,13 @@ def _human_size(size: int) -> str:
 
 
 def _json_kind(value) -> str:
+    """What a JSON value is, in plain words ("a list"), for messages about a value that is not an example."""
     if isinstance(value, list):
-        return "array"
+        return "a list"
     if isinstance(value, str):
-        return "string"
+        return "a piece of text"
     if isinstance(value, bool):
-        return "boolean"
+        return "true or false"
     if isinstance(value, (int, float)):
-        return "number"
-    return "null" if value is None else type(value).__name__
+        return "a number"
+    return "null (no value)" if value is None else f"a {type(value).__name__}"

@@ -18,7 +18,7 @@ class Issue:
     """One problem found in a data file; ``row`` is None for file-level problems.
 
     Rows are numbered from 1, so row 0 names no row: it is read as file-wide too
-    (``file_wide``), and every place that shows an issue says "file" for both.
+    (``file_wide``), and every place that shows an issue treats both alike.
     """
 
     row: int | None  # 1-based row or line number
@@ -32,12 +32,16 @@ class Issue:
 
     @property
     def place(self) -> str:
-        """Where the problem is: "row 57", "row 57 [text]", "file" or "file [label]"."""
-        where = "file" if self.file_wide else f"row {self.row}"
-        return f"{where} [{self.column}]" if self.column else where
+        """Where the problem is: "row 57", "row 57, column 'text'", "the file" or "column 'label'"."""
+        if self.file_wide:
+            return f"column {self.column!r}" if self.column else "the file"
+        return f"row {self.row}, column {self.column!r}" if self.column else f"row {self.row}"
 
     def text(self) -> str:
-        """The issue as one line, "row 57 [text]: message": the one way an issue becomes text."""
+        """The issue as one line, "row 57, column 'text': message": the one way an issue becomes text. A
+        problem of the whole file is its message alone when that names the column (or there is none)."""
+        if self.file_wide and (not self.column or repr(self.column) in self.message):
+            return self.message
         return f"{self.place}: {self.message}"
 
     def to_dict(self) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 
+ROW_EXAMPLES = 10  # rows named per count (too long, prompt alone too long): enough to find them
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -139,12 +140,18 @@ def token_stats(rows: list[dict], tokenizer, max_length: int = 512, max_rows: in
     prompt = [p for p, _ in pairs]
     completion = [c for _, c in pairs]
     total = [p + c for p, c in pairs]
+    # The prompt alone fills max_length: truncation leaves nothing to learn.
+    lost = [i * step for i, p in enumerate(prompt) if p and p >= max_length]
+    cut = [i * step for i, (p, t) in enumerate(zip(prompt, total)) if t > max_length and p < max_length]
     return {
         "rows_measured": len(sample),
         "max_length": max_length,
         "over_max_length": sum(t > max_length for t in total),
-        # The prompt alone fills max_length: truncation leaves nothing to learn.
-        "completion_lost": sum(p >= max_length for p in prompt if p),
+        "completion_lost": len(lost),
+        # Where they are (positions in ``rows``, the first ROW_EXAMPLES), so a message can name the rows:
+        # rows whose answer is cut short, rows whose prompt alone is too long.
+        "cut_at": cut[:ROW_EXAMPLES],
+        "completion_lost_at": lost[:ROW_EXAMPLES],
         "prompt": _describe(prompt),
         "completion": _describe(completion),
         "total": _describe(total),
