@@ -56,6 +56,8 @@ CSS = """
 .upload-container [data-testid=upload-text] {min-height: 0; height: auto; padding: 4px 0 12px;}
 /* An accordion's closed arrow is turned sideways: room for it inside the header's box. */
 .label-wrap {padding-right: var(--size-2);}
+/* The runs table keeps readable columns on a phone and scrolls sideways instead of breaking words. */
+#runs-table table {min-width: 720px;}
 """
 
 

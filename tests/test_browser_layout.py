@@ -39,8 +39,6 @@ KEY_ELEMENTS = ["button[role=tab]", "h1", "h2", "h3", "h4", "[data-testid=block-
 RUNS_HEADERS = ("Train tab: the Runs table's header cells (#runs-table th 'step', 'total_steps', 'method') "
                 "break their words across lines")
 OTHER_TABS: dict[tuple[str, int], str] = {
-    ("train", 1366): RUNS_HEADERS,
-    ("train", 390): RUNS_HEADERS,
     ("evaluate", 390): ("Evaluate tab: the per-example table's header cells (#eval-examples th 'row', 'input', "
                         "'reference', 'base output', 'tuned output', 'base score', 'tuned score', 'delta') "
                         "break their words across lines"),
