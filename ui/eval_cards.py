@@ -30,7 +30,7 @@ import pandas as pd
 
 from evaluation.compare import verdict
 
-CARD_LIMIT = 20  # cards drawn at once; the table below the cards has every row
+CARD_LIMIT = 12  # cards drawn at once; the table below the cards has every row
 PREVIEW_CHARS = 180  # of an input shown before "show the whole input"
 SHARED_MIN = 24  # a prefix every input shares is left out of the previews when at least this long
 SUMMARY_COLUMNS = ["metric", "base", "tuned", "tuned − base"]

@@ -246,7 +246,7 @@ def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | No
 # -- layout and wiring ------------------------------------------------------------------
 def _settings() -> list:
     """The Settings accordion's inputs: rows, batch size, max new tokens, held-out loss."""
-    with gr.Accordion("Settings", open=False):
+    with gr.Accordion("Settings", open=False, elem_id="eval-settings"):
         with gr.Row():
             limit = gr.Number(value=0, minimum=0, precision=0, label="Rows to evaluate",
                               info="0 = every held-out row; fewer rows finish sooner", elem_id="eval-limit")
@@ -271,7 +271,8 @@ def _results() -> list:
             counts = gr.Markdown(elem_id="eval-counts")
         with gr.Column(scale=2, min_width=300):
             # The figure carries its own title: a block label would sit on top of it.
-            chart = gr.Plot(label="Change after fine-tuning", show_label=False, elem_id="eval-delta-chart")
+            chart = gr.Plot(label="Change after fine-tuning", show_label=False, visible=False,
+                            elem_id="eval-delta-chart")
     confusion = gr.Plot(label="Confusion matrices", show_label=False, visible=False, elem_id="eval-confusion")
     order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Order of the examples", elem_id="eval-order")
     cards = gr.HTML("", css_template=eval_cards.CSS, js_on_load=None, apply_default_css=False, elem_id="eval-cards")
@@ -369,6 +370,7 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     refresh.click(on_pick, [run_dd, run_state], run_dd, **private)
     export_btn.click(on_export, [run_dd], view[-1], api_name="evaluate_download")
     run_state.change(on_pick, [run_state, run_dd], run_dd, **private)
+    # Unqueued: a tick is a dictionary look-up, and ticks of many open pages must not fill the queue.
     timer.tick(on_tick, [run_dd, seen_state, order], [*watched, run_dd, *view], queue=False, **quiet)
     # fresh run list and results on each page load
     shared.blocks.load(on_load, [run_state], [run_dd, *watched, *view], **private)

@@ -108,7 +108,7 @@ def status_text(run: Run, comparison: Comparison, meta: dict) -> str:
 
 def message_view(text: str) -> View:
     """An empty result area with one line saying what to do next."""
-    return View(text, "", "", gr.update(value=None), gr.update(value=None, visible=False), "",
+    return View(text, "", "", gr.update(value=None, visible=False), gr.update(value=None, visible=False), "",
                 examples_frame(None), gr.update(value=None, visible=False))
 
 
@@ -118,7 +118,8 @@ def results_view(run: Run, comparison: Comparison, meta: dict, order: str, note:
     status = status_text(run, comparison, meta) + (f"\n\n{note}" if note else "")
     table = examples_frame(comparison.examples, order)
     return View(status, summary_html(comparison.summary), counts_text(comparison),
-                gr.update(value=delta_chart(comparison)), gr.update(value=heatmap, visible=heatmap is not None),
+                gr.update(value=delta_chart(comparison), visible=True),
+                gr.update(value=heatmap, visible=heatmap is not None),
                 cards_html(table, order), table, gr.update(value=None, visible=False))
 
 

@@ -41,6 +41,7 @@ from finetune_core.runs.store import Run
 
 from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext, ExportParts, Shared
+from .data_views import md_text
 from .errors import page_error, shows_errors
 from .widgets import open_run as open_any_run
 from .widgets import pick_run
@@ -66,7 +67,7 @@ def open_run(run_id: str | None, request: gr.Request | None = None) -> Run:
     browser (see widgets.open_run)."""
     run = open_any_run(run_id, empty_message="Pick a run from the list first.", visitor=visitor(request))
     if not run.has_adapter():
-        raise gr.Error(f"Run {run.id} has no saved adapter yet: let it finish training first.")
+        raise gr.Error(f"Run “{run.name}” has no saved adapter yet: let it finish training first.")
     return run
 
 
@@ -82,7 +83,7 @@ def gpu_busy(ctx: AppContext) -> str:
     run = ctx.slot.gpu_run()
     if run is None:
         return ""
-    return f"Training run {run.id} is using the GPU. Export when it finishes or is stopped (Train tab)."
+    return f"Training run “{run.name}” is using the GPU. Export when it finishes or is stopped (Train tab)."
 
 
 def _guarded(folder: Path | None, work: Callable[[], object], what: str):
@@ -195,7 +196,8 @@ def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, w
     except Exception as exc:  # noqa: BLE001 - ExportError messages are token-free; a bug's log and line are redacted
         raise page_error(exc, "push to the Hub", redact=(token,)) from None
     visibility = "private" if private else "public"
-    return f"Pushed the {what} of run `{run.id}` to {visibility} repo [{repo_id}]({url}).", gr.update(value="")
+    return (f"Pushed the {what} of run **{md_text(run.label())}** to {visibility} repo [{md_text(repo_id)}]({url}).",
+            gr.update(value=""))
 
 
 def hub_note() -> str:
