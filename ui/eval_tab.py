@@ -332,9 +332,9 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
         return runs_dropdown(first, second, visitor(request))
 
     @shows_errors
-    def on_load(shared_run, request: gr.Request):
-        # a fresh page: the session's run, else the newest run this visitor may see (never the
-        # value the dropdown had when the app was built)
+    def on_load(shared_run, _built, request: gr.Request):
+        # a fresh page: the session's run, else the newest run this visitor may see; never the
+        # picker's value as built (`_built`), which is no one's pick
         who = visitor(request)
         choices = run_choices(who)
         value = pick_run(choices, shared_run)
@@ -373,7 +373,7 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     # Unqueued: a tick is a dictionary look-up, and ticks of many open pages must not fill the queue.
     timer.tick(on_tick, [run_dd, seen_state, order], [*watched, run_dd, *view], queue=False, **quiet)
     # fresh run list and results on each page load
-    shared.blocks.load(on_load, [run_state], [run_dd, *watched, *view], **private)
+    shared.blocks.load(on_load, [run_state, run_dd], [run_dd, *watched, *view], **private)
     return EvalParts(run=run_dd, view=view, examples=view[6], cards=view[5], progress=progress_md)
 
 
