@@ -24,7 +24,7 @@ from finetune_core.inference.generation import InferenceModel
 from finetune_core.runs.store import get_run
 from ui import eval_cards, eval_progress, eval_tab
 from ui.context import AppContext
-from ui.data_views import md_text
+from ui.widgets import run_name_md
 from ui_support import shared_for
 from ui.eval_cards import cards_html, summary_html
 from ui.eval_tab import (CANCELLED, EXAMPLE_HEADERS, ORDERS, arm_cancel, cancel_evaluation, evaluate,
@@ -143,7 +143,7 @@ def test_evaluation_fills_every_output(env, evaluated):
     view, _calls = evaluated
     run = get_run(run_id)
     # the run by its human name (and the id's time and tail), never the bare id
-    assert view.status.startswith(f"Results for run **{md_text(run.label())}**") and "classification" in view.status
+    assert view.status.startswith(f"Results for run **{run_name_md(run.label())}**") and "classification" in view.status
     assert ('<td class="ev-metric">accuracy ↑</td><td class="ev-num">0.000</td><td class="ev-num">0.375</td>'
             '<td class="ev-num"><span class="ev-better">+0.375 better</span></td>') in view.summary
     assert "**3** wins · **5** ties · **0** losses" in view.counts
@@ -266,7 +266,8 @@ def test_model_text_is_plain_text(runs_root):
 
 
 def test_cards_preview_the_part_of_the_input_that_differs():
-    ask = "Classify the text into one of: compliment, delivery_delay, login_problem.\n\nText: {}\nAnswer with the label only."
+    ask = ("Classify the text into one of: compliment, delivery_delay, login_problem.\n\nText: {}\n"
+           "Answer with the label only.")
     inputs = [ask.format("my parcel is late"), ask.format("lovely service")]
     c = compare("classification", inputs, ["delivery_delay", "compliment"], ["", ""], ["delivery_delay", "x"],
                 labels=["compliment", "delivery_delay", "login_problem"])

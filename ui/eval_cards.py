@@ -122,7 +122,8 @@ def _input_block(text: str, span: tuple[int, int]) -> str:
     start, end = span
     shown = text[start:len(text) - end].strip()
     if start == end == 0 and len(text) <= PREVIEW_CHARS:
-        return f'<div class="ev-input"><span class="ev-k">Input</span> <span class="ev-text">{safe_text(text)}</span></div>'
+        return (f'<div class="ev-input"><span class="ev-k">Input</span> '
+                f'<span class="ev-text">{safe_text(text)}</span></div>')
     cut = shown if len(shown) <= PREVIEW_CHARS else shown[:PREVIEW_CHARS].rstrip() + "…"
     cut = ("…" if start else "") + cut + ("…" if end and not cut.endswith("…") else "")
     return (f'<details class="ev-input"><summary><span class="ev-k">Input</span> {safe_text(cut)}'

@@ -40,12 +40,11 @@ from finetune_core.runs.ownership import Visitor
 from . import eval_cards
 from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext, EvalParts, Shared
-from .data_views import md_text
 from .errors import page_error, shows_errors
 from .eval_views import (CANCELLED, EXAMPLE_HEADERS, EXAMPLE_TYPES, EXAMPLE_WIDTHS, NO_RUNS, ORDERS, PICK_RUN,
                          WAITING, View, examples_frame, message_view, not_evaluated_text, progress_line,
                          results_view, run_title)
-from .widgets import open_run, pick_run
+from .widgets import open_run, pick_run, run_name_md
 from .widgets import run_choices as adapter_runs
 
 Progress = Callable[[str, float], None]
@@ -316,7 +315,8 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     def on_start(previous, run_id, request: gr.Request):
         # said at once, also while the evaluation waits in the GPU queue; the Timer takes over
         name = open_run(run_id, visitor=visitor(request)).name if run_id else ""
-        return (*arm_cancel(previous), f"Evaluating **{md_text(name)}**: waiting to start…" if name else "")
+        waiting = f"Evaluating **{run_name_md(name)}**: waiting to start…" if name else ""
+        return (*arm_cancel(previous), waiting)
 
     @shows_errors
     def on_done(request: gr.Request):

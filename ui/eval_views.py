@@ -18,9 +18,9 @@ from evaluation.plots import confusion_heatmap, delta_chart
 from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.runs.store import Run
 
-from .data_views import md_text
 from .eval_cards import cards_html, summary_html
 from .eval_progress import EvalProgress
+from .widgets import run_name_md
 
 ORDERS = ("Biggest wins first", "Biggest losses first", "Original order")
 EXAMPLE_HEADERS = ["row", "input", "reference", "base output", "tuned output", "base score", "tuned score",
@@ -53,7 +53,7 @@ class View(NamedTuple):
 
 def run_title(run: Run) -> str:
     """The run as a person knows it, for Markdown: its name (with the id's time and tail), bold."""
-    return f"**{md_text(run.label())}**"
+    return f"**{run_name_md(run.label())}**"
 
 
 def heldout_rows(run: Run) -> list[dict]:
@@ -97,12 +97,12 @@ def status_text(run: Run, comparison: Comparison, meta: dict) -> str:
     if meta.get("max_new_tokens"):
         facts.append(f"max new tokens {meta['max_new_tokens']}")
     if meta.get("device"):
-        facts.append(md_text(meta["device"]))
+        facts.append(str(meta["device"]))
     seconds = meta.get("seconds") or {}
     if seconds:
         facts.append("took " + ", ".join(f"{side.replace('_', ' ')} {s:.1f}s" for side, s in seconds.items()))
     if meta.get("timestamp"):
-        facts.append(f"evaluated {md_text(meta['timestamp'])}")
+        facts.append(f"evaluated {meta['timestamp']}")
     return " · ".join(facts)
 
 
@@ -139,7 +139,7 @@ def progress_line(entry: EvalProgress | None) -> str:
     message counts rows, else what it is doing (loading the model, saving); "" for None."""
     if entry is None:
         return ""
-    name = md_text(entry.name)
+    name = run_name_md(entry.name)
     counted = ROWS.search(entry.text)
     percent = f"{round(100 * entry.fraction)} % done"
     if counted:

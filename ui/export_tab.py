@@ -41,10 +41,9 @@ from finetune_core.runs.store import Run
 
 from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext, ExportParts, Shared
-from .data_views import md_text
 from .errors import page_error, shows_errors
 from .widgets import open_run as open_any_run
-from .widgets import pick_run
+from .widgets import pick_run, run_name_md
 from .widgets import run_choices as adapter_runs
 
 Progress = Callable[[float, str], None]
@@ -196,7 +195,8 @@ def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, w
     except Exception as exc:  # noqa: BLE001 - ExportError messages are token-free; a bug's log and line are redacted
         raise page_error(exc, "push to the Hub", redact=(token,)) from None
     visibility = "private" if private else "public"
-    return (f"Pushed the {what} of run **{md_text(run.label())}** to {visibility} repo [{md_text(repo_id)}]({url}).",
+    repo = run_name_md(repo_id)
+    return (f"Pushed the {what} of run **{run_name_md(run.label())}** to {visibility} repo [{repo}]({url}).",
             gr.update(value=""))
 
 
