@@ -252,35 +252,37 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
             repo = gr.Textbox(label="Repo id", placeholder="your-name/model-name", max_lines=1,
                               elem_id="export-repo")
             token = gr.Textbox(label="Token (write access)", type="password", placeholder="hf_...", max_lines=1)
-            with gr.Row():
-                what = gr.Radio(list(export.WHAT), value="adapter", label="Upload")
-                private = gr.Checkbox(value=True, label="Private repo")
-                overwrite = gr.Checkbox(value=False, label="Overwrite an existing repo",
+            what = gr.Radio(list(export.WHAT), value="adapter", label="Upload")
+            with gr.Row():  # side by side where they fit, one under the other on a phone
+                private = gr.Checkbox(value=True, label="Private repo", min_width=160)
+                overwrite = gr.Checkbox(value=False, label="Overwrite an existing repo", min_width=240,
                                         info="off: a repo that already exists is left alone")
             push_btn = gr.Button("Push to Hub")
             gr.Markdown(hub_note())
     status = gr.Markdown(elem_id="export-status")
-    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="export-files")
+    # shown once there is something to download (an empty file box is a large blank area)
+    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False,
+                        elem_id="export-files")
 
     @shows_errors
     def on_adapter(run_id, request: gr.Request):
         paths = download_adapter(ctx, run_id, request)
-        return paths, files_note(paths)
+        return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
     def on_merged(run_id, request: gr.Request, progress=gr.Progress()):
         paths = download_merged(ctx, run_id, request, lambda f, text: progress(f, desc=text))
-        return paths, files_note(paths)
+        return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
     def on_gguf(run_id, kind, request: gr.Request, progress=gr.Progress()):
         paths = download_gguf(ctx, run_id, kind, request, lambda f, text: progress(f, desc=text))
-        return paths, files_note(paths)
+        return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
     def on_report(run_id, request: gr.Request):
         paths = download_report(ctx, run_id, request)
-        return paths, files_note(paths)
+        return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
     def on_push(run_id, repo_id, secret, kind, is_private, replace, request: gr.Request):
