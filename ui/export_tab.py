@@ -253,7 +253,7 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
                               elem_id="export-repo")
             token = gr.Textbox(label="Token (write access)", type="password", placeholder="hf_...", max_lines=1)
             what = gr.Radio(list(export.WHAT), value="adapter", label="Upload")
-            with gr.Row():  # side by side where they fit, one under the other on a phone
+            with gr.Row():  # min widths: on a phone each label wraps between words instead of being cut
                 private = gr.Checkbox(value=True, label="Private repo", min_width=160)
                 overwrite = gr.Checkbox(value=False, label="Overwrite an existing repo", min_width=240,
                                         info="off: a repo that already exists is left alone")
