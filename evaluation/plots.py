@@ -70,22 +70,33 @@ def _draw_deltas(ax, entries: list[dict], direction: str) -> None:
 
 
 def confusion_heatmap(comparison) -> Figure | None:
-    """Base and tuned confusion matrices side by side; None unless classification."""
+    """Base and tuned confusion matrices side by side, each titled with its side and accuracy under
+    one figure title that says how to read them; None unless classification."""
     confusion = comparison.confusion
     if not confusion:
         return None
     rows, columns = confusion["labels"], confusion["columns"]
-    fig = Figure(figsize=(4 + 0.9 * len(columns), 1.6 + 0.5 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(4 + 0.9 * len(columns), 2.2 + 0.5 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
     # One colour scale for both panels so equal counts look equal.
     vmax = max([v for key in ("base", "tuned") for row in confusion[key] for v in row] + [1])
     for ax, key in zip(axes, ("base", "tuned")):
         _draw_matrix(ax, confusion[key], rows, columns, vmax)
-        ax.set_title(key)
-        ax.set_xlabel("predicted")
-    axes[0].set_ylabel("reference")
+        ax.set_title(_panel_title(comparison, key), fontsize=10)
+        ax.set_xlabel("predicted label")
+    axes[0].set_ylabel("reference label")
+    fig.suptitle(f"Confusion matrices, {comparison.rows} held-out rows (row: reference, column: predicted)",
+                 fontsize=10)
     return fig
+
+
+def _panel_title(comparison, key: str) -> str:
+    """"Base (adapter off) · accuracy 0.09": the side, and its accuracy when known."""
+    side = {"base": "Base (adapter off)", "tuned": "Tuned (adapter on)"}[key]
+    metrics = comparison.base_metrics if key == "base" else comparison.tuned_metrics
+    accuracy = (metrics or {}).get("accuracy")
+    return side if accuracy is None else f"{side} · accuracy {accuracy:.2f}"
 
 
 def _draw_matrix(ax, matrix, rows, columns, vmax) -> None:

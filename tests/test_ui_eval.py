@@ -7,6 +7,7 @@ private runs root) feeds the read-only checks.
 """
 from __future__ import annotations
 
+import doctest
 import filecmp
 import json
 import shutil
@@ -20,12 +21,15 @@ from evaluation.compare import compare
 from evaluation.heldout_loss import add_lower_is_better
 from finetune_core.data.dataset import write_jsonl
 from finetune_core.inference.generation import InferenceModel
-from ui import eval_tab
+from finetune_core.runs.store import get_run
+from ui import eval_cards, eval_progress, eval_tab
 from ui.context import AppContext
+from ui.widgets import run_name_md
 from ui_support import shared_for
-from ui.eval_tab import (CANCELLED, EXAMPLE_HEADERS, ORDERS, SUMMARY_HEADERS, arm_cancel, cancel_evaluation,
-                         evaluate, examples_frame, export_results, order_examples, runs_dropdown, show_run,
-                         summary_frame)
+from ui.eval_cards import cards_html, summary_html
+from ui.eval_tab import (CANCELLED, EXAMPLE_HEADERS, ORDERS, arm_cancel, cancel_evaluation, evaluate,
+                         examples_frame, export_results, order_examples, order_view, poll, runs_dropdown, show_run,
+                         watch_run)
 
 BAD_IDS = ["../../etc", "/etc/passwd", "..", "20260101-000000-x-abcdef/../../etc"]
 
@@ -81,8 +85,8 @@ def test_empty_states_say_what_to_do(runs_root, trained_run):
     assert runs_dropdown(None, None).value is None
     shutil.copytree(trained_run.path, runs_root / trained_run.id)
     view = show_run("")
-    assert "Pick a run" in view.status and view.summary.empty and view.examples.empty
-    assert view.confusion["visible"] is False
+    assert "Pick a run" in view.status and view.summary == "" and view.cards == "" and view.examples.empty
+    assert view.confusion["visible"] is False and view.downloads["visible"] is False
 
 
 def test_not_evaluated_run_offers_evaluate(fresh_run, tmp_path):
@@ -91,7 +95,7 @@ def test_not_evaluated_run_offers_evaluate(fresh_run, tmp_path):
     run_id = fresh_run.name
     view = show_run(run_id)
     assert "has not been evaluated yet" in view.status and "8 held-out rows" in view.status
-    assert list(view.summary.columns) == SUMMARY_HEADERS and view.summary.empty
+    assert view.summary == "" and view.cards == ""
     assert list(view.examples.columns) == EXAMPLE_HEADERS and view.examples.empty
     with pytest.raises(gr.Error, match="press Evaluate first"):
         export_results(ctx, run_id)
@@ -135,14 +139,16 @@ def test_login_required(env, monkeypatch):
 
 
 def test_evaluation_fills_every_output(env, evaluated):
-    _ctx, run_id, root = env
+    ctx, run_id, root = env
     view, _calls = evaluated
-    assert f"Results for run `{run_id}`" in view.status and "classification" in view.status
-    rows = view.summary.set_index("metric")
-    assert list(view.summary.columns) == SUMMARY_HEADERS
-    assert rows.loc["accuracy", ["base", "tuned", "delta", "tuned vs base"]].tolist() == [
-        "0.0000", "0.3750", "+0.3750", "better"]
+    run = get_run(run_id)
+    # the run by its human name (and the id's time and tail), never the bare id
+    assert view.status.startswith(f"Results for run **{run_name_md(run.label())}**") and "classification" in view.status
+    assert ('<td class="ev-metric">accuracy ↑</td><td class="ev-num">0.000</td><td class="ev-num">0.375</td>'
+            '<td class="ev-num"><span class="ev-better">+0.375 better</span></td>') in view.summary
     assert "**3** wins · **5** ties · **0** losses" in view.counts
+    assert view.cards.count('<article class="ev-card') == 8 and "All 8 held-out rows, biggest wins first" in view.cards
+    assert ctx.evaluations.get(run_id) is None  # no longer in progress
     assert isinstance(view.delta_plot["value"], Figure)
     assert view.confusion["visible"] is True and isinstance(view.confusion["value"], Figure)
     ex = view.examples
@@ -169,13 +175,15 @@ def test_saved_result_is_shown_without_rerunning(env, evaluated, monkeypatch):
     monkeypatch.setattr(ctx.models, "get", lambda *a, **k: pytest.fail("loaded a model"))
     shown = show_run(run_id)
     assert shown.status == view.status
-    assert shown.summary.equals(view.summary) and shown.examples.equals(view.examples)
+    assert shown.summary == view.summary and shown.cards == view.cards and shown.examples.equals(view.examples)
     assert shown.confusion["visible"] is True
     assert "· evaluated" in [label for label, value in eval_tab.run_choices() if value == run_id][0]
 
 
 def test_example_order(env, evaluated):
     _ctx, run_id, _root = env
+    cards, table = order_view(run_id, ORDERS[2])
+    assert list(table["row"]) == list(range(8)) and cards.index("<b>Row 0</b>") < cards.index("<b>Row 1</b>")
     wins = order_examples(run_id, ORDERS[0])
     losses = order_examples(run_id, ORDERS[1])
     original = order_examples(run_id, ORDERS[2])
@@ -224,26 +232,82 @@ def test_cancel_saves_nothing_and_keeps_the_previous_results(env, evaluated):
         view = evaluate(ctx, run_id, batch_size=2, cancel=event, progress=progress)
     assert view.status.endswith(CANCELLED) and len(view.examples) == 8
     assert _meta(root, run_id) == before  # the previous evaluation is untouched
+    assert ctx.evaluations.get(run_id) is None
 
 
 def test_summary_marks_lower_is_better():
     c = compare("generation", ["q"], ["a b"], ["x"], ["a b"])
     add_lower_is_better(c, "eval_loss", 2.0, 1.5)
     add_lower_is_better(c, "perplexity", 7.39, None)
-    rows = summary_frame(c.summary).set_index("metric")
-    assert rows.loc["eval_loss"].tolist() == ["2.0000", "1.5000", "-0.5000", "lower ↓ (lower is better)", "better"]
-    assert rows.loc["perplexity", ["tuned", "delta", "tuned vs base"]].tolist() == ["—", "—", "—"]
-    assert rows.loc["rougeL", "better when"] == "higher ↑"
+    table = summary_html(c.summary)
+    assert ('<td class="ev-metric">eval_<wbr>loss ↓</td><td class="ev-num">2.000</td><td class="ev-num">1.500</td>'
+            '<td class="ev-num"><span class="ev-better">-0.500 better</span></td>') in table
+    assert '<td class="ev-num">—</td><td class="ev-num"><span class="ev-—">— —</span>' in table  # perplexity
+    assert '<td class="ev-metric">rouge' in table and "↑ higher is better" in table
+    assert summary_html([]) == ""
 
 
 def test_model_text_is_plain_text(runs_root):
     ctx = AppContext()
-    c = compare("generation", ["<b>hi</b>"], ["**ref**"], ["<img src=x onerror=alert(1)>"], [""])
+    c = compare("generation", ["<b>hi</b>"], ["**ref** ${1+1}"], ["<img src=x onerror=alert(1)>"], [""])
     table = examples_frame(c.examples)
     assert table.loc[0, "base output"] == "<img src=x onerror=alert(1)>"  # kept as text, not escaped twice
+    cards = cards_html(table)
+    # Shown literally in the cards: escaped, and no template syntax left for Gradio's HTML templates.
+    assert "<img" not in cards and "&lt;img src=x onerror=alert(1)&gt;" in cards
+    assert "&lt;b&gt;hi&lt;/b&gt;" in cards and "**ref** &#36;&#123;1+1&#125;" in cards
+    assert "(no output)" in cards  # the empty tuned answer says so
     with gr.Blocks() as demo:
         shown = eval_tab.build(ctx, shared_for(demo)).examples
     text_types = [t for h, t in zip(EXAMPLE_HEADERS, shown.datatype) if h in ("input", "reference", "base output",
                                                                            "tuned output")]
     assert text_types == ["str"] * 4  # "str" cells render as text; "markdown"/"html" would render markup
     assert not {"markdown", "html"} & set(shown.datatype)
+
+
+def test_cards_preview_the_part_of_the_input_that_differs():
+    ask = ("Classify the text into one of: compliment, delivery_delay, login_problem.\n\nText: {}\n"
+           "Answer with the label only.")
+    inputs = [ask.format("my parcel is late"), ask.format("lovely service")]
+    c = compare("classification", inputs, ["delivery_delay", "compliment"], ["", ""], ["delivery_delay", "x"],
+                labels=["compliment", "delivery_delay", "login_problem"])
+    cards = cards_html(examples_frame(c.examples), ORDERS[0])
+    assert "<summary><span class=\"ev-k\">Input</span> …Text: my parcel is late…" in cards
+    assert cards.count("Classify the text") == 2  # the whole input is a click away
+    assert "tuned better" in cards and "same score" in cards
+
+
+def test_progress_is_shown_to_every_page_watching_the_run(env, evaluated):
+    ctx, run_id, _root = env
+    running = ctx.evaluations.start(run_id, "colours")
+    try:
+        ctx.evaluations.update(running, "Tuned (adapter on): generating 4/8 rows", 0.75)
+        view, line, token = watch_run(ctx, run_id)
+        assert line == "Evaluating **colours**: 4 of 8 held-out rows… (tuned model, adapter on · 75 % done)"
+        assert token == running.token and view.status.startswith("Results for run")  # previous results stay
+        first = poll(ctx, run_id, None)  # a page that had not seen it: the line, the token and the View
+        assert first[:2] == (line, running.token) and first[3].startswith("Results for run")
+        again = poll(ctx, run_id, running.token)  # then only the line
+        assert again[0] == line and all(part == gr.skip() for part in again[1:])
+        with pytest.raises(gr.Error, match="being evaluated already"):
+            evaluate(ctx, run_id)  # one evaluation of a run at a time
+    finally:
+        ctx.evaluations.finish(running)
+    ended = poll(ctx, run_id, running.token)  # the page that saw it: the results and the picker's fresh labels
+    assert ended[:2] == ("", None) and "· evaluated" in ended[2]["choices"][0][0]
+    assert ended[3].startswith("Results for run")
+    assert all(part == gr.skip() for part in poll(ctx, run_id, None))  # nothing running, nothing seen
+
+
+def test_a_run_never_evaluated_says_its_results_are_coming(fresh_run):
+    ctx = AppContext()
+    running = ctx.evaluations.start(fresh_run.name, "colours")
+    view, line, _token = watch_run(ctx, fresh_run.name)
+    assert "has not been evaluated" not in view.status and "appear here when the evaluation finishes" in view.status
+    assert line == "Evaluating **colours**: starting…"
+    ctx.evaluations.finish(running)
+
+
+def test_the_tab_modules_examples_hold():
+    for module in (eval_cards, eval_progress):
+        assert doctest.testmod(module).failed == 0, module.__name__

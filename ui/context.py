@@ -23,6 +23,8 @@ from finetune_core.inference.model_cache import ModelCache
 from finetune_core.retention import Area, Sweeper, gradio_cache_dir
 from finetune_core.training.runner import TrainingSlot
 
+from .eval_progress import Evaluations
+
 DATA_EXTENSIONS = [".jsonl", ".json", ".csv", ".tsv", ".parquet"]
 GPU_QUEUE = "gpu"  # concurrency_id shared by every event that runs the model
 
@@ -55,6 +57,8 @@ class AppContext:
     settings: Settings = field(default_factory=Settings)
     guides: dict = field(default_factory=dict)  # visitor key -> that visitor's guided demo walk (ui/guide.py)
     sweeper: Sweeper | None = None  # made by start_sweeper (app.py main), not by tests that build the app
+    # evaluations in progress by run id, whichever page or the guided demo started them (ui/eval_progress.py)
+    evaluations: Evaluations = field(default_factory=Evaluations)
 
     def in_use(self) -> list[Path]:
         """Files the sweeper must keep now: the data of the job that is training."""
@@ -119,6 +123,8 @@ class EvalParts:
     run: gr.Dropdown  # the run to evaluate
     view: list[Any]  # what show_run/evaluate fill, in order (status, summary, ..., downloads)
     examples: gr.Dataframe  # the per-example table (also in `view`)
+    cards: gr.HTML | None = None  # one card per example: reference, base and tuned side by side (also in `view`)
+    progress: gr.Markdown | None = None  # "Evaluating <run name>: N of M held-out rows…" while one runs
 
 
 @dataclass

@@ -43,7 +43,7 @@ from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext, ExportParts, Shared
 from .errors import page_error, shows_errors
 from .widgets import open_run as open_any_run
-from .widgets import pick_run
+from .widgets import pick_run, run_name_md
 from .widgets import run_choices as adapter_runs
 
 Progress = Callable[[float, str], None]
@@ -66,7 +66,7 @@ def open_run(run_id: str | None, request: gr.Request | None = None) -> Run:
     browser (see widgets.open_run)."""
     run = open_any_run(run_id, empty_message="Pick a run from the list first.", visitor=visitor(request))
     if not run.has_adapter():
-        raise gr.Error(f"Run {run.id} has no saved adapter yet: let it finish training first.")
+        raise gr.Error(f"Run “{run.name}” has no saved adapter yet: let it finish training first.")
     return run
 
 
@@ -82,7 +82,7 @@ def gpu_busy(ctx: AppContext) -> str:
     run = ctx.slot.gpu_run()
     if run is None:
         return ""
-    return f"Training run {run.id} is using the GPU. Export when it finishes or is stopped (Train tab)."
+    return f"Training run “{run.name}” is using the GPU. Export when it finishes or is stopped (Train tab)."
 
 
 def _guarded(folder: Path | None, work: Callable[[], object], what: str):
@@ -195,7 +195,9 @@ def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, w
     except Exception as exc:  # noqa: BLE001 - ExportError messages are token-free; a bug's log and line are redacted
         raise page_error(exc, "push to the Hub", redact=(token,)) from None
     visibility = "private" if private else "public"
-    return f"Pushed the {what} of run `{run.id}` to {visibility} repo [{repo_id}]({url}).", gr.update(value="")
+    repo = run_name_md(repo_id)
+    return (f"Pushed the {what} of run **{run_name_md(run.label())}** to {visibility} repo [{repo}]({url}).",
+            gr.update(value=""))
 
 
 def hub_note() -> str:
@@ -250,35 +252,37 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
             repo = gr.Textbox(label="Repo id", placeholder="your-name/model-name", max_lines=1,
                               elem_id="export-repo")
             token = gr.Textbox(label="Token (write access)", type="password", placeholder="hf_...", max_lines=1)
-            with gr.Row():
-                what = gr.Radio(list(export.WHAT), value="adapter", label="Upload")
-                private = gr.Checkbox(value=True, label="Private repo")
-                overwrite = gr.Checkbox(value=False, label="Overwrite an existing repo",
+            what = gr.Radio(list(export.WHAT), value="adapter", label="Upload")
+            with gr.Row():  # min widths: on a phone each label wraps between words instead of being cut
+                private = gr.Checkbox(value=True, label="Private repo", min_width=160)
+                overwrite = gr.Checkbox(value=False, label="Overwrite an existing repo", min_width=240,
                                         info="off: a repo that already exists is left alone")
             push_btn = gr.Button("Push to Hub")
             gr.Markdown(hub_note())
     status = gr.Markdown(elem_id="export-status")
-    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="export-files")
+    # shown once there is something to download (an empty file box is a large blank area)
+    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False,
+                        elem_id="export-files")
 
     @shows_errors
     def on_adapter(run_id, request: gr.Request):
         paths = download_adapter(ctx, run_id, request)
-        return paths, files_note(paths)
+        return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
     def on_merged(run_id, request: gr.Request, progress=gr.Progress()):
         paths = download_merged(ctx, run_id, request, lambda f, text: progress(f, desc=text))
-        return paths, files_note(paths)
+        return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
     def on_gguf(run_id, kind, request: gr.Request, progress=gr.Progress()):
         paths = download_gguf(ctx, run_id, kind, request, lambda f, text: progress(f, desc=text))
-        return paths, files_note(paths)
+        return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
     def on_report(run_id, request: gr.Request):
         paths = download_report(ctx, run_id, request)
-        return paths, files_note(paths)
+        return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
     def on_push(run_id, repo_id, secret, kind, is_private, replace, request: gr.Request):

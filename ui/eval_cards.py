@@ -1,0 +1,177 @@
+"""HTML views of an evaluation: the summary table and one card per held-out example.
+
+A person compares a row's reference, base output and tuned output, so each
+card shows those three side by side (stacked on a phone), under the row number,
+its scores and the input. Inputs often share a long instruction ("Classify the
+text into one of: ...") and an ending, and differ in between: the card previews
+the part between what every input shares, and the whole input opens on a click.
+
+Everything from a data file or a model is shown as text, never as markup:
+`safe_text` escapes it, and also turns the characters of Gradio's HTML
+templates (`$`, braces, backquote) into entities so no template reads them.
+The CSS goes to the `gr.HTML` component's `css_template` (scoped to it).
+
+    >>> safe_text("<b>${x}</b>")
+    '&lt;b&gt;&#36;&#123;x&#125;&lt;/b&gt;'
+    >>> preview_span(["Classify: a", "Classify: b"])
+    (0, 0)
+    >>> ask = "Classify the text into one of: x, y, z.\\nText: {}\\nAnswer with the label only."
+    >>> texts = [ask.format("hi"), ask.format("bye")]
+    >>> start, end = preview_span(texts)
+    >>> texts[0][start:len(texts[0]) - end]
+    'Text: hi'
+"""
+from __future__ import annotations
+
+import html
+import os
+
+import pandas as pd
+
+from evaluation.compare import verdict
+
+CARD_LIMIT = 12  # cards drawn at once; the table below the cards has every row
+PREVIEW_CHARS = 180  # of an input shown before "show the whole input"
+SHARED_MIN = 24  # a prefix every input shares is left out of the previews when at least this long
+SUMMARY_COLUMNS = ["metric", "base", "tuned", "tuned − base"]
+TEMPLATE_CHARS = {ord("$"): "&#36;", ord("{"): "&#123;", ord("}"): "&#125;", ord("`"): "&#96;"}
+
+CSS = """
+.ev-summary-wrap {overflow-x: auto;}
+.ev-summary {width: 100%; border-collapse: collapse; font-size: 14px;}
+.ev-summary caption {text-align: left; font-weight: 600; padding: 0 0 6px 0;}
+.ev-summary th, .ev-summary td {padding: 5px 6px; text-align: left; vertical-align: top; border: none;
+  border-bottom: 1px solid var(--border-color-primary);}
+.ev-summary th {font-weight: 600; white-space: normal; overflow-wrap: normal;}
+.ev-summary td.ev-metric {overflow-wrap: anywhere;}
+.ev-summary td.ev-num {font-variant-numeric: tabular-nums;}
+.ev-better {color: #15803d; font-weight: 600;}
+.ev-worse {color: #b91c1c; font-weight: 600;}
+.ev-note {margin: 0 0 8px 0; color: var(--body-text-color-subdued);}
+.ev-card {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px 12px;
+  margin: 0 0 10px 0; background: var(--block-background-fill);}
+.ev-head {margin-bottom: 6px;}
+.ev-win .ev-verdict {color: #15803d;}
+.ev-loss .ev-verdict {color: #b91c1c;}
+.ev-input {margin-bottom: 8px; overflow-wrap: anywhere;}
+.ev-input summary {cursor: pointer;}
+.ev-full {white-space: pre-wrap; margin-top: 4px;}
+.ev-sides {display: grid; grid-template-columns: repeat(auto-fit, minmax(220px, 1fr)); gap: 8px;}
+.ev-side {min-width: 0; border-radius: 6px; padding: 6px 8px; background: var(--background-fill-secondary);}
+.ev-k {font-size: 0.8em; font-weight: 600; color: var(--body-text-color-subdued);}
+.ev-text {white-space: pre-wrap; overflow-wrap: anywhere;}
+.ev-empty {font-style: italic; color: var(--body-text-color-subdued);}
+"""
+
+
+def safe_text(value) -> str:
+    """Text from a file or a model as HTML that shows it literally (see the module docstring)."""
+    return html.escape(str(value), quote=True).translate(TEMPLATE_CHARS)
+
+
+def _breakable(name: str) -> str:
+    """A metric name that may wrap after "/" or "_" (accuracy/delivery_delay) instead of widening its column."""
+    return safe_text(name).replace("/", "/<wbr>").replace("_", "_<wbr>")
+
+
+def _score(value, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def summary_html(summary: list[dict] | None) -> str:
+    """The summary (a Comparison's entries) as a four-column HTML table that fits a phone: metric with
+    the way it points (↑ or ↓), base, tuned, and the change with its verdict; "" when there is none."""
+    rows = []
+    for entry in summary or []:
+        higher = entry.get("higher_is_better", True)
+        judged = verdict(entry)
+        change = _score(entry.get("delta"), signed=True)
+        rows.append(f'<tr><td class="ev-metric">{_breakable(entry["metric"])} {"↑" if higher else "↓"}</td>'
+                    f'<td class="ev-num">{_score(entry.get("base"))}</td>'
+                    f'<td class="ev-num">{_score(entry.get("tuned"))}</td>'
+                    f'<td class="ev-num"><span class="ev-{judged}">{change} {safe_text(judged)}</span></td></tr>')
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in SUMMARY_COLUMNS)
+    return (f'<div class="ev-summary-wrap" id="eval-summary-table"><table class="ev-summary"><caption>Summary'
+            f'</caption><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f'<p class="ev-note">↑ higher is better · ↓ lower is better (loss, perplexity) · '
+            f'better / worse: tuned vs base, whichever way the metric points</p></div>')
+
+
+def preview_span(inputs: list[str]) -> tuple[int, int]:
+    """(start, end) of the part of each input that tells it apart: what comes after the prefix all of them
+    share and before the suffix all of them share (cut at a line break, else a space). A shared part
+    shorter than SHARED_MIN characters is kept; `end` counts from the end of each text (0: to the end)."""
+    texts = [str(t) for t in inputs]
+    if len(texts) < 2:
+        return 0, 0
+    prefix = os.path.commonprefix(texts)
+    cut = prefix.rfind("\n") + 1 or prefix.rfind(" ") + 1
+    start = cut if cut >= SHARED_MIN else 0
+    suffix = os.path.commonprefix([t[start:][::-1] for t in texts])[::-1]
+    found = [i for i in (suffix.find("\n"), suffix.find(" ")) if i >= 0]
+    end = len(suffix) - min(found) if found else 0
+    return start, (end if end >= SHARED_MIN else 0)
+
+
+def _input_block(text: str, span: tuple[int, int]) -> str:
+    """The input: whole when short, else a preview of its distinctive part that opens to the whole text."""
+    start, end = span
+    shown = text[start:len(text) - end].strip()
+    if start == end == 0 and len(text) <= PREVIEW_CHARS:
+        return (f'<div class="ev-input"><span class="ev-k">Input</span> '
+                f'<span class="ev-text">{safe_text(text)}</span></div>')
+    cut = shown if len(shown) <= PREVIEW_CHARS else shown[:PREVIEW_CHARS].rstrip() + "…"
+    cut = ("…" if start else "") + cut + ("…" if end and not cut.endswith("…") else "")
+    return (f'<details class="ev-input"><summary><span class="ev-k">Input</span> {safe_text(cut)}'
+            f' <span class="ev-k">(click for the whole input)</span></summary>'
+            f'<div class="ev-full">{safe_text(text)}</div></details>')
+
+
+def _side(kind: str, title: str, text: str) -> str:
+    body = (f'<div class="ev-text">{safe_text(text)}</div>' if str(text).strip()
+            else '<div class="ev-text ev-empty">(no output)</div>')
+    return f'<div class="ev-side ev-{kind}"><div class="ev-k">{title}</div>{body}</div>'
+
+
+def _verdict(delta: float) -> tuple[str, str]:
+    if delta > 0:
+        return "win", "tuned better"
+    if delta < 0:
+        return "loss", "tuned worse"
+    return "tie", "same score"
+
+
+def example_card(row: dict, span: tuple[int, int] = (0, 0)) -> str:
+    """One example (a row of `eval_views.examples_frame`) as a card: row number, verdict and scores,
+    the input, then reference, base output and tuned output side by side."""
+    kind, words = _verdict(float(row["delta"]))
+    head = (f'<div class="ev-head"><b>Row {int(row["row"])}</b> · <span class="ev-verdict">{words}</span> · '
+            f'score {float(row["base score"]):.2f} → {float(row["tuned score"]):.2f} '
+            f'({float(row["delta"]):+.2f})</div>')
+    sides = "".join((_side("ref", "Reference", row["reference"]),
+                     _side("base", "Base output (adapter off)", row["base output"]),
+                     _side("tuned", "Tuned output (adapter on)", row["tuned output"])))
+    return (f'<article class="ev-card ev-{kind}">{head}{_input_block(str(row["input"]), span)}'
+            f'<div class="ev-sides">{sides}</div></article>')
+
+
+def cards_html(table: pd.DataFrame, order: str = "") -> str:
+    """The first CARD_LIMIT rows of the ordered per-example table as cards, with a line saying how many
+    of how many are shown; "" when there are no examples."""
+    if table is None or table.empty:
+        return ""
+    span = preview_span([str(t) for t in table["input"]])
+    shown = table.head(CARD_LIMIT)
+    note = (f"The first {len(shown)} of {len(table)} held-out rows" if len(table) > len(shown)
+            else f"All {len(table)} held-out rows")
+    note += f", {order[0].lower() + order[1:]}" if order else ""
+    note += ". The table below has every row; the results files have them too."
+    cards = "".join(example_card(row, span) for row in shown.to_dict("records"))
+    return f'<div class="ev-cards" id="eval-cards-list"><p class="ev-note">{safe_text(note)}</p>{cards}</div>'
+
+
+__all__ = ["CSS", "CARD_LIMIT", "cards_html", "example_card", "preview_span", "safe_text", "summary_html"]
