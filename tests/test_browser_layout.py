@@ -34,15 +34,6 @@ HEADER = ["#studio-header", "#guide-banner", ".tab-wrapper"]
 KEY_ELEMENTS = ["button[role=tab]", "h1", "h2", "h3", "h4", "[data-testid=block-info]",
                 "[data-testid=block-label]", ".label-wrap > span", "label > span", "button",
                 "[data-testid=upload-text]", "th", "#guide-banner p"]
-# Tabs other helpers are changing in this round (issue #19): what still overflows there is theirs to fix.
-# Each entry names the elements; the lead removes an entry once its tab passes (strict=False until then).
-RUNS_HEADERS = ("Train tab: the Runs table's header cells (#runs-table th 'step', 'total_steps', 'method') "
-                "break their words across lines")
-OTHER_TABS: dict[tuple[str, int], str] = {
-    ("evaluate", 390): ("Evaluate tab: the per-example table's header cells (#eval-examples th 'row', 'input', "
-                        "'reference', 'base output', 'tuned output', 'base score', 'tuned score', 'delta') "
-                        "break their words across lines"),
-}
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +131,7 @@ def test_the_page_header_and_every_tab_button_show_whole(walked, width):
     assert problems == [], "\n".join(problems)
 
 
-def _tab_cases():
-    for tab in TABS:
-        for width in WIDTHS:
-            reason = OTHER_TABS.get((tab, width))
-            marks = [pytest.mark.xfail(strict=False, reason=reason)] if reason else []
-            yield pytest.param(tab, width, marks=marks, id=f"{tab}-{width}")
-
-
-@pytest.mark.parametrize(("tab", "width"), list(_tab_cases()))
+@pytest.mark.parametrize(("tab", "width"), [pytest.param(t, w, id=f"{t}-{w}") for t in TABS for w in WIDTHS])
 def test_key_texts_show_whole_on_every_tab(walked, tab, width):
     problems = walked[width][tab]
     assert problems == [], f"{len(problems)} clipped or overflowing texts:\n" + "\n".join(problems)

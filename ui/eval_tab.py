@@ -275,7 +275,7 @@ def _results() -> list:
     confusion = gr.Plot(label="Confusion matrices", show_label=False, visible=False, elem_id="eval-confusion")
     order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Order of the examples", elem_id="eval-order")
     cards = gr.HTML("", css_template=eval_cards.CSS, js_on_load=None, apply_default_css=False, elem_id="eval-cards")
-    with gr.Accordion("Every example as a table (search, sort by a column)", open=False):
+    with gr.Accordion("All examples as a table", open=False):
         examples = gr.Dataframe(examples_frame(None), show_label=False, datatype=EXAMPLE_TYPES,
                                 interactive=False, wrap=True, max_chars=400, column_widths=EXAMPLE_WIDTHS,
                                 show_search="search", elem_id="eval-examples")
