@@ -3,8 +3,10 @@
 ``generation`` holds ``InferenceModel`` (base, adapter on/off, batched and
 streaming generation; ``streaming`` streams base and tuned side by side), ``batching`` groups prompts into batches that fit a
 key/value-cache budget, ``model_cache`` keeps the last few loaded models,
-``chat`` is a side-by-side conversation with blind A/B votes, and
-``chat_limits`` checks what one chat turn may ask of a shared server.
+``chat`` is a side-by-side conversation with blind A/B votes, ``run_prompts``
+rebuilds a run's prompt template so a typed message is wrapped as training saw
+it (and gives the held-out example prompts), ``votes`` appends blind votes to the
+run, and ``chat_limits`` checks what one chat turn may ask of a shared server.
 
 May import: ``finetune_core.config``, ``finetune_core.limits``,
 ``finetune_core.errors``, ``data``, ``models``, ``runs`` and ``speedups``.
