@@ -89,15 +89,15 @@ def wait_title(page, *words: str, timeout: int = 60_000) -> None:
                            timeout=timeout)
 
 
-def start_run(page, app, name: str, steps: int) -> None:
-    """Upload the toy data, set a small schedule and the run's name, press Train."""
+def start_run(page, app, name: str, steps: int, accum: int = 1) -> None:
+    """Upload the toy data, set a small schedule (`accum` batches per step) and the run's name, press Train."""
     page.get_by_role("tab", name="1 · Data").click()
     page.locator("#data-upload input[type=file]").set_input_files(str(app.data))
     page.wait_for_function("document.querySelector('#data-status').innerText.includes('Ready')")
     page.get_by_role("tab", name="2 · Train").click()
     page.get_by_text("Schedule and batching").click()
     # batches of 24 rows: a step of the tiny model takes long enough for the page to see the curve grow
-    for field, value in (("max_steps", steps), ("batch_size", 24), ("logging_steps", 1)):
+    for field, value in (("max_steps", steps), ("batch_size", 24), ("grad_accum", accum), ("logging_steps", 1)):
         box = page.locator(f"#cfg-{field} input")
         box.fill(str(value))
         box.press("Tab")
@@ -119,7 +119,8 @@ def assert_log_follows(page) -> None:
 
 def test_the_page_that_pressed_train_draws_the_growing_curve_and_follows_the_log(browser, app):
     page = open_page(browser, app)
-    start_run(page, app, ALPHA, steps=16)
+    # four batches a step: slow enough, even on an idle machine, for the page to see several ticks
+    start_run(page, app, ALPHA, steps=16, accum=4)
     samples, deadline = [], time.time() + 120
     while time.time() < deadline:
         words = title(page)

@@ -154,7 +154,8 @@ def test_confusion_heatmap(classification, generation):
     import matplotlib.pyplot as plt
 
     fig = confusion_heatmap(classification)
-    assert [ax.get_title() for ax in fig.axes] == ["base", "tuned"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Base (adapter off) · accuracy 0.25", "Tuned (adapter on) · accuracy 0.75"], titles
     counts = [t.get_text() for t in fig.axes[1].texts]
     assert len(counts) == 3 * 4 and counts[:4] == ["1", "0", "1", "0"]
     assert confusion_heatmap(generation) is None
