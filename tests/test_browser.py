@@ -81,6 +81,18 @@ def unexpected_tracebacks(log: str) -> list[str]:
     return [ln for ln in last_lines if not ln.startswith("gradio.exceptions.Error")]
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Debian chromium for a test module (its pages are opened per test)."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture()
 def page(app_url):
     from playwright.sync_api import sync_playwright

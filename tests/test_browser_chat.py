@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import REPO
-from test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, launch_app, stop_app
+from test_browser import ARTIFACTS, launch_app, stop_app, browser  # noqa: F401 - browser: a fixture
 
 pytestmark = pytest.mark.browser
 INTENTS = REPO / "sample_data" / "customer_intents.csv"
@@ -35,17 +35,6 @@ def chat_app(tmp_path_factory, tiny_model_dir):
     proc, url, log = launch_app(root, tiny_model_dir, STUDIO_LIMIT_MAX_NEW_TOKENS="24")
     yield url, root / "runs"
     stop_app(proc, log, root)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def fresh_page(browser, url: str):

@@ -20,7 +20,7 @@ import pytest
 from conftest import make_trained_run
 from finetune_core.data.dataset import write_jsonl
 from finetune_core.runs.store import get_run
-from test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, _tab, launch_app, stop_app
+from test_browser import ARTIFACTS, _tab, launch_app, stop_app, browser  # noqa: F401 - browser: a fixture
 
 pytestmark = pytest.mark.browser
 NEWEST = "Newest colours run"
@@ -60,17 +60,6 @@ def app(tmp_path_factory, tiny_model_dir):
             yield url, newest_id
         finally:
             stop_app(proc, log, root)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _open(browser, url: str, tab: str | None = "3 · Evaluate"):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_trained_run
-from test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, launch_app, stop_app
+from test_browser import ARTIFACTS, launch_app, stop_app, browser  # noqa: F401 - browser: a fixture
 
 pytestmark = pytest.mark.browser
 CHECK_JS = (Path(__file__).parent / "layout_check.js").read_text(encoding="utf-8")
@@ -49,17 +49,6 @@ def studio(tmp_path_factory, tiny_model_dir):
     proc, url, log = launch_app(root, tiny_model_dir)
     yield url, root
     stop_app(proc, log, root)
-
-
-@pytest.fixture(scope="module")
-def browser(studio):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def open_page(browser, url: str, width: int):

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import toy_rows
 from finetune_core.data.dataset import write_jsonl
-from test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, launch_app, stop_app
+from test_browser import ARTIFACTS, launch_app, stop_app, browser  # noqa: F401 - browser: a fixture
 
 pytestmark = pytest.mark.browser
 ALPHA, BETA = "alpha colours", "beta long run"
@@ -51,17 +51,6 @@ def app(tmp_path_factory, tiny_model_dir):
     proc, url, log = launch_app(root, tiny_model_dir)
     yield SimpleNamespace(url=url, data=data)
     stop_app(proc, log, root)
-
-
-@pytest.fixture(scope="module")
-def browser(app):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def open_page(browser, app, tab: bool = True):

@@ -16,10 +16,9 @@ from __future__ import annotations
 import gradio as gr
 
 from finetune_core.inference.run_prompts import RunTemplate, chip_texts, example_prompts, run_template
-from finetune_core.runs.ownership import Visitor, can_view
-from finetune_core.runs.store import RunError, get_run
+from finetune_core.runs.ownership import Visitor
 
-from .chat_models import RUN_PREFIX
+from .chat_models import key_run
 from .errors import shows_errors
 
 WRAP_LABEL = "Wrap my message in this run's prompt template"
@@ -29,26 +28,16 @@ CHIPS = 8
 
 def template_for(key, who: Visitor | None = None) -> RunTemplate | None:
     """The prompt template of the run behind a ``run:`` key, when the visitor may see it and it has one."""
-    if not isinstance(key, str) or not key.startswith(RUN_PREFIX):
-        return None
-    try:
-        run = get_run(key[len(RUN_PREFIX):])
-    except RunError:
-        return None
-    return run_template(run) if can_view(run.path, who or Visitor()) else None
+    run = key_run(key, who or Visitor())
+    return run_template(run) if run is not None else None
 
 
 def examples_for(key, who: Visitor | None = None) -> list[list[str]]:
     """Up to 8 held-out prompts of the run behind a ``run:`` key as [whole prompt, typed text]
     pairs (the typed text is the template's field when the run has a template, else the prompt);
     [] for the base model, a missing run, or one `who` may not see."""
-    if not isinstance(key, str) or not key.startswith(RUN_PREFIX):
-        return []
-    try:
-        run = get_run(key[len(RUN_PREFIX):])
-    except RunError:
-        return []
-    if not can_view(run.path, who or Visitor()):
+    run = key_run(key, who or Visitor())
+    if run is None:
         return []
     template = run_template(run)
     prompts = example_prompts(run, n=CHIPS)
