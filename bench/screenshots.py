@@ -17,50 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the app launcher the browser tests use
 TABS = {"data": "1 · Data", "train": "2 · Train", "evaluate": "3 · Evaluate", "chat": "4 · Chat",
         "export": "5 · Export"}
 VIEWPORTS = {1366: 900, 390: 844}  # width: height (a laptop; a phone)
 SAMPLE = "#sample-3"  # Customer intents (classification)
 MESSAGE = "My parcel was due on Monday and it still has not arrived."
-CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-
-
-def start_app(root: Path) -> tuple[subprocess.Popen, str]:
-    """`python app.py` on a free port with its folders under `root` and the bundled model; (process, url)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "STUDIO_RUNS_DIR": str(root / "runs"), "STUDIO_EXPORTS_DIR": str(root / "exports"),
-           "STUDIO_UPLOADS_DIR": str(root / "uploads"), "STUDIO_DEFAULT_MODEL": "bundled",
-           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
-    log = open(root / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("the app did not start:\n" + (root / "app.log").read_text()[-2000:])
-
-
 def open_tab(page, name: str) -> None:
     """Click a tab's button (in Gradio's "More tabs" menu when it was tucked there) and let it draw."""
     button = page.get_by_role("tab", name=name)
@@ -146,17 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-rows", type=int, default=12, help="held-out rows evaluated (0 = all 45)")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
+    from test_browser import CHROME_ARGS, CHROMIUM, launch_app
 
     from finetune_core.models.sources import ensure_bundled_cache
 
-    ensure_bundled_cache(lambda message: print(message, file=sys.stderr))
+    model_dir = ensure_bundled_cache(lambda message: print(message, file=sys.stderr))
     args.out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="studio-shots-"))
-    proc, url = start_app(root)
+    # the default model named "bundled", as a Space shows it (the folder only satisfies the launcher)
+    proc, url, log = launch_app(root, model_dir, STUDIO_DEFAULT_MODEL="bundled")
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                        headless=True, args=CHROME_ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
             page = browser.new_page(viewport={"width": 1366, "height": VIEWPORTS[1366]})
             page.set_default_timeout(120_000)
             page.goto(url)
@@ -167,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(30)
+        log.close()
     tracebacks = (root / "app.log").read_text().count("Traceback")
     shutil.rmtree(root, ignore_errors=True)
     sizes = {f: (REPO / f if not Path(f).is_absolute() else Path(f)).stat().st_size for f in saved}
