@@ -112,11 +112,6 @@ def runs_table(who: Visitor | None = None, nobody: bool = False) -> pd.DataFrame
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-def run_ids(who: Visitor | None = None) -> list[str]:
-    """Ids of the runs this visitor may see, newest first."""
-    return [run.id for run in visible_runs(who or Visitor())]
-
-
 def run_picks(who: Visitor | None = None) -> list[tuple[str, str]]:
     """The "Open run" choices: (the run's name and time, its id) for each run this visitor may see, newest first."""
     return [(run.label(), run.id) for run in visible_runs(who or Visitor())]
