@@ -100,8 +100,9 @@ def add_lower_is_better(comparison: Comparison, name: str, base: float | None, t
     comparison.base_metrics[name] = base
     comparison.tuned_metrics[name] = tuned
     delta = None if base is None or tuned is None else tuned - base
+    # no per-row losses are kept, so no paired interval: null, as for any metric without row scores
     comparison.summary.append({"metric": name, "base": base, "tuned": tuned, "delta": delta,
-                               "higher_is_better": False})
+                               "higher_is_better": False, "interval": None, "verdict_text": None})
 
 
 def mark_direction(comparison: Comparison) -> None:

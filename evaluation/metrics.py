@@ -1,26 +1,33 @@
-"""Text metrics for held-out evaluation: ROUGE, exact match and label accuracy.
+"""Text metrics for held-out evaluation: ROUGE, exact match, label accuracy, BLEU and chrF.
 
-Pure functions over lists of strings; no model, no gradio. `score(task, ...)`
-is the single entry point the comparison uses: it returns one number per
-example (for the paired win/loss table) and a dict of corpus-level means.
+Pure functions over lists of strings; no model, no gradio, no `evaluate`. They
+are the scoring inside the studio's shipped `evaluate` metric modules
+(evaluation/metric_modules/, loaded by evaluation/metric_registry.py), which
+`evaluation.scoring.score` runs for a comparison. A reference may be one
+string or a list of strings (a row with several references): each row is then
+scored against all of them the standard way (ROUGE: the best F-measure, as
+rouge_score's `score_multi`; exact match: equal to any; BLEU/chrF: sacreBLEU's
+multi-reference statistics).
 
-    >>> score("generation", ["the cat sat"], ["the cat sat"])[1]["rougeL"]
-    1.0
+    >>> rouge_per_example(["the cat sat"], [["a dog", "the cat sat"]])["rougeL"]
+    [1.0]
     >>> extract_label("I think it is Positive, not negative.", ["negative", "positive"])
     'positive'
+    >>> exact_match("Paris.", ["London", "paris"])
+    1.0
 
-Why not `evaluate.load("rouge")`: evaluate 0.4.6 ships no metric scripts in
-its wheel; `load` fetches `rouge.py` from the Hugging Face Hub (or its local
-cache), so it fails on an offline machine or a Space without network. Its
-rouge module is a thin wrapper around Google's `rouge_score`, which we call
-directly with the same tokenizer, so the numbers match evaluate's with
-`use_stemmer=True` and `use_aggregator=False`.
+ROUGE is Google's `rouge_score` with the tokenizer and stemming that
+evaluate's Hub "rouge" module uses (`use_stemmer=True`, `use_aggregator=False`),
+so the numbers match that module's; BLEU and chrF are sacreBLEU's, on a 0-1
+scale like every other score here (sacreBLEU prints 0-100).
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 from functools import lru_cache
+
+import numpy as np
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 TASKS = ("generation", "classification")
@@ -52,33 +59,95 @@ def _rouge_scorer():
     return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True, split_summaries=False)
 
 
-def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
+def reference_list(reference: str | list[str] | tuple | None) -> list[str]:
+    """A row's references as a list of strings (one string is one reference; None is none).
+
+    >>> reference_list("a"), reference_list(["a", None, "b"]), reference_list(None)
+    (['a'], ['a', 'b'], [])
+    """
+    if reference is None:
+        return []
+    if isinstance(reference, str):
+        return [reference]
+    return [str(r) for r in reference if r is not None]
+
+
+def rouge_per_example(predictions: list[str], references: list) -> dict[str, list[float]]:
     """F-measures (0..1) per example for rouge1, rouge2, rougeL and rougeLsum.
 
-    An empty or whitespace-only prediction scores 0.0 on every key.
+    A reference may be a list (several references): each key then takes the
+    best F-measure over them, as rouge_score's `score_multi` does. An empty or
+    whitespace-only prediction, or a row without a non-empty reference, scores 0.0 on every key.
     """
     _check_lengths(predictions, references)
     out: dict[str, list[float]] = {key: [] for key in ROUGE_KEYS}
     scorer = _rouge_scorer()
     for pred, ref in zip(predictions, references):
-        pred, ref = pred or "", ref or ""
-        if not pred.strip() or not ref.strip():
+        pred = pred or ""
+        targets = [r for r in reference_list(ref) if r.strip()]
+        if not pred.strip() or not targets:
             # Nothing to match: 0 by definition, and skips the scorer's
             # zero-length edge cases entirely.
             for key in ROUGE_KEYS:
                 out[key].append(0.0)
             continue
-        scores = scorer.score(ref, pred)  # rouge_score's order is (target, prediction)
+        scores = scorer.score_multi(targets, pred)  # rouge_score's order is (targets, prediction)
         for key in ROUGE_KEYS:
             out[key].append(float(scores[key].fmeasure))
     return out
 
 
-def exact_match(pred: str | None, ref: str | None) -> float:
-    """1.0 when the normalised texts are equal, else 0.0 (two empties do not match)."""
-    p, r = normalize_text(pred), normalize_text(ref)
+def exact_match(pred: str | None, ref: str | list[str] | None) -> float:
+    """1.0 when the normalised texts are equal (to any of several references), else 0.0
+    (two empties do not match)."""
+    p = normalize_text(pred)
     # An empty output must never earn credit, even against an empty reference.
-    return 1.0 if p and p == r else 0.0
+    return 1.0 if p and any(p == normalize_text(r) for r in reference_list(ref)) else 0.0
+
+
+# -- sacreBLEU (BLEU, chrF) --------------------------------------------------------
+
+SACREBLEU_KINDS = ("bleu", "chrf")
+
+
+def _sacrebleu(kind: str, sentence: bool = False):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if kind == "bleu":
+        # sacreBLEU's defaults (13a tokenizer, exp smoothing); one row alone is scored with
+        # effective order, as sacreBLEU advises for sentence BLEU (else most short rows score 0).
+        return BLEU(effective_order=sentence)
+    if kind == "chrf":
+        return CHRF()  # chrF2: character 6-grams, beta 2 (sacreBLEU's default)
+    raise ValueError(f"unknown sacreBLEU metric {kind!r}; expected one of {SACREBLEU_KINDS}")
+
+
+def sacrebleu_rows(kind: str, predictions: list[str], references: list) -> tuple[float, list[float], np.ndarray]:
+    """sacreBLEU's corpus score, each row's own score (0..1) and each row's sufficient statistics.
+
+    The corpus score comes from the summed statistics (sacreBLEU's corpus_score), so a paired
+    bootstrap can recompute it for any resample of rows (`sacrebleu_from_stats`).
+
+    >>> corpus, rows, stats = sacrebleu_rows("chrf", ["the cat sat", ""], [["the cat sat"], "a dog"])
+    >>> rows, stats.shape, corpus == sacrebleu_from_stats("chrf", stats.sum(axis=0))
+    ([1.0, 0.0], (2, 18), True)
+    """
+    _check_lengths(predictions, references)
+    refs = [[r for r in reference_list(ref) if r.strip()] or [""] for ref in references]
+    width = max(len(r) for r in refs) if refs else 1
+    # sacreBLEU takes reference streams (the k-th reference of every row); a row with fewer
+    # references has None in the streams it lacks, which sacreBLEU skips.
+    streams = [[r[k] if k < len(r) else None for r in refs] for k in range(width)]
+    hyps = [p or "" for p in predictions]
+    stats = np.asarray(_sacrebleu(kind)._extract_corpus_statistics(hyps, streams), dtype=np.int64)
+    sentence = _sacrebleu(kind, sentence=True)
+    per_row = [float(sentence._compute_score_from_stats(row.tolist()).score) / 100 for row in stats]
+    return sacrebleu_from_stats(kind, stats.sum(axis=0)), per_row, stats
+
+
+def sacrebleu_from_stats(kind: str, totals) -> float:
+    """The corpus score (0..1) from statistics summed over rows (see `sacrebleu_rows`)."""
+    return float(_sacrebleu(kind)._compute_score_from_stats([int(v) for v in totals]).score) / 100
 
 
 def extract_label(output: str | None, labels: list[str]) -> str | None:
@@ -107,8 +176,12 @@ def extract_label(output: str | None, labels: list[str]) -> str | None:
     return None if best is None else best[2]
 
 
-def _canonical(value: str | None, labels: list[str]) -> str | None:
-    """Map a label string onto the spelling used in `labels` (case/space-insensitive)."""
+def canonical_label(value: str | None, labels: list[str]) -> str | None:
+    """Map a label string onto the spelling used in `labels` (case/space-insensitive); None when it is none of them.
+
+    >>> canonical_label(" JOY ", ["joy", "anger"]), canonical_label("fear", ["joy"])
+    ('joy', None)
+    """
     if value is None:
         return None
     wanted = normalize_text(value)
@@ -143,7 +216,7 @@ def classification_metrics(
     rows = list(labels)
     ref_rows: list[str] = []
     for ref in references:
-        row = _canonical(ref, rows)
+        row = canonical_label(ref, rows)
         if row is None:
             row = str(ref)
             rows.append(row)
@@ -153,7 +226,7 @@ def classification_metrics(
     correct = {row: 0 for row in rows}
     support = {row: 0 for row in rows}
     for pred, row in zip(predicted, ref_rows):
-        col = _canonical(pred, rows)
+        col = canonical_label(pred, rows)
         i = rows.index(row)
         confusion[i][len(rows) if col is None else rows.index(col)] += 1
         support[row] += 1
@@ -174,45 +247,19 @@ def default_labels(references: list[str]) -> list[str]:
     return sorted({str(r).strip() for r in references if r is not None and str(r).strip()})
 
 
-def score(
-    task: str,
-    predictions: list[str | None],
-    references: list[str],
-    labels: list[str] | None = None,
-) -> tuple[list[float], dict[str, float]]:
-    """Per-example scores and corpus-level means (all 0..1) for one system.
+def label_hits(outputs: list[str | None], references: list, labels: list[str]) -> list[float]:
+    """Per row 1.0 when the label found in the output (`extract_label`) is the row's reference
+    label (or one of its references), else 0.0; the mean is the accuracy.
 
-    generation: per example = rougeL F; aggregate rouge1/2/L/Lsum + exact_match.
-    classification: per example = 1/0 for the label extracted from the output;
-    aggregate accuracy, exact_match and "accuracy/<label>" for each label seen
-    in the references. Without `labels` the distinct references are used.
+    >>> label_hits(["It is joy.", "anger", ""], ["joy", "sadness", "sadness"], ["joy", "sadness", "anger"])
+    [1.0, 0.0, 0.0]
     """
-    _check_lengths(predictions, references)
-    if not references:
-        raise ValueError("no rows to score: the evaluation set is empty")
-    predictions = [p if isinstance(p, str) else "" for p in predictions]
-    em = [exact_match(p, r) for p, r in zip(predictions, references)]
-    if task == "generation":
-        rouge = rouge_per_example(predictions, references)
-        aggregate = {key: _mean(rouge[key]) for key in ROUGE_KEYS}
-        aggregate["exact_match"] = _mean(em)
-        return rouge["rougeL"], aggregate
-    if task == "classification":
-        labels = list(labels) if labels else default_labels(references)
-        extracted = [extract_label(p, labels) for p in predictions]
-        cls = classification_metrics(extracted, references, labels)
-        rows = cls["labels"]
-        # Same canonical mapping as the confusion matrix, so that the mean of
-        # the per-example scores is exactly the reported accuracy.
-        per_example = [
-            1.0 if got is not None and _canonical(got, rows) == _canonical(ref, rows) else 0.0
-            for got, ref in zip(extracted, references)
-        ]
-        aggregate = {"accuracy": cls["accuracy"], "exact_match": _mean(em)}
-        aggregate.update({f"accuracy/{k}": v for k, v in cls["per_label"].items()})
-        return per_example, aggregate
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-
-
-def _mean(values: list[float]) -> float:
-    return float(sum(values) / len(values)) if values else 0.0
+    _check_lengths(outputs, references)
+    hits = []
+    for output, ref in zip(outputs, references):
+        got = extract_label(output, labels)
+        # The same canonical mapping as the confusion matrix, so that the mean of these
+        # scores is exactly `classification_metrics`' accuracy.
+        wanted = {canonical_label(r, labels) for r in reference_list(ref)}
+        hits.append(1.0 if got is not None and got in wanted else 0.0)
+    return hits

@@ -36,8 +36,12 @@ def classification() -> Comparison:
 
 def test_examples_sorted_by_delta_with_counts(generation):
     ex = generation.examples
+    per_row = [f"{side}:{m}" for m in ("rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match")
+               for side in ("base", "tuned")]
     assert list(ex.columns) == ["input", "reference", "base_output", "tuned_output",
-                                "base_score", "tuned_score", "delta"]
+                                "base_score", "tuned_score", "delta", *per_row]
+    assert list(ex["base:rougeL"]) == list(ex["base_score"])  # the headline is rougeL's own row score
+    assert list(ex["tuned:exact_match"]) == [1.0, 1.0, 0.0, 0.0]
     assert list(ex["delta"]) == pytest.approx([1.0, 0.0, -0.5, -1.0])
     assert list(ex.index) == [3, 2, 0, 1]  # positions in the held-out split
     assert (generation.wins, generation.ties, generation.losses) == (1, 1, 2)
@@ -87,7 +91,12 @@ def test_json_dict_has_required_keys(classification):
     assert data["base"]["accuracy"] == pytest.approx(0.25)
     assert data["tuned"]["accuracy"] == pytest.approx(0.75)
     assert (data["wins"], data["ties"], data["losses"]) == (2, 2, 0)
-    assert data["summary"][0] == {"metric": "accuracy", "base": 0.25, "tuned": 0.75, "delta": 0.5}
+    first = data["summary"][0]
+    assert {k: first[k] for k in ("metric", "base", "tuned", "delta", "higher_is_better")} == {
+        "metric": "accuracy", "base": 0.25, "tuned": 0.75, "delta": 0.5, "higher_is_better": True}
+    assert first["interval"]["estimate"] == 0.5 and first["interval"]["n"] == 4
+    assert first["verdict_text"].startswith("not distinguishable from no change on 4 rows")
+    assert data["metrics_used"] == ["accuracy", "exact_match"]
 
 
 @pytest.mark.parametrize("which", ["generation", "classification"])

@@ -9,8 +9,8 @@ from evaluation.metrics import (
     extract_label,
     normalize_text,
     rouge_per_example,
-    score,
 )
+from evaluation.scoring import score
 
 LABELS = ["joy", "sadness", "anger"]
 
