@@ -1,6 +1,7 @@
 """The evaluation layer's commands: `eval`, `export` and `report`.
 
     python -m finetune_core eval --run runs/<id> [--json] [--data other.jsonl] [--limit N] [--loss]
+                                 [--metrics chrf,bleu]
     python -m finetune_core export --run runs/<id> --adapter-zip a.zip | --merged DIR | --gguf f.gguf
     python -m finetune_core report --run runs/<id> [--out DIR]
 
@@ -11,7 +12,8 @@ from the evaluation (evaluation/model_card.py). `python -m evaluation` is the
 `eval` command under its old name.
 
 `eval` saves its results in runs/<id>/eval/; progress goes to stderr, so stdout
-holds only the summary (or the JSON object). Exit status of every command: 0
+holds only the summary with each metric's 95% interval and the sentence for
+the headline metric (or the JSON object, intervals in its "summary" entries). Exit status of every command: 0
 on success, 2 on bad input (not a run directory, no adapter, unusable data),
 130 when interrupted.
 """
@@ -39,6 +41,9 @@ def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-new-tokens", type=int,
                     help="default: longest label + 8 (classification), longest reference + 16 up to 256")
     ap.add_argument("--loss", action="store_true", help="also compute held-out loss and perplexity")
+    ap.add_argument("--metrics", default="",
+                    help="extra metrics, comma separated, besides the task's defaults: "
+                         + ", ".join(_extra_metric_names()) + " (a Hub metric name only where the server allows)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -55,7 +60,7 @@ def run_eval(args: argparse.Namespace) -> int:
         run = run_from_dir(args.run)
         comparison = evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
                                   max_new_tokens=args.max_new_tokens, with_loss=args.loss,
-                                  progress=_print_progress)
+                                  progress=_print_progress, metrics=args.metrics)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT
@@ -74,6 +79,13 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extra_metric_names() -> list[str]:
+    from evaluation.metric_registry import DEFAULT_METRICS, available_metrics
+
+    defaults = {name for names in DEFAULT_METRICS.values() for name in names}
+    return [name for name in available_metrics() if name not in defaults]
+
+
 def _print_progress(text: str, fraction: float) -> None:
     print(f"[{fraction * 100:5.1f}%] {text}", file=sys.stderr, flush=True)
 
@@ -86,6 +98,9 @@ def render_text(comparison, meta: dict, saved_to: str) -> str:
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     lines = [f"{comparison.task}: {comparison.rows} rows" + (f" ({timing})" if timing else ""), ""]
     lines += _summary_table(comparison.summary)
+    sentence = headline_sentence(comparison)
+    if sentence:
+        lines += ["", sentence]
     if comparison.task != "language_modeling":
         lines += ["", f"per example, tuned vs base: {comparison.wins} wins, {comparison.ties} ties, "
                       f"{comparison.losses} losses"]
@@ -95,15 +110,31 @@ def render_text(comparison, meta: dict, saved_to: str) -> str:
     return "\n".join(lines)
 
 
+def headline_sentence(comparison) -> str | None:
+    """The plain sentence for the task's headline metric (rougeL, accuracy), e.g.
+    "rougeL: not distinguishable from no change on 45 rows (...)"; None without one."""
+    from evaluation.intervals import headline_sentence as sentence
+    from evaluation.scoring import HEADLINE
+
+    wanted = HEADLINE.get(comparison.task)
+    return sentence(next((e for e in comparison.summary if e["metric"] == wanted), None))
+
+
 def _summary_table(summary: list[dict]) -> list[str]:
     width = max([len(e["metric"]) for e in summary] + [6])
-    out = [f"{'metric':<{width}}  {'base':>12}  {'tuned':>12}  {'delta':>12}"]
+    out = [f"{'metric':<{width}}  {'base':>12}  {'tuned':>12}  {'delta':>12}  {'95% CI':>17}"]
     for e in summary:
         # Say it in the table: a negative delta is an improvement for these.
         note = "  (lower is better)" if e.get("higher_is_better") is False else ""
         out.append(f"{e['metric']:<{width}}  {_num(e['base']):>12}  {_num(e['tuned']):>12}  "
-                   f"{_num(e['delta'], signed=True):>12}{note}")
+                   f"{_num(e['delta'], signed=True):>12}  {_ci(e.get('interval')):>17}{note}")
     return out
+
+
+def _ci(interval: dict | None) -> str:
+    if not interval:
+        return "n/a"
+    return f"{interval['low']:+.3f} to {interval['high']:+.3f}"
 
 
 def _num(value, signed: bool = False) -> str:

@@ -21,6 +21,13 @@ Choices worth knowing
 - Optional held-out loss ("eval_loss", completion-only mean NLL per token, and
   "perplexity" = exp(eval_loss)) is LOWER-is-better and never counts towards
   wins; see `evaluation.heldout_loss`.
+- Metrics: the task's defaults (generation: ROUGE + exact match; classification:
+  accuracy + exact match + per label) plus any named in `metrics` ("chrf",
+  "bleu", or a Hub metric where the owner allows them), checked before the
+  model loads (`evaluation.metric_registry`).
+- Several references: a `data_path` without the run's response column but with
+  numbered ones (`summary1..3`) is scored against all of them
+  (`evaluation.multi_reference`); held-out loss then uses the first reference.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
 from evaluation.heldout_loss import add_losses, check_cancel, heldout_loss, mark_direction
+from evaluation.metric_registry import SHIPPED, load_metric, metric_names
 from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.errors import InputError
 from finetune_core.limits import limits
@@ -63,9 +71,15 @@ def load_eval_rows(run, data_path: str | None = None) -> tuple[list[dict], list[
         if not path.is_file():
             raise InputError(f"Run {run.id} has no saved held-out split ({path.name} is missing).")
         return read_jsonl(path), labels, "heldout"
+    from evaluation.multi_reference import load_multi_reference
     from finetune_core.data.dataset import prepare_data
 
-    prepared = prepare_data(run.config().data.for_file(data_path))
+    mapping = run.config().data.for_file(data_path)
+    several = load_multi_reference(mapping, data_path, report.get("columns") or [],
+                                   lambda row: reference_text(row, False))
+    if several is not None:
+        return several, labels, str(data_path)
+    prepared = prepare_data(mapping)
     if not prepared.usable:
         first = "; ".join(i.text() for i in prepared.issues[:3]) or "no usable rows"
         raise InputError(f"The data file {data_path} is not usable: {first}")
@@ -98,10 +112,17 @@ def reference_text(row: dict, classification: bool) -> str:
     return "\n".join(str(m.get("content", "")) for m in row.get("completion", []))
 
 
+def row_references(row: dict, classification: bool) -> str | list[str]:
+    """The row's references: its "references" list (a multi-reference file), else `reference_text`."""
+    return list(row["references"]) if row.get("references") else reference_text(row, classification)
+
+
 # -- settings ----------------------------------------------------------------
 
-def default_max_new_tokens(tokenizer, task: str, references: list[str], labels: list[str] | None) -> int:
-    """Enough room for the expected answer, not more (generation time is per token)."""
+def default_max_new_tokens(tokenizer, task: str, references: list, labels: list[str] | None) -> int:
+    """Enough room for the expected answer (the longest, with several references per row), not more
+    (generation time is per token)."""
+    references = [r for ref in references for r in ([ref] if isinstance(ref, str) else ref)]
     if task == "classification":
         return _longest_in_tokens(tokenizer, labels or references) + CLASSIFICATION_SLACK
     return min(GENERATION_CAP, _longest_in_tokens(tokenizer, references) + GENERATION_SLACK)
@@ -114,9 +135,10 @@ def _longest_in_tokens(tokenizer, texts: list[str]) -> int:
     return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
-def _check_args(limit, batch_size, max_new_tokens) -> None:
+def _check_args(limit, batch_size, max_new_tokens, metrics=None) -> list[str]:
     """The settings' bounds, checked before anything loads; each message names the setting
-    as the Evaluate tab shows it and as the API takes it."""
+    as the Evaluate tab shows it and as the API takes it. Returns the extra metrics' checked names."""
+    extra = metric_names(metrics)  # an unknown name is refused here, listing the available ones
     if limit is not None and limit < 1:
         raise InputError(f"Rows to evaluate (limit) must be at least 1 (got {limit}).")
     if batch_size < 1:
@@ -125,6 +147,7 @@ def _check_args(limit, batch_size, max_new_tokens) -> None:
         raise InputError(f"Max new tokens (max_new_tokens) must be at least 1 (got {max_new_tokens}).")
     if max_new_tokens is not None:  # checked before the model loads; LimitError is a ValueError
         limits().check("max_new_tokens", max_new_tokens, "Max new tokens")
+    return extra
 
 
 # -- progress ----------------------------------------------------------------
@@ -192,16 +215,21 @@ def _loss_only_comparison(rows: int) -> Comparison:
 def evaluate_run(run, data_path: str | None = None, limit: int | None = None, batch_size: int = 64,
                  max_new_tokens: int | None = None, with_loss: bool = False,
                  progress: Progress | None = None, cancel: threading.Event | None = None,
-                 model=None, load_model: Callable[[], object] | None = None) -> Comparison:
+                 model=None, load_model: Callable[[], object] | None = None,
+                 metrics: list[str] | str | None = None) -> Comparison:
     """Score base and tuned on the same rows, save to run.eval_dir, return the Comparison.
 
+    `metrics` adds metrics to the task's defaults (["chrf", "bleu"] or "chrf,bleu").
     `model` reuses an already-loaded `InferenceModel` of this run; `load_model`
     gets one (the UI's shared copy) only after every check here has passed;
-    otherwise it is loaded from the run. Raises InputError (a ValueError) on unusable input,
-    RunError when the run has no adapter (both StudioErrors), InterruptedError when
-    `cancel` is set (nothing is written then).
+    otherwise it is loaded from the run. Raises InputError (a ValueError) on unusable input
+    or an unknown metric, RunError when the run has no adapter (both StudioErrors),
+    InterruptedError when `cancel` is set (nothing is written then).
     """
-    _check_args(limit, batch_size, max_new_tokens)
+    extra = _check_args(limit, batch_size, max_new_tokens, metrics)
+    for name in extra:
+        if name not in SHIPPED:
+            load_metric(name)  # a Hub metric is fetched now: a bad name fails before the model loads
     rows, labels, source = load_eval_rows(run, data_path)
     rows = rows[:limit] if limit else rows
     if not rows:
@@ -218,7 +246,7 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
         raise InputError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
     task = LM_TASK if lm else ("classification" if labels else "generation")
     comparison, meta = _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens,
-                                 with_loss, say, cancel)
+                                 with_loss, say, cancel, extra)
     meta.update(source=source, limit=limit)
     save_evaluation(run, comparison, meta)
     say("Done.", 1.0)
@@ -238,13 +266,13 @@ def _load_model(run, say: Progress, load_model: Callable[[], object] | None = No
     return InferenceModel.from_run(run, progress=lambda message: say(message, 0.0))
 
 
-def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_loss, say, cancel
-              ) -> tuple[Comparison, dict]:
+def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_loss, say, cancel,
+              metrics: list[str] = ()) -> tuple[Comparison, dict]:
     from finetune_core.inference.generation import GenSettings
 
     started = time.time()
     lm = task == LM_TASK
-    references = [] if lm else [reference_text(r, task == "classification") for r in rows]
+    references = [] if lm else [row_references(r, task == "classification") for r in rows]
     if not lm and max_new_tokens is None:
         # sized from the references, so a file of very long labels cannot ask for more than the limit
         max_new_tokens = min(default_max_new_tokens(model.tokenizer, task, references, labels),
@@ -264,12 +292,13 @@ def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_l
         comparison = _loss_only_comparison(len(rows))
     else:
         comparison = compare(task, [input_text(r) for r in rows], references,
-                             results[False][0], results[True][0], labels=labels)
+                             results[False][0], results[True][0], labels=labels, metrics=metrics)
     if with_loss:
         add_losses(comparison, {False: results[False][1], True: results[True][1]})
     mark_direction(comparison)
     meta = {"run": run.id, "task": task, "rows": len(rows), "batch_size": batch_size,
             "max_new_tokens": None if lm else max_new_tokens, "with_loss": with_loss,
+            "metrics": list(comparison.metrics_used),
             "seconds": seconds, "device": model.policy.describe(), "started": started,
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return comparison, meta

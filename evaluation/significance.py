@@ -54,6 +54,7 @@ class Interval:
 
     @property
     def includes_zero(self) -> bool:
+        """True when zero (no change) lies within the interval, ends included."""
         return self.low <= 0.0 <= self.high
 
     @property
@@ -64,10 +65,12 @@ class Interval:
         return self.p_value is None or self.p_value < 1 - self.confidence
 
     def to_dict(self) -> dict:
+        """The fields as JSON-ready values, plus "significant" (what results files and --json carry)."""
         return asdict(self) | {"significant": self.significant}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Interval":
+        """An Interval back from `to_dict`'s output ("significant" is recomputed, not read)."""
         keys = ("estimate", "low", "high", "n", "method", "p_value", "confidence")
         return cls(**{k: data[k] for k in keys if k in data})
 
@@ -170,6 +173,10 @@ def describe(iv: Interval, unit: str = "rows", higher_is_better: bool = True) ->
     if iv.n == 0:
         return f"no {unit} to compare"
     if not iv.significant:
+        if not iv.includes_zero:
+            # The exact test overrules a bootstrap interval that collapsed on few rows: say so, or the
+            # sentence would contradict its own numbers.
+            numbers += f"; exact test p = {iv.p_value:.3f}"
         return f"not distinguishable from no change on {iv.n} {unit} ({numbers})"
     word = "better" if (iv.estimate > 0) == higher_is_better else "worse"
     return f"{word} on {iv.n} {unit} ({numbers})"
