@@ -41,6 +41,13 @@ def test_each_command_has_its_full_help(command, flag, capsys):
     assert out.startswith(f"usage: python -m finetune_core {command}") and flag in out
 
 
+def test_eval_help_names_the_extra_metrics(capsys):
+    with pytest.raises(SystemExit):
+        program(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--metrics METRICS extra metrics, comma separated, besides the task's defaults: bleu, chrf" in out
+
+
 def test_bad_flags_exit_2_and_an_unknown_command_is_refused(capsys):
     for argv in (["export", "--run", "x"], ["nonsense"], []):
         with pytest.raises(SystemExit) as done:

@@ -169,3 +169,78 @@ def test_confusion_heatmap(classification, generation):
     assert len(counts) == 3 * 4 and counts[:4] == ["1", "0", "1", "0"]
     assert confusion_heatmap(generation) is None
     assert plt.get_fignums() == []  # nothing left in pyplot's global registry
+
+
+# -- intervals, per-row columns, several references ---------------------------------------------
+
+def test_every_summary_entry_carries_its_interval_and_sentence(generation, classification):
+    rows = {e["metric"]: e for e in generation.summary}
+    rouge = rows["rougeL"]
+    # the interval is on the same per-row scores as the delta: its estimate is the table's delta
+    assert rouge["interval"]["estimate"] == pytest.approx(rouge["delta"]) and rouge["interval"]["n"] == 4
+    assert rouge["interval"]["method"] == "paired bootstrap"
+    assert rouge["verdict_text"].startswith("not distinguishable from no change on 4 rows (-0.125")
+    assert rows["exact_match"]["interval"]["method"] == "paired bootstrap + exact McNemar"
+    by_label = {e["metric"]: e for e in classification.summary}["accuracy/joy"]
+    assert by_label["interval"]["n"] == 2  # only the rows labelled joy
+    assert by_label["interval"]["estimate"] == pytest.approx(by_label["delta"])
+
+
+def test_a_clear_gain_reads_better():
+    n = 30
+    c = compare("classification", [f"q{i}" for i in range(n)], ["yes"] * n, ["no"] * n, ["yes"] * n,
+                labels=["yes", "no"])
+    entry = c.summary[0]
+    assert entry["metric"] == "accuracy" and entry["interval"]["significant"]
+    assert entry["verdict_text"] == "better on 30 rows (+1.000, 95% CI +1.000 to +1.000)"
+
+
+def test_extra_metrics_add_entries_with_corpus_intervals(tmp_path):
+    refs = ["the cat sat on the mat", "a dog ran in the park", "birds fly south in winter"]
+    c = compare("generation", ["q0", "q1", "q2"], refs, ["cat", "", "birds fly"], refs, metrics=["chrf", "bleu"])
+    rows = {e["metric"]: e for e in c.summary}
+    assert list(rows)[-2:] == ["chrf", "bleu"] and c.metrics_used == ["rouge", "exact_match", "chrf", "bleu"]
+    for name in ("chrf", "bleu"):
+        assert rows[name]["tuned"] == pytest.approx(1.0)
+        assert rows[name]["interval"]["estimate"] == pytest.approx(rows[name]["delta"])
+        assert rows[name]["interval"]["method"] == "paired bootstrap (corpus score recomputed)"
+        assert list(c.examples.sort_index()[f"tuned:{name}"]) == pytest.approx([1.0, 1.0, 1.0])
+    loaded = Comparison.load(c.save(tmp_path))
+    assert loaded.metrics_used == c.metrics_used and loaded.examples.equals(c.examples)
+
+
+def test_an_unknown_metric_is_refused_listing_the_available_ones():
+    with pytest.raises(ValueError, match=r"Unknown metric 'blue'.*rouge, exact_match, accuracy, bleu, chrf"):
+        compare("generation", ["q"], ["a"], ["a"], ["a"], metrics=["blue"])
+
+
+def test_several_references_are_scored_shown_and_saved(tmp_path):
+    refs = [["Amy calls Bob about the party.", "Bob hears about the party from Amy.", "A party is planned."],
+            ["The meeting moves to Friday."]]
+    base = ["Bob hears about the party from Amy.", "Nothing."]
+    c = compare("generation", ["dialogue 1", "dialogue 2"], refs, base, ["A party is planned.", ""])
+    ex = c.examples.sort_index()
+    assert list(ex["base:exact_match"]) == [1.0, 0.0] and list(ex["tuned:exact_match"]) == [1.0, 0.0]
+    assert ex.loc[0, "base:rougeL"] == 1.0  # the best of the three references
+    assert ex.loc[0, "reference"] == ("[1] Amy calls Bob about the party.\n[2] Bob hears about the party from "
+                                      "Amy.\n[3] A party is planned.")
+    assert ex.loc[1, "reference"] == "The meeting moves to Friday."
+    assert json.loads(ex.loc[0, "references"]) == refs[0] and json.loads(ex.loc[1, "references"]) == refs[1]
+    loaded = Comparison.load(c.save(tmp_path))
+    assert loaded.examples.equals(c.examples) and loaded.to_json_dict() == c.to_json_dict()
+
+
+def test_results_saved_before_intervals_still_load(tmp_path, generation):
+    folder = generation.save(tmp_path)
+    data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    for entry in data["summary"]:
+        for key in ("interval", "verdict_text", "higher_is_better"):
+            entry.pop(key)
+    del data["metrics_used"]
+    (folder / "results.json").write_text(json.dumps(data), encoding="utf-8")
+    old_columns = ["input", "reference", "base_output", "tuned_output", "base_score", "tuned_score", "delta"]
+    generation.examples[old_columns].to_csv(folder / "examples.csv")
+    old = Comparison.load(folder)
+    assert old.metrics_used == ["rouge", "exact_match"] and list(old.examples.columns) == old_columns
+    assert all(e["interval"] is None and e["verdict_text"] is None for e in old.summary)
+    assert old.summary[2]["delta"] == pytest.approx(-0.125)

@@ -86,6 +86,8 @@ def test_files_written_and_reloadable(evaluated, inference):
     assert meta["max_new_tokens"] == label_tokens + 8
     assert set(meta["seconds"]) == {"base", "tuned"} and all(v >= 0 for v in meta["seconds"].values())
     assert meta["timestamp"] and meta["task"] == "classification"
+    assert meta["metrics"] == ["accuracy", "exact_match"] == loaded.metrics_used
+    assert list(loaded.examples.sort_index()["tuned:accuracy"]) == list(c.examples.sort_index()["tuned_score"])
 
 
 def test_progress_base_first_half_tuned_second_half(evaluated):
@@ -101,6 +103,23 @@ def test_progress_base_first_half_tuned_second_half(evaluated):
 def test_summary_marks_direction(evaluated):
     _run, c, _calls = evaluated
     assert all(e["higher_is_better"] is True for e in c.summary)
+
+
+def test_accuracy_gain_has_its_exact_interval(evaluated):
+    _run, c, _calls = evaluated
+    acc = next(e for e in c.summary if e["metric"] == "accuracy")
+    # 3 rows gained, none lost: exact McNemar p = 2 / 2^3 = 0.25, so 8 rows cannot tell
+    assert acc["interval"]["estimate"] == pytest.approx(0.375) and acc["interval"]["p_value"] == pytest.approx(0.25)
+    assert acc["verdict_text"].startswith("not distinguishable from no change on 8 rows (+0.375")
+
+
+def test_an_unknown_metric_is_refused_before_the_model_loads(run):
+    def load_model():
+        raise AssertionError("the model was loaded before the metric names were checked")
+
+    with pytest.raises(ValueError, match=r"Unknown metric 'rogue'.*available metrics are rouge"):
+        evaluate_run(run, metrics="chrf,rogue", load_model=load_model)
+    assert not run.eval_dir.exists()
 
 
 def test_cancel_before_start_writes_nothing(run, inference):
@@ -200,11 +219,16 @@ def test_default_max_new_tokens(inference):
 # -- command line ----------------------------------------------------------------
 
 def test_cli_json(run, capsys):
-    assert main(["--run", str(run.path), "--json", "--batch-size", "8"]) == 0
+    assert main(["--run", str(run.path), "--json", "--batch-size", "8", "--metrics", "chrf"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 8 and out["task"] == "classification"
     assert out["base"]["accuracy"] == 0.0 and out["tuned"]["accuracy"] == 0.375
     assert set(out["seconds"]) == {"base", "tuned"} and out["lower_is_better"] == []
+    assert out["metrics_used"] == ["accuracy", "exact_match", "chrf"]
+    entries = {e["metric"]: e for e in out["summary"]}
+    assert entries["accuracy"]["interval"]["p_value"] == pytest.approx(0.25)
+    assert entries["chrf"]["interval"]["estimate"] == pytest.approx(entries["chrf"]["delta"])
+    assert all(e["verdict_text"] for e in out["summary"])
 
 
 def test_cli_text(run, capsys):
@@ -213,6 +237,12 @@ def test_cli_text(run, capsys):
     assert "classification: 4 rows" in out
     assert "per example, tuned vs base: 1 wins, 3 ties, 0 losses" in out
     assert "(lower is better)" in out and "Biggest wins:" in out and "Biggest losses:\n  (none)" in out
+    header = next(line for line in out.splitlines() if line.startswith("metric"))
+    assert header.split()[-2:] == ["95%", "CI"]
+    # 1 row gained of 4: the interval reaches 0 and the headline sentence says so
+    assert "\naccuracy: not distinguishable from no change on 4 rows (+0.250" in out
+    loss = next(line for line in out.splitlines() if line.startswith("eval_loss"))
+    assert "n/a  (lower is better)" in loss
 
 
 def test_cli_bad_input_exits_2(run, tmp_path, capsys):
@@ -222,3 +252,5 @@ def test_cli_bad_input_exits_2(run, tmp_path, capsys):
     assert main(["--run", str(run.path)]) == 2
     assert "no saved adapter" in capsys.readouterr().err
     assert main(["--run", str(run.path), "--limit", "x"]) == 2
+    assert main(["--run", str(run.path), "--metrics", "bleu,meteor"]) == 2
+    assert "Unknown metric 'meteor'" in capsys.readouterr().err
