@@ -10,6 +10,11 @@ counts come only from the per-example text scores, never from these. Their
 summary entries keep delta = tuned − base (negative = improvement) and carry
 "higher_is_better": False; every other entry carries True, so a table or chart
 can colour by improvement instead of by sign.
+
+Their intervals: the loss is a ratio over all rows (summed NLL / trained
+tokens), not a mean of per-row losses, so `heldout_loss_rows` keeps each row's
+(NLL sum, token count) and the interval resamples rows and recomputes both
+sides' ratio (`evaluation.intervals.corpus_bootstrap`), as for BLEU.
 """
 from __future__ import annotations
 
@@ -17,7 +22,11 @@ import math
 import threading
 from typing import Callable
 
+import numpy as np
+
 from evaluation.compare import Comparison
+from evaluation.intervals import UNIT, corpus_bootstrap
+from evaluation.significance import Interval, describe
 from finetune_core.errors import InputError
 
 LOWER_IS_BETTER = ("eval_loss", "perplexity")
@@ -43,8 +52,9 @@ def _loss_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -
     return groups
 
 
-def _batch_nll(target, batch: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[float, int]:
-    """Summed NLL of the masked (trained) tokens in one right-padded batch, and their count."""
+def _batch_nll(target, batch: list[tuple[list[int], list[int]]], pad_id: int, device
+               ) -> tuple[list[float], list[int]]:
+    """Per row of one right-padded batch: the summed NLL of its masked (trained) tokens, and their count."""
     import torch
 
     width = max(len(ids) for ids, _ in batch)
@@ -60,20 +70,21 @@ def _batch_nll(target, batch: list[tuple[list[int], list[int]]], pad_id: int, de
     # Token t is predicted from positions < t: compare logits[t-1] with ids[t].
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     trained = weight[:, 1:]
-    return float((nll * trained).sum()), int(trained.sum())
+    return (nll * trained).sum(dim=1).tolist(), [int(n) for n in trained.sum(dim=1).tolist()]
 
 
-def heldout_loss(model, rows: list[dict], tuned: bool, max_length: int, batch_size: int = 8,
-                 progress: Callable[[int, int], None] | None = None,
-                 cancel: threading.Event | None = None) -> float:
-    """Mean NLL per trained token (completion tokens; every token for text rows),
-    tokenised and truncated exactly as the trainer did (`data_stats.training_tokens`)."""
+def heldout_loss_rows(model, rows: list[dict], tuned: bool, max_length: int, batch_size: int = 8,
+                      progress: Callable[[int, int], None] | None = None,
+                      cancel: threading.Event | None = None) -> np.ndarray:
+    """Each row's (summed NLL, trained tokens) as a rows x 2 array, in the rows' order; tokenised and
+    truncated exactly as the trainer did (`data_stats.training_tokens`)."""
     import torch
 
     from finetune_core.data.stats import training_tokens
 
     encoded = [training_tokens(row, model.tokenizer, max_length) for row in rows]
-    total, count, done = 0.0, 0, 0
+    stats = np.zeros((len(rows), 2))
+    done = 0
     for group in _loss_batches(encoded, batch_size):
         check_cancel(cancel)
         # A fresh context per batch: disable_adapter() is a one-shot context manager,
@@ -82,12 +93,26 @@ def heldout_loss(model, rows: list[dict], tuned: bool, max_length: int, batch_si
         with model.lock, torch.inference_mode(), context:
             nll, n = _batch_nll(target, [encoded[i] for i in group], model.tokenizer.pad_token_id,
                                 model.policy.device)
-        total, count, done = total + nll, count + n, done + len(group)
+        stats[group, 0], stats[group, 1] = nll, n
+        done += len(group)
         if progress:
             progress(done, len(rows))
-    if count == 0:
+    if stats[:, 1].sum() == 0:
         raise InputError("No completion tokens to score: every row was truncated away (max_length too small?).")
-    return total / count
+    return stats
+
+
+def mean_loss(stats) -> float:
+    """Mean NLL per trained token of rows' (summed NLL, tokens) statistics, summed or not."""
+    totals = np.asarray(stats, dtype=float).reshape(-1, 2).sum(axis=0)
+    return float(totals[0] / totals[1]) if totals[1] else math.nan
+
+
+def heldout_loss(model, rows: list[dict], tuned: bool, max_length: int, batch_size: int = 8,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> float:
+    """Mean NLL per trained token (completion tokens; every token for text rows) of one side."""
+    return mean_loss(heldout_loss_rows(model, rows, tuned, max_length, batch_size, progress, cancel))
 
 
 def _perplexity(nll: float) -> float | None:
@@ -95,14 +120,16 @@ def _perplexity(nll: float) -> float | None:
     return math.exp(nll) if math.isfinite(nll) and nll < 700 else None
 
 
-def add_lower_is_better(comparison: Comparison, name: str, base: float | None, tuned: float | None) -> None:
-    """Add a lower-is-better metric to a Comparison (metrics dicts + summary entry)."""
+def add_lower_is_better(comparison: Comparison, name: str, base: float | None, tuned: float | None,
+                        interval: Interval | None = None) -> None:
+    """Add a lower-is-better metric to a Comparison (metrics dicts + summary entry, with its interval
+    and sentence when there is one, else null for both)."""
     comparison.base_metrics[name] = base
     comparison.tuned_metrics[name] = tuned
     delta = None if base is None or tuned is None else tuned - base
-    # no per-row losses are kept, so no paired interval: null, as for any metric without row scores
     comparison.summary.append({"metric": name, "base": base, "tuned": tuned, "delta": delta,
-                               "higher_is_better": False, "interval": None, "verdict_text": None})
+                               "higher_is_better": False, "interval": interval.to_dict() if interval else None,
+                               "verdict_text": describe(interval, UNIT, higher_is_better=False) if interval else None})
 
 
 def mark_direction(comparison: Comparison) -> None:
@@ -111,12 +138,24 @@ def mark_direction(comparison: Comparison) -> None:
         entry.setdefault("higher_is_better", entry["metric"] not in LOWER_IS_BETTER)
 
 
-def add_losses(comparison: Comparison, losses: dict[bool, float]) -> None:
-    """Add eval_loss and perplexity from each side's held-out loss (``{tuned: loss}``) to `comparison`."""
-    base, tuned = (_finite(losses[False]), _finite(losses[True]))
-    add_lower_is_better(comparison, "eval_loss", base, tuned)
-    add_lower_is_better(comparison, "perplexity", _perplexity(base) if base is not None else None,
-                        _perplexity(tuned) if tuned is not None else None)
+def add_losses(comparison: Comparison, row_stats: dict[bool, np.ndarray]) -> None:
+    """Add eval_loss and perplexity, with their paired intervals, from each side's `heldout_loss_rows`
+    (``{tuned: stats}``) to `comparison`."""
+    base, tuned = (_finite(mean_loss(row_stats[False])), _finite(mean_loss(row_stats[True])))
+    known = base is not None and tuned is not None
+    loss_iv = corpus_bootstrap(row_stats[False], row_stats[True], mean_loss, mean_loss) if known else None
+    add_lower_is_better(comparison, "eval_loss", base, tuned, loss_iv)
+    base_ppl = _perplexity(base) if base is not None else None
+    tuned_ppl = _perplexity(tuned) if tuned is not None else None
+    ppl_iv = None
+    if base_ppl is not None and tuned_ppl is not None and max(base, tuned) < 300:
+        # a resample's loss stays near the full one; 300 keeps exp() finite with a wide margin
+        ppl_iv = corpus_bootstrap(row_stats[False], row_stats[True], _ppl_of, _ppl_of)
+    add_lower_is_better(comparison, "perplexity", base_ppl, tuned_ppl, ppl_iv)
+
+
+def _ppl_of(stats) -> float:
+    return math.exp(min(mean_loss(stats), 700.0))  # one resample of very bad rows must not overflow
 
 
 def _finite(value: float) -> float | None:

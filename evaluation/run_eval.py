@@ -43,7 +43,7 @@ from typing import Callable
 import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
-from evaluation.heldout_loss import add_losses, check_cancel, heldout_loss, mark_direction
+from evaluation.heldout_loss import add_losses, check_cancel, heldout_loss_rows, mark_direction
 from evaluation.metric_registry import SHIPPED, load_metric, metric_names
 from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.errors import InputError
@@ -182,7 +182,7 @@ def _run_side(model, tuned: bool, rows: list[dict], prompts: list[list[dict]] | 
               batch_size: int, max_length: int, spans: dict, progress: Progress,
               cancel: threading.Event | None) -> tuple[list[str] | None, float | None, dict]:
     """Generate (when prompts are given) and/or score loss for one side.
-    Returns (outputs, loss, seconds by phase)."""
+    Returns (outputs, each row's loss statistics, seconds by phase)."""
     outputs, loss, seconds = None, None, {}
     name = _side_name(tuned)
     if (tuned, "generate") in spans:
@@ -196,7 +196,7 @@ def _run_side(model, tuned: bool, rows: list[dict], prompts: list[list[dict]] | 
     if (tuned, "loss") in spans:
         start = time.perf_counter()
         report = _span(progress, *spans[(tuned, "loss")], f"{name}: held-out loss")
-        loss = heldout_loss(model, rows, tuned, max_length, batch_size, report, cancel)
+        loss = heldout_loss_rows(model, rows, tuned, max_length, batch_size, report, cancel)
         seconds[("tuned" if tuned else "base") + "_loss"] = round(time.perf_counter() - start, 3)
     return outputs, loss, seconds
 

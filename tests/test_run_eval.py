@@ -164,6 +164,11 @@ def test_with_loss_tuned_below_base(run, inference):
     for name in ("eval_loss", "perplexity"):
         assert entries[name]["higher_is_better"] is False
         assert entries[name]["delta"] == pytest.approx(entries[name]["tuned"] - entries[name]["base"]) and entries[name]["delta"] < 0
+        # the loss is a ratio over all rows: its interval resamples rows and recomputes it on both sides
+        interval = entries[name]["interval"]
+        assert interval["estimate"] == pytest.approx(entries[name]["delta"]) and interval["n"] == 8
+        assert interval["low"] <= interval["estimate"] <= interval["high"] < 0  # clearly lower on 8 rows
+        assert entries[name]["verdict_text"].startswith("better on 8 rows")
     # Win/tie/loss come from the per-example text scores only.
     assert (c.wins, c.ties, c.losses) == (plain.wins, plain.ties, plain.losses)
     assert set(load_meta(run)["seconds"]) == {"base", "tuned", "base_loss", "tuned_loss"}
@@ -242,7 +247,7 @@ def test_cli_text(run, capsys):
     # 1 row gained of 4: the interval reaches 0 and the headline sentence says so
     assert "\naccuracy: not distinguishable from no change on 4 rows (+0.250" in out
     loss = next(line for line in out.splitlines() if line.startswith("eval_loss"))
-    assert "n/a  (lower is better)" in loss
+    assert loss.endswith("  (lower is better)") and " to " in loss  # its interval, on the same line
 
 
 def test_cli_bad_input_exits_2(run, tmp_path, capsys):
