@@ -111,12 +111,12 @@ def render_text(comparison, meta: dict, saved_to: str) -> str:
 
 
 def headline_sentence(comparison) -> str | None:
-    """The plain sentence for the task's headline metric (rougeL, accuracy), e.g.
+    """The plain sentence for the task's headline metric (rougeL, accuracy; eval_loss for text rows), e.g.
     "rougeL: not distinguishable from no change on 45 rows (...)"; None without one."""
     from evaluation.intervals import headline_sentence as sentence
     from evaluation.scoring import HEADLINE
 
-    wanted = HEADLINE.get(comparison.task)
+    wanted = HEADLINE.get(comparison.task, "eval_loss")  # language-modelling rows: the loss
     return sentence(next((e for e in comparison.summary if e["metric"] == wanted), None))
 
 

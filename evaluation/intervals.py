@@ -53,8 +53,10 @@ def corpus_bootstrap(base_stats, tuned_stats, base_score: Callable, tuned_score:
         idx = rng.integers(0, n, size=(min(resamples, start + chunk) - start, n))
         for offset, (bt, tt) in enumerate(zip(b[idx].sum(axis=1), t[idx].sum(axis=1))):
             deltas[start + offset] = tuned_score(tt) - base_score(bt)
+    # a resample can hold no scorable row (every one truncated away, for a loss): it says nothing
+    deltas = deltas[np.isfinite(deltas)]
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(deltas, [tail, 100 - tail])
+    low, high = np.percentile(deltas, [tail, 100 - tail]) if deltas.size else (estimate, estimate)
     return Interval(estimate, float(min(low, estimate)), float(max(high, estimate)), n, CORPUS_METHOD, None,
                     confidence)
 

@@ -102,8 +102,15 @@ def _check_hub_name(name: str) -> None:
 
 
 def higher_is_better(name: str) -> bool:
-    """Whether a bigger number is better for this metric entry ("wer" and a few other Hub metrics: no)."""
-    return name.split("/")[0].lower() not in LOWER_IS_BETTER_HUB
+    """Whether a bigger number is better for this summary entry: "wer", "owner/wer", "cer/score" and a few
+    other Hub metrics no; per-label accuracy ("accuracy/<label>", whatever the label) yes.
+
+    >>> higher_is_better("rougeL"), higher_is_better("owner/wer"), higher_is_better("accuracy/mae")
+    (True, False, True)
+    """
+    if name.startswith("accuracy/"):
+        return True
+    return not any(part.lower() in LOWER_IS_BETTER_HUB for part in name.split("/"))
 
 
 def load_metric(name: str):

@@ -109,6 +109,17 @@ def test_corpus_bootstrap_estimate_is_the_corpus_delta():
     assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
 
 
+def test_corpus_bootstrap_skips_resamples_with_nothing_to_score():
+    from evaluation.heldout_loss import mean_loss
+
+    # (summed NLL, tokens) per row; rows 2-4 were truncated away, so many resamples hold no token
+    base = np.array([[5.0, 2], [0, 0], [0, 0], [0, 0]])
+    tuned = np.array([[3.0, 2], [0, 0], [0, 0], [0, 0]])
+    iv = corpus_bootstrap(base, tuned, mean_loss, mean_loss)
+    assert (iv.estimate, iv.low, iv.high) == (-1.0, -1.0, -1.0)
+    assert np.isfinite([iv.low, iv.high]).all()
+
+
 # -- names: what a user may ask for -------------------------------------------------------------
 
 def test_metric_names_parse_check_and_keep_the_defaults_first(monkeypatch):
