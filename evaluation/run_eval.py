@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
@@ -180,7 +181,7 @@ def _side_name(tuned: bool) -> str:
 
 def _run_side(model, tuned: bool, rows: list[dict], prompts: list[list[dict]] | None, settings,
               batch_size: int, max_length: int, spans: dict, progress: Progress,
-              cancel: threading.Event | None) -> tuple[list[str] | None, float | None, dict]:
+              cancel: threading.Event | None) -> tuple[list[str] | None, np.ndarray | None, dict]:
     """Generate (when prompts are given) and/or score loss for one side.
     Returns (outputs, each row's loss statistics, seconds by phase)."""
     outputs, loss, seconds = None, None, {}
