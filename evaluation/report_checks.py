@@ -126,6 +126,11 @@ class Section:
     parts: list = field(default_factory=list)
 
 
+def counted(n: int, word: str) -> str:
+    """A count with its noun ("1 item", "2 items")."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _num(value, signed: bool = False) -> str:
     if value is None:
         return "—"
@@ -187,12 +192,12 @@ def benchmark_section(data: dict) -> Section:
     parts = [benchmarks_about(data),
              Table(["benchmark", "metric", "base", "tuned", "tuned − base", "95% CI", "in words"],
                    benchmark_rows(data)),
-             f"{len(lost)} items went from right to wrong after fine-tuning, {len(gained)} from wrong to right "
+             f"{counted(len(lost), 'item')} went from right to wrong after fine-tuning, {len(gained)} from wrong to right "
              "(by each benchmark's main metric)."]
     for title, items in (("Right → wrong", lost), ("Wrong → right", gained)):
         if items:
             shown = f", the first {FLIPS_SHOWN} shown" if len(items) > FLIPS_SHOWN else ""
-            parts += [f"{title} ({len(items)} items{shown}):", _flip_table(items)]
+            parts += [f"{title} ({counted(len(items), 'item')}{shown}):", _flip_table(items)]
     return Section("General skills (did it forget anything?)", parts)
 
 
@@ -256,6 +261,6 @@ def check_sections(run: Run) -> tuple[list[Section], list[str]]:
 
 
 __all__ = ["CHECKS_DIR", "JUDGE_EXAMPLES", "NOT_RUN", "Section", "Table", "saved_check", "judge_examples",
-           "ci_text", "judged", "headline_entry", "vote_interval", "benchmark_rows", "flipped",
+           "counted", "ci_text", "judged", "headline_entry", "vote_interval", "benchmark_rows", "flipped",
            "source_label", "benchmarks_about", "benchmark_section", "judge_about", "judge_line", "agreement_line",
            "category_rows", "judge_section", "check_sections"]

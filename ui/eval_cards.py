@@ -52,6 +52,8 @@ CSS = """
 .ev-summary td.ev-metric {overflow-wrap: anywhere;}
 .ev-summary td.ev-num {font-variant-numeric: tabular-nums;}
 .ev-summary tr.ev-said td {border-bottom: none; padding-bottom: 0;}
+/* a phone: five or six columns in about 300 px, numbers whole */
+@media (max-width: 480px) {.ev-summary {font-size: 13px;} .ev-summary th, .ev-summary td {padding: 4px 3px;}}
 .ev-summary td.ev-why {padding-top: 0; font-size: 0.9em; color: var(--body-text-color-subdued);}
 .ev-headline {margin: 0 0 8px 0; padding: 6px 10px; border-left: 4px solid var(--color-accent);
   background: var(--background-fill-secondary); overflow-wrap: anywhere;}
@@ -71,6 +73,12 @@ CSS = """
 .ev-k {font-size: 0.8em; font-weight: 600; color: var(--body-text-color-subdued);}
 .ev-text {white-space: pre-wrap; overflow-wrap: anywhere;}
 .ev-empty {font-style: italic; color: var(--body-text-color-subdued);}
+.ev-flip-lists {display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 320px), 1fr)); gap: 12px;
+  margin-top: 10px;}
+.ev-flips {min-width: 0;}
+.ev-flips h4 {margin: 4px 0 6px 0;}
+.ev-flip {margin-bottom: 8px;}
+.ev-picks {margin-top: 4px; font-size: 0.92em; overflow-wrap: anywhere;}
 """
 
 

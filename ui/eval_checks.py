@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple
 
 import gradio as gr
 
-from evaluation.report_checks import benchmarks_about, flipped, saved_check
+from evaluation.report_checks import benchmarks_about, counted, flipped, saved_check
 from finetune_core.runs.ownership import Visitor
 from finetune_core.runs.store import Run
 
@@ -198,7 +198,7 @@ def flips_html(data: dict) -> str:
         items = flipped(data, direction)
         shown = f", the first {FLIP_LIMIT} shown" if len(items) > FLIP_LIMIT else ""
         body = "".join(_flip(i) for i in items[:FLIP_LIMIT]) or '<p class="ev-empty">None.</p>'
-        parts.append(f'<section class="ev-flips" id="{elem}"><h4>{title}: {len(items)} items{shown}</h4>'
+        parts.append(f'<section class="ev-flips" id="{elem}"><h4>{title}: {counted(len(items), "item")}{shown}</h4>'
                      f'{body}</section>')
     return f'<div class="ev-flip-lists">{"".join(parts)}</div>'
 

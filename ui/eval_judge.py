@@ -210,11 +210,12 @@ def build_judge(ctx: AppContext, run_dd, timer) -> list:
                 elem_id="judge-intro")
     with gr.Row():
         source = gr.Radio(PROMPT_SETS, value="heldout", label="Prompts", elem_id="judge-source")
-        upload = gr.File(label="Prompt file (.jsonl)", file_types=[".jsonl"], type="filepath", elem_id="judge-file")
+        upload = gr.File(label="Prompt file (.jsonl)", file_types=[".jsonl"], type="filepath", elem_id="judge-file",
+                         visible=False)
         limit = gr.Number(value=LIMIT_DEFAULT, minimum=1, maximum=LIMIT_MAX, precision=0, label="Number of prompts",
                           elem_id="judge-limit")
     with gr.Row():
-        choice = gr.Dropdown(judge_choices(), value="bundled", label="Judge", elem_id="judge-choice")
+        choice = gr.Dropdown(judge_choices(), value="bundled", label="Judge", elem_id="judge-choice", min_width=300)
         # type="password": the key is never shown; it travels with the click and is not kept anywhere
         key = gr.Textbox(label="Your API key (for the endpoint; optional)", type="password", value="",
                          info="used for this judging only: not saved, not logged, not shown again",
@@ -230,6 +231,9 @@ def build_judge(ctx: AppContext, run_dd, timer) -> list:
 
     wire_check(ctx, KIND, run_dd, timer, controls, [source, upload, limit, choice, key, use_reference], view,
                on_run, show_judge)
+    # the upload box only when a prompt file is the choice
+    source.change(lambda picked: gr.update(visible=picked == "file"), source, upload, queue=False,
+                  api_visibility="private", show_progress="hidden")
     return view
 
 
