@@ -436,3 +436,10 @@ def test_summary_shows_each_interval_and_the_headline_sentence():
     assert f'<td class="ev-why" colspan="5">{sentence}</td>' in table and "<th>95% CI</th>" in table
     old = summary_html([{"metric": "accuracy", "base": 0.1, "tuned": 0.4, "delta": 0.3}], "classification")
     assert "ev-headline" not in old and "ev-why" not in old and '<td class="ev-num">—</td>' in old
+
+
+def test_a_tampered_check_file_cannot_add_markup():
+    data = benchmarks_data("20260101-000000-x-abcdef")
+    data["benchmarks"][0].update(name='arc" onmouseover="alert(1)', title="<b>ARC</b>")
+    html = eval_checks.benchmarks_html(data)
+    assert 'onmouseover="' not in html and "<b>ARC</b>" not in html and "&lt;b&gt;ARC&lt;/b&gt;" in html

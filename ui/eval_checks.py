@@ -18,6 +18,7 @@ says what it is doing, while the Evaluate tab's gr.Timer polls it. The judge
 """
 from __future__ import annotations
 
+import re
 import threading
 from typing import Callable, NamedTuple
 
@@ -214,7 +215,8 @@ def benchmarks_html(data: dict | None) -> str:
         for entry in bench.get("metrics") or []:
             rows.append(metric_row(f"{safe_text(title)} · {safe_text(entry.get('metric'))}", entry))
             if entry.get("metric") == bench.get("primary") and entry.get("verdict_text"):
-                leads.append(headline_html({**entry, "metric": f"{title} ({entry['metric']})"}, f"bench-{bench['name']}"))
+                element = "bench-" + re.sub(r"[^a-z0-9_]", "-", str(bench.get("name")).lower())  # an id, whatever the file says
+                leads.append(headline_html({**entry, "metric": f"{title} ({entry['metric']})"}, element))
     table = metric_table(rows, "benchmark · metric", "General skills, tuned vs base", "bench-table")
     return f'<div class="ev-checks" id="bench-results">{"".join(leads)}{table}{flips_html(data)}</div>'
 
