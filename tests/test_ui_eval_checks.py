@@ -3,8 +3,8 @@
 The handlers are called as plain functions on a run made for each test (a run.yaml, a
 stand-in adapter file and held-out rows; nothing trained): the backends
 (evaluation.benchmarks.run_benchmarks, evaluation.judge.judge_run) are replaced by
-fakes that record what the tab asked for and write checks/*.json in the schema of
-the backends' documented schemas (issue #20), so these tests say what the tab does with them. The fixture
+fakes that record what the tab asked for and write checks/*.json in the schemas the
+backends document (issue #20), so these tests say what the tab does with them. The fixture
 writers here (`write_benchmarks`, `write_judge`) are shared with tests/test_report_checks.py
 and tests/test_browser_eval.py.
 """
