@@ -3,9 +3,12 @@
     python -m finetune_core report --run RUN_DIR [--out DIR]
 
 For people who will not open the app: what was trained on what, the config,
-the training-loss curve, the base-vs-tuned metric table, the biggest wins and
-losses from the per-example table, and blind-vote results when the run has a
-``votes.jsonl``. The HTML page carries its CSS inline and the curve as a
+the training-loss curve, the base-vs-tuned metric table with each metric's 95%
+interval and its sentence ("not distinguishable from no change on 45 rows"), the
+biggest wins and losses from the per-example table, the general-skill check (with
+the items that went from right to wrong first) and the pairwise judge when they
+were run (evaluation/report_checks.py), blind-vote results with their interval
+when the run has a ``votes.jsonl``, and a line naming the checks not run. The HTML page carries its CSS inline and the curve as a
 base64 PNG, so it can be mailed as one file; the Markdown refers to the PNG
 written beside it.
 
@@ -24,6 +27,7 @@ import re
 import time
 from pathlib import Path
 
+from evaluation.report_checks import Section, Table, ci_text, headline_entry
 from evaluation.report_facts import CURVE_FILE, HTML_FILE, MAX_CELL, MD_FILE, Facts, gather
 from finetune_core.runs.store import Run
 
@@ -42,17 +46,37 @@ def clip(text: str, limit: int = MAX_CELL) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
+METRIC_HEADER = ["metric", "base", "tuned", "tuned − base", "95% CI", "tuned vs base"]
+
+
 def metric_cells(entry: dict) -> list[str]:
-    """One metric-table row as text cells: metric, base, tuned, signed delta, verdict (not escaped)."""
+    """One metric-table row as text cells: metric, base, tuned, signed delta, 95% CI, verdict (not escaped)."""
     return [str(entry["metric"]), number(entry.get("base")), number(entry.get("tuned")),
-            number(entry.get("delta"), signed=True), entry["verdict"]]
+            number(entry.get("delta"), signed=True), ci_text(entry.get("interval")), entry["verdict"]]
+
+
+def metric_sentences(facts: Facts) -> list[str]:
+    """"metric: sentence" for each held-out metric saved with its interval (not escaped)."""
+    return [f"{e['metric']}: {e['verdict_text']}" for e in facts.metrics if e.get("verdict_text")]
 
 
 def vote_line(votes: dict) -> str:
-    """One sentence summing up the blind votes (a `tally` dict): counts per winner and the tuned win rate."""
+    """One sentence summing up the blind votes (a `tally` dict): counts per winner and the tuned win rate,
+    then the net preference for tuned with its interval when the dict has it (report_checks.vote_interval)."""
     rate = "—" if votes["tuned_win_rate"] is None else f"{votes['tuned_win_rate']:.0%}"
-    return (f"{votes['votes']} blind votes: tuned preferred {votes['tuned']}×, base {votes['base']}×, "
+    line = (f"{votes['votes']} blind votes: tuned preferred {votes['tuned']}×, base {votes['base']}×, "
             f"tie {votes['tie']}×, both bad {votes['both_bad']}×. Tuned win rate over decided votes: {rate}.")
+    if votes.get("verdict_text"):
+        line += (f" Net preference for tuned (+1 tuned, 0 tie or both bad, -1 base): "
+                 f"{votes['verdict_text']}.")
+    return line
+
+
+def not_run_line(facts: Facts) -> str:
+    """Which checks this run has not had ("" when it has had them all), in plain text."""
+    if not facts.not_run:
+        return ""
+    return "Not run for this run: " + ", ".join(facts.not_run) + "."
 
 
 def headline(facts: Facts) -> str:
@@ -65,7 +89,8 @@ def headline(facts: Facts) -> str:
     if facts.counts:
         wins, ties, losses = facts.counts
         text += f" (per example: {wins} wins, {ties} ties, {losses} losses)"
-    return text + "."
+    lead = headline_entry(facts.metrics, facts.task)
+    return text + "." + (f" {lead['metric']}: {lead['verdict_text']}." if lead else "")
 
 
 # -- HTML -------------------------------------------------------------------------------------------
@@ -79,6 +104,7 @@ th,td{border:1px solid #e5e7eb;padding:.35em .6em;text-align:left;vertical-align
 th{background:#f9fafb}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.text{white-space:pre-wrap;word-break:break-word;max-width:320px}
 .better{color:#15803d;font-weight:600}.worse{color:#b91c1c;font-weight:600}
+.notrun{color:#6b7280;font-style:italic}
 img{max-width:100%}footer{margin-top:2em;color:#9ca3af;font-size:.85em}
 """
 
@@ -95,14 +121,31 @@ def html_pairs(pairs: list[tuple[str, str]]) -> str:
 
 
 def html_metrics(facts: Facts) -> str:
-    """The base-vs-tuned metric table in HTML; the verdict is also the cell's CSS class (better/worse colours)."""
-    head = "".join(f"<th>{h}</th>" for h in ("metric", "base", "tuned", "tuned − base", "tuned vs base"))
+    """The base-vs-tuned metric table in HTML, then each metric's sentence; the verdict word is also the
+    cell's CSS class (better/worse colours)."""
+    head = "".join(f"<th>{h}</th>" for h in METRIC_HEADER)
     rows = []
     for entry in facts.metrics:
-        name, base, tuned, delta, verdict = (esc(c) for c in metric_cells(entry))
+        name, base, tuned, delta, ci, verdict = (esc(c) for c in metric_cells(entry))
+        kind = verdict if verdict in ("better", "worse") else "same"
         rows.append(f"<tr><td>{name}</td><td class='num'>{base}</td><td class='num'>{tuned}</td>"
-                    f"<td class='num'>{delta}</td><td class='{verdict}'>{verdict}</td></tr>")
-    return f"<table class='metrics'><tr>{head}</tr>{''.join(rows)}</table>"
+                    f"<td class='num'>{delta}</td><td class='num'>{ci}</td><td class='{kind}'>{verdict}</td></tr>")
+    said = "".join(f"<li>{esc(s)}</li>" for s in metric_sentences(facts))
+    return f"<table class='metrics'><tr>{head}</tr>{''.join(rows)}</table>" + (f"<ul>{said}</ul>" if said else "")
+
+
+def html_table(table: Table) -> str:
+    """A report_checks.Table in HTML, every cell clipped and escaped."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in table.header)
+    rows = "".join("<tr>" + "".join(f"<td class='text'>{esc(clip(c))}</td>" for c in row) + "</tr>"
+                   for row in table.rows)
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def html_section(section: Section) -> str:
+    """A report_checks.Section in HTML: its heading, then its paragraphs and tables in order."""
+    parts = [html_table(p) if isinstance(p, Table) else f"<p>{esc(p)}</p>" for p in section.parts]
+    return f"<h2>{esc(section.title)}</h2>" + "".join(parts)
 
 
 def html_examples(examples: list[dict]) -> str:
@@ -134,13 +177,15 @@ def render_html(facts: Facts) -> str:
              f"<img alt='training loss curve' src='data:image/png;base64,"
              f"{base64.b64encode(facts.curve_png).decode('ascii')}'>")
     votes = esc(vote_line(facts.votes)) if facts.votes else "No blind votes were saved with this run."
+    not_run = f"<p class='notrun'>{esc(not_run_line(facts))}</p>" if facts.not_run else ""
     body = (
         f"<h1>Fine-tuning report</h1><p class='sub'>Run {esc(facts.run_id)} · {esc(facts.model)} · "
-        f"{esc(facts.state)}</p><div class='headline'>{esc(headline(facts))}</div>"
+        f"{esc(facts.state)}</p><div class='headline'>{esc(headline(facts))}</div>{not_run}"
         f"<h2>What was trained on what</h2>{html_pairs([('Base model', facts.model)] + facts.data)}"
         f"<h2>Training</h2>{html_pairs(facts.training)}{curve}"
         f"<h2>Configuration</h2>{html_pairs(facts.config)}"
-        f"{html_eval(facts)}<h2>Blind A/B votes</h2><p>{votes}</p>"
+        f"{html_eval(facts)}{''.join(html_section(s) for s in facts.checks)}"
+        f"<h2>Blind A/B votes</h2><p>{votes}</p>"
         f"<footer>Generated {esc(time.strftime('%Y-%m-%d %H:%M'))} by the fine-tuning studio.</footer>"
     )
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -180,9 +225,22 @@ def md_examples(examples: list[dict]) -> str:
 
 
 def md_metrics(facts: Facts) -> str:
-    """The base-vs-tuned metric table in Markdown (the metric name made inert)."""
+    """The base-vs-tuned metric table in Markdown (the metric name made inert), then each metric's sentence."""
     rows = [[md(c) if i == 0 else c for i, c in enumerate(metric_cells(e))] for e in facts.metrics]
-    return md_table(["metric", "base", "tuned", "tuned − base", "tuned vs base"], rows)
+    said = "".join(f"\n- {md(s)}" for s in metric_sentences(facts))
+    return md_table(METRIC_HEADER, rows) + (f"\n{said}" if said else "")
+
+
+def md_section(section: Section, level: str = "##") -> str:
+    """A report_checks.Section in Markdown: its heading at `level`, then paragraphs and tables (all inert)."""
+    parts = [f"{level} {md(section.title)}\n"]
+    for part in section.parts:
+        if isinstance(part, Table):
+            parts.append(md_table([md(h) for h in part.header], [[md(clip(c)) for c in row] for row in part.rows]))
+        else:
+            parts.append(md(part))
+        parts.append("")
+    return "\n".join(parts)
 
 
 def md_pairs(pairs: list[tuple[str, str]]) -> str:
@@ -205,13 +263,14 @@ def render_markdown(facts: Facts, curve_file: str | None = CURVE_FILE) -> str:
     """The whole report in Markdown. The loss curve is linked as `curve_file`, which the caller must write
     beside it (`report` does); None leaves the image out."""
     curve = f"![Training loss]({curve_file})" if facts.curve_png and curve_file else "No loss was logged."
-    votes = vote_line(facts.votes) if facts.votes else "No blind votes were saved with this run."
+    votes = md(vote_line(facts.votes)) if facts.votes else "No blind votes were saved with this run."
+    not_run = f"*{md(not_run_line(facts))}*\n" if facts.not_run else ""
     return "\n".join([
         "# Fine-tuning report\n", f"Run `{facts.run_id}` · {md(facts.model)} · {md(facts.state)}\n",
-        f"> {headline(facts)}\n", "## What was trained on what\n",
+        f"> {md(headline(facts))}\n", not_run, "## What was trained on what\n",
         md_pairs([("Base model", facts.model)] + facts.data), "\n## Training\n", md_pairs(facts.training),
         "", curve, "\n## Configuration\n", md_pairs(facts.config), "", md_eval(facts),
-        "## Blind A/B votes\n", votes, "",
+        *(md_section(s) for s in facts.checks), "## Blind A/B votes\n", votes, "",
     ])
 
 

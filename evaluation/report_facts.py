@@ -1,9 +1,11 @@
 """The facts a stakeholder report and a model card state about a run, gathered once.
 
 What was trained on what (data, config, timing), the loss curve (points and a
-PNG), the base-vs-tuned evaluation (metrics, win/tie/loss counts, biggest wins
-and losses) and the blind-vote tally. Plain, unescaped values: evaluation/report.py
-renders them as HTML and Markdown, evaluation/model_card.py as a model card.
+PNG), the base-vs-tuned evaluation (metrics with their 95% intervals, win/tie/loss
+counts, biggest wins and losses), the saved checks (general skills, pairwise judge:
+evaluation/report_checks.py), the blind-vote tally with its interval, and which of
+these were not run. Plain, unescaped values: evaluation/report.py renders them as
+HTML and Markdown, evaluation/model_card.py as a model card.
 """
 from __future__ import annotations
 
@@ -37,11 +39,14 @@ class Facts:
     curve_png: bytes | None = None
     task: str = ""
     eval_rows: int = 0
-    metrics: list[dict] = field(default_factory=list)  # metric, base, tuned, delta, verdict
+    # metric, base, tuned, delta, verdict (report_checks.judged), and interval / verdict_text when saved
+    metrics: list[dict] = field(default_factory=list)
     counts: tuple[int, int, int] | None = None  # wins, ties, losses
     wins: list[dict] = field(default_factory=list)
     losses: list[dict] = field(default_factory=list)
-    votes: dict | None = None
+    votes: dict | None = None  # chat.tally, plus "interval" and "verdict_text" (report_checks.vote_interval)
+    checks: list = field(default_factory=list)  # report_checks.Section of each saved check
+    not_run: list[str] = field(default_factory=list)  # what was not done for this run, in words
 
 
 # -- facts --------------------------------------------------------------------------------
@@ -170,7 +175,8 @@ def _examples(frame, n: int) -> list[dict]:
 
 def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
     """Metrics and examples from runs/<id>/eval/, when the run was evaluated."""
-    from evaluation.compare import RESULTS_FILE, Comparison, verdict
+    from evaluation.compare import RESULTS_FILE, Comparison
+    from evaluation.report_checks import judged
 
     if not (run.eval_dir / RESULTS_FILE).is_file():
         return
@@ -179,7 +185,7 @@ def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
     except (OSError, ValueError, KeyError):
         return  # being rewritten by an evaluation right now, or damaged: report without it
     facts.task, facts.eval_rows = comparison.task, comparison.rows
-    facts.metrics = [{**e, "verdict": verdict(e)} for e in comparison.summary]
+    facts.metrics = [{**e, "verdict": judged(e)} for e in comparison.summary]
     if not comparison.examples.empty:
         facts.counts = (comparison.wins, comparison.ties, comparison.losses)
         facts.wins = _examples(comparison.biggest_wins(n_examples), n_examples)
@@ -198,6 +204,7 @@ def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
 
     `n_examples` caps the biggest wins and losses listed; `with_curve=False` skips drawing the
     loss PNG (matplotlib), for callers that do not show it."""
+    from evaluation.report_checks import check_sections, vote_interval
     from finetune_core.inference.chat import tally
 
     cfg = run.run_yaml()
@@ -205,6 +212,9 @@ def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
     facts = Facts(run_id=run.id, model=model_label(str(cfg.get("model") or "")),
                   state=str(run.status().get("state", "?")), data=data_facts(run), config=config_facts(run),
                   training=training_facts(run), curve_png=loss_curve_png(run) if with_curve else None,
-                  votes=tally(votes) if votes else None)
+                  votes={**tally(votes), **vote_interval(votes)} if votes else None)
     add_eval(facts, run, n_examples)
+    facts.checks, missing = check_sections(run)
+    facts.not_run = (["held-out evaluation"] if not facts.metrics else []) + missing + (
+        [] if votes else ["blind A/B votes"])
     return facts

@@ -242,3 +242,37 @@ def test_summary_headers_show_whole_and_chart_labels_leave_the_titles_alone(app,
         _shot(page, f"summary-{width}")
     assert problems == []
     page.context.close()
+
+
+def test_saved_checks_say_what_changed_in_words_at_both_widths(app, browser):
+    """A run with a saved general-skill check and judging: picking it shows, in view, the sentence of a
+    benchmark's change, a question tuned now gets wrong, and the judge's wins / ties / losses."""
+    from test_ui_eval_checks import LOST_QUESTION, write_benchmarks, write_judge
+
+    url, newest = app
+    write_benchmarks(get_run(newest).path)
+    write_judge(get_run(newest).path)
+    page = _open(browser, url)
+    _pick_newest(page, newest)
+    page.wait_for_function("document.querySelector('#benchmarks-results').innerText.includes('not distinguishable')")
+    page.wait_for_function("document.querySelector('#judge-results').innerText.includes('9 wins')")
+    lost = "#bench-lost .ev-flip >> nth=0"
+    for width in (WIDE, PHONE):
+        page.set_viewport_size({"width": width, "height": 900 if width == WIDE else 844})
+        page.wait_for_timeout(500)
+        sentence = _box_inside(page, "#bench-arc_easy", width)
+        assert "not distinguishable from no change on 40 items" in page.locator("#bench-arc_easy").inner_text()
+        assert sentence["height"] < 200, sentence  # read as a line or a few, not a word a line
+        _box_inside(page, f"{lost} >> .ev-text", width)
+        shown = page.locator(lost).inner_text()
+        assert LOST_QUESTION in shown and "<script>alert('x')</script>" in shown  # literal text, never markup
+        assert "Right answer: carbon dioxide · base picked carbon dioxide · tuned picked oxygen" in shown
+        _box_inside(page, "#judge-line", width)
+        assert "9 wins, 6 ties, 5 losses" in page.locator("#judge-line").inner_text()
+        # every column of the checks' tables in view: none scrolls sideways inside its box or leaves the page
+        wide = page.evaluate("""() => Array.from(document.querySelectorAll('#bench-table, #judge-categories'))
+            .filter(w => w.scrollWidth > w.clientWidth + 1 || w.getBoundingClientRect().right > window.innerWidth)
+            .map(w => w.id)""")
+        assert wide == [], width
+        _shot(page, f"checks-{width}")
+    page.context.close()

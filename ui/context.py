@@ -59,6 +59,8 @@ class AppContext:
     sweeper: Sweeper | None = None  # made by start_sweeper (app.py main), not by tests that build the app
     # evaluations in progress by run id, whichever page or the guided demo started them (ui/eval_progress.py)
     evaluations: Evaluations = field(default_factory=Evaluations)
+    # the Evaluate tab's checks in progress by "<kind>:<run id>" (general skills, judge: ui/eval_checks.py)
+    checks: Evaluations = field(default_factory=Evaluations)
 
     def in_use(self) -> list[Path]:
         """Files the sweeper must keep now: the data of the job that is training."""
@@ -125,6 +127,8 @@ class EvalParts:
     examples: gr.Dataframe  # the per-example table (also in `view`)
     cards: gr.HTML | None = None  # one card per example: reference, base and tuned side by side (also in `view`)
     progress: gr.Markdown | None = None  # "Evaluating <run name>: N of M held-out rows…" while one runs
+    # the checks' sections: [status, results] of general skills, then of the judge (ui/eval_checks.py)
+    checks: list[Any] = field(default_factory=list)
 
 
 @dataclass

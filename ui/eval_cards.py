@@ -1,5 +1,10 @@
 """HTML views of an evaluation: the summary table and one card per held-out example.
 
+The summary (and the general-skill table, ui/eval_checks.py) shows each metric
+with base, tuned, the change and its 95% interval, and under a metric saved with
+an interval, its sentence ("not distinguishable from no change on 45 rows ...");
+the headline metric's sentence stands above the table.
+
 A person compares a row's reference, base output and tuned output, so each
 card shows those three side by side (stacked on a phone), under the row number,
 its scores and the input. Inputs often share a long instruction ("Classify the
@@ -28,12 +33,13 @@ import os
 
 import pandas as pd
 
-from evaluation.compare import verdict
+from evaluation.report_checks import ci_text, headline_entry, judged
 
 CARD_LIMIT = 12  # cards drawn at once; the table below the cards has every row
 PREVIEW_CHARS = 180  # of an input shown before "show the whole input"
 SHARED_MIN = 24  # a prefix every input shares is left out of the previews when at least this long
-SUMMARY_COLUMNS = ["metric", "base", "tuned", "tuned − base"]
+SUMMARY_COLUMNS = ["metric", "base", "tuned", "tuned − base", "95% CI"]
+VERDICT_CLASS = {"no clear change": "unclear"}  # a verdict word's CSS class (the others are one word)
 TEMPLATE_CHARS = {ord("$"): "&#36;", ord("{"): "&#123;", ord("}"): "&#125;", ord("`"): "&#96;"}
 
 CSS = """
@@ -45,6 +51,12 @@ CSS = """
 .ev-summary th {font-weight: 600; white-space: normal; overflow-wrap: normal;}
 .ev-summary td.ev-metric {overflow-wrap: anywhere;}
 .ev-summary td.ev-num {font-variant-numeric: tabular-nums;}
+.ev-summary tr.ev-said td {border-bottom: none; padding-bottom: 0;}
+/* a phone: five or six columns in about 300 px, numbers whole */
+@media (max-width: 480px) {.ev-summary {font-size: 13px;} .ev-summary th, .ev-summary td {padding: 4px 3px;}}
+.ev-summary td.ev-why {padding-top: 0; font-size: 0.9em; color: var(--body-text-color-subdued);}
+.ev-headline {margin: 0 0 8px 0; padding: 6px 10px; border-left: 4px solid var(--color-accent);
+  background: var(--background-fill-secondary); overflow-wrap: anywhere;}
 .ev-better {color: #15803d; font-weight: 600;}
 .ev-worse {color: #b91c1c; font-weight: 600;}
 .ev-note {margin: 0 0 8px 0; color: var(--body-text-color-subdued);}
@@ -61,6 +73,12 @@ CSS = """
 .ev-k {font-size: 0.8em; font-weight: 600; color: var(--body-text-color-subdued);}
 .ev-text {white-space: pre-wrap; overflow-wrap: anywhere;}
 .ev-empty {font-style: italic; color: var(--body-text-color-subdued);}
+.ev-flip-lists {display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 320px), 1fr)); gap: 12px;
+  margin-top: 10px;}
+.ev-flips {min-width: 0;}
+.ev-flips h4 {margin: 4px 0 6px 0;}
+.ev-flip {margin-bottom: 8px;}
+.ev-picks {margin-top: 4px; font-size: 0.92em; overflow-wrap: anywhere;}
 """
 
 
@@ -80,25 +98,52 @@ def _score(value, signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
-def summary_html(summary: list[dict] | None) -> str:
-    """The summary (a Comparison's entries) as a four-column HTML table that fits a phone: metric with
-    the way it points (↑ or ↓), base, tuned, and the change with its verdict; "" when there is none."""
-    rows = []
-    for entry in summary or []:
-        higher = entry.get("higher_is_better", True)
-        judged = verdict(entry)
-        change = _score(entry.get("delta"), signed=True)
-        rows.append(f'<tr><td class="ev-metric">{_breakable(entry["metric"])} {"↑" if higher else "↓"}</td>'
-                    f'<td class="ev-num">{_score(entry.get("base"))}</td>'
-                    f'<td class="ev-num">{_score(entry.get("tuned"))}</td>'
-                    f'<td class="ev-num"><span class="ev-{judged}">{change} {safe_text(judged)}</span></td></tr>')
+def metric_row(name_html: str, entry: dict) -> str:
+    """One metric as table rows: name, base, tuned, the change with its verdict word (from the entry's
+    sentence when it has one), the 95% interval; then the sentence itself on a row of its own."""
+    word = judged(entry)
+    change = _score(entry.get("delta"), signed=True)
+    sentence = entry.get("verdict_text")
+    said = ' class="ev-said"' if sentence else ""  # no rule between a metric and its sentence
+    row = (f'<tr{said}><td class="ev-metric">{name_html}</td>'
+           f'<td class="ev-num">{_score(entry.get("base"))}</td><td class="ev-num">{_score(entry.get("tuned"))}</td>'
+           f'<td class="ev-num"><span class="ev-{VERDICT_CLASS.get(word, word)}">{change} {safe_text(word)}</span>'
+           f'</td><td class="ev-num">{safe_text(ci_text(entry.get("interval")))}</td></tr>')
+    if sentence:
+        row += f'<tr><td class="ev-why" colspan="{len(SUMMARY_COLUMNS)}">{safe_text(sentence)}</td></tr>'
+    return row
+
+
+def metric_table(rows: list[str], first: str, caption: str, table_id: str) -> str:
+    """`metric_row`s as a five-column table that fits a phone (scrolls sideways inside its box if not)."""
+    head = "".join(f"<th>{h}</th>" for h in [first, *SUMMARY_COLUMNS[1:]])
+    return (f'<div class="ev-summary-wrap" id="{table_id}"><table class="ev-summary"><caption>{caption}'
+            f'</caption><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def headline_html(entry: dict | None, element_id: str = "eval-headline") -> str:
+    """The headline metric's sentence as a plain line ("accuracy: better on 45 rows (...)"), or ""."""
+    if not entry:
+        return ""
+    return (f'<p class="ev-headline" id="{element_id}"><b>{safe_text(entry["metric"])}</b>: '
+            f'{safe_text(entry["verdict_text"])}</p>')
+
+
+def summary_html(summary: list[dict] | None, task: str = "") -> str:
+    """The summary (a Comparison's entries) as an HTML table that fits a phone: metric with the way it
+    points (↑ or ↓), base, tuned, the change with its verdict, the 95% interval (— for results saved
+    before intervals) and each metric's sentence; above it, the headline metric's sentence
+    (`report_checks.headline_entry`); "" when there is no entry."""
+    rows = [metric_row(f'{_breakable(e["metric"])} {"↑" if e.get("higher_is_better", True) else "↓"}', e)
+            for e in summary or []]
     if not rows:
         return ""
-    head = "".join(f"<th>{h}</th>" for h in SUMMARY_COLUMNS)
-    return (f'<div class="ev-summary-wrap" id="eval-summary-table"><table class="ev-summary"><caption>Summary'
-            f'</caption><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            f'<p class="ev-note">↑ higher is better · ↓ lower is better (loss, perplexity) · '
-            f'better / worse: tuned vs base, whichever way the metric points</p></div>')
+    lead = headline_html(headline_entry(summary, task))
+    unclear = ("no clear change: the 95% interval includes zero, so the rows do not tell tuned from base · "
+               if any(e.get("verdict_text") for e in summary) else "")
+    return (lead + metric_table(rows, SUMMARY_COLUMNS[0], "Summary", "eval-summary-table")
+            + f'<p class="ev-note">↑ higher is better · ↓ lower is better (loss, perplexity) · {unclear}'
+            f'better / worse: tuned vs base, whichever way the metric points</p>')
 
 
 def preview_span(inputs: list[str]) -> tuple[int, int]:
@@ -131,7 +176,8 @@ def _input_block(text: str, span: tuple[int, int]) -> str:
             f'<div class="ev-full">{safe_text(text)}</div></details>')
 
 
-def _side(kind: str, title: str, text: str) -> str:
+def side_html(kind: str, title: str, text: str) -> str:
+    """One side of a card (reference, base or tuned): its title over the text, or "(no output)"."""
     body = (f'<div class="ev-text">{safe_text(text)}</div>' if str(text).strip()
             else '<div class="ev-text ev-empty">(no output)</div>')
     return f'<div class="ev-side ev-{kind}"><div class="ev-k">{title}</div>{body}</div>'
@@ -152,9 +198,9 @@ def example_card(row: dict, span: tuple[int, int] = (0, 0)) -> str:
     head = (f'<div class="ev-head"><b>Row {int(row["row"])}</b> · <span class="ev-verdict">{words}</span> · '
             f'score {float(row["base score"]):.2f} → {float(row["tuned score"]):.2f} '
             f'({float(row["delta"]):+.2f})</div>')
-    sides = "".join((_side("ref", "Reference", row["reference"]),
-                     _side("base", "Base output (adapter off)", row["base output"]),
-                     _side("tuned", "Tuned output (adapter on)", row["tuned output"])))
+    sides = "".join((side_html("ref", "Reference", row["reference"]),
+                     side_html("base", "Base output (adapter off)", row["base output"]),
+                     side_html("tuned", "Tuned output (adapter on)", row["tuned output"])))
     return (f'<article class="ev-card ev-{kind}">{head}{_input_block(str(row["input"]), span)}'
             f'<div class="ev-sides">{sides}</div></article>')
 
@@ -174,4 +220,5 @@ def cards_html(table: pd.DataFrame, order: str = "") -> str:
     return f'<div class="ev-cards" id="eval-cards-list"><p class="ev-note">{safe_text(note)}</p>{cards}</div>'
 
 
-__all__ = ["CSS", "CARD_LIMIT", "cards_html", "example_card", "preview_span", "safe_text", "summary_html"]
+__all__ = ["CSS", "CARD_LIMIT", "SUMMARY_COLUMNS", "cards_html", "example_card", "preview_span", "safe_text",
+           "summary_html", "metric_row", "metric_table", "headline_html"]

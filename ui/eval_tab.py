@@ -1,4 +1,4 @@
-"""Evaluate tab: base vs tuned on a run's held-out rows, as numbers and examples.
+"""Evaluate tab: what changed with fine-tuning, on one page — held-out rows, general skills, a judge.
 
 Pick a trained run (the tab follows the run chosen in the Train tab), press
 Evaluate, and `evaluation.run_eval.evaluate_run` generates for every held-out
@@ -16,6 +16,12 @@ While an evaluation runs, every page watching that run says how far it is
 demo started it: the progress is kept on the app (`ctx.evaluations`,
 ui/eval_progress.py) and a gr.Timer polls it; when it ends the page shows the
 results and the run picker says "evaluated".
+
+Below the held-out results, two checks of the same run: "General skills (did it
+forget anything?)" (ui/eval_checks.py: base vs tuned on ARC, HellaSwag, MMLU, and
+the items that flipped) and "Judge (pairwise)" (ui/eval_judge.py). Each metric
+saved with a 95% interval says in words whether its change is distinguishable
+from none.
 
 The handlers below are plain functions (tests call them directly); what is
 shown is built in ui/eval_views.py and ui/eval_cards.py; `build` lays out the
@@ -37,10 +43,11 @@ from evaluation.run_eval import evaluate_run, load_meta
 from finetune_core.limits import limits
 from finetune_core.runs.ownership import Visitor
 
-from . import eval_cards
+from . import eval_cards, eval_checks, eval_judge
 from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext, EvalParts, Shared
 from .errors import page_error, shows_errors
+from .eval_checks import gpu_busy
 from .eval_views import (CANCELLED, EXAMPLE_HEADERS, EXAMPLE_TYPES, EXAMPLE_WIDTHS, NO_RUNS, ORDERS, PICK_RUN,
                          WAITING, View, examples_frame, message_view, not_evaluated_text, progress_line,
                          results_view, run_title)
@@ -57,14 +64,6 @@ def run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
     each saying whether it has been evaluated."""
     return adapter_runs(who, lambda run, _summary: "evaluated" if (run.eval_dir / RESULTS_FILE).is_file()
                         else "not evaluated yet")
-
-
-def gpu_busy(ctx: AppContext) -> str:
-    """Why evaluation cannot run now ("" when it can): a training job holds the GPU."""
-    run = ctx.slot.gpu_run()
-    if run is None:
-        return ""
-    return f"Training run “{run.name}” is using the GPU. Evaluate when it finishes or is stopped (Train tab)."
 
 
 def runs_dropdown(first: str | None, second: str | None, who: Visitor | None = None) -> gr.Dropdown:
@@ -290,8 +289,9 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     """Build the Evaluate tab inside the caller's `gr.Tab`; its picker follows and sets shared.run_state."""
     cancel_state = gr.State(None)  # threading.Event of this browser's evaluation (made per click)
     seen_state = gr.State(None)  # token of the evaluation in progress this page shows, or None
-    gr.Markdown("Score the base model (adapter off) and the tuned model (adapter on) on the run's held-out "
-                "rows — rows it never trained on — and see where fine-tuning helped and where it hurt.")
+    gr.Markdown("What changed with fine-tuning: the base model (adapter off) against the tuned model (adapter "
+                "on) on the run's held-out rows — rows it never trained on —, on general skills, and in a "
+                "judge's eyes. Each change says whether it is distinguishable from no change.")
     with gr.Row():
         # Filled on page load (the newest run this visitor may see). allow_custom_value: the server-side
         # check of a pick is open_run(), and a run trained after start-up must be usable by API clients
@@ -299,6 +299,7 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
         run_dd = gr.Dropdown(choices=[], value=None, label="Run to evaluate (runs with a trained adapter)",
                              allow_custom_value=True, scale=4, elem_id="eval-run")
         refresh = gr.Button("↻ Refresh runs", scale=1)
+    gr.Markdown("### Held-out rows", elem_id="eval-heldout-intro")
     settings = _settings()
     with gr.Row():
         evaluate_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-button")
@@ -306,6 +307,7 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     progress_md = gr.Markdown("", elem_id="eval-progress")
     *view, order, export_btn = _results()
     timer = gr.Timer(POLL_S)
+    checks = eval_checks.build_benchmarks(ctx, run_dd, timer) + eval_judge.build_judge(ctx, run_dd, timer)
 
     @shows_errors
     def on_evaluate(run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request: gr.Request):
@@ -374,7 +376,7 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     timer.tick(on_tick, [run_dd, seen_state, order], [*watched, run_dd, *view], queue=False, **quiet)
     # fresh run list and results on each page load
     shared.blocks.load(on_load, [run_state, run_dd], [run_dd, *watched, *view], **private)
-    return EvalParts(run=run_dd, view=view, examples=view[6], cards=view[5], progress=progress_md)
+    return EvalParts(run=run_dd, view=view, examples=view[6], cards=view[5], progress=progress_md, checks=checks)
 
 
 __all__ = ["build", "show_run", "watch_run", "poll", "evaluate", "export_results", "arm_cancel",

@@ -117,7 +117,7 @@ def results_view(run: Run, comparison: Comparison, meta: dict, order: str, note:
     heatmap = confusion_heatmap(comparison)
     status = status_text(run, comparison, meta) + (f"\n\n{note}" if note else "")
     table = examples_frame(comparison.examples, order)
-    return View(status, summary_html(comparison.summary), counts_text(comparison),
+    return View(status, summary_html(comparison.summary, comparison.task), counts_text(comparison),
                 gr.update(value=delta_chart(comparison), visible=True),
                 gr.update(value=heatmap, visible=heatmap is not None),
                 cards_html(table, order), table, gr.update(value=None, visible=False))
