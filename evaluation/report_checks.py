@@ -23,9 +23,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evaluation.checks import CHECKS_DIR, read_check
 from finetune_core.runs.store import Run
 
-CHECKS_DIR = "checks"
 JUDGE_EXAMPLES = "judge_examples.jsonl"
 FLIPS_SHOWN = 5  # flipped items a report lists per direction (the Evaluate tab shows more)
 HEADLINE_METRICS = ("accuracy", "rougeL", "exact_match")  # the metric a held-out headline names, in order
@@ -35,12 +35,7 @@ NOT_RUN = {"benchmarks": "general skills (did it forget anything?)", "judge": "p
 def saved_check(run: Run, name: str) -> dict | None:
     """The saved check `name` ("benchmarks" or "judge") of the run, or None when it was not run
     (or its file cannot be read)."""
-    # integrator: switch to evaluation.checks.read_check (the only reader of checks/<name>.json here)
-    try:
-        data = json.loads((run.path / CHECKS_DIR / f"{name}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_check(run, name)
 
 
 def judge_examples(run: Run, limit: int | None = None) -> list[dict]:
