@@ -26,13 +26,14 @@ def _evaluate(run, with_intervals: bool = True) -> str:
             labels=["red", "blue"]).save(run.eval_dir)
     iv = paired_exact([0, 0, 0], [1, 1, 0])
     sentence = describe(iv, "rows")
-    if with_intervals:
-        path = run.eval_dir / RESULTS_FILE
-        data = json.loads(path.read_text())
-        for entry in data["summary"]:
-            if entry["metric"] == "accuracy":
-                entry.update(interval=iv.to_dict(), verdict_text=sentence)
-        path.write_text(json.dumps(data))
+    path = run.eval_dir / RESULTS_FILE
+    data = json.loads(path.read_text())
+    for entry in data["summary"]:
+        if not with_intervals:  # as saved before intervals existed
+            entry.pop("interval", None), entry.pop("verdict_text", None)
+        elif entry["metric"] == "accuracy":
+            entry.update(interval=iv.to_dict(), verdict_text=sentence)
+    path.write_text(json.dumps(data))
     return sentence
 
 

@@ -144,8 +144,10 @@ def test_evaluation_fills_every_output(env, evaluated):
     run = get_run(run_id)
     # the run by its human name (and the id's time and tail), never the bare id
     assert view.status.startswith(f"Results for run **{run_name_md(run.label())}**") and "classification" in view.status
+    # 3 of 8 rows gained, none lost: exact McNemar p = 0.25, so the page does not call it better
     assert ('<td class="ev-metric">accuracy ↑</td><td class="ev-num">0.000</td><td class="ev-num">0.375</td>'
-            '<td class="ev-num"><span class="ev-better">+0.375 better</span></td>') in view.summary
+            '<td class="ev-num"><span class="ev-unclear">+0.375 no clear change</span></td>') in view.summary
+    assert "not distinguishable from no change on 8 rows (+0.375" in view.summary
     assert "**3** wins · **5** ties · **0** losses" in view.counts
     assert view.cards.count('<article class="ev-card') == 8 and "All 8 held-out rows, biggest wins first" in view.cards
     assert ctx.evaluations.get(run_id) is None  # no longer in progress
