@@ -143,11 +143,8 @@ class EndpointJudge:
         """One reply per conversation, in order; InterruptedError when `cancel` is set between requests."""
         import httpx
 
-        headers = {"Content-Type": "application/json"}
-        if self.spec.api_key:
-            headers["Authorization"] = f"Bearer {self.spec.api_key}"
         replies = []
-        with httpx.Client(timeout=self.timeout, headers=headers, follow_redirects=False) as client:
+        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
             for i, messages in enumerate(conversations):
                 if cancel is not None and cancel.is_set():
                     raise InterruptedError("Judging cancelled.")
@@ -161,8 +158,11 @@ class EndpointJudge:
         if self.max_tokens:
             body["max_tokens"] = self.max_tokens
         url = completions_url(self.spec.url)
+        # the key joins the headers inside the try: a key httpx cannot send (non-ASCII, a newline)
+        # fails here as a JudgeError, never as an exception that could quote it
         try:
-            response = client.post(url, json=body)
+            headers = {"Authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
+            response = client.post(url, json=body, headers=headers)
         except Exception as exc:  # noqa: BLE001 - every transport failure becomes one clear message
             raise JudgeError(self._transport_message(exc)) from None  # the cause could quote headers
         return self._reply_text(response)
@@ -246,5 +246,7 @@ def make_backend(spec: JudgeSpec, run_model, run_base: str,
     if run_model is not None and same_source(spec.model, run_base):
         return LocalJudge(run_model)
     from finetune_core.inference.generation import InferenceModel
+    from finetune_core.models.sources import check_model_size
 
+    check_model_size(spec.model)  # the deployment's parameter ceiling holds for judges too
     return LocalJudge(InferenceModel.base_only(spec.model or "bundled", progress))

@@ -292,3 +292,17 @@ def test_the_bundled_model_as_a_local_judge_gives_a_complete_report(run):
     assert result["judge"]["model"] == "bundled" and len(examples) == 3
     assert all(ex["reply_base_first"] and ex["reply_tuned_first"] for ex in examples)
     assert_consistent(result, examples)
+
+
+@pytest.mark.parametrize("name", ["mt_bench_questions.jsonl", "vicuna80_questions.jsonl"])
+def test_the_published_prompt_sets_read_whole(shared_datasets, name):
+    from evaluation.prompt_sets import read_prompt_file, spread
+
+    raw = [json.loads(line) for line in (shared_datasets / name).read_text(encoding="utf-8").splitlines()]
+    items = read_prompt_file(shared_datasets / name)
+    assert [(p.id, p.category, p.question) for p in items] == [
+        (str(r["question_id"]), r["category"], r["turns"][0]) for r in raw]
+    assert [p.reference for p in items] == [r["reference"][0].strip() if r.get("reference") else None for r in raw]
+    categories = sorted({r["category"] for r in raw})
+    picked = spread(items, 2 * len(categories))
+    assert sorted(p.category for p in picked) == sorted(categories * 2)  # a limit covers every category

@@ -145,6 +145,14 @@ def test_an_endpoint_that_is_down_is_reported_without_the_key(run, caplog):
     assert KEY not in error_text(err.value) and KEY not in caplog.text
 
 
+def test_a_key_that_cannot_be_sent_is_an_error_that_does_not_quote_it(run):
+    bad_key = "sk-caf\u00e9-\nX-Injected: 1"
+    with FakeJudge(prefer_blue) as fake:
+        with pytest.raises(JudgeError, match=f"judge endpoint at {fake.host} failed") as err:
+            judge_run(run, judge=JudgeSpec("endpoint", "m", fake.url, bad_key), limit=1, model=Echo())
+    assert "caf" not in error_text(err.value) and not fake.requests
+
+
 def test_an_endpoint_url_must_be_http_and_is_never_echoed():
     for bad in ("ftp://judge.example/v1", "judge.example/v1", "", "http:///v1"):
         with pytest.raises(ValueError, match="STUDIO_JUDGE_URL") as err:
