@@ -302,7 +302,7 @@ def test_the_published_prompt_sets_read_whole(shared_datasets, name):
     items = read_prompt_file(shared_datasets / name)
     assert [(p.id, p.category, p.question) for p in items] == [
         (str(r["question_id"]), r["category"], r["turns"][0]) for r in raw]
-    assert [p.reference for p in items] == [r["reference"][0].strip() if r.get("reference") else None for r in raw]
+    assert [p.reference for p in items] == [(r.get("reference") or [""])[0].strip() or None for r in raw]
     categories = sorted({r["category"] for r in raw})
     picked = spread(items, 2 * len(categories))
     assert sorted(p.category for p in picked) == sorted(categories * 2)  # a limit covers every category
