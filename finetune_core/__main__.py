@@ -11,9 +11,10 @@ from __future__ import annotations
 def commands() -> tuple:
     """Every command of the program, in the order `--help` lists them."""
     from evaluation.commands import COMMANDS as EVALUATION
+    from evaluation.judge_commands import COMMANDS as JUDGE
     from finetune_core.cli import COMMANDS as CORE
 
-    return (*CORE, *EVALUATION)
+    return (*CORE, *EVALUATION, *JUDGE)
 
 
 def main(argv: list[str] | None = None) -> int:
