@@ -27,14 +27,13 @@ its sentence, per category, and agreement with the run's blind A/B votes.
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
+from evaluation.checks import checks_dir, read_check, write_check
 from evaluation.judge_backends import JudgeError, JudgeSpec, judge_spec_from_env, make_backend
 from evaluation.prompt_sets import HELDOUT, PromptItem, load_prompt_set
 from evaluation.significance import describe, outcome_interval
@@ -55,32 +54,6 @@ SYSTEM = ("You are a careful, impartial reviewer. You compare two answers to the
 VERDICT_RE = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 # fallbacks for judges that drop the brackets: "Verdict: A", "Final verdict - [B]", "verdict: tie"
 LOOSE_RE = re.compile(r"verdict\s*(?:is)?\s*[:\-]?\s*\[?\s*(A|B|C|tie)\b", re.IGNORECASE)
-
-
-# -- checks/ in the run (INTEGRATOR: replace with evaluation.checks once it is merged) -------------
-CHECKS_DIR = "checks"
-
-
-def checks_dir(run) -> Path:
-    """runs/<id>/checks/, made when missing (a fixed name: no user text in the path)."""
-    folder = run.path / CHECKS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def read_check(run, name: str) -> dict | None:
-    """The saved checks/<name>.json of a run, or None when there is none."""
-    path = run.path / CHECKS_DIR / f"{name}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def write_check(run, name: str, data: dict) -> Path:
-    """Write checks/<name>.json atomically (the previous one is replaced whole)."""
-    from finetune_core.runs.store import write_json_atomic
-
-    path = checks_dir(run) / f"{name}.json"
-    write_json_atomic(path, data)
-    return path
 
 
 # -- asking the judge -----------------------------------------------------------------------
@@ -331,5 +304,6 @@ def _save(run, result: dict, examples: list[dict]) -> None:
     """The examples first, judge.json last: judge.json names a complete check."""
     from finetune_core.data.dataset import write_jsonl
 
+    checks_dir(run).mkdir(parents=True, exist_ok=True)
     write_jsonl(checks_dir(run) / EXAMPLES_FILE, examples)
     write_check(run, "judge", result)
