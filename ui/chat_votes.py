@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from evaluation.report_checks import vote_interval
 from finetune_core.errors import StudioError
 from finetune_core.inference import chat
 from finetune_core.inference.votes import load_votes
@@ -37,8 +38,11 @@ def tally_markdown(votes: list[dict], blind: bool = False) -> str:
     if blind:
         return f"{t['votes']} blind vote(s) saved with this run. The win rate is shown after your vote."
     rate = "n/a" if t["tuned_win_rate"] is None else f"{100 * t['tuned_win_rate']:.0f}%"
+    # the same net preference and interval as the report (+1 tuned, 0 tie or both bad, -1 base)
+    said = vote_interval(votes)["verdict_text"]
     return (f"**Tuned win rate: {rate}** over {t['tuned'] + t['base']} decided votes — "
-            f"tuned {t['tuned']} · base {t['base']} · tie {t['tie']} · both bad {t['both_bad']}")
+            f"tuned {t['tuned']} · base {t['base']} · tie {t['tie']} · both bad {t['both_bad']}  \n"
+            f"Tuned vs base: {said}")
 
 
 def run_tally(key, request: gr.Request | None = None, blind: bool = False) -> str:
