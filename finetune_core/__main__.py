@@ -10,10 +10,11 @@ from __future__ import annotations
 
 def commands() -> tuple:
     """Every command of the program, in the order `--help` lists them."""
+    from evaluation.benchmark_commands import COMMANDS as BENCHMARKS
     from evaluation.commands import COMMANDS as EVALUATION
     from finetune_core.cli import COMMANDS as CORE
 
-    return (*CORE, *EVALUATION)
+    return (*CORE, *EVALUATION, *BENCHMARKS)
 
 
 def main(argv: list[str] | None = None) -> int:

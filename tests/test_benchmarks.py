@@ -49,13 +49,13 @@ def result(run_copy, bench_dir, inference_model):
     return run_benchmarks(run_copy, limit=None, data_dir=str(bench_dir), batch_size=BATCH, model=inference_model)
 
 
-def _plain_lm_eval(model, tokenizer, task, name):
+def _plain_lm_eval(model, tokenizer, task, name, limit=None):
     """Per-item samples from lm_eval's own HFLM and evaluate(), nothing of ours around them."""
     from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH)
-    out = evaluator.evaluate(lm=lm, task_dict={name: task}, log_samples=True, bootstrap_iters=0)
+    out = evaluator.evaluate(lm=lm, task_dict={name: task}, limit=limit, log_samples=True, bootstrap_iters=0)
     return sorted(out["samples"][name], key=lambda s: s["doc_id"])
 
 
@@ -330,3 +330,44 @@ def test_cancel_stops_between_forward_passes_and_saves_nothing(tmp_path, trained
     assert not any("tuned model" in text for text, _ in seen)
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and fractions[-1] < 0.5
+
+
+# -- the real model and the real files --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_bundled_model_scores_well_above_chance_on_arc_easy_as_lm_evals_own_task_does(shared_datasets,
+                                                                                          runs_root, tmp_path):
+    """20 ARC-Easy test items, bundled model: the base side's acc and acc_norm are lm-eval's own arc_easy
+    task on the same file (its YAML, its `json` loader, plain HFLM on a bare copy of the model), and
+    well above the 1-in-4 of guessing. The tuned side is a random (untrained) LoRA adapter."""
+    from pathlib import Path
+
+    import lm_eval.tasks
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+    from peft import LoraConfig, get_peft_model
+
+    from finetune_core.config import RunConfig
+    from finetune_core.inference.generation import InferenceModel
+    from finetune_core.models.sources import device_policy, load_model, load_tokenizer
+    from finetune_core.runs.store import create_run
+
+    limit = 20
+    tokenizer = load_tokenizer("bundled")
+    adapter = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = InferenceModel(get_peft_model(load_model("bundled").eval(), adapter).eval(), tokenizer, device_policy())
+    run = create_run(RunConfig(model="bundled"))
+    result = run_benchmarks(run, names=["arc_easy"], limit=limit, data_dir=str(shared_datasets), model=model)
+    (bench,) = result["benchmarks"]
+    base = {m["metric"]: m["base"] for m in bench["metrics"]}
+
+    cfg = load_yaml(Path(lm_eval.tasks.__file__).parent / "arc/arc_easy.yaml", resolve_func=True)
+    cfg.pop("tag", None)
+    cfg.update(dataset_path="json", dataset_name=None, training_split=None, validation_split=None, test_split="test",
+               dataset_kwargs={"data_files": {"test": str(shared_datasets / "arc_easy_test.jsonl")},
+                               "cache_dir": str(tmp_path)})
+    own = _plain_lm_eval(load_model("bundled").eval(), load_tokenizer("bundled"), ConfigurableTask(config=cfg),
+                         "arc_easy", limit=limit)
+    assert bench["items"] == limit == len(own)
+    assert base == {m: pytest.approx(np.mean([s[m] for s in own])) for m in ("acc", "acc_norm")}
+    assert base["acc"] >= 0.4 and base["acc_norm"] >= 0.4, base  # guessing scores 0.25
