@@ -17,7 +17,7 @@ import pytest
 
 from benchmark_fixtures import ARC_ROWS, FILES, MMLU_ROWS, write_benchmark_folder, write_jsonl
 from evaluation.benchmark_tasks import BENCHMARKS, prepare
-from evaluation.benchmarks import pick, run_benchmarks, score_side
+from evaluation.benchmarks import pick, run_benchmarks, score_side, scoring_autocast
 from finetune_core.errors import InputError
 from finetune_core.runs.store import run_from_dir
 
@@ -49,12 +49,12 @@ def result(run_copy, bench_dir, inference_model):
     return run_benchmarks(run_copy, limit=None, data_dir=str(bench_dir), batch_size=BATCH, model=inference_model)
 
 
-def _plain_lm_eval(model, tokenizer, task, name, limit=None):
+def _plain_lm_eval(model, tokenizer, task, name, limit=None, autocast=None, batch_size=BATCH):
     """Per-item samples from lm_eval's own HFLM and evaluate(), nothing of ours around them."""
     from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, mixed_precision_dtype=autocast)
     out = evaluator.evaluate(lm=lm, task_dict={name: task}, limit=limit, log_samples=True, bootstrap_iters=0)
     return sorted(out["samples"][name], key=lambda s: s["doc_id"])
 
@@ -95,6 +95,7 @@ def test_the_saved_result_holds_every_benchmark_with_both_sides(result, run_copy
                                                                                                None)
     assert result["model"] == run_copy.config().model and result["lm_eval_version"] == "0.4.13"
     assert result["source"].startswith("local folder ") and result["seconds"] > 0
+    assert result["precision"] == "float32"  # the tiny run asked for float32: no bf16 autocast
     assert [(b["name"], b["title"]) for b in result["benchmarks"]] == list(BENCHMARKS.items())
     for bench in result["benchmarks"]:
         assert bench["items"] == len(FILES[bench["name"]][1])
@@ -234,6 +235,27 @@ def test_fewshot_shows_held_out_first_rows_and_scores_the_rest(run_copy, bench_d
     assert "What is the closest star" in astronomy and "largest ocean" not in astronomy
 
 
+def test_bf16_autocast_only_on_a_fast_bf16_cpu_for_float32_weights_when_the_run_allows(monkeypatch):
+    import types
+
+    import torch
+
+    import finetune_core.models.sources as sources
+
+    def model(device="cpu", dtype=torch.float32):
+        weights = torch.nn.Linear(2, 2).to(dtype)
+        return types.SimpleNamespace(policy=types.SimpleNamespace(device=device), weights=lambda tuned: weights)
+
+    monkeypatch.setattr(sources, "cpu_has_bf16_matmul", lambda: True)
+    assert scoring_autocast("auto", model()) == "bfloat16"
+    assert scoring_autocast("float32", model()) is None  # the run asked for float32
+    assert scoring_autocast("auto", model(dtype=torch.bfloat16)) is None  # already bf16 weights
+    assert scoring_autocast("auto", model(device="cuda")) is None  # a GPU keeps its own dtype
+    monkeypatch.setattr(sources, "cpu_has_bf16_matmul", lambda: False)
+    assert scoring_autocast("auto", model()) is None  # emulated bf16 would be many times slower
+    assert scoring_autocast("bfloat16", model()) == "bfloat16"  # asked for explicitly
+
+
 # -- refusals ------------------------------------------------------------------------------------
 
 def _no_model():
@@ -339,7 +361,8 @@ def test_the_bundled_model_scores_well_above_chance_on_arc_easy_as_lm_evals_own_
                                                                                           runs_root, tmp_path):
     """20 ARC-Easy test items, bundled model: the base side's acc and acc_norm are lm-eval's own arc_easy
     task on the same file (its YAML, its `json` loader, plain HFLM on a bare copy of the model), and
-    well above the 1-in-4 of guessing. The tuned side is a random (untrained) LoRA adapter."""
+    well above the 1-in-4 of guessing. The tuned side is a random (untrained) LoRA adapter. Same batch size
+    and precision on both (under bf16 autocast a different batch can round a near-tie the other way)."""
     from pathlib import Path
 
     import lm_eval.tasks
@@ -357,7 +380,8 @@ def test_the_bundled_model_scores_well_above_chance_on_arc_easy_as_lm_evals_own_
     adapter = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = InferenceModel(get_peft_model(load_model("bundled").eval(), adapter).eval(), tokenizer, device_policy())
     run = create_run(RunConfig(model="bundled"))
-    result = run_benchmarks(run, names=["arc_easy"], limit=limit, data_dir=str(shared_datasets), model=model)
+    result = run_benchmarks(run, names=["arc_easy"], limit=limit, data_dir=str(shared_datasets), batch_size=32,
+                            model=model)
     (bench,) = result["benchmarks"]
     base = {m["metric"]: m["base"] for m in bench["metrics"]}
 
@@ -366,8 +390,9 @@ def test_the_bundled_model_scores_well_above_chance_on_arc_easy_as_lm_evals_own_
     cfg.update(dataset_path="json", dataset_name=None, training_split=None, validation_split=None, test_split="test",
                dataset_kwargs={"data_files": {"test": str(shared_datasets / "arc_easy_test.jsonl")},
                                "cache_dir": str(tmp_path)})
+    autocast = result["precision"].removesuffix(" autocast") if "autocast" in result["precision"] else None
     own = _plain_lm_eval(load_model("bundled").eval(), load_tokenizer("bundled"), ConfigurableTask(config=cfg),
-                         "arc_easy", limit=limit)
+                         "arc_easy", limit=limit, autocast=autocast, batch_size=32)
     assert bench["items"] == limit == len(own)
     assert base == {m: pytest.approx(np.mean([s[m] for s in own])) for m in ("acc", "acc_norm")}
     assert base["acc"] >= 0.4 and base["acc_norm"] >= 0.4, base  # guessing scores 0.25
