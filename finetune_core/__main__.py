@@ -10,11 +10,12 @@ from __future__ import annotations
 
 def commands() -> tuple:
     """Every command of the program, in the order `--help` lists them."""
+    from evaluation.benchmark_commands import COMMANDS as BENCHMARKS
     from evaluation.commands import COMMANDS as EVALUATION
     from evaluation.judge_commands import COMMANDS as JUDGE
     from finetune_core.cli import COMMANDS as CORE
 
-    return (*CORE, *EVALUATION, *JUDGE)
+    return (*CORE, *EVALUATION, *BENCHMARKS, *JUDGE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,8 +37,6 @@ from .widgets import open_run, run_name_md
 
 KIND = "benchmarks"
 # The contract's four (evaluation.benchmarks.BENCHMARKS), for the checkboxes when that module is absent.
-FALLBACK_BENCHMARKS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "hellaswag": "HellaSwag",
-                       "mmlu": "MMLU"}
 LIMIT_DEFAULT, LIMIT_MAX = 100, 2000  # items per benchmark
 FEWSHOT_MAX = 5
 FLIP_LIMIT = 10  # flipped items shown per direction
@@ -173,10 +171,8 @@ def cancel_check(cancel) -> None:
 # -- the general-skill check ---------------------------------------------------------------------------
 def benchmark_choices() -> list[tuple[str, str]]:
     """(title, name) of the benchmarks the check offers, from evaluation.benchmarks.BENCHMARKS."""
-    try:
-        from evaluation.benchmarks import BENCHMARKS
-    except ImportError:  # integrator: drop this fallback once evaluation/benchmarks.py is merged
-        BENCHMARKS = FALLBACK_BENCHMARKS
+    from evaluation.benchmarks import BENCHMARKS
+
     return [(title, name) for name, title in BENCHMARKS.items()]
 
 
