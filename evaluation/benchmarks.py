@@ -40,7 +40,6 @@ import functools
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np

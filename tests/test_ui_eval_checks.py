@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
