@@ -10,6 +10,7 @@ from __future__ import annotations
 import doctest
 import filecmp
 import json
+import re
 import shutil
 import threading
 
@@ -27,6 +28,7 @@ from ui.context import AppContext
 from ui.widgets import run_name_md
 from ui_support import shared_for
 from ui.eval_cards import cards_html, summary_html
+from ui.eval_settings import extra_metrics
 from ui.eval_tab import (CANCELLED, EXAMPLE_HEADERS, ORDERS, arm_cancel, cancel_evaluation, evaluate,
                          examples_frame, export_results, order_examples, order_view, poll, runs_dropdown, show_run,
                          watch_run)
@@ -60,7 +62,8 @@ def evaluated(env):
         mp.setattr(InferenceModel, "from_run", classmethod(lambda *a, **k: pytest.fail("loaded a second model")))
         view = evaluate(ctx, run_id, limit=0, batch_size=4, max_new_tokens=0, with_loss=False,
                         cancel=threading.Event(), order=ORDERS[0],
-                        progress=lambda text, fraction: calls.append((text, fraction)))
+                        progress=lambda text, fraction: calls.append((text, fraction)),
+                        metrics=extra_metrics(["chrf"]))  # one extra metric ticked in Settings
     assert ctx.models.get(f"run:{run_id}") is cached
     return view, calls
 
@@ -148,6 +151,10 @@ def test_evaluation_fills_every_output(env, evaluated):
     assert ('<td class="ev-metric">accuracy ↑</td><td class="ev-num">0.000</td><td class="ev-num">0.375</td>'
             '<td class="ev-num"><span class="ev-unclear">+0.375 no clear change</span></td>') in view.summary
     assert "not distinguishable from no change on 8 rows (+0.375" in view.summary
+    # the ticked extra metric is scored too, with its interval
+    chrf_row = view.summary[view.summary.index('<td class="ev-metric">chrf'):]
+    assert re.match(r'<td class="ev-metric">chrf ↑</td>(<td class="ev-num">[0-9.]+</td>){2}.*?'
+                    r'<td class="ev-num">[+-][0-9.]+ to [+-][0-9.]+</td>', chrf_row)
     assert "**3** wins · **5** ties · **0** losses" in view.counts
     assert view.cards.count('<article class="ev-card') == 8 and "All 8 held-out rows, biggest wins first" in view.cards
     assert ctx.evaluations.get(run_id) is None  # no longer in progress

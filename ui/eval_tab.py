@@ -40,7 +40,6 @@ import pandas as pd
 
 from evaluation.compare import RESULTS_FILE, Comparison, copy_results
 from evaluation.run_eval import evaluate_run, load_meta
-from finetune_core.limits import limits
 from finetune_core.runs.ownership import Visitor
 
 from . import eval_cards, eval_checks, eval_judge
@@ -48,6 +47,7 @@ from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext, EvalParts, Shared
 from .errors import page_error, shows_errors
 from .eval_checks import gpu_busy
+from .eval_settings import extra_metrics, settings_inputs
 from .eval_views import (CANCELLED, EXAMPLE_HEADERS, EXAMPLE_TYPES, EXAMPLE_WIDTHS, NO_RUNS, ORDERS, PICK_RUN,
                          WAITING, View, examples_frame, message_view, not_evaluated_text, progress_line,
                          results_view, run_title)
@@ -174,10 +174,12 @@ def _whole(value, name: str) -> int:
 
 def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_new_tokens=0,
              with_loss: bool = False, cancel: threading.Event | None = None, order: str = ORDERS[0],
-             request: gr.Request | None = None, progress: Progress | None = None) -> View:
+             request: gr.Request | None = None, progress: Progress | None = None,
+             metrics: list[str] | str | None = None) -> View:
     """Score base and tuned on the run's held-out rows, save to runs/<id>/eval/, show it.
 
-    limit 0 = every held-out row; max_new_tokens 0 = sized from the references.
+    limit 0 = every held-out row; max_new_tokens 0 = sized from the references; `metrics`: extra
+    metrics besides the task's own (shipped names, or Hub names where the owner allows them).
     A cancelled evaluation saves nothing and shows the previous results. While it runs,
     `ctx.evaluations` has its progress (every page watching the run shows it).
     """
@@ -190,7 +192,8 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
     # rows before it asks for the model
     settings = {"limit": _whole(limit, "Rows to evaluate") or None,
                 "batch_size": _whole(batch_size, "Batch size"),
-                "max_new_tokens": _whole(max_new_tokens, "Max new tokens") or None, "with_loss": bool(with_loss)}
+                "max_new_tokens": _whole(max_new_tokens, "Max new tokens") or None, "with_loss": bool(with_loss),
+                "metrics": extra_metrics(metrics)}
     busy = gpu_busy(ctx)
     if busy:
         raise gr.Error(busy)
@@ -242,22 +245,6 @@ def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | No
 
 
 # -- layout and wiring ------------------------------------------------------------------
-def _settings() -> list:
-    """The Settings accordion's inputs: rows, batch size, max new tokens, held-out loss."""
-    with gr.Accordion("Settings", open=False, elem_id="eval-settings"):
-        with gr.Row():
-            limit = gr.Number(value=0, minimum=0, precision=0, label="Rows to evaluate",
-                              info="0 = every held-out row; fewer rows finish sooner", elem_id="eval-limit")
-            batch_size = gr.Slider(1, 128, value=64, step=1, label="Batch size", elem_id="eval-batch",
-                                   info="most prompts generated together (batches also stay under 2 GiB of cache)")
-            max_new = gr.Number(value=0, minimum=0, maximum=limits().max_new_tokens, precision=0,
-                                label="Max new tokens", elem_id="eval-max-new",
-                                info="0 = auto: longest label + 8, or longest reference + 16 (up to 256)")
-            with_loss = gr.Checkbox(value=False, label="Also compute held-out loss",
-                                    info="mean loss and perplexity on the answers (lower is better)")
-    return [limit, batch_size, max_new, with_loss]
-
-
 def _results() -> list:
     """The result area, in View order: status, summary, counts, chart, confusion, cards, table, downloads
     (the order radio and the download button are made in between and returned after the View's parts)."""
@@ -300,7 +287,7 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
                              allow_custom_value=True, scale=4, elem_id="eval-run")
         refresh = gr.Button("↻ Refresh runs", scale=1)
     gr.Markdown("### Held-out rows", elem_id="eval-heldout-intro")
-    settings = _settings()
+    settings = settings_inputs()
     with gr.Row():
         evaluate_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-button")
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")
@@ -310,8 +297,10 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     checks = eval_checks.build_benchmarks(ctx, run_dd, timer) + eval_judge.build_judge(ctx, run_dd, timer)
 
     @shows_errors
-    def on_evaluate(run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request: gr.Request):
-        return evaluate(ctx, run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request)
+    def on_evaluate(run_id, limit_value, batch, max_tokens, loss, picked, hub, cancel, order_value,
+                    request: gr.Request):
+        return evaluate(ctx, run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request,
+                        metrics=extra_metrics(picked, hub))
 
     @shows_errors
     def on_start(previous, run_id, request: gr.Request):
