@@ -16,7 +16,7 @@ from finetune_core import cli
 from finetune_core.__main__ import main as program
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("inspect", "train", "runs", "chat", "eval", "export", "report")
+ALL = ("inspect", "train", "runs", "chat", "eval", "export", "report", "benchmarks", "judge")
 
 
 def test_help_lists_every_command_with_its_one_line_help():
@@ -32,7 +32,8 @@ def test_help_lists_every_command_with_its_one_line_help():
 
 @pytest.mark.parametrize("command, flag", [("inspect", "--map"), ("train", "--resume"), ("runs", "--help"),
                                            ("chat", "--prompt"), ("eval", "--batch-size"),
-                                           ("export", "--adapter-zip"), ("report", "--out")])
+                                           ("export", "--adapter-zip"), ("report", "--out"),
+                                           ("benchmarks", "--fewshot"), ("judge", "--prompts")])
 def test_each_command_has_its_full_help(command, flag, capsys):
     with pytest.raises(SystemExit) as done:
         program([command, "--help"])
