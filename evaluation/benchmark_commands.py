@@ -117,6 +117,6 @@ def _cell(text: str, width: int = CELL) -> str:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("benchmarks", "General-skill check: base vs tuned on ARC, HellaSwag and MMLU (lm-evaluation-harness).",
+    Command("benchmarks", "Did it forget? Base vs tuned on ARC, HellaSwag, MMLU (lm-eval).",
             add_benchmark_arguments, run_benchmarks_command),
 )

@@ -141,6 +141,6 @@ def _cell(text) -> str:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("judge", "Pairwise LLM judge of a run's base vs tuned answers (both orders).", add_judge_arguments,
+    Command("judge", "Pairwise LLM judge of base vs tuned answers (both orders).", add_judge_arguments,
             run_judge),
 )
