@@ -17,8 +17,8 @@ import logging
 import sys
 
 from evaluation.benchmark_tasks import BENCHMARKS, DATA_ENV
+from evaluation.commands import attempt
 from finetune_core.cli import Command
-from finetune_core.errors import USER_ERROR_EXIT, StudioError
 
 FLIPS_SHOWN = 3  # per direction and benchmark
 CELL = 60  # characters of a question shown
@@ -49,16 +49,16 @@ def run_benchmarks_command(args: argparse.Namespace) -> int:
     hub_timeouts()  # fail fast instead of hanging when the Hub is unreachable
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on passing a loaded model are for developers
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
-    try:
+
+    def work():
         run = run_from_dir(args.run)
-        result = run_benchmarks(run, names=names, limit=args.limit or None, num_fewshot=args.fewshot,
-                                data_dir=args.data_dir, batch_size=args.batch_size, progress=_progress_printer())
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT
-    except (InterruptedError, KeyboardInterrupt):
-        print("interrupted: nothing was saved", file=sys.stderr)
-        return 130
+        return run, run_benchmarks(run, names=names, limit=args.limit or None, num_fewshot=args.fewshot,
+                                   data_dir=args.data_dir, batch_size=args.batch_size, progress=_progress_printer())
+
+    done, status = attempt(work)
+    if status is not None:
+        return status
+    run, result = done
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

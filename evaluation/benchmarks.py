@@ -46,6 +46,7 @@ import numpy as np
 
 from evaluation.benchmark_tasks import BENCHMARKS, Prepared, data_folder, prepare
 from evaluation.checks import write_check
+from evaluation.run_eval import load_run_model
 from evaluation.significance import describe, paired_exact
 from finetune_core.errors import InputError
 
@@ -80,7 +81,7 @@ def run_benchmarks(run, names: Sequence[str] = tuple(BENCHMARKS), limit: int | N
     folder = data_folder(data_dir)
     prepared = [prepare(name, folder, num_fewshot, limit) for name in names]
     _check_cancel(cancel)
-    model = model or _load(run, say, load_model)
+    model = model or load_run_model(run, say, load_model, at=0.02)
     if not model.has_tuned:
         raise InputError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
     autocast = scoring_autocast(run.config().precision, model)
@@ -118,18 +119,6 @@ def check_arguments(names, limit, num_fewshot, batch_size) -> list[str]:
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise InterruptedError("Benchmark run cancelled: nothing was saved.")
-
-
-def _load(run, say: Progress, load_model: Callable[[], object] | None):
-    from finetune_core.inference.generation import InferenceModel
-    from finetune_core.runs.store import RunError
-
-    if not run.has_adapter():
-        raise RunError(f"Run {run.id} has no saved adapter: let it finish training first.")
-    say("Loading the model (its first use takes a few seconds)...", 0.02)
-    if load_model is not None:
-        return load_model()
-    return InferenceModel.from_run(run, progress=lambda message: say(message, 0.02))
 
 
 def scoring_autocast(precision: str, model) -> str | None:

@@ -22,10 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Callable, TypeVar
 
 from finetune_core.cli import Command
 from finetune_core.errors import USER_ERROR_EXIT, StudioError, run_cli
 
+T = TypeVar("T")
+INTERRUPTED_EXIT = 130
 EXAMPLES_SHOWN = 3
 CELL = 48  # characters of text shown per cell of the example lists
 
@@ -55,18 +58,17 @@ def run_eval(args: argparse.Namespace) -> int:
     from finetune_core.runs.store import run_from_dir
 
     hub_timeouts()  # fail fast instead of hanging when the Hub is unreachable
-    try:
-        # a StudioError (not a run, no adapter, unusable data) is "error: ..." and 2; a bug keeps its traceback
+
+    def work():
         run = run_from_dir(args.run)
-        comparison = evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
-                                  max_new_tokens=args.max_new_tokens, with_loss=args.loss,
-                                  progress=_print_progress, metrics=args.metrics)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT
-    except (InterruptedError, KeyboardInterrupt):
-        print("interrupted: nothing was saved", file=sys.stderr)
-        return 130
+        return run, evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, with_loss=args.loss,
+                                 progress=print_progress, metrics=args.metrics)
+
+    done, status = attempt(work)
+    if status is not None:
+        return status
+    run, comparison = done
     meta = load_meta(run)
     if args.json:
         out = {**comparison.to_json_dict(), "seconds": meta.get("seconds", {}),
@@ -86,7 +88,22 @@ def _extra_metric_names() -> list[str]:
     return [name for name in available_metrics() if name not in defaults]
 
 
-def _print_progress(text: str, fraction: float) -> None:
+def attempt(work: Callable[[], T]) -> tuple[T | None, int | None]:
+    """A check command's work, run: (its result, None), or (None, the exit status) after one line on
+    stderr. A StudioError (not a run, no adapter, unusable data) is "error: ..." and 2, an interruption
+    "interrupted: nothing was saved" and 130; a bug keeps its traceback."""
+    try:
+        return work(), None
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, USER_ERROR_EXIT
+    except (InterruptedError, KeyboardInterrupt):
+        print("interrupted: nothing was saved", file=sys.stderr)
+        return None, INTERRUPTED_EXIT
+
+
+def print_progress(text: str, fraction: float) -> None:
+    """A command's progress on stderr ("[ 42.0%] ..."), so stdout holds only the result."""
     print(f"[{fraction * 100:5.1f}%] {text}", file=sys.stderr, flush=True)
 
 

@@ -36,6 +36,7 @@ from typing import Callable
 from evaluation.checks import checks_dir, read_check, write_check
 from evaluation.judge_backends import JudgeError, JudgeSpec, judge_spec_from_env, make_backend
 from evaluation.prompt_sets import HELDOUT, PromptItem, load_prompt_set
+from evaluation.run_eval import load_run_model
 from evaluation.significance import describe, outcome_interval
 from finetune_core.errors import InputError
 
@@ -193,7 +194,7 @@ def judge_run(run, prompt_set: str = HELDOUT, judge: JudgeSpec | None = None, li
     say = progress or (lambda _text, _fraction: None)
     _check_cancel(cancel)
     started = time.perf_counter()
-    model = model or _load_model(run, say, load_model)
+    model = model or load_run_model(run, say, load_model)
     if not model.has_tuned:
         raise InputError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
     answers = _answers(model, items, max_new_tokens, batch_size, say, cancel)
@@ -219,18 +220,6 @@ def _check_args(limit, max_new_tokens) -> None:
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise InterruptedError("Judging cancelled.")
-
-
-def _load_model(run, say: Progress, load_model: Callable[[], object] | None):
-    from finetune_core.inference.generation import InferenceModel
-    from finetune_core.runs.store import RunError
-
-    if not run.has_adapter():
-        raise RunError(f"Run {run.id} has no saved adapter: let it finish training first.")
-    say("Loading the model (its first use takes a few seconds)...", 0.0)
-    if load_model is not None:
-        return load_model()
-    return InferenceModel.from_run(run, progress=lambda message: say(message, 0.0))
 
 
 def _answers(model, items, max_new_tokens, batch_size, say: Progress, cancel) -> dict[str, list[str]]:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from evaluation.commands import attempt, print_progress
 from finetune_core.cli import Command
-from finetune_core.errors import USER_ERROR_EXIT, InputError, StudioError
+from finetune_core.errors import InputError
 
 EXAMPLES_SHOWN = 2
 CELL = 72  # characters of text shown per line of an example
@@ -71,27 +71,23 @@ def run_judge(args: argparse.Namespace) -> int:
     from finetune_core.runs.store import run_from_dir
 
     hub_timeouts()  # fail fast instead of hanging when the Hub is unreachable
-    try:
+
+    def work():
         spec = parse_judge(args.judge)
         run = run_from_dir(args.run)
-        result = judge_run(run, prompt_set=args.prompts, judge=spec, limit=args.limit,
-                           use_reference=not args.no_reference, max_new_tokens=args.max_new_tokens,
-                           progress=_print_progress)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT
-    except (InterruptedError, KeyboardInterrupt):
-        print("interrupted: nothing was saved", file=sys.stderr)
-        return 130
+        return run, judge_run(run, prompt_set=args.prompts, judge=spec, limit=args.limit,
+                              use_reference=not args.no_reference, max_new_tokens=args.max_new_tokens,
+                              progress=print_progress)
+
+    done, status = attempt(work)
+    if status is not None:
+        return status
+    run, result = done
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print(render_judge(result, _examples(run), str(run.path / "checks")))
     return 0
-
-
-def _print_progress(text: str, fraction: float) -> None:
-    print(f"[{fraction * 100:5.1f}%] {text}", file=sys.stderr, flush=True)
 
 
 def _examples(run) -> list[dict]:

@@ -242,7 +242,7 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
                          "with_loss=True, --loss on the command line.")
     check_cancel(cancel)
     say = progress or (lambda _text, _fraction: None)
-    model = model or _load_model(run, say, load_model)
+    model = model or load_run_model(run, say, load_model)
     if not model.has_tuned:
         raise InputError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
     task = LM_TASK if lm else ("classification" if labels else "generation")
@@ -254,17 +254,19 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
     return comparison
 
 
-def _load_model(run, say: Progress, load_model: Callable[[], object] | None = None):
-    """The run's model (through ``load_model`` when given), once the run is known to have an adapter."""
+def load_run_model(run, say: Progress, load_model: Callable[[], object] | None = None, at: float = 0.0):
+    """The run's model (through ``load_model`` when given: the app's shared copy), once the run is known to
+    have an adapter; the held-out evaluation, the general-skill check and the judge all start here.
+    Loading messages go to ``say`` at bar position ``at``."""
     from finetune_core.inference.generation import InferenceModel
     from finetune_core.runs.store import RunError
 
     if not run.has_adapter():
         raise RunError(f"Run {run.id} has no saved adapter: let it finish training first.")
-    say("Loading the model (its first use takes a few seconds)...", 0.0)
+    say("Loading the model (its first use takes a few seconds)...", at)
     if load_model is not None:
         return load_model()
-    return InferenceModel.from_run(run, progress=lambda message: say(message, 0.0))
+    return InferenceModel.from_run(run, progress=lambda message: say(message, at))
 
 
 def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_loss, say, cancel,
