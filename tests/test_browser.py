@@ -74,11 +74,36 @@ def app_url(tmp_path_factory, tiny_model_dir):
     stop_app(proc, log, root)
 
 
+CHAINED = ("The above exception was the direct cause of the following exception:",
+           "During handling of the above exception, another exception occurred:")
+
+
+def _errors(log: str) -> list[list[tuple[str, str]]]:
+    """The server log's tracebacks as chains of (block, exception line); a block that ends by saying
+    another exception follows is chained to the next one."""
+    chains, chain = [], []
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        # the exception line: the first unindented line after the frames (later lines may be other output)
+        error = next((ln for ln in block.strip("\n").splitlines() if ln.strip() and not ln.startswith(" ")), "")
+        chain.append((block, error))
+        if not any(marker in block for marker in CHAINED):
+            chains.append(chain)
+            chain = []
+    return chains + ([chain] if chain else [])
+
+
 def unexpected_tracebacks(log: str) -> list[str]:
-    """Tracebacks in the server log other than gr.Error (a message shown to the user on purpose)."""
-    blocks = log.split("Traceback (most recent call last):")[1:]
-    last_lines = [next((ln for ln in reversed(b.strip().splitlines()) if ln.strip()), "") for b in blocks]
-    return [ln for ln in last_lines if not ln.startswith("gradio.exceptions.Error")]
+    """Tracebacks in the server log other than gr.Error (a message shown to the user on purpose) and
+    Gradio's 404 for the event stream of a page that was reloaded meanwhile (its session is gone; the
+    new page opens its own stream): the last exception line of each other chain."""
+    found = []
+    for chain in _errors(log):
+        last = chain[-1][1]
+        closed_stream = any("in sse_stream" in block and error.endswith("HTTPException: 404: Not Found")
+                            for block, error in chain)
+        if not last.startswith("gradio.exceptions.Error") and not closed_stream:
+            found.append(last)
+    return found
 
 
 @pytest.fixture(scope="module")
