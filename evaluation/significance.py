@@ -168,10 +168,14 @@ def describe(iv: Interval, unit: str = "rows", higher_is_better: bool = True) ->
 
     >>> describe(Interval(0.2, 0.1, 0.3, 45, "paired bootstrap"))
     'better on 45 rows (+0.200, 95% CI +0.100 to +0.300)'
+    >>> describe(Interval(1.0, 1.0, 1.0, 1, "bootstrap + exact sign test", 1.0), "votes")
+    'not distinguishable from no change on 1 vote (+1.000, 95% CI +1.000 to +1.000; exact test p = 1.000)'
     """
     numbers = f"{iv.estimate:+.3f}, {round(iv.confidence * 100)}% CI {iv.low:+.3f} to {iv.high:+.3f}"
     if iv.n == 0:
         return f"no {unit} to compare"
+    if iv.n == 1 and unit.endswith("s"):  # "1 vote", "1 row", "1 item", "1 prompt"
+        unit = unit[:-1]
     if not iv.significant:
         if not iv.includes_zero:
             # The exact test overrules a bootstrap interval that collapsed on few rows: say so, or the

@@ -185,7 +185,7 @@ def test_vote_labels_are_plain_text_and_a_vote_reveals_and_is_saved(trained_run,
     assert f"Model {tuned_pane} was the **tuned** model" in note and trained_run.name in note
     assert "1 decided votes" in tally
     # one vote tells nothing: the tally says so with its interval
-    assert "Tuned vs base: not distinguishable from no change on 1 votes" in tally
+    assert "Tuned vs base: not distinguishable from no change on 1 vote (" in tally
     lines = (runs_root / trained_run.id / "votes.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["winner"] == "A"
     assert "1 blind votes" in render_markdown(gather(get_run(trained_run.id), with_curve=False))
