@@ -18,6 +18,7 @@ import sys
 
 from evaluation.benchmark_tasks import BENCHMARKS, DATA_ENV
 from evaluation.commands import attempt
+from evaluation.significance import ci_text
 from finetune_core.cli import Command
 
 FLIPS_SHOWN = 3  # per direction and benchmark
@@ -90,7 +91,7 @@ def render_text(result: dict, saved_to: str) -> str:
             iv = m["interval"]
             star = "*" if m["metric"] == bench["primary"] else ""
             lines.append(f"{bench['title']:<14} {m['metric'] + star:<9} {m['base']:>7.3f} {m['tuned']:>7.3f} "
-                         f"{m['delta']:>+7.3f}  {iv['low']:+.3f} to {iv['high']:+.3f}")
+                         f"{m['delta']:>+7.3f}  {ci_text(iv)}")
             lines.append(f"{'':<14} {m['verdict_text']}")
     lines += ["", "* primary metric (flips below are judged by it)"]
     for bench in result["benchmarks"]:

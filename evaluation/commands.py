@@ -24,6 +24,7 @@ import json
 import sys
 from typing import Callable, TypeVar
 
+from evaluation.significance import ci_text
 from finetune_core.cli import Command
 from finetune_core.errors import USER_ERROR_EXIT, StudioError, run_cli
 
@@ -131,10 +132,9 @@ def headline_sentence(comparison) -> str | None:
     """The plain sentence for the task's headline metric (rougeL, accuracy; eval_loss for text rows), e.g.
     "rougeL: not distinguishable from no change on 45 rows (...)"; None without one."""
     from evaluation.intervals import headline_sentence as sentence
-    from evaluation.scoring import HEADLINE
+    from evaluation.report_checks import headline_entry
 
-    wanted = HEADLINE.get(comparison.task, "eval_loss")  # language-modelling rows: the loss
-    return sentence(next((e for e in comparison.summary if e["metric"] == wanted), None))
+    return sentence(headline_entry(comparison.summary, comparison.task))
 
 
 def _summary_table(summary: list[dict]) -> list[str]:
@@ -144,14 +144,8 @@ def _summary_table(summary: list[dict]) -> list[str]:
         # Say it in the table: a negative delta is an improvement for these.
         note = "  (lower is better)" if e.get("higher_is_better") is False else ""
         out.append(f"{e['metric']:<{width}}  {_num(e['base']):>12}  {_num(e['tuned']):>12}  "
-                   f"{_num(e['delta'], signed=True):>12}  {_ci(e.get('interval')):>17}{note}")
+                   f"{_num(e['delta'], signed=True):>12}  {ci_text(e.get('interval'), 'n/a'):>17}{note}")
     return out
-
-
-def _ci(interval: dict | None) -> str:
-    if not interval:
-        return "n/a"
-    return f"{interval['low']:+.3f} to {interval['high']:+.3f}"
 
 
 def _num(value, signed: bool = False) -> str:

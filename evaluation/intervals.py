@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from evaluation.significance import CONFIDENCE, RESAMPLES, Interval, describe, paired_delta
+from evaluation.significance import CONFIDENCE, RESAMPLES, Interval, describe, paired_delta, percentile_interval
 
 UNIT = "rows"
 CORPUS_METHOD = "paired bootstrap (corpus score recomputed)"
@@ -53,12 +53,8 @@ def corpus_bootstrap(base_stats, tuned_stats, base_score: Callable, tuned_score:
         idx = rng.integers(0, n, size=(min(resamples, start + chunk) - start, n))
         for offset, (bt, tt) in enumerate(zip(b[idx].sum(axis=1), t[idx].sum(axis=1))):
             deltas[start + offset] = tuned_score(tt) - base_score(bt)
-    # a resample can hold no scorable row (every one truncated away, for a loss): it says nothing
-    deltas = deltas[np.isfinite(deltas)]
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(deltas, [tail, 100 - tail]) if deltas.size else (estimate, estimate)
-    return Interval(estimate, float(min(low, estimate)), float(max(high, estimate)), n, CORPUS_METHOD, None,
-                    confidence)
+    # a resample can hold no scorable row (every one truncated away, for a loss): percentile_interval drops it
+    return percentile_interval(deltas, estimate, n, CORPUS_METHOD, confidence)
 
 
 def entry_interval(name: str, base, tuned) -> Interval | None:

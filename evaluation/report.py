@@ -27,7 +27,8 @@ import re
 import time
 from pathlib import Path
 
-from evaluation.report_checks import Section, Table, ci_text, headline_entry
+from evaluation.report_checks import Section, Table, headline_entry
+from evaluation.significance import ci_text
 from evaluation.report_facts import CURVE_FILE, HTML_FILE, MAX_CELL, MD_FILE, Facts, gather
 from finetune_core.runs.store import Run
 

@@ -5,13 +5,11 @@ whole by its own backend: ``checks/benchmarks.json`` (general skills: base vs
 tuned on ARC, HellaSwag, MMLU, with the items that flipped) and
 ``checks/judge.json`` (a pairwise judge, with one line per prompt in
 ``checks/judge_examples.jsonl``). This module reads them (`saved_check`,
-`judge_examples`), says their intervals in words (`ci_text`, `judged`), and
+`judge_examples`), says their intervals in words (`judged`; the bounds by significance.ci_text), and
 turns them into report sections as plain data (`Section`, `Table`: unescaped
 text) that evaluation/report.py renders as HTML and Markdown. The blind votes
 get their interval here too (`vote_interval`).
 
-    >>> ci_text({"low": -0.04, "high": 0.08})
-    '-0.040 to +0.080'
     >>> judged({"delta": 0.02, "verdict_text": "not distinguishable from no change on 45 rows (+0.020, ...)"})
     'no clear change'
     >>> judged({"delta": 0.5})  # saved before intervals existed
@@ -24,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.checks import CHECKS_DIR, read_check
+from evaluation.scoring import HEADLINE
+from evaluation.significance import ci_text
 from finetune_core.runs.store import Run
 
 JUDGE_EXAMPLES = "judge_examples.jsonl"
@@ -58,13 +58,6 @@ def judge_examples(run: Run, limit: int | None = None) -> list[dict]:
 
 
 # -- intervals in words ---------------------------------------------------------------------------
-def ci_text(interval: dict | None) -> str:
-    """An interval's bounds ("-0.040 to +0.080"), or "—" when there is none."""
-    if not isinstance(interval, dict) or interval.get("low") is None or interval.get("high") is None:
-        return "—"
-    return f"{interval['low']:+.3f} to {interval['high']:+.3f}"
-
-
 def judged(entry: dict) -> str:
     """The verdict word for a base-vs-tuned entry: from its sentence (``verdict_text``) when it has one
     ("better", "worse", "no clear change" when the interval includes zero), else from its delta alone
@@ -84,7 +77,7 @@ def headline_entry(summary: list[dict], task: str = "") -> dict | None:
     """The held-out metric a headline names: accuracy, else ROUGE-L, else exact match, else the first
     metric with a sentence; None when no entry has a sentence (results saved before intervals)."""
     worded = [e for e in summary or [] if e.get("verdict_text")]
-    preferred = ("accuracy",) if task == "classification" else HEADLINE_METRICS
+    preferred = (HEADLINE[task],) if task in HEADLINE else HEADLINE_METRICS
     for name in (*preferred, *HEADLINE_METRICS):
         found = next((e for e in worded if e.get("metric") == name), None)
         if found:
@@ -256,6 +249,6 @@ def check_sections(run: Run) -> tuple[list[Section], list[str]]:
 
 
 __all__ = ["CHECKS_DIR", "JUDGE_EXAMPLES", "NOT_RUN", "Section", "Table", "saved_check", "judge_examples",
-           "counted", "ci_text", "judged", "headline_entry", "vote_interval", "benchmark_rows", "flipped",
+           "counted", "judged", "headline_entry", "vote_interval", "benchmark_rows", "flipped",
            "source_label", "benchmarks_about", "benchmark_section", "judge_about", "judge_line", "agreement_line",
            "category_rows", "judge_section", "check_sections"]

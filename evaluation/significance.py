@@ -88,12 +88,20 @@ def bootstrap_mean(values, resamples: int = RESAMPLES, seed: int = 0,
     for start in range(0, resamples, chunk):
         stop = min(resamples, start + chunk)
         means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
+    return percentile_interval(means, float(x.mean()), int(x.size), method, confidence)
+
+
+def percentile_interval(samples, estimate: float, n: int, method: str,
+                        confidence: float = CONFIDENCE) -> Interval:
+    """The percentile interval of resampled estimates around `estimate` (of `n` paired rows).
+    Non-finite samples (a resample with nothing scorable) say nothing and are left out; with none
+    left the interval is the estimate itself. A resampled statistic can differ from the estimate by
+    float rounding: the bounds are kept so that low <= estimate <= high."""
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[np.isfinite(samples)]
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    # a bootstrap mean can differ from the sample mean by float rounding: keep low <= estimate <= high
-    estimate = float(x.mean())
-    return Interval(estimate, float(min(low, estimate)), float(max(high, estimate)), int(x.size),
-                    method, None, confidence)
+    low, high = np.percentile(samples, [tail, 100 - tail]) if samples.size else (estimate, estimate)
+    return Interval(estimate, float(min(low, estimate)), float(max(high, estimate)), n, method, None, confidence)
 
 
 def _paired(base, tuned) -> np.ndarray:
@@ -161,6 +169,17 @@ def outcome_interval(outcomes, seed: int = 0) -> Interval:
     iv = bootstrap_mean(values, seed=seed, method="bootstrap + exact sign test")
     wins, losses = values.count(1.0), values.count(-1.0)
     return Interval(iv.estimate, iv.low, iv.high, iv.n, iv.method, sign_test(wins, losses), iv.confidence)
+
+
+def ci_text(interval: dict | None, missing: str = "—") -> str:
+    """A saved interval's bounds (``Interval.to_dict()``) as "-0.040 to +0.080", or `missing` without one.
+
+    >>> ci_text({"low": -0.04, "high": 0.08}), ci_text(None, "n/a")
+    ('-0.040 to +0.080', 'n/a')
+    """
+    if not isinstance(interval, dict) or interval.get("low") is None or interval.get("high") is None:
+        return missing
+    return f"{interval['low']:+.3f} to {interval['high']:+.3f}"
 
 
 def describe(iv: Interval, unit: str = "rows", higher_is_better: bool = True) -> str:

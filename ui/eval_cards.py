@@ -33,7 +33,8 @@ import os
 
 import pandas as pd
 
-from evaluation.report_checks import ci_text, headline_entry, judged
+from evaluation.report_checks import headline_entry, judged
+from evaluation.significance import ci_text
 
 CARD_LIMIT = 12  # cards drawn at once; the table below the cards has every row
 PREVIEW_CHARS = 180  # of an input shown before "show the whole input"
