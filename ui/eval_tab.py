@@ -46,6 +46,9 @@ from . import eval_cards, eval_checks, eval_judge
 from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext, EvalParts, Shared
 from .errors import page_error, shows_errors
+# the Evaluate button arms and cancels like a check's Run button
+from .eval_checks import arm_check as arm_cancel
+from .eval_checks import cancel_check as cancel_evaluation
 from .eval_checks import gpu_busy
 from .eval_settings import extra_metrics, settings_inputs
 from .eval_views import (CANCELLED, EXAMPLE_HEADERS, EXAMPLE_TYPES, EXAMPLE_WIDTHS, NO_RUNS, ORDERS, PICK_RUN,
@@ -148,22 +151,6 @@ def order_view(run_id: str | None, order: str, who: Visitor | None = None) -> tu
 
 
 # -- evaluating ---------------------------------------------------------------------------
-@shows_errors
-def arm_cancel(_previous=None) -> tuple[threading.Event, dict]:
-    """Click-time step of Evaluate: a fresh cancel Event for this evaluation (so
-    Cancel works while it still waits in the queue) and the button disabled."""
-    return threading.Event(), gr.update(interactive=False)
-
-
-@shows_errors
-def cancel_evaluation(cancel) -> None:
-    """Cancel button (no concurrency limit): set this evaluation's cancel Event (from `arm_cancel`); the
-    evaluation stops after its current batch."""
-    if isinstance(cancel, threading.Event) and not cancel.is_set():
-        cancel.set()
-        gr.Info("Cancelling: the current batch finishes first.")
-
-
 def _whole(value, name: str) -> int:
     """A number field's value as an int (the bounds are evaluate_run's to check)."""
     try:
