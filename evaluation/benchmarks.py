@@ -46,6 +46,7 @@ import numpy as np
 
 from evaluation.benchmark_tasks import BENCHMARKS, Prepared, data_folder, prepare
 from evaluation.checks import write_check
+from evaluation.heldout_loss import check_cancel
 from evaluation.run_eval import load_run_model
 from evaluation.significance import describe, paired_exact
 from finetune_core.errors import InputError
@@ -60,6 +61,7 @@ UNIT = "items"
 MAX_FEWSHOT = 25  # lm-eval's largest customary k (ARC in the Open LLM Leaderboard)
 MAX_BATCH = 512
 LOAD_SHARE = 0.05  # of the progress bar: reading the items and loading the model
+CANCELLED = "Benchmark run cancelled: nothing was saved."  # the InterruptedError once cancelled
 
 
 def run_benchmarks(run, names: Sequence[str] = tuple(BENCHMARKS), limit: int | None = 100, num_fewshot: int = 0,
@@ -80,7 +82,7 @@ def run_benchmarks(run, names: Sequence[str] = tuple(BENCHMARKS), limit: int | N
     say("Reading the benchmark items...", 0.0)
     folder = data_folder(data_dir)
     prepared = [prepare(name, folder, num_fewshot, limit) for name in names]
-    _check_cancel(cancel)
+    check_cancel(cancel, CANCELLED)
     model = model or load_run_model(run, say, load_model, at=0.02)
     if not model.has_tuned:
         raise InputError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
@@ -92,7 +94,7 @@ def run_benchmarks(run, names: Sequence[str] = tuple(BENCHMARKS), limit: int | N
             "precision": f"{autocast} autocast" if autocast else _weights_dtype(model),
             "lm_eval_version": _lm_eval_version(), "seconds": round(time.time() - started, 2),
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "benchmarks": benchmarks}
-    _check_cancel(cancel)
+    check_cancel(cancel, CANCELLED)
     write_check(run, CHECK_NAME, data)
     say("Done.", 1.0)
     return data
@@ -114,11 +116,6 @@ def check_arguments(names, limit, num_fewshot, batch_size) -> list[str]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
         raise InputError(f"batch_size must be from 1 to {MAX_BATCH}, got {batch_size!r}.")
     return names
-
-
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise InterruptedError("Benchmark run cancelled: nothing was saved.")
 
 
 def scoring_autocast(precision: str, model) -> str | None:
@@ -156,7 +153,7 @@ def _score_all(model, prepared: list[Prepared], batch_size: int, autocast: str |
     for p in prepared:
         sides = {}
         for tuned in (False, True):
-            _check_cancel(cancel)
+            check_cancel(cancel, CANCELLED)
             start = LOAD_SHARE + (1 - LOAD_SHARE) * done / total
             span = (1 - LOAD_SHARE) * p.items / total
             text = f"{p.title}: {'tuned' if tuned else 'base'} model, {p.items} items"
@@ -217,7 +214,7 @@ def _lm_class():
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
 
         def _model_call(self, inps, attn_mask=None, labels=None):
-            _check_cancel(self._cancel)
+            check_cancel(self._cancel, CANCELLED)
             logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
             self._rows_done += int(inps.shape[0])
             if self._on_progress is not None and self._rows:

@@ -33,10 +33,11 @@ LOWER_IS_BETTER = ("eval_loss", "perplexity")
 LOSS_TOKEN_BUDGET = 2048  # tokens per loss forward pass: bounds the batch × length × vocab logits
 
 
-def check_cancel(cancel: threading.Event | None) -> None:
-    """Raise InterruptedError once the evaluation's `cancel` event is set (checked between batches)."""
+def check_cancel(cancel: threading.Event | None, message: str = "Evaluation cancelled.") -> None:
+    """Raise InterruptedError(message) once `cancel` is set: the held-out evaluation, the general-skill
+    check and the judge check it between batches and save nothing after it."""
     if cancel is not None and cancel.is_set():
-        raise InterruptedError("Evaluation cancelled.")
+        raise InterruptedError(message)
 
 
 def _loss_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:

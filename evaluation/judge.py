@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from evaluation.checks import checks_dir, read_check, write_check
+from evaluation.heldout_loss import check_cancel
 from evaluation.judge_backends import JudgeError, JudgeSpec, judge_spec_from_env, make_backend
 from evaluation.prompt_sets import HELDOUT, PromptItem, load_prompt_set
 from evaluation.run_eval import load_run_model
@@ -49,6 +50,7 @@ EXAMPLES_FILE = "judge_examples.jsonl"
 OUTCOME_VALUE = {"tuned": 1, "tie": 0, "base": -1}
 REPLY_KEPT = 1000  # characters of each judge reply kept in the examples file (its reason)
 ANSWERS_SHARE = 0.5  # of the progress bar: both sides answering; the judging takes the rest
+CANCELLED = "Judging cancelled."  # the InterruptedError once cancelled (nothing saved)
 
 SYSTEM = ("You are a careful, impartial reviewer. You compare two answers to the same request and say "
           "which one serves the person who asked better.")
@@ -192,7 +194,7 @@ def judge_run(run, prompt_set: str = HELDOUT, judge: JudgeSpec | None = None, li
     _check_args(limit, max_new_tokens)
     items, label = load_prompt_set(run, prompt_set, limit)
     say = progress or (lambda _text, _fraction: None)
-    _check_cancel(cancel)
+    check_cancel(cancel, CANCELLED)
     started = time.perf_counter()
     model = model or load_run_model(run, say, load_model)
     if not model.has_tuned:
@@ -217,11 +219,6 @@ def _check_args(limit, max_new_tokens) -> None:
     limits().check("max_new_tokens", max_new_tokens, "Max new tokens")
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise InterruptedError("Judging cancelled.")
-
-
 def _answers(model, items, max_new_tokens, batch_size, say: Progress, cancel) -> dict[str, list[str]]:
     """Both sides' greedy answers to every prompt: {"base": [...], "tuned": [...]}."""
     from finetune_core.inference.generation import GenSettings
@@ -237,7 +234,7 @@ def _answers(model, items, max_new_tokens, batch_size, say: Progress, cancel) ->
 
         answers[side] = model.generate(prompts, tuned=side == "tuned", settings=GenSettings(max_new_tokens),
                                        batch_size=batch_size, progress=report, cancel=cancel)
-        _check_cancel(cancel)  # a cancelled generate() returns cut answers: never judge those
+        check_cancel(cancel, CANCELLED)  # a cancelled generate() returns cut answers: never judge those
     return answers
 
 
@@ -256,7 +253,7 @@ def _judge_all(backend, items, answers, use_reference, say: Progress, cancel) ->
 
     say("Judging...", ANSWERS_SHARE)
     replies = backend(conversations, report, cancel)
-    _check_cancel(cancel)
+    check_cancel(cancel, CANCELLED)
     examples = []
     for i, item in enumerate(items):
         first, second = replies[2 * i], replies[2 * i + 1]
