@@ -269,6 +269,9 @@ def test_saved_checks_say_what_changed_in_words_at_both_widths(app, browser):
         assert "Right answer: carbon dioxide · base picked carbon dioxide · tuned picked oxygen" in shown
         _box_inside(page, "#judge-line", width)
         assert "9 wins, 6 ties, 5 losses" in page.locator("#judge-line").inner_text()
+        # the reference switch reads as a line, not squeezed into a sliver beside the judge picker
+        ref = _box_inside(page, "#judge-ref", width)
+        assert ref["width"] >= 200 and ref["height"] < 120, ref
         # every column of the checks' tables in view: none scrolls sideways inside its box or leaves the page
         wide = page.evaluate("""() => Array.from(document.querySelectorAll('#bench-table, #judge-categories'))
             .filter(w => w.scrollWidth > w.clientWidth + 1 || w.getBoundingClientRect().right > window.innerWidth)

@@ -214,14 +214,18 @@ def build_judge(ctx: AppContext, run_dd, timer) -> list:
                          visible=False)
         limit = gr.Number(value=LIMIT_DEFAULT, minimum=1, maximum=LIMIT_MAX, precision=0, label="Number of prompts",
                           elem_id="judge-limit")
+    # columns with a min width: on a phone the reference box wraps under the judge picker instead of
+    # being squeezed beside it (form fields in one row do not wrap)
     with gr.Row():
-        choice = gr.Dropdown(judge_choices(), value="bundled", label="Judge", elem_id="judge-choice", min_width=300)
-        # type="password": the key is never shown; it travels with the click and is not kept anywhere
-        key = gr.Textbox(label="Your API key (for the endpoint; optional)", type="password", value="",
-                         info="used for this judging only: not saved, not logged, not shown again",
-                         elem_id="judge-key", visible=bool(endpoint_host()))
-        use_reference = gr.Checkbox(value=True, label="Show the judge the reference answer",
-                                    info="when the prompt has one (held-out rows always do)", elem_id="judge-ref")
+        with gr.Column(min_width=300):
+            choice = gr.Dropdown(judge_choices(), value="bundled", label="Judge", elem_id="judge-choice")
+            # type="password": the key is never shown; it travels with the click and is not kept anywhere
+            key = gr.Textbox(label="Your API key (for the endpoint; optional)", type="password", value="",
+                             info="used for this judging only: not saved, not logged, not shown again",
+                             elem_id="judge-key", visible=bool(endpoint_host()))
+        with gr.Column(min_width=240):
+            use_reference = gr.Checkbox(value=True, label="Show the judge the reference answer",
+                                        info="when the prompt has one (held-out rows always do)", elem_id="judge-ref")
     controls = build_check_controls(KIND, "Judge")
     view = build_check_results(KIND)
 
