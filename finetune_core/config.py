@@ -12,6 +12,7 @@ hundred bytes into gigabytes).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,13 @@ from finetune_core.limits import LimitError, limits
 
 
 METHODS = ("lora", "qlora", "full")
+# what the run learns from: demonstrations (SFT), preference pairs (DPO, ORPO) or thumbs up/down (KTO)
+OBJECTIVES = ("sft", "dpo", "kto", "orpo")
+PREFERENCE_OBJECTIVES = ("dpo", "kto", "orpo")
+# TRL's loss variants per objective; "auto" takes the trainer's default (DPO sigmoid, KTO kto)
+LOSS_TYPES = {"dpo": ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"),
+              "kto": ("kto", "apo_zero_unpaired"), "orpo": (), "sft": ()}
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
@@ -101,10 +109,14 @@ class RunConfig:
 
     # model
     model: str = _f("bundled", "Model: 'bundled' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.", "model")
+    parent_run: str = _f("", "Start from this run's model (its adapter merged into the base in memory; a "
+                         "preference run also uses it as the reference). Empty: start from the base model.", "model")
     # data: the file, its mapping, the split and the row caps, described once in DataMapping;
     # run.yaml keeps them as flat keys (see to_dict / from_dict)
     data: DataMapping = field(default_factory=DataMapping, metadata={"group": "data"})
     # method
+    objective: str = _f("sft", "What the run learns from: sft (demonstrations), dpo (chosen/rejected pairs), "
+                        "kto (thumbs up/down answers), orpo (pairs, no reference model).", "method", choices=OBJECTIVES)
     method: str = _f("lora", "lora; qlora (4-bit, CUDA + bitsandbytes only); full fine-tune.", "method", choices=METHODS)
     lora_r: int = _f(16, "LoRA rank: capacity of the adapter.", "method", lo=1, hi=512)
     lora_alpha: int = _f(32, "LoRA alpha: scale of the update (often 2 x rank).", "method", lo=1, hi=1024)
@@ -112,6 +124,13 @@ class RunConfig:
     target_modules: str = _f("all-linear", "Layers that get adapters: 'all-linear' or names, comma separated.", "method")
     use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA (slower, sometimes better).", "method")
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r), steadier at high rank.", "method")
+    beta: float = _f(0.1, "Preference strength (DPO/KTO/ORPO beta): lower lets the model move further from "
+                     "the reference.", "method", lo=0.001, hi=10.0, step=0.01)
+    loss_type: str = _f("auto", "Preference loss variant: auto (DPO sigmoid, KTO kto); DPO: sigmoid, ipo, hinge, "
+                        "robust, bco_pair, sppo_hard, nca_pair, apo_zero, apo_down; KTO: kto, apo_zero_unpaired.",
+                        "method", choices=("auto", *sorted({t for v in LOSS_TYPES.values() for t in v})))
+    reference: str = _f("start", "Reference model of a DPO/KTO run: start (the model the run starts from: the "
+                        "base, or the parent run merged) or none (reference-free).", "method", choices=("start", "none"))
     # schedule
     num_epochs: float = _f(1.0, "Passes over the training rows (ignored when max steps > 0).", "schedule", lo=0.01, hi=100.0, step=0.1)
     max_steps: int = _f(0, "Stop after this many optimizer steps (0 = use epochs).", "schedule", lo=0, hi=1_000_000)
@@ -155,7 +174,19 @@ class RunConfig:
             self.data.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        self._check_objective()
         return self
+
+    def _check_objective(self) -> None:
+        """The preference fields agree with the objective; the parent is a run id (never a path)."""
+        if self.parent_run and not RUN_ID.match(self.parent_run):
+            raise ConfigError(f"parent_run: {self.parent_run[:80]!r} is not a run id.")
+        if self.loss_type != "auto" and self.loss_type not in LOSS_TYPES[self.objective]:
+            allowed = ", ".join(LOSS_TYPES[self.objective]) or "none (leave it on auto)"
+            raise ConfigError(f"loss_type: {self.loss_type!r} does not apply to objective {self.objective!r}; "
+                              f"choose one of: {allowed}.")
+        if self.objective == "orpo" and self.reference == "none":
+            raise ConfigError("reference: ORPO has no reference model; leave it on 'start'.")
 
     # -- (de)serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +300,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_steps": 60, "learning_rate": 1e-3, "lr_scheduler": "linear", "warmup_steps": 5,
         "batch_size": 8, "grad_accum": 1, "max_length": 256, "max_train_rows": 480,
         "eval_steps": 0, "save_steps": 30, "logging_steps": 2, "group_by_length": True,
+    },
+    # DPO on chosen/rejected pairs, sized like the Quick demo; start it from an SFT run (parent_run) to
+    # get base -> SFT -> DPO. Figures in docs/benchmarks.md.
+    "Quick demo DPO (CPU)": {
+        "objective": "dpo", "method": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+        "target_modules": "all-linear", "beta": 0.1, "loss_type": "auto", "reference": "start",
+        "max_steps": 40, "learning_rate": 2e-4, "lr_scheduler": "linear", "warmup_steps": 4,
+        "batch_size": 4, "grad_accum": 1, "max_length": 384, "max_train_rows": 240,
+        "eval_steps": 0, "save_steps": 20, "logging_steps": 2, "group_by_length": True,
     },
     "OCI AI Quick Actions defaults": {
         "method": "lora", "lora_r": 32, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear",
