@@ -7,7 +7,8 @@ reference). Everything that loads a run's model (chat, evaluation, export)
 follows the chain from the base up; `chain` lists it and `chain_source` says
 what to load: a base model source and the adapters to apply, oldest first. A
 full fine-tune in the chain is a complete model, so the chain restarts at its
-folder.
+folder. `check_parent` refuses, before a run is created, a parent that is
+missing, has no adapter yet or was trained on another base model.
 """
 from __future__ import annotations
 

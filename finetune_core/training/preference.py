@@ -100,7 +100,7 @@ def data_problem(cfg: RunConfig, kind: str, source: str = "") -> str | None:
     """Why rows of this `kind` (see `rows_kind`) cannot feed ``cfg.objective``, naming the field and the
     file (`source`, default the data file's name); None when they can.
 
-    >>> print(data_problem(RunConfig(objective="dpo", data_path="chat.jsonl"), "sft"))
+    >>> print(data_problem(RunConfig.from_dict({"objective": "dpo", "data_path": "chat.jsonl"}), "sft"))
     objective dpo needs chosen/rejected pairs (prompt, chosen and rejected), and chat.jsonl holds prompt/answer demonstrations: pick a preference file in the Data tab, or choose objective sft.
     >>> data_problem(RunConfig(objective="kto"), "pairs") is None
     True
