@@ -203,7 +203,7 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
                                                 info=parent_help, allow_custom_value=True, elem_id="cfg-parent_run")
             memory_note = gr.Markdown(memory_markdown({"model": start_cfg.model, **PRESETS["Quick demo (CPU)"]}),
                                       elem_id="memory-estimate")
-            with gr.Accordion("Method (objective: SFT / DPO / KTO / ORPO; LoRA / QLoRA / full)", open=False):
+            with gr.Accordion("Method (objective, LoRA / QLoRA / full)", open=False):
                 widgets.update(build_config_widgets(("method",), start_cfg))
             with gr.Accordion("Schedule and batching", open=False):
                 widgets.update(build_config_widgets(("schedule",), start_cfg))

@@ -108,8 +108,14 @@ def _device_reason(device: str) -> str:
     return "" if device == "cpu" else f"CPU only (on {device} the libraries' own kernels are used)"
 
 
-def apply_training(model, device: str, dtype: str, max_length: int | None, requested: str = "auto") -> Report:
-    """Apply the training speed-ups that are safe for `model` (PEFT-wrapped or not) and say which."""
+def apply_training(model, device: str, dtype: str, max_length: int | None, requested: str = "auto",
+                   withhold: dict[str, str] | None = None) -> Report:
+    """Apply the training speed-ups that are safe for `model` (PEFT-wrapped or not) and say which;
+    `withhold` names speed-ups this trainer must not get, each with the reason the report gives (only
+    fused_rms_norm so far: a caller asking for another is a bug, refused before anything is applied)."""
+    withhold = withhold or {}
+    if set(withhold) - {"fused_rms_norm"}:
+        raise ValueError(f"apply_training cannot withhold {sorted(set(withhold) - {'fused_rms_norm'})}")
     mode, why = effective_mode(requested)
     if mode == "off":
         return _off(TRAINING, mode, f"switched off ({why})")
@@ -124,7 +130,7 @@ def apply_training(model, device: str, dtype: str, max_length: int | None, reque
     lora = hasattr(model, "peft_config")
     dropouts = use_fast_lora_dropout(model)  # before fused_lora, which takes FastDropout's masks
     fused = use_fused_lora(model)
-    norms = use_fused_rms_norm(model)
+    norms = 0 if "fused_rms_norm" in withhold else use_fused_rms_norm(model)
     unsafe = packing_unsafe_reason(model, max_length)
     packed = not unsafe and train_without_padding(model, max_length)
     no_lora = "no LoRA layers (full fine-tune)"
@@ -136,7 +142,8 @@ def apply_training(model, device: str, dtype: str, max_length: int | None, reque
                ("packed attention is off" if not packed else f"{dtype} weights (a bf16 speed-up)")),
         Choice("fused_lora", fused > 0, "" if fused else
                (no_lora if not lora else "no plain LoRA linear layer (DoRA, Conv1D or another variant)")),
-        Choice("fused_rms_norm", norms > 0, "" if norms else "the model's norm layers are not Llama's RMSNorm"),
+        Choice("fused_rms_norm", norms > 0, "" if norms else withhold.get(
+            "fused_rms_norm", "the model's norm layers are not Llama's RMSNorm")),
         Choice("fast_lora_dropout", dropouts > 0, "" if dropouts else (no_lora if not lora else "LoRA dropout is 0")),
         Choice("label_only_lm_head", not head_missing, head_missing),
     ]

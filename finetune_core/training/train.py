@@ -1,9 +1,9 @@
 """One training run, start to finish, in the calling thread: setup -> train -> save.
 
-`execute(run, stop_event, emit)` prepares the data split, loads the model,
-builds TRL's SFTTrainer from the RunConfig and trains; the runner calls it in
-a background thread and the CLI calls it directly. Failures are turned into a
-`failed` status with a readable reason by the runner, not here.
+`execute(run, stop_event, emit)` prepares the data split, loads the model the run starts from (the
+base, or its parent run's merged), builds TRL's SFTTrainer (or, for a preference objective, the trainer
+of preference.py) from the RunConfig and trains; the runner calls it in a background thread and the CLI
+calls it directly. Failures become a `failed` status with a readable reason in the runner, not here.
 """
 from __future__ import annotations
 
@@ -88,8 +88,6 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
 
     write_json_atomic(report_file, summary)
     return train, held, summary
-
-
 
 
 def training_rows(rows: list[dict], say: Callable[[str], None] | None = None) -> list[dict]:
@@ -310,16 +308,18 @@ def load_start(cfg: RunConfig, run: Run, policy: DevicePolicy, say: Callable[[st
     return StartModel(tokenizer, model, accel, grad_ckpt)
 
 
-def finish_setup(trainer, cfg: RunConfig, run: Run, policy: DevicePolicy, start: StartModel, emit: Emit):
+def finish_setup(trainer, cfg: RunConfig, run: Run, policy: DevicePolicy, start: StartModel, emit: Emit,
+                 withhold: dict[str, str] | None = None):
     """The steps after any trainer is made: our callback alone prints, the CPU speed-ups
-    `speedups.apply_training` finds safe go on (``trainer.speedups`` says which; the log and run.yaml
-    record them) and the log says where the run trains."""
+    `speedups.apply_training` finds safe go on, less those in `withhold` (``trainer.speedups`` says
+    which; the log and run.yaml record them) and the log says where the run trains."""
     from transformers.trainer_callback import PrinterCallback
 
     from finetune_core.speedups import apply_training
 
     trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
-    trainer.speedups = apply_training(trainer.model, policy.device, policy.dtype, cfg.max_length, cfg.speedups)
+    trainer.speedups = apply_training(trainer.model, policy.device, policy.dtype, cfg.max_length, cfg.speedups,
+                                      withhold)
     emit({"event": "log", "message": trainer.speedups.summary()})
     run.record_facts(**trainer.speedups.as_dict())
     emit({"event": "log", "message": f"Training on {policy.describe()} ({start.accel.describe()}), gradient "
