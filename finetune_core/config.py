@@ -301,14 +301,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8, "grad_accum": 1, "max_length": 256, "max_train_rows": 480,
         "eval_steps": 0, "save_steps": 30, "logging_steps": 2, "group_by_length": True,
     },
-    # DPO on chosen/rejected pairs, sized like the Quick demo; start it from an SFT run (parent_run) to
-    # get base -> SFT -> DPO. Figures in docs/benchmarks.md.
+    # DPO on chosen/rejected pairs, a few minutes on 2 cores; start it from an SFT run (parent_run) to
+    # get base -> SFT -> DPO. A step (4 pairs, 384 tokens at most each side: ~2,400 tokens with the
+    # reference's forward) took 7-11 s on the bundled model on 2 busy cores. Figures in docs/benchmarks.md.
     "Quick demo DPO (CPU)": {
         "objective": "dpo", "method": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
         "target_modules": "all-linear", "beta": 0.1, "loss_type": "auto", "reference": "start",
-        "max_steps": 40, "learning_rate": 2e-4, "lr_scheduler": "linear", "warmup_steps": 4,
+        "max_steps": 24, "learning_rate": 2e-4, "lr_scheduler": "linear", "warmup_steps": 2,
         "batch_size": 4, "grad_accum": 1, "max_length": 384, "max_train_rows": 240,
-        "eval_steps": 0, "save_steps": 20, "logging_steps": 2, "group_by_length": True,
+        "eval_steps": 0, "save_steps": 12, "logging_steps": 2, "group_by_length": True,
     },
     "OCI AI Quick Actions defaults": {
         "method": "lora", "lora_r": 32, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear",
