@@ -162,8 +162,11 @@ def logits(model) -> torch.Tensor:
         return model(input_ids=IDS).logits.float()
 
 
-def test_dpo_from_a_parent_sft_run_starts_from_and_is_referenced_to_the_merged_parent(tiny_model_dir, runs_root):
+def test_dpo_from_a_parent_sft_run_starts_from_and_is_referenced_to_the_merged_parent(tiny_model_dir, runs_root,
+                                                                                      capsys):
     from peft import PeftModel
+
+    from finetune_core.cli import main
     from transformers import AutoModelForCausalLM
 
     parent, status = make_trained_run(tiny_model_dir, steps=2, label=False, batch_size=4)
@@ -189,6 +192,10 @@ def test_dpo_from_a_parent_sft_run_starts_from_and_is_referenced_to_the_merged_p
     assert run.run_yaml()["parent_run"] == parent.id and run.summary()["parent"] == parent.id
     assert describe_chain(run) == f"{tiny_model_dir} -> {parent.name} -> {run.name}"
     assert f"starts from run {parent.name!r} merged" in run.log_path.read_text()
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert f"  dpo  {tiny_model_dir}  from {parent.id}  " in listed[run.id] and "  sft  " in listed[parent.id]
 
 
 def test_stop_then_resume_a_dpo_run(tiny_model_dir, runs_root):
