@@ -183,6 +183,7 @@ def render_html(facts: Facts) -> str:
         f"<h1>Fine-tuning report</h1><p class='sub'>Run {esc(facts.run_id)} · {esc(facts.model)} · "
         f"{esc(facts.state)}</p><div class='headline'>{esc(headline(facts))}</div>{not_run}"
         f"<h2>What was trained on what</h2>{html_pairs([('Base model', facts.model)] + facts.data)}"
+        f"{html_section(facts.chain) if facts.chain else ''}"
         f"<h2>Training</h2>{html_pairs(facts.training)}{curve}"
         f"<h2>Configuration</h2>{html_pairs(facts.config)}"
         f"{html_eval(facts)}{''.join(html_section(s) for s in facts.checks)}"
@@ -269,7 +270,8 @@ def render_markdown(facts: Facts, curve_file: str | None = CURVE_FILE) -> str:
     return "\n".join([
         "# Fine-tuning report\n", f"Run `{facts.run_id}` · {md(facts.model)} · {md(facts.state)}\n",
         f"> {md(headline(facts))}\n", not_run, "## What was trained on what\n",
-        md_pairs([("Base model", facts.model)] + facts.data), "\n## Training\n", md_pairs(facts.training),
+        md_pairs([("Base model", facts.model)] + facts.data), "", *([md_section(facts.chain)] if facts.chain else []),
+        "\n## Training\n", md_pairs(facts.training),
         "", curve, "\n## Configuration\n", md_pairs(facts.config), "", md_eval(facts),
         *(md_section(s) for s in facts.checks), "## Blind A/B votes\n", votes, "",
     ])
