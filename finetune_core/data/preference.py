@@ -44,7 +44,10 @@ DROP_REASONS = {  # what each format may leave out on purpose; the report counts
     "preference": ("identical",), "preference_implicit": ("identical",), "sharegpt_preference": ("identical",),
     "votes": ("ties", "both_bad", "identical"),
 }
-DROP_WORDS = {"ties": "tie votes", "both_bad": "'both bad' votes", "identical": "pairs whose chosen equals rejected"}
+DROP_WORDS = {  # (one, several)
+    "ties": ("tie vote", "tie votes"), "both_bad": ("'both bad' vote", "'both bad' votes"),
+    "identical": ("pair whose chosen equals rejected", "pairs whose chosen equals rejected"),
+}
 DETECT_ROWS = 200  # rows looked at to decide whether a label column holds true/false
 
 
@@ -355,8 +358,12 @@ def drop_reasons(data_format: str) -> tuple[str, ...]:
 
 
 def dropped_text(dropped: dict[str, int]) -> str:
-    """'3 tie votes, 1 pairs whose chosen equals rejected' (reasons with a count only; "" for none)."""
-    return ", ".join(f"{n} {DROP_WORDS.get(k, k)}" for k, n in dropped.items() if n)
+    """What was left out, in words ("" for nothing).
+
+    >>> dropped_text({"ties": 3, "both_bad": 0, "identical": 1})
+    '3 tie votes, 1 pair whose chosen equals rejected'
+    """
+    return ", ".join(f"{n} {DROP_WORDS.get(k, (k, k))[n != 1]}" for k, n in dropped.items() if n)
 
 
 def thumbs_counts(rows: list[dict]) -> tuple[int, int]:
