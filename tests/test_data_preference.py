@@ -75,6 +75,13 @@ def test_trl_explicit_message_lists_and_the_run_system_prompt(tmp_path):
                            pair([U("Colour of grass?")], "Green.", "Blue.", system="You help.")]
 
 
+def test_pairs_under_a_question_column_with_a_system_column(tmp_path):
+    records = [{"system": "You are terse.", "question": "Sky colour?", "chosen": "Blue.", "rejected": "Green."}]
+    report = read(write(tmp_path / "orca.jsonl", records))
+    assert report.format == "preference" and report.spec.prompt_column == "question"
+    assert report.rows == [pair([U("Sky colour?")], "Blue.", "Green.", system="You are terse.")]
+
+
 def test_trl_implicit_pairs_share_their_prompt(tmp_path):
     history = [U("Hi"), A("Hello, how can I help?"), U("Name a fruit.")]
     records = [{"chosen": history + [A("Apple.")], "rejected": history + [A("No.")]},
@@ -225,7 +232,8 @@ def test_a_missing_column_names_it(tmp_path):
 
 def test_bad_thumbs_implicit_and_sharegpt_rows(tmp_path):
     thumbs = [{"messages": CHAT, "label": True}] * 9 + [{"messages": CHAT, "label": "maybe"}]
-    report = read(write(tmp_path / "t.jsonl", thumbs), data_format="unpaired_preference")
+    report = read(write(tmp_path / "t.jsonl", thumbs))  # one typo in ten: still thumbs, the typo named
+    assert report.format == "unpaired_preference"
     assert issues_of(report)[-1:] == [(10, "label", "column 'label' should be true or false (is the answer desirable?), "
                                                "got 'maybe'")]
     implicit = [{"chosen": "text", "rejected": "text 2"}, {"chosen": [U("a"), A("b")], "rejected": [U("c"), A("d")]}]

@@ -49,6 +49,7 @@ DROP_WORDS = {  # (one, several)
     "identical": ("pair whose chosen equals rejected", "pairs whose chosen equals rejected"),
 }
 DETECT_ROWS = 200  # rows looked at to decide whether a label column holds true/false
+PROMPT_NAMES = ("question", "instruction", "query", "input")  # a pair file's prompt column under another name
 
 
 # -- detection ---------------------------------------------------------------
@@ -70,6 +71,10 @@ def detect_preference(columns: list[str], records: list[dict]) -> tuple[FormatSp
         if conversation:
             return (FormatSpec("sharegpt_preference", prompt_column=conversation),
                     f"conversation {conversation!r} with chosen and rejected answers")
+        named = next((c for c in PROMPT_NAMES if c in cols), "")
+        if named and not any(isinstance(r.get("chosen"), list) for r in records[:DETECT_ROWS]):
+            return (FormatSpec("preference", prompt_column=named),
+                    f"column {named!r} as the prompt of the chosen and rejected answers")
         return (FormatSpec("preference_implicit"),
                 "chosen and rejected conversations without a prompt column (their shared start is the prompt)")
     label = thumbs_column(columns, records)
@@ -83,12 +88,14 @@ def detect_preference(columns: list[str], records: list[dict]) -> tuple[FormatSp
 
 
 def thumbs_column(columns: list[str], records: list[dict]) -> str:
-    """The ``label``/``kto_tag`` column whose values (in the first rows) are true/false, else ""."""
+    """The ``label``/``kto_tag`` column whose values (in the first rows) are true/false, else "".
+    Nine in ten is enough: a typo must become a named bad row, not turn the file into SFT data
+    that would teach the thumbs-down answers too."""
     for name in THUMBS_COLUMNS:
         if name not in columns:
             continue
         values = [r.get(name) for r in records[:DETECT_ROWS] if r.get(name) is not None]
-        if values and all(_thumb(v) is not None for v in values):
+        if values and sum(_thumb(v) is not None for v in values) >= 0.9 * len(values):
             return name
     return ""
 
@@ -185,9 +192,13 @@ def make_pair(prompt: list[dict], chosen: dict, rejected: dict, spec: FormatSpec
 # -- one normaliser per format -----------------------------------------------
 
 def normalize_pair(record: dict, spec: FormatSpec) -> dict:
-    """TRL explicit: prompt, chosen and rejected, each text or messages."""
+    """TRL explicit: prompt, chosen and rejected, each text or messages (a ``system`` text column, as in
+    some public pair files, becomes the system message)."""
     column = spec.prompt_column or "prompt"
     prompt = prompt_messages(record.get(column), column)
+    system = record.get("system")
+    if isinstance(system, str) and system.strip() and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": system}, *prompt]
     chosen = answer_message(record.get("chosen"), "chosen", prompt)
     rejected = answer_message(record.get("rejected"), "rejected", prompt)
     return make_pair(prompt, chosen, rejected, spec)
