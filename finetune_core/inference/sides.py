@@ -158,6 +158,14 @@ def model_id(key: str, base_model: str) -> str:
     return f"base:{base_model or '?'}" if key == BASE else check_side(key)
 
 
+def vote_target(a: str, b: str, known: Known | None = None) -> tuple[Run | None, dict[str, str]]:
+    """(the run whose votes.jsonl keeps this pair's votes: the newer one, {"base": side A's model id,
+    "tuned": side B's}) for a blind vote between sides `a` and `b`."""
+    run = newer_run(a, b, known)
+    base = root_model(run) if run is not None else ""
+    return run, {"base": model_id(a, base), "tuned": model_id(b, base)}
+
+
 def side_choices(run: Run, runs: list[Run]) -> list[tuple[str, str]]:
     """(label, key) of what may be compared for `run`: the base, the run, its ancestors, then other
     runs of `runs` (those the visitor may see) that start from the same base model and have a model."""
