@@ -23,6 +23,7 @@ from .chat_prompts import template_for, template_note
 from .chat_send import status_line
 from .context import AppContext
 from .errors import shows_errors
+from .widgets import run_name_md
 
 # Plain words: emoji render as empty boxes where no emoji font is installed (many servers, Spaces).
 VOTE_LABELS = {"left": "A is better", "tie": "Tie", "right": "B is better", "both_bad": "Both bad"}
@@ -41,13 +42,14 @@ def tally_markdown(votes: list[dict], blind: bool = False, labels: tuple[str, st
         return "No votes yet. Turn on blind A/B mode, chat, and vote after each answer."
     if blind:
         return f"{t['votes']} blind vote(s) saved with this run. The win rate is shown after your vote."
-    a, b = labels
+    a, b = (run_name_md(x) for x in labels)
+    lead = "Tuned" if b == "tuned" else b  # a run's name is shown as it is written
     rate = "n/a" if t["tuned_win_rate"] is None else f"{100 * t['tuned_win_rate']:.0f}%"
     # the same net preference and interval as the report (+1 tuned, 0 tie or both bad, -1 base)
     said = vote_interval(votes)["verdict_text"]
-    return (f"**{b[:1].upper() + b[1:]} win rate: {rate}** over {t['tuned'] + t['base']} decided votes — "
+    return (f"**{lead} win rate: {rate}** over {t['tuned'] + t['base']} decided votes — "
             f"{b} {t['tuned']} · {a} {t['base']} · tie {t['tie']} · both bad {t['both_bad']}  \n"
-            f"{b[:1].upper() + b[1:]} vs {a}: {said}")
+            f"{lead} vs {a}: {said}")
 
 
 def tally_labels(pair: tuple[str, str] | None) -> tuple[str, str]:
@@ -117,7 +119,7 @@ def cast_vote(state, choice: str):
         run = f" (run “{session.run.name}”)" if session.run is not None else ""
         said = f"Model {tuned} was the **tuned** model{run}; Model {base} was the **base** model."
     else:
-        said = f"Model {tuned} was **{labels[1]}**; Model {base} was **{labels[0]}**."
+        said = f"Model {tuned} was **{run_name_md(labels[1])}**; Model {base} was **{run_name_md(labels[0])}**."
     note = f"Vote saved. {said} Send another message for the next blind round."
     return session, tally_markdown(chat.saved_votes(session), labels=labels), gr.Row(visible=False), note
 
