@@ -54,7 +54,7 @@ def build(ctx: AppContext, shared: Shared) -> ChatParts:
         blind = gr.Checkbox(value=False, label="Blind A/B mode", scale=1, elem_id="chat-blind")
     # what the left pane answers as; filled per visitor with the model (hidden for the base model alone)
     side_dd = gr.Dropdown(choices=[], value=None, visible=False, label="Compare with (left pane)",
-                          elem_id="chat-side-a")
+                          allow_custom_value=True, elem_id="chat-side-a")  # checked again: check_side_a
     with gr.Row():
         wrap = gr.Checkbox(value=False, visible=False, label=WRAP_LABEL, elem_id="chat-wrap")
         single = gr.Checkbox(value=False, label=SINGLE_LABEL, elem_id="chat-single")

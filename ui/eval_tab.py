@@ -298,11 +298,11 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
         run_dd = gr.Dropdown(choices=[], value=None, label="Run to evaluate (runs with a trained adapter)",
                              allow_custom_value=True, scale=4, elem_id="eval-run")
         refresh = gr.Button("↻ Refresh runs", scale=1)
-    with gr.Row():  # filled with the run: its default pair selected
+    with gr.Row():  # filled with the run, its default pair selected; a pick is checked in eval_sides
         side_a = gr.Dropdown(choices=[], value=None, visible=False, label="Side A (the “base” columns)",
-                             elem_id="eval-side-a")
+                             allow_custom_value=True, elem_id="eval-side-a")
         side_b = gr.Dropdown(choices=[], value=None, visible=False, label="Side B (the “tuned” columns)",
-                             elem_id="eval-side-b")
+                             allow_custom_value=True, elem_id="eval-side-b")
     sides = [side_a, side_b]
     gr.Markdown("### Held-out rows", elem_id="eval-heldout-intro")
     settings = settings_inputs()
