@@ -185,3 +185,11 @@ def test_a_vote_between_two_runs_is_kept_by_the_newer_with_both_ids(family):
     assert skipped == 0 and stored[0]["winner"] == "base" and stored[0]["tuned"] == "child answer"
     # counted from the pair's point of view, the parent (side B here) won
     assert chat.tally(chat.saved_votes(session))["tuned"] == 1
+
+
+def test_the_chat_command_names_the_parent_beside_the_run(family, capsys):
+    from finetune_core.cli import main
+
+    assert main(["chat", "--run", str(family["child"].path), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith(family["parent"].label() + ":") and second.startswith(family["child"].label() + ":")

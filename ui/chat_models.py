@@ -134,13 +134,12 @@ def chat_key(key: str, side_a) -> str:
     return pair_key(*pair)
 
 
-def check_side_a(side_a, who: Visitor | None = None):
-    """`side_a` when the visitor may compare with it: empty (the default), the base model, or a run they
-    may see with a saved model. Raises gr.Error."""
-    if side_a in (None, "", BASE):
-        return side_a or None
-    run = key_run(side_a, who or Visitor())
-    if run is None or not run.has_adapter():
+def check_side_a(side_a, key, who: Visitor | None = None):
+    """`side_a` when it is offered to this visitor for the model `key` (`side_a_choices`: the base
+    model, the run's ancestors, runs they may see on the same base), or None for the run's default.
+    Raises gr.Error for anything else."""
+    if side_a in (None, ""):
+        return None
+    if side_a not in [value for _, value in side_a_choices(key, who)]:
         raise gr.Error("Pick what to compare with from the list.")
     return side_a
-

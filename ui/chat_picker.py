@@ -121,7 +121,7 @@ def change_side(ctx: AppContext, state, key: str, side_a, blind: bool = False, r
     from .chat_models import check_side_a
 
     session = session_of(state)
-    side_a = check_side_a(side_a, visitor(request))
+    side_a = check_side_a(side_a, key, visitor(request))
     chat.clear(session)
     set_sides(session, key if isinstance(key, str) else "", side_a)
     left, right = chatbots(session)

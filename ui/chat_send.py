@@ -103,7 +103,7 @@ def begin_send(ctx: AppContext, state, message: str, key: str, blind: bool, syst
     if not key:
         raise gr.Error("Pick a run or the base model first.")
     key = check_model_key(ctx, key, visitor(request))  # a run this visitor may see, or the base model
-    side_a = check_side_a(side_a, visitor(request))
+    side_a = check_side_a(side_a, key, visitor(request))
     if blind and key.startswith(BASE_PREFIX):
         raise gr.Error("Blind A/B compares base and tuned: pick a run with an adapter.")
     busy = gpu_busy_message(ctx)
