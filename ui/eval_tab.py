@@ -107,7 +107,7 @@ def show_run(run_id: str | None, order: str = ORDERS[0], who: Visitor | None = N
         # Half-replaced by an evaluation finishing right now, or damaged: say so, don't crash.
         return message_view(f"The saved evaluation of run {run_title(run)} could not be read. "
                             "Press **Evaluate** to run it again.")
-    return results_view(run, comparison, meta, order)
+    return results_view(home, comparison, meta, order)  # the run whose held-out rows were scored
 
 
 def watch_run(ctx: AppContext, run_id: str | None, order: str = ORDERS[0],
