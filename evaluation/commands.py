@@ -58,7 +58,7 @@ def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate base vs tuned on the run's held-out rows (or --data) and print the summary."""
+    """Evaluate the run against its default side or --against on its held-out rows (or --data); print the summary."""
     from evaluation.heldout_loss import LOWER_IS_BETTER
     from evaluation.pair_eval import result_dir
     from evaluation.run_eval import evaluate_run, load_meta
