@@ -37,13 +37,14 @@ MARGIN_METRIC = "reward_margin"
 
 
 def is_pair_rows(rows: list[dict]) -> bool:
-    """Whether rows are normalised preference pairs (prompt, chosen and rejected message lists).
+    """Whether rows are normalised preference pairs (data.preference.rows_kind says "pairs").
 
     >>> is_pair_rows([{"prompt": [], "chosen": [], "rejected": []}]), is_pair_rows([{"prompt": [], "completion": []}])
     (True, False)
     """
-    return bool(rows) and all(isinstance(r, dict) and all(isinstance(r.get(k), list) for k in PAIR_KEYS)
-                              for r in rows)
+    from finetune_core.data.preference import rows_kind
+
+    return bool(rows) and rows_kind(rows) == "pairs"
 
 
 def pair_tokens(row: dict, tokenizer, max_length: int | None = None
