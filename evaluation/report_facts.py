@@ -47,6 +47,7 @@ class Facts:
     votes: dict | None = None  # chat.tally, plus "interval" and "verdict_text" (report_checks.vote_interval)
     checks: list = field(default_factory=list)  # report_checks.Section of each saved check
     not_run: list[str] = field(default_factory=list)  # what was not done for this run, in words
+    sides: tuple[str, str] = ("base", "tuned")  # how the evaluation names its two sides (e.g. a parent run)
     chain: object = None  # report_chain.chain_section: base -> parent -> this run, when it has a parent
 
 
@@ -188,11 +189,24 @@ def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
     except (OSError, ValueError, KeyError):
         return  # being rewritten by an evaluation right now, or damaged: report without it
     facts.task, facts.eval_rows = comparison.task, comparison.rows
+    facts.sides = eval_sides(run)
     facts.metrics = [{**e, "verdict": judged(e)} for e in comparison.summary]
     if not comparison.examples.empty:
         facts.counts = (comparison.wins, comparison.ties, comparison.losses)
         facts.wins = _examples(comparison.biggest_wins(n_examples), n_examples)
         facts.losses = _examples(comparison.biggest_losses(n_examples), n_examples)
+
+
+def eval_sides(run: Run) -> tuple[str, str]:
+    """The names of the two sides of the run's saved evaluation (a run with a parent compares the parent
+    with itself); ("base", "tuned") for results saved before sides were recorded."""
+    try:
+        labels = json.loads((run.eval_dir / "meta.json").read_text(encoding="utf-8")).get("labels") or {}
+    except (OSError, ValueError, AttributeError):
+        labels = {}
+    if not isinstance(labels, dict) or not labels.get("a") or not labels.get("b"):
+        return ("base", "tuned")
+    return (str(labels["a"]), str(labels["b"]))
 
 
 def read_votes(run: Run) -> list[dict]:

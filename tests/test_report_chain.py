@@ -76,3 +76,16 @@ def test_a_deleted_parent_is_named_instead_of_breaking_the_report(runs_root):
     shutil.rmtree(sft.path)
     text = render_markdown(gather(dpo, with_curve=False))
     assert f"starts from run {sft.id}, which no longer exists" in text
+
+
+def test_the_evaluation_of_a_run_with_a_parent_is_titled_by_its_sides(runs_root):
+    import json
+
+    sft = _run("names-sft")
+    dpo = _run("names-dpo", objective="dpo", parent_run=sft.id)
+    _evaluate(dpo, ["x", "y"], ["the good answer", "y"])
+    (dpo.eval_dir / "meta.json").write_text(json.dumps({"labels": {"a": "names-sft", "b": "names-dpo"}}))
+    text = render_markdown(gather(dpo, with_curve=False))
+    assert "## names-sft vs names-dpo (generation, 2 held-out rows)" in text
+    assert "| metric | names-sft | names-dpo | names-dpo − names-sft |" in text
+    assert "Biggest wins (names-dpo better)" in text and "Base vs tuned" not in text
