@@ -3,6 +3,7 @@
     python -m finetune_core inspect FILE [--map prompt=COL ...] [--json]
     python -m finetune_core train --config run.yaml [--preset NAME] [--set key=value ...] [--force]
     python -m finetune_core train --resume RUN_DIR
+    python -m finetune_core train --preset "Quick demo DPO (CPU)" --set parent_run=RUN_ID --set data_path=FILE
     python -m finetune_core runs
     python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
 
@@ -112,6 +113,9 @@ def cmd_train(args) -> int:
         if args.preset:
             cfg = cfg.with_overrides(PRESETS[args.preset])
         cfg = cfg.with_sets(args.set or [])
+        from finetune_core.training.preference import check_start
+
+        check_start(cfg)  # a bad parent run or a file the objective cannot use: refused before a run exists
         if _world() == 1 and not memory_allows(cfg, args.force):
             return 2
         run = _shared_run(cfg, args.name or "")
@@ -176,12 +180,15 @@ def cmd_chat(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    """List the runs under the runs root, newest first."""
+    """List the runs under the runs root, newest first: id, name, state, steps, objective, model, the
+    run it started from ("from <id>") and the reason it ended."""
     from finetune_core.runs.store import list_runs
 
     for run in list_runs():
         s = run.summary()
-        print(f"{s['id']}  {s['name']!r}  {s['state']:<11} step {s['step']}/{s['total_steps']}  {s['model']}  {s['reason']}")
+        parent = f"  from {s['parent']}" if s["parent"] else ""
+        print(f"{s['id']}  {s['name']!r}  {s['state']:<11} step {s['step']}/{s['total_steps']}  {s['objective']}  "
+              f"{s['model']}{parent}  {s['reason']}")
     return 0
 
 

@@ -19,6 +19,12 @@ runs views it sends are built in ui/train_views.py.
 
 Runs have human names: the "Run name" box (empty: dataset · preset · time) and
 "Rename" beside "Open run" (the run's owner or an admin).
+
+Preference training: the objective (sft, dpo, kto, orpo), beta, loss type and reference sit with the
+method; "Start from run" (``parent_run``) picks one of the visitor's completed runs to train on top of
+(its model fills the Model field), and a preference run's rewards are plotted beside its loss. A file
+the objective cannot use, or a parent run that cannot be used, is refused before a run is created
+(finetune_core/training/preference.py: check_start).
 """
 from __future__ import annotations
 
@@ -32,8 +38,7 @@ import yaml
 from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, read_config_yaml
 from finetune_core.data.mapping import DataMapping
-from finetune_core.models import memory
-from finetune_core.models.sources import BUNDLED, ModelError, check_model_size, resolve_model_source, training_policy
+from finetune_core.models.sources import training_policy
 from finetune_core.runs.ownership import AccessError, Visitor, admins, require_change, set_showcase
 from finetune_core.runs.store import RunError, check_run_name
 from finetune_core.training.runner import Busy
@@ -41,12 +46,13 @@ from finetune_core.training.runner import Busy
 from .access import require_user, visitor
 from .context import AppContext, Shared, TrainParts
 from .errors import shows_errors
-from .train_views import (COLUMN_WIDTHS, ESTIMATE_FIELDS, FOLLOW_LOG_JS, device_note, memory_markdown,
-                          model_choices, run_picks, runs_table, tick, watched_run_id)
+from .train_checks import TRAIN_ANYWAY, check_memory, check_model, check_preference
+from .train_views import (COLUMN_WIDTHS, ESTIMATE_FIELDS, FOLLOW_LOG_JS, NO_PARENT, REWARD_SERIES, device_note,
+                          memory_markdown, model_choices, parent_choices, parent_model, run_picks, runs_table, tick,
+                          watched_run_id)
 from .widgets import (build_config_widgets, chosen_run_name, config_from_values, default_name_for, named_values,
                       open_run, widget_updates)
 
-TRAIN_ANYWAY = "Train anyway (the estimate is approximate)"
 # the browser asks first, naming the run as the picker shows it; a cancelled confirm sends no id
 CONFIRM_DELETE_JS = """(run_id) => {
   const shown = document.querySelector('#run-pick input')?.value || run_id;
@@ -78,39 +84,18 @@ def build_config(values: dict[str, Any], data_state: dict | None) -> RunConfig:
         raise gr.Error(str(exc)) from exc
 
 
-def check_model(source: str) -> None:
-    """Refuse bad model ids before a run is created (the bundled model converts in the job)."""
-    if (source or BUNDLED).strip() in (BUNDLED, ""):
-        return
-    try:
-        resolve_model_source(source)
-        check_model_size(source)  # a public deployment's parameter ceiling, from the config alone
-    except ModelError as exc:
-        raise gr.Error(str(exc)) from exc
-
-
-def check_memory(cfg: RunConfig, force: bool = False) -> None:
-    """Refuse a run the memory estimate says will not fit (unless `force`), or whose Hub model
-    cannot be loaded here; the reasons and the settings that would fit come from the core."""
-    try:
-        memory.check_fits(cfg, force=force)
-    except memory.WontFit as exc:
-        raise gr.Error(f"{exc} To start it regardless, tick '{TRAIN_ANYWAY}'.") from None
-    except ModelError as exc:
-        raise gr.Error(str(exc)) from None
-
-
 def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visitor | None = None,
                    force: bool = False, name: str = "") -> str:
     """Start a run owned by `who` (see finetune_core/runs/ownership.py) and called `name` (empty: the
     dataset and the time); one the memory estimate says will not fit is refused unless `force`, and a
-    bad name before anything starts, with the field named."""
+    bad name, parent run or data file (`check_preference`) before anything starts, with the field named."""
     if name:
         try:
             name = check_run_name(name)
         except RunError as exc:
             raise gr.Error(str(exc)) from None
     check_model(cfg.model)
+    check_preference(cfg, who)
     check_memory(cfg, force)
     try:
         run = ctx.slot.start(cfg, label=label, owner=(who or Visitor()).owner_record(), name=name)
@@ -212,9 +197,13 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
             model_help = next(i["help"] for i in field_info() if i["name"] == "model")
             widgets = {"model": gr.Dropdown(model_choices(), value=start_cfg.model, label="Model", info=model_help,
                                             allow_custom_value=True, elem_id="cfg-model")}
+            # filled per visitor (their completed runs); any id typed or loaded is checked by check_preference
+            parent_help = next(i["help"] for i in field_info() if i["name"] == "parent_run")
+            widgets["parent_run"] = gr.Dropdown([(NO_PARENT, "")], value="", label="Start from run",
+                                                info=parent_help, allow_custom_value=True, elem_id="cfg-parent_run")
             memory_note = gr.Markdown(memory_markdown({"model": start_cfg.model, **PRESETS["Quick demo (CPU)"]}),
                                       elem_id="memory-estimate")
-            with gr.Accordion("Method (LoRA / QLoRA / full)", open=False):
+            with gr.Accordion("Method (objective: SFT / DPO / KTO / ORPO; LoRA / QLoRA / full)", open=False):
                 widgets.update(build_config_widgets(("method",), start_cfg))
             with gr.Accordion("Schedule and batching", open=False):
                 widgets.update(build_config_widgets(("schedule",), start_cfg))
@@ -236,6 +225,10 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
             plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", x_title="step",
                                color_map={"train": "#2563eb", "held-out": "#d97706"},
                                height=260, elem_id="loss-plot")
+            rewards_plot = gr.LinePlot(None, x="step", y="reward", color="series", title="Rewards (preference run)",
+                                       x_title="step", height=220, elem_id="reward-plot", visible=False,
+                                       color_map=dict(zip(REWARD_SERIES.values(),
+                                                          ("#16a34a", "#dc2626", "#7c3aed", "#0891b2"))))
             log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="run-log")
             with gr.Accordion("Runs", open=True):
                 # filled per visitor when the page loads (only the runs they may see)
@@ -258,7 +251,7 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
     seen = gr.State(None)  # per page: the file stamps of what it last received
     inputs = set(widgets.values()) | {shared.data_state}
     watch_inputs = [pick, seen, shared.run_state]
-    watch_outputs = [title, bar, plot, log, runs, pick, seen]
+    watch_outputs = [title, bar, plot, log, rewards_plot, runs, pick, widgets["parent_run"], seen]
     estimate_inputs = {widgets[name] for name in ESTIMATE_FIELDS if name in widgets}
 
     @shows_errors
@@ -317,15 +310,20 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
             last = None  # another identity on this page (signed in or out): send everything again
         view, table, stamps = tick(watched_run_id(ctx, selected, who, session), last, who)
         stamps["who"] = who.key
-        view = view if view is not None else (gr.skip(),) * 4
+        view = view if view is not None else (gr.skip(),) * 5
         if table is None:
-            return (*view, gr.skip(), gr.skip(), stamps)
-        # the runs changed: the "Open run" list follows (only this visitor's runs)
-        return (*view, table, gr.update(choices=run_picks(who)), stamps)
+            return (*view, gr.skip(), gr.skip(), gr.skip(), stamps)
+        # the runs changed: the "Open run" and "Start from run" lists follow (only this visitor's runs)
+        return (*view, table, gr.update(choices=run_picks(who)), gr.update(choices=parent_choices(who)), stamps)
 
     @shows_errors
     def on_pick(run_id: str | None):
         return run_id if isinstance(run_id, str) else ""
+
+    @shows_errors
+    def on_parent(run_id: str | None, request: gr.Request):
+        model = parent_model(run_id, visitor(request))  # a run trains on top of its parent's model
+        return gr.update(value=model) if model else gr.skip()
 
     @shows_errors
     def on_name_hint(data_state, preset_name):
@@ -368,11 +366,12 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
     for source in (shared.data_state, preset):  # the "Run name" box shows the name it would default to
         source.change(on_name_hint, [shared.data_state, preset], run_name, show_progress="hidden", queue=False)
     pick.change(on_pick, pick, shared.run_state, queue=False)
+    widgets["parent_run"].input(on_parent, widgets["parent_run"], widgets["model"], queue=False)
     apply_btn.click(on_preset, {preset} | set(widgets.values()), list(widgets.values()))
     cli_btn.click(on_cli, inputs, cli_box)
     yaml_file.upload(on_yaml, yaml_file, list(widgets.values()))
     return TrainParts(pick=pick, widgets=widgets)
 
 
-__all__ = ["build", "build_config", "start_training", "check_memory", "memory_markdown", "model_choices",
+__all__ = ["build", "build_config", "start_training", "check_memory", "check_preference", "memory_markdown", "model_choices",
            "resume_training", "rename_run", "delete_run", "cli_text", "config_from_yaml_file"]

@@ -9,7 +9,12 @@ run and of the runs folder with what the page last got, and rebuilds only the vi
 that changed: an idle page with many runs costs a few stat calls a second, and the
 plot does not redraw.
 
-The loss plot gets a new `colors_in_legend` whenever the series it holds change (`tick`):
+A preference run (DPO, KTO, ORPO) also fills the rewards plot beside the loss: TRL's rewards of the
+chosen and rejected answers, their margin and the reward accuracy (`reward_frame`); it is hidden for
+SFT runs. The runs table shows each run's objective and the run it started from, and "Start from run"
+lists the visitor's own completed runs with an adapter (`parent_choices`).
+
+Each plot gets a new `colors_in_legend` whenever the series it holds change (`tick`):
 Gradio 6's LinePlot builds its chart, colour scale included, from the data it holds when
 such a setting changes, and later values only swap the data; a series absent when the
 chart was built would get no colour, and so never show.
@@ -27,7 +32,7 @@ from finetune_core.errors import StudioError
 from finetune_core.models import memory
 from finetune_core.models.catalogue import BUNDLED_HUB_ID, ENTRIES
 from finetune_core.models.sources import BUNDLED, BUNDLED_LABEL, allowed_hub_ids, max_params_b
-from finetune_core.runs.ownership import Visitor, can_view, visible_runs
+from finetune_core.runs.ownership import Visitor, can_change, can_view, visible_runs
 from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run, list_runs, runs_root
 
 from .context import AppContext
@@ -41,6 +46,12 @@ RUN_COLUMNS = ["name", "state", "steps", "model", "method", "data", "reason"]
 COLUMN_WIDTHS = ["20%", "16%", "9%", "14%", "10%", "13%", "18%"]
 UPLOAD_NAME_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{12}\.[a-z]+$")  # save_upload's copies
 SERIES = ("train", "held-out")  # the loss plot's series, in legend order
+# the rewards plot's series (metrics.jsonl keys, as TRL logs them -> legend), in legend order
+REWARD_SERIES = {"rewards/chosen": "chosen", "rewards/rejected": "rejected", "rewards/margins": "margin",
+                 "rewards/accuracies": "reward accuracy"}
+# per plot, the keys of the page's stamps: its metrics stamp, the series of the data it holds, its legend
+PLOTS = (("plot", "data", "legend"), ("rplot", "rdata", "rlegend"))
+NO_PARENT = "None: start from the model itself"
 NO_RUN = "No run yet. Pick a dataset in the Data tab, choose a preset and press **Train**."
 # Gradio 6.31's Textbox `autoscroll` scrolls only once (its effect does not follow the value), so
 # the log's change event scrolls it to the newest line, unless a person scrolled up to read.
@@ -71,10 +82,20 @@ def loss_frame(metrics: list[dict]) -> pd.DataFrame:
     return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
 
 
+def reward_frame(metrics: list[dict]) -> pd.DataFrame:
+    """The rewards plot's data from a run's metrics: (step, reward, series) rows for each REWARD_SERIES
+    key a training step logged (none for an SFT run)."""
+    rows = [{"step": m["step"], "reward": m[key], "series": label}
+            for m in metrics if m.get("loss") is not None
+            for key, label in REWARD_SERIES.items() if m.get(key) is not None]
+    frame = pd.DataFrame(rows or [], columns=["step", "reward", "series"])
+    return frame.astype({"step": "int64", "reward": "float64", "series": "str"})
+
+
 def loss_series(frame: pd.DataFrame) -> list[str]:
-    """The series present in a loss frame, in legend order (SERIES)."""
+    """The series present in a loss or rewards frame, in legend order (SERIES, then REWARD_SERIES)."""
     present = set(frame["series"])
-    return [s for s in SERIES if s in present]
+    return [s for s in (*SERIES, *REWARD_SERIES.values()) if s in present]
 
 
 def short_model(model: str | None) -> str:
@@ -100,16 +121,53 @@ def data_label(run: Run, data_file: str) -> str:
     return "-".join(run.id.split("-")[2:-1]) or data_file
 
 
+def parent_label(parent_id: str) -> str:
+    """How the runs table names the run a run started from: "from <its name>" ("" without one)."""
+    if not parent_id:
+        return ""
+    try:
+        return f"from {get_run(parent_id).name}"
+    except RunError:
+        return f"from run {parent_id} (deleted)"
+
+
 def runs_table(who: Visitor | None = None, nobody: bool = False) -> pd.DataFrame:
     """The runs table: one row (RUN_COLUMNS) per run this visitor may see, newest first
-    (`nobody`: the table with no rows, as a page starts before it knows its visitor)."""
+    (`nobody`: the table with no rows, as a page starts before it knows its visitor). The method
+    says the objective of a preference run ("dpo · lora"), the model the run it started from."""
     rows = []
     for run in [] if nobody else visible_runs(who or Visitor()):
         s = run.summary()
+        method = s["method"] or "?"
+        model = " · ".join(p for p in (short_model(s["model"]), parent_label(s["parent"])) if p)
         rows.append({"name": s["name"], "state": s["state"], "steps": f"{s['step'] or 0}/{s['total_steps'] or '?'}",
-                     "model": short_model(s["model"]), "method": s["method"] or "?",
+                     "model": model, "method": method if s["objective"] == "sft" else f"{s['objective']} · {method}",
                      "data": data_label(run, s["data"]), "reason": s["reason"]})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def parent_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
+    """The "Start from run" choices: starting from the model itself (""), then each completed run with a
+    saved adapter this visitor may change (their own; every run on a local app), newest first."""
+    who = who or Visitor()
+    choices = [(NO_PARENT, "")]
+    for run in visible_runs(who):
+        if run.status().get("state") == "completed" and run.has_adapter() and can_change(run.path, who):
+            s = run.summary()
+            choices.append((f"{run.label()} · {s['objective']} · {short_model(s['model'])}", run.id))
+    return choices
+
+
+def parent_model(run_id: str | None, who: Visitor | None = None) -> str | None:
+    """The model a chosen "Start from run" run was trained on (the Model field follows it); None for
+    no run, or one this visitor may not start from."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+        return None
+    try:
+        run = get_run(run_id)
+        return run.config().model if can_change(run.path, who or Visitor()) else None
+    except (RunError, OSError, ValueError):
+        return None
 
 
 def run_picks(who: Visitor | None = None) -> list[tuple[str, str]]:
@@ -152,30 +210,40 @@ def plot_stamp(run_id: str | None) -> tuple:
     return (run_id, _stamp(runs_root() / run_id / "metrics.jsonl"))
 
 
+def _plot_update(frame: pd.DataFrame, now: dict, keys: tuple[str, str, str], stamp: tuple, hide_empty: bool):
+    """One plot's part of a tick (see `tick`): a chart rebuild for the series it holds, else its new
+    data, else gr.skip(). `now` (the page's stamps) is updated; `hide_empty`: shown only with data."""
+    stamp_key, data_key, legend_key = keys
+    if now[data_key] != now[legend_key]:
+        now[legend_key] = now[data_key]
+        return gr.update(colors_in_legend=now[data_key])
+    if now[stamp_key] != stamp:
+        now[stamp_key], now[data_key] = stamp, loss_series(frame)
+        return gr.update(value=frame, visible=not frame.empty) if hide_empty else gr.update(value=frame)
+    return gr.skip()
+
+
 def tick(run_id: str | None, seen: dict | None, who: Visitor | None = None
          ) -> tuple[tuple | None, pd.DataFrame | None, dict]:
     """(run view or None, runs table or None, stamps): None where nothing changed since `seen`; in
-    the view (title, bar, plot, log) a part that did not change is gr.skip().
+    the view (title, bar, loss plot, log, rewards plot) a part that did not change is gr.skip().
 
-    The plot's chart is rebuilt, with `colors_in_legend`, when the page holds series its legend does
+    A plot's chart is rebuilt, with `colors_in_legend`, when the page holds series its legend does
     not list yet; that update carries no value, and the value waits for the next tick. Sent together,
     the page built the chart from its previous data: a new series got no colour and was never drawn."""
     seen = seen or {}
-    now = {"run": run_stamp(run_id), "runs": runs_stamp(), **{k: seen.get(k) for k in ("plot", "data", "legend")}}
+    now = {"run": run_stamp(run_id), "runs": runs_stamp(), **{k: seen.get(k) for keys in PLOTS for k in keys}}
     table = runs_table(who) if now["runs"] != seen.get("runs") else None
-    new_view, new_plot = now["run"] != seen.get("run"), plot_stamp(run_id) != seen.get("plot")
-    rebuild = now["data"] != now["legend"]  # the series of the data the page holds, and of its legend
-    if not (new_view or new_plot or rebuild):
+    stamp = plot_stamp(run_id)
+    new_view, new_plot = now["run"] != seen.get("run"), any(now[keys[0]] != stamp for keys in PLOTS)
+    if not (new_view or new_plot or any(now[data] != now[legend] for _, data, legend in PLOTS)):
         return None, table, now
-    title, bar, frame, log = run_view(run_id, who) if new_view or new_plot else (None,) * 4
-    plot = gr.skip()
-    if rebuild:
-        plot, now["legend"] = gr.update(colors_in_legend=now["data"]), now["data"]
-    elif new_plot:
-        plot, now["plot"], now["data"] = gr.update(value=frame), plot_stamp(run_id), loss_series(frame)
+    title, bar, metrics, log = run_parts(run_id, who) if new_view or new_plot else (None, None, [], None)
+    plot = _plot_update(loss_frame(metrics), now, PLOTS[0], stamp, hide_empty=False)
+    rewards = _plot_update(reward_frame(metrics), now, PLOTS[1], stamp, hide_empty=True)
     if not new_view:
-        return (gr.skip(), gr.skip(), plot, gr.skip()), table, now
-    return (title, bar, plot, log), table, now
+        return (gr.skip(), gr.skip(), plot, gr.skip(), rewards), table, now
+    return (title, bar, plot, log, rewards), table, now
 
 
 def _visible(run_id: str | None, who: Visitor) -> bool:
@@ -219,21 +287,27 @@ def run_title(run: Run, st: dict, last: dict) -> str:
     return " · ".join(facts)
 
 
-def run_view(run_id: str | None, who: Visitor | None = None) -> tuple[str, str, pd.DataFrame, str]:
-    """(title markdown, progress html, loss frame, log tail) of a run."""
+def run_parts(run_id: str | None, who: Visitor | None = None) -> tuple[str, str, list[dict], str]:
+    """(title markdown, progress html, metrics events, log tail) of a run."""
     if not run_id:
-        return NO_RUN, progress_html(0, 0, "idle", None), loss_frame([]), ""
+        return NO_RUN, progress_html(0, 0, "idle", None), [], ""
     try:
         run = get_run(run_id)
         if not can_view(run.path, who or Visitor()):
             raise RunError("hidden")
     except RunError:  # missing or someone else's: the same words, so ids are not confirmed
-        return "That run is gone.", progress_html(0, 0, "missing", None), loss_frame([]), ""
+        return "That run is gone.", progress_html(0, 0, "missing", None), [], ""
     st = run.status()
     metrics = run.metrics()
     last = next((m for m in reversed(metrics) if "loss" in m), {})
     bar = progress_html(int(st.get("step") or 0), int(st.get("total_steps") or 0), st.get("state", "?"), st.get("eta_s"))
-    return run_title(run, st, last), bar, loss_frame(metrics), run.log_tail(30)
+    return run_title(run, st, last), bar, metrics, run.log_tail(30)
+
+
+def run_view(run_id: str | None, who: Visitor | None = None) -> tuple[str, str, pd.DataFrame, str]:
+    """(title markdown, progress html, loss frame, log tail) of a run."""
+    title, bar, metrics, log = run_parts(run_id, who)
+    return title, bar, loss_frame(metrics), log
 
 
 def device_note(policy) -> str:

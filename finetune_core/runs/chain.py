@@ -7,7 +7,8 @@ reference). Everything that loads a run's model (chat, evaluation, export)
 follows the chain from the base up; `chain` lists it and `chain_source` says
 what to load: a base model source and the adapters to apply, oldest first. A
 full fine-tune in the chain is a complete model, so the chain restarts at its
-folder.
+folder. `check_parent` refuses, before a run is created, a parent that is
+missing, has no adapter yet or was trained on another base model.
 """
 from __future__ import annotations
 
@@ -86,3 +87,26 @@ def describe_chain(run: Run) -> str:
     except (RunError, OSError, ValueError) as exc:
         return f"{run.name} (chain unreadable: {exc})"
     return " -> ".join([model, *(r.name for r in runs)])
+
+
+def check_parent(cfg) -> Run | None:
+    """The run a new run with config `cfg` starts from (None without ``parent_run``), refused with a
+    ConfigError naming parent_run when it does not exist, has no saved adapter (nor has any run of its
+    chain), or was trained on another base model than ``cfg.model``."""
+    from finetune_core.config import ConfigError
+
+    if not cfg.parent_run:
+        return None
+    try:
+        parent = get_run(cfg.parent_run)
+        chain_source(parent)  # every run of its chain exists and has its adapter
+    except RunError as exc:
+        raise ConfigError(f"parent_run: {exc}") from None
+    try:
+        parent_model = parent.config().model
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"parent_run: the run.yaml of run {parent.name} cannot be read ({exc}).") from None
+    if parent_model != cfg.model:
+        raise ConfigError(f"parent_run: run {parent.name!r} was trained on model {parent_model!r}, not on "
+                          f"{cfg.model!r}; set model to {parent_model!r} to start from it.")
+    return parent

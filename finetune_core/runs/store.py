@@ -268,7 +268,8 @@ class Run:
         return (self.adapter_dir / "adapter_config.json").is_file() or (self.adapter_dir / "config.json").is_file()
 
     def summary(self) -> dict:
-        """One row for the runs list: id, name, state, steps, model, method, data file name, created, reason.
+        """One row for the runs list: id, name, state, steps, model, method, objective (sft for runs from
+        before objectives), parent (the parent run's id, or ""), data file name, created, reason.
 
         A damaged run.yaml leaves model and method None (and data "") rather than raising."""
         st = self.status()
@@ -280,7 +281,8 @@ class Run:
         return {
             "id": self.id, "name": self.name, "state": st.get("state"), "step": st.get("step", 0),
             "total_steps": st.get("total_steps", 0), "model": cfg.get("model"),
-            "method": cfg.get("method"), "data": Path(cfg.get("data_path") or "").name,
+            "method": cfg.get("method"), "objective": cfg.get("objective") or "sft",
+            "parent": str(cfg.get("parent_run") or ""), "data": Path(cfg.get("data_path") or "").name,
             "created": st.get("created"), "reason": st.get("reason", ""),
         }
 

@@ -1,7 +1,7 @@
 """StudioCallback: the Trainer's window to the outside.
 
 Turns Trainer log steps into events (step, epoch, loss, learning rate, grad
-norm, eval loss, mean token accuracy, tokens/s, ETA), appends them to the run's
+norm, eval loss, mean token accuracy, a preference run's rewards, tokens/s, ETA), appends them to the run's
 metrics.jsonl, keeps status.json current, and implements the cooperative stop:
 when the stop event is set, the Trainer saves a checkpoint at the step it just
 finished and ends. A non-finite loss stops the run and marks it as a failure.
@@ -21,6 +21,9 @@ KEYS = {
     "loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "eval_loss": "eval_loss",
     "mean_token_accuracy": "mean_token_accuracy", "eval_mean_token_accuracy": "eval_mean_token_accuracy",
 }
+# what TRL's preference trainers log beside the loss, kept under TRL's own names (KTO also logs "kl")
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+KEYS.update({key: key for key in (*REWARD_KEYS, *(f"eval_{k}" for k in REWARD_KEYS), "kl")})
 
 
 class StudioCallback(TrainerCallback):

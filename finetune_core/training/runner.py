@@ -38,6 +38,7 @@ def _format_event(event: dict) -> str:
         parts = [f"step {event['step']}"]
         for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"), ("learning_rate", "lr {:.2e}"),
                          ("grad_norm", "grad_norm {:.3f}"), ("mean_token_accuracy", "token_acc {:.3f}"),
+                         ("rewards/margins", "margin {:.3f}"), ("rewards/accuracies", "reward_acc {:.2f}"),
                          ("tokens_per_s", "{:.0f} tok/s"), ("eta_s", "ETA {:.0f}s")):
             if event.get(key) is not None:
                 parts.append(fmt.format(event[key]))

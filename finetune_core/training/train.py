@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -49,8 +50,9 @@ def check_method(cfg: RunConfig, policy: DevicePolicy) -> None:
 
 def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dict]:
     """Load, validate and split the data; save the split in the run so evaluation
-    later uses exactly the held-out rows."""
+    later uses exactly the held-out rows. Rows the objective cannot train on are refused."""
     from finetune_core.data.dataset import read_jsonl
+    from finetune_core.training import preference
 
     train_file, held_file = run.data_dir / "train.jsonl", run.data_dir / "heldout.jsonl"
     report_file = run.data_dir / "report.json"  # written last: without it the split is unfinished
@@ -58,7 +60,9 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
         import json
 
         report = json.loads(report_file.read_text(encoding="utf-8"))
-        return read_jsonl(train_file), read_jsonl(held_file), report
+        train, held = read_jsonl(train_file), read_jsonl(held_file)
+        preference.check_rows(cfg, train, held)
+        return train, held, report
     from finetune_core.data.dataset import prepare_data, train_and_held, write_jsonl
 
     mapping = cfg.data
@@ -75,6 +79,7 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
     train, held = train_and_held(mapping, report.rows, held_rows)
     if not train:
         raise TrainingError("No training rows are left after the held-out split.")
+    preference.check_rows(cfg, train, held)
     write_jsonl(train_file, train)
     write_jsonl(held_file, held)
     summary = {**report.summary(), "train_rows": len(train), "heldout_rows": len(held)}
@@ -87,8 +92,12 @@ def prepare_split(cfg: RunConfig, run: Run) -> tuple[list[dict], list[dict], dic
 
 
 
-def training_rows(rows: list[dict]) -> list[dict]:
-    """Only the fields TRL reads; labels and other metadata stay in the saved split."""
+def training_rows(rows: list[dict], say: Callable[[str], None] | None = None) -> list[dict]:
+    """Only the fields SFTTrainer reads; labels and other metadata stay in the saved split. Preference
+    pairs train on their chosen answers (said through `say`)."""
+    from finetune_core.training.preference import sft_rows
+
+    rows = sft_rows(rows, say)
     if is_text_rows(rows):
         return [{"text": r["text"]} for r in rows]
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
@@ -110,22 +119,16 @@ def peft_config(cfg: RunConfig):
     )
 
 
-def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, grad_ckpt: bool, has_eval: bool,
-               padding_free: bool = False):
-    """TRL's SFTConfig for this run: checkpoints in the run folder, precision from `policy`, held-out loss
-    only when `has_eval`, and the completion-only setting left to TRL for plain-text rows (`lm_rows`)."""
-    from trl import SFTConfig
-
+def trainer_arguments(cfg: RunConfig, run: Run, policy: DevicePolicy, grad_ckpt: bool, has_eval: bool) -> dict:
+    """The TrainingArguments every objective shares (SFT, DPO, KTO, ORPO): checkpoints in the run
+    folder, precision from `policy`, the schedule, held-out loss only when `has_eval`, and logging."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return SFTConfig(
+    return dict(
         output_dir=str(run.checkpoints_dir),
         num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        max_length=cfg.max_length, packing=cfg.packing, padding_free=padding_free,
-        completion_only_loss=None if lm_rows else cfg.completion_only_loss,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         gradient_checkpointing=grad_ckpt,
         # dtype by device: TRL's bf16 autocast is 16x slower on CPUs without bf16 instructions
         # (DESIGN.md); where a CPU has them, the weights are loaded in bf16 and nothing is autocast.
@@ -140,6 +143,20 @@ def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, gr
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
         save_only_model=False, logging_nan_inf_filter=False,  # we must see a NaN loss to fail the run
         ddp_find_unused_parameters=False if world > 1 else None,
+    )
+
+
+def sft_config(cfg: RunConfig, run: Run, policy: DevicePolicy, lm_rows: bool, grad_ckpt: bool, has_eval: bool,
+               padding_free: bool = False):
+    """TRL's SFTConfig for this run: `trainer_arguments`, plus packing and padding-free batches, and the
+    completion-only setting left to TRL for plain-text rows (`lm_rows`)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_arguments(cfg, run, policy, grad_ckpt, has_eval),
+        max_length=cfg.max_length, packing=cfg.packing, padding_free=padding_free,
+        completion_only_loss=None if lm_rows else cfg.completion_only_loss,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
     )
 
 
@@ -260,6 +277,56 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@dataclass
+class StartModel:
+    """What every objective's trainer is built from: the tokenizer, the model the run starts from (the
+    base, or the parent run's model merged), the accelerator plan and whether activations are recomputed."""
+
+    tokenizer: object
+    model: object
+    accel: device_plan.DevicePlan
+    grad_ckpt: bool
+
+
+def load_start(cfg: RunConfig, run: Run, policy: DevicePolicy, say: Callable[[str], None]) -> StartModel:
+    """Load the tokenizer and the model a run starts from (models/chain.py: the parent's adapter merged in
+    memory when ``parent_run`` is set), with the device plan's load arguments and, for QLoRA, PEFT's
+    4-bit preparation."""
+    from finetune_core.models.chain import load_start_model
+
+    tokenizer = load_tokenizer(cfg.model, progress=say)
+    accel = device_plan.plan(cfg, policy, model_config(cfg.model) if policy.device == "cuda" else None)
+    kwargs = device_plan.load_kwargs(cfg, policy, accel)
+    # without a parent the base loads from the config alone (a benchmark's run folder has no run.yaml)
+    model = (load_start_model(run, policy, progress=say, **kwargs) if cfg.parent_run
+             else load_model(cfg.model, policy, progress=say, **kwargs))
+    model.config.use_cache = False  # the KV cache is useless (and wasteful) while training
+    n_params = sum(p.numel() for p in model.parameters())
+    grad_ckpt = use_gradient_checkpointing(cfg, policy, n_params)
+    if accel.quantized:  # PEFT's recipe for a 4-bit base: norms in float32, input gradients for checkpointing
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
+    return StartModel(tokenizer, model, accel, grad_ckpt)
+
+
+def finish_setup(trainer, cfg: RunConfig, run: Run, policy: DevicePolicy, start: StartModel, emit: Emit):
+    """The steps after any trainer is made: our callback alone prints, the CPU speed-ups
+    `speedups.apply_training` finds safe go on (``trainer.speedups`` says which; the log and run.yaml
+    record them) and the log says where the run trains."""
+    from transformers.trainer_callback import PrinterCallback
+
+    from finetune_core.speedups import apply_training
+
+    trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
+    trainer.speedups = apply_training(trainer.model, policy.device, policy.dtype, cfg.max_length, cfg.speedups)
+    emit({"event": "log", "message": trainer.speedups.summary()})
+    run.record_facts(**trainer.speedups.as_dict())
+    emit({"event": "log", "message": f"Training on {policy.describe()} ({start.accel.describe()}), gradient "
+                                     f"checkpointing {'on' if start.grad_ckpt else 'off'}."})
+    return trainer
+
+
 def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict], policy: DevicePolicy,
                   callbacks: list, emit: Emit):
     """SFTTrainer for this config, with our speed choices (dtype by device, no
@@ -267,48 +334,35 @@ def build_trainer(cfg: RunConfig, run: Run, train: list[dict], held: list[dict],
     speed-ups `speedups.apply_training` finds safe for this model (on CPU; the
     `speedups` setting switches them off). `trainer.speedups` says which."""
     from datasets import Dataset
-    from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     say = lambda m: emit({"event": "log", "message": m})  # noqa: E731
-    tokenizer = load_tokenizer(cfg.model, progress=say)
-    accel = device_plan.plan(cfg, policy, model_config(cfg.model) if policy.device == "cuda" else None)
-    model = load_model(cfg.model, policy, progress=say, **device_plan.load_kwargs(cfg, policy, accel))
-    model.config.use_cache = False  # the KV cache is useless (and wasteful) while training
-    n_params = sum(p.numel() for p in model.parameters())
-    lm_rows = is_text_rows(train)
-    grad_ckpt = use_gradient_checkpointing(cfg, policy, n_params)
-    if accel.quantized:  # PEFT's recipe for a 4-bit base: norms in float32, input gradients for checkpointing
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
-    args = sft_config(cfg, run, policy, lm_rows, grad_ckpt, bool(held), padding_free=accel.padding_free)
+    start = load_start(cfg, run, policy, say)
+    rows = training_rows(train, say)
+    args = sft_config(cfg, run, policy, is_text_rows(rows), start.grad_ckpt, bool(held),
+                      padding_free=start.accel.padding_free)
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(training_rows(train)),
+        model=start.model, args=args, train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(training_rows(held)) if held else None,
-        processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=callbacks,
+        processing_class=start.tokenizer, peft_config=peft_config(cfg), callbacks=callbacks,
     )
-    trainer.remove_callback(PrinterCallback)  # our callback logs; don't print raw dicts to stdout
-    from finetune_core.speedups import apply_training
-
-    trainer.speedups = apply_training(trainer.model, policy.device, policy.dtype, cfg.max_length, cfg.speedups)
-    say(trainer.speedups.summary())
-    run.record_facts(**trainer.speedups.as_dict())
-    say(f"Training on {policy.describe()} ({accel.describe()}), gradient checkpointing "
-        f"{'on' if grad_ckpt else 'off'}.")
-    return trainer, tokenizer
+    return finish_setup(trainer, cfg, run, policy, start, emit), start.tokenizer
 
 
 def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = False,
             extra_callbacks: list | None = None, policy: DevicePolicy | None = None) -> dict:
-    """Train the run described by run.yaml. Returns the final status fields.
+    """Train the run described by run.yaml with its objective's trainer (SFT here, DPO/KTO/ORPO in
+    preference.py). Returns the final status fields.
 
     ``policy`` (device and dtype) is the one the runner worked out when it created the
     run; without it (CLI, resume, other ranks) it is worked out here. Gradient
-    checkpointing is decided once, in ``build_trainer``, from it."""
+    checkpointing is decided once, when the trainer is built, from it."""
+    from finetune_core.training import preference
+
     cfg = run.config()
     policy = policy or training_policy(cfg.device, cfg.precision, cfg.method)
     check_method(cfg, policy)
+    preference.check_objective(cfg)
     resume_from = resume_point(run, cfg.method, emit) if resume else None
     if resume_from is not None:
         emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
@@ -317,8 +371,9 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     if cfg.data.max_eval_rows and len(held) > cfg.data.max_eval_rows:
         held = held[: cfg.data.max_eval_rows]  # the loss curve needs a sample, not all of a large split
     callback = StudioCallback(run, stop_event, emit)
+    builder = build_trainer if cfg.objective == "sft" else preference.build_preference_trainer
     # injected hooks (tests, benchmarks) act before ours
-    trainer, tokenizer = build_trainer(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
+    trainer, tokenizer = builder(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
     try:
         with trainer.speedups.scope():
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
