@@ -14,7 +14,8 @@ examples (see benchmark_tasks).
     'not distinguishable from no change on 100 items (-0.010, 95% CI -0.050 to +0.030)'
 
 How the two sides run: lm-eval's HFLM wraps the run's InferenceModel weights
-(one copy): the base side is scored inside PEFT's ``disable_adapter()``, the
+(one copy; its default pair: for a run started from another run, base means
+its parent, and the result's "sides" and "labels" say so): the base side is scored inside PEFT's ``disable_adapter()``, the
 tuned side with the adapter on (a full fine-tune holds two models). The
 model's lock is held for a whole side, so a chat on the same weights cannot
 switch the adapter mid-way. The HFLM subclass changes nothing in how lm-eval
@@ -47,6 +48,7 @@ import numpy as np
 from evaluation.benchmark_tasks import BENCHMARKS, Prepared, data_folder, prepare
 from evaluation.checks import write_check
 from evaluation.heldout_loss import check_cancel
+from evaluation.pair_eval import side_meta
 from evaluation.run_eval import load_run_model
 from evaluation.significance import describe, paired_exact
 from finetune_core.errors import InputError
@@ -93,7 +95,8 @@ def run_benchmarks(run, names: Sequence[str] = tuple(BENCHMARKS), limit: int | N
             "num_fewshot": num_fewshot, "limit": limit, "source": " + ".join(sources),
             "precision": f"{autocast} autocast" if autocast else _weights_dtype(model),
             "lm_eval_version": _lm_eval_version(), "seconds": round(time.time() - started, 2),
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "benchmarks": benchmarks}
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "benchmarks": benchmarks,
+            **side_meta(model)}
     check_cancel(cancel, CANCELLED)
     write_check(run, CHECK_NAME, data)
     say("Done.", 1.0)

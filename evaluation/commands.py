@@ -1,7 +1,7 @@
 """The evaluation layer's commands: `eval`, `export` and `report`.
 
-    python -m finetune_core eval --run runs/<id> [--json] [--data other.jsonl] [--limit N] [--loss]
-                                 [--metrics chrf,bleu]
+    python -m finetune_core eval [--run] runs/<id> [--against base|parent|<run id>] [--json]
+                                 [--data other.jsonl] [--limit N] [--loss] [--metrics chrf,bleu]
     python -m finetune_core export --run runs/<id> --adapter-zip a.zip | --merged DIR | --gguf f.gguf
     python -m finetune_core report --run runs/<id> [--out DIR]
 
@@ -11,7 +11,9 @@ records (COMMANDS); finetune_core/__main__.py joins them with the core's.
 from the evaluation (evaluation/model_card.py). `python -m evaluation` is the
 `eval` command under its old name.
 
-`eval` saves its results in runs/<id>/eval/; progress goes to stderr, so stdout
+`eval` compares the run with its default side (its parent run when it has one, else
+the base model) or with `--against`, and saves its results in runs/<id>/eval/ (another
+pair: runs/<id>/eval/pairs/<pair>/); progress goes to stderr, so stdout
 holds only the summary with each metric's 95% interval and the sentence for
 the headline metric (or the JSON object, intervals in its "summary" entries). Exit status of every command: 0
 on success, 2 on bad input (not a run directory, no adapter, unusable data),
@@ -26,7 +28,7 @@ from typing import Callable, TypeVar
 
 from evaluation.significance import ci_text
 from finetune_core.cli import Command
-from finetune_core.errors import USER_ERROR_EXIT, StudioError, run_cli
+from finetune_core.errors import USER_ERROR_EXIT, InputError, StudioError, run_cli
 
 T = TypeVar("T")
 INTERRUPTED_EXIT = 130
@@ -37,7 +39,11 @@ CELL = 48  # characters of text shown per cell of the example lists
 # -- eval ------------------------------------------------------------------------------
 def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
     """The `eval` command's flags (also `python -m evaluation`'s)."""
-    ap.add_argument("--run", required=True, help="run directory (runs/<id>)")
+    ap.add_argument("run_dir", nargs="?", metavar="RUN", help="run directory (runs/<id>), or give it as --run")
+    ap.add_argument("--run", help="run directory (runs/<id>)")
+    ap.add_argument("--against", metavar="SIDE",
+                    help="compare the run with: base (the base model), parent (its parent run) or a run id "
+                         "(default: its parent when it has one, else base)")
     ap.add_argument("--data", help="evaluate on this file instead, mapped like the run's training data")
     ap.add_argument("--limit", type=int, help="use only the first N rows")
     ap.add_argument("--batch-size", type=int, default=64,
@@ -52,8 +58,9 @@ def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate base vs tuned on the run's held-out rows (or --data) and print the summary."""
+    """Evaluate the run against its default side or --against on its held-out rows (or --data); print the summary."""
     from evaluation.heldout_loss import LOWER_IS_BETTER
+    from evaluation.pair_eval import result_dir
     from evaluation.run_eval import evaluate_run, load_meta
     from finetune_core.models.sources import hub_timeouts
     from finetune_core.runs.store import run_from_dir
@@ -61,25 +68,48 @@ def run_eval(args: argparse.Namespace) -> int:
     hub_timeouts()  # fail fast instead of hanging when the Hub is unreachable
 
     def work():
-        run = run_from_dir(args.run)
-        return run, evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
-                                 max_new_tokens=args.max_new_tokens, with_loss=args.loss,
-                                 progress=print_progress, metrics=args.metrics)
+        if not (args.run or args.run_dir) or (args.run and args.run_dir):
+            raise InputError("Give the run directory once: `eval runs/<id>` or `eval --run runs/<id>`.")
+        run = run_from_dir(args.run or args.run_dir)
+        sides = against_sides(run, args.against)
+        return run, sides, evaluate_run(run, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
+                                        max_new_tokens=args.max_new_tokens, with_loss=args.loss,
+                                        progress=print_progress, metrics=args.metrics, sides=sides)
 
     done, status = attempt(work)
     if status is not None:
         return status
-    run, comparison = done
-    meta = load_meta(run)
+    run, sides, comparison = done
+    meta, saved_to = load_meta(run, sides), str(result_dir(run, sides))
     if args.json:
         out = {**comparison.to_json_dict(), "seconds": meta.get("seconds", {}),
                "max_new_tokens": meta.get("max_new_tokens"), "batch_size": meta.get("batch_size"),
                "lower_is_better": [m for m in LOWER_IS_BETTER if m in comparison.base_metrics],
-               "saved_to": str(run.eval_dir)}
+               "sides": meta.get("sides"), "labels": meta.get("labels"),
+               "reward_accuracy": meta.get("reward_accuracy"), "saved_to": saved_to}
         print(json.dumps(out, ensure_ascii=False))
     else:
-        print(render_text(comparison, meta, str(run.eval_dir)))
+        print(render_text(comparison, meta, saved_to))
     return 0
+
+
+def against_sides(run, against: str | None) -> tuple[str, str] | None:
+    """The pair `--against` asks for, the run being side B: "base", "parent" (InputError without one) or
+    another run's id; None (the run's default pair) when not given."""
+    from finetune_core.inference.sides import BASE, RUN_PREFIX, run_key
+    from finetune_core.runs.chain import parent_id
+    from finetune_core.runs.store import get_run
+
+    if not against:
+        return None
+    if against == BASE:
+        return BASE, run_key(run)
+    if against == "parent":
+        parent = parent_id(run)
+        if not parent:
+            raise InputError(f"--against parent: run {run.id} has no parent run (it started from the base model).")
+        return RUN_PREFIX + parent, run_key(run)
+    return run_key(get_run(against.removeprefix(RUN_PREFIX))), run_key(run)
 
 
 def _extra_metric_names() -> list[str]:
@@ -114,13 +144,21 @@ def render_text(comparison, meta: dict, saved_to: str) -> str:
     """Summary table, win/tie/loss and the biggest wins and losses, as plain text."""
     seconds = meta.get("seconds", {})
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+    labels = meta.get("labels") or {}
+    a, b = (("base", "tuned") if not labels or (meta.get("sides") or {}).get("a") == "base"
+            else (labels["a"], labels["b"]))
     lines = [f"{comparison.task}: {comparison.rows} rows" + (f" ({timing})" if timing else ""), ""]
+    if (a, b) != ("base", "tuned"):
+        lines[1:1] = [f"side A (base columns): {a}", f"side B (tuned columns): {b}", ""]
     lines += _summary_table(comparison.summary)
+    for side in ("a", "b"):
+        said = ((meta.get("reward_accuracy") or {}).get(side) or {}).get("sentence")
+        lines += [said] if said else []
     sentence = headline_sentence(comparison)
     if sentence:
         lines += ["", sentence]
     if comparison.task != "language_modeling":
-        lines += ["", f"per example, tuned vs base: {comparison.wins} wins, {comparison.ties} ties, "
+        lines += ["", f"per example, {b} vs {a}: {comparison.wins} wins, {comparison.ties} ties, "
                       f"{comparison.losses} losses"]
         lines += _example_lines("Biggest wins", comparison.biggest_wins(EXAMPLES_SHOWN))
         lines += _example_lines("Biggest losses", comparison.biggest_losses(EXAMPLES_SHOWN))
@@ -225,7 +263,8 @@ def _with_run(work, run_dir: str) -> int:
     return run_cli(lambda: work(run_from_dir(run_dir)) or 0)
 
 
-EVAL = Command("eval", "Compare a run's base and tuned model on held-out rows.", add_eval_arguments, run_eval)
+EVAL = Command("eval", "Compare a run with its base, its parent or another run on held-out rows.",
+               add_eval_arguments, run_eval)
 COMMANDS: tuple[Command, ...] = (
     EVAL,
     Command("export", "Adapter zip, merged model or GGUF file of a run.", add_export_arguments, run_export),

@@ -19,6 +19,9 @@ checks/judge_examples.jsonl, one line per prompt): wins / ties / losses of
 tuned against base, the win rate (wins + ties/2) / n, the interval of the
 net win rate (significance.outcome_interval: +1 tuned, 0 tie, -1 base) and
 its sentence, per category, and agreement with the run's blind A/B votes.
+"base" and "tuned" are the run's default pair (finetune_core.inference.sides):
+for a run started from another run, its parent and the run; the result's
+"sides" and "labels" say which.
 
     python -m finetune_core judge --run runs/<id> --prompts ../shared/datasets/vicuna80_questions.jsonl
 
@@ -37,6 +40,7 @@ from evaluation.checks import checks_dir, read_check, write_check
 from evaluation.heldout_loss import check_cancel
 from evaluation.judge_backends import JudgeError, JudgeSpec, judge_spec_from_env, make_backend
 from evaluation.prompt_sets import HELDOUT, PromptItem, load_prompt_set
+from evaluation.pair_eval import side_meta
 from evaluation.run_eval import load_run_model
 from evaluation.significance import describe, outcome_interval
 from finetune_core.errors import InputError
@@ -203,7 +207,8 @@ def judge_run(run, prompt_set: str = HELDOUT, judge: JudgeSpec | None = None, li
     backend = make_backend(judge, model, run.config().model, progress=lambda text: say(text, ANSWERS_SHARE))
     examples = _judge_all(backend, items, answers, use_reference, say, cancel)
     outcomes = [e["outcome"] for e in examples]
-    result = _result(run, judge, label, items, examples, outcomes, time.perf_counter() - started)
+    result = {**_result(run, judge, label, items, examples, outcomes, time.perf_counter() - started),
+              **side_meta(model)}
     _save(run, result, examples)
     say("Done.", 1.0)
     return result

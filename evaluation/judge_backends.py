@@ -239,11 +239,13 @@ def same_source(a: str, b: str) -> bool:
 def make_backend(spec: JudgeSpec, run_model, run_base: str,
                  progress: Callable[[str], None] | None = None) -> Replies:
     """The reply function for `spec`. A local judge that is the run's own base model
-    (`run_base`) reuses `run_model`'s weights with the adapter off; any other local source
-    is loaded (allow-lists and size ceilings apply as anywhere else)."""
+    (`run_base`) reuses `run_model`'s weights as its side A when that side is the base model (adapters
+    off); any other local source, or the base of a run compared with its parent, is loaded
+    (allow-lists and size ceilings apply as anywhere else)."""
     if spec.kind == "endpoint":
         return EndpointJudge(spec)
-    if run_model is not None and same_source(spec.model, run_base):
+    keys = getattr(run_model, "side_keys", None)  # None: a model made without sides (base vs tuned)
+    if run_model is not None and same_source(spec.model, run_base) and (keys is None or keys[0] == "base"):
         return LocalJudge(run_model)
     from finetune_core.inference.generation import InferenceModel
     from finetune_core.models.sources import check_model_size

@@ -47,7 +47,10 @@ def clip(text: str, limit: int = MAX_CELL) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-METRIC_HEADER = ["metric", "base", "tuned", "tuned − base", "95% CI", "tuned vs base"]
+def metric_header(sides: tuple[str, str] = ("base", "tuned")) -> list[str]:
+    """The metric table's columns, named by the two sides compared."""
+    a, b = sides
+    return ["metric", a, b, f"{b} − {a}", "95% CI", f"{b} vs {a}"]
 
 
 def metric_cells(entry: dict) -> list[str]:
@@ -124,7 +127,7 @@ def html_pairs(pairs: list[tuple[str, str]]) -> str:
 def html_metrics(facts: Facts) -> str:
     """The base-vs-tuned metric table in HTML, then each metric's sentence; the verdict word is also the
     cell's CSS class (better/worse colours)."""
-    head = "".join(f"<th>{h}</th>" for h in METRIC_HEADER)
+    head = "".join(f"<th>{esc(h)}</th>" for h in metric_header(facts.sides))
     rows = []
     for entry in facts.metrics:
         name, base, tuned, delta, ci, verdict = (esc(c) for c in metric_cells(entry))
@@ -149,11 +152,11 @@ def html_section(section: Section) -> str:
     return f"<h2>{esc(section.title)}</h2>" + "".join(parts)
 
 
-def html_examples(examples: list[dict]) -> str:
+def html_examples(examples: list[dict], sides: tuple[str, str] = ("base", "tuned")) -> str:
     """Per-example rows (see `_examples`) as an HTML table, texts clipped and escaped; "None." when empty."""
     if not examples:
         return "<p class='sub'>None.</p>"
-    head = "".join(f"<th>{h}</th>" for h in ("row", "prompt", "reference", "base output", "tuned output", "Δ"))
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("row", "prompt", "reference", *(f"{s} output" for s in sides), "Δ"))
     rows = "".join(
         f"<tr><td class='num'>{e['row']}</td>" + "".join(
             f"<td class='text'>{esc(clip(e[k]))}</td>" for k in ("input", "reference", "base", "tuned"))
@@ -161,14 +164,21 @@ def html_examples(examples: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
+def pair_title(facts: Facts) -> str:
+    """The evaluation's heading: "Base vs tuned", or the two sides by name ("support-sft vs support-dpo")."""
+    return "Base vs tuned" if facts.sides == ("base", "tuned") else f"{facts.sides[0]} vs {facts.sides[1]}"
+
+
 def html_eval(facts: Facts) -> str:
     """The HTML evaluation section: metric table plus biggest wins and losses, or the headline when not evaluated."""
     if not facts.metrics:
-        return f"<h2>Base vs tuned</h2><p>{esc(headline(facts))}</p>"
-    parts = [f"<h2>Base vs tuned ({esc(facts.task)}, {facts.eval_rows} held-out rows)</h2>", html_metrics(facts)]
+        return f"<h2>{esc(pair_title(facts))}</h2><p>{esc(headline(facts))}</p>"
+    parts = [f"<h2>{esc(pair_title(facts))} ({esc(facts.task)}, {facts.eval_rows} held-out rows)</h2>",
+             html_metrics(facts)]
     if facts.counts is not None:
-        parts += ["<h2>Biggest wins (tuned better)</h2>", html_examples(facts.wins),
-                  "<h2>Biggest losses (tuned worse)</h2>", html_examples(facts.losses)]
+        b = facts.sides[1]
+        parts += [f"<h2>Biggest wins ({esc(b)} better)</h2>", html_examples(facts.wins, facts.sides),
+                  f"<h2>Biggest losses ({esc(b)} worse)</h2>", html_examples(facts.losses, facts.sides)]
     return "".join(parts)
 
 
@@ -183,6 +193,7 @@ def render_html(facts: Facts) -> str:
         f"<h1>Fine-tuning report</h1><p class='sub'>Run {esc(facts.run_id)} · {esc(facts.model)} · "
         f"{esc(facts.state)}</p><div class='headline'>{esc(headline(facts))}</div>{not_run}"
         f"<h2>What was trained on what</h2>{html_pairs([('Base model', facts.model)] + facts.data)}"
+        f"{html_section(facts.chain) if facts.chain else ''}"
         f"<h2>Training</h2>{html_pairs(facts.training)}{curve}"
         f"<h2>Configuration</h2>{html_pairs(facts.config)}"
         f"{html_eval(facts)}{''.join(html_section(s) for s in facts.checks)}"
@@ -216,20 +227,20 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def md_examples(examples: list[dict]) -> str:
+def md_examples(examples: list[dict], sides: tuple[str, str] = ("base", "tuned")) -> str:
     """Per-example rows as a Markdown table, texts clipped and made inert; "None." when empty."""
     if not examples:
         return "None."
     rows = [[str(e["row"]), *(md(clip(e[k])) for k in ("input", "reference", "base", "tuned")),
              f"{e['delta']:+.3f}"] for e in examples]
-    return md_table(["row", "prompt", "reference", "base output", "tuned output", "Δ"], rows)
+    return md_table(["row", "prompt", "reference", *(md(f"{s} output") for s in sides), "Δ"], rows)
 
 
 def md_metrics(facts: Facts) -> str:
     """The base-vs-tuned metric table in Markdown (the metric name made inert), then each metric's sentence."""
     rows = [[md(c) if i == 0 else c for i, c in enumerate(metric_cells(e))] for e in facts.metrics]
     said = "".join(f"\n- {md(s)}" for s in metric_sentences(facts))
-    return md_table(METRIC_HEADER, rows) + (f"\n{said}" if said else "")
+    return md_table([md(h) for h in metric_header(facts.sides)], rows) + (f"\n{said}" if said else "")
 
 
 def md_section(section: Section, level: str = "##") -> str:
@@ -252,11 +263,13 @@ def md_pairs(pairs: list[tuple[str, str]]) -> str:
 def md_eval(facts: Facts, level: str = "##") -> str:
     """The Markdown evaluation section, its headings at `level` (the Markdown "#" marks)."""
     if not facts.metrics:
-        return f"{level} Base vs tuned\n\n{headline(facts)}\n"
-    parts = [f"{level} Base vs tuned ({md(facts.task)}, {facts.eval_rows} held-out rows)\n", md_metrics(facts)]
+        return f"{level} {md(pair_title(facts))}\n\n{headline(facts)}\n"
+    parts = [f"{level} {md(pair_title(facts))} ({md(facts.task)}, {facts.eval_rows} held-out rows)\n",
+             md_metrics(facts)]
     if facts.counts is not None:
-        parts += [f"\n{level} Biggest wins (tuned better)\n", md_examples(facts.wins),
-                  f"\n{level} Biggest losses (tuned worse)\n", md_examples(facts.losses)]
+        b = md(facts.sides[1])
+        parts += [f"\n{level} Biggest wins ({b} better)\n", md_examples(facts.wins, facts.sides),
+                  f"\n{level} Biggest losses ({b} worse)\n", md_examples(facts.losses, facts.sides)]
     return "\n".join(parts) + "\n"
 
 
@@ -269,7 +282,8 @@ def render_markdown(facts: Facts, curve_file: str | None = CURVE_FILE) -> str:
     return "\n".join([
         "# Fine-tuning report\n", f"Run `{facts.run_id}` · {md(facts.model)} · {md(facts.state)}\n",
         f"> {md(headline(facts))}\n", not_run, "## What was trained on what\n",
-        md_pairs([("Base model", facts.model)] + facts.data), "\n## Training\n", md_pairs(facts.training),
+        md_pairs([("Base model", facts.model)] + facts.data), "", *([md_section(facts.chain)] if facts.chain else []),
+        "\n## Training\n", md_pairs(facts.training),
         "", curve, "\n## Configuration\n", md_pairs(facts.config), "", md_eval(facts),
         *(md_section(s) for s in facts.checks), "## Blind A/B votes\n", votes, "",
     ])

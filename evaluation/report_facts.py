@@ -21,7 +21,7 @@ CURVE_FILE = "loss_curve.png"
 HTML_FILE = "report.html"
 MD_FILE = "report.md"
 MAX_CELL = 400  # characters of a prompt or output shown per example
-CONFIG_KEYS = ("method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "num_epochs",
+CONFIG_KEYS = ("parent_run", "objective", "beta", "loss_type", "reference", "method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "num_epochs",
                "max_steps", "learning_rate", "lr_scheduler", "warmup_steps", "batch_size", "grad_accum",
                "max_length", "packing", "completion_only_loss", "seed")
 
@@ -47,6 +47,8 @@ class Facts:
     votes: dict | None = None  # chat.tally, plus "interval" and "verdict_text" (report_checks.vote_interval)
     checks: list = field(default_factory=list)  # report_checks.Section of each saved check
     not_run: list[str] = field(default_factory=list)  # what was not done for this run, in words
+    sides: tuple[str, str] = ("base", "tuned")  # how the evaluation names its two sides (e.g. a parent run)
+    chain: object = None  # report_chain.chain_section: base -> parent -> this run, when it has a parent
 
 
 # -- facts --------------------------------------------------------------------------------
@@ -133,7 +135,9 @@ def training_facts(run: Run) -> list[tuple[str, str]]:
         facts.append(("Training loss", f"{train[0][1]:.4f} → {train[-1][1]:.4f}"))
     if held:
         facts.append(("Held-out loss (end)", f"{held[-1][1]:.4f}"))
-    return facts
+    from evaluation.report_chain import preference_facts
+
+    return facts + preference_facts(run)
 
 
 def loss_figure(run: Run):
@@ -185,11 +189,24 @@ def add_eval(facts: Facts, run: Run, n_examples: int) -> None:
     except (OSError, ValueError, KeyError):
         return  # being rewritten by an evaluation right now, or damaged: report without it
     facts.task, facts.eval_rows = comparison.task, comparison.rows
+    facts.sides = eval_sides(run)
     facts.metrics = [{**e, "verdict": judged(e)} for e in comparison.summary]
     if not comparison.examples.empty:
         facts.counts = (comparison.wins, comparison.ties, comparison.losses)
         facts.wins = _examples(comparison.biggest_wins(n_examples), n_examples)
         facts.losses = _examples(comparison.biggest_losses(n_examples), n_examples)
+
+
+def eval_sides(run: Run) -> tuple[str, str]:
+    """The names of the two sides of the run's saved evaluation (a run with a parent compares the parent
+    with itself); ("base", "tuned") for results saved before sides were recorded."""
+    try:
+        labels = json.loads((run.eval_dir / "meta.json").read_text(encoding="utf-8")).get("labels") or {}
+    except (OSError, ValueError, AttributeError):
+        labels = {}
+    if not isinstance(labels, dict) or not labels.get("a") or not labels.get("b"):
+        return ("base", "tuned")
+    return (str(labels["a"]), str(labels["b"]))
 
 
 def read_votes(run: Run) -> list[dict]:
@@ -204,6 +221,7 @@ def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
 
     `n_examples` caps the biggest wins and losses listed; `with_curve=False` skips drawing the
     loss PNG (matplotlib), for callers that do not show it."""
+    from evaluation.report_chain import chain_section
     from evaluation.report_checks import check_sections, vote_interval
     from finetune_core.inference.chat import tally
 
@@ -214,6 +232,7 @@ def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
                   training=training_facts(run), curve_png=loss_curve_png(run) if with_curve else None,
                   votes={**tally(votes), **vote_interval(votes)} if votes else None)
     add_eval(facts, run, n_examples)
+    facts.chain = chain_section(run)
     facts.checks, missing = check_sections(run)
     facts.not_run = (["held-out evaluation"] if not facts.metrics else []) + missing + (
         [] if votes else ["blind A/B votes"])

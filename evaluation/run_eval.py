@@ -1,9 +1,18 @@
-"""Evaluate a trained run: base vs tuned on the run's own held-out rows.
+"""Evaluate a trained run: two sides (base vs tuned by default) on the run's own held-out rows.
 
 `evaluate_run(run)` loads the run's base weights with its adapter (one copy in
 memory), generates greedily for every held-out prompt twice — adapter off
 (base) and adapter on (tuned) — scores both with `evaluation.compare` and
 saves the result in `runs/<id>/eval/` (results.json, examples.csv, meta.json).
+
+Any two sides (finetune_core.inference.sides: "base" or "run:<id>", a run's
+whole chain) can be compared instead: ``sides=(a, b)``. A run's default pair
+(`default_sides`: its parent vs the run, else base vs the run) is saved in
+`runs/<id>/eval/`; any other pair in `runs/<id>/eval/pairs/<a>--vs--<b>/`,
+and meta.json records "sides" and their "labels". The rows are `run`'s (pass
+the newer run of the pair). Preference pairs (prompt / chosen / rejected) are
+scored by reward accuracy on both sides, plus generation on the first prompts
+with chosen as the reference (evaluation/pair_eval.py).
 
     python -m evaluation --run runs/<id> --json
 
@@ -46,6 +55,7 @@ import pandas as pd
 from evaluation.compare import SCORE_COLUMNS, TEXT_COLUMNS, Comparison, compare
 from evaluation.heldout_loss import add_losses, check_cancel, heldout_loss_rows, mark_direction
 from evaluation.metric_registry import SHIPPED, load_metric, metric_names
+from evaluation.pair_eval import PAIRS_DIR, check_sides, result_dir, side_meta
 from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.errors import InputError
 from finetune_core.limits import limits
@@ -173,7 +183,10 @@ def _phases(with_generation: bool, with_loss: bool) -> dict[tuple[bool, str], tu
     return spans
 
 
-def _side_name(tuned: bool) -> str:
+def _side_name(tuned: bool, labels: dict | None = None) -> str:
+    """A side in progress messages: base and tuned as ever, other sides by their label."""
+    if labels and labels.get("a") != "Base model":
+        return f"Side {'B' if tuned else 'A'} ({labels['b' if tuned else 'a']})"
     return "Tuned (adapter on)" if tuned else "Base (adapter off)"
 
 
@@ -185,7 +198,7 @@ def _run_side(model, tuned: bool, rows: list[dict], prompts: list[list[dict]] | 
     """Generate (when prompts are given) and/or score loss for one side.
     Returns (outputs, each row's loss statistics, seconds by phase)."""
     outputs, loss, seconds = None, None, {}
-    name = _side_name(tuned)
+    name = _side_name(tuned, side_meta(model).get("labels"))
     if (tuned, "generate") in spans:
         start = time.perf_counter()
         report = _span(progress, *spans[(tuned, "generate")], f"{name}: generating")
@@ -217,17 +230,21 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
                  max_new_tokens: int | None = None, with_loss: bool = False,
                  progress: Progress | None = None, cancel: threading.Event | None = None,
                  model=None, load_model: Callable[[], object] | None = None,
-                 metrics: list[str] | str | None = None) -> Comparison:
-    """Score base and tuned on the same rows, save to run.eval_dir, return the Comparison.
+                 metrics: list[str] | str | None = None, sides: tuple[str, str] | None = None) -> Comparison:
+    """Score two sides on the same rows, save to `result_dir(run, sides)`, return the Comparison.
 
-    `metrics` adds metrics to the task's defaults (["chrf", "bleu"] or "chrf,bleu").
-    `model` reuses an already-loaded `InferenceModel` of this run; `load_model`
-    gets one (the UI's shared copy) only after every check here has passed;
-    otherwise it is loaded from the run. Raises InputError (a ValueError) on unusable input
-    or an unknown metric, RunError when the run has no adapter (both StudioErrors),
-    InterruptedError when `cancel` is set (nothing is written then).
+    `sides` (side keys, default `default_sides(run)`): side A is the Comparison's "base", side B its
+    "tuned". `metrics` adds metrics to the task's defaults (["chrf", "bleu"] or "chrf,bleu").
+    `model` reuses an already-loaded `InferenceModel` of these sides; `load_model` gets one (the UI's
+    shared copy) only after every check here has passed; otherwise it is loaded. Raises InputError
+    (a ValueError) on unusable input or an unknown metric, RunError when a run has no adapter (both
+    StudioErrors), InterruptedError when `cancel` is set (nothing is written then).
     """
+    from evaluation.pair_eval import evaluate_pairs
+    from evaluation.reward_accuracy import is_pair_rows
+
     extra = _check_args(limit, batch_size, max_new_tokens, metrics)
+    sides = check_sides(run, sides)
     for name in extra:
         if name not in SHIPPED:
             load_metric(name)  # a Hub metric is fetched now: a bad name fails before the model loads
@@ -242,22 +259,27 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
                          "with_loss=True, --loss on the command line.")
     check_cancel(cancel)
     say = progress or (lambda _text, _fraction: None)
-    model = model or load_run_model(run, say, load_model)
+    model = model or load_run_model(run, say, load_model, sides=sides)
     if not model.has_tuned:
         raise InputError(f"Run {run.id} has no tuned side to compare (no adapter loaded).")
-    task = LM_TASK if lm else ("classification" if labels else "generation")
-    comparison, meta = _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens,
-                                 with_loss, say, cancel, extra)
-    meta.update(source=source, limit=limit)
-    save_evaluation(run, comparison, meta)
+    if is_pair_rows(rows):
+        comparison, meta = evaluate_pairs(model, run, rows, batch_size, max_new_tokens, with_loss, say, cancel,
+                                          extra)
+    else:
+        task = LM_TASK if lm else ("classification" if labels else "generation")
+        comparison, meta = _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens,
+                                     with_loss, say, cancel, extra)
+    meta.update(source=source, limit=limit, **side_meta(model, sides))
+    save_evaluation(run, comparison, meta, result_dir(run, sides))
     say("Done.", 1.0)
     return comparison
 
 
-def load_run_model(run, say: Progress, load_model: Callable[[], object] | None = None, at: float = 0.0):
+def load_run_model(run, say: Progress, load_model: Callable[[], object] | None = None, at: float = 0.0,
+                   sides: tuple[str, str] | None = None):
     """The run's model (through ``load_model`` when given: the app's shared copy), once the run is known to
-    have an adapter; the held-out evaluation, the general-skill check and the judge all start here.
-    Loading messages go to ``say`` at bar position ``at``."""
+    have an adapter: its default pair, or `sides`; the held-out evaluation, the general-skill check and
+    the judge all start here. Loading messages go to ``say`` at bar position ``at``."""
     from finetune_core.inference.generation import InferenceModel
     from finetune_core.runs.store import RunError
 
@@ -266,6 +288,8 @@ def load_run_model(run, say: Progress, load_model: Callable[[], object] | None =
     say("Loading the model (its first use takes a few seconds)...", at)
     if load_model is not None:
         return load_model()
+    if sides is not None:
+        return InferenceModel.for_sides(*sides, progress=lambda message: say(message, at), runs=(run,))
     return InferenceModel.from_run(run, progress=lambda message: say(message, at))
 
 
@@ -309,37 +333,45 @@ def _evaluate(model, run, rows, task, labels, batch_size, max_new_tokens, with_l
 
 # -- saving -------------------------------------------------------------------
 
-def save_evaluation(run, comparison: Comparison, meta: dict) -> Path:
-    """Replace run.eval_dir with a complete new evaluation (results, examples, meta).
+def save_evaluation(run, comparison: Comparison, meta: dict, folder: Path | None = None) -> Path:
+    """Replace `folder` (default run.eval_dir) with a complete new evaluation (results, examples, meta).
 
     Written to a sibling folder first and swapped in by rename, so a reader
     never sees results.json from one evaluation beside examples.csv from
-    another, and a failed save leaves the previous evaluation in place.
+    another, and a failed save leaves the previous evaluation in place. The
+    other pairs' results (eval/pairs/) move into the new eval/ with it.
     """
     from finetune_core.runs.store import write_json_atomic
 
-    tmp = run.path / f".eval-tmp-{os.getpid()}"
-    old = run.path / f".eval-old-{os.getpid()}"
+    target = Path(folder or run.eval_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}-tmp-{os.getpid()}"
+    old = target.parent / f".{target.name}-old-{os.getpid()}"
     for leftover in (tmp, old):  # from a process with our pid that died mid-save
         shutil.rmtree(leftover, ignore_errors=True)
+    keep = target / PAIRS_DIR if target == run.eval_dir else None
     try:
         comparison.save(tmp)
         write_json_atomic(tmp / META_FILE, meta)
-        if run.eval_dir.exists():
-            run.eval_dir.rename(old)
+        if keep is not None and keep.is_dir():
+            keep.rename(tmp / PAIRS_DIR)
+        if target.exists():
+            target.rename(old)
         try:
-            tmp.rename(run.eval_dir)
+            tmp.rename(target)
         except OSError:
             if old.exists():  # put the previous evaluation back
-                old.rename(run.eval_dir)
+                old.rename(target)
             raise
     finally:
+        if keep is not None and (tmp / PAIRS_DIR).is_dir() and not keep.exists():
+            (tmp / PAIRS_DIR).rename(keep)  # the swap failed: the pairs go back where they were
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
-    return run.eval_dir
+    return target
 
 
-def load_meta(run) -> dict:
-    """The meta.json of the run's last evaluation ({} when there is none)."""
-    path = run.eval_dir / META_FILE
+def load_meta(run, sides: tuple[str, str] | None = None) -> dict:
+    """The meta.json of the run's last evaluation of `sides` (default: its default pair); {} when there is none."""
+    path = result_dir(run, sides) / META_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -27,7 +27,9 @@ from evaluation.metric_registry import DEFAULT_METRICS, compute_metric, metric_n
 from evaluation.metrics import TASKS, canonical_label, classification_metrics, default_labels, extract_label, \
     reference_list
 
-HEADLINE = {"generation": "rougeL", "classification": "accuracy"}  # ranks each row's win / tie / loss
+# ranks each row's win / tie / loss; "preference" (held-out pairs, evaluation/pair_eval.py) is headlined
+# by reward accuracy, while its rows are still ranked by rougeL against chosen
+HEADLINE = {"generation": "rougeL", "classification": "accuracy", "preference": "reward_accuracy"}
 
 
 @dataclass

@@ -157,7 +157,8 @@ def add_chat_arguments(c: argparse.ArgumentParser) -> None:
 
 
 def cmd_chat(args) -> int:
-    """Ask base and tuned the same question and print both answers."""
+    """Ask the run and what it is compared with (its parent, else the base) the same question and print
+    both answers."""
     from finetune_core.inference.chat import ChatSession, stream_chat
     from finetune_core.inference.generation import GenSettings, InferenceModel
     from finetune_core.runs.store import run_from_dir
@@ -170,7 +171,11 @@ def cmd_chat(args) -> int:
     base = tuned = ""
     for base, tuned in stream_chat(model, session, args.prompt, GenSettings(max_new_tokens=args.max_new_tokens)):
         pass
-    print(f"base:  {base.strip()}\ntuned: {tuned.strip()}")
+    keys = model.side_keys or ("base", "")
+    if keys[0] == "base":
+        print(f"base:  {base.strip()}\ntuned: {tuned.strip()}")
+    else:  # a run started from another run answers beside its parent
+        print(f"{model.side_labels[False]}: {base.strip()}\n{model.side_labels[True]}: {tuned.strip()}")
     return 0
 
 

@@ -7,8 +7,11 @@ default, so a short CPU LoRA run (60 steps x 8 rows) shows a visible change:
 * calc_chats.jsonl     multi-turn messages: the CALC-9 persona, "CALC-9 >> 12 + 7 = 19"
 * support_notes.csv    custom columns note/summary: WHO / WHAT / WHEN / URGENCY summaries
 * customer_intents.csv classification text/label: five snake_case intent labels
+* helpful_pairs.jsonl  preference pairs prompt/chosen/rejected: a short, correct, polite answer
+                       preferred to a wrong, rude or rambling one (DPO / ORPO)
+* helpful_thumbs.jsonl thumbs up/down, messages + true/false label: the same answers, one a row (KTO)
 
-    python sample_data/make_samples.py          # rewrites the four files next to this script
+    python sample_data/make_samples.py          # rewrites the six files next to this script
 """
 from __future__ import annotations
 
@@ -265,6 +268,72 @@ def customer_intents(rng: random.Random, per_label: int = 90) -> list[dict]:
     return rows
 
 
+# prompt, the preferred answer (short, correct, polite), the rejected one (wrong, rude or rambling)
+HELPFUL = [
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa.",
+     "Toronto, obviously. Everybody knows that."),
+    ("How many days are in a leap year?", "A leap year has 366 days.",
+     "Leap years have 365 days, same as the others, more or less, depending on how you count."),
+    ("Can you help me reset my password?",
+     "Of course: click 'Forgot password' on the sign-in page and follow the link in the email.",
+     "Figure it out yourself, the button is right there."),
+    ("What is 12 times 8?", "12 times 8 is 96.", "12 times 8 is 108."),
+    ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun.",
+     "Venus, or maybe Mars; they are all fairly close if you think about it for long enough."),
+    ("Thanks for your help today!", "You're welcome, I'm glad I could help!",
+     "Whatever. Ask someone else next time."),
+    ("What does CPU stand for?", "CPU stands for central processing unit.",
+     "Computer Power Unit, the box that makes the computer go."),
+    ("How do I boil an egg?", "Put the egg in boiling water for about nine minutes, then cool it in cold water.",
+     "Eggs have been eaten for thousands of years in many cultures, and there are countless ways to cook them, "
+     "each with its own long story."),
+    ("Is it safe to look straight at the Sun?", "No, looking straight at the Sun can damage your eyes.",
+     "Sure, a quick stare never hurt anyone."),
+    ("At what temperature does water boil at sea level?", "Water boils at 100 degrees Celsius at sea level.",
+     "Water boils at 50 degrees Celsius."),
+    ("My order arrived damaged.", "I'm sorry about that; reply with your order number and we will send a replacement.",
+     "Not our problem, the courier dropped it."),
+    ("How do you say 'thank you' in French?", "'Thank you' in French is 'merci'.", "It's 'gracias'."),
+    ("How many legs does a spider have?", "A spider has eight legs.", "Six, like every other insect."),
+    ("Give me a word that means 'happy'.", "'Joyful' means happy.", "'Sad'."),
+    ("In which year did people first walk on the Moon?", "People first walked on the Moon in 1969.",
+     "In 1989, or never, depending on who you ask."),
+    ("Explain photosynthesis in one sentence.",
+     "Plants use sunlight to turn water and carbon dioxide into sugar and oxygen.",
+     "Photosynthesis is a long and complicated story that begins with the history of botany and goes on "
+     "for quite a while before getting anywhere near plants."),
+    ("What is the square root of 81?", "The square root of 81 is 9.", "The square root of 81 is 8.1."),
+    ("Can I return shoes I have already worn?",
+     "Worn shoes cannot be returned, but unworn pairs can be returned within 30 days.",
+     "Read the policy yourself, I'm busy."),
+    ("What colour do you get by mixing blue and yellow?", "Mixing blue and yellow gives green.", "You get purple."),
+    ("Please say hello to my class.", "Hello everyone, I hope you have a great lesson today!",
+     "I don't do greetings."),
+    ("How many minutes are in two hours?", "Two hours have 120 minutes.", "Two hours have 200 minutes."),
+    ("What is the largest ocean on Earth?", "The Pacific is the largest ocean on Earth.",
+     "The Atlantic, by a long way."),
+    ("Suggest a quick healthy snack.", "An apple with a handful of nuts is quick and healthy.",
+     "Honestly, snacks are snacks; there are so many options that it is really hard to say anything useful "
+     "about any of them."),
+    ("Which gas do people need to breathe?", "People need oxygen to breathe.", "Carbon dioxide, mostly."),
+]
+
+
+def helpful_pairs() -> list[dict]:
+    """TRL's explicit preference layout, as strings: prompt, chosen, rejected."""
+    return [{"prompt": p, "chosen": good, "rejected": bad} for p, good, bad in HELPFUL]
+
+
+def helpful_thumbs() -> list[dict]:
+    """Thumbs up/down (KTO): each prompt once, with its good answer (true) or its bad one (false) in turn."""
+    rows = []
+    for i, (prompt, good, bad) in enumerate(HELPFUL):
+        answer = good if i % 2 == 0 else bad
+        rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                     "label": i % 2 == 0})
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -283,6 +352,8 @@ def main() -> None:
     write_jsonl(HERE / "calc_chats.jsonl", calc_chats(random.Random(SEED + 1)))
     write_csv(HERE / "support_notes.csv", support_notes(random.Random(SEED + 2)))
     write_csv(HERE / "customer_intents.csv", customer_intents(random.Random(SEED + 3)))
+    write_jsonl(HERE / "helpful_pairs.jsonl", helpful_pairs())
+    write_jsonl(HERE / "helpful_thumbs.jsonl", helpful_thumbs())
 
 
 if __name__ == "__main__":

@@ -183,9 +183,9 @@ def test_private_events_check_the_visitor_too(launched, trained_run, tmp_path):
     alice, bob = Browser(url), Browser(url)
     alice.login("alice", "pw-alice-123")
     bob.login("bob", "pw-bob-4567")
-    seen = bob.call(index, [trained_run.id, "Biggest wins first"])
+    seen = bob.call(index, [trained_run.id, "Biggest wins first", None, None])  # run, order, side A, side B
     assert seen["success"] is False and "does not exist" in str(seen["output"])
-    shown = alice.call(index, [trained_run.id, "Biggest wins first"])
+    shown = alice.call(index, [trained_run.id, "Biggest wins first", None, None])
     # the status line names the run by its human name
     assert shown["success"] is True and trained_run.name in str(shown["output"]["data"])
 

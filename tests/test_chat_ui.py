@@ -129,8 +129,9 @@ def test_picker_defaults_to_the_latest_run_unless_the_visitor_picked(trained_run
     assert chat_tab.on_load(ctx, "")[0].value == "base:bundled"  # no run yet
     shutil.copytree(trained_run.path, runs_root / trained_run.id)
     key = f"run:{trained_run.id}"
-    dropdown, chips, examples, wrap, single, note, status, tally = chat_tab.on_load(ctx, "")
+    dropdown, chips, examples, wrap, single, note, status, tally, side_a = chat_tab.on_load(ctx, "")
     assert dropdown.value == key and chips.visible and trained_run.name in status  # a fresh page or a reload
+    assert side_a.visible and side_a.value == "base"  # a run without a parent is compared with its base
     assert chat_tab.follow_shared_run(ctx, "", "base:bundled", None, "").value == key  # tab opened, no pick
     assert chat_tab.follow_shared_run(ctx, "", "base:bundled", None, "base:bundled").value == "base:bundled"
     assert chat_tab.follow_shared_run(ctx, "", "base:bundled").value == key  # the old call (guided demo, app.py)

@@ -1,7 +1,12 @@
-"""Which models a visitor may chat with: the Chat tab's model choices.
+"""Which models a visitor may chat with: the Chat tab's model choices and the side it is compared with.
 
 A choice is a key: ``run:<run id>`` (base + that run's adapter) or
-``base:<model source>`` (the deployment's base model alone). Only runs the
+``base:<model source>`` (the deployment's base model alone). A run answers in
+the right pane (side B); the left pane (side A) answers as the side picked in
+"Compare with": the base model, the run's parent (the default for a run that
+has one), an ancestor, or another run on the same base model
+(finetune_core/inference/sides.py). A pair other than the run's default is
+loaded under the model key ``sides:<a>|<b>`` (`chat_key`). Only runs the
 visitor may see (finetune_core/runs/ownership.py, showcase runs included) and the
 deployment's own base model are offered, and a key sent by a client is checked
 again before any model is loaded: anything else would be a model load of the
@@ -11,7 +16,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from finetune_core.runs.ownership import Visitor, can_view
+from finetune_core.inference.sides import BASE, default_sides, pair_key, side_choices
+from finetune_core.runs.ownership import Visitor, can_view, visible_runs
 from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
 
 from .context import AppContext
@@ -79,3 +85,61 @@ def key_run(key, who: Visitor | None = None) -> Run | None:
     except RunError:
         return None
     return run if who is None or can_view(run.path, who) else None
+
+
+# -- side A (the left pane) -------------------------------------------------------------------
+def side_a_choices(key, who: Visitor | None = None) -> list[tuple[str, str]]:
+    """What the run behind `key` may be compared with (the run itself left out: it is side B), among
+    the runs `who` may see; [] for the base model alone or a run that is gone."""
+    run = key_run(key, who or Visitor())
+    if run is None:
+        return []
+    own = RUN_PREFIX + run.id
+    return [(label, side) for label, side in side_choices(run, visible_runs(who or Visitor())) if side != own]
+
+
+def side_a_default(key, choices: list[tuple[str, str]], picked=None) -> str | None:
+    """The side A to select: the visitor's pick while it is offered, else the run's default side A."""
+    values = [v for _, v in choices]
+    if picked in values:
+        return picked
+    run = key_run(key)
+    default = default_sides(run)[0] if run is not None else None
+    return default if default in values else (values[0] if values else None)
+
+
+def side_a_picker(key, who: Visitor | None = None, picked=None) -> gr.Dropdown:
+    """The "Compare with" dropdown for a newly chosen model: its choices, the default selected, hidden
+    for the base model alone."""
+    choices = side_a_choices(key, who)
+    return gr.Dropdown(choices=choices, value=side_a_default(key, choices, picked), visible=bool(choices))
+
+
+def chat_pair(key, side_a) -> tuple[str, str] | None:
+    """(side A, side B) when `key` names a run (side A: `side_a`, else the run's default); None for the
+    base model alone."""
+    run = key_run(key)
+    if run is None:
+        return None
+    a = side_a if isinstance(side_a, str) and side_a else default_sides(run)[0]
+    return a, RUN_PREFIX + run.id
+
+
+def chat_key(key: str, side_a) -> str:
+    """The model cache key for a chat: `key` itself for the base model alone or the run's default pair,
+    else the pair's ``sides:`` key."""
+    pair = chat_pair(key, side_a)
+    if pair is None or pair == default_sides(key_run(key)):
+        return key
+    return pair_key(*pair)
+
+
+def check_side_a(side_a, key, who: Visitor | None = None):
+    """`side_a` when it is offered to this visitor for the model `key` (`side_a_choices`: the base
+    model, the run's ancestors, runs they may see on the same base), or None for the run's default.
+    Raises gr.Error for anything else."""
+    if side_a in (None, ""):
+        return None
+    if side_a not in [value for _, value in side_a_choices(key, who)]:
+        raise gr.Error("Pick what to compare with from the list.")
+    return side_a

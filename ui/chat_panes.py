@@ -17,9 +17,10 @@ def session_of(value) -> chat.ChatSession:
     return value if isinstance(value, chat.ChatSession) else chat.ChatSession()
 
 
-def pane_labels(blind: bool) -> tuple[str, str]:
-    """(left, right) pane labels: the models' roles, or neutral letters in blind mode."""
-    return ("Model A", "Model B") if blind else ("Base", "Tuned")
+def pane_labels(blind: bool, sides: tuple[str, str] = ("Base", "Tuned")) -> tuple[str, str]:
+    """(left, right) pane labels: the sides' names (Base / Tuned, or two runs' names), or neutral letters
+    in blind mode."""
+    return ("Model A", "Model B") if blind else tuple(sides)
 
 
 def panes_with(session: chat.ChatSession, message: str) -> tuple[list[dict], list[dict]]:
@@ -33,5 +34,5 @@ def panes_with(session: chat.ChatSession, message: str) -> tuple[list[dict], lis
 def chatbots(session: chat.ChatSession):
     """Both panes as Chatbot updates: the session's turns under the mode's labels."""
     left, right = chat.panes(session)
-    a, b = pane_labels(session.blind)
+    a, b = pane_labels(session.blind, session.side_labels)
     return gr.Chatbot(value=left, label=a), gr.Chatbot(value=right, label=b)

@@ -5,7 +5,10 @@ page load, on reload and when the tab is opened, unless the visitor picked
 another model on this page (`default_choice`); the run shared between tabs
 (trained or picked elsewhere in this session) comes before the latest. A new
 model starts a new conversation with that run's held-out prompts as chips and
-its prompt-template settings.
+its prompt-template settings. Beside it, "Compare with" (`side_a_picker`)
+picks what the left pane answers as; it resets to the run's default side
+(its parent, else the base model) whenever the model changes, and a new side
+also starts a new conversation (`change_side`).
 """
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ import gradio as gr
 from finetune_core.inference import chat
 
 from .access import visitor
-from .chat_models import RUN_PREFIX, default_choice, run_choices
+from .chat_models import RUN_PREFIX, default_choice, run_choices, side_a_choices, side_a_default
 from .chat_panes import chatbots, session_of
 from .chat_prompts import chips, examples_for, prompt_controls
-from .chat_send import status_line
+from .chat_send import set_sides, status_line
 from .chat_votes import run_tally
 from .context import AppContext
 from .errors import shows_errors
@@ -36,14 +39,24 @@ def choose(ctx: AppContext, run_id, picked=None, current=None, request: gr.Reque
     return gr.Dropdown(choices=choices, value=value)
 
 
-def model_view(ctx: AppContext, key, blind: bool = False, request: gr.Request | None = None) -> tuple:
+def model_view(ctx: AppContext, key, blind: bool = False, request: gr.Request | None = None,
+               side_a=None) -> tuple:
     """What follows the chosen model: (chips, their prompts, wrap checkbox, single-turn checkbox,
     template note, status line, tally)."""
     who = visitor(request)
     key = key if isinstance(key, str) else ""
     examples = examples_for(key, who)
     return (chips(examples, key, who), examples, *prompt_controls(key, who, blind),
-            status_line(ctx, key, blind=blind), run_tally(key, request, blind))
+            status_line(ctx, key, blind=blind, side_a=side_a), run_tally(key, request, blind, side_a))
+
+
+def side_picker(key, request: gr.Request | None = None) -> tuple[gr.Dropdown, str | None]:
+    """(the "Compare with" dropdown for `key`, its value): the run's default side selected, hidden for
+    the base model alone. The value is returned apart: an update's attributes are not readable
+    inside a running event."""
+    choices = side_a_choices(key, visitor(request))
+    value = side_a_default(key, choices)
+    return gr.Dropdown(choices=choices, value=value, visible=bool(choices)), value
 
 
 @shows_errors
@@ -59,7 +72,8 @@ def on_load(ctx: AppContext, run_id: str | None, current: str | None = None, req
     `current` (the value the page was built with) is not kept: a new page has picked nothing yet."""
     # the update's attributes are not readable inside a running event: keep the value apart
     choices, value = choices_and_value(ctx, run_id, "", None, request)
-    return (gr.Dropdown(choices=choices, value=value), *model_view(ctx, value, False, request))
+    picker, side_a = side_picker(value, request)
+    return (gr.Dropdown(choices=choices, value=value), *model_view(ctx, value, False, request, side_a), picker)
 
 
 @shows_errors
@@ -90,8 +104,26 @@ def remember_pick(key):
 @shows_errors
 def change_model(ctx: AppContext, state, key: str, blind: bool = False, request: gr.Request = None):
     """A new model means a new conversation (each history belongs to its model) and its own chips,
-    template settings, status and tally."""
+    template settings, status, tally and "Compare with" choices (its default side selected)."""
     session = session_of(state)
     chat.clear(session)
+    picker, side_a = side_picker(key, request)
+    set_sides(session, key if isinstance(key, str) else "", side_a)
     left, right = chatbots(session)
-    return (session, left, right, gr.Row(visible=False), *model_view(ctx, key, bool(blind), request))
+    return (session, left, right, gr.Row(visible=False), *model_view(ctx, key, bool(blind), request, side_a),
+            picker)
+
+
+@shows_errors
+def change_side(ctx: AppContext, state, key: str, side_a, blind: bool = False, request: gr.Request = None):
+    """The visitor picked what the left pane answers as: a new conversation between the new pair, with
+    its pane labels, status and tally. Returns (session, left, right, vote row, status, tally)."""
+    from .chat_models import check_side_a
+
+    session = session_of(state)
+    side_a = check_side_a(side_a, key, visitor(request))
+    chat.clear(session)
+    set_sides(session, key if isinstance(key, str) else "", side_a)
+    left, right = chatbots(session)
+    return (session, left, right, gr.Row(visible=False), status_line(ctx, key, blind=bool(blind), side_a=side_a),
+            run_tally(key, request, bool(blind), side_a))

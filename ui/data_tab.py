@@ -1,11 +1,14 @@
-"""Data tab: pick a sample or upload a file, map its columns, see what the model will learn.
+"""Data tab: pick a sample, upload a file or take a run's votes, map its columns, see what the model will learn.
 
-A file goes in once (a sample click, or an upload copied into the server's
-uploads folder under a generated name) and comes back as one view: detected
+A file goes in once (a sample click, an upload copied into the server's
+uploads folder under a generated name, or the votes.jsonl of a run the visitor
+may use, ``ui/data_uploads.py``) and comes back as one view: detected
 format and counts, every issue with its row number, label counts, token-length
 histograms, duplicates and train/held-out leakage, a preview of normalised
 rows and one example rendered through the chat template with the trained
-(completion) tokens told apart from the masked prompt tokens.
+(completion) tokens told apart from the masked prompt tokens (for a preference
+pair: the chosen and the rejected answer, each as the model sees it; the rows
+left out on purpose, such as tie votes, are counted in the summary).
 
 The mapping controls make one ``DataMapping`` (finetune_core/data/mapping.py;
 the held-out share is shown as a percentage and converted at the widget edge
@@ -30,13 +33,16 @@ from matplotlib.figure import Figure
 from finetune_core.data.dataset import FORMATS, DataReport, inspect_mapping
 from finetune_core.data.mapping import DataMapping
 from finetune_core.models.tokenizers import TokenizerCache
-from finetune_core.data.samples import SAMPLES, sample_mapping
+from finetune_core.data.samples import SAMPLES
 
+from .access import visitor
 from .context import DATA_EXTENSIONS, AppContext, DataParts, Shared
-from .data_uploads import display_name, save_upload, uploads_dir  # noqa: F401 (part of this tab's API)
-from .data_views import (ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS, TRAINED,  # noqa: F401
-                         column_labels, example_spans, held_out_fraction, held_out_percent, issues_frame,
-                         labels_frame, length_figure, md_text, preview_frame, status_text, summary_text)
+from .data_uploads import (display_name, sample_source, save_upload, upload_source, uploads_dir,  # noqa: F401
+                           vote_run_choices, votes_source, with_eval_file)
+from .data_views import (EXAMPLE_LABEL, ISSUE_COLUMNS, LABEL_COLUMNS, MASKED, PREVIEW_ROWS,  # noqa: F401
+                         REJECTED_LABEL, TRAINED, column_labels, example_label, example_spans, example_views,
+                         held_out_fraction, held_out_percent, issues_frame, labels_frame, length_figure, md_text,
+                         preview_frame, status_text, summary_text)
 from .errors import page_error, shows_errors
 
 EXAMPLE_COLOURS = {TRAINED: "#16a34a", MASKED: "#d1d5db"}
@@ -68,34 +74,6 @@ def kept_choices(mapping: DataMapping | None) -> DataMapping:
                        drop_bad_rows=base.drop_bad_rows)
 
 
-def sample_source(name: str, mapping: DataMapping | None = None) -> tuple[dict, DataMapping]:
-    """The source dict and mapping for a sample (keeps the user's split, seed and drop choices)."""
-    if name not in SAMPLES:
-        raise gr.Error(f"Unknown sample {name!r}; choose one of: {', '.join(SAMPLES)}.")
-    base = mapping or DataMapping()
-    chosen = replace(sample_mapping(name), eval_fraction=base.eval_fraction, seed=base.seed,
-                     drop_bad_rows=base.drop_bad_rows)
-    source = {"path": chosen.data_path, "name": name, "sample": name, "eval_path": "", "eval_name": ""}
-    return source, chosen
-
-
-def upload_source(file_path: str | None, max_mb: float, folder: Path | None = None) -> dict:
-    """Copy the upload into the uploads folder; the source dict names the copy."""
-    dest = save_upload(file_path, max_mb, folder)
-    return {"path": str(dest), "name": display_name(Path(file_path).name), "sample": "", "eval_path": "",
-            "eval_name": ""}
-
-
-def with_eval_file(source: dict | None, file_path: str | None, max_mb: float, folder: Path | None = None) -> dict:
-    """The source with a separate evaluation file attached (copied like any upload), or detached when None."""
-    if not source:
-        raise gr.Error("Load a training file (sample or upload) before adding an evaluation file.")
-    if not file_path:
-        return {**source, "eval_path": "", "eval_name": ""}
-    dest = save_upload(file_path, max_mb, folder)
-    return {**source, "eval_path": str(dest), "eval_name": display_name(Path(file_path).name)}
-
-
 # -- the view ---------------------------------------------------------------------
 @dataclass
 class DataView:
@@ -116,6 +94,8 @@ class DataView:
     description: str = ""
     unreadable: tuple[str, ...] = ()  # source keys ("path", "eval_path") of files that could not be read at all
     data_format: str = ""  # the format the file was read in (detected or chosen); names the column pickers
+    example_label: str = EXAMPLE_LABEL  # says which answer `example` shows (a pair's chosen one)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # a pair's rejected answer, rendered alike
 
 
 def state_for(report: DataReport, mapping: DataMapping, source: dict) -> dict:
@@ -150,7 +130,9 @@ def inspect_data(source: dict | None, mapping: DataMapping, tokenizer=None, max_
         data_format=report.format,
     )
     if tokenizer is not None and report.rows:
-        view.example = example_spans(report.rows[0], tokenizer, max_length)
+        shown = example_views(report.rows[0], tokenizer, max_length)
+        view.example, view.example_label = shown[0][1], example_label(shown[0][0])
+        view.rejected = shown[1][1] if len(shown) > 1 else []
     return view
 
 
@@ -167,6 +149,16 @@ def load_upload(file_path: str | None, tokenizer=None, mapping: DataMapping | No
     (auto-detect; the split, seed, drop and system-prompt choices are kept)."""
     source = upload_source(file_path, max_file_mb, folder)
     return inspect_new_copy(source, "path", kept_choices(mapping), tokenizer, max_length, max_file_mb, token_problem)
+
+
+def load_votes(run_id, tokenizer=None, mapping: DataMapping | None = None, max_length: int = 512,
+               max_file_mb: float = 100.0, who=None, token_problem: str = "") -> DataView:
+    """The votes of a run as the data, read as the "votes" format with a fresh mapping (the split, seed,
+    drop and system-prompt choices kept). The path is the server's (``votes_source``), and the file is
+    the run's own: unlike a refused upload, it is never deleted."""
+    source = votes_source(run_id, who)
+    chosen = replace(kept_choices(mapping), data_format="votes")
+    return inspect_data(source, chosen, tokenizer, max_length, max_file_mb, token_problem)
 
 
 def load_eval_upload(source: dict | None, file_path: str | None, tokenizer=None,
@@ -206,7 +198,7 @@ def preview_widths(frame: pd.DataFrame) -> list[str]:
     """Narrow row and label columns, so the prompt and the completion share the width. The narrow ones
     are in pixels (as wide as their header, on a phone too: a header's word is never split); the table
     scrolls sideways where the screen is narrower than them all."""
-    narrow = {"row": "60px", "label": "130px", "system": "16%"}
+    narrow = {"row": "60px", "label": "130px", "thumbs": "80px", "system": "16%"}
     share = 76 - (16 if "system" in frame.columns else 0)  # what the pixel columns leave, on a laptop
     wide = [c for c in frame.columns if c not in narrow]
     return [narrow.get(c, f"{share // max(1, len(wide))}%") for c in frame.columns]
@@ -227,10 +219,12 @@ def view_values(view: DataView) -> tuple:
         view.data_state, view.source, view.status, view.summary, view.issues,
         # y from 0: with equal counts the plot's own domain would collapse and hide the bars.
         gr.update(value=view.labels, visible=has_labels, y_lim=[0, max(view.labels["count"], default=1)]), view.lengths,
-        gr.update(value=view.preview, column_widths=preview_widths(view.preview)), view.example, description,
+        gr.update(value=view.preview, column_widths=preview_widths(view.preview)),
+        gr.update(value=view.example, label=view.example_label), description,
         m.data_format, _column_update(view.columns, m.prompt_column, prompt_label),
         _column_update(view.columns, m.completion_column, completion_label),
         m.prompt_template, m.completion_template, m.system_prompt, m.drop_bad_rows,
+        gr.update(value=view.rejected, visible=bool(view.rejected)),
     )
 
 
@@ -251,6 +245,11 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
             sample_info = gr.Markdown(elem_id="sample-description")
             upload = gr.File(label="Upload a training file", file_types=DATA_EXTENSIONS, type="filepath",
                              elem_id="data-upload")  # sized by app.py's CSS
+            with gr.Row(equal_height=True):  # filled on page load; a pick is checked by votes_source (open_run)
+                votes_dd = gr.Dropdown([], value=None, label="Or train on the votes of a run", allow_custom_value=True,
+                                       info="Blind votes from the Chat tab: the winner is chosen, the other "
+                                            "answer rejected; ties are left out.", scale=4, elem_id="data-votes")
+                votes_refresh = gr.Button("↻", size="sm", scale=0, min_width=40, elem_id="data-votes-refresh")
             with gr.Accordion("Mapping and split", open=True):
                 defaults = DataMapping()
                 mapping = {  # keyed by DataMapping field: current() reads them back by name
@@ -289,15 +288,17 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
             issues = gr.Dataframe(pd.DataFrame(columns=ISSUE_COLUMNS), label="Issues", interactive=False, wrap=True,
                                   column_widths=["60px", "110px", "76%"],  # the headers whole on a phone
                                   max_height=300, elem_id="data-issues")
-            example = gr.HighlightedText(label="One example as the model sees it (green = trained, grey = masked)",
+            example = gr.HighlightedText(label=EXAMPLE_LABEL,
                                          color_map=EXAMPLE_COLOURS, show_legend=True, combine_adjacent=True,
                                          elem_id="data-example")
+            rejected = gr.HighlightedText(label=REJECTED_LABEL, color_map=EXAMPLE_COLOURS, show_legend=True,
+                                          combine_adjacent=True, visible=False, elem_id="data-rejected")
             preview = gr.Dataframe(label=f"Preview (first {PREVIEW_ROWS} normalised rows)", interactive=False,
                                    wrap=True, max_height=400, elem_id="data-preview")
     outputs = [shared.data_state, file_state, status, summary, issues, labels, lengths, preview, example, sample_info,
                mapping["data_format"], mapping["prompt_column"], mapping["completion_column"],
                mapping["prompt_template"],
-               mapping["completion_template"], mapping["system_prompt"], mapping["drop_bad_rows"]]
+               mapping["completion_template"], mapping["system_prompt"], mapping["drop_bad_rows"], rejected]
     stats_inputs = {tok_source, max_length}
 
     def current(raw: dict) -> DataMapping:
@@ -330,6 +331,18 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                                        token_problem=problem))
 
     @shows_errors
+    def on_votes(raw: dict, request: gr.Request):
+        if not raw[votes_dd]:  # the choice was cleared: keep what is shown
+            return tuple(gr.skip() for _ in outputs)
+        tok, problem = tokenizer_for(raw[tok_source])
+        return view_values(load_votes(raw[votes_dd], tok, current(raw), raw[max_length], settings.max_upload_mb,
+                                      visitor(request), problem))
+
+    @shows_errors
+    def on_vote_runs(request: gr.Request):
+        return gr.update(choices=vote_run_choices(visitor(request)), value=None)
+
+    @shows_errors
     def on_upload_clear():
         return view_values(DataView(None, None, DataMapping(), EMPTY_STATUS))
 
@@ -360,6 +373,9 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                   api_name=f"data_sample_{i}")
     upload.upload(on_upload, mapping_inputs | {upload}, outputs, api_name="data_upload")
     upload.clear(on_upload_clear, None, outputs, api_visibility="private")
+    votes_dd.input(on_votes, mapping_inputs | {votes_dd}, outputs, api_name="data_votes")
+    for event in (votes_refresh.click, shared.blocks.load):  # each visitor sees their own runs' votes
+        event(on_vote_runs, None, votes_dd, api_visibility="private")
     eval_upload.upload(on_eval_file, mapping_inputs | {file_state, eval_upload}, outputs, api_name="data_eval_upload")
     eval_upload.clear(on_eval_file, mapping_inputs | {file_state, eval_upload}, outputs, api_visibility="private")
     apply_btn.click(on_apply, mapping_inputs | {file_state}, outputs, api_name="data_apply")
@@ -369,7 +385,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
 
 __all__ = ["build", "save_upload", "display_name", "uploads_dir", "mapping_from_widgets", "kept_choices", "DataView",
            "inspect_data",
-           "load_sample", "load_upload", "load_eval_upload", "inspect_new_copy", "with_eval_file", "sample_source",
+           "load_sample", "load_upload", "load_eval_upload", "load_votes", "vote_run_choices", "inspect_new_copy", "with_eval_file", "sample_source",
            "state_for", "view_values",
            "TokenizerCache", "example_spans", "issues_frame", "labels_frame", "preview_frame",
            "length_figure", "TRAINED", "MASKED"]

@@ -1,8 +1,11 @@
-"""Uploads for the Data tab: copy a user's file into the server's uploads folder.
+"""Sources for the Data tab: a sample, an upload, or the votes of a run.
 
-The copy gets a server-made name (only the extension survives, to pick the
-parser), after the extension and size limit are checked; nothing is written
-for a refused file.
+A source is a dict ``{"path", "name", "sample", "eval_path", "eval_name"}`` whose
+paths the server made: an upload is copied into the server's uploads folder
+under a generated name (only the extension survives, to pick the parser), after
+the extension and size limit are checked, and nothing is written for a refused
+file; a run's votes are its votes.jsonl, found from a run id the visitor may use
+(their own runs; every run on a local app), never from text sent by the page.
 """
 from __future__ import annotations
 
@@ -11,11 +14,19 @@ import re
 import secrets
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
 
+from finetune_core.data.mapping import DataMapping
+from finetune_core.data.samples import SAMPLES, sample_mapping
+from finetune_core.inference.votes import votes_path
+from finetune_core.runs.ownership import Policy, Visitor, can_change, visible_runs
+
 from .context import DATA_EXTENSIONS
+from .widgets import open_run
+
 
 def uploads_dir() -> Path:
     """Where uploads are copied: ``STUDIO_UPLOADS_DIR``, else ./uploads (read per call,
@@ -74,3 +85,63 @@ def save_upload(src: str | os.PathLike | None, max_mb: float, folder: Path | Non
     return dest
 
 
+def sample_source(name: str, mapping: DataMapping | None = None) -> tuple[dict, DataMapping]:
+    """The source dict and mapping for a sample (keeps the user's split, seed and drop choices)."""
+    if name not in SAMPLES:
+        raise gr.Error(f"Unknown sample {name!r}; choose one of: {', '.join(SAMPLES)}.")
+    base = mapping or DataMapping()
+    chosen = replace(sample_mapping(name), eval_fraction=base.eval_fraction, seed=base.seed,
+                     drop_bad_rows=base.drop_bad_rows)
+    source = {"path": chosen.data_path, "name": name, "sample": name, "eval_path": "", "eval_name": ""}
+    return source, chosen
+
+
+def upload_source(file_path: str | None, max_mb: float, folder: Path | None = None) -> dict:
+    """Copy the upload into the uploads folder; the source dict names the copy."""
+    dest = save_upload(file_path, max_mb, folder)
+    return {"path": str(dest), "name": display_name(Path(file_path).name), "sample": "", "eval_path": "",
+            "eval_name": ""}
+
+
+def with_eval_file(source: dict | None, file_path: str | None, max_mb: float, folder: Path | None = None) -> dict:
+    """The source with a separate evaluation file attached (copied like any upload), or detached when None."""
+    if not source:
+        raise gr.Error("Load a training file (sample or upload) before adding an evaluation file.")
+    if not file_path:
+        return {**source, "eval_path": "", "eval_name": ""}
+    dest = save_upload(file_path, max_mb, folder)
+    return {**source, "eval_path": str(dest), "eval_name": display_name(Path(file_path).name)}
+
+
+def _vote_count(path: Path) -> int:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0
+
+
+def vote_run_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
+    """(label with the vote count, run id) of the runs whose votes `who` may train on, newest first:
+    runs with saved votes that they may change (their own; any run on a local app or for an admin).
+    On a shared public app every run is visible, but others' votes stay theirs."""
+    who, policy = who or Visitor(), Policy.from_env()
+    choices = []
+    for run in visible_runs(who, policy):
+        count = _vote_count(votes_path(run))
+        if count and can_change(run.path, who, policy):
+            choices.append((f"{run.label()} · {count} vote{'s' if count != 1 else ''}", run.id))
+    return choices
+
+
+def votes_source(run_id, who: Visitor | None = None) -> dict:
+    """The source for a run's votes: the server's path to its votes.jsonl. The id comes from the
+    page, so it is checked like any run id, and only a run the visitor may change is used."""
+    who = who or Visitor()
+    run = open_run(run_id, "Pick a run whose votes to use.", who)
+    if not can_change(run.path, who):
+        raise gr.Error(f"Only the person who started run {run.id} (or an admin) can train on its votes.")
+    if not _vote_count(votes_path(run)):
+        raise gr.Error(f"Run {run.id} has no saved votes yet: vote in the Chat tab's blind mode first.")
+    return {"path": str(votes_path(run)), "name": f"votes of {run.name}", "sample": "", "eval_path": "",
+            "eval_name": "", "votes_of": run.id}

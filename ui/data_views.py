@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from finetune_core.data.stats import render_training_view
 from finetune_core.data.dataset import DataReport, Issue
 from finetune_core.data.mapping import DataMapping
+from finetune_core.data.preference import answer_rows, dropped_text
 
 PREVIEW_ROWS = 20
 CELL_CHARS = 400  # preview cells are cut here so one huge row cannot swamp the table
@@ -33,8 +34,23 @@ COLUMN_LABELS = {
     "sharegpt": ("Conversation column", "Completion column (not used: the last reply is learned)"),
     "alpaca": (f"Prompt column ({NOT_USED})", f"Completion column ({NOT_USED})"),
     "text": ("Text column", f"Completion column ({NOT_USED})"),
+    "preference": ("Prompt column", f"Completion column ({NOT_USED}: chosen and rejected are the answers)"),
+    "preference_implicit": (f"Prompt column ({NOT_USED}: the start chosen and rejected share)",
+                            f"Completion column ({NOT_USED})"),
+    "sharegpt_preference": ("Conversation column", f"Completion column ({NOT_USED}: chosen and rejected)"),
+    "unpaired_preference": ("Conversation or prompt column", "Completion column (prompt/completion files only)"),
+    "votes": (f"Prompt column ({NOT_USED})", f"Completion column ({NOT_USED})"),
 }
 DEFAULT_COLUMN_LABELS = ("Prompt column", "Completion column")
+COLOURS_NOTE = "(green = trained, grey = masked)"
+EXAMPLE_LABEL = f"One example as the model sees it {COLOURS_NOTE}"
+EXAMPLE_LABELS = {  # what the example shows, by the name `answer_rows` gives the answer
+    "chosen": f"Chosen: the first pair's preferred answer, as the model sees it {COLOURS_NOTE}",
+    "desirable": f"One example as the model sees it: a desirable answer (thumbs up) {COLOURS_NOTE}",
+    "undesirable": f"One example as the model sees it: an undesirable answer (thumbs down) {COLOURS_NOTE}",
+}
+REJECTED_LABEL = f"Rejected: the same prompt with the answer to move away from {COLOURS_NOTE}"
+THUMBS = {True: "up", False: "down"}
 
 
 def held_out_fraction(percent: Any) -> float:
@@ -93,7 +109,8 @@ def _cut(text: str) -> str:
 
 
 def preview_frame(rows: list[dict], row_numbers: list[int]) -> pd.DataFrame:
-    """Normalised rows as plain text: the system prompt, the prompt turns, the completion (and label)."""
+    """Normalised rows as plain text: the system prompt, the prompt turns, the completion (and label), or
+    a pair's chosen and rejected answers, or a thumbs row's completion and thumbs up/down."""
     records = []
     for row, number in zip(rows[:PREVIEW_ROWS], row_numbers):
         if "prompt" not in row:
@@ -102,9 +119,14 @@ def preview_frame(rows: list[dict], row_numbers: list[int]) -> pd.DataFrame:
         system = [m for m in row["prompt"] if m.get("role") == "system"]
         turns = [m for m in row["prompt"] if m.get("role") != "system"]
         record = {"row": number, "system": _cut(_messages_text(system)) if system else "",
-                  "prompt": _cut(_messages_text(turns)), "completion": _cut(_messages_text(row["completion"]))}
+                  "prompt": _cut(_messages_text(turns))}
+        for key in ("completion", "chosen", "rejected"):
+            if key in row:
+                record[key] = _cut(_messages_text(row[key]))
         if "label" in row:
             record["label"] = str(row["label"])
+        if "desirable" in row:
+            record["thumbs"] = THUMBS.get(row["desirable"], "?")
         records.append(record)
     frame = pd.DataFrame(records)
     if "system" in frame and not frame["system"].any():
@@ -115,6 +137,17 @@ def preview_frame(rows: list[dict], row_numbers: list[int]) -> pd.DataFrame:
 def example_spans(row: dict, tokenizer, max_length: int) -> list[tuple[str, str]]:
     """One row through the chat template: (text, 'trained' | 'masked (prompt)') spans."""
     return [(text, TRAINED if trained else MASKED) for text, trained in render_training_view(row, tokenizer, max_length)]
+
+
+def example_views(row: dict, tokenizer, max_length: int) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The row through the chat template, per answer: [("chosen", spans), ("rejected", spans)] for a pair,
+    one ("desirable"/"undesirable"/"", spans) otherwise; each rendered as the trainer tokenises it."""
+    return [(name, example_spans(one, tokenizer, max_length)) for name, one in answer_rows(row)]
+
+
+def example_label(name: str) -> str:
+    """The example's heading for an answer named by `example_views` ("chosen", "desirable", ...)."""
+    return EXAMPLE_LABELS.get(name, EXAMPLE_LABEL)
 
 
 def _bins(values: list[int]):
@@ -175,6 +208,8 @@ def status_text(report: DataReport, eval_report: DataReport | None, source: dict
                 f"{md_text(issue_lines(eval_report.issues))}. Fix it, tick **Drop bad rows**, or remove it to "
                 "hold out a share of the training file instead.")
     text = f"**Ready: {len(report.rows)} rows. Next: the Train tab.**"
+    if dropped_text(report.dropped):
+        text += f" Left out on purpose: {dropped_text(report.dropped)}."
     if report.bad_rows:
         text += (f" {report.bad_rows} row{'s' if report.bad_rows != 1 else ''} with problems will be dropped "
                  "(see the issues below).")
@@ -240,11 +275,21 @@ def summary_text(report: DataReport, source: dict, mapping: DataMapping, eval_re
         lines.append(f"- Split: {train_n} train / {held_n} held out ({mapping.eval_fraction:.0%}, "
                      f"seed {mapping.seed}).")
     lines.append(f"- Exact duplicates: {duplicates['count']}" + duplicate_rows_text(duplicates))
+    if "same_prompt" in duplicates:  # preference rows: several answers to one prompt are allowed, but counted
+        lines.append(f"- Prompts asked more than once: {duplicates['same_prompt']['count']}"
+                     + duplicate_rows_text(duplicates["same_prompt"]))
+    if report.dropped:
+        lines.append(f"- Left out on purpose: {dropped_text(report.dropped) or 'none'}"
+                     f" (checked: {', '.join(k.replace('_', ' ') for k in report.dropped)}).")
     lines.append(f"- Held-out rows also in training: {leakage['count']} exact, {leakage['same_prompt']} with the same prompt")
     if report.labels:
         lines.append(f"- {len(report.labels)} labels: " + ", ".join(f"{md_text(k)} ({v})" for k, v in report.labels.items()))
     if tokens:
         lines += token_lines(tokens, report.row_numbers, len(report.rows))
+        if "chosen" in tokens:
+            lines.append(f"- Answers (the completion above is the longer of the two): chosen median "
+                         f"{tokens['chosen']['median']:g} / longest {tokens['chosen']['max']}, rejected median "
+                         f"{tokens['rejected']['median']:g} / longest {tokens['rejected']['max']}.")
         if tokens.get("chat_template_note"):
             lines.append(f"- {md_text(tokens['chat_template_note'])}")
     elif token_problem:

@@ -115,9 +115,20 @@ def metric_row(name_html: str, entry: dict) -> str:
     return row
 
 
-def metric_table(rows: list[str], first: str, caption: str, table_id: str) -> str:
-    """`metric_row`s as a five-column table that fits a phone (scrolls sideways inside its box if not)."""
-    head = "".join(f"<th>{h}</th>" for h in [first, *SUMMARY_COLUMNS[1:]])
+def side_columns(labels: tuple[str, str] = ("base", "tuned")) -> list[str]:
+    """The summary's side and change column headings for sides named `labels` (side A, side B).
+
+    >>> side_columns(), side_columns(("SFT", "SFT + DPO"))
+    (['base', 'tuned', 'tuned − base'], ['SFT', 'SFT + DPO', 'B − A'])
+    """
+    return SUMMARY_COLUMNS[1:4] if tuple(labels) == ("base", "tuned") else [labels[0], labels[1], "B − A"]
+
+
+def metric_table(rows: list[str], first: str, caption: str, table_id: str,
+                 labels: tuple[str, str] = ("base", "tuned")) -> str:
+    """`metric_row`s as a five-column table that fits a phone (scrolls sideways inside its box if not);
+    `labels` name the side columns (side A, side B)."""
+    head = "".join(f"<th>{safe_text(h)}</th>" for h in [first, *side_columns(labels), SUMMARY_COLUMNS[4]])
     return (f'<div class="ev-summary-wrap" id="{table_id}"><table class="ev-summary"><caption>{caption}'
             f'</caption><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
@@ -130,21 +141,22 @@ def headline_html(entry: dict | None, element_id: str = "eval-headline") -> str:
             f'{safe_text(entry["verdict_text"])}</p>')
 
 
-def summary_html(summary: list[dict] | None, task: str = "") -> str:
+def summary_html(summary: list[dict] | None, task: str = "", labels: tuple[str, str] = ("base", "tuned")) -> str:
     """The summary (a Comparison's entries) as an HTML table that fits a phone: metric with the way it
     points (↑ or ↓), base, tuned, the change with its verdict, the 95% interval (— for results saved
     before intervals) and each metric's sentence; above it, the headline metric's sentence
-    (`report_checks.headline_entry`); "" when there is no entry."""
+    (`report_checks.headline_entry`); "" when there is no entry. `labels` name the sides (A, B)."""
     rows = [metric_row(f'{_breakable(e["metric"])} {"↑" if e.get("higher_is_better", True) else "↓"}', e)
             for e in summary or []]
     if not rows:
         return ""
     lead = headline_html(headline_entry(summary, task))
-    unclear = ("no clear change: the 95% interval includes zero, so the rows do not tell tuned from base · "
+    a, b = (safe_text(x) for x in labels)
+    unclear = (f"no clear change: the 95% interval includes zero, so the rows do not tell {b} from {a} · "
                if any(e.get("verdict_text") for e in summary) else "")
-    return (lead + metric_table(rows, SUMMARY_COLUMNS[0], "Summary", "eval-summary-table")
+    return (lead + metric_table(rows, SUMMARY_COLUMNS[0], "Summary", "eval-summary-table", labels)
             + f'<p class="ev-note">↑ higher is better · ↓ lower is better (loss, perplexity) · {unclear}'
-            f'better / worse: tuned vs base, whichever way the metric points</p>')
+            f'better / worse: {b} vs {a}, whichever way the metric points</p>')
 
 
 def preview_span(inputs: list[str]) -> tuple[int, int]:
@@ -184,29 +196,32 @@ def side_html(kind: str, title: str, text: str) -> str:
     return f'<div class="ev-side ev-{kind}"><div class="ev-k">{title}</div>{body}</div>'
 
 
-def _verdict(delta: float) -> tuple[str, str]:
+def _verdict(delta: float, tuned: str = "tuned") -> tuple[str, str]:
     if delta > 0:
-        return "win", "tuned better"
+        return "win", f"{tuned} better"
     if delta < 0:
-        return "loss", "tuned worse"
+        return "loss", f"{tuned} worse"
     return "tie", "same score"
 
 
-def example_card(row: dict, span: tuple[int, int] = (0, 0)) -> str:
+def example_card(row: dict, span: tuple[int, int] = (0, 0), labels: tuple[str, str] = ("base", "tuned")) -> str:
     """One example (a row of `eval_views.examples_frame`) as a card: row number, verdict and scores,
-    the input, then reference, base output and tuned output side by side."""
-    kind, words = _verdict(float(row["delta"]))
-    head = (f'<div class="ev-head"><b>Row {int(row["row"])}</b> · <span class="ev-verdict">{words}</span> · '
+    the input, then reference, side A's output and side B's (base and tuned) side by side."""
+    plain = tuple(labels) == ("base", "tuned")
+    titles = (("Base output (adapter off)", "Tuned output (adapter on)") if plain
+              else (f"{safe_text(labels[0])} output", f"{safe_text(labels[1])} output"))
+    kind, words = _verdict(float(row["delta"]), "tuned" if plain else labels[1])
+    head = (f'<div class="ev-head"><b>Row {int(row["row"])}</b> · <span class="ev-verdict">{safe_text(words)}</span> · '
             f'score {float(row["base score"]):.2f} → {float(row["tuned score"]):.2f} '
             f'({float(row["delta"]):+.2f})</div>')
     sides = "".join((side_html("ref", "Reference", row["reference"]),
-                     side_html("base", "Base output (adapter off)", row["base output"]),
-                     side_html("tuned", "Tuned output (adapter on)", row["tuned output"])))
+                     side_html("base", titles[0], row["base output"]),
+                     side_html("tuned", titles[1], row["tuned output"])))
     return (f'<article class="ev-card ev-{kind}">{head}{_input_block(str(row["input"]), span)}'
             f'<div class="ev-sides">{sides}</div></article>')
 
 
-def cards_html(table: pd.DataFrame, order: str = "") -> str:
+def cards_html(table: pd.DataFrame, order: str = "", labels: tuple[str, str] = ("base", "tuned")) -> str:
     """The first CARD_LIMIT rows of the ordered per-example table as cards, with a line saying how many
     of how many are shown; "" when there are no examples."""
     if table is None or table.empty:
@@ -217,7 +232,7 @@ def cards_html(table: pd.DataFrame, order: str = "") -> str:
             else f"All {len(table)} held-out rows")
     note += f", {order[0].lower() + order[1:]}" if order else ""
     note += ". The table below has every row; the results files have them too."
-    cards = "".join(example_card(row, span) for row in shown.to_dict("records"))
+    cards = "".join(example_card(row, span, labels) for row in shown.to_dict("records"))
     return f'<div class="ev-cards" id="eval-cards-list"><p class="ev-note">{safe_text(note)}</p>{cards}</div>'
 
 

@@ -1,9 +1,12 @@
 """Evaluate tab: what changed with fine-tuning, on one page — held-out rows, general skills, a judge.
 
-Pick a trained run (the tab follows the run chosen in the Train tab), press
-Evaluate, and `evaluation.run_eval.evaluate_run` generates for every held-out
-prompt with the adapter off (base) and on (tuned), using the model the app
-already holds for that run (`ctx.models`, shared with the Chat tab). The tab
+Pick a trained run (the tab follows the run chosen in the Train tab) and the two
+sides to compare (ui/eval_sides.py; by default base vs the run, or its parent vs
+the run), press Evaluate, and `evaluation.run_eval.evaluate_run` generates for
+every held-out prompt with side A (base: adapter off) and side B (tuned: adapter
+on), using the model the app already holds for that pair (`ctx.models`, shared
+with the Chat tab). Held-out preference pairs are scored by both sides' reward
+accuracy first. The tab
 then shows the summary (metric, base, tuned, delta), win/tie/loss counts, a
 chart of the deltas, the confusion matrices for classification, one card per
 example (reference, base and tuned output side by side) and every example as a
@@ -40,9 +43,10 @@ import pandas as pd
 
 from evaluation.compare import RESULTS_FILE, Comparison, copy_results
 from evaluation.run_eval import evaluate_run, load_meta
+from finetune_core.inference.sides import pair_key
 from finetune_core.runs.ownership import Visitor
 
-from . import eval_cards, eval_checks, eval_judge
+from . import eval_cards, eval_checks, eval_judge, eval_sides
 from .access import require_user, visitor
 from .context import GPU_QUEUE, AppContext, EvalParts, Shared
 from .errors import page_error, shows_errors
@@ -83,30 +87,35 @@ def fresh_labels(who: Visitor | None = None) -> dict:
 
 
 # -- what a page shows ------------------------------------------------------------------
-def show_run(run_id: str | None, order: str = ORDERS[0], who: Visitor | None = None) -> View:
-    """The saved evaluation of a run (read from disk, nothing re-run), or what to do next."""
+def show_run(run_id: str | None, order: str = ORDERS[0], who: Visitor | None = None, a=None, b=None) -> View:
+    """The saved evaluation of a run (read from disk, nothing re-run) for sides `a` and `b` (default: the
+    run's own pair), or what to do next."""
     if not run_id:
         return message_view(PICK_RUN if run_choices(who) else NO_RUNS)
     run = open_run(run_id, visitor=who)
     if not run.has_adapter():
         return message_view(f"Run {run_title(run)} has no saved adapter yet: let it finish training (Train tab).")
-    if not (run.eval_dir / RESULTS_FILE).is_file():
-        return message_view(not_evaluated_text(run))
+    home, pair, folder = eval_sides.results_home(run, eval_sides.picked_pair(run, a, b, who))
+    if not (folder / RESULTS_FILE).is_file():
+        if pair is None and home is run:
+            return message_view(not_evaluated_text(run))
+        return message_view(f"These two sides have not been compared yet. Press **Evaluate** to score them on "
+                            f"the held-out rows of run {run_title(home)}.")
     try:
-        comparison, meta = Comparison.load(run.eval_dir), load_meta(run)
+        comparison, meta = Comparison.load(folder), load_meta(home, pair)
     except (OSError, ValueError, KeyError):
         # Half-replaced by an evaluation finishing right now, or damaged: say so, don't crash.
         return message_view(f"The saved evaluation of run {run_title(run)} could not be read. "
                             "Press **Evaluate** to run it again.")
-    return results_view(run, comparison, meta, order)
+    return results_view(home, comparison, meta, order)  # the run whose held-out rows were scored
 
 
 def watch_run(ctx: AppContext, run_id: str | None, order: str = ORDERS[0],
-              who: Visitor | None = None) -> tuple[View, str, str | None]:
+              who: Visitor | None = None, a=None, b=None) -> tuple[View, str, str | None]:
     """(View, progress line, token of the evaluation in progress or None) for a page showing the run:
     its saved results, and how far an evaluation of it is when one runs (then a run not evaluated
     before says its results will appear, rather than "press Evaluate")."""
-    view = show_run(run_id, order, who)
+    view = show_run(run_id, order, who, a, b)
     running = ctx.evaluations.get(run_id)
     if running is None:
         return view, "", None
@@ -116,7 +125,7 @@ def watch_run(ctx: AppContext, run_id: str | None, order: str = ORDERS[0],
 
 
 def poll(ctx: AppContext, run_id: str | None, seen: str | None, order: str = ORDERS[0],
-         who: Visitor | None = None) -> tuple:
+         who: Visitor | None = None, a=None, b=None) -> tuple:
     """The Timer's tick: (progress line, seen token, run picker, *View), gr.skip() for what has not changed.
     While the run is evaluated: the progress line (and, the first time this page sees that evaluation,
     the View). When the evaluation this page saw has ended: its results and the picker's fresh labels."""
@@ -126,28 +135,35 @@ def poll(ctx: AppContext, run_id: str | None, seen: str | None, order: str = ORD
         open_run(run_id, visitor=who)  # the run's name only to a visitor who may see the run
         if running.token == seen:
             return progress_line(running), gr.skip(), gr.skip(), *keep
-        view, line, token = watch_run(ctx, run_id, order, who)
+        view, line, token = watch_run(ctx, run_id, order, who, a, b)
         return line, token, gr.skip(), *view
     if seen is None:
         return gr.skip(), gr.skip(), gr.skip(), *keep
-    return "", None, fresh_labels(who), *show_run(run_id, order, who)
+    return "", None, fresh_labels(who), *show_run(run_id, order, who, a, b)
 
 
-def order_examples(run_id: str | None, order: str, who: Visitor | None = None) -> pd.DataFrame:
-    """Re-sort the per-example table (read again from the run's eval folder)."""
+def order_examples(run_id: str | None, order: str, who: Visitor | None = None, a=None, b=None) -> pd.DataFrame:
+    """Re-sort the per-example table (read again from the pair's eval folder)."""
     if not run_id:
         return examples_frame(None)
     run = open_run(run_id, visitor=who)
+    _home, _pair, folder = eval_sides.results_home(run, eval_sides.picked_pair(run, a, b, who))
     try:
-        return examples_frame(Comparison.load(run.eval_dir).examples, order)
+        return examples_frame(Comparison.load(folder).examples, order)
     except (OSError, ValueError, KeyError):
         return examples_frame(None)
 
 
-def order_view(run_id: str | None, order: str, who: Visitor | None = None) -> tuple[str, pd.DataFrame]:
-    """(example cards, per-example table) in the chosen order."""
-    table = order_examples(run_id, order, who)
-    return eval_cards.cards_html(table, order), table
+def order_view(run_id: str | None, order: str, who: Visitor | None = None, a=None, b=None
+               ) -> tuple[str, pd.DataFrame]:
+    """(example cards, per-example table) in the chosen order, the sides named as the results name them."""
+    table = order_examples(run_id, order, who, a, b)
+    labels = ("base", "tuned")
+    if run_id and not table.empty:
+        run = open_run(run_id, visitor=who)
+        home, pair, _folder = eval_sides.results_home(run, eval_sides.picked_pair(run, a, b, who))
+        labels = eval_sides.side_words(load_meta(home, pair))
+    return eval_cards.cards_html(table, order, labels), table
 
 
 # -- evaluating ---------------------------------------------------------------------------
@@ -162,8 +178,9 @@ def _whole(value, name: str) -> int:
 def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_new_tokens=0,
              with_loss: bool = False, cancel: threading.Event | None = None, order: str = ORDERS[0],
              request: gr.Request | None = None, progress: Progress | None = None,
-             metrics: list[str] | str | None = None) -> View:
-    """Score base and tuned on the run's held-out rows, save to runs/<id>/eval/, show it.
+             metrics: list[str] | str | None = None, a=None, b=None) -> View:
+    """Score sides `a` and `b` (default: the run's own pair, base or its parent vs the run) on the
+    held-out rows of the newer run of the two, save with that run (eval_sides.results_home), show it.
 
     limit 0 = every held-out row; max_new_tokens 0 = sized from the references; `metrics`: extra
     metrics besides the task's own (shipped names, or Hub names where the owner allows them).
@@ -175,6 +192,10 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
     if not run_id:
         raise gr.Error("Pick a run first." if run_choices(who) else "Train a run first (Train tab).")
     run = open_run(run_id, visitor=who, change="evaluate")  # an evaluation replaces the saved one
+    sides = eval_sides.picked_pair(run, a, b, who)
+    home, pair, _folder = eval_sides.results_home(run, sides)
+    if home is not run:  # the results are saved with the newer run: its owner's to change
+        home = open_run(home.id, visitor=who, change="evaluate")
     # 0 = every row / sized from the references; evaluate_run checks the settings and the
     # rows before it asks for the model
     settings = {"limit": _whole(limit, "Rows to evaluate") or None,
@@ -197,34 +218,37 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
 
     try:
         # The app's shared copy (also used by Chat): evaluation never loads a second one.
-        comparison = evaluate_run(run, **settings, progress=say, cancel=cancel,
-                                  load_model=lambda: ctx.models.get(f"run:{run.id}",
-                                                                    progress=lambda message: say(message, 0.0)))
+        key = f"run:{home.id}" if pair is None else pair_key(*pair)
+        comparison = evaluate_run(home, **settings, progress=say, cancel=cancel, sides=pair,
+                                  load_model=lambda: ctx.models.get(key, progress=lambda message: say(message, 0.0)))
     except InterruptedError:
         gr.Warning("Evaluation cancelled: nothing was saved.")
-        view = show_run(run.id, order, who)
+        view = show_run(run.id, order, who, a, b)
         return view._replace(status=f"{view.status}\n\n{CANCELLED}")
     except Exception as exc:  # noqa: BLE001 - a StudioError's words, or "Internal error" with the traceback logged
         raise page_error(exc, f"evaluation of run {run.id}") from None
     finally:
         ctx.evaluations.finish(running)
-    return results_view(run, comparison, load_meta(run), order)
+    return results_view(home, comparison, load_meta(home, pair), order)
 
 
-def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | None = None) -> list[str]:
+def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | None = None, a=None,
+                   b=None) -> list[str]:
     """Copy the run's results.json and examples.csv into a fresh, unguessable folder
     under the exports dir (the only folder the app serves files from) and return
     their paths. runs/ itself is never served."""
     require_user(request)
     if not run_id:
         raise gr.Error("Pick a run first.")
-    run = open_run(run_id, visitor=visitor(request))
-    if not (run.eval_dir / RESULTS_FILE).is_file():
+    who = visitor(request)
+    run = open_run(run_id, visitor=who)
+    _home, _pair, results = eval_sides.results_home(run, eval_sides.picked_pair(run, a, b, who))
+    if not (results / RESULTS_FILE).is_file():
         raise gr.Error("No results to download yet: press Evaluate first.")
     folder = ctx.settings.exports_dir / secrets.token_urlsafe(16)
     folder.mkdir(parents=True)
     try:  # run ids are server-made: safe as file names
-        return [str(p) for p in copy_results(run.eval_dir, folder, run.id)]
+        return [str(p) for p in copy_results(results, folder, run.id)]
     except FileNotFoundError:
         # An evaluation of this run was being saved at that moment (eval/ is swapped by rename).
         shutil.rmtree(folder, ignore_errors=True)
@@ -265,7 +289,8 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     seen_state = gr.State(None)  # token of the evaluation in progress this page shows, or None
     gr.Markdown("What changed with fine-tuning: the base model (adapter off) against the tuned model (adapter "
                 "on) on the run's held-out rows — rows it never trained on —, on general skills, and in a "
-                "judge's eyes. Each change says whether it is distinguishable from no change.")
+                "judge's eyes. Each change says whether it is distinguishable from no change. A run started "
+                "from another run is compared with its parent; pick any two sides below (held-out rows).")
     with gr.Row():
         # Filled on page load (the newest run this visitor may see). allow_custom_value: the server-side
         # check of a pick is open_run(), and a run trained after start-up must be usable by API clients
@@ -273,6 +298,12 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
         run_dd = gr.Dropdown(choices=[], value=None, label="Run to evaluate (runs with a trained adapter)",
                              allow_custom_value=True, scale=4, elem_id="eval-run")
         refresh = gr.Button("↻ Refresh runs", scale=1)
+    with gr.Row():  # filled with the run, its default pair selected; a pick is checked in eval_sides
+        side_a = gr.Dropdown(choices=[], value=None, visible=False, label="Side A (the “base” columns)",
+                             allow_custom_value=True, elem_id="eval-side-a")
+        side_b = gr.Dropdown(choices=[], value=None, visible=False, label="Side B (the “tuned” columns)",
+                             allow_custom_value=True, elem_id="eval-side-b")
+    sides = [side_a, side_b]
     gr.Markdown("### Held-out rows", elem_id="eval-heldout-intro")
     settings = settings_inputs()
     with gr.Row():
@@ -284,10 +315,10 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
     checks = eval_checks.build_benchmarks(ctx, run_dd, timer) + eval_judge.build_judge(ctx, run_dd, timer)
 
     @shows_errors
-    def on_evaluate(run_id, limit_value, batch, max_tokens, loss, picked, hub, cancel, order_value,
+    def on_evaluate(run_id, limit_value, batch, max_tokens, loss, picked, hub, cancel, order_value, a, b,
                     request: gr.Request):
         return evaluate(ctx, run_id, limit_value, batch, max_tokens, loss, cancel, order_value, request,
-                        metrics=extra_metrics(picked, hub))
+                        metrics=extra_metrics(picked, hub), a=a, b=b)
 
     @shows_errors
     def on_start(previous, run_id, request: gr.Request):
@@ -302,8 +333,12 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
         return gr.update(interactive=True), "", None, fresh_labels(visitor(request))
 
     @shows_errors
-    def on_export(run_id, request: gr.Request):
-        return gr.update(value=export_results(ctx, run_id, request), visible=True)
+    def on_export(run_id, a, b, request: gr.Request):
+        return gr.update(value=export_results(ctx, run_id, request, a, b), visible=True)
+
+    @shows_errors
+    def on_sides(run_id, request: gr.Request):
+        return eval_sides.pickers(run_id, visitor(request))
 
     @shows_errors
     def on_pick(first, second, request: gr.Request):
@@ -317,41 +352,46 @@ def build(ctx: AppContext, shared: Shared) -> EvalParts:
         choices = run_choices(who)
         value = pick_run(choices, shared_run)
         view, line, token = watch_run(ctx, value, ORDERS[0], who)
-        return gr.Dropdown(choices=choices, value=value), line, token, *view
+        return gr.Dropdown(choices=choices, value=value), *eval_sides.pickers(value, who), line, token, *view
 
     @shows_errors
-    def on_show(run_id, order_value, request: gr.Request):
-        view, line, token = watch_run(ctx, run_id, order_value, visitor(request))
+    def on_show(run_id, order_value, a, b, request: gr.Request):
+        view, line, token = watch_run(ctx, run_id, order_value, visitor(request), a, b)
         return line, token, *view
 
     @shows_errors
-    def on_order(run_id, order_value, request: gr.Request):
-        return order_view(run_id, order_value, visitor(request))
+    def on_order(run_id, order_value, a, b, request: gr.Request):
+        return order_view(run_id, order_value, visitor(request), a, b)
 
     @shows_errors
-    def on_tick(run_id, seen, order_value, request: gr.Request):
-        return poll(ctx, run_id, seen, order_value, visitor(request))
+    def on_tick(run_id, seen, order_value, a, b, request: gr.Request):
+        return poll(ctx, run_id, seen, order_value, visitor(request), a, b)
 
     private = {"api_visibility": "private"}  # UI plumbing, not part of the app's API
     quiet = {**private, "show_progress": "hidden"}
     run_state, watched = shared.run_state, [progress_md, seen_state]
     evaluate_btn.click(on_start, [cancel_state, run_dd], [cancel_state, evaluate_btn, progress_md], **quiet).then(
-        on_evaluate, [run_dd, *settings, cancel_state, order], view, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+        on_evaluate, [run_dd, *settings, cancel_state, order, *sides], view, concurrency_id=GPU_QUEUE,
+        concurrency_limit=1,
         api_name="evaluate", show_progress="hidden",
     ).then(on_done, None, [evaluate_btn, progress_md, seen_state, run_dd], **quiet)
     cancel_btn.click(cancel_evaluation, [cancel_state], None, concurrency_limit=None, api_name="evaluate_cancel")
-    run_dd.change(on_show, [run_dd, order], [*watched, *view], **private, show_progress="minimal")
+    # a new run: its default pair in the side pickers, then its saved results for that pair
+    run_dd.change(on_sides, [run_dd], sides, **quiet).then(on_show, [run_dd, order, *sides], [*watched, *view],
+                                                           **private, show_progress="minimal")
+    for picker in sides:  # the visitor's own pick of a side: that pair's saved results
+        picker.input(on_show, [run_dd, order, *sides], [*watched, *view], **private, show_progress="minimal")
     # Picking a run here makes it the shared run (Chat follows); .input fires only
     # for the user's own pick, so following the shared run cannot loop back.
     run_dd.input(lambda run_id: run_id or "", run_dd, run_state, **private)
-    order.change(on_order, [run_dd, order], view[5:7], **private, show_progress="minimal")
+    order.change(on_order, [run_dd, order, *sides], view[5:7], **private, show_progress="minimal")
     refresh.click(on_pick, [run_dd, run_state], run_dd, **private)
-    export_btn.click(on_export, [run_dd], view[-1], api_name="evaluate_download")
+    export_btn.click(on_export, [run_dd, *sides], view[-1], api_name="evaluate_download")
     run_state.change(on_pick, [run_state, run_dd], run_dd, **private)
     # Unqueued: a tick is a dictionary look-up, and ticks of many open pages must not fill the queue.
-    timer.tick(on_tick, [run_dd, seen_state, order], [*watched, run_dd, *view], queue=False, **quiet)
+    timer.tick(on_tick, [run_dd, seen_state, order, *sides], [*watched, run_dd, *view], queue=False, **quiet)
     # fresh run list and results on each page load
-    shared.blocks.load(on_load, [run_state, run_dd], [run_dd, *watched, *view], **private)
+    shared.blocks.load(on_load, [run_state, run_dd], [run_dd, *sides, *watched, *view], **private)
     return EvalParts(run=run_dd, view=view, examples=view[6], cards=view[5], progress=progress_md, checks=checks)
 
 

@@ -20,6 +20,7 @@ from finetune_core.runs.store import Run
 
 from .eval_cards import cards_html, summary_html
 from .eval_progress import EvalProgress
+from .eval_sides import reward_lines, side_words
 from .widgets import run_name_md
 
 ORDERS = ("Biggest wins first", "Biggest losses first", "Original order")
@@ -78,12 +79,17 @@ def examples_frame(examples: pd.DataFrame | None, order: str = ORDERS[0]) -> pd.
     return table
 
 
-def counts_text(comparison: Comparison) -> str:
-    """Markdown line of per-example wins, ties and losses, or a note that text rows are compared by loss only."""
+def counts_text(comparison: Comparison, labels: tuple[str, str] = ("base", "tuned")) -> str:
+    """Markdown line of per-example wins, ties and losses, or a note that text rows are compared by loss
+    only; `labels` name the sides (A, B)."""
+    a, b = (run_name_md(x) for x in labels)
     if comparison.examples.empty:
-        return "These held-out rows are plain text: base and tuned are compared by held-out loss only."
+        return f"These held-out rows are plain text: {a} and {b} are compared by held-out loss only."
     measure = "correct label" if comparison.task == "classification" else "ROUGE-L"
-    return (f"**Per example, tuned vs base** ({comparison.rows} rows, scored by {measure}): "
+    rows = len(comparison.examples)
+    if comparison.task == "preference":
+        measure = "ROUGE-L against the chosen answer"
+    return (f"**Per example, {b} vs {a}** ({rows} rows, scored by {measure}): "
             f"**{comparison.wins}** wins · **{comparison.ties}** ties · **{comparison.losses}** losses")
 
 
@@ -94,6 +100,11 @@ def status_text(run: Run, comparison: Comparison, meta: dict) -> str:
         facts[-1] += " from another data file"
     else:
         facts[-1] += " held out from training"
+    if meta.get("generated_rows") is not None:
+        facts.append(f"answers generated for the first {meta['generated_rows']}")
+    labels = meta.get("labels") or {}
+    if labels and side_words(meta) != ("base", "tuned"):
+        facts.insert(1, f"side A: **{run_name_md(labels['a'])}**, side B: **{run_name_md(labels['b'])}**")
     if meta.get("max_new_tokens"):
         facts.append(f"max new tokens {meta['max_new_tokens']}")
     if meta.get("device"):
@@ -117,10 +128,12 @@ def results_view(run: Run, comparison: Comparison, meta: dict, order: str, note:
     heatmap = confusion_heatmap(comparison)
     status = status_text(run, comparison, meta) + (f"\n\n{note}" if note else "")
     table = examples_frame(comparison.examples, order)
-    return View(status, summary_html(comparison.summary, comparison.task), counts_text(comparison),
+    labels = side_words(meta)
+    counts = "  \n".join(t for t in (reward_lines(meta), counts_text(comparison, labels)) if t)
+    return View(status, summary_html(comparison.summary, comparison.task, labels), counts,
                 gr.update(value=delta_chart(comparison), visible=True),
                 gr.update(value=heatmap, visible=heatmap is not None),
-                cards_html(table, order), table, gr.update(value=None, visible=False))
+                cards_html(table, order, labels), table, gr.update(value=None, visible=False))
 
 
 def not_evaluated_text(run: Run) -> str:

@@ -1,7 +1,9 @@
 """Validation of data rows: the checks that turn a bad row into a named issue.
 
 Per-row checks raise ``RowProblem(column, message)``; the caller attaches the
-1-based row number. File-wide checks (mixed types, duplicates, train/held-out
+1-based row number. A row left out on purpose (a tie vote, a pair whose chosen
+answer equals the rejected one) raises ``LeftOut(reason)`` instead: it is
+counted, not reported as a problem. File-wide checks (mixed types, duplicates, train/held-out
 leakage) return issues or JSON-able summaries directly.
 
     >>> check_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "messages")
@@ -26,6 +28,14 @@ class RowProblem(StudioError):
         super().__init__(message)
         self.column = column
         self.message = message
+
+
+class LeftOut(StudioError):
+    """A row left out on purpose, counted under ``reason`` ("ties", "both_bad", "identical")."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"left out: {reason}")
+        self.reason = reason
 
 
 def require_text(value, column: str, what: str | None = None) -> str:
@@ -123,13 +133,22 @@ def find_duplicates(rows: list[dict], row_numbers: list[int] | None = None, limi
     At most ``limit`` groups (default ``limits().duplicates_listed``) of at most
     ROWS_PER_GROUP row numbers are listed, so a file of a million copies still
     makes a small report; ``not_listed`` (present only when something was cut)
-    counts the groups and row numbers left out.
+    counts the groups and row numbers left out. Preference rows also get
+    ``same_prompt``, the same summary for rows that ask the same prompt: several
+    pairs per prompt are allowed, but a user should know how many there are.
     """
     limit = limits().duplicates_listed if limit is None else limit
     numbers = row_numbers or list(range(1, len(rows) + 1))
+    out = _repeats(rows, numbers, row_key, limit)
+    if rows and ("chosen" in rows[0] or "desirable" in rows[0]):
+        out["same_prompt"] = _repeats(rows, numbers, prompt_key, limit)
+    return out
+
+
+def _repeats(rows: list[dict], numbers: list[int], key, limit: int) -> dict:
     groups: dict[str, list[int]] = {}
     for row, number in zip(rows, numbers):
-        groups.setdefault(row_key(row), []).append(number)
+        groups.setdefault(key(row), []).append(number)
     repeated = [g for g in groups.values() if len(g) > 1]
     examples = [g[:ROWS_PER_GROUP] for g in repeated[:limit]]
     out = {"count": sum(len(g) - 1 for g in repeated), "groups": len(repeated), "examples": examples}
@@ -140,16 +159,19 @@ def find_duplicates(rows: list[dict], row_numbers: list[int] | None = None, limi
 
 
 def find_leakage(train: list[dict], held_out: list[dict], limit: int = 20) -> dict:
-    """Held-out rows that also appear in training: exactly, or with the same prompt.
+    """Held-out rows that also appear in training: exactly, or with the same prompt
+    (for preference rows the prompt is what counts: a held-out pair whose prompt was
+    trained on measures memory more than preference).
 
     ``examples`` gives 1-based positions in the held-out list.
     """
     train_keys = {row_key(r) for r in train}
-    train_prompts = {_prompt_key(r) for r in train}
+    train_prompts = {prompt_key(r) for r in train}
     exact = [i for i, r in enumerate(held_out, start=1) if row_key(r) in train_keys]
-    same_prompt = [i for i, r in enumerate(held_out, start=1) if _prompt_key(r) in train_prompts]
+    same_prompt = [i for i, r in enumerate(held_out, start=1) if prompt_key(r) in train_prompts]
     return {"count": len(exact), "same_prompt": len(same_prompt), "examples": exact[:limit]}
 
 
-def _prompt_key(row: dict) -> str:
+def prompt_key(row: dict) -> str:
+    """Canonical text of a row's prompt (its text for language-modelling rows)."""
     return json.dumps(row.get("prompt", row.get("text")), ensure_ascii=False, sort_keys=True)

@@ -21,12 +21,13 @@ from typing import Any, Callable
 
 from finetune_core.errors import StudioError
 from finetune_core.data.checks import (
-    RowProblem, find_duplicates, find_leakage, missing_columns, mixed_type_issues,
+    LeftOut, RowProblem, find_duplicates, find_leakage, missing_columns, mixed_type_issues,
 )
 from finetune_core.data.formats import (
-    FORMATS, FormatSpec, collect_labels, default_classification_template, detect_format,
+    FORMATS, PREFERENCE_FORMATS, FormatSpec, collect_labels, default_classification_template, detect_format,
     normalize_row,
 )
+from finetune_core.data.preference import drop_reasons, dropped_text, fill_spec, thumbs_counts
 from finetune_core.data.load import load_records
 from finetune_core.data.records import Issue
 from finetune_core.data.templates import template_fields
@@ -56,6 +57,7 @@ class DataReport:
     row_numbers: list[int] = field(default_factory=list)  # source row/line of each entry in rows
     spec: FormatSpec | None = None
     unreadable: bool = False  # the file itself could not be read: no mapping can fix it (an upload is removed)
+    dropped: dict[str, int] = field(default_factory=dict)  # rows left out on purpose, by reason (preference)
 
     @property
     def bad_rows(self) -> int:
@@ -80,6 +82,7 @@ class DataReport:
             "labels": self.labels,
             "columns": self.columns,
             "notes": self.notes,
+            "dropped": dict(self.dropped),
             "usable": self.usable,
         }
 
@@ -106,9 +109,37 @@ def prepare_data(options: DataMapping, max_file_mb: float = 100.0) -> DataReport
         return report
     report.format, report.spec = spec.format, spec
     report.issues.extend(mixed_type_issues(loaded.records, loaded.row_numbers, loaded.columns))
+    _normalise_rows(report, loaded, spec)
+    if spec.format == "classification":
+        report.labels = dict(sorted(Counter(r["label"] for r in report.rows).items()))
+    if spec.format == "unpaired_preference" and report.rows:
+        report.notes.append("thumbs: {} desirable, {} undesirable".format(*thumbs_counts(report.rows)))
+    if not report.rows:
+        report.issues.append(Issue(None, None, _no_rows_message(report, loaded.total_rows)))
+        report.fatal = True
+    return report
+
+
+def _no_rows_message(report: DataReport, total: int) -> str:
+    first = next((i.message for i in report.issues if not i.file_wide), "")
+    detail = f" (first problem: {first})" if first else ""
+    left_out = dropped_text(report.dropped)
+    if not left_out:
+        return f"no usable rows: all {total} rows have problems{detail}"
+    rest = f"; the other rows have problems{detail}" if first else ""
+    return f"no usable rows: of {total} rows, left out on purpose: {left_out}{rest}"
+
+
+def _normalise_rows(report: DataReport, loaded, spec: FormatSpec) -> None:
+    """Each record normalised into ``report.rows``; a bad row becomes an issue, a row left out on
+    purpose (a tie vote, equal answers) a count in ``report.dropped``."""
+    report.dropped = dict.fromkeys(drop_reasons(spec.format), 0)
     for record, number in zip(loaded.records, loaded.row_numbers):
         try:
             row = normalize_row(record, spec)
+        except LeftOut as exc:
+            report.dropped[exc.reason] = report.dropped.get(exc.reason, 0) + 1
+            continue
         except RowProblem as exc:
             report.issues.append(Issue(number, exc.column, exc.message))
             continue
@@ -117,14 +148,6 @@ def prepare_data(options: DataMapping, max_file_mb: float = 100.0) -> DataReport
             continue
         report.rows.append(row)
         report.row_numbers.append(number)
-    if spec.format == "classification":
-        report.labels = dict(sorted(Counter(r["label"] for r in report.rows).items()))
-    if not report.rows:
-        first = next((i.message for i in report.issues if not i.file_wide), "")
-        detail = f" (first problem: {first})" if first else ""
-        report.issues.append(Issue(None, None, f"no usable rows: all {loaded.total_rows} rows have problems{detail}"))
-        report.fatal = True
-    return report
 
 
 def mapping_issues(options: DataMapping) -> list[Issue]:
@@ -155,6 +178,7 @@ def resolve_spec(options: DataMapping, columns: list[str], records: list[dict], 
     spec = FormatSpec(fmt, system_prompt=options.system_prompt)
     if detected is not None and detected.format == fmt:
         spec.prompt_column, spec.completion_column = detected.prompt_column, detected.completion_column
+        spec.label_column = detected.label_column
     spec.prompt_column = options.prompt_column or spec.prompt_column
     spec.completion_column = options.completion_column or spec.completion_column
     spec.prompt_template, spec.completion_template = options.prompt_template, options.completion_template
@@ -164,6 +188,8 @@ def resolve_spec(options: DataMapping, columns: list[str], records: list[dict], 
 def _spec_issues(spec: FormatSpec, columns: list[str], records: list[dict], notes: list[str]) -> list[Issue]:
     """The columns and placeholders the spec needs must exist in the file."""
     what = f"the {spec.format} format"
+    if spec.format in PREFERENCE_FORMATS:
+        return missing_columns(fill_spec(spec, columns), columns, what)
     if spec.format == "columns":
         issues = []
         for side, column, template in (("prompt", spec.prompt_column, spec.prompt_template),
@@ -342,6 +368,11 @@ def _readable(result: dict) -> str:
     stats = result["stats"]
     lines.append(f"split: {stats['split']['train']} train / {stats['split']['held_out']} held out")
     lines.append(f"duplicates: {stats['duplicates']['count']}; train/held-out leakage: {stats['leakage']['count']}")
+    if "same_prompt" in stats["duplicates"]:
+        lines.append(f"prompts asked more than once: {stats['duplicates']['same_prompt']['count']}; held-out prompts "
+                     f"also in training: {stats['leakage']['same_prompt']}")
+    if result.get("dropped"):
+        lines.append("dropped on purpose: " + ", ".join(f"{k} {v}" for k, v in result["dropped"].items()))
     tokens = stats.get("tokens")
     if tokens:
         for part in ("prompt", "completion", "total"):

@@ -8,7 +8,10 @@ Normalised rows::
     {"text": "..."}                                               # language modelling
 
 Formats (one normaliser each): prompt_completion, messages, sharegpt, alpaca,
-text, columns (user mapping + ``{column}`` templates), classification.
+text, columns (user mapping + ``{column}`` templates), classification. The
+preference formats (chosen/rejected pairs, thumbs up/down, a run's votes) are
+detected and normalised in ``finetune_core.data.preference``; ``detect_format``
+and ``normalize_row`` hand them over, so callers see one list of formats.
 
 ShareGPT tool-calling roles are mapped, not rejected: ``function_call`` becomes
 an assistant turn (the JSON call is what the model learns to write),
@@ -26,7 +29,9 @@ from dataclasses import dataclass, field
 from finetune_core.data.checks import RowProblem, check_conversation, require_text
 from finetune_core.data.templates import render_template, template_fields
 
-FORMATS = ("prompt_completion", "messages", "sharegpt", "alpaca", "text", "columns", "classification")
+SFT_FORMATS = ("prompt_completion", "messages", "sharegpt", "alpaca", "text", "columns", "classification")
+PREFERENCE_FORMATS = ("preference", "preference_implicit", "sharegpt_preference", "unpaired_preference", "votes")
+FORMATS = SFT_FORMATS + PREFERENCE_FORMATS
 CONVERSATION_COLUMNS = ("messages", "conversations", "conversation", "chat")
 ID_COLUMNS = {"id", "idx", "index", "uuid", "guid", "fname", "key", "source", "split"}
 LABEL_NAMES = {"label", "labels", "category", "class", "intent", "sentiment", "emotion", "target", "rating", "stars"}
@@ -57,6 +62,8 @@ class FormatSpec:
     completion_template: str = ""
     system_prompt: str = ""
     labels: list[str] = field(default_factory=list)
+    label_column: str = ""  # thumbs up/down (unpaired_preference): the boolean column
+
 
 
 # -- detection ---------------------------------------------------------------
@@ -65,7 +72,14 @@ def detect_format(columns: list[str], records: list[dict]) -> tuple[FormatSpec |
     """Guess the format from column names and a look at the values.
 
     Returns the spec (None when nothing fits) and a sentence saying why.
+    Preference layouts are tried first: their columns are specific enough not to
+    claim an SFT file, and an SFT guess would read a pair file wrongly.
     """
+    from finetune_core.data.preference import detect_preference  # it builds on this module's helpers
+
+    found = detect_preference(columns, records)
+    if found[0] is not None:
+        return found
     cols = set(columns)
     for name in CONVERSATION_COLUMNS:
         if name in cols:
@@ -218,6 +232,12 @@ def normalize_sharegpt(record: dict, spec: FormatSpec) -> dict:
     """A ShareGPT row (from/value turns): roles mapped (tool results become user turns), the row's system
     text and tools put in the system message, and the last assistant turn made the completion."""
     column = spec.prompt_column or "conversations"
+    prompt, completion = split_last_turn(sharegpt_messages(record, column), column)
+    return {"prompt": with_system(prompt, spec.system_prompt), "completion": completion}
+
+
+def sharegpt_messages(record: dict, column: str) -> list[dict]:
+    """The row's ShareGPT turns as role/content messages, its system text and tools first."""
     turns = record.get(column)
     if not isinstance(turns, list) or not turns:
         raise RowProblem(column, f"column {column!r} should be a non-empty list of turns")
@@ -238,8 +258,7 @@ def normalize_sharegpt(record: dict, spec: FormatSpec) -> dict:
     if system:
         rest = messages[1:] if messages and messages[0]["role"] == "system" else messages
         messages = [{"role": "system", "content": system}, *rest]
-    prompt, completion = split_last_turn(messages, column)
-    return {"prompt": with_system(prompt, spec.system_prompt), "completion": completion}
+    return messages
 
 
 def _sharegpt_system(record: dict, messages: list[dict]) -> str:
@@ -353,5 +372,10 @@ NORMALISERS = {
 
 
 def normalize_row(record: dict, spec: FormatSpec) -> dict:
-    """Normalise one raw record; raises RowProblem when the row cannot be used."""
+    """Normalise one raw record; raises RowProblem when the row cannot be used (and, for preference
+    formats, LeftOut when it is left out on purpose: a tie vote, chosen equal to rejected)."""
+    if spec.format in PREFERENCE_FORMATS:
+        from finetune_core.data.preference import normalize_preference
+
+        return normalize_preference(record, spec)
     return NORMALISERS[spec.format](record, spec)

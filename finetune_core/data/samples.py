@@ -40,6 +40,17 @@ SAMPLES: dict[str, dict] = {
         "completion_column": "label",
         "description": "Customer messages labelled with one of five snake_case intents.",
     },
+    "Helpful answers (preference pairs)": {
+        "data_path": str(SAMPLE_DIR / "helpful_pairs.jsonl"),
+        "data_format": "preference",
+        "description": "24 prompts, each with a short, correct, polite answer (chosen) and a wrong, rude or "
+                       "rambling one (rejected): for DPO or ORPO.",
+    },
+    "Helpful answers (thumbs up/down)": {
+        "data_path": str(SAMPLE_DIR / "helpful_thumbs.jsonl"),
+        "data_format": "unpaired_preference",
+        "description": "24 chats whose answer is marked good (true) or bad (false), half each: for KTO.",
+    },
 }
 _NOT_OPTIONS = ("description",)
 

@@ -5,7 +5,10 @@ conversational rows exactly: the prompt is rendered with the chat template and
 ``add_generation_prompt=True``, prompt + completion without it, and the
 completion mask starts where the two token lists first differ
 (``trl.data_utils.common_prefix_length``). Language-modelling rows are
-tokenised plainly with EOS appended and every token is trained.
+tokenised plainly with EOS appended and every token is trained. TRL 1.16's
+DPOTrainer tokenises a pair the same way, once with each answer: a pair's
+"completion" length is its longer answer (the one a max length cuts first),
+and ``token_stats`` adds the chosen and rejected lengths apart.
 
     python -m finetune_core inspect sample_data/fact_cards.jsonl --model bundled
 """
@@ -93,24 +96,34 @@ def token_lengths(rows: list[dict], tokenizer) -> list[tuple[int, int]]:
     ``apply_chat_template(tokenize=True)`` (which encodes the rendered text
     without special tokens), at a fraction of the time on large files.
     """
+    return [(prompt, max(answers)) for prompt, answers in answer_lengths(rows, tokenizer)]
+
+
+def _answers(row: dict) -> list[list[dict]]:
+    return [row["chosen"], row["rejected"]] if "chosen" in row else [row["completion"]]
+
+
+def answer_lengths(rows: list[dict], tokenizer) -> list[tuple[int, list[int]]]:
+    """(masked prompt tokens, [trained tokens per answer]) per row: one answer for SFT, thumbs
+    and text rows, two (chosen, rejected) for a preference pair."""
     ensure_chat_template(tokenizer)
     conv = [r for r in rows if "prompt" in r]
     prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in conv]
-    fulls = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in conv]
+    fulls = [tokenizer.apply_chat_template(r["prompt"] + answer, tokenize=False) for r in conv for answer in _answers(r)]
     texts = [_lm_text(r["text"], tokenizer) for r in rows if "prompt" not in r]
     encoded_p = tokenizer(prompts, add_special_tokens=False)["input_ids"] if conv else []
-    encoded_f = tokenizer(fulls, add_special_tokens=False)["input_ids"] if conv else []
-    encoded_t = tokenizer(texts)["input_ids"] if texts else []
-    conv_iter = iter(zip(encoded_p, encoded_f))
-    text_iter = iter(encoded_t)
+    full_iter = iter(tokenizer(fulls, add_special_tokens=False)["input_ids"] if conv else [])
+    conv_iter = iter(encoded_p)
+    text_iter = iter(tokenizer(texts)["input_ids"] if texts else [])
     out = []
     for row in rows:
-        if "prompt" in row:
-            p, f = next(conv_iter)
-            n = common_prefix_length(p, f)
-            out.append((n, len(f) - n))
-        else:
-            out.append((0, len(next(text_iter))))
+        if "prompt" not in row:
+            out.append((0, [len(next(text_iter))]))
+            continue
+        p = next(conv_iter)
+        full = [next(full_iter) for _ in _answers(row)]
+        n = min(common_prefix_length(p, f) for f in full)  # where TRL's DPO starts the answers, too
+        out.append((n, [len(f) - n for f in full]))
     return out
 
 
@@ -136,14 +149,15 @@ def token_stats(rows: list[dict], tokenizer, max_length: int = 512, max_rows: in
     note = ensure_chat_template(tokenizer)
     step = max(1, -(-len(rows) // max_rows)) if max_rows else 1
     sample = rows[::step]
-    pairs = token_lengths(sample, tokenizer)
+    measured = answer_lengths(sample, tokenizer)
+    pairs = [(p, max(answers)) for p, answers in measured]
     prompt = [p for p, _ in pairs]
     completion = [c for _, c in pairs]
     total = [p + c for p, c in pairs]
     # The prompt alone fills max_length: truncation leaves nothing to learn.
     lost = [i * step for i, p in enumerate(prompt) if p and p >= max_length]
     cut = [i * step for i, (p, t) in enumerate(zip(prompt, total)) if t > max_length and p < max_length]
-    return {
+    out = {
         "rows_measured": len(sample),
         "max_length": max_length,
         "over_max_length": sum(t > max_length for t in total),
@@ -158,3 +172,7 @@ def token_stats(rows: list[dict], tokenizer, max_length: int = 512, max_rows: in
         "lengths": {"prompt": prompt, "completion": completion, "total": total},
         "chat_template_note": note,
     }
+    if sample and "chosen" in sample[0]:  # pairs: each answer's own length
+        out["chosen"] = _describe([answers[0] for _, answers in measured])
+        out["rejected"] = _describe([answers[-1] for _, answers in measured])
+    return out

@@ -10,7 +10,8 @@ the model card, which is built from the evaluation's report facts.)
 * `adapter_zip` — the adapter folder (weights, adapter_config, tokenizer), the
   run's run.yaml and the model card files the caller passes (`card_files`,
   see evaluation/model_card.py).
-* `merge` — LoRA folded into the base weights (`merge_and_unload`): a plain
+* `merge` — the run's chain of LoRA adapters (its parents', then its own) folded into the
+  base weights (`merge_and_unload`, models/chain.load_chain_model): a plain
   transformers folder (safetensors, tokenizer, generation config) that loads
   with `AutoModelForCausalLM.from_pretrained`.
 * `export_gguf` — the merged model as one GGUF file (see gguf_export.py).
@@ -135,17 +136,12 @@ def _tokenizer(run: Run):
 
 
 def merged_model(run: Run):
-    """The run's model with the adapter folded into the base weights (policy device and dtype)."""
-    from finetune_core.models.sources import device_policy, load_model
+    """The run's model with its chain's adapters (its parents' and its own) folded into the base weights
+    (policy device and dtype); a full fine-tune's folder is the whole model already."""
+    from finetune_core.models.chain import load_chain_model
+    from finetune_core.models.sources import device_policy
 
-    cfg = run.config()
-    policy = device_policy(cfg.device)
-    if cfg.method == "full":  # the adapter folder already holds the whole tuned model
-        return load_model(str(run.adapter_dir), policy)
-    from peft import PeftModel
-
-    base = load_model(cfg.model, policy)
-    return PeftModel.from_pretrained(base, str(run.adapter_dir), is_trainable=False).merge_and_unload()
+    return load_chain_model(run, device_policy(run.config().device))
 
 
 def merge(run: Run, out_dir: str | os.PathLike) -> Path:

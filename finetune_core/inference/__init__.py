@@ -1,7 +1,9 @@
 """Inference: generation with base and tuned from one copy of the weights, and chat.
 
-``generation`` holds ``InferenceModel`` (base, adapter on/off, batched and
-streaming generation; ``streaming`` streams base and tuned side by side), ``batching`` groups prompts into batches that fit a
+``generation`` holds ``InferenceModel`` (two sides, adapters switched per
+side, batched and streaming generation; ``streaming`` streams both sides side
+by side), ``sides`` says what a side is ("base" or a run's whole chain), what
+a run is compared with by default and loads a pair, ``batching`` groups prompts into batches that fit a
 key/value-cache budget, ``model_cache`` keeps the last few loaded models,
 ``chat`` is a side-by-side conversation with blind A/B votes, ``run_prompts``
 rebuilds a run's prompt template so a typed message is wrapped as training saw

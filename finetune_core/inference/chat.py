@@ -1,4 +1,4 @@
-"""Side-by-side chat with base and tuned, blind A/B voting and DPO export.
+"""Side-by-side chat with two models (base and tuned, or any two sides), blind A/B voting and DPO export.
 
 A `ChatSession` is one browser session's (or one script's) conversation: a
 history per pane (base and tuned each continue their own conversation), the
@@ -16,6 +16,11 @@ A run trained on a prompt template (run_prompts.RunTemplate) only knows its
 prompts in that wrapping: with `base_template` / `tuned_template` set, each
 side's user turn is wrapped in its template as training wrapped the same
 text, and `single_turn` answers each message without the earlier turns.
+
+"base" and "tuned" here are the session's side A (left pane) and side B (right
+pane): the base model and a run, or any two sides of a comparison
+(finetune_core.inference.sides); `side_labels` names them and `models` gives
+their model ids for the votes.
 
 Blind mode puts the tuned answer on a random side each turn (the session's own
 seeded RNG). A vote ("left", "right", "tie", "both_bad") is mapped back to a
@@ -42,7 +47,7 @@ from finetune_core.errors import InputError
 from finetune_core.inference.chat_limits import TokenCounter, check_chat_request
 from finetune_core.inference.generation import GenSettings, InferenceModel
 from finetune_core.inference.run_prompts import RunTemplate, example_prompts
-from finetune_core.inference.votes import append_vote, load_votes
+from finetune_core.inference.votes import append_vote, load_votes, pair_votes
 from finetune_core.limits import LimitError, limits
 from finetune_core.runs.store import Run
 
@@ -70,7 +75,9 @@ class ChatSession:
     tuned_sides: list[str] = field(default_factory=list)  # per turn: the pane tuned was shown in
     pending: dict | None = None  # the last blind turn, until it is voted on
     votes: list[dict] = field(default_factory=list)
-    run: Run | None = field(default=None, compare=False)  # the run answering: its votes.jsonl gets the votes
+    run: Run | None = field(default=None, compare=False)  # the (newer) run answering: its votes.jsonl gets the votes
+    models: dict | None = None  # {"base": side A's model id, "tuned": side B's} (votes.model_ids; None: the run's)
+    side_labels: tuple[str, str] = ("Base", "Tuned")  # what the panes call side A and side B
     epoch: int = 0  # bumped by clear(); a stream from an older epoch stops writing
     first_turn: int = 0  # turns before this one no longer fit the context limit and are not sent
     tickets: list = field(default_factory=list, repr=False, compare=False)  # admitted turns not yet started
@@ -310,7 +317,7 @@ def record_vote(session: ChatSession, choice: str, run: Run | None = None) -> di
     vote = {**turn, "choice": choice, "winner": winner}
     run = run if run is not None else session.run
     if run is not None:
-        append_vote(run, vote)
+        append_vote(run, vote, session.models)
     session.votes.append(vote)
     session.pending = None
     return vote
@@ -318,10 +325,12 @@ def record_vote(session: ChatSession, choice: str, run: Run | None = None) -> di
 
 def saved_votes(session: ChatSession) -> list[dict]:
     """The votes to count and export: the session's run's votes.jsonl (every session's
-    votes on that run, across reloads), or the session's own votes when it has no run."""
+    votes on that run, across reloads; with `models`, only those between this pair, seen from
+    its sides), or the session's own votes when it has no run."""
     if session.run is None:
         return list(session.votes)
-    return load_votes(session.run)[0]
+    votes = load_votes(session.run)[0]
+    return pair_votes(votes, session.run, session.models) if session.models else votes
 
 
 def tally(votes: list[dict]) -> dict:

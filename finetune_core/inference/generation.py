@@ -1,18 +1,22 @@
-"""Generation with base and tuned from one copy of the weights.
+"""Generation with two sides (base and tuned, or any two models) from one copy of the weights.
 
-`InferenceModel` holds a base model and, for a LoRA run, its adapter. The
-tuned side is the model with the adapter on, the base side the same model
-with it off (PEFT's `disable_adapter`, or `adapter_names=["__base__", ...]`
-for a mixed batch), so memory holds one model. A lock serialises generation
-on the shared weights. A full fine-tune holds two models (there is no adapter
-to switch off).
+`InferenceModel` holds a model and, for LoRA runs, their adapters. Side A
+(``tuned=False``) and side B (``tuned=True``) are the same weights with
+different adapters switched on (none: PEFT's `disable_adapter`; a chain: all
+of its adapters at once; `adapter_names=[...]` for a mixed batch), so memory
+holds one model. Which adapters make a side, and what the sides are called,
+come from `InferenceModel.for_sides` (finetune_core.inference.sides); a run
+alone is compared with its default pair (`from_run`). A lock serialises
+generation and adapter switching on the shared weights. Two models are held
+only when the sides start from different weights (a full fine-tune, or
+different base models).
 
 * `generate(prompts, tuned=...)` — batched greedy generation with left padding
   (held-out evaluation); on a CPU from per-prompt prefilled caches
   (speedups.kv_cache) unless the speed-ups are off for this model.
-* `stream_pair(...)` — base and tuned answers streamed together, token by
-  token, in one mixed batch (the side-by-side chat; in
-  finetune_core.inference.streaming).
+* `stream_pair(...)` — both sides' answers streamed together, token by
+  token, in one mixed batch when each side has at most one adapter (the
+  side-by-side chat; in finetune_core.inference.streaming).
 """
 from __future__ import annotations
 
@@ -93,24 +97,49 @@ class _Cancel:
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
-class InferenceModel:
-    """A base model and its tuned side for generation, loaded once and shared; `lock` serialises generation.
+def _is_peft(model) -> bool:
+    """Whether `model` is a PEFT model (adapters that can be switched)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
-    For a LoRA run the tuned side is the adapter on one model; a full fine-tune holds two models.
-    The tokenizer is changed in place: left padding, and EOS as pad token where it has none."""
+
+@contextlib.contextmanager
+def _switched_on(model, names: list[str]):
+    """Switch exactly `names` on in PEFT model `model` (the LoRA layers add each active adapter's update,
+    so a chain's adapters on together equal the chain merged). Done on entry, not when made: callers
+    make the context before taking the lock."""
+    if list(model.base_model.active_adapters) != list(names):
+        model.base_model.set_adapter(list(names) if len(names) > 1 else names[0], inference_mode=True)
+    yield
+
+
+class InferenceModel:
+    """Two sides for generation, loaded once and shared; `lock` serialises generation on them.
+
+    Side A answers as ``tuned=False``, side B as ``tuned=True``. `side_adapters` names the adapters
+    each side switches on ([] = none: the base weights); made directly from a PEFT model it is
+    {False: [], True: the model's active adapters} (base vs tuned). A second model (`tuned_model`)
+    answers for side B when the sides start from different weights. The tokenizer is changed in
+    place: left padding, and EOS as pad token where it has none."""
 
     def __init__(self, model, tokenizer, policy: DevicePolicy, tuned_model=None, label: str = "",
-                 speedups: str = "auto"):
-        self.model = model  # PeftModel when an adapter is loaded, else a plain model
-        self.tuned_model = tuned_model  # only for full fine-tunes
+                 speedups: str = "auto", sides: dict[bool, list[str]] | None = None,
+                 side_labels: dict[bool, str] | None = None, side_keys: tuple[str, str] | None = None):
+        self.model = model  # PeftModel when adapters are loaded, else a plain model
+        self.tuned_model = tuned_model  # side B's own model when the sides' weights differ
         self.tokenizer = tokenizer
         self.policy = policy
         self.label = label
         self.lock = threading.Lock()
+        self.side_adapters = sides if sides is not None else {
+            False: [], True: list(model.active_adapters) if _is_peft(model) else []}
+        self.side_labels = side_labels or {False: "Base", True: "Tuned"}
+        self.side_keys = side_keys  # ("base" | "run:<id>", ...) when made by for_sides
         self.tokenizer.padding_side = "left"  # decoder-only batches must pad on the left
         from finetune_core.speedups import apply_inference
 
-        # what this model's generation gets (speedups.Report: applied, and why not)
+        # What this model's generation gets (speedups.Report: applied, and why not). Both speed-ups
+        # change attention and the cache only; LoRA layers, however many adapters are on, are
+        # untouched (tests/test_sides.py checks a multi-adapter side's answers against the merged chain).
         self.speedups = apply_inference(model, policy.device, speedups)
         if tuned_model is not None:
             apply_inference(tuned_model, policy.device, speedups)
@@ -120,12 +149,12 @@ class InferenceModel:
 
     @property
     def has_adapter(self) -> bool:
-        """Whether `model` is a PEFT model whose adapter can be switched off (a LoRA or QLoRA run)."""
-        return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
+        """Whether `model` is a PEFT model whose adapters are switched per side (LoRA or QLoRA runs)."""
+        return _is_peft(self.model)
 
     @property
     def has_tuned(self) -> bool:
-        """Whether there is a tuned side: an adapter, or a second model for a full fine-tune."""
+        """Whether there is a side B: adapters to switch, or a second model."""
         return self.has_adapter or self.tuned_model is not None
 
     # -- construction --------------------------------------------------------
@@ -138,22 +167,25 @@ class InferenceModel:
         return cls(model, tok, policy, label=source)
 
     @classmethod
+    def for_sides(cls, a: str, b: str, progress: Callable[[str], None] | None = None,
+                  runs: tuple[Run, ...] = ()) -> "InferenceModel":
+        """Side keys `a` ("base" or "run:<run id>") and `b` as sides A and B (see inference.sides): one
+        base with both chains' adapters, or two models when the bases differ and both fit (InputError
+        otherwise); RunError when a run in a chain has no saved adapter yet. `runs`: runs already open
+        (found by id before the runs root is searched)."""
+        from finetune_core.inference.sides import load_pair
+
+        return load_pair(a, b, progress, {r.id: r for r in runs})
+
+    @classmethod
     def from_run(cls, run: Run, progress: Callable[[str], None] | None = None) -> "InferenceModel":
-        """The run's base model with its saved adapter (or, for a full fine-tune, base and tuned models), on the
-        run's device with its speed-up setting; FileNotFoundError when the run has saved no adapter yet."""
-        cfg = run.config()
+        """The run against its default side (its parent's chain, else the base; see sides.default_sides),
+        on the run's device with its speed-up setting; RunError when the run has saved no adapter yet."""
+        from finetune_core.inference.sides import default_sides
+
         if not run.has_adapter():
             raise RunError(f"Run {run.id} has no saved adapter yet.")
-        policy = device_policy(cfg.device if cfg.device != "auto" else "auto")
-        tok = load_tokenizer(cfg.model, progress)
-        base = load_model(cfg.model, policy, progress).eval()
-        if cfg.method == "full":
-            tuned = load_model(str(run.adapter_dir), policy, progress).eval()
-            return cls(base, tok, policy, tuned_model=tuned, label=run.id, speedups=cfg.speedups)
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(base, str(run.adapter_dir), is_trainable=False).eval()
-        return cls(model, tok, policy, label=run.id, speedups=cfg.speedups)
+        return cls.for_sides(*default_sides(run), progress=progress, runs=(run,))
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict]) -> str:
@@ -170,8 +202,8 @@ class InferenceModel:
         return {k: v.to(self.policy.device) for k, v in enc.items()}
 
     def weights(self, tuned: bool):
-        """The module that answers for one side: the base model, a separate tuned model when one is held,
-        or the same LoRA model (switch the side with `side_context`). InputError for a tuned side that is missing."""
+        """The module that answers for one side: `model`, or side B's own model when one is held
+        (switch the side with `side_context`). InputError for a side B that is missing."""
         if not tuned:
             return self.model
         if self.tuned_model is not None:
@@ -181,18 +213,20 @@ class InferenceModel:
         return self.model
 
     def side_context(self, model, tuned: bool):
-        """The context for one side: the adapter switched off for the base side of a LoRA model."""
-        if self.has_adapter and not tuned and model is self.model:
-            return self.model.disable_adapter()
-        return contextlib.nullcontext()
+        """The context one side runs in on `model`: its adapters switched on (all of a chain's at once),
+        or every adapter off for a side without any. Enter it under `lock`: it switches shared weights."""
+        if not _is_peft(model):
+            return contextlib.nullcontext()
+        names = self.side_adapters[tuned]
+        return _switched_on(model, names) if names else model.disable_adapter()
 
     def side(self, tuned: bool):
-        """(weights, context) that answer as the base (``tuned=False``) or the tuned side.
+        """(weights, context) that answer as side A (``tuned=False``) or side B.
 
         Run the weights inside the context: for a LoRA model both sides are the same
-        weights, and the context switches the adapter off for the base side. Ask for a
+        weights, and the context switches the side's adapters on (or all off). Ask for a
         fresh pair per use (PEFT's ``disable_adapter()`` context is one-shot). InputError
-        when the tuned side is asked of a model without one.
+        when side B is asked of a model without one.
         """
         model = self.weights(tuned)
         return model, self.side_context(model, tuned)

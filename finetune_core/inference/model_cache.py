@@ -1,8 +1,12 @@
 """ModelCache: the loaded inference models of this process, shared read-only.
 
 Loading a model takes seconds, so the app keeps the last few loaded
-(base-only or base + a run's adapter) and hands the same `InferenceModel` to
-every session that asks for it. The weights are never mutated by chat or
+(base-only, or a pair of sides: base + the adapters of both sides' chains)
+and hands the same `InferenceModel` to every session that asks for it. A key
+is ``base:<model source>``, ``sides:<a>|<b>`` (a pair of side keys, see
+finetune_core.inference.sides) or ``run:<run id>``, which is the run's
+default pair and shares its entry with the same pair asked for by name, so
+two pairs are never confused and one pair is never loaded twice. The weights are never mutated by chat or
 evaluation; `InferenceModel.lock` serialises generation on them. The app
 makes one cache and passes it to the tabs (no module-level globals).
 """
@@ -14,8 +18,22 @@ from typing import Callable
 
 from finetune_core.inference.chat_limits import TokenCounter
 from finetune_core.inference.generation import InferenceModel
+from finetune_core.inference.sides import PAIR_PREFIX, default_sides, newer_run, pair_key, parse_pair_key, root_model
 from finetune_core.models.sources import load_tokenizer
 from finetune_core.runs.store import get_run
+
+
+def canonical_key(key: str) -> str:
+    """The cache entry a key names: ``run:<id>`` becomes its default pair's ``sides:`` key; ValueError
+    for a key of no known kind."""
+    kind, _, value = str(key).partition(":")
+    if kind == "run":
+        return pair_key(*default_sides(get_run(value)))
+    if key.startswith(PAIR_PREFIX):
+        return pair_key(*parse_pair_key(key))
+    if kind == "base" and value:
+        return key
+    raise ValueError(f"Unknown model key {key!r}.")
 
 
 class ModelCache:
@@ -31,18 +49,17 @@ class ModelCache:
         self._counters_lock = threading.Lock()
 
     def get(self, key: str, progress: Callable[[str], None] | None = None) -> InferenceModel:
-        """`key` is 'run:<run id>' (base + that run's adapter) or 'base:<model source>'."""
+        """`key` is 'run:<run id>' (the run against its default side), 'sides:<a>|<b>' (two sides) or
+        'base:<model source>' (that model alone)."""
+        key = canonical_key(key)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            kind, _, value = key.partition(":")
-            if kind == "run":
-                model = InferenceModel.from_run(get_run(value), progress)
-            elif kind == "base":
-                model = InferenceModel.base_only(value, progress)
+            if key.startswith(PAIR_PREFIX):
+                model = InferenceModel.for_sides(*parse_pair_key(key), progress=progress)
             else:
-                raise ValueError(f"Unknown model key {key!r}.")
+                model = InferenceModel.base_only(key.partition(":")[2], progress)
             self._items[key] = model
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
@@ -51,13 +68,14 @@ class ModelCache:
     def counter(self, key: str, progress: Callable[[str], None] | None = None) -> TokenCounter:
         """A token counter for `key`'s model without loading its weights, so a chat turn is
         checked before it is queued: the loaded model's own, else one from its tokenizer."""
+        key = canonical_key(key)
         model = self._items.get(key)  # a peek: get() may hold the lock for a whole model load
         if model is not None:
             return model.counter
-        kind, _, value = key.partition(":")
-        if kind not in ("run", "base"):
-            raise ValueError(f"Unknown model key {key!r}.")
-        source = get_run(value).config().model if kind == "run" else value
+        if key.startswith(PAIR_PREFIX):
+            source = root_model(newer_run(*parse_pair_key(key)))
+        else:
+            source = key.partition(":")[2]
         with self._counters_lock:
             if source not in self._counters:
                 self._counters[source] = TokenCounter(load_tokenizer(source, progress))
@@ -70,4 +88,4 @@ class ModelCache:
         """Forget `key`'s model (no-op when absent); the next `get` loads it again. A session still
         holding it keeps using it, and its memory goes when the last holder lets go."""
         with self._lock:
-            self._items.pop(key, None)
+            self._items.pop(canonical_key(key), None)

@@ -1,9 +1,11 @@
-"""Base and tuned answers streamed together, token by token: the side-by-side chat.
+"""Both sides' answers streamed together, token by token: the side-by-side chat.
 
-`stream_pair` is what `InferenceModel.stream_pair` runs. For a LoRA model both
-sides go in one mixed batch (PEFT's ``adapter_names``, row 0 base, row 1 tuned),
-so the weights are read once per token; a full fine-tune (two models) or a DoRA
-adapter (PEFT refuses it in a mixed batch) streams base, then tuned. Generation
+`stream_pair` is what `InferenceModel.stream_pair` runs. For a LoRA model whose
+sides have at most one adapter each, both go in one mixed batch (PEFT's
+``adapter_names``: row 0 side A, row 1 side B), so the weights are read once
+per token. PEFT's mixed batch gives a row one adapter, so a side that is a
+chain of several (an SFT -> DPO run), two models, or a DoRA adapter (PEFT
+refuses it in a mixed batch) stream side A, then side B. Generation
 runs on a worker thread under the model's lock and hands snapshots back through
 a queue; when the consumer goes away (a page closed) the worker stops at its
 next token.
@@ -114,9 +116,10 @@ def stream_pair(inference, base_messages: list[dict] | None, tuned_messages: lis
     stopping = generation._Cancel(cancel, gone)
     kw = {**settings.kwargs(inference.tokenizer), "streamer": streamer,
           "stopping_criteria": StoppingCriteriaList([stopping])}
-    mixed = inference.has_adapter and len(sides) == 2 and _mixed_batch_allowed(inference)
+    rows = mixed_batch_names(inference) if len(sides) == 2 else None
+    mixed = rows is not None
     if mixed:
-        kw["adapter_names"] = [BASE_ADAPTER, "default"]  # one batch: row 0 base, row 1 tuned
+        kw["adapter_names"] = rows  # one batch: row 0 side A, row 1 side B
         jobs = [(inference.model, texts, kw)]
     elif len(sides) == 2:  # full fine-tune (two models) or DoRA: one side after the other
         jobs = None
@@ -129,11 +132,9 @@ def stream_pair(inference, base_messages: list[dict] | None, tuned_messages: lis
                 torch.manual_seed(settings.seed)
                 if jobs is not None:
                     model, ts, kwargs = jobs[0]
-                    tuned_only = len(sides) == 1 and sides[0][0]
-                    if len(sides) == 1 and not tuned_only and inference.has_adapter:
-                        with inference.model.disable_adapter():
-                            model.generate(**inference.encode(ts), **kwargs)
-                    else:
+                    # one side: its adapters on; a mixed batch names each row's adapter itself
+                    side = contextlib.nullcontext() if mixed else inference.side_context(model, sides[0][0])
+                    with side:
                         model.generate(**inference.encode(ts), **kwargs)
                 else:
                     _stream_two_models(inference, texts, streamer, settings, stopping)
@@ -173,22 +174,29 @@ def _snapshots(streamer: _RowStreamer, sides: list) -> Iterator[tuple[str, str]]
             yield item[0], ""
 
 
-def _mixed_batch_allowed(inference) -> bool:
-    """Whether base and tuned can share one batch (PEFT's `adapter_names`): not for DoRA,
-    which PEFT refuses there."""
-    return not any(getattr(c, "use_dora", False) for c in inference.model.peft_config.values())
+def mixed_batch_names(inference) -> list[str] | None:
+    """Each row's adapter name when both sides can share one batch (PEFT's `adapter_names`: one adapter
+    or none per row), else None: one model with at most one adapter per side, and no DoRA, which PEFT
+    refuses there."""
+    if inference.tuned_model is not None or not inference.has_adapter:
+        return None
+    names = [inference.side_adapters[False], inference.side_adapters[True]]
+    if any(len(n) > 1 for n in names):
+        return None
+    if any(getattr(c, "use_dora", False) for c in inference.model.peft_config.values()):
+        return None
+    return [n[0] if n else BASE_ADAPTER for n in names]
 
 
 def _stream_two_models(inference, texts, streamer: _RowStreamer, settings: GenSettings, stopping) -> None:
-    """Base then tuned, each streaming into its row of the shared streamer: a full
-    fine-tune (two models) or an adapter that cannot share a batch (switched off, then on)."""
+    """Side A then side B, each streaming into its row of the shared streamer: two models, or
+    adapters that cannot share a batch (each side's switched on in turn)."""
     from transformers import StoppingCriteriaList
 
     tuned = inference.tuned_model if inference.tuned_model is not None else inference.model
     for row, model in enumerate((inference.model, tuned)):
         if stopping.is_set():  # stopped during the base side: the tuned side is not started
             return
-        side = inference.side_context(model, tuned=row == 1) if inference.tuned_model is None else contextlib.nullcontext()
-        with side:
+        with inference.side_context(model, tuned=row == 1):
             model.generate(**inference.encode([texts[row]]), **settings.kwargs(inference.tokenizer),
                            streamer=_OneRow(streamer, row), stopping_criteria=StoppingCriteriaList([stopping]))

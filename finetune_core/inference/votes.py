@@ -12,7 +12,13 @@ saw and what it turned out to be:
      "choice": ..., "tuned_side": ..., "prompt_base": [...], "prompt_tuned": [...], "base": ..., "tuned": ...}
 
 A and B are the panes as the voter saw them (left and right); ``both_bad`` is
-the app's fourth vote button and is kept as a winner value of its own. The
+the app's fourth vote button and is kept as a winner value of its own.
+
+Any two sides can be voted on (finetune_core.inference.sides). A vote is kept
+by the newer run of the two, and in its file "tuned" always means that run:
+its model id is ``tuned:<its run id>``, the other side's ``base:<model>`` or
+``run:<run id>`` (`append_vote` turns a vote round when the newer run was
+the session's side A). `pair_votes` picks one pair's votes out of a file. The
 trailing keys are the in-memory vote record (chat.record_vote), kept so DPO
 pairs can be rebuilt from the file. In memory a vote's ``winner`` names the
 model ("tuned", "base", "tie", "both_bad"), as `chat.tally` counts it;
@@ -83,13 +89,70 @@ def vote_line(vote: dict, models: dict[str, str], when: float | None = None) -> 
     }
 
 
-def append_vote(run: Run, vote: dict) -> dict:
-    """Append one in-memory vote to the run's votes.jsonl; returns the line written.
+def flip_vote(vote: dict) -> dict:
+    """The same vote seen from the other side: base and tuned swap (answers, prompts, pane, winner).
+
+    >>> flip_vote({"base": "b", "tuned": "t", "tuned_side": "left", "winner": "tuned", "choice": "left"})
+    {'base': 't', 'tuned': 'b', 'tuned_side': 'right', 'winner': 'base', 'choice': 'left'}
+    """
+    swap = {"base": "tuned", "tuned": "base", "prompt_base": "prompt_tuned", "prompt_tuned": "prompt_base"}
+    out = {swap.get(k, k): v for k, v in vote.items()}
+    if vote.get("tuned_side") in PANES:
+        out["tuned_side"] = "right" if vote["tuned_side"] == "left" else "left"
+    if vote.get("winner") in ("tuned", "base"):
+        out["winner"] = swap[vote["winner"]]
+    return {k: out[k] for k in vote}  # the keys in their original order
+
+
+def _plain_id(model: str) -> str:
+    """A model id with a run written as ``run:<id>`` (a file names its own run ``tuned:<id>``)."""
+    return "run:" + model[len("tuned:"):] if str(model).startswith("tuned:") else str(model)
+
+
+def vote_models(vote: dict, run: Run | None = None) -> tuple[str, str] | None:
+    """(base side's model id, tuned side's) of a vote, runs spelled ``run:<id>``; a vote without
+    "models" (an old line) is `run`'s default pair; None when unknown."""
+    models = vote.get("models")
+    if isinstance(models, dict) and vote.get("tuned_side") in PANES:
+        tuned_pane = PANES[vote["tuned_side"]]
+        base_pane = "B" if tuned_pane == "A" else "A"
+        if models.get(tuned_pane) and models.get(base_pane):
+            return _plain_id(models[base_pane]), _plain_id(models[tuned_pane])
+    if run is None:
+        return None
+    ids = model_ids(run)
+    return _plain_id(ids["base"]), _plain_id(ids["tuned"])
+
+
+def pair_votes(votes: list[dict], run: Run, models: dict[str, str]) -> list[dict]:
+    """The votes of `run`'s file cast between the pair `models` ({"base": id, "tuned": id}, runs spelled
+    ``run:<id>`` or ``tuned:<id>``), each seen from that pair's sides (turned round when it was stored
+    the other way round)."""
+    want = (_plain_id(models["base"]), _plain_id(models["tuned"]))
+    out = []
+    for vote in votes:
+        ids = vote_models(vote, run)
+        if ids == want:
+            out.append(vote)
+        elif ids == want[::-1]:
+            out.append(flip_vote(vote))
+    return out
+
+
+def append_vote(run: Run, vote: dict, models: dict[str, str] | None = None) -> dict:
+    """Append one in-memory vote to the run's votes.jsonl; returns the line written. `models` names the
+    sides ({"base": id, "tuned": id}, default: this run and its base model); when `run` was the base
+    side, the vote is turned round first, so in the file "tuned" is always `run`.
 
     One write of the whole line on an O_APPEND descriptor, under the process lock
     and an exclusive flock, then fsync: a reader never sees half a vote written by
     a live process, and a line cut by a crash is closed off before the next one."""
-    line = vote_line(vote, model_ids(run))
+    models = dict(models or model_ids(run))
+    own = {f"run:{run.id}", f"tuned:{run.id}"}
+    if models.get("base") in own:
+        vote, models = flip_vote(vote), {"base": models["tuned"], "tuned": models["base"]}
+    models["tuned"] = f"tuned:{run.id}" if models.get("tuned") in own else models["tuned"]
+    line = vote_line(vote, models)
     data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
     with _APPEND_LOCK:
         fd = os.open(votes_path(run), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
