@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from conftest import make_trained_run, toy_rows
+from conftest import REPO, make_trained_run, toy_rows
 from finetune_core.config import PRESETS, ConfigError, RunConfig
 from finetune_core.data.dataset import write_jsonl
 from finetune_core.runs.chain import check_parent, describe_chain
@@ -268,6 +268,27 @@ def test_a_file_the_objective_cannot_use_is_refused_before_a_run_exists(tiny_mod
     status = run_job(run, threading.Event())
     assert status["state"] == "failed" and status["reason"].startswith("The run's training rows: objective dpo")
     assert "Loading model" not in run.log_path.read_text()
+
+
+def test_the_command_line_trains_dpo_from_a_parent_on_a_pair_file(tiny_model_dir, runs_root, capsys):
+    """`train --set objective=dpo --set parent_run=<id>` on the project's sample pair file, through the data
+    layer's reader; the thumbs sample is refused for SFT before a run exists."""
+    from finetune_core.cli import main
+
+    parent, _ = make_trained_run(tiny_model_dir, steps=1)
+    sets = {"data_path": REPO / "sample_data" / "helpful_pairs.jsonl", "objective": "dpo", "parent_run": parent.id,
+            "model": tiny_model_dir, "max_steps": 2, "batch_size": 2, "max_length": 64, "lora_r": 4,
+            "precision": "float32"}
+    assert main(["train", "--quiet", *(x for k, v in sets.items() for x in ("--set", f"{k}={v}"))]) == 0, \
+        capsys.readouterr().err
+    run = next(r for r in list_runs() if r.id != parent.id)
+    assert run.status()["state"] == "completed" and run.config().parent_run == parent.id
+    assert run.summary()["objective"] == "dpo" and (run.data_dir / "heldout.jsonl").is_file()
+    thumbs = RunConfig.from_dict({"data_path": str(REPO / "sample_data" / "helpful_thumbs.jsonl")})
+    with pytest.raises(TrainingError, match="objective sft learns from demonstrations, and helpful_thumbs.jsonl "
+                                            "holds answers marked desirable or not"):
+        check_start(thumbs)
+    check_start(thumbs.with_overrides({"objective": "kto"}))
 
 
 def fake_adapter(run) -> None:

@@ -11,8 +11,9 @@ fine-tune keeps a frozen copy, so the weights take twice the memory. "reference:
 DPO: TRL 1.16 has no flag for it any more (older TRLs had ``reference_free``), so the reference
 log-probabilities are zeros, put where TRL's ``precompute_ref_log_probs`` puts computed ones.
 
-Rows are the data layer's normalised rows (finetune_core/data/preference.py): pairs feed DPO and ORPO;
-KTO takes answers marked desirable or not, or pairs it unpairs; SFT given pairs learns the chosen answers.
+Rows are the data layer's normalised rows (finetune_core/data/preference.py: rows_kind, unpair,
+chosen_as_sft): pairs feed DPO and ORPO; KTO takes answers marked desirable or not, or pairs it unpairs;
+SFT given pairs learns the chosen answers.
 `check_start` refuses before a run is created what would fail later: a file the objective cannot use
 (`data_problem`), a setting TRL would refuse (`config_problem`), a parent run that cannot be used.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from finetune_core.config import RunConfig
+from finetune_core.data import preference as data_preference
 from finetune_core.training.train import Emit, TrainingError
 
 PAIR_ONLY = ("dpo", "orpo")
@@ -33,41 +35,13 @@ TRAINERS = {"dpo": "DPOTrainer", "kto": "KTOTrainer", "orpo": "ORPOTrainer"}
 
 
 # -- the rows ------------------------------------------------------------------
-def _rows_kind(rows: list[dict]) -> str:
-    first = rows[0] if rows else {}
-    if "chosen" in first and "rejected" in first:
-        return "pairs"
-    if "desirable" in first:
-        return "unpaired"
-    return "text" if "prompt" not in first and "text" in first else "sft"
-
-
-def _unpair(rows: list[dict]) -> list[dict]:
-    return [{"prompt": r["prompt"], "completion": r[side], "desirable": side == "chosen"}
-            for r in rows for side in ("chosen", "rejected")]
-
-
-def _chosen_as_sft(rows: list[dict]) -> list[dict]:
-    return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
-
-
-def _helpers() -> tuple[Callable, Callable, Callable]:
-    """rows_kind, unpair and chosen_as_sft of finetune_core/data/preference.py; the three small stand-ins
-    above until that module is there."""
-    try:
-        from finetune_core.data import preference as data_preference
-    except ImportError:
-        return _rows_kind, _unpair, _chosen_as_sft
-    return data_preference.rows_kind, data_preference.unpair, data_preference.chosen_as_sft
-
-
 def rows_kind(rows: list[dict]) -> str:
-    """"pairs", "unpaired", "text" or "sft": what normalised rows hold.
+    """"pairs", "unpaired", "text" or "sft": what normalised rows hold (the data layer's definition).
 
     >>> rows_kind([{"prompt": [], "chosen": [], "rejected": []}]), rows_kind([{"text": "hi"}])
     ('pairs', 'text')
     """
-    return _helpers()[0](rows)
+    return data_preference.rows_kind(rows)
 
 
 def sft_rows(rows: list[dict], say: Callable[[str], None] | None = None) -> list[dict]:
@@ -76,7 +50,7 @@ def sft_rows(rows: list[dict], say: Callable[[str], None] | None = None) -> list
         return rows
     if say:
         say(f"The data holds {len(rows)} preference pairs: SFT trains on the chosen answers (chosen_as_sft).")
-    return _helpers()[2](rows)
+    return data_preference.chosen_as_sft(rows)
 
 
 def objective_rows(cfg: RunConfig, rows: list[dict], say: Callable[[str], None] | None = None) -> list[dict]:
@@ -89,7 +63,7 @@ def objective_rows(cfg: RunConfig, rows: list[dict], say: Callable[[str], None] 
         if say:
             say(f"KTO: the {len(rows)} pairs are unpaired into {2 * len(rows)} answers, chosen ones marked "
                 "desirable and rejected ones not.")
-        rows = _helpers()[1](rows)
+        rows = data_preference.unpair(rows)
     out = [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["desirable"])} for r in rows]
     random.Random(cfg.data.seed).shuffle(out)
     return out
