@@ -75,6 +75,19 @@ def test_dpo_run_trains_the_adapter_logs_rewards_and_leaves_the_base(tiny_model_
     assert run.summary()["objective"] == "dpo" and run.summary()["parent"] == ""
 
 
+def test_pairs_whose_prompt_fills_max_length_are_counted_in_the_log_not_dropped_silently(tiny_model_dir,
+                                                                                        runs_root):
+    rows = pair_rows(6)
+    long_prompt = " ".join(["ball"] * 80)  # about 80 tokens: more than max_length 64 on its own
+    rows[0] = {**rows[0], "prompt": [{"role": "user", "content": long_prompt}]}
+    rows[3] = {**rows[3], "prompt": [{"role": "user", "content": long_prompt + " again"}]}
+    run = make_run(tiny_model_dir, rows, max_steps=1)
+    status = run_job(run, threading.Event())
+    assert status["state"] == "completed", status
+    assert "2 of 6 training rows left out: their prompt alone is 64 tokens or longer" in run.log_path.read_text()
+    assert run.run_yaml()["rows_left_out_by_length"] == 2
+
+
 def one_step_gradients(model_dir, objective: str, speedups: str, rows) -> tuple[float, dict]:
     """The loss and adapter gradients of one batch of a freshly built preference trainer."""
     from finetune_core.models.sources import training_policy

@@ -289,6 +289,11 @@ def build_preference_trainer(cfg: RunConfig, run, train: list[dict], held: list[
     if len(trainer.train_dataset) == 0:
         raise TrainingError(f"max_length: every training prompt is at least {cfg.max_length} tokens long, so no "
                             "answer would be scored; raise max_length.")
+    left_out = len(rows) - len(trainer.train_dataset)
+    if left_out:  # TRL drops a row whose prompt alone fills max_length: say how many, never silently
+        say(f"{left_out} of {len(rows)} training rows left out: their prompt alone is {cfg.max_length} tokens or "
+            "longer (max_length), so no answer token would be scored. Raise max_length to keep them.")
+        run.record_facts(rows_left_out_by_length=left_out)
     say(describe(cfg, parent.name if parent else ""))
     identity_dropouts(trainer.model)
     return finish_setup(trainer, cfg, run, policy, start, emit, withheld_speedups(cfg)), start.tokenizer
