@@ -79,7 +79,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         guide_status, guide_button = guide.banner()
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # a phone sees all five steps, not "…"
             shared = Shared(blocks=demo, tabs=tabs, data_state=data_state, run_state=run_state)
-            with gr.Tab("1 · Data", id="data"):
+            with gr.Tab("1 · Data", id="data") as data_ui:
                 data = data_tab.build(ctx, shared)
             with gr.Tab("2 · Train", id="train"):
                 train = train_tab.build(ctx, shared)
@@ -91,6 +91,8 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 export = export_tab.build(ctx, shared)
         page = Page(shared, data, train, evaluate_parts, chat_parts, export)
         refresh_pickers_on_select(ctx, page, evaluate, chat)
+        # votes cast in Chat since the page was opened: back on Data, their run is offered
+        data_ui.select(page.data.vote_runs, page.data.votes, page.data.votes, api_visibility="private", queue=False)
         guide.wire(ctx, page, guide_status, guide_button)
     demo.queue(max_size=int(os.environ.get("STUDIO_QUEUE_MAX", "64")), default_concurrency_limit=4)
     demo.studio_context = ctx  # for tests and scripts that drive the app in-process

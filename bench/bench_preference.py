@@ -93,14 +93,17 @@ def score(run) -> dict:
     rows = read_jsonl(run.data_dir / "heldout.jsonl")
     model = InferenceModel.from_run(run)
     start = time.perf_counter()
-    before = reward_accuracy(model, rows, tuned=False)
-    after = reward_accuracy(model, rows, tuned=True)
+    # as training and the Evaluate tab score them: at the run's max_length (a pair whose prompt fills it is skipped)
+    length = run.config().max_length
+    before = reward_accuracy(model, rows, tuned=False, max_length=length)
+    after = reward_accuracy(model, rows, tuned=True, max_length=length)
     seconds = time.perf_counter() - start
-    a = [1.0 if m > 0 else 0.0 for m in before["margins"]]
-    b = [1.0 if m > 0 else 0.0 for m in after["margins"]]
+    both = [(x, y) for x, y in zip(before["margins"], after["margins"]) if x is not None and y is not None]
+    a = [1.0 if x > 0 else 0.0 for x, _ in both]
+    b = [1.0 if y > 0 else 0.0 for _, y in both]
     out = {"pairs": len(rows), "scoring_seconds": round(seconds, 1)}
     for name, result in (("before", before), ("after", after)):
-        out[name] = {k: result[k] for k in ("correct", "total", "accuracy")}
+        out[name] = {k: result[k] for k in ("correct", "total", "accuracy", "skipped")}
         out[name]["interval"] = result["interval"].to_dict() if hasattr(result["interval"], "to_dict") else result["interval"]
     change = paired_delta(a, b)
     out["change"] = change.to_dict() if hasattr(change, "to_dict") else change

@@ -21,16 +21,7 @@ from finetune_core.data.stats import token_stats
 from finetune_core.inference.votes import vote_line
 
 
-def U(text):
-    return {"role": "user", "content": text}
-
-
-def A(text):
-    return {"role": "assistant", "content": text}
-
-
-def S(text):
-    return {"role": "system", "content": text}
+from test_data_formats import A, S, U  # message builders shared with the SFT format tests
 
 
 def pair(prompt, chosen, rejected, system=None):
@@ -158,6 +149,15 @@ def test_a_runs_votes_become_pairs_with_ties_counted(tmp_path):
     assert report.summary()["dropped"] == {"ties": 1, "both_bad": 1, "identical": 1}
     assert issues_of(report) == [(7, "answers", "this vote has no answers A and B (a vote saved before answers "
                                                "were kept), so it cannot become a pair")]
+
+
+def test_a_vote_against_an_empty_answer_is_a_pair_and_a_non_text_answer_is_named(tmp_path):
+    lines = [vote("tuned", "left", base=""), vote("base", "left", tuned=""),
+             {**vote("tuned", "left"), "answers": {"A": "x", "B": 7}}]
+    report = read(write(tmp_path / "votes.jsonl", lines))
+    assert report.rows == [pair([U("Question?")], "Tuned answer.", ""),
+                           pair([U("Question?")], "Base answer.", "", system="base system")]
+    assert issues_of(report) == [(3, "answers", "answer B should be text, got int")]
 
 
 def test_only_ties_is_not_usable_and_says_why(tmp_path):

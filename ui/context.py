@@ -108,6 +108,8 @@ class DataParts:
     load_sample: Callable[..., tuple]  # sample name -> values in the order of `outputs`
     sample_buttons: dict[str, gr.Button]  # one per sample, by name
     status: gr.Markdown  # the "Ready / Not usable" line
+    votes: gr.Dropdown  # "Or train on the votes of a run"
+    vote_runs: Callable[..., Any]  # (current pick, request) -> the votes picker's update
 
 
 @dataclass

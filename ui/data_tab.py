@@ -339,8 +339,10 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                                       visitor(request), problem))
 
     @shows_errors
-    def on_vote_runs(request: gr.Request):
-        return gr.update(choices=vote_run_choices(visitor(request)), value=None)
+    def on_vote_runs(current: str | None, request: gr.Request):
+        """The runs whose votes this visitor may train on; the current pick kept while it is still one."""
+        choices = vote_run_choices(visitor(request))
+        return gr.update(choices=choices, value=current if current in {v for _, v in choices} else None)
 
     @shows_errors
     def on_upload_clear():
@@ -375,12 +377,13 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
     upload.clear(on_upload_clear, None, outputs, api_visibility="private")
     votes_dd.input(on_votes, mapping_inputs | {votes_dd}, outputs, api_name="data_votes")
     for event in (votes_refresh.click, shared.blocks.load):  # each visitor sees their own runs' votes
-        event(on_vote_runs, None, votes_dd, api_visibility="private")
+        event(on_vote_runs, votes_dd, votes_dd, api_visibility="private")
     eval_upload.upload(on_eval_file, mapping_inputs | {file_state, eval_upload}, outputs, api_name="data_eval_upload")
     eval_upload.clear(on_eval_file, mapping_inputs | {file_state, eval_upload}, outputs, api_visibility="private")
     apply_btn.click(on_apply, mapping_inputs | {file_state}, outputs, api_name="data_apply")
     next_btn.click(on_next, None, shared.tabs, api_visibility="private")
-    return DataParts(outputs=outputs, load_sample=load_sample_values, sample_buttons=sample_buttons, status=status)
+    return DataParts(outputs=outputs, load_sample=load_sample_values, sample_buttons=sample_buttons, status=status,
+                     votes=votes_dd, vote_runs=on_vote_runs)
 
 
 __all__ = ["build", "save_upload", "display_name", "uploads_dir", "mapping_from_widgets", "kept_choices", "DataView",

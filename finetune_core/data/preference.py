@@ -281,10 +281,18 @@ def normalize_vote(record: dict, spec: FormatSpec) -> dict:
     if winner not in ("A", "B"):
         raise RowProblem("winner", f"winner should be A, B, tie or both_bad, got {str(winner)[:40]!r}")
     loser = "B" if winner == "A" else "A"
-    chosen = require_text(answers.get(winner), "answers", f"answer {winner} (the winner)")
-    rejected = require_text(answers.get(loser), "answers", f"answer {loser}")
+    # an empty answer is kept: a model that said nothing lost (or won) a real vote, and through the chat
+    # template it is still the end-of-turn token the model should (not) have produced
+    chosen, rejected = (_vote_answer(answers.get(pane), pane) for pane in (winner, loser))
     return make_pair(_vote_prompt(record, winner), {"role": "assistant", "content": chosen},
                      {"role": "assistant", "content": rejected}, spec)
+
+
+def _vote_answer(value, pane: str) -> str:
+    """One pane's answer in a vote: text, possibly empty (RowProblem naming the pane otherwise)."""
+    if not isinstance(value, str):
+        raise RowProblem("answers", f"answer {pane} should be text, got {type(value).__name__}")
+    return value
 
 
 def _vote_prompt(record: dict, winner: str) -> list[dict]:
