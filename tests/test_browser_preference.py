@@ -75,6 +75,9 @@ def _train_on_votes(page, run_name: str) -> None:
     assert page.locator("#data-rejected").is_visible()  # the rejected answer is shown as the model sees it
     _tab(page, "2 · Train")
     _choose(page, "train-preset", "Quick demo DPO (CPU)")
+    page.get_by_role("button", name="Apply preset").click()
+    page.get_by_text("Method (objective").click()
+    page.wait_for_function("document.querySelector('#cfg-objective input').value === 'dpo'")
     page.get_by_text("Schedule and batching").click()
     for field, value in (("max_steps", 2), ("logging_steps", 1), ("save_steps", 0)):
         box = page.locator(f"#cfg-{field} input")

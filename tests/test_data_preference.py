@@ -152,10 +152,11 @@ def test_a_runs_votes_become_pairs_with_ties_counted(tmp_path):
 
 
 def test_a_vote_against_an_empty_answer_is_a_pair_and_a_non_text_answer_is_named(tmp_path):
-    lines = [vote("tuned", "left", base=""), vote("base", "left", tuned=""),
+    earlier = [U("Hi"), A(""), U("Question?")]  # the model said nothing the turn before: still its history
+    lines = [vote("tuned", "left", base="", history=earlier), vote("base", "left", tuned=""),
              {**vote("tuned", "left"), "answers": {"A": "x", "B": 7}}]
     report = read(write(tmp_path / "votes.jsonl", lines))
-    assert report.rows == [pair([U("Question?")], "Tuned answer.", ""),
+    assert report.rows == [pair(earlier, "Tuned answer.", ""),
                            pair([U("Question?")], "Base answer.", "", system="base system")]
     assert issues_of(report) == [(3, "answers", "answer B should be text, got int")]
 

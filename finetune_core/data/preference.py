@@ -304,6 +304,12 @@ def _vote_prompt(record: dict, winner: str) -> list[dict]:
         model = str((record.get("models") or {}).get(winner, "")) if isinstance(record.get("models"), dict) else ""
         side = "prompt_tuned" if model.startswith("tuned:") else "prompt_base" if model.startswith("base:") else ""
     history = record.get(side) if side else None
+    if history and isinstance(history, list):
+        # an earlier answer the model left empty is still what it saw: checked as a turn, kept as it was
+        said = [{**m, "content": m.get("content") or "(no answer)"} if isinstance(m, dict) and
+                m.get("role") == "assistant" and m.get("content") == "" else m for m in history]
+        prompt_messages(said, side)
+        return [{"role": m["role"], "content": m["content"]} for m in history]
     if history:
         return prompt_messages(history, side)
     return prompt_messages(record.get("prompt"), "prompt")
