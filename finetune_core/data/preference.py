@@ -310,8 +310,6 @@ def _vote_prompt(record: dict, winner: str) -> list[dict]:
                 m.get("role") == "assistant" and m.get("content") == "" else m for m in history]
         prompt_messages(said, side)
         return [{"role": m["role"], "content": m["content"]} for m in history]
-    if history:
-        return prompt_messages(history, side)
     return prompt_messages(record.get("prompt"), "prompt")
 
 
