@@ -10,6 +10,7 @@ than the rejected one, given the prompt. Prints ONE JSON object on stdout
     python bench/bench_preference.py                              # bundled model, ../shared/datasets/lf_dpo_en_demo.json
     python bench/bench_preference.py --data my_pairs.jsonl --steps 60
     python bench/bench_preference.py --tiny --steps 2             # tiny random model, seconds anywhere
+    python bench/bench_preference.py --score-run runs/<id>        # score a finished run's held-out pairs only
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, help="max_steps (default: the preset's)")
     ap.add_argument("--eval-fraction", type=float, default=0.2, help="share of pairs held out")
     ap.add_argument("--set", action="append", default=[], help="extra config key=value")
+    ap.add_argument("--score-run", help="only score the held-out pairs of this finished run directory")
     return ap.parse_args(argv)
 
 
@@ -112,6 +114,12 @@ def score(run) -> dict:
 
 def main() -> None:
     args = parse_args(sys.argv[1:])
+    if args.score_run:
+        from finetune_core.runs.store import run_from_dir
+
+        print(json.dumps({"benchmark": "preference_reward_accuracy", "run": Path(args.score_run).name,
+                          "reward_accuracy": score(run_from_dir(args.score_run))}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         run, status, seconds = train(args, Path(tmp))
         cfg = run.config()
@@ -123,7 +131,7 @@ def main() -> None:
                   "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
         if status.get("state") == "completed":
             result["reward_accuracy"] = score(run)
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

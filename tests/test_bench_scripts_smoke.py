@@ -91,3 +91,13 @@ def test_bench_gpu_runs_its_checks_on_a_tiny_model_on_cpu():
     assert lora["batched_vs_single"]["share"] == 1.0
     assert lora["merged_vs_adapter"]["max_abs_diff"] < 1e-4 and full["merged_vs_adapter"] is None
     assert "packed_attention" in lora["train"]["speedups_applied"]  # on CPU the speed-ups are in the loop
+
+
+def test_bench_preference_tiny():
+    result = _run(["bench/bench_preference.py", "--tiny", "--steps", "1"], timeout=600)
+    assert result["state"] == "completed" and result["objective"] == "dpo" and result["steps"] == 1
+    scores = result["reward_accuracy"]
+    for side in ("before", "after"):
+        assert scores[side]["total"] + scores[side]["skipped"] == scores["pairs"] > 0
+        assert scores[side]["interval"]["low"] <= scores[side]["accuracy"] <= scores[side]["interval"]["high"]
+    assert "p_value" in scores["change"]
