@@ -155,13 +155,15 @@ def test_turning_blind_on_clears_and_hides_identities(trained_run, runs_root):
     session, *_ = chat_tab.begin_send(ctx, None, "hello", key, False)
     list(chat_tab.stream_reply(ctx, session, "hello", key, "", 0.0, 1.0, 8, 0))
     assert chat.panes(session)[1]  # a normal turn
-    session, left, right, votes, intro, status, note, tally, picker = chat_tab.toggle_blind(ctx, session, True, key)
+    session, left, right, votes, intro, status, note, tally, picker, side_a = chat_tab.toggle_blind(ctx, session,
+                                                                                                     True, key)
+    assert side_a["visible"] is False  # "Compare with" names the left pane's model: hidden while blind
     assert left.value == right.value == [] and (left.label, right.label) == ("Model A", "Model B")
     for text in (intro, status, tally, note.value or ""):
         assert not IDENTITY.search(text), text
     assert votes.visible is False
     # the base model alone cannot be compared blind: the latest run is picked instead
-    *_, picker = chat_tab.toggle_blind(ctx, session, True, "base:bundled")
+    *_, picker, _side_a = chat_tab.toggle_blind(ctx, session, True, "base:bundled")
     assert picker.value == key
 
 

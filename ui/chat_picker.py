@@ -50,13 +50,13 @@ def model_view(ctx: AppContext, key, blind: bool = False, request: gr.Request | 
             status_line(ctx, key, blind=blind, side_a=side_a), run_tally(key, request, blind, side_a))
 
 
-def side_picker(key, request: gr.Request | None = None) -> tuple[gr.Dropdown, str | None]:
+def side_picker(key, request: gr.Request | None = None, blind: bool = False) -> tuple[gr.Dropdown, str | None]:
     """(the "Compare with" dropdown for `key`, its value): the run's default side selected, hidden for
-    the base model alone. The value is returned apart: an update's attributes are not readable
-    inside a running event."""
+    the base model alone and in blind mode (it names the left pane's model). The value is returned
+    apart: an update's attributes are not readable inside a running event."""
     choices = side_a_choices(key, visitor(request))
     value = side_a_default(key, choices)
-    return gr.Dropdown(choices=choices, value=value, visible=bool(choices)), value
+    return gr.Dropdown(choices=choices, value=value, visible=bool(choices) and not blind), value
 
 
 @shows_errors
@@ -107,7 +107,7 @@ def change_model(ctx: AppContext, state, key: str, blind: bool = False, request:
     template settings, status, tally and "Compare with" choices (its default side selected)."""
     session = session_of(state)
     chat.clear(session)
-    picker, side_a = side_picker(key, request)
+    picker, side_a = side_picker(key, request, bool(blind))
     set_sides(session, key if isinstance(key, str) else "", side_a)
     left, right = chatbots(session)
     return (session, left, right, gr.Row(visible=False), *model_view(ctx, key, bool(blind), request, side_a),

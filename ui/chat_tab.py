@@ -101,7 +101,7 @@ def build(ctx: AppContext, shared: Shared) -> ChatParts:
     stop.click(stop_chat, [session_state], None, concurrency_limit=None, api_name="chat_stop")
     clear_btn.click(clear_chat, [session_state], [session_state, left, right, vote_row], api_name="chat_clear")
     blind.change(with_ctx(toggle_blind, ctx), [session_state, blind, run_dd, side_dd],
-                 [session_state, left, right, vote_row, intro, status, note, tally_md, run_dd], **private)
+                 [session_state, left, right, vote_row, intro, status, note, tally_md, run_dd, side_dd], **private)
     view = [examples, examples_state, wrap, single, note, status, tally_md]  # what follows the chosen model
     run_dd.change(with_ctx(change_model, ctx), [session_state, run_dd, blind],
                   [session_state, left, right, vote_row, *view, side_dd], **private)

@@ -17,7 +17,7 @@ from finetune_core.inference.votes import load_votes, pair_votes
 from finetune_core.retention import fresh_folder, gradio_cache_dir
 
 from .access import visitor
-from .chat_models import RUN_PREFIX, chat_pair, key_run, run_choices
+from .chat_models import RUN_PREFIX, chat_pair, key_run, run_choices, side_a_choices
 from .chat_panes import chatbots, session_of
 from .chat_prompts import template_for, template_note
 from .chat_send import status_line
@@ -89,7 +89,7 @@ def toggle_blind(ctx: AppContext, state, blind: bool, key=None, request: gr.Requ
     """Blind checkbox. Turning it on starts a clean conversation (no earlier answer keeps its side)
     and hides which model is which everywhere in the tab until a vote: pane labels, intro, status,
     template note and tally. Returns (session, left, right, vote row, intro, status, template note,
-    tally, picker)."""
+    tally, picker, "Compare with" picker: hidden while blind, since it names the left pane's model)."""
     session = session_of(state)
     blind = bool(blind)
     if blind:
@@ -101,7 +101,7 @@ def toggle_blind(ctx: AppContext, state, blind: bool, key=None, request: gr.Requ
     note = gr.Markdown(template_note(template, blind), visible=template is not None)
     return (session, left, right, gr.Row(visible=session.pending is not None), BLIND_INTRO if blind else INTRO,
             status_line(ctx, key or "", blind=blind, side_a=side_a), note, run_tally(key, request, blind, side_a),
-            picker)
+            picker, gr.update(visible=not blind and bool(side_a_choices(key, visitor(request)))))
 
 
 @shows_errors
