@@ -57,7 +57,9 @@ def _allocate(total: int, sizes: dict[str, int]) -> dict[str, int]:
 
 
 def _preference(rows: list[dict]) -> bool:
-    return bool(rows) and ("chosen" in rows[0] or "desirable" in rows[0])
+    from finetune_core.data.preference import rows_kind  # one definition of a preference row
+
+    return rows_kind(rows) in ("pairs", "unpaired")
 
 
 def _top_up_groups(rows: list[dict], chosen: set[int], n_eval: int, rng: random.Random) -> set[int]:
