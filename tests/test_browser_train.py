@@ -53,6 +53,15 @@ def app(tmp_path_factory, tiny_model_dir):
     stop_app(proc, log, root)
 
 
+@pytest.fixture(autouse=True)
+def close_pages(browser):
+    """Each test's pages close when it ends: pages left open keep polling the app every second and
+    slow the runs of the tests after them."""
+    yield
+    for context in browser.contexts:
+        context.close()
+
+
 def open_page(browser, app, tab: bool = True):
     """A new visitor's page (its own browser context), on the Train tab."""
     page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
@@ -73,9 +82,16 @@ def train_points(page) -> int:
 
 
 def wait_title(page, *words: str, timeout: int = 60_000) -> None:
+    """Wait until the title holds every word; on a timeout, say what the title and the log's end said."""
+    from playwright.sync_api import TimeoutError as PageTimeout
+
     js = " && ".join(f"t.includes({w!r})" for w in words)
-    page.wait_for_function(f"(() => {{ const t = document.querySelector('#run-title').innerText; return {js}; }})()",
-                           timeout=timeout)
+    try:
+        page.wait_for_function(f"(() => {{ const t = document.querySelector('#run-title').innerText; return {js}; }})()",
+                               timeout=timeout)
+    except PageTimeout:
+        log = page.evaluate(LOG_SCROLL)["text"].splitlines()[-6:]
+        raise AssertionError(f"title {title(page)!r} never held {words}; the log ended with {log}") from None
 
 
 def start_run(page, app, name: str, steps: int, accum: int = 1) -> None:
@@ -161,8 +177,8 @@ def test_stop_from_another_page_says_where_it_stopped_and_keeps_the_log(browser,
     wait_title(watcher, BETA, "running, step")
     watcher.wait_for_function(f"({LINE_POINTS})()[{TRAIN_BLUE!r}] >= 2")
     watcher.locator("#stop-button").click()
-    for page in (watcher, starter):
-        wait_title(page, BETA, "stopped at step", "of 400")
+    for page in (watcher, starter):  # a step, the checkpoint and the page's next poll: well within two minutes
+        wait_title(page, BETA, "stopped at step", "of 400", timeout=120_000)
     watcher.wait_for_timeout(2000)  # it stays: not "No run yet" a few seconds later
     assert "stopped at step" in title(watcher) and BETA in title(watcher)
     log = watcher.evaluate(LOG_SCROLL)
