@@ -259,7 +259,8 @@ BY_NAME = {f.name: f for f in FAMILIES}
 # Per family, for the speed-ups whose decision depends on the model: None when applied, else a phrase the
 # report's reason must contain (float32 LoRA on CPU with max_length TRAIN_MAX_LENGTH). The label-only LM head
 # applies to every family; fused LoRA is off for DoRA and full fine-tunes everywhere (test_model_matrix checks
-# both). `gguf`: None when the exporter writes the family, else a phrase its refusal must contain.
+# both). `gguf`: None when the exporter writes the family (tests/test_gguf_families.py runs it in llama.cpp),
+# else a phrase its refusal must contain.
 SLIDING = "sliding-window attention"
 NOT_LLAMA_NORM = "not Llama's RMSNorm"
 CONV1D = "no plain LoRA linear layer"
@@ -272,18 +273,48 @@ def _expect(packed=None, norm=None, lora=None, decode=None, gguf="is not support
 
 EXPECTED: dict[str, dict] = {
     "llama": _expect(gguf=None),
-    "qwen2": _expect(),
-    "qwen3": _expect(),
+    "qwen2": _expect(gguf=None),
+    "qwen3": _expect(gguf=None),
     "gemma": _expect(norm=NOT_LLAMA_NORM),
     "gemma2": _expect(packed=SLIDING, norm=NOT_LLAMA_NORM, decode="'eager'"),
-    "gemma3": _expect(packed=SLIDING, norm=NOT_LLAMA_NORM),
-    "mistral": _expect(packed=SLIDING),
-    "phi3": _expect(),
+    "gemma3": _expect(packed=SLIDING, norm=NOT_LLAMA_NORM, gguf=None),
+    "mistral": _expect(packed=SLIDING, gguf=None),
+    "phi3": _expect(gguf=None),
     "olmo2": _expect(norm=NOT_LLAMA_NORM),
-    "smollm3": _expect(),
+    "smollm3": _expect(gguf=None),
     "gpt2": _expect(norm=NOT_LLAMA_NORM, lora=CONV1D),
     "gpt_neox": _expect(norm=NOT_LLAMA_NORM),
 }
+
+# GGUF: the matrix's own models of these families carry a setting llama.cpp runs differently (and are refused,
+# naming it); the GGUF tests write the family in the layout llama.cpp runs: (config changes, the refusal's phrase).
+GGUF_LAYOUT: dict[str, tuple[dict, str]] = {
+    # llama.cpp leaves rope out of every 4th layer, as SmolLM3-3B does (the matrix model: every 2nd)
+    "smollm3": (dict(num_hidden_layers=4, no_rope_layer_interval=4), "every 4th layer only"),
+    # Mistral v0.2 and later have no sliding window; llama.cpp's llama has none
+    "mistral": (dict(sliding_window=None), "sliding-window attention"),
+    # llama.cpp scales attention by 1/sqrt(head_dim), as Gemma 3 1B-12B's query_pre_attn_scalar does
+    "gemma3": (dict(query_pre_attn_scalar=HEAD_DIM), "query_pre_attn_scalar"),
+}
+
+
+def gguf_model(family: Family, tokenizer, seed: int = 0, init: float = 0.02):
+    """The family's tiny model in the layout llama.cpp runs (`GGUF_LAYOUT`); the matrix model otherwise."""
+    import torch
+
+    model = family.build(tokenizer, seed, init)
+    if family.name not in GGUF_LAYOUT:
+        return model
+    changes = GGUF_LAYOUT[family.name][0]
+    config = {**model.config.to_dict(), **changes}
+    if "num_hidden_layers" in changes:  # per-layer lists are derived again for the new depth
+        config.pop("no_rope_layers", None)
+        config.pop("layer_types", None)
+    torch.manual_seed(seed)
+    model = type(model)(type(model.config).from_dict(config))
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    return model
+
 
 # Failures of the studio the matrix found, kept as strict xfail tests (test_model_matrix) until fixed: remove an
 # entry with its fix, and the table (regenerated) says "yes".
@@ -308,12 +339,33 @@ def _cell(outcomes: dict, names: tuple[str, ...]) -> str:
     return "yes" if not falls else "falls back: " + "; ".join(falls)
 
 
+# What the GGUF cell adds for a family: the layouts and tokenizers llama.cpp runs as the app does (the others are
+# refused before any work, naming the setting). Families shipping SentencePiece tokenizers (byte-fallback BPE) are
+# written only when fine-tuned with a byte-level BPE one.
+GGUF_NOTES = {
+    "mistral": "no sliding window (v0.2+); SentencePiece tokenizers refused",
+    "gemma3": "query scaling as released; Gemma's SentencePiece tokenizer refused",
+    "phi3": "byte-level BPE tokenizers (Phi-4); Phi-3's SentencePiece tokenizer refused",
+    "smollm3": "NoPE on every 4th layer, as SmolLM3-3B",
+}
+
+
+def _gguf_cell(family: Family, refusal: str | None) -> str:
+    if refusal is not None:
+        return f"refused: names {family.architecture}"
+    if family.name in REAL_TOKENIZER:
+        cell = "yes (f16, bf16, q8_0)"
+    else:  # the family's real tokenizer cannot be checked offline
+        cell = "unverified (f16, bf16, q8_0): answers as the app in llama.cpp on the fixture"
+    return cell + (f"; {GGUF_NOTES[family.name]}" if family.name in GGUF_NOTES else "")
+
+
 def table_rows() -> list[list[str]]:
     rows = []
     for family in FAMILIES:
         e = EXPECTED[family.name]
         mark = "" if family.name in REAL_TOKENIZER else f" {FIXTURE_ONLY}"
-        gguf = "yes (f16)" if e["gguf"] is None else f"refused: names {family.architecture}"
+        gguf = _gguf_cell(family, e["gguf"])
         rows.append([
             family.label,
             "yes (LoRA, DoRA, full)",

@@ -272,13 +272,12 @@ def test_llama3_rope_scaling_factors():
 
 
 def test_gguf_refuses_other_architectures(tmp_path, tokenizer):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    folder = tmp_path / "qwen"
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(folder)
-    with pytest.raises(GGUFExportError, match=re.escape(
-            "GGUF export supports Llama-architecture models; Qwen2ForCausalLM is not supported")):
+    folder = tmp_path / "gemma2"
+    Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=8)).save_pretrained(folder)
+    with pytest.raises(GGUFExportError, match=re.escape("GGUF export: Gemma2ForCausalLM is not supported")):
         write_gguf(folder, tmp_path / "q.gguf")
     assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".q.gguf*"))
 

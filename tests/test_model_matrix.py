@@ -29,8 +29,8 @@ import torch
 from finetune_core.inference.generation import GenSettings, InferenceModel
 from finetune_core.speedups import apply_training
 from finetune_core.speedups.packed_attention import PACKED_ATTENTION, packing_unsafe_reason
-from model_families import (BY_NAME, EXPECTED, FAMILIES, HEADER, TRAIN_MAX_LENGTH, WINDOW, Family,
-                            render_table)
+from model_families import (BY_NAME, EXPECTED, FAMILIES, GGUF_LAYOUT, HEADER, TRAIN_MAX_LENGTH, WINDOW, Family,
+                            gguf_model, render_table)
 
 REPO = Path(__file__).resolve().parents[1]
 from matrix_support import (  # noqa: F401 (fixtures are used by name)
@@ -300,6 +300,9 @@ def test_merged_model_gives_the_adapters_logits(family, dora, runs_root, tmp_pat
 
 # -- (e) GGUF ------------------------------------------------------------------------------------------------------
 def test_gguf_export_writes_or_refuses_up_front(family, runs_root, tmp_path, monkeypatch):
+    """Written families give a file of llama.cpp's architecture holding every weight (tests/test_gguf_families.py
+    runs it in llama.cpp); a matrix model with a setting llama.cpp runs differently, and every other family, is
+    refused before any work (no merge, no file), naming its architecture."""
     from finetune_core.export import artifacts as export
     from finetune_core.config import RunConfig
     from finetune_core.export.gguf import GGUFExportError, write_gguf
@@ -312,15 +315,15 @@ def test_gguf_export_writes_or_refuses_up_front(family, runs_root, tmp_path, mon
     tok.save_pretrained(folder)
     out = tmp_path / "out"
     refusal = EXPECTED[family.name]["gguf"]
+    if refusal is None and family.name in GGUF_LAYOUT:
+        refusal = GGUF_LAYOUT[family.name][1]  # this model is refused; the family's llama.cpp layout is written
+        written = tmp_path / "gguf-layout"
+        layout = gguf_model(family, tok, seed=2)
+        layout.save_pretrained(written)
+        tok.save_pretrained(written)
+        _check_gguf_file(write_gguf(written, tmp_path / "layout" / "m.gguf"), layout)
     if refusal is None:
-        from gguf import GGUFReader
-
-        path = write_gguf(folder, out / "m.gguf")
-        reader = GGUFReader(str(path))
-        arch = reader.fields["general.architecture"].contents()
-        assert arch == "llama"
-        # every weight of the model is in the file (the head too: this Llama does not tie it)
-        assert len(reader.tensors) == len(model.state_dict())
+        _check_gguf_file(write_gguf(folder, out / "m.gguf"), model)
         assert [p.name for p in out.iterdir()] == ["m.gguf"]
         return
     with pytest.raises(GGUFExportError, match=re.escape(family.architecture)) as caught:
@@ -334,6 +337,18 @@ def test_gguf_export_writes_or_refuses_up_front(family, runs_root, tmp_path, mon
     with pytest.raises(GGUFExportError, match=re.escape(family.architecture)):
         export.export_gguf(run, out / "run.gguf")
     assert not out.exists() or not any(out.iterdir())
+
+
+def _check_gguf_file(path, model) -> None:
+    """The file is of llama.cpp's architecture for the model and holds every weight (a tied head once)."""
+    from gguf import GGUFReader
+
+    from finetune_core.export.gguf_arch import SPECS
+
+    reader = GGUFReader(str(path))
+    assert reader.fields["general.architecture"].contents() == SPECS[model.config.model_type].arch
+    tied = int(bool(model.config.tie_word_embeddings))
+    assert len(reader.tensors) == len(model.state_dict()) - tied
 
 
 # -- the family table ------------------------------------------------------------------------------------------------

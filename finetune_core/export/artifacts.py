@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from finetune_core.errors import StudioError
-from finetune_core.export.gguf import check_supported, read_config, write_gguf
+from finetune_core.export.gguf import check_gguf_model, read_config, write_gguf
 from finetune_core.models.sources import HUB_ID_RE as REPO_ID_RE  # a Hub repo id, as the model picker takes it
 from finetune_core.runs.store import Run
 
@@ -176,13 +176,14 @@ def merged_zip(run: Run, out_dir: str | os.PathLike) -> Path:
 
 # -- GGUF ---------------------------------------------------------------------------------------------
 def _check_gguf_arch(run: Run) -> None:
-    """Refuse a non-Llama run before spending a merge on it."""
+    """Refuse a run llama.cpp could not run as written (its architecture, a setting the file cannot carry,
+    a tokenizer that is not byte-level BPE) before spending a merge on it."""
     from finetune_core.models.sources import resolve_model_source
 
     cfg = run.config()
     where = Path(run.adapter_dir if cfg.method == "full" else resolve_model_source(cfg.model))
     if (where / "config.json").is_file():
-        check_supported(read_config(where))
+        check_gguf_model(read_config(where), where)
         return
     from transformers import AutoConfig  # a Hub id: its config is in the local cache
 
@@ -190,7 +191,7 @@ def _check_gguf_arch(run: Run) -> None:
         config = AutoConfig.from_pretrained(str(where)).to_dict()
     except OSError:
         return  # not readable now: the merge will say why, or write_gguf will check the merged config
-    check_supported(config)
+    check_gguf_model(config)
 
 
 def export_gguf(run_or_model_dir, out_file: str | os.PathLike, qtype: str = "f16") -> Path:

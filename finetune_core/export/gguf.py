@@ -1,48 +1,49 @@
-"""GGUF export of a Llama-architecture model folder (f16 or q8_0), for llama.cpp-based tools.
+"""GGUF export of a transformers model folder (f16, bf16 or q8_0), for llama.cpp and the tools built on it.
 
-    python -m finetune_core export --run RUN_DIR --gguf model.gguf [--qtype q8_0]
+    python -m finetune_core export --run RUN_DIR --gguf model.gguf [--qtype bf16]
     python -c "from finetune_core.export.gguf import write_gguf; write_gguf('merged/', 'm.gguf')"
 
 The input is a plain transformers folder (config.json, *.safetensors, tokenizer):
 `finetune_core.export.artifacts.export_gguf` merges a run's adapter first. The file
-follows llama.cpp's own converter (convert_hf_to_gguf.py, `LlamaModel`):
+follows llama.cpp's own converter (convert_hf_to_gguf.py) for the families in
+`gguf_arch.SPECS` (Llama, Mistral, Qwen2/2.5, Qwen3, SmolLM3, Phi-3 layout,
+Gemma 3 text); anything else, or a setting llama.cpp would run differently
+(a sliding window it ignores, another NoPE pattern, ...), is refused before
+any work, naming the architecture:
 
-* hyperparameters under ``llama.*`` (context, widths, heads, rope base and
-  dimension, RMS-norm epsilon, vocabulary size; Llama-3 rope scaling as a
-  ``rope_freqs`` tensor);
-* tensors renamed with gguf's tensor map (``blk.N.attn_q.weight`` ...), with
-  the rows of Q and K permuted the way llama.cpp's rope kernel expects;
-  ``output.weight`` only when the head is not tied to the embeddings;
-* 1-D tensors (norms, biases) in F32; matrices in F16, or Q8_0 (a row whose
-  length is not a multiple of 32 falls back to F16, as llama.cpp does);
-* a byte-level BPE tokenizer (``gpt2`` model: SmolLM, Llama 3): tokens in id
-  order, token types, merges, pre-tokenizer name, bos/eos/unk/pad ids,
-  add-bos/eos flags and the chat template.
+* hyperparameters under ``<arch>.*`` (context, widths, heads, head size, rope
+  base and dimensions, RMS-norm epsilon, vocabulary size, the family's own
+  keys; Llama-3 rope scaling as a ``rope_freqs`` tensor);
+* tensors renamed with gguf's tensor map for that architecture
+  (``blk.N.attn_q.weight`` ...), the rows of Q and K permuted where llama.cpp
+  uses pairwise rope, Gemma's norms stored as ``1 + w``, fused Phi-3
+  projections kept fused; ``output.weight`` only when the head is not tied;
+* 1-D tensors (norms, biases) in F32; matrices in F16, BF16 or Q8_0 (a row
+  whose length is not a multiple of 32 falls back to F16, as llama.cpp does);
+* a byte-level BPE tokenizer (see gguf_tokenizer.py): tokens, types, merges,
+  llama.cpp's pre-tokenizer name, special ids, add-bos/eos and the chat template.
 
-transformers reads the file back with
-``AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)``; the tests
-check that the round trip gives the same greedy output.
+tests/test_gguf_families.py loads the files in llama.cpp itself and compares
+greedy answers with the transformers model; tests/test_export.py reads them
+back with transformers' GGUF loader.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from finetune_core.errors import StudioError
+from finetune_core.export import gguf_arch
+from finetune_core.export.gguf_tokenizer import (TokenizerRefused, folder_tokenizer_refusal, tokenizer_metadata,
+                                                 write_tokenizer)
 
-SUPPORTED_MODEL_TYPE = "llama"
-QTYPES = ("f16", "q8_0")
+QTYPES = ("f16", "bf16", "q8_0")  # the order the UI offers them
 Q8_BLOCK = 32  # Q8_0 quantises rows in blocks of 32 values
-
-# Tokenizers whose pre-tokenizer llama.cpp knows under a name it cannot be told
-# apart by from tokenizer.json alone: keyed by their first vocabulary entries.
-KNOWN_VOCABS = {("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>"): "smollm"}
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 class GGUFExportError(StudioError, ValueError):
@@ -58,36 +59,43 @@ def read_config(model_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _arch_name(config: dict) -> str:
+    return (config.get("architectures") or [None])[0] or config.get("model_type") or "this model"
+
+
 def check_supported(config: dict) -> None:
-    """Refuse anything but Llama: other architectures need other tensor layouts."""
-    if config.get("model_type") != SUPPORTED_MODEL_TYPE:
-        arch = (config.get("architectures") or [None])[0] or config.get("model_type") or "this model"
-        raise GGUFExportError(f"GGUF export supports Llama-architecture models; {arch} is not supported.")
+    """Refuse a model llama.cpp cannot run as written (unknown family, or a setting the file cannot carry),
+    naming its architecture."""
+    reason = gguf_arch.refusal(config)
+    if reason and reason.startswith("is not supported"):
+        raise GGUFExportError(f"GGUF export: {_arch_name(config)} {reason}.")
+    if reason:
+        raise GGUFExportError(f"GGUF export cannot write {_arch_name(config)}: {reason}.")
+
+
+def check_gguf_model(config: dict, tokenizer_dir: str | os.PathLike | None = None) -> None:
+    """`check_supported`, then the tokenizer in `tokenizer_dir` (when given and present): only byte-level BPE
+    with a pre-tokenizer llama.cpp knows is written. Reads two small files: cheap enough before a merge."""
+    check_supported(config)
+    if tokenizer_dir is not None:
+        reason = folder_tokenizer_refusal(Path(tokenizer_dir))
+        if reason:
+            raise GGUFExportError(f"GGUF export cannot write {_arch_name(config)}: {reason}.")
 
 
 def check_qtype(qtype: str) -> str:
-    """Return `qtype` when it is one of QTYPES ("f16", "q8_0"); else GGUFExportError naming the choices."""
+    """Return `qtype` when it is one of QTYPES; else GGUFExportError naming the choices."""
     if qtype not in QTYPES:
         raise GGUFExportError(f"GGUF type {qtype!r} is not offered: choose one of {', '.join(QTYPES)}.")
     return qtype
 
 
 # -- hyperparameters -----------------------------------------------------------------------
-def _rope(config: dict) -> dict:
-    """rope settings from either spelling (transformers 5 `rope_parameters`, older `rope_theta`/`rope_scaling`)."""
-    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
-    return params
-
-
-def _head_dim(config: dict) -> int:
-    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
-
-
 def write_hparams(writer, config: dict, name: str, file_type: int) -> None:
-    """The `llama.*` keys llama.cpp and transformers read (see transformers' GGUF_CONFIG_MAPPING)."""
+    """The `<arch>.*` keys llama.cpp reads: the ones every family shares, then the family's own."""
+    spec = gguf_arch.SPECS[config["model_type"]]
     heads = int(config["num_attention_heads"])
-    head_dim = _head_dim(config)
+    rope = gguf_arch.rope_params(config)
     writer.add_type("model")
     writer.add_name(name)
     writer.add_file_type(file_type)
@@ -97,29 +105,28 @@ def write_hparams(writer, config: dict, name: str, file_type: int) -> None:
     writer.add_feed_forward_length(int(config["intermediate_size"]))
     writer.add_head_count(heads)
     writer.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
-    writer.add_rope_freq_base(float(_rope(config)["rope_theta"]))
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    writer.add_rope_dimension_count(gguf_arch.rope_dims(config))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(int(config["vocab_size"]))
-    if head_dim != config["hidden_size"] // heads:  # llama.cpp derives it otherwise
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    rope = _rope(config)
-    if rope.get("rope_type", "default") == "linear":
+    # always written: llama.cpp would derive hidden/heads, which Qwen3 and Gemma 3 do not use
+    writer.add_key_length(gguf_arch.head_dim(config))
+    writer.add_value_length(gguf_arch.head_dim(config))
+    if rope["rope_type"] == "linear":
         import gguf
 
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
-    elif rope.get("rope_type", "default") not in ("default", "llama3"):
-        raise GGUFExportError(f"GGUF export does not handle rope scaling {rope.get('rope_type')!r}.")
+    if spec.extra:
+        spec.extra(writer, config)
 
 
 def llama3_rope_factors(config: dict) -> np.ndarray | None:
     """Per-frequency rope factors for Llama-3 rope scaling (llama.cpp stores them as `rope_freqs`)."""
-    rope = _rope(config)
+    rope = gguf_arch.rope_params(config)
     if rope.get("rope_type") != "llama3":
         return None
-    dim = _head_dim(config)
+    dim = gguf_arch.head_dim(config)
     freqs = 1.0 / (float(rope["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     factor = float(rope.get("factor", 8.0))
     low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
@@ -135,77 +142,6 @@ def llama3_rope_factors(config: dict) -> np.ndarray | None:
             smooth = (old_context / wavelen - low) / (high - low)
             out.append(1 / ((1 - smooth) / factor + smooth))
     return np.asarray(out, dtype=np.float32)
-
-
-# -- tokenizer --------------------------------------------------------------------------------
-def pre_tokenizer_name(tokenizer_json: dict, tokens: list[str]) -> str:
-    """The llama.cpp pre-tokenizer name: how text is split before BPE merges apply."""
-    known = KNOWN_VOCABS.get(tuple(tokens[:5]))
-    if known:
-        return known
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [p.get("type") for p in parts]
-    if "Split" in kinds:
-        pattern = (parts[kinds.index("Split")].get("pattern") or {}).get("Regex")
-        if pattern == LLAMA3_SPLIT:
-            return "llama-bpe"
-    if kinds == ["Digits", "ByteLevel"]:
-        return "starcoder"  # llama.cpp: single digits, then the GPT-2 split
-    if kinds == ["ByteLevel"]:
-        return "gpt-2"
-    return "default"
-
-
-def tokenizer_metadata(tokenizer, vocab_size: int) -> dict:
-    """Everything the file says about the tokenizer, as plain Python values."""
-    data = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = data.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise GGUFExportError("GGUF export handles byte-level BPE tokenizers (SmolLM, Llama 3); "
-                              "this model's tokenizer is of another kind (e.g. SentencePiece).")
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:  # the embedding matrix is larger than the vocabulary
-            tokens.append(f"[PAD{i}]")
-            types.append(5)  # UNUSED
-            continue
-        tokens.append(by_id[i])
-        types.append(1 if i not in added else 3 if added[i].special else 4)  # NORMAL / CONTROL / USER_DEFINED
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    probe = tokenizer("a")["input_ids"]
-    return {
-        "tokens": tokens, "types": types, "merges": merges,
-        "pre": pre_tokenizer_name(data, tokens),
-        "ids": {key: getattr(tokenizer, f"{key}_token_id", None) for key in ("bos", "eos", "unk", "pad")},
-        # Whether the tokenizer adds bos/eos itself, measured rather than read from a flag
-        # whose name moved between transformers versions.
-        "add_bos": bool(probe) and probe[0] == tokenizer.bos_token_id,
-        "add_eos": bool(probe) and probe[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id != probe[0],
-        "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
-    }
-
-
-def write_tokenizer(writer, meta: dict) -> None:
-    """Add the tokenizer keys (from `tokenizer_metadata`) to `writer`: a byte-level BPE ("gpt2") vocabulary,
-    merges, special-token ids that are set, add-bos/eos flags and the chat template when there is one."""
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(meta["pre"])
-    writer.add_token_list(meta["tokens"])
-    writer.add_token_types(meta["types"])
-    writer.add_token_merges(meta["merges"])
-    setters = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
-               "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
-    for key, token_id in meta["ids"].items():
-        if token_id is not None:
-            setters[key](int(token_id))
-    writer.add_add_bos_token(meta["add_bos"])
-    writer.add_add_eos_token(meta["add_eos"])
-    writer.add_add_space_prefix(False)  # byte-level BPE encodes the space itself
-    if meta["chat_template"]:
-        writer.add_chat_template(meta["chat_template"])
 
 
 # -- tensors ----------------------------------------------------------------------------------
@@ -241,26 +177,42 @@ def gguf_tensor_name(tensor_map, hf_name: str) -> str:
 
 
 def encode_tensor(name: str, data: np.ndarray, qtype: str):
-    """(array, raw ggml type or None): norms and biases stay F32, matrices become F16 or Q8_0."""
+    """(array, raw ggml type or None): norms and biases stay F32, matrices become F16, BF16 or Q8_0."""
     import gguf
 
     if data.ndim == 1 or name.endswith("_norm.weight"):
         return data.astype(np.float32), None
+    if qtype == "bf16":
+        kind = gguf.GGMLQuantizationType.BF16
+        return gguf.quants.quantize(data.astype(np.float32), kind), kind
     if qtype == "q8_0" and data.shape[-1] % Q8_BLOCK == 0:
-        return gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q8_0), \
-            gguf.GGMLQuantizationType.Q8_0
+        kind = gguf.GGMLQuantizationType.Q8_0
+        return gguf.quants.quantize(data.astype(np.float32), kind), kind
     return data.astype(np.float16), None
 
 
+def _prepare(hf_name: str, data: np.ndarray, config: dict, spec: gguf_arch.ArchSpec) -> np.ndarray:
+    """The family's changes to one tensor before it is renamed: Q/K permutation, norm shift."""
+    heads = int(config["num_attention_heads"])
+    if spec.permute_qk and ".self_attn.q_proj." in hf_name:
+        data = permute_rope(data, heads, heads)
+    elif spec.permute_qk and ".self_attn.k_proj." in hf_name:
+        data = permute_rope(data, heads, int(config.get("num_key_value_heads") or heads))
+    if spec.norm_shift and hf_name.endswith("norm.weight"):
+        data = data + np.float32(spec.norm_shift)
+    return data
+
+
 def add_tensors(writer, model_dir: Path, config: dict, qtype: str) -> int:
-    """Add every tensor of the folder to `writer` (Q/K rows permuted, a tied LM head left out, Llama-3
-    `rope_freqs` added) in `qtype`; returns how many were added. The writer holds them until the file is written."""
+    """Add every tensor of the folder to `writer` (renamed and prepared for the family, a tied LM head left
+    out, Llama-3 `rope_freqs` added) in `qtype`; returns how many were added. The writer holds them until
+    the file is written."""
     import gguf
 
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    tensor_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config["num_hidden_layers"]))
-    factors = llama3_rope_factors(config)
+    spec = gguf_arch.SPECS[config["model_type"]]
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == spec.arch)
+    tensor_map = gguf.get_tensor_name_map(arch, int(config["num_hidden_layers"]))
+    factors = llama3_rope_factors(config) if spec.rope_freqs else None
     count = 0
     if factors is not None:
         writer.add_tensor("rope_freqs.weight", factors)
@@ -270,24 +222,31 @@ def add_tensors(writer, model_dir: Path, config: dict, qtype: str) -> int:
             continue  # recomputed from the rope settings
         if hf_name == "lm_head.weight" and config.get("tie_word_embeddings"):
             continue  # llama.cpp reuses token_embd when output.weight is absent
-        if ".self_attn.q_proj." in hf_name:
-            data = permute_rope(data, heads, heads)
-        elif ".self_attn.k_proj." in hf_name:
-            data = permute_rope(data, heads, kv_heads)
         name = gguf_tensor_name(tensor_map, hf_name)
-        array, raw = encode_tensor(name, data, qtype)
+        array, raw = encode_tensor(name, _prepare(hf_name, data, config, spec), qtype)
         writer.add_tensor(name, array, raw_dtype=raw)
         count += 1
     return count
 
 
 # -- the file ---------------------------------------------------------------------------------
+FILE_TYPES = {"f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
+
+
+def file_name_key(name: str) -> str:
+    """The `general.name` to write: llama.cpp gives a model whose name contains "phi3"/"phi-3" the special-token
+    habits of Phi-3's SentencePiece vocabulary (strips spaces after them, and fails to load a vocabulary
+    without "</s>"), so such a name is written with a space before the 3 ("phi 3")."""
+    return re.sub(r"(?i)(phi-?)(3)", r"\1 \2", name)
+
+
 def write_gguf(model_dir: str | os.PathLike, out_file: str | os.PathLike, qtype: str = "f16",
                name: str | None = None) -> Path:
-    """Write `model_dir` (a Llama transformers folder) as one GGUF file; returns its path.
+    """Write `model_dir` (a transformers folder of a supported family) as one GGUF file; returns its path.
 
-    The file is written beside its final name and renamed, so a failure never
-    leaves a truncated .gguf behind.
+    Everything is checked before the file is started, and the file is written
+    beside its final name and renamed, so a failure never leaves a truncated
+    .gguf behind.
     """
     import gguf
     from transformers import AutoTokenizer
@@ -295,17 +254,21 @@ def write_gguf(model_dir: str | os.PathLike, out_file: str | os.PathLike, qtype:
     model_dir, out_file = Path(model_dir), Path(out_file)
     check_qtype(qtype)
     config = read_config(model_dir)
-    check_supported(config)
+    check_gguf_model(config, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    meta = tokenizer_metadata(tokenizer, int(config["vocab_size"]))
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if qtype == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
+    try:
+        meta = tokenizer_metadata(tokenizer, int(config["vocab_size"]))
+    except TokenizerRefused as exc:
+        raise GGUFExportError(f"GGUF export cannot write {_arch_name(config)}: {exc}.") from None
+    spec = gguf_arch.SPECS[config["model_type"]]
+    file_type = getattr(gguf.LlamaFileType, FILE_TYPES[qtype])
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), spec.arch)
     try:
-        write_hparams(writer, config, name or model_dir.name, int(file_type))
+        write_hparams(writer, config, file_name_key(name or model_dir.name), int(file_type))
         write_tokenizer(writer, meta)
-        if qtype != "f16":
+        if qtype == "q8_0":
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_tensors(writer, model_dir, config, qtype)
         writer.write_header_to_file()

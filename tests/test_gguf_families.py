@@ -1,0 +1,182 @@
+"""GGUF export of every family the exporter writes, run in llama.cpp itself (llama-cpp-python).
+
+For each family of tests/model_families.py whose GGUF cell is not a refusal, a
+tiny random model (float32, in the layout llama.cpp runs: `gguf_model`) and its
+tokenizer fixture are saved as a folder and written as F16, BF16 and Q8_0. Then:
+
+* the file holds the tokenizer's chat template and end-of-turn token, and
+  llama.cpp stops generating at that token;
+* llama.cpp, given the file alone (its template, its tokenizer), builds the
+  app's prompt tokens for every conversation;
+* teacher-forced on the app's answer, llama.cpp's logits stay within a small
+  fraction of the logit scale of transformers' float32 logits (a wrong tensor
+  layout, rope or norm is off by the whole scale);
+* greedy answers (32 tokens) equal the app's up to the first step the app's
+  choice is a near tie (top-2 logit gap within twice llama.cpp's measured
+  deviation there: tiny random models have many; F16, BF16 and Q8_0 alike), and
+  the counts are printed: identical answers and token agreement (`-s` shows them).
+
+A pre-tokenizer test tokenises tricky text with four byte-level BPE tokenizers
+(Llama 3, Qwen2, SmolLM and GPT-2 splits) in llama.cpp and transformers.
+Refusals (setting, tokenizer) need no llama.cpp. Run with:
+
+    .venv/bin/python -m pytest -q -m "" tests/test_gguf_families.py -s
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from model_families import CORPUS, EXPECTED, FAMILIES, GGUF_LAYOUT, gguf_model, make_tokenizer  # noqa: E402
+
+from finetune_core.export.gguf import QTYPES, GGUFExportError, write_gguf  # noqa: E402
+from finetune_core.export.parity import (LLAMACPP_HINT, compare, gguf_answers, llama_cpp_available,  # noqa: E402
+                                         prompt_ids, reference_answers)
+
+WRITTEN = [f for f in FAMILIES if EXPECTED[f.name]["gguf"] is None]
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello there! How are you today?"}],
+    [{"role": "user", "content": "Which colour is the red ball?"}],
+    [{"role": "system", "content": "answer the question briefly."}, {"role": "user", "content": "Numbers 12345 and 67890"}],
+    [{"role": "user", "content": "Write one word about the weather."}, {"role": "assistant", "content": "sunny"},
+     {"role": "user", "content": "And tomorrow?"}],
+    [{"role": "user", "content": "Summarize the meeting notes in one sentence, please."}],
+    [{"role": "user", "content": "The quick brown fox jumps over the lazy dog."}],
+]
+# llama.cpp computes with activations rounded to the weights' type (and an F16 KV cache): measured on these
+# models, its logits stay within 1% (F16), 8% (BF16) and 14% (Q8_0) of the logit scale; a layout error is ~100%.
+MAX_DEVIATION = {"f16": 0.03, "bf16": 0.15, "q8_0": 0.25}
+
+needs_llamacpp = pytest.mark.skipif(not llama_cpp_available(), reason=f"llama.cpp is not installed: {LLAMACPP_HINT}")
+
+
+@pytest.fixture(autouse=True)
+def _no_amx_repack(monkeypatch):
+    """llama.cpp repacks Q8_0 weights for AMX CPUs, and that path crashes the process on this machine's CPU;
+    loading without the extra buffer types runs the same model with the plain CPU kernels."""
+    if not llama_cpp_available():
+        return
+    import llama_cpp.llama as llama_module
+
+    default = llama_module.llama_cpp.llama_model_default_params
+
+    def without_repack():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    monkeypatch.setattr(llama_module.llama_cpp, "llama_model_default_params", without_repack)
+
+
+def _save(family, folder: Path, seed: int = 1):
+    """The family's GGUF-layout model (float32, generation weights) and tokenizer saved in `folder`;
+    returns (model, the tokenizer as the app loads it from the folder)."""
+    from transformers import AutoTokenizer
+
+    model = gguf_model(family, family.tokenizer(), seed=seed, init=family.gen_init).eval()
+    model.save_pretrained(folder)
+    family.tokenizer().save_pretrained(folder)
+    return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="module", params=WRITTEN, ids=lambda f: f.name)
+def exported(request, tmp_path_factory):
+    """(family, model, app tokenizer, {qtype: file}, reference answers) for one family."""
+    family = request.param
+    out = tmp_path_factory.mktemp(f"gguf-{family.name}")
+    model, tok = _save(family, out / family.name)
+    files = {q: write_gguf(out / family.name, out / f"{family.name}-{q}.gguf", q) for q in QTYPES}
+    return family, model, tok, files, reference_answers(model, tok, CONVERSATIONS)
+
+
+# -- what the file says -------------------------------------------------------------------------------------
+def test_file_holds_the_chat_template_and_end_of_turn(exported):
+    from gguf import GGUFReader
+
+    family, model, tok, files, _ = exported
+    for qtype, path in files.items():
+        fields = GGUFReader(str(path)).fields
+        arch = fields["general.architecture"].contents()
+        assert fields["tokenizer.chat_template"].contents() == tok.chat_template, qtype
+        eos = fields["tokenizer.ggml.eos_token_id"].contents()
+        assert eos == tok.eos_token_id and tok.convert_ids_to_tokens(eos) == family.chat.eos, qtype
+        assert fields[f"{arch}.block_count"].contents() == model.config.num_hidden_layers
+        assert len(fields["tokenizer.ggml.tokens"].contents()) == model.config.vocab_size
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_file_types(exported, qtype):
+    from gguf import GGUFReader
+
+    _, _, _, files, _ = exported
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(files[qtype])).tensors}
+    assert types["token_embd.weight"] == qtype.upper()
+    assert all(kind == "F32" for name, kind in types.items() if "norm" in name)
+
+
+# -- llama.cpp ----------------------------------------------------------------------------------------------
+def _teacher_forced(path: Path, ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits at every position of `ids` (the next-token logits after each prefix)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=2, verbose=False)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def _reference_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+
+
+@pytest.mark.llamacpp
+@needs_llamacpp
+def test_llama_cpp_stops_at_the_end_of_turn(exported):
+    import llama_cpp
+
+    _, _, tok, files, _ = exported
+    llm = llama_cpp.Llama(model_path=str(files["f16"]), vocab_only=True, verbose=False)
+    try:
+        assert llm.token_eos() == tok.eos_token_id
+        assert llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok.eos_token_id)  # noqa: SLF001
+    finally:
+        llm.close()
+
+
+@pytest.mark.llamacpp
+@needs_llamacpp
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_llama_cpp_answers_as_the_app(exported, qtype):
+    family, model, tok, files, reference = exported
+    answers, prompts = gguf_answers(files[qtype], CONVERSATIONS)
+    # the file's own template and tokenizer give the app's prompt tokens
+    assert prompts == [prompt_ids(tok, c) for c in CONVERSATIONS]
+    worst = 0.0
+    for conversation, prompt, want, got in zip(CONVERSATIONS, prompts, reference, answers):
+        ids = prompt + want
+        app = _reference_logits(model, ids)[len(prompt) - 1: len(ids) - 1]
+        cpp = _teacher_forced(files[qtype], ids)[len(prompt) - 1: len(ids) - 1]
+        deviation = np.abs(cpp - app).max(axis=-1)  # per step
+        worst = max(worst, float(deviation.max() / np.abs(app).max()))
+        top2 = np.sort(app, axis=-1)[:, -2:]
+        decided = (top2[:, 1] - top2[:, 0]) > 2 * deviation
+        # llama.cpp's choice may only part from the app's at (or after) a near tie
+        first_tie = int(np.argmin(decided)) if not decided.all() else len(want)
+        assert got[:first_tie] == want[:first_tie], (family.name, qtype, conversation, first_tie)
+        if decided.all():
+            assert got == want, (family.name, qtype, conversation)  # the stop token too
+    assert worst < MAX_DEVIATION[qtype], f"{family.name} {qtype}: logits off by {worst:.1%} of their scale"
+    identical, agreement, _ = compare(reference, answers)
+    print(f"\n{family.name} {qtype}: {identical}/{len(CONVERSATIONS)} identical in llama.cpp, "
+          f"token agreement {agreement:.1%}, logit deviation {worst:.2%} of scale")
