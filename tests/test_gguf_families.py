@@ -121,14 +121,18 @@ def test_file_types(exported, qtype):
 
 
 # -- llama.cpp ----------------------------------------------------------------------------------------------
-def _teacher_forced(path: Path, ids: list[int]) -> np.ndarray:
-    """llama.cpp's logits at every position of `ids` (the next-token logits after each prefix)."""
+def _teacher_forced(path: Path, sequences: list[list[int]]) -> list[np.ndarray]:
+    """llama.cpp's logits at every position of each sequence (the next-token logits after each prefix)."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=2, verbose=False)
     try:
-        llm.eval(ids)
-        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+        out = []
+        for ids in sequences:
+            llm.reset()
+            llm.eval(ids)
+            out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+        return out
     finally:
         llm.close()
 
@@ -163,10 +167,11 @@ def test_llama_cpp_answers_as_the_app(exported, qtype):
     # the file's own template and tokenizer give the app's prompt tokens
     assert prompts == [prompt_ids(tok, c) for c in CONVERSATIONS]
     worst = 0.0
-    for conversation, prompt, want, got in zip(CONVERSATIONS, prompts, reference, answers):
+    forced = _teacher_forced(files[qtype], [p + a for p, a in zip(prompts, reference)])
+    for conversation, prompt, want, got, cpp in zip(CONVERSATIONS, prompts, reference, answers, forced):
         ids = prompt + want
         app = _reference_logits(model, ids)[len(prompt) - 1: len(ids) - 1]
-        cpp = _teacher_forced(files[qtype], ids)[len(prompt) - 1: len(ids) - 1]
+        cpp = cpp[len(prompt) - 1: len(ids) - 1]
         deviation = np.abs(cpp - app).max(axis=-1)  # per step
         worst = max(worst, float(deviation.max() / np.abs(app).max()))
         top2 = np.sort(app, axis=-1)[:, -2:]
@@ -180,3 +185,141 @@ def test_llama_cpp_answers_as_the_app(exported, qtype):
     identical, agreement, _ = compare(reference, answers)
     print(f"\n{family.name} {qtype}: {identical}/{len(CONVERSATIONS)} identical in llama.cpp, "
           f"token agreement {agreement:.1%}, logit deviation {worst:.2%} of scale")
+
+
+# -- pre-tokenizers -----------------------------------------------------------------------------------------
+TRICKY = ["Numbers 12345 and 67890, 3.14159 and 2024-01-02.", "I'm here, you're THERE; it's 'quoted' DON'T",
+          "line one\n\n\nline two\r\n  spaced   out\ttab  ", "naïve café 東京 😀 x=10*20; <tag>", "   leading and trailing   "]
+
+
+def _split_tokenizer(pre_tokenizer, ignore_merges: bool = False):
+    """A byte-level BPE tokenizer with `pre_tokenizer`, trained on the matrix corpus and TRICKY."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS + TRICKY * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def _pre_tokenizers():
+    from tokenizers import Regex, pre_tokenizers
+
+    from finetune_core.export.gguf_tokenizer import LLAMA3_SPLIT, QWEN2_SPLIT
+
+    def split(pattern):
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+    return {  # expected llama.cpp name: (pre-tokenizer, ignore_merges)
+        "llama-bpe": (split(LLAMA3_SPLIT), True),
+        "dbrx": (split(LLAMA3_SPLIT), False),
+        "qwen2": (split(QWEN2_SPLIT), False),
+        "smollm": (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                            pre_tokenizers.ByteLevel(add_prefix_space=False)]), False),
+        "gpt-2": (pre_tokenizers.ByteLevel(add_prefix_space=False), False),
+    }
+
+
+@pytest.mark.llamacpp
+@needs_llamacpp
+@pytest.mark.parametrize("name", ["llama-bpe", "dbrx", "qwen2", "smollm", "gpt-2"])
+def test_llama_cpp_splits_text_as_the_tokenizer(name, tmp_path):
+    """The pre-tokenizer named in the file makes llama.cpp give transformers' token ids on digits, contractions,
+    newlines, runs of spaces and non-ASCII text."""
+    import llama_cpp
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    pre, ignore_merges = _pre_tokenizers()[name]
+    _split_tokenizer(pre, ignore_merges).save_pretrained(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "m"))
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4)).save_pretrained(tmp_path / "m")
+    path = write_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert GGUFReader(str(path)).fields["tokenizer.ggml.pre"].contents() == name
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        for text in TRICKY + CORPUS:
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text)["input_ids"], text
+    finally:
+        llm.close()
+
+
+# -- refusals -------------------------------------------------------------------------------------------------
+def _folder(tmp_path: Path, tokenizer) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder = tmp_path / "qwen"
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_refuses_a_tokenizer_with_byte_fallback(tmp_path):
+    """SentencePiece-style BPE (byte fallback, as Llama 2, Mistral, Gemma and Phi-3 ship) needs llama.cpp's other
+    vocabulary kind: refused before the file is started, naming the model and the tokenizer kind."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"],
+                                                        show_progress=False))
+    folder = _folder(tmp_path, PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>"))
+    with pytest.raises(GGUFExportError, match=r"cannot write Qwen2ForCausalLM: .*byte fallback"):
+        write_gguf(folder, tmp_path / "out" / "m.gguf")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_with_such_a_tokenizer_is_refused_before_the_merge(tmp_path, runs_root, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from finetune_core.config import RunConfig
+    from finetune_core.export import artifacts as export
+    from finetune_core.runs.store import create_run
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"],
+                                                        show_progress=False))
+    folder = _folder(tmp_path, PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>"))
+    run = create_run(RunConfig.from_dict(dict(model=str(folder), data_path="x.jsonl")))
+    get_peft_model(AutoModelForCausalLM.from_pretrained(folder), LoraConfig(r=2, target_modules=["q_proj"])
+                   ).save_pretrained(run.adapter_dir)
+    monkeypatch.setattr(export, "merge", lambda *a, **k: pytest.fail("merged before refusing"))
+    with pytest.raises(GGUFExportError, match=r"cannot write Qwen2ForCausalLM: .*SentencePiece-style"):
+        export.export_gguf(run, tmp_path / "out" / "run.gguf")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_refuses_a_pre_tokenizer_llama_cpp_does_not_know(tmp_path):
+    from tokenizers import Regex, pre_tokenizers
+
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\p{N}{1,2}|\p{L}+|\s+|."), behavior="isolated"),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    folder = _folder(tmp_path, _split_tokenizer(pre))
+    with pytest.raises(GGUFExportError, match=r"Qwen2ForCausalLM: its pre-tokenizer regex is not one llama.cpp knows"):
+        write_gguf(folder, tmp_path / "out" / "m.gguf")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", sorted(GGUF_LAYOUT))
+def test_refuses_a_layout_llama_cpp_runs_differently(name, tmp_path):
+    """The matrix's own model of these families (NoPE every 2nd layer, a 6-token sliding window, Gemma 3's default
+    query scale with head size 8) would load in llama.cpp and answer differently: refused, naming the setting."""
+    family = next(f for f in FAMILIES if f.name == name)
+    tok = family.tokenizer()
+    family.build(tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    with pytest.raises(GGUFExportError, match=re.escape(f"cannot write {family.architecture}: ")) as caught:
+        write_gguf(tmp_path / "m", tmp_path / "out" / "m.gguf")
+    assert GGUF_LAYOUT[name][1] in str(caught.value)
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,9 @@ tested. `pre_tokenizer_name` therefore identifies the split from
 tokenizer.json itself (the Split regex, Digits, ByteLevel), never from the
 model's family:
 
-* Llama 3 and SmolLM3: Split with ``\\p{N}{1,3}`` + ByteLevel -> ``llama-bpe``;
+* Llama 3 and SmolLM3: Split with ``\\p{N}{1,3}`` + ByteLevel, whole words
+  looked up before merging (``ignore_merges``) -> ``llama-bpe``; the same
+  split with merges always applied (cl100k-style) -> ``dbrx``;
 * Qwen2, Qwen2.5, Qwen3: Split with single ``\\p{N}`` + ByteLevel -> ``qwen2``;
 * SmolLM/SmolLM2 (``smollm``) and StarCoder (``starcoder``): Digits
   (individual) + ByteLevel; they differ only in cleaning spaces when decoding;
@@ -30,7 +32,8 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-SPLITS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
+# (regex, ignore_merges) -> name: llama.cpp's "llama-bpe" looks whole words up first, its "dbrx" and "qwen2" do not
+SPLITS = {(LLAMA3_SPLIT, True): "llama-bpe", (LLAMA3_SPLIT, False): "dbrx", (QWEN2_SPLIT, False): "qwen2"}
 # The bundled SmolLM2 tokenizer is rebuilt by transformers from the GGUF file the model ships as (whose
 # pre-tokenizer is "smollm"); that rebuild keeps only the ByteLevel step and drops the Digits split. Its
 # vocabulary has no multi-digit token, so both splits give the same ids; the file keeps the original name.
@@ -56,8 +59,9 @@ def pre_tokenizer_name(tokenizer_json: dict, clean_spaces: bool = False, tokens:
     kinds = [p.get("type") for p in parts]
     if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
         pattern = (parts[0].get("pattern") or {}).get("Regex")
-        if pattern in SPLITS and parts[0].get("behavior") == "Isolated" and not parts[0].get("invert"):
-            return SPLITS[pattern]
+        key = (pattern, bool((tokenizer_json.get("model") or {}).get("ignore_merges")))
+        if key in SPLITS and parts[0].get("behavior") == "Isolated" and not parts[0].get("invert"):
+            return SPLITS[key]
         raise TokenizerRefused(f"its pre-tokenizer regex is not one llama.cpp knows ({pattern!r})")
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
         return "starcoder" if clean_spaces else "smollm"
