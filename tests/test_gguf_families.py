@@ -323,3 +323,39 @@ def test_refuses_a_layout_llama_cpp_runs_differently(name, tmp_path):
         write_gguf(tmp_path / "m", tmp_path / "out" / "m.gguf")
     assert GGUF_LAYOUT[name][1] in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+# Settings of released checkpoints (their config.json, trimmed to what the exporter reads): written, or refused
+# naming the setting llama.cpp would run differently.
+RELEASED = {
+    "Qwen2.5-0.5B-Instruct": (dict(model_type="qwen2", num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
+                                   use_sliding_window=False, sliding_window=32768, max_position_embeddings=32768,
+                                   tie_word_embeddings=True), None),
+    "SmolLM3-3B": (dict(model_type="smollm3", num_hidden_layers=36, hidden_size=2048, num_attention_heads=16,
+                        no_rope_layers=[int((i + 1) % 4 != 0) for i in range(36)], use_sliding_window=False,
+                        max_position_embeddings=65536), None),
+    "Mistral-7B-Instruct-v0.3": (dict(model_type="mistral", num_hidden_layers=32, hidden_size=4096,
+                                      num_attention_heads=32, sliding_window=None, max_position_embeddings=32768),
+                                 None),
+    "Mistral-7B-v0.1": (dict(model_type="mistral", num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
+                             sliding_window=4096, max_position_embeddings=32768), "sliding-window attention (4096"),
+    "Phi-3-mini-4k-instruct": (dict(model_type="phi3", num_hidden_layers=32, hidden_size=3072, num_attention_heads=32,
+                                    sliding_window=2047, max_position_embeddings=4096), "sliding-window attention"),
+    "gemma-3-1b-it": (dict(model_type="gemma3_text", num_hidden_layers=26, hidden_size=1152, num_attention_heads=4,
+                           head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+                           layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                                        for i in range(26)], max_position_embeddings=32768), None),
+    "gemma-3-27b (text)": (dict(model_type="gemma3_text", num_hidden_layers=62, hidden_size=5376,
+                                num_attention_heads=32, head_dim=128, query_pre_attn_scalar=168), None),
+    "Qwen3 with o_proj bias": (dict(model_type="qwen3", num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                    attention_bias=True), "attention_bias"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_released_settings_are_judged_as_llama_cpp_runs_them(name):
+    from finetune_core.export.gguf_arch import refusal
+
+    config, phrase = RELEASED[name]
+    reason = refusal(config)
+    assert (reason is None) if phrase is None else (phrase in (reason or "")), reason

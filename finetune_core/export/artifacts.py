@@ -187,11 +187,14 @@ def _check_gguf_arch(run: Run) -> None:
         return
     from transformers import AutoConfig  # a Hub id: its config is in the local cache
 
+    from huggingface_hub import try_to_load_from_cache
+
     try:
         config = AutoConfig.from_pretrained(str(where)).to_dict()
     except OSError:
         return  # not readable now: the merge will say why, or write_gguf will check the merged config
-    check_gguf_model(config)
+    cached = try_to_load_from_cache(str(where), "tokenizer.json")
+    check_gguf_model(config, Path(cached).parent if isinstance(cached, str) else None)
 
 
 def export_gguf(run_or_model_dir, out_file: str | os.PathLike, qtype: str = "f16") -> Path:

@@ -236,7 +236,11 @@ FILE_TYPES = {"f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 def file_name_key(name: str) -> str:
     """The `general.name` to write: llama.cpp gives a model whose name contains "phi3"/"phi-3" the special-token
     habits of Phi-3's SentencePiece vocabulary (strips spaces after them, and fails to load a vocabulary
-    without "</s>"), so such a name is written with a space before the 3 ("phi 3")."""
+    without "</s>"), so such a name is written with a space before the 3.
+
+    >>> file_name_key("phi3-mini-run"), file_name_key("Phi-3 tuned"), file_name_key("qwen")
+    ('phi 3-mini-run', 'Phi- 3 tuned', 'qwen')
+    """
     return re.sub(r"(?i)(phi-?)(3)", r"\1 \2", name)
 
 
