@@ -359,3 +359,40 @@ def test_released_settings_are_judged_as_llama_cpp_runs_them(name):
     config, phrase = RELEASED[name]
     reason = refusal(config)
     assert (reason is None) if phrase is None else (phrase in (reason or "")), reason
+
+
+# Settings the family tests' models do not have, each run once in llama.cpp (F16, teacher-forced).
+VARIANTS = {
+    "llama": dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=True, rope_parameters=dict(
+        rope_type="llama3", factor=8.0, rope_theta=500000.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=64)),  # shorter than the sequence: the scaling matters
+    "qwen2": dict(tie_word_embeddings=True, rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=1e6)),
+    "qwen3": dict(head_dim=16, tie_word_embeddings=True),  # head size other than hidden / heads
+    "phi3": dict(tie_word_embeddings=True, rope_parameters=dict(rope_type="default", rope_theta=1e4,
+                                                                 partial_rotary_factor=0.5)),
+    "mistral": dict(head_dim=16),
+    "gemma3": dict(final_logit_softcapping=2.0, rope_parameters={
+        "full_attention": dict(rope_type="linear", factor=8.0, rope_theta=1e6),
+        "sliding_attention": dict(rope_type="default", rope_theta=1e4)}),
+}
+
+
+@pytest.mark.llamacpp
+@needs_llamacpp
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_llama_cpp_runs_family_settings(name, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    family = next(f for f in FAMILIES if f.name == name)
+    model = gguf_model(family, family.tokenizer(), seed=1, init=family.gen_init)
+    torch.manual_seed(1)
+    model = type(model)(type(model.config).from_dict({**model.config.to_dict(), **VARIANTS[name]})).eval()
+    model.save_pretrained(tmp_path / "m")
+    family.tokenizer().save_pretrained(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "m"))
+    conversation = CONVERSATIONS[2] + [{"role": "assistant", "content": CORPUS[0]}, {"role": "user", "content": CORPUS[1]}]
+    ids = prompt_ids(tok, conversation) + reference_answers(model, tok, [conversation])[0]
+    app = _reference_logits(model, ids)
+    cpp = _teacher_forced(write_gguf(tmp_path / "m", tmp_path / "m.gguf"), [ids])[0]
+    assert np.abs(cpp - app).max() / np.abs(app).max() < MAX_DEVIATION["f16"]
