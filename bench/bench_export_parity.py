@@ -88,6 +88,8 @@ def export_and_check(run, target: str, workdir: Path, prompts: int) -> dict:
     out = {"export_seconds": round(exported, 1), "parity_seconds": result.seconds, "size_mb": round(size / 2**20, 1),
            "verdict": result.verdict(), "passed": result.passed()}
     out.update({k: getattr(result, k) for k in ("prompts", "identical", "token_agreement", "prompt_tokens_match")})
+    if result.notes:
+        out["notes"] = result.notes
     if result.first_difference:
         out["first_difference"] = result.first_difference
     return out

@@ -110,6 +110,29 @@ def test_without_llama_cpp_a_gguf_export_still_works_and_says_how_to_check_it(ru
     assert "llama.cpp is not installed here" in result.verdict() and "make llamacpp" in result.verdict()
 
 
+def test_a_llama_cpp_crash_is_retried_without_repacked_kernels_and_never_reaches_the_app(run, tmp_path,
+                                                                                       monkeypatch):
+    import finetune_core.export.parity as parity
+
+    path = export_gguf(run, tmp_path / "tiny.gguf")
+    asked = []
+
+    def worker(path, conversations, max_new_tokens, repack):
+        asked.append(repack)
+        if repack:
+            return {"crashed": -11, "stderr": ""}
+        return {"answers": [[1]] * len(conversations), "prompts": [[1]] * len(conversations)}
+
+    monkeypatch.setattr(parity, "llama_cpp_available", lambda: True)
+    monkeypatch.setattr(parity, "_worker", worker)
+    result = check_export(run, path, "gguf-f16", n=2)
+    assert asked == [True, False] and result.checked and result.identical == 0
+    assert "--no-repack" in parity_markdown(result)
+    monkeypatch.setattr(parity, "_worker", lambda *a, **k: {"crashed": -11, "stderr": ""})
+    crashed = check_export(run, path, "gguf-f16", n=2)
+    assert not crashed.checked and "llama.cpp crashed (exit -11)" in crashed.verdict()
+
+
 # -- GGUF files (llama.cpp itself) -----------------------------------------------------------------------
 @pytest.mark.llamacpp
 @needs_llamacpp
