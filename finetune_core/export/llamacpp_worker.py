@@ -79,6 +79,7 @@ def answer(request: dict) -> dict:
 
 
 def main() -> int:
+    """Answer the request on stdin; a file llama.cpp refuses is an {"error"} answer, a crash an exit code."""
     request = json.load(sys.stdin)
     try:
         result = answer(request)

@@ -26,7 +26,6 @@ Without llama.cpp the check says how to get it; the export itself never depends 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -95,10 +94,12 @@ class ParityResult:
         return line
 
     def to_dict(self) -> dict:
+        """The result as plain JSON values (the run's record)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ParityResult":
+        """A result from its record; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
