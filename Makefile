@@ -47,7 +47,7 @@ test: setup browser-deps llamacpp
 	$(VENV)/bin/python -m pytest -q -m "" --durations=15 tests
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow and not browser" tests
+	$(VENV)/bin/python -m pytest -q -m "not slow and not browser and not llamacpp" tests
 
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed: browser tests will report it"

@@ -19,6 +19,7 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real bundled model (seconds to minutes)")
     config.addinivalue_line("markers", "browser: drives the app in headless chromium")
+    config.addinivalue_line("markers", "llamacpp: runs exported GGUF files in llama.cpp (make llamacpp installs it)")
 
 
 @pytest.fixture(scope="session")

@@ -124,7 +124,7 @@ def adapter_zip(run: Run, out_path: str | os.PathLike, card_files: dict[str, byt
 
 
 # -- merged model ---------------------------------------------------------------------------------
-def _tokenizer(run: Run):
+def run_tokenizer(run: Run):
     """The tokenizer saved with the adapter (it carries the chat template used in training)."""
     from transformers import AutoTokenizer
 
@@ -150,7 +150,7 @@ def merge(run: Run, out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} already exists and is not empty: choose a new folder.")
-    model, tokenizer = merged_model(run).eval(), _tokenizer(run)
+    model, tokenizer = merged_model(run).eval(), run_tokenizer(run)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = _fresh_dir(out_dir)

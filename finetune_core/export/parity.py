@@ -1,0 +1,346 @@
+"""Does the exported model answer like the one in the app? The parity check run after every export.
+
+    python -m finetune_core export --run RUN_DIR --gguf model.gguf     # ends with the verdict
+    python -c "from finetune_core.export.parity import check_export; ..."
+
+The in-app model is the run's chain (base, parents' and its own adapters) merged in
+float32 (the model matrix's "merge" column: the adapter's logits within 2e-7). It
+answers up to `PARITY_TOKENS` new tokens greedily for each of the first
+`PARITY_PROMPTS` held-out prompts, rendered with its tokenizer's chat template, as
+the Chat and Evaluate tabs do. The exported model answers the same conversations:
+
+* a merged folder with transformers (float32), loaded from the folder alone;
+* a GGUF file with llama.cpp itself (llama-cpp-python), the prompt rendered with
+  the chat template *stored in the file* and tokenised by the file's own tokenizer,
+  stopping at what llama.cpp takes for end of generation. A wrong template, a wrong
+  pre-tokenizer or a wrong end-of-turn token shows up as a difference.
+
+Both answers keep their stop token, so a file that does not stop where the app stops
+differs. The verdict counts identical answers and the token agreement rate (tokens
+equal before the first difference, over the longer answer's length); Q8_0 reports
+its agreement without a pass/fail (rounding may flip near ties). Results are kept in
+the run (`export/parity-<target>.json`, the latest per target) for the model card and report.
+Without llama.cpp the check says how to get it; the export itself never depends on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from finetune_core.runs.store import Run, write_json_atomic
+
+PARITY_PROMPTS = 20
+PARITY_TOKENS = 32
+MAX_PROMPT_TOKENS = 1536  # longer held-out prompts are skipped: the check is about the model, not the context
+LLAMACPP_PIN = "llama-cpp-python==0.3.36"
+LLAMACPP_HINT = (f"run `make llamacpp` in the studio's folder, or `CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install "
+                 f"{LLAMACPP_PIN}` (a source build: 10-15 minutes on 2 cores, once)")
+UNGATED = ("gguf-q8_0",)  # quantised: agreement is reported, not judged
+RECORD_DIR = "export"  # export/parity-<target>.json: one file per target, so two exports never race
+
+
+def llama_cpp_available() -> bool:
+    """Whether llama-cpp-python imports here (without loading a model)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+# -- the result ------------------------------------------------------------------------------------
+@dataclass
+class ParityResult:
+    """One export's parity check (see the module docstring); `file` is a name, never a server path."""
+
+    target: str
+    runtime: str
+    checked: bool = False
+    reason: str = ""
+    prompts: int = 0
+    identical: int = 0
+    token_agreement: float = 0.0
+    gated: bool = True
+    first_difference: dict | None = None
+    prompt_tokens_match: int | None = None
+    seconds: float = 0.0
+    file: str = ""
+    tokens: int = PARITY_TOKENS
+    when: float = field(default_factory=time.time)
+
+    def passed(self) -> bool | None:
+        """True/False for a checked, gated target; None for Q8_0 or when nothing was checked."""
+        if not (self.checked and self.gated):
+            return None
+        return self.identical == self.prompts
+
+    def verdict(self) -> str:
+        """One line for the Export tab, the CLI, the model card and the report."""
+        kind = "" if self.gated else f" ({self.target.removeprefix('gguf-')})"
+        if not self.checked:
+            return f"parity{kind} not checked: {self.reason}"
+        agreement = f"token agreement {self.token_agreement:.1%}"
+        line = f"parity{kind}: {self.identical}/{self.prompts} identical in {self.runtime}, {agreement}"
+        if self.prompt_tokens_match is not None and self.prompt_tokens_match < self.prompts:
+            line += (f"; the file's chat template and tokenizer gave the app's prompt tokens for only "
+                     f"{self.prompt_tokens_match} of {self.prompts} prompts")
+        return line
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ParityResult":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# -- answers ------------------------------------------------------------------------------------------
+def _stop_ids(model, tokenizer) -> list[int]:
+    """The ids generation stops at in the app: the generation config's eos ids, else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None]
+
+
+def prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
+    """The conversation's prompt tokens as the app makes them: chat template with the assistant's
+    turn opened, tokenised without adding special tokens (the template writes them)."""
+    from finetune_core.data.stats import ensure_chat_template
+
+    ensure_chat_template(tokenizer)
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def reference_answers(model, tokenizer, conversations: list[list[dict]],
+                      max_new_tokens: int = PARITY_TOKENS) -> list[list[int]]:
+    """Greedy new token ids of `model` for each conversation, one at a time (no padding), the stop
+    token kept."""
+    import torch
+
+    stops = _stop_ids(model, tokenizer)
+    answers = []
+    for conversation in conversations:
+        ids = torch.tensor([prompt_ids(tokenizer, conversation)])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None,
+                                 eos_token_id=stops or None, pad_token_id=tokenizer.pad_token_id or (stops or [0])[0])
+        answers.append([int(t) for t in out[0, ids.shape[1]:]])
+    return answers
+
+
+def transformers_answers(folder, conversations: list[list[dict]], max_new_tokens: int = PARITY_TOKENS
+                         ) -> list[list[int]]:
+    """`reference_answers` of a merged folder loaded on its own (float32, its own tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return reference_answers(model, tokenizer, conversations, max_new_tokens)
+
+
+def _llama(path) -> "object":
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=MAX_PROMPT_TOKENS + PARITY_TOKENS + 64, n_batch=512,
+                 n_threads=os.cpu_count() or 1, seed=0, verbose=False)
+
+
+def _file_prompt_ids(llm, conversation: list[dict]) -> list[int]:
+    """The prompt as llama-cpp-python's chat completion makes it from the file alone: the file's chat
+    template (Jinja, as transformers renders it) with the file's bos/eos text, tokenised by the file."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ValueError("the GGUF file holds no chat template")
+
+    def text(token_id: int) -> str:
+        return llm.detokenize([token_id], special=True).decode("utf-8", "replace") if token_id >= 0 else ""
+
+    formatted = Jinja2ChatFormatter(template, eos_token=text(llm.token_eos()),
+                                    bos_token=text(llm.token_bos()))(messages=conversation)
+    return llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+
+
+def gguf_answers(path, conversations: list[list[dict]], max_new_tokens: int = PARITY_TOKENS
+                 ) -> tuple[list[list[int]], list[list[int]]]:
+    """(greedy new token ids, prompt token ids) per conversation from llama.cpp, everything taken from
+    the file; the end-of-generation token that stops an answer is kept."""
+    import llama_cpp
+
+    llm = _llama(path)
+    vocab = llm._model.vocab  # noqa: SLF001 - llama.cpp's own end-of-generation test needs the vocab handle
+    answers, prompts = [], []
+    try:
+        for conversation in conversations:
+            prompt = _file_prompt_ids(llm, conversation)
+            llm.reset()  # no prompt-cache reuse between prompts: each is evaluated from scratch
+            answer = []
+            for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+                answer.append(int(token))
+                if llama_cpp.llama_vocab_is_eog(vocab, token) or len(answer) >= max_new_tokens:
+                    break
+            answers.append(answer)
+            prompts.append(list(prompt))
+    finally:
+        llm.close()
+    return answers, prompts
+
+
+def compare(reference: list[list[int]], exported: list[list[int]]) -> tuple[int, float, int | None]:
+    """(identical answers, token agreement rate, index of the first differing answer or None). The
+    agreement counts tokens equal before an answer's first difference over the longer answer's length."""
+    identical, agree, total, first = 0, 0, 0, None
+    for i, (a, b) in enumerate(zip(reference, exported)):
+        same = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        agree += same
+        total += max(len(a), len(b))
+        if a == b:
+            identical += 1
+        elif first is None:
+            first = i
+    return identical, (agree / total if total else 1.0), first
+
+
+# -- a run's check ---------------------------------------------------------------------------------------
+def heldout_conversations(run: Run, n: int = PARITY_PROMPTS) -> list[list[dict]]:
+    """The first `n` distinct held-out prompts of the run as chat conversations (system turn included,
+    the answer left out); [] for plain-text rows, which have no prompt to answer."""
+    path = run.data_dir / "heldout.jsonl"
+    found: list[list[dict]] = []
+    seen: set[str] = set()
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        prompt = row.get("prompt", row.get("messages")) if isinstance(row, dict) else None
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or not prompt:
+            continue
+        if "prompt" not in row and prompt[-1].get("role") == "assistant":
+            prompt = prompt[:-1]  # a whole conversation: answer its last user turn
+        key = json.dumps(prompt, sort_keys=True)
+        if prompt and prompt[-1].get("role") == "user" and key not in seen:
+            seen.add(key)
+            found.append([{"role": m.get("role"), "content": m.get("content")} for m in prompt])
+        if len(found) >= n:
+            break
+    return found
+
+
+def _app_side(run: Run, conversations: list[list[dict]]):
+    """(tokenizer, prompt ids, reference answers) of the in-app model (the chain merged in float32);
+    prompts longer than MAX_PROMPT_TOKENS are left out."""
+    from finetune_core.export.artifacts import run_tokenizer
+    from finetune_core.inference.generation import release_memory
+    from finetune_core.models.chain import load_chain_model
+    from finetune_core.models.sources import DevicePolicy
+
+    tokenizer = run_tokenizer(run)
+    kept = [c for c in conversations if len(prompt_ids(tokenizer, c)) <= MAX_PROMPT_TOKENS]
+    model = load_chain_model(run, DevicePolicy("cpu", "float32")).eval()
+    try:
+        answers = reference_answers(model, tokenizer, kept)
+    finally:
+        del model
+        release_memory()
+    return tokenizer, kept, [prompt_ids(tokenizer, c) for c in kept], answers
+
+
+def _not_checked(target: str, runtime: str, reason: str, path) -> ParityResult:
+    return ParityResult(target, runtime, reason=reason, gated=target not in UNGATED, file=Path(path).name)
+
+
+def check_export(run: Run, path, target: str, n: int = PARITY_PROMPTS,
+                 progress: Callable[[float, str], None] | None = None) -> ParityResult:
+    """Check the export at `path` (a merged folder for target "merged", else a .gguf file for
+    "gguf-<type>") against the in-app model on `n` held-out prompts, record and return the result.
+    A missing runtime or no prompts gives an unchecked result that says why; `n` = 0 skips."""
+    runtime = "transformers" if target == "merged" else "llama.cpp"
+    say = progress or (lambda *_: None)
+    conversations = heldout_conversations(run, n) if n > 0 else []
+    if n <= 0:
+        result = _not_checked(target, runtime, "skipped (0 prompts asked for)", path)
+    elif runtime == "llama.cpp" and not llama_cpp_available():
+        result = _not_checked(target, runtime, f"llama.cpp is not installed here: {LLAMACPP_HINT}", path)
+    elif not conversations:
+        result = _not_checked(target, runtime, "the run has no held-out chat prompts to answer", path)
+    else:
+        started = time.perf_counter()
+        say(0.1, f"Parity check: the app's answers to {len(conversations)} held-out prompts...")
+        tokenizer, kept, app_prompts, reference = _app_side(run, conversations)
+        say(0.5, f"Parity check: the exported model's answers ({runtime})...")
+        matched = None
+        if runtime == "transformers":
+            exported = transformers_answers(path, kept)
+        else:
+            exported, file_prompts = gguf_answers(path, kept)
+            matched = sum(a == b for a, b in zip(app_prompts, file_prompts))
+        identical, agreement, first = compare(reference, exported)
+        result = ParityResult(target, runtime, checked=True, prompts=len(kept), identical=identical,
+                              token_agreement=round(agreement, 4), gated=target not in UNGATED,
+                              prompt_tokens_match=matched, seconds=round(time.perf_counter() - started, 1),
+                              file=Path(path).name, first_difference=_difference(tokenizer, kept, reference,
+                                                                                 exported, first))
+    save_parity(run, result)
+    return result
+
+
+def _difference(tokenizer, conversations, reference, exported, first: int | None) -> dict | None:
+    if first is None:
+        return None
+
+    def text(ids):  # special tokens shown: a missing or extra end-of-turn token is the finding
+        return tokenizer.decode(ids, skip_special_tokens=False)
+
+    return {"row": first, "prompt": str(conversations[first][-1]["content"]),
+            "app": text(reference[first]), "exported": text(exported[first])}
+
+
+def save_parity(run: Run, result: ParityResult) -> Path:
+    """Write `result` as the run's latest check of its target (one small JSON file per target)."""
+    path = run.path / RECORD_DIR / f"parity-{result.target}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result.to_dict())
+    return path
+
+
+def load_parity(run: Run) -> dict[str, ParityResult]:
+    """The run's latest parity result per target ({} when no export was checked)."""
+    found = {}
+    for path in sorted((run.path / RECORD_DIR).glob("parity-*.json")):
+        try:
+            result = ParityResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            continue  # a damaged record is left out, never fatal to a card or report
+        found[result.target] = result
+    return found
+
+
+def _cell(text: str) -> str:
+    return (text.replace("|", "\\|").replace("\n", "⏎ ").replace("<", "&lt;") or "(nothing)")[:400]
+
+
+def parity_markdown(result: ParityResult) -> str:
+    """The verdict, and the first differing prompt with both answers side by side."""
+    mark = {True: "✅ ", False: "⚠️ ", None: ""}[result.passed()]
+    lines = [f"**{mark}{result.verdict()}**"]
+    if result.checked:
+        lines.append(f"Greedy, the first {result.tokens} new tokens of {result.prompts} held-out prompts, "
+                     f"against the app's model in float32 ({result.seconds:.0f} s).")
+    diff = result.first_difference
+    if diff:
+        lines += ["", f"First difference (held-out prompt {diff['row'] + 1}):", "",
+                  "| prompt | in the app | exported |", "|---|---|---|",
+                  f"| {_cell(diff['prompt'])} | {_cell(diff['app'])} | {_cell(diff['exported'])} |"]
+    return "\n".join(lines)
