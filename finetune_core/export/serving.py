@@ -32,6 +32,7 @@ DEFAULT_CONTEXT = 4096
 LLAMA_SERVER_PORT = 8080
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
 BUNDLED_CONTEXT = 8192  # SmolLM2-135M-Instruct's max_position_embeddings
+UNZIPPED = "./{run}-adapter/adapter"  # where the adapter is once its download is unzipped beside it
 
 
 # -- Ollama --------------------------------------------------------------------------------------------
@@ -90,6 +91,10 @@ def _max_positions(run: Run) -> int | None:
     source = str(run.run_yaml().get("model") or "")
     if source in ("", BUNDLED):
         return BUNDLED_CONTEXT
+    from finetune_core.models.catalogue import entry
+
+    if entry(source) is not None:
+        return entry(source).context
     candidates = [run.adapter_dir / "config.json", Path(source).expanduser() / "config.json"]
     if base_model_id(source):
         from huggingface_hub import try_to_load_from_cache
@@ -167,30 +172,42 @@ def _base(run: Run) -> str:
     return base_model_id(source) or f"./{Path(source).name or 'base-model'}"
 
 
-def adapter_commands(run: Run) -> dict[str, str]:
-    """vLLM and TGI commands serving the run's adapter (from its downloaded zip) on its base model, or,
-    when it is not a plain LoRA adapter, serving the merged model."""
+def _where(location: str) -> str:
+    """A Hub repo id as it is, else the file or folder name beside the user ("./name")."""
+    from finetune_core.models.sources import HUB_ID_RE
+
+    return location if HUB_ID_RE.match(location) else f"./{Path(location).name}"
+
+
+def adapter_commands(run: Run, adapter: str | None = None) -> dict[str, str]:
+    """vLLM and TGI commands serving the run's adapter on its base model: from `adapter` (a Hub repo id)
+    when given, else from its downloaded zip, unzipped; a run whose adapter is not a plain LoRA on the base
+    is served merged instead."""
     name, base = ollama_name(run), _base(run)
     why = _not_plain_lora(run)
     if why:
-        merged = f"./{run.id}-merged"
-        note = f"# {why}: serve the merged model (Export tab: merged model, unzipped)\n"
+        merged = _where(f"{run.id}-merged")
+        note = f"# {why}: serve the merged model (Export tab: merged model)\n"
         return {"vllm": note + f"vllm serve {_q(merged)} --port 8000",
                 "tgi": note + f"text-generation-launcher --model-id {_q(merged)} --port 8080"}
-    local = "" if base_model_id(str(run.run_yaml().get("model") or "")) else (
-        "# the base model is a local folder on the training machine: copy it here first\n")
-    unzip = f"unzip {_q(run.id + '-adapter.zip')} -d {_q(run.id + '-adapter')}\n"
-    path = f"./{run.id}-adapter/adapter"
+    lines = [] if base_model_id(str(run.run_yaml().get("model") or "")) else [
+        "# the base model is a local folder on the training machine: copy it here first"]
+    if adapter:
+        path = _where(adapter)
+    else:
+        lines.append(f"unzip {_q(run.id + '-adapter.zip')} -d {_q(run.id + '-adapter')}")
+        path = UNZIPPED.format(run=run.id)
     rank = vllm_rank(int(run.run_yaml().get("lora_r") or 16))
-    vllm = (f"vllm serve {_q(base)} --enable-lora --lora-modules {_q(f'{name}={path}')} "
-            f"--max-lora-rank {rank} --port 8000\n"
-            f"# then ask for the model \"{name}\" on the OpenAI-compatible API (http://localhost:8000/v1)")
-    tgi = (f"text-generation-launcher --model-id {_q(base)} --lora-adapters {_q(f'{name}={path}')} --port 8080\n"
-           f"# or in docker:\ndocker run --gpus all --shm-size 1g -p 8080:80 -v \"$PWD/{run.id}-adapter/adapter"
-           f":/adapters/{name}\" ghcr.io/huggingface/text-generation-inference:latest --model-id {_q(base)} "
-           f"--lora-adapters {_q(f'{name}=/adapters/{name}')}\n"
-           f"# then send \"adapter_id\": \"{name}\" with each request")
-    return {"vllm": local + unzip + vllm, "tgi": local + unzip + tgi}
+    vllm = [f"vllm serve {_q(base)} --enable-lora --lora-modules {_q(f'{name}={path}')} "
+            f"--max-lora-rank {rank} --port 8000",
+            f"# then ask for the model \"{name}\" on the OpenAI-compatible API (http://localhost:8000/v1)"]
+    tgi = [f"text-generation-launcher --model-id {_q(base)} --lora-adapters {_q(f'{name}={path}')} --port 8080",
+           f"# then send \"adapter_id\": \"{name}\" with each request"]
+    if not adapter:
+        tgi[1:1] = ["# or in docker:", f"docker run --gpus all --shm-size 1g -p 8080:80 -v \"$PWD/{path[2:]}:"
+                    f"/adapters/{name}\" ghcr.io/huggingface/text-generation-inference:latest --model-id "
+                    f"{_q(base)} --lora-adapters {_q(f'{name}=/adapters/{name}')}"]
+    return {"vllm": "\n".join(lines + vllm), "tgi": "\n".join(lines + tgi)}
 
 
 def transformers_snippet(merged_dir: str, system: str = "") -> str:
@@ -209,10 +226,12 @@ def transformers_snippet(merged_dir: str, system: str = "") -> str:
     ])
 
 
-def serving_commands(run: Run, gguf_file: str | None = None, merged_dir: str | None = None) -> dict[str, str]:
+def serving_commands(run: Run, gguf_file: str | None = None, merged_dir: str | None = None,
+                     adapter: str | None = None) -> dict[str, str]:
     """How to serve the run, by runtime: "llama-server" and "ollama" for `gguf_file` (a file name; its
-    Modelfile is `<stem>.Modelfile` beside it), "vllm" and "tgi" for the adapter, "transformers" for
-    `merged_dir` (a folder name). Shell text is quoted; nothing here names a server path."""
+    Modelfile is `<stem>.Modelfile` beside it), "vllm" and "tgi" for the adapter (`adapter`: a Hub repo id
+    holding it; default: the unzipped download), "transformers" for `merged_dir` (a folder name or Hub repo
+    id). Shell text is quoted; only file and folder names appear, never a server path."""
     commands = {}
     if gguf_file:
         gguf = Path(gguf_file).name
@@ -222,8 +241,8 @@ def serving_commands(run: Run, gguf_file: str | None = None, merged_dir: str | N
                                     f"http://localhost:{LLAMA_SERVER_PORT}")
         commands["ollama"] = (f"ollama create {_q(name)} -f {_q(Path(gguf).stem + '.Modelfile')}\n"
                               f"ollama run {_q(name)}")
-    commands.update(adapter_commands(run))
+    commands.update(adapter_commands(run, adapter))
     if merged_dir:
         system = str(run.run_yaml().get("system_prompt") or "").strip()
-        commands["transformers"] = transformers_snippet(f"./{Path(merged_dir).name}", system)
+        commands["transformers"] = transformers_snippet(_where(merged_dir), system)
     return commands
