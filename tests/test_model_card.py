@@ -19,6 +19,7 @@ def evaluated_run(trained_run, tmp_path) -> Run:
     run = Run(tmp_path / "runs" / trained_run.id)
     shutil.copytree(trained_run.path, run.path)
     shutil.rmtree(run.eval_dir, ignore_errors=True)
+    shutil.rmtree(run.path / "export", ignore_errors=True)  # parity records other tests may have left
     compare("generation", ["colour of ball 1?", "ball 2?", "ball 3?"], ["red", "blue", "red"],
             ["blue", "blue", "red"], ["red", "blue", "blue"]).save(run.eval_dir)
     return run

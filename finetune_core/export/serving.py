@@ -129,11 +129,11 @@ def ollama_name(run: Run) -> str:
 
 def write_modelfile(run: Run, gguf_path: str | Path) -> Path:
     """Write `<gguf stem>.Modelfile` beside the GGUF file, for the run's tokenizer and system prompt."""
-    from finetune_core.export.artifacts import _tokenizer
+    from finetune_core.export.artifacts import run_tokenizer
 
     gguf_path = Path(gguf_path)
     name = ollama_name(run)
-    text = ollama_modelfile(gguf_path.name, _tokenizer(run), system=str(run.run_yaml().get("system_prompt") or ""),
+    text = ollama_modelfile(gguf_path.name, run_tokenizer(run), system=str(run.run_yaml().get("system_prompt") or ""),
                             num_ctx=context_size(run),
                             title=f"Ollama: ollama create {name} -f {gguf_path.stem}.Modelfile, then ollama run {name}")
     out = gguf_path.with_suffix(".Modelfile")
