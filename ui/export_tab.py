@@ -270,7 +270,7 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
             with gr.Row():
                 qtype = gr.Radio(list(QTYPES), value="f16", label="GGUF type",
                                  info="f16: exact; q8_0: about half the size (Llama models only)")
-                gguf_btn = gr.Button("GGUF for llama.cpp")
+                gguf_btn = gr.Button("GGUF for llama.cpp and Ollama (with its Modelfile)")
             report_btn = gr.Button("Report for stakeholders (HTML + Markdown)", variant="primary")
         with gr.Column():
             gr.Markdown("**Push to the Hugging Face Hub**")
