@@ -110,6 +110,29 @@ def test_without_llama_cpp_a_gguf_export_still_works_and_says_how_to_check_it(ru
     assert "llama.cpp is not installed here" in result.verdict() and "make llamacpp" in result.verdict()
 
 
+def test_a_llama_cpp_crash_is_retried_without_repacked_kernels_and_never_reaches_the_app(run, tmp_path,
+                                                                                       monkeypatch):
+    import finetune_core.export.parity as parity
+
+    path = export_gguf(run, tmp_path / "tiny.gguf")
+    asked = []
+
+    def worker(path, conversations, max_new_tokens, repack):
+        asked.append(repack)
+        if repack:
+            return {"crashed": -11, "stderr": ""}
+        return {"answers": [[1]] * len(conversations), "prompts": [[1]] * len(conversations)}
+
+    monkeypatch.setattr(parity, "llama_cpp_available", lambda: True)
+    monkeypatch.setattr(parity, "_worker", worker)
+    result = check_export(run, path, "gguf-f16", n=2)
+    assert asked == [True, False] and result.checked and result.identical == 0
+    assert "--no-repack" in parity_markdown(result)
+    monkeypatch.setattr(parity, "_worker", lambda *a, **k: {"crashed": -11, "stderr": ""})
+    crashed = check_export(run, path, "gguf-f16", n=2)
+    assert not crashed.checked and "llama.cpp crashed (exit -11)" in crashed.verdict()
+
+
 # -- GGUF files (llama.cpp itself) -----------------------------------------------------------------------
 @pytest.mark.llamacpp
 @needs_llamacpp
@@ -145,3 +168,57 @@ def test_cli_gguf_export_ends_with_the_verdict(run, tmp_path, capsys):
     assert main(["export", "--run", str(run.path), "--gguf", str(out), "--qtype", "q8_0"]) == 0
     printed = capsys.readouterr().out
     assert "parity (q8_0):" in printed and "identical in llama.cpp" in printed
+
+
+# -- the bundled model ------------------------------------------------------------------------------------
+BUNDLED_PROMPTS = ["What is the capital of France?", "Name three primary colours.",
+                   "Translate 'good morning' into French.", "What is 12 plus 30?"]
+
+
+@pytest.mark.slow
+@pytest.mark.llamacpp
+@needs_llamacpp
+def test_bundled_model_gguf_answers_like_the_app_in_llama_cpp_and_stops_at_its_end_of_turn(runs_root, tmp_path):
+    """A small non-zero LoRA adapter on the bundled model, exported as GGUF f16: llama.cpp renders the
+    prompts with the file's template into the app's tokens, answers as the app does and stops where the
+    app stops, on the end-of-turn token stored in the file."""
+    import torch
+    from gguf import GGUFReader
+    from peft import LoraConfig, get_peft_model
+
+    from finetune_core.config import RunConfig
+    from finetune_core.data.dataset import write_jsonl
+    from finetune_core.models.sources import device_policy, load_model, load_tokenizer
+    from finetune_core.runs.store import create_run
+
+    run = create_run(RunConfig.from_dict(dict(model="bundled", data_path="toy.jsonl", lora_r=4)))
+    base, tok = load_model("bundled", device_policy("cpu")), load_tokenizer("bundled")
+    torch.manual_seed(0)
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    with torch.no_grad():  # a real change, small enough to keep the model sensible
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.01)
+    peft.save_pretrained(run.adapter_dir)
+    tok.save_pretrained(run.adapter_dir)
+    write_jsonl(run.data_dir / "heldout.jsonl", [{"prompt": [{"role": "user", "content": p}],
+                                                  "completion": [{"role": "assistant", "content": "-"}]}
+                                                 for p in BUNDLED_PROMPTS])
+    path = export_gguf(run, tmp_path / "bundled-f16.gguf", "f16")
+    fields = GGUFReader(str(path)).fields
+
+    def text(key):
+        field = fields[key]
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+    assert text("tokenizer.chat_template") == tok.chat_template
+    eos = int(fields["tokenizer.ggml.eos_token_id"].parts[-1][0])
+    assert tok.convert_ids_to_tokens(eos) == "<|im_end|>"  # the turn's end, as the app stops
+    result = check_export(run, path, "gguf-f16")
+    assert result.prompts == 4 and result.prompt_tokens_match == 4
+    assert result.identical == 4 and result.passed(), result.first_difference
+    from finetune_core.export.parity import gguf_answers
+
+    answers, _ = gguf_answers(path, [[{"role": "user", "content": BUNDLED_PROMPTS[0]}]])
+    assert answers[0][-1] == eos and "Paris" in tok.decode(answers[0])

@@ -10,7 +10,8 @@ answers up to `PARITY_TOKENS` new tokens greedily for each of the first
 the Chat and Evaluate tabs do. The exported model answers the same conversations:
 
 * a merged folder with transformers (float32), loaded from the folder alone;
-* a GGUF file with llama.cpp itself (llama-cpp-python), the prompt rendered with
+* a GGUF file with llama.cpp itself (llama-cpp-python, in a process of its own:
+  llamacpp_worker.py), the prompt rendered with
   the chat template *stored in the file* and tokenised by the file's own tokenizer,
   stopping at what llama.cpp takes for end of generation. A wrong template, a wrong
   pre-tokenizer or a wrong end-of-turn token shows up as a difference.
@@ -25,7 +26,6 @@ Without llama.cpp the check says how to get it; the export itself never depends 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,7 +35,11 @@ from finetune_core.runs.store import Run, write_json_atomic
 
 PARITY_PROMPTS = 20
 PARITY_TOKENS = 32
-MAX_PROMPT_TOKENS = 1536  # longer held-out prompts are skipped: the check is about the model, not the context
+# longer held-out prompts are left out (the check is about the model, not the context): with the
+# answer they stay within the llama.cpp worker's context of 2048
+MAX_PROMPT_TOKENS = 1536
+WORKER_TIMEOUT_S = 900  # 20 prompts of a 1B model in Q8_0 on 2 cores take a few minutes
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the worker runs as `python -m finetune_core.export...`
 LLAMACPP_PIN = "llama-cpp-python==0.3.36"
 LLAMACPP_HINT = (f"run `make llamacpp` in the studio's folder, or `CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install "
                  f"{LLAMACPP_PIN}` (a source build: 10-15 minutes on 2 cores, once)")
@@ -68,6 +72,7 @@ class ParityResult:
     seconds: float = 0.0
     file: str = ""
     tokens: int = PARITY_TOKENS
+    notes: list[str] = field(default_factory=list)
     when: float = field(default_factory=time.time)
 
     def passed(self) -> bool | None:
@@ -89,10 +94,12 @@ class ParityResult:
         return line
 
     def to_dict(self) -> dict:
+        """The result as plain JSON values (the run's record)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ParityResult":
+        """A result from its record; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -145,53 +152,41 @@ def transformers_answers(folder, conversations: list[list[dict]], max_new_tokens
     return reference_answers(model, tokenizer, conversations, max_new_tokens)
 
 
-def _llama(path) -> "object":
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(path), n_ctx=MAX_PROMPT_TOKENS + PARITY_TOKENS + 64, n_batch=512,
-                 n_threads=os.cpu_count() or 1, seed=0, verbose=False)
+class LlamaCppError(RuntimeError):
+    """llama.cpp could not answer from the file (it refused it, or crashed); the message says which."""
 
 
-def _file_prompt_ids(llm, conversation: list[dict]) -> list[int]:
-    """The prompt as llama-cpp-python's chat completion makes it from the file alone: the file's chat
-    template (Jinja, as transformers renders it) with the file's bos/eos text, tokenised by the file."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+def _worker(path, conversations, max_new_tokens: int, repack: bool) -> dict:
+    """Run llamacpp_worker in its own process; its JSON answer, or {"crashed": signal or exit code}."""
+    import subprocess
+    import sys
 
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
-        raise ValueError("the GGUF file holds no chat template")
-
-    def text(token_id: int) -> str:
-        return llm.detokenize([token_id], special=True).decode("utf-8", "replace") if token_id >= 0 else ""
-
-    formatted = Jinja2ChatFormatter(template, eos_token=text(llm.token_eos()),
-                                    bos_token=text(llm.token_bos()))(messages=conversation)
-    return llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+    request = {"path": str(path), "conversations": conversations, "max_new_tokens": max_new_tokens,
+               "repack": repack}
+    done = subprocess.run([sys.executable, "-m", "finetune_core.export.llamacpp_worker"], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=str(PACKAGE_ROOT))
+    if done.returncode != 0:
+        return {"crashed": done.returncode, "stderr": done.stderr[-400:]}
+    return json.loads(done.stdout)
 
 
-def gguf_answers(path, conversations: list[list[dict]], max_new_tokens: int = PARITY_TOKENS
-                 ) -> tuple[list[list[int]], list[list[int]]]:
-    """(greedy new token ids, prompt token ids) per conversation from llama.cpp, everything taken from
-    the file; the end-of-generation token that stops an answer is kept."""
-    import llama_cpp
-
-    llm = _llama(path)
-    vocab = llm._model.vocab  # noqa: SLF001 - llama.cpp's own end-of-generation test needs the vocab handle
-    answers, prompts = [], []
-    try:
-        for conversation in conversations:
-            prompt = _file_prompt_ids(llm, conversation)
-            llm.reset()  # no prompt-cache reuse between prompts: each is evaluated from scratch
-            answer = []
-            for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-                answer.append(int(token))
-                if llama_cpp.llama_vocab_is_eog(vocab, token) or len(answer) >= max_new_tokens:
-                    break
-            answers.append(answer)
-            prompts.append(list(prompt))
-    finally:
-        llm.close()
-    return answers, prompts
+def gguf_answers(path, conversations: list[list[dict]], max_new_tokens: int = PARITY_TOKENS,
+                 notes: list[str] | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """(greedy new token ids, prompt token ids) per conversation from llama.cpp in a process of its own
+    (finetune_core/export/llamacpp_worker.py: everything from the file). When llama.cpp crashes with its
+    repacked CPU kernels it is asked again without them, and a line saying so goes to `notes`."""
+    result = _worker(path, conversations, max_new_tokens, repack=True)
+    if "crashed" in result:
+        first = result["crashed"]
+        result = _worker(path, conversations, max_new_tokens, repack=False)
+        if notes is not None and "crashed" not in result:
+            notes.append(f"llama.cpp crashed (exit {first}) in its repacked CPU kernels on this machine and was "
+                         "run with them off (llama-server --no-repack)")
+    if "crashed" in result:
+        raise LlamaCppError(f"llama.cpp crashed (exit {result['crashed']}) answering from this file")
+    if "error" in result:
+        raise LlamaCppError(f"llama.cpp refused the file: {result['error']}")
+    return result["answers"], result["prompts"]
 
 
 def compare(reference: list[list[int]], exported: list[list[int]]) -> tuple[int, float, int | None]:
@@ -280,18 +275,22 @@ def check_export(run: Run, path, target: str, n: int = PARITY_PROMPTS,
         say(0.1, f"Parity check: the app's answers to {len(conversations)} held-out prompts...")
         tokenizer, kept, app_prompts, reference = _app_side(run, conversations)
         say(0.5, f"Parity check: the exported model's answers ({runtime})...")
-        matched = None
-        if runtime == "transformers":
-            exported = transformers_answers(path, kept)
+        matched, notes = None, []
+        try:
+            if runtime == "transformers":
+                exported = transformers_answers(path, kept)
+            else:
+                exported, file_prompts = gguf_answers(path, kept, notes=notes)
+                matched = sum(a == b for a, b in zip(app_prompts, file_prompts))
+        except LlamaCppError as exc:
+            result = _not_checked(target, runtime, str(exc), path)
         else:
-            exported, file_prompts = gguf_answers(path, kept)
-            matched = sum(a == b for a, b in zip(app_prompts, file_prompts))
-        identical, agreement, first = compare(reference, exported)
-        result = ParityResult(target, runtime, checked=True, prompts=len(kept), identical=identical,
-                              token_agreement=round(agreement, 4), gated=target not in UNGATED,
-                              prompt_tokens_match=matched, seconds=round(time.perf_counter() - started, 1),
-                              file=Path(path).name, first_difference=_difference(tokenizer, kept, reference,
-                                                                                 exported, first))
+            identical, agreement, first = compare(reference, exported)
+            result = ParityResult(target, runtime, checked=True, prompts=len(kept), identical=identical,
+                                  token_agreement=round(agreement, 4), gated=target not in UNGATED,
+                                  prompt_tokens_match=matched, seconds=round(time.perf_counter() - started, 1),
+                                  file=Path(path).name, notes=notes,
+                                  first_difference=_difference(tokenizer, kept, reference, exported, first))
     save_parity(run, result)
     return result
 
@@ -338,6 +337,7 @@ def parity_markdown(result: ParityResult) -> str:
     if result.checked:
         lines.append(f"Greedy, the first {result.tokens} new tokens of {result.prompts} held-out prompts, "
                      f"against the app's model in float32 ({result.seconds:.0f} s).")
+    lines += [f"Note: {note}." for note in result.notes]
     diff = result.first_difference
     if diff:
         lines += ["", f"First difference (held-out prompt {diff['row'] + 1}):", "",
