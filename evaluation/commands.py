@@ -3,12 +3,15 @@
     python -m finetune_core eval [--run] runs/<id> [--against base|parent|<run id>] [--json]
                                  [--data other.jsonl] [--limit N] [--loss] [--metrics chrf,bleu]
     python -m finetune_core export --run runs/<id> --adapter-zip a.zip | --merged DIR | --gguf f.gguf
+                                   [--qtype f16|q8_0] [--parity-prompts N]
     python -m finetune_core report --run runs/<id> [--out DIR]
 
 They are declared here, where their code lives, as `finetune_core.cli.Command`
 records (COMMANDS); finetune_core/__main__.py joins them with the core's.
 `export` is here and not in the core because the model card it adds is built
-from the evaluation (evaluation/model_card.py). `python -m evaluation` is the
+from the evaluation (evaluation/model_card.py). A merged model or GGUF file ends
+with its parity verdict (finetune_core/export/parity.py; `--parity-prompts 0`
+skips the check and says so); a GGUF file gets its Ollama Modelfile beside it. `python -m evaluation` is the
 `eval` command under its old name.
 
 `eval` compares the run with its default side (its parent run when it has one, else
@@ -28,6 +31,7 @@ from typing import Callable, TypeVar
 
 from evaluation.significance import ci_text
 from finetune_core.cli import Command
+from finetune_core.export.parity import PARITY_PROMPTS
 from finetune_core.errors import USER_ERROR_EXIT, InputError, StudioError, run_cli
 
 T = TypeVar("T")
@@ -221,21 +225,41 @@ def add_export_arguments(e: argparse.ArgumentParser) -> None:
     target.add_argument("--merged", metavar="OUT_DIR", help="Folder for the merged standalone model.")
     target.add_argument("--gguf", metavar="OUT.gguf", help="GGUF file of the merged model (Llama models).")
     e.add_argument("--qtype", choices=QTYPES, default="f16", help="GGUF tensor type (default f16).")
+    e.add_argument("--parity-prompts", type=int, default=PARITY_PROMPTS, metavar="N",
+                   help=f"after a merged model or GGUF file, check it answers N held-out prompts as the app's model "
+                        f"does (default {PARITY_PROMPTS}; 0 skips the check)")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Write the adapter zip (with its model card), the merged model or the GGUF file."""
+    """Write the adapter zip (with its model card), the merged model or the GGUF file (with its Ollama
+    Modelfile beside it); a merged model or GGUF file ends with its parity verdict."""
     from evaluation.model_card import card_files
     from finetune_core.export.artifacts import adapter_zip, export_gguf, merge
+    from finetune_core.export.parity import check_export
+    from finetune_core.export.serving import write_modelfile
+
+    if args.parity_prompts < 0:
+        print("error: --parity-prompts takes 0 (skip the check) or more", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+    def checked(run, path, target: str) -> None:
+        result = check_export(run, path, target, n=args.parity_prompts,
+                              progress=lambda fraction, text: print_progress(text, fraction))
+        print(result.verdict())
 
     def export(run):
         if args.adapter_zip:
-            return adapter_zip(run, args.adapter_zip, card_files=card_files(run, "adapter", curve=False))
-        if args.merged:
-            return merge(run, args.merged)
-        return export_gguf(run, args.gguf, args.qtype)
+            print(f"wrote {adapter_zip(run, args.adapter_zip, card_files=card_files(run, 'adapter', curve=False))}")
+        elif args.merged:
+            path = merge(run, args.merged)
+            print(f"wrote {path}")
+            checked(run, path, "merged")
+        else:
+            path = export_gguf(run, args.gguf, args.qtype)
+            print(f"wrote {path}\nwrote {write_modelfile(run, path)} (ollama create NAME -f it)")
+            checked(run, path, f"gguf-{args.qtype}")
 
-    return _with_run(lambda run: print(f"wrote {export(run)}"), args.run)
+    return _with_run(export, args.run)
 
 
 def add_report_arguments(r: argparse.ArgumentParser) -> None:

@@ -7,7 +7,8 @@ the training-loss curve, the base-vs-tuned metric table with each metric's 95%
 interval and its sentence ("not distinguishable from no change on 45 rows"), the
 biggest wins and losses from the per-example table, the general-skill check (with
 the items that went from right to wrong first) and the pairwise judge when they
-were run (evaluation/report_checks.py), blind-vote results with their interval
+were run (evaluation/report_checks.py), the parity verdict of each checked export ("Exported
+models", finetune_core/export/parity.py), blind-vote results with their interval
 when the run has a ``votes.jsonl``, and a line naming the checks not run. The HTML page carries its CSS inline and the curve as a
 base64 PNG, so it can be mailed as one file; the Markdown refers to the PNG
 written beside it.

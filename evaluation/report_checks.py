@@ -248,7 +248,20 @@ def check_sections(run: Run) -> tuple[list[Section], list[str]]:
     return sections, missing
 
 
+def export_section(run: Run) -> Section | None:
+    """"Exported models": the latest parity verdict of each export of the run (None when none was checked)."""
+    from finetune_core.export.parity import load_parity
+
+    results = load_parity(run)
+    if not results:
+        return None
+    rows = [[target, result.file or "—", result.verdict()] for target, result in sorted(results.items())]
+    return Section("Exported models", ["Each exported model answered held-out prompts greedily and was compared "
+                                       "with the tuned model in the app (its latest check per export).",
+                                       Table(["export", "file", "parity"], rows)])
+
+
 __all__ = ["CHECKS_DIR", "JUDGE_EXAMPLES", "NOT_RUN", "Section", "Table", "saved_check", "judge_examples",
            "counted", "judged", "headline_entry", "vote_interval", "benchmark_rows", "flipped",
            "source_label", "benchmarks_about", "benchmark_section", "judge_about", "judge_line", "agreement_line",
-           "category_rows", "judge_section", "check_sections"]
+           "category_rows", "judge_section", "check_sections", "export_section"]

@@ -3,8 +3,8 @@
 What was trained on what (data, config, timing), the loss curve (points and a
 PNG), the base-vs-tuned evaluation (metrics with their 95% intervals, win/tie/loss
 counts, biggest wins and losses), the saved checks (general skills, pairwise judge:
-evaluation/report_checks.py), the blind-vote tally with its interval, and which of
-these were not run. Plain, unescaped values: evaluation/report.py renders them as
+evaluation/report_checks.py), each export's parity verdict ("Exported models"), the
+blind-vote tally with its interval, and which of these were not run. Plain, unescaped values: evaluation/report.py renders them as
 HTML and Markdown, evaluation/model_card.py as a model card.
 """
 from __future__ import annotations
@@ -222,7 +222,7 @@ def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
     `n_examples` caps the biggest wins and losses listed; `with_curve=False` skips drawing the
     loss PNG (matplotlib), for callers that do not show it."""
     from evaluation.report_chain import chain_section
-    from evaluation.report_checks import check_sections, vote_interval
+    from evaluation.report_checks import check_sections, export_section, vote_interval
     from finetune_core.inference.chat import tally
 
     cfg = run.run_yaml()
@@ -234,6 +234,8 @@ def gather(run: Run, n_examples: int = 5, with_curve: bool = True) -> Facts:
     add_eval(facts, run, n_examples)
     facts.chain = chain_section(run)
     facts.checks, missing = check_sections(run)
+    exported = export_section(run)
+    facts.checks += [exported] if exported else []
     facts.not_run = (["held-out evaluation"] if not facts.metrics else []) + missing + (
         [] if votes else ["blind A/B votes"])
     return facts

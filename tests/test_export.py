@@ -133,7 +133,8 @@ def merged_dir(trained_run, tmp_path_factory) -> Path:
 def gguf_f16(trained_run, tmp_path_factory) -> Path:
     """The run exported to GGUF f16 through the command line (merge + write)."""
     out = tmp_path_factory.mktemp("gguf-f16") / "tiny-f16.gguf"
-    assert main(["export", "--run", str(trained_run.path), "--gguf", str(out)]) == 0
+    # the file's own checks are below; its parity check (tests/test_parity.py) is skipped here
+    assert main(["export", "--run", str(trained_run.path), "--gguf", str(out), "--parity-prompts", "0"]) == 0
     return out
 
 
@@ -325,7 +326,9 @@ def test_report_of_an_unevaluated_run_says_so(trained_run, tmp_path):
 def test_model_card_describes_the_run_and_holds_no_token(report_run, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     card = model_card(report_run, what="merged")
-    assert card.startswith("---\nlibrary_name: transformers")
+    from huggingface_hub import ModelCard
+
+    assert card.startswith("---\n") and ModelCard(card).data.library_name == "transformers"
     assert "toy.jsonl" in card and "learning_rate" in card and "![Training loss](loss_curve.png)" in card
     assert "| rouge1 |" in card and "&lt;script&gt;" in card
     assert TOKEN not in card and TOKEN not in (report_run.path / "run.yaml").read_text()
@@ -384,6 +387,19 @@ def test_cli_adapter_zip_and_report(trained_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'a.zip'}" in out
     assert f"report: {tmp_path / 'rep' / 'report.html'}" in out and (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_cli_merged_and_gguf_exports_end_with_their_parity_verdict(trained_run, tmp_path, capsys):
+    run = Run(tmp_path / "runs" / trained_run.id)
+    shutil.copytree(trained_run.path, run.path)
+    assert main(["export", "--run", str(run.path), "--merged", str(tmp_path / "m"), "--parity-prompts", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"wrote {tmp_path / 'm'}", "parity: 3/3 identical in transformers, token agreement 100.0%"]
+    assert main(["export", "--run", str(run.path), "--gguf", str(tmp_path / "t.gguf"), "--parity-prompts", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 't.Modelfile'}" in out and "FROM ./t.gguf" in (tmp_path / "t.Modelfile").read_text()
+    assert out.strip().endswith("parity not checked: skipped (0 prompts asked for)")
+    assert main(["export", "--run", str(run.path), "--merged", str(tmp_path / "m2"), "--parity-prompts", "-1"]) == 2
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -2,9 +2,12 @@
 
 Pick a run (the tab follows the run chosen in the other tabs) and get:
 the adapter zip, the merged standalone model (zipped), a GGUF file for
-llama.cpp-based tools (Llama-architecture models), the stakeholder report
+llama.cpp-based tools with its Ollama Modelfile, the stakeholder report
 (HTML + Markdown + loss curve), or push the adapter / merged model to the
-Hugging Face Hub with a generated model card.
+Hugging Face Hub with a generated model card. Every merged model and GGUF file
+ends with a parity verdict (finetune_core/export/parity.py: does it answer the
+held-out prompts as the app's model does?) shown under the downloads, and the
+tab says how to run the run's downloads elsewhere (ui/export_views.py).
 
 Every file the browser downloads is written under `ctx.settings.exports_dir`
 (the only folder the app serves) in a fresh server-made folder; runs/ is
@@ -35,6 +38,7 @@ import gradio as gr
 from evaluation.model_card import card_files
 from finetune_core.export import artifacts as export
 from finetune_core.export.gguf import QTYPES
+from finetune_core.export.parity import PARITY_PROMPTS, ParityResult
 from evaluation.report import report
 from finetune_core.runs.ownership import Policy, Visitor, admins
 from finetune_core.runs.store import Run
@@ -42,6 +46,7 @@ from finetune_core.runs.store import Run
 from .access import oauth_token, require_user, visitor
 from .context import GPU_QUEUE, AppContext, ExportParts, Shared
 from .errors import page_error, shows_errors
+from .export_views import gguf_checked, merged_zip_checked, parity_panel, serving_markdown
 from .widgets import open_run as open_any_run
 from .widgets import pick_run, run_name_md
 from .widgets import run_choices as adapter_runs
@@ -113,25 +118,31 @@ def download_adapter(ctx: AppContext, run_id: str | None, request: gr.Request | 
 
 
 def download_merged(ctx: AppContext, run_id: str | None, request: gr.Request | None = None,
-                    progress: Progress | None = None) -> list[str]:
-    """Merge the adapter into the base weights and zip it in a fresh export folder; returns [the zip's path].
-    gr.Error when the run cannot be opened or training holds the GPU. Slow (loads the full model);
-    `progress(fraction, text)` is told when the merge starts."""
+                    progress: Progress | None = None, parity_prompts: int = PARITY_PROMPTS
+                    ) -> tuple[list[str], ParityResult]:
+    """Merge the adapter into the base weights, check the merged model against the app's (parity, on
+    `parity_prompts` held-out prompts) and zip it in a fresh export folder; returns ([the zip's path], the
+    parity result). gr.Error when the run cannot be opened or training holds the GPU. Slow (loads the full
+    model twice); `progress(fraction, text)` follows the merge and the check."""
     require_user(request)
     run = open_run(run_id, request)
     busy = gpu_busy(ctx)
     if busy:
         raise gr.Error(busy)
-    (progress or (lambda *_: None))(0.1, "Merging the adapter into the base weights...")
+    say = progress or (lambda *_: None)
+    say(0.1, "Merging the adapter into the base weights...")
     folder = export_folder(ctx)
-    return [str(_guarded(folder, lambda: export.merged_zip(run, folder), "merge"))]
+    path, result = _guarded(folder, lambda: merged_zip_checked(run, folder, parity_prompts, say), "merge")
+    return [str(path)], result
 
 
 def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", request: gr.Request | None = None,
-                  progress: Progress | None = None) -> list[str]:
-    """Merge the run's adapter and write it as one GGUF file of `qtype` ("f16" or "q8_0") in a fresh export
-    folder; returns [its path] for the download. gr.Error when the visitor may not open the run, it has no
-    adapter, the type is not offered, the GPU is training or the export fails (its folder is then removed)."""
+                  progress: Progress | None = None, parity_prompts: int = PARITY_PROMPTS
+                  ) -> tuple[list[str], ParityResult]:
+    """Merge the run's adapter and write it as one GGUF file of `qtype` with its Ollama Modelfile in a fresh
+    export folder, then check the file in llama.cpp (parity); returns ([the GGUF path, the Modelfile path],
+    the parity result). gr.Error when the visitor may not open the run, it has no adapter, the type is not
+    offered, the GPU is training or the export fails (its folder is then removed)."""
     require_user(request)
     run = open_run(run_id, request)
     if qtype not in QTYPES:
@@ -139,10 +150,24 @@ def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", reque
     busy = gpu_busy(ctx)
     if busy:
         raise gr.Error(busy)
-    (progress or (lambda *_: None))(0.1, f"Merging and writing GGUF ({qtype})...")
+    say = progress or (lambda *_: None)
+    say(0.1, f"Merging and writing GGUF ({qtype})...")
     folder = export_folder(ctx)
     target = folder / f"{run.id}-{qtype}.gguf"
-    return [str(_guarded(folder, lambda: export.export_gguf(run, target, qtype), "GGUF export"))]
+    paths, result = _guarded(folder, lambda: gguf_checked(run, target, qtype, parity_prompts, say), "GGUF export")
+    return [str(p) for p in paths], result
+
+
+def run_views(run_id: str | None, qtype: str = "f16", request: gr.Request | None = None) -> tuple[str, str]:
+    """(the "How to run it" commands, the recorded parity verdicts) for the picked run; ("", "") when none
+    is picked or the visitor may not see it (a pick is not an action: no error pops up)."""
+    if not run_id:
+        return "", ""
+    try:
+        run = open_run(run_id, request)
+    except gr.Error:
+        return "", ""
+    return serving_markdown(run, qtype if qtype in QTYPES else "f16"), parity_panel(run)
 
 
 def download_report(ctx: AppContext, run_id: str | None, request: gr.Request | None = None) -> list[str]:
@@ -191,7 +216,7 @@ def push(ctx: AppContext, run_id: str | None, repo_id: str, token: str | None, w
         raise gr.Error(busy)
     try:
         url = export.push_to_hub(run, repo_id, token, what=what, private=bool(private), overwrite=bool(overwrite),
-                                 card_files=card_files(run, what))
+                                 card_files=card_files(run, what, repo_id=export.check_repo_id(repo_id)))
     except Exception as exc:  # noqa: BLE001 - ExportError messages are token-free; a bug's log and line are redacted
         raise page_error(exc, "push to the Hub", redact=(token,)) from None
     visibility = "private" if private else "public"
@@ -245,7 +270,7 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
             with gr.Row():
                 qtype = gr.Radio(list(QTYPES), value="f16", label="GGUF type",
                                  info="f16: exact; q8_0: about half the size (Llama models only)")
-                gguf_btn = gr.Button("GGUF for llama.cpp")
+                gguf_btn = gr.Button("GGUF for llama.cpp and Ollama (with its Modelfile)")
             report_btn = gr.Button("Report for stakeholders (HTML + Markdown)", variant="primary")
         with gr.Column():
             gr.Markdown("**Push to the Hugging Face Hub**")
@@ -263,6 +288,10 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
     # shown once there is something to download (an empty file box is a large blank area)
     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False,
                         elem_id="export-files")
+    # the parity verdict of the export just made (or the run's recorded ones): does it answer like the app?
+    parity = gr.Markdown(elem_id="export-parity")
+    with gr.Accordion("How to run it elsewhere (Ollama, llama.cpp, vLLM, TGI, transformers)", open=False):
+        serving = gr.Markdown(elem_id="export-serving")
 
     @shows_errors
     def on_adapter(run_id, request: gr.Request):
@@ -271,13 +300,17 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
 
     @shows_errors
     def on_merged(run_id, request: gr.Request, progress=gr.Progress()):
-        paths = download_merged(ctx, run_id, request, lambda f, text: progress(f, desc=text))
-        return gr.update(value=paths, visible=True), files_note(paths)
+        paths, result = download_merged(ctx, run_id, request, lambda f, text: progress(f, desc=text))
+        return gr.update(value=paths, visible=True), files_note(paths), parity_panel(None, result)
 
     @shows_errors
     def on_gguf(run_id, kind, request: gr.Request, progress=gr.Progress()):
-        paths = download_gguf(ctx, run_id, kind, request, lambda f, text: progress(f, desc=text))
-        return gr.update(value=paths, visible=True), files_note(paths)
+        paths, result = download_gguf(ctx, run_id, kind, request, lambda f, text: progress(f, desc=text))
+        return gr.update(value=paths, visible=True), files_note(paths), parity_panel(None, result)
+
+    @shows_errors
+    def on_pick(run_id, kind, request: gr.Request):
+        return run_views(run_id, kind, request)
 
     @shows_errors
     def on_report(run_id, request: gr.Request):
@@ -296,8 +329,10 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
     private_api = {"api_visibility": "private"}
     files = [downloads, status]  # the status line names each file with its size
     adapter_btn.click(on_adapter, [run_dd], files, api_name="export_adapter")
-    merged_btn.click(on_merged, [run_dd], files, api_name="export_merged", **gpu)
-    gguf_btn.click(on_gguf, [run_dd, qtype], files, api_name="export_gguf", **gpu)
+    merged_btn.click(on_merged, [run_dd], files + [parity], api_name="export_merged", **gpu)
+    gguf_btn.click(on_gguf, [run_dd, qtype], files + [parity], api_name="export_gguf", **gpu)
+    run_dd.change(on_pick, [run_dd, qtype], [serving, parity], **private_api)
+    qtype.change(on_pick, [run_dd, qtype], [serving, parity], **private_api)
     report_btn.click(on_report, [run_dd], files, api_name="export_report")
     push_btn.click(on_push, [run_dd, repo, token, what, private, overwrite], [status, token], api_name="export_push", **gpu)
     run_state = shared.run_state
@@ -309,5 +344,5 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
     return ExportParts(run=run_dd)
 
 
-__all__ = ["build", "download_adapter", "download_merged", "download_gguf", "download_report", "push",
+__all__ = ["build", "download_adapter", "download_merged", "download_gguf", "download_report", "push", "run_views",
            "run_choices", "runs_dropdown", "export_folder"]
