@@ -3,7 +3,7 @@
     python -m finetune_core eval [--run] runs/<id> [--against base|parent|<run id>] [--json]
                                  [--data other.jsonl] [--limit N] [--loss] [--metrics chrf,bleu]
     python -m finetune_core export --run runs/<id> --adapter-zip a.zip | --merged DIR | --gguf f.gguf
-                                   [--qtype f16|q8_0] [--parity-prompts N]
+                                   [--qtype f16|bf16|q8_0] [--parity-prompts N]
     python -m finetune_core report --run runs/<id> [--out DIR]
 
 They are declared here, where their code lives, as `finetune_core.cli.Command`

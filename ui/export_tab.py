@@ -269,7 +269,8 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
             merged_btn = gr.Button("Merged model (zip: safetensors, tokenizer, generation config)")
             with gr.Row():
                 qtype = gr.Radio(list(QTYPES), value="f16", label="GGUF type",
-                                 info="f16: exact; q8_0: about half the size (Llama models only)")
+                                 info="f16: the reference; bf16: same size; q8_0: about half the size. For Llama, Mistral, "
+                                      "Qwen2/3, SmolLM3, Phi-3 and Gemma 3 (docs/model-matrix.md)")
                 gguf_btn = gr.Button("GGUF for llama.cpp and Ollama (with its Modelfile)")
             report_btn = gr.Button("Report for stakeholders (HTML + Markdown)", variant="primary")
         with gr.Column():

@@ -2,7 +2,7 @@
 
     python -m finetune_core export --run RUN_DIR --adapter-zip adapter.zip
     python -m finetune_core export --run RUN_DIR --merged merged/
-    python -m finetune_core export --run RUN_DIR --gguf model.gguf [--qtype f16|q8_0]
+    python -m finetune_core export --run RUN_DIR --gguf model.gguf [--qtype f16|bf16|q8_0]
 
 (the `export` command itself is declared in evaluation/commands.py: it adds
 the model card, which is built from the evaluation's report facts.)
