@@ -77,6 +77,27 @@ def test_a_merged_export_answers_like_the_app_and_the_run_keeps_the_verdict(run,
     assert "identical in transformers" in parity_markdown(result)
 
 
+def test_the_apps_answers_are_reused_for_the_next_export_until_the_adapter_changes(run, tmp_path, monkeypatch):
+    import finetune_core.export.parity as parity
+
+    folder = merge(run, tmp_path / "merged")
+    first = check_export(run, folder, "merged", n=3)
+    calls = []
+    real = parity.reference_answers
+
+    def counted(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(parity, "reference_answers", counted)
+    again = check_export(run, folder, "merged", n=3)
+    assert len(calls) == 1 and again.identical == first.identical == 3  # only the export's side answered again
+    weights = next(run.adapter_dir.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # the adapter saved again (resumed, retrained): a new stamp
+    check_export(run, folder, "merged", n=3)
+    assert len(calls) == 3
+
+
 def test_a_merged_export_with_a_lost_chat_template_is_caught_with_the_prompt_shown(run, tmp_path):
     folder = merge(run, tmp_path / "merged")
     config = json.loads((folder / "tokenizer_config.json").read_text())
