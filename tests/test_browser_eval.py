@@ -279,3 +279,37 @@ def test_saved_checks_say_what_changed_in_words_at_both_widths(app, browser):
         assert wide == [], width
         _shot(page, f"checks-{width}")
     page.context.close()
+
+
+def _in_viewport(page, selector: str) -> bool:
+    return page.evaluate(f"""(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect();
+        return r.height > 0 && r.top < window.innerHeight && r.bottom > 0 && r.width > 0; }})()""")
+
+
+@pytest.mark.parametrize("width", [WIDE, PHONE])
+def test_a_gguf_export_ends_with_its_parity_verdict_and_how_to_run_it(app, browser, width):
+    """Export tab: the GGUF download comes with its Modelfile, then the verdict of running the file in
+    llama.cpp against the app's model reads under the downloads; the serving panel names the file."""
+    from finetune_core.export.parity import llama_cpp_available
+
+    url, newest = app
+    page = _open(browser, url, tab="5 · Export")
+    page.set_viewport_size({"width": width, "height": 900})
+    page.wait_for_function(f"document.querySelector('#export-run input').value.includes('{NEWEST}')",
+                           timeout=20_000)
+    page.get_by_role("button", name="GGUF for llama.cpp and Ollama (with its Modelfile)").click()
+    expected = "identical in llama.cpp" if llama_cpp_available() else "llama.cpp is not installed here"
+    page.wait_for_function(f"document.querySelector('#export-parity').innerText.includes({expected!r})",
+                           timeout=240_000)
+    verdict = page.locator("#export-parity").inner_text()
+    assert verdict.startswith(("✅ parity: 20/20", "⚠️ parity:", "parity not checked")), verdict
+    files = page.locator("#export-files").inner_text()
+    assert f"{newest}-f16.gguf" in files and f"{newest}-f16.Modelfile" in files
+    page.locator("#export-parity").scroll_into_view_if_needed()
+    assert _in_viewport(page, "#export-parity")
+    page.get_by_text("How to run it elsewhere").click()
+    page.wait_for_function("document.querySelector('#export-serving').innerText.includes('ollama create')")
+    serving = page.locator("#export-serving").inner_text()
+    assert f"llama-server -m ./{newest}-f16.gguf --jinja" in serving and "vllm serve" in serving
+    page.screenshot(path=str(ARTIFACTS / f"export-parity-{width}.png"), full_page=True)
+    page.context.close()
