@@ -291,7 +291,7 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
                         elem_id="export-files")
     # the parity verdict of the export just made (or the run's recorded ones): does it answer like the app?
     parity = gr.Markdown(elem_id="export-parity")
-    with gr.Accordion("How to run it elsewhere (Ollama, llama.cpp, vLLM, TGI, transformers)", open=False):
+    with gr.Accordion("How to run it elsewhere", open=False):
         serving = gr.Markdown(elem_id="export-serving")
 
     @shows_errors

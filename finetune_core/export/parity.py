@@ -357,7 +357,8 @@ def _cell(text: str) -> str:
 
 def parity_markdown(result: ParityResult) -> str:
     """The verdict, and the first differing prompt with both answers side by side."""
-    mark = {True: "✅ ", False: "⚠️ ", None: ""}[result.passed()]
+    # words, not emoji: a browser without an emoji font draws those as empty boxes
+    mark = {True: "Passed. ", False: "Differs from the app. ", None: ""}[result.passed()]
     lines = [f"**{mark}{result.verdict()}**"]
     if result.checked:
         lines.append(f"Greedy, the first {result.tokens} new tokens of {result.prompts} held-out prompts, "
@@ -365,7 +366,7 @@ def parity_markdown(result: ParityResult) -> str:
     lines += [f"Note: {note}." for note in result.notes]
     diff = result.first_difference
     if diff:
-        lines += ["", f"First difference (held-out prompt {diff['row'] + 1}):", "",
-                  "| prompt | in the app | exported |", "|---|---|---|",
+        lines += [f"First difference (held-out prompt {diff['row'] + 1}):",
+                  "| prompt | in the app | exported |\n|---|---|---|\n"
                   f"| {_cell(diff['prompt'])} | {_cell(diff['app'])} | {_cell(diff['exported'])} |"]
-    return "\n".join(lines)
+    return "\n\n".join(lines)  # one paragraph each
