@@ -41,17 +41,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def tiny_run(workdir: Path):
     """A 10-step LoRA run on a tiny random Llama with the bundled tokenizer (tests/conftest.py's builders)."""
     sys.path.insert(0, str(REPO / "tests"))
-    from transformers import AutoTokenizer
+    from conftest import make_trained_run, save_tiny_model
 
-    from conftest import build_tiny_model, make_trained_run
-    from finetune_core.models.sources import bundled_gguf_path
-
-    gguf = bundled_gguf_path()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    folder = workdir / "tiny-model"
-    build_tiny_model(tok).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    run, _status = make_trained_run(folder, steps=10)
+    run, _status = make_trained_run(save_tiny_model(workdir / "tiny-model"), steps=10)
     return run
 
 
@@ -60,26 +52,11 @@ def bundled_run(args):
     scaled to 1e-2: answers change, the model stays sensible; no training, so the figures are about
     the export), held out: the first `args.prompts` instructions of `args.data` (LLaMA-Factory's
     Alpaca demo by default: open answers, so 32 tokens can drift)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from finetune_core.config import RunConfig
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import make_bundled_lora_run
     from finetune_core.data.dataset import write_jsonl
-    from finetune_core.models.sources import DevicePolicy, load_model, load_tokenizer
-    from finetune_core.runs.store import create_run
 
-    run = create_run(RunConfig.from_dict({"model": "bundled", "data_path": args.data, "lora_r": 16}),
-                     label="bench-export")
-    tok = load_tokenizer("bundled")
-    torch.manual_seed(0)
-    peft = get_peft_model(load_model("bundled", DevicePolicy("cpu", "float32")),
-                          LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    with torch.no_grad():
-        for name, param in peft.named_parameters():
-            if "lora_B" in name:
-                param.mul_(0.01)
-    peft.save_pretrained(run.adapter_dir)
-    tok.save_pretrained(run.adapter_dir)
+    run, _tok = make_bundled_lora_run(r=16, target_modules="all-linear", data_path=args.data)
     rows = json.loads(Path(args.data).read_text(encoding="utf-8"))[: args.prompts]
     write_jsonl(run.data_dir / "heldout.jsonl", [
         {"prompt": [{"role": "user", "content": "\n\n".join(filter(None, (r["instruction"], r.get("input"))))}],

@@ -53,17 +53,9 @@ def tiny_pairs(path: Path, n: int = 24) -> Path:
 def tiny_model(workdir: Path) -> str:
     """A tiny random Llama with the bundled tokenizer."""
     sys.path.insert(0, str(REPO / "tests"))
-    from transformers import AutoTokenizer
+    from conftest import save_tiny_model
 
-    from conftest import build_tiny_model
-    from finetune_core.models.sources import bundled_gguf_path
-
-    gguf = bundled_gguf_path()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    folder = workdir / "tiny-model"
-    build_tiny_model(tok).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return str(save_tiny_model(workdir / "tiny-model"))
 
 
 def train(args, workdir: Path):

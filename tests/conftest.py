@@ -48,6 +48,44 @@ def build_tiny_model(tokenizer, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def save_tiny_model(folder: Path) -> Path:
+    """A tiny random Llama with the bundled tokenizer saved in `folder` (for scripts outside pytest)."""
+    from transformers import AutoTokenizer
+
+    from finetune_core.models.sources import bundled_gguf_path
+
+    gguf = bundled_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    build_tiny_model(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_bundled_lora_run(r: int = 4, target_modules=("q_proj", "k_proj", "v_proj"), scale: float = 0.01, **cfg):
+    """(run, tokenizer): a run of the bundled model whose adapter is a random LoRA with B scaled by `scale`
+    (a real change that keeps the model sensible), saved with the tokenizer; no training."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from finetune_core.config import RunConfig
+    from finetune_core.models.sources import DevicePolicy, load_model, load_tokenizer
+    from finetune_core.runs.store import create_run
+
+    run = create_run(RunConfig.from_dict({"model": "bundled", "data_path": "toy.jsonl", "lora_r": r, **cfg}))
+    tok = load_tokenizer("bundled")
+    torch.manual_seed(0)
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    peft = get_peft_model(load_model("bundled", DevicePolicy("cpu", "float32")),
+                          LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.mul_(scale)
+    peft.save_pretrained(run.adapter_dir)
+    tok.save_pretrained(run.adapter_dir)
+    return run, tok
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A folder with a tiny random Llama (safetensors) and the bundled tokenizer:

@@ -101,3 +101,13 @@ def test_bench_preference_tiny():
         assert scores[side]["total"] + scores[side]["skipped"] == scores["pairs"] > 0
         assert scores[side]["interval"]["low"] <= scores[side]["accuracy"] <= scores[side]["interval"]["high"]
     assert "p_value" in scores["change"]
+
+
+@pytest.mark.slow
+def test_bench_export_parity_tiny():
+    result = _run(["bench/bench_export_parity.py", "--tiny", "--targets", "merged,gguf-f16", "--prompts", "4"],
+                  timeout=600)
+    merged, gguf = result["targets"]["merged"], result["targets"]["gguf-f16"]
+    assert merged["prompts"] == 4 and merged["identical"] == 4 and merged["passed"] is True
+    assert merged["export_seconds"] > 0 and merged["size_mb"] > gguf["size_mb"] > 0
+    assert "identical in llama.cpp" in gguf["verdict"] or "llama.cpp is not installed" in gguf["verdict"]

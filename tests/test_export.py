@@ -414,24 +414,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_bundled_model_gguf_round_trip(runs_root, tmp_path):
     """A LoRA adapter with small non-zero weights on the bundled model, merged and
     written as GGUF f16: transformers reads it back and answers as the merged model."""
-    from peft import LoraConfig, get_peft_model
-
-    from finetune_core.config import RunConfig
+    from conftest import make_bundled_lora_run
     from finetune_core.export.artifacts import export_gguf
-    from finetune_core.models.sources import load_model, load_tokenizer
-    from finetune_core.runs.store import create_run
 
-    run = create_run(RunConfig.from_dict(dict(model="bundled", data_path="toy.jsonl", lora_r=4)))
-    base, tok = load_model("bundled", device_policy("cpu")), load_tokenizer("bundled")
-    torch.manual_seed(0)
-    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"],
-                                           init_lora_weights=False))
-    with torch.no_grad():  # a real change, small enough to keep the model sensible
-        for name, param in peft.named_parameters():
-            if "lora_B" in name:
-                param.mul_(0.01)
-    peft.save_pretrained(run.adapter_dir)
-    tok.save_pretrained(run.adapter_dir)
+    run, _tok = make_bundled_lora_run()
     path = export_gguf(run, tmp_path / "smollm2-merged-f16.gguf")
     merged, merged_tok = load_plain(merge(run, tmp_path / "merged"))
     model, gguf_tok = load_gguf(path)

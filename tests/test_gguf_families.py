@@ -24,7 +24,6 @@ Refusals (setting, tokenizer) need no llama.cpp. Run with:
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model_families import CORPUS, EXPECTED, FAMILIES, GGUF_LAYOUT, gguf_model, make_tokenizer  # noqa: E402
+from model_families import CORPUS, EXPECTED, FAMILIES, GGUF_LAYOUT, gguf_model  # noqa: E402
 
 from finetune_core.export.gguf import QTYPES, GGUFExportError, write_gguf  # noqa: E402
 from finetune_core.export.parity import (LLAMACPP_HINT, compare, gguf_answers, llama_cpp_available,  # noqa: E402

@@ -204,26 +204,12 @@ def test_bundled_model_gguf_answers_like_the_app_in_llama_cpp_and_stops_at_its_e
     """A small non-zero LoRA adapter on the bundled model, exported as GGUF f16: llama.cpp renders the
     prompts with the file's template into the app's tokens, answers as the app does and stops where the
     app stops, on the end-of-turn token stored in the file."""
-    import torch
     from gguf import GGUFReader
-    from peft import LoraConfig, get_peft_model
 
-    from finetune_core.config import RunConfig
+    from conftest import make_bundled_lora_run
     from finetune_core.data.dataset import write_jsonl
-    from finetune_core.models.sources import device_policy, load_model, load_tokenizer
-    from finetune_core.runs.store import create_run
 
-    run = create_run(RunConfig.from_dict(dict(model="bundled", data_path="toy.jsonl", lora_r=4)))
-    base, tok = load_model("bundled", device_policy("cpu")), load_tokenizer("bundled")
-    torch.manual_seed(0)
-    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False))
-    with torch.no_grad():  # a real change, small enough to keep the model sensible
-        for name, param in peft.named_parameters():
-            if "lora_B" in name:
-                param.mul_(0.01)
-    peft.save_pretrained(run.adapter_dir)
-    tok.save_pretrained(run.adapter_dir)
+    run, tok = make_bundled_lora_run(target_modules=("q_proj", "v_proj"))
     write_jsonl(run.data_dir / "heldout.jsonl", [{"prompt": [{"role": "user", "content": p}],
                                                   "completion": [{"role": "assistant", "content": "-"}]}
                                                  for p in BUNDLED_PROMPTS])

@@ -186,7 +186,7 @@ def test_commands_name_the_runs_files_base_and_rank(runs_root):
 
 def test_a_continued_run_is_served_merged_and_odd_names_are_quoted(runs_root):
     parent = _run(runs_root)
-    run = _run(runs_root, parent_run=parent.id, model=f"/srv/models/my model; rm -rf ~")
+    run = _run(runs_root, parent_run=parent.id, model="/srv/models/my model; rm -rf ~")
     cmds = serving_commands(run)
     assert set(cmds) == {"vllm", "tgi"}
     assert "merged" in cmds["vllm"] and parent.id in cmds["vllm"] and "--enable-lora" not in cmds["vllm"]
