@@ -63,14 +63,10 @@ def _no_amx_repack(monkeypatch):
         return
     import llama_cpp.llama as llama_module
 
-    default = llama_module.llama_cpp.llama_model_default_params
+    from finetune_core.export.llamacpp_worker import without_repack
 
-    def without_repack():
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
-    monkeypatch.setattr(llama_module.llama_cpp, "llama_model_default_params", without_repack)
+    monkeypatch.setattr(llama_module.llama_cpp, "llama_model_default_params",
+                        without_repack(llama_module.llama_cpp.llama_model_default_params))
 
 
 def _save(family, folder: Path, seed: int = 1):

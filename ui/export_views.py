@@ -15,8 +15,6 @@ the export is kept and the verdict says the check could not run (the log has why
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -54,15 +52,13 @@ def merged_zip_checked(run: Run, out_dir: Path, n: int = PARITY_PROMPTS,
     """`<run id>-merged.zip` in `out_dir`, merged in a private temporary folder that is checked for parity
     before it is zipped (and removed afterwards, on failure too); returns (the zip, the parity result)."""
     say = progress or (lambda *_: None)
-    work = Path(tempfile.mkdtemp(prefix="studio-merge-"))
-    try:
-        merged = export.merge(run, work / f"{run.id}-merged")
+
+    def check(merged: Path) -> ParityResult:
         result = checked(run, merged, "merged", n, lambda f, text: say(0.3 + 0.6 * f, text))
         say(0.95, "Zipping the merged model...")
-        archive = shutil.make_archive(str(Path(out_dir) / f"{run.id}-merged"), "zip", merged.parent, merged.name)
-        return Path(archive), result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return result
+
+    return export.merged_zip(run, out_dir, check)
 
 
 def gguf_checked(run: Run, target: Path, qtype: str, n: int = PARITY_PROMPTS,

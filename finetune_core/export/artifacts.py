@@ -32,6 +32,7 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
 from finetune_core.errors import StudioError
@@ -40,6 +41,7 @@ from finetune_core.models.sources import HUB_ID_RE as REPO_ID_RE  # a Hub repo i
 from finetune_core.runs.store import Run
 
 WHAT = ("adapter", "merged")
+T = TypeVar("T")
 HUB_PROBE_TIMEOUT_S = 4.0
 
 
@@ -163,13 +165,17 @@ def merge(run: Run, out_dir: str | os.PathLike) -> Path:
     return _replace_dir(tmp, out_dir)
 
 
-def merged_zip(run: Run, out_dir: str | os.PathLike) -> Path:
+def merged_zip(run: Run, out_dir: str | os.PathLike, check: Callable[[Path], T] | None = None
+               ) -> tuple[Path, T | None]:
     """The merged model as ``<run id>-merged.zip`` in ``out_dir``: merged in a private
-    temporary folder (removed afterwards, on failure too), then zipped."""
+    temporary folder (removed afterwards, on failure too), then zipped. `check(merged folder)`
+    runs before the zip (the parity check); returns (the zip, what `check` returned or None)."""
     work = Path(tempfile.mkdtemp(prefix="studio-merge-"))
     try:
         merged = merge(run, work / f"{run.id}-merged")
-        return Path(shutil.make_archive(str(Path(out_dir) / f"{run.id}-merged"), "zip", merged.parent, merged.name))
+        checked = check(merged) if check is not None else None
+        return Path(shutil.make_archive(str(Path(out_dir) / f"{run.id}-merged"), "zip", merged.parent,
+                                        merged.name)), checked
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -154,13 +154,6 @@ def _renders_alike(tokenizer, parts: ChatParts) -> bool:
     return True
 
 
-def adds_bos(tokenizer) -> bool:
-    """Whether the tokenizer puts BOS in front of the text itself (measured, as the GGUF writer does, so the
-    file's add_bos flag says the same): then llama.cpp and Ollama add it, and a template must not repeat it."""
-    probe = tokenizer("a")["input_ids"]
-    return bool(probe) and tokenizer.bos_token_id is not None and probe[0] == tokenizer.bos_token_id
-
-
 def _go(text: str) -> str:
     """`text` as a Go template action printing it: a JSON string is a valid Go string literal."""
     return "{{- " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""

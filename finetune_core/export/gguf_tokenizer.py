@@ -99,6 +99,14 @@ def folder_tokenizer_refusal(folder: Path) -> str | None:
     return None
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS in front of the text itself: the file's add_bos flag, and why an Ollama
+    template leaves BOS out (llama.cpp and Ollama then add it). Measured rather than read from a flag whose
+    name moved between transformers versions."""
+    probe = tokenizer("a")["input_ids"]
+    return bool(probe) and tokenizer.bos_token_id is not None and probe[0] == tokenizer.bos_token_id
+
+
 def tokenizer_metadata(tokenizer, vocab_size: int) -> dict:
     """Everything the file says about the tokenizer, as plain Python values; TokenizerRefused for another kind."""
     data = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -121,9 +129,8 @@ def tokenizer_metadata(tokenizer, vocab_size: int) -> dict:
         "tokens": tokens, "types": types, "merges": merges,
         "pre": pre_tokenizer_name(data, bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)), tokens),
         "ids": {key: getattr(tokenizer, f"{key}_token_id", None) for key in ("bos", "eos", "unk", "pad")},
-        # Whether the tokenizer adds bos/eos itself, measured rather than read from a flag
-        # whose name moved between transformers versions.
-        "add_bos": bool(probe) and probe[0] == tokenizer.bos_token_id,
+        "add_bos": adds_bos(tokenizer),
+        # whether the tokenizer adds eos itself: measured, as `adds_bos`
         "add_eos": bool(probe) and probe[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id != probe[0],
         "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
     }

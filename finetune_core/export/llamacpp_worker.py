@@ -25,18 +25,22 @@ import sys
 N_CTX = 2048  # held-out prompts longer than the parity check's limit are left out before this
 
 
+def without_repack(default):
+    """`default` (llama_cpp's llama_model_default_params) with the repacked kernels off: llama-cpp-python
+    has no argument for it, so a loader patches the default params it reads at load time."""
+    def params():
+        found = default()
+        found.use_extra_bufts = False
+        return found
+
+    return params
+
+
 def _load(path: str, repack: bool):
     import llama_cpp
 
-    if not repack:  # llama-cpp-python has no argument for it: its default params are read at load
-        default = llama_cpp.llama_model_default_params
-
-        def without_repack():
-            params = default()
-            params.use_extra_bufts = False
-            return params
-
-        llama_cpp.llama.llama_cpp.llama_model_default_params = without_repack
+    if not repack:
+        llama_cpp.llama.llama_cpp.llama_model_default_params = without_repack(llama_cpp.llama_model_default_params)
     return llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_batch=512, n_threads=os.cpu_count() or 1,
                            seed=0, verbose=False)
 

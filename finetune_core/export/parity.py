@@ -257,7 +257,9 @@ def _app_side(run: Run, conversations: list[list[dict]]):
     from finetune_core.models.sources import DevicePolicy
 
     tokenizer = run_tokenizer(run)
-    kept = [c for c in conversations if len(prompt_ids(tokenizer, c)) <= MAX_PROMPT_TOKENS]
+    prompts = [(c, prompt_ids(tokenizer, c)) for c in conversations]
+    kept = [c for c, ids in prompts if len(ids) <= MAX_PROMPT_TOKENS]
+    kept_ids = [ids for _, ids in prompts if len(ids) <= MAX_PROMPT_TOKENS]
     key, cache = _reference_key(run, kept), run.path / RECORD_DIR / "app-answers.json"
     try:
         saved = json.loads(cache.read_text(encoding="utf-8"))
@@ -274,7 +276,7 @@ def _app_side(run: Run, conversations: list[list[dict]]):
             release_memory()
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cache, {"key": key, "answers": answers})
-    return tokenizer, kept, [prompt_ids(tokenizer, c) for c in kept], answers
+    return tokenizer, kept, kept_ids, answers
 
 
 def _not_checked(target: str, runtime: str, reason: str, path) -> ParityResult:

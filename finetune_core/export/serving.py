@@ -25,7 +25,8 @@ import re
 import shlex
 from pathlib import Path
 
-from finetune_core.export.chat_parts import adds_bos, chat_parts, go_template
+from finetune_core.export.chat_parts import chat_parts, go_template
+from finetune_core.export.gguf_tokenizer import adds_bos
 from finetune_core.runs.store import Run
 
 DEFAULT_CONTEXT = 4096
