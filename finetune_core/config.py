@@ -36,6 +36,9 @@ LOSS_TYPES = {"dpo": ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_har
               "kto": ("kto", "apo_zero_unpaired"), "orpo": (), "sft": ()}
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+# where a run trains: a thread of the app, or its own process(es) that outlive the app (runs/launcher.py)
+LAUNCHERS = ("thread", "process", "torchrun", "accelerate")
+TRACKERS = ("none", "tensorboard", "trackio", "wandb")  # report_to: the experiment tracker besides our own plot
 
 
 class ConfigError(StudioError, ValueError):
@@ -149,6 +152,11 @@ class RunConfig:
     save_steps: int = _f(0, "Checkpoint every N steps (0 = only the final adapter).", "schedule", lo=0, hi=1_000_000)
     save_total_limit: int = _f(2, "Checkpoints kept on disk.", "schedule", lo=1, hi=100)
     logging_steps: int = _f(1, "Log metrics every N steps.", "schedule", lo=1, hi=10_000)
+    early_stopping_patience: int = _f(0, "Stop when the held-out loss has not improved for this many evaluations "
+                                      "(0 = off). Needs held-out rows; sets eval_steps and save_steps.", "schedule",
+                                      lo=0, hi=1000)
+    keep_best: bool = _f(False, "Keep the checkpoint with the lowest held-out loss as the final adapter (not the "
+                         "last one). Needs held-out rows; sets eval_steps and save_steps.", "schedule")
     device: str = _f("auto", "auto picks CUDA, then MPS, then CPU.", "schedule", choices=("auto", "cuda", "mps", "cpu"))
     precision: str = _f("auto", "Training precision. auto: bf16 on GPUs, and for LoRA on CPUs with bf16 matrix "
                         "instructions (AVX512-BF16, AMX); float32 elsewhere.", "schedule",
@@ -157,6 +165,17 @@ class RunConfig:
                        "decode caches). auto: those that give this model the libraries' own results; off: the "
                        "libraries' own code paths only. STUDIO_SPEEDUPS=off turns them off for the whole server.",
                        "schedule", choices=("auto", "off"))
+
+    # launch: where the run trains and what else records it
+    launcher: str = _f("thread", "thread: inside the app (stops with it); process: its own Python process, which "
+                       "outlives the app; torchrun / accelerate: that tool starts num_processes processes "
+                       "(one per GPU; gloo on a CPU).", "launch", choices=LAUNCHERS)
+    num_processes: int = _f(1, "Processes that train together under torchrun or accelerate (data parallel).",
+                            "launch", lo=1, hi=64)
+    report_to: str = _f("none", "Experiment tracker besides the studio's own plot: tensorboard (logs in the run "
+                        "folder), trackio, or wandb (offline unless WANDB_API_KEY is set).", "launch", choices=TRACKERS)
+    evaluate_after: bool = _f(False, "When the run completes, evaluate it on its held-out rows (base vs tuned) "
+                              "before the next queued run starts.", "launch")
 
     def __post_init__(self) -> None:
         # Every construction path passes here, so an invalid config cannot exist.
@@ -185,6 +204,9 @@ class RunConfig:
             allowed = ", ".join(LOSS_TYPES[self.objective]) or "none (leave it on auto)"
             raise ConfigError(f"loss_type: {self.loss_type!r} does not apply to objective {self.objective!r}; "
                               f"choose one of: {allowed}.")
+        if self.num_processes > 1 and self.launcher not in ("torchrun", "accelerate"):
+            raise ConfigError(f"num_processes: {self.num_processes} processes need launcher torchrun or accelerate "
+                              f"(not {self.launcher!r}).")
         if self.objective == "orpo" and self.reference == "none":
             raise ConfigError("reference: ORPO has no reference model; leave it on 'start'.")
 

@@ -35,8 +35,9 @@ from typing import Any
 from finetune_core.config import RunConfig, read_config_yaml
 from finetune_core.errors import StudioError
 
-STATES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
-FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
+# waiting: in the run queue (runs/queue.py); queued: made and about to start; cancelled: taken off the queue
+STATES = ("waiting", "queued", "running", "completed", "stopped", "failed", "interrupted", "cancelled")
+FINAL_STATES = ("completed", "stopped", "failed", "interrupted", "cancelled")
 NAME_MAX = 80  # characters of a run's human name
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9-]{1,40}-[0-9a-f]{6}$")
 SCHEMA_VERSION = 2  # of run.yaml, status.json and votes.jsonl lines; bumped with each format change
