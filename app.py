@@ -140,6 +140,7 @@ def main() -> None:
     ctx = AppContext()
     demo = build_app(ctx)
     ctx.start_sweeper()  # retention of uploads, exports and Gradio's cache (finetune_core/retention.py)
+    ctx.queue.start()  # the run queue's dispatcher: waiting runs start one after another (runs/queue.py)
     demo.launch(**launch_kwargs(ctx))
 
 

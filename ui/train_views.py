@@ -259,9 +259,9 @@ def watched_run_id(ctx: AppContext, selected: str | None, who: Visitor | None = 
     they picked, else the session's run (`session`: set by Train or the guided demo), else the
     latest run they may see; None when they may see none."""
     who = who or Visitor()
-    job = ctx.slot.active()
-    if job is not None and can_view(job.run.path, who):
-        return job.run.id
+    running = ctx.queue.running()
+    if running is not None and can_view(running.path, who):
+        return running.id
     if isinstance(selected, str) and selected:
         return selected  # run_view says "gone" for a run that is missing or not theirs
     if _visible(session, who):
@@ -275,6 +275,7 @@ def run_title(run: Run, st: dict, last: dict) -> str:
     why it ended (unless that says the same) and the last speed."""
     state, step, total = st.get("state") or "?", int(st.get("step") or 0), st.get("total_steps") or "?"
     where = {"queued": "queued, starting", "running": f"running, step {step} of {total}",
+             "waiting": "waiting in the queue", "cancelled": "cancelled before it started",
              "completed": f"completed ({step} of {total} steps)"}.get(state, f"{state} at step {step} of {total}")
     if state in ("failed", "interrupted") and not step:
         where = f"{state} before its first step"
