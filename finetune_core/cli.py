@@ -6,6 +6,7 @@
     python -m finetune_core train --preset "Quick demo DPO (CPU)" --set parent_run=RUN_ID --set data_path=FILE
     python -m finetune_core runs
     python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
+    python -m finetune_core sync [--restore] [--repo OWNER/NAME]
 
 Each layer declares its commands where their code lives, as `Command`
 records: these four here (COMMANDS), `eval`, `export` and `report` in
@@ -212,7 +213,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("train", "Train a run from a run.yaml (or resume one with --resume).", add_train_arguments, cmd_train),
     Command("runs", "List runs and their states.", lambda parser: None, cmd_runs),  # no flags
     Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
+    Command("sync", "Back finished runs up to the Hub repo STUDIO_SYNC_REPO (--restore: bring them back).",
+            lambda parser: _sync().add_sync_arguments(parser), lambda args: _sync().cmd_sync(args)),
 )
+
+
+def _sync():
+    from finetune_core.runs import sync  # loaded when the command is used: it needs huggingface_hub
+
+    return sync
 
 
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
