@@ -76,10 +76,15 @@ def test_finished_runs_sync_and_come_back_after_a_rebuild(runs_root, hub, target
     assert sync_runs(target).uploaded == [first.id]
     assert f"runs/{first.id}/eval/summary.json" in files
 
-    # a rebuild: the Space comes back on an empty runs folder and restores from the repo
+    # a rebuild: a fresh app on an empty runs folder, sync set up as an owner does, restores from the repo
     monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "rebuilt"))
-    restored = restore_runs(target)
+    monkeypatch.setenv("STUDIO_SYNC_REPO", REPO)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    commits = hub.commits()
+    restored, synced = sync.Syncer().run_once()  # what the app's sync thread does first
     assert restored.ok and sorted(restored.restored) == sorted([first.id, second.id]), restored.summary()
+    assert synced.ok and synced.uploaded == [] and hub.commits() == commits  # restored runs are not sent back
     assert [r.id for r in list_runs()] == sorted([first.id, second.id], reverse=True)
     back = get_run(first.id)
     assert back.name == "first" and back.status()["state"] == "completed" and back.has_adapter()
@@ -88,8 +93,6 @@ def test_finished_runs_sync_and_come_back_after_a_rebuild(runs_root, hub, target
     assert (back.eval_dir / "summary.json").is_file() and not back.checkpoints_dir.exists()
     assert not [p for p in store.runs_root().iterdir() if p.name.startswith(".restore-")]
 
-    commits = hub.commits()
-    assert sync_runs(target).uploaded == [] and hub.commits() == commits  # restored runs are not sent back
     assert restore_runs(target).present == sorted([first.id, second.id])  # never overwritten
 
 
@@ -191,7 +194,7 @@ def test_space_without_persistent_storage_warns(space, monkeypatch):
     assert report.survives == "no" and report.warn and "no persistent storage" in report.why
     from ui.storage_note import note_text
 
-    assert "lost" in note_text(report, {}) and "persistent storage" in note_text(report, {})
+    assert "loses at every rebuild" in note_text(report, {}) and "persistent storage" in note_text(report, {})
     monkeypatch.setenv("STUDIO_SYNC_REPO", REPO)
     assert REPO in note_text(storage.storage_report(), {})
 

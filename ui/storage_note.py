@@ -39,11 +39,11 @@ def note_text(report: StorageReport, status: dict) -> str:
     """The Markdown for `report` (storage_report) and `status` (sync.last_status)."""
     backup = _backup_line(report, status)
     if report.warn:
-        saved = ("Only the runs backed up to the Hub come back. " if backup
-                 else "Nothing is backed up: set STUDIO_SYNC_REPO to keep finished runs in a Hub repo. ")
-        return (f"⚠️ **Runs are kept in `{report.path}` and will be lost when this Space is rebuilt or restarted** "
-                f"({report.why}). {saved}Turn on persistent storage in the Space's settings to keep them "
-                f"(runs then go to /data/runs). {backup}").strip()
+        head = (f"⚠️ **Runs are kept in `{report.path}`, which this Space loses at every rebuild or restart**: "
+                f"{report.why}.")
+        fix = ("Turn on persistent storage in the Space's settings to keep them (runs then go to /data/runs)"
+               + ("." if backup else ", or set STUDIO_SYNC_REPO to back finished runs up to a Hub repo."))
+        return f"{head} {fix} {backup}".strip()
     where = {"yes": "survives a rebuild", "unknown": "on this machine's disk"}.get(report.survives, report.why)
     return f"Runs are kept in `{report.path}` ({where}). {backup}".strip()
 

@@ -64,8 +64,9 @@ class StorageReport:
         return asdict(self)
 
     def __str__(self) -> str:
+        lost = " A Space's own disk is lost at every rebuild and restart." if self.warn else ""
         backup = f" Finished runs are backed up to the Hub repo {self.synced_to}." if self.synced_to else ""
-        return f"Runs are kept in {self.path}; survives a rebuild: {self.survives} ({self.why}).{backup}"
+        return f"Runs are kept in {self.path}; survives a rebuild: {self.survives} — {self.why}.{lost}{backup}"
 
 
 def _survives(root: Path) -> tuple[str, str]:
@@ -76,12 +77,10 @@ def _survives(root: Path) -> tuple[str, str]:
     if storage is not None and root.is_relative_to(storage):
         return "yes", f"inside the Space's persistent storage ({storage})"
     if storage is not None:
-        return "no", (f"outside the Space's persistent storage ({storage}); STUDIO_RUNS_DIR points elsewhere, "
-                      "and a Space's own disk is lost at every rebuild and restart")
+        return "no", f"STUDIO_RUNS_DIR points outside the Space's persistent storage ({storage})"
     if persistent_dir().exists():
         return "no", f"{persistent_dir()} exists but this process cannot write to it"
-    return "no", ("this Space has no persistent storage (nothing mounted at "
-                  f"{persistent_dir()}), and a Space's own disk is lost at every rebuild and restart")
+    return "no", f"no persistent storage is mounted at {persistent_dir()}"
 
 
 def storage_report() -> StorageReport:

@@ -75,12 +75,15 @@ class SyncTarget:
 
     @classmethod
     def from_env(cls) -> "SyncTarget | None":
-        """The target the environment names now, or None when ``STUDIO_SYNC_REPO`` is unset."""
+        """The target the environment names now (repo, token, ``HF_ENDPOINT``), or None when ``STUDIO_SYNC_REPO``
+        is unset."""
         repo = (os.environ.get("STUDIO_SYNC_REPO") or "").strip()
         if not repo:
             return None
         token = os.environ.get("STUDIO_SYNC_TOKEN") or os.environ.get("HF_TOKEN") or None
-        return cls(repo, token, None, (os.environ.get("STUDIO_SYNC_REPO_TYPE") or "dataset").strip())
+        # HF_ENDPOINT read now: huggingface_hub.constants read it once, when the client was imported
+        return cls(repo, token, (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None,
+                   (os.environ.get("STUDIO_SYNC_REPO_TYPE") or "dataset").strip())
 
     def api(self):
         """An HfApi for this target (endpoint passed explicitly: huggingface_hub reads HF_ENDPOINT at import)."""
