@@ -97,13 +97,15 @@ def test_finished_runs_sync_and_come_back_after_a_rebuild(runs_root, hub, target
 
 
 def test_a_run_deleted_here_is_deleted_from_the_repo_and_not_restored(runs_root, hub, target):
-    kept, gone = fake_run("kept"), fake_run("gone")
-    assert sync_runs(target).ok
     import shutil
 
+    kept, gone = fake_run("kept"), fake_run("gone")
+    assert sync_runs(target).ok
     shutil.rmtree(gone.path)
+    (kept.path / "log.txt").unlink()
     report = sync_runs(target)
-    assert report.deleted == [gone.id]
+    assert report.deleted == [gone.id] and report.uploaded == [kept.id]
+    assert f"runs/{kept.id}/log.txt" not in hub.repo(REPO).files and f"runs/{kept.id}/run.yaml" in hub.repo(REPO).files
     assert not [p for p in hub.repo(REPO).files if p.startswith(f"runs/{gone.id}/")]
     assert restore_runs(target).restored == [] and not gone.path.exists()
     assert kept.path.is_dir()

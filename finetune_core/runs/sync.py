@@ -1,10 +1,9 @@
 """Back finished runs up to a Hub repo, and bring them back after a rebuild.
 
-A Space without persistent storage loses its runs at every rebuild. When the
-owner names a repo (``STUDIO_SYNC_REPO``, e.g. a private dataset repo
-"owner/studio-runs"), the app uploads each finished run (FINAL_STATES) there
-under ``runs/<run id>/``, and on start downloads the runs the repo has and
-the runs folder lacks. Settings (the owner's, server-side; never a visitor's):
+A Space without persistent storage loses its runs at every rebuild. When the owner names a repo
+(``STUDIO_SYNC_REPO``, e.g. a private dataset repo "owner/studio-runs"), the app uploads each finished
+run (FINAL_STATES) there under ``runs/<run id>/``, and on start downloads the runs the repo has and the
+runs folder lacks. Settings (the owner's, server-side; never a visitor's):
 
     STUDIO_SYNC_REPO        the repo id; unset: no sync
     STUDIO_SYNC_TOKEN       a write token for it (else HF_TOKEN, else the saved login)
@@ -12,19 +11,16 @@ the runs folder lacks. Settings (the owner's, server-side; never a visitor's):
     STUDIO_SYNC_MINUTES     time between syncs in the app, default 5 (0: only once, on start)
     STUDIO_SYNC_PUBLIC=1    allow a public repo (runs hold visitors' data: refused by default)
 
-What travels: the run's top-level files (run.yaml, status.json, metrics.jsonl,
-log.txt, name.json, owner.json, votes.jsonl...) and the folders in
-sync_files.SYNCED_DIRS (adapter; the data split, which evaluation needs;
-evaluation results, checks, report, export records). Never checkpoints/ nor
-hidden or temporary files. Each run records what it sent in ``.synced.json``
-(its files' sizes and times): an unchanged run is not sent again, a changed
-one sends only what changed. ``<runs root>/.sync.json`` lists the runs each
-repo holds from here (so a run deleted here is deleted from the repo at the
-next sync, and not restored) and the last outcome, which the page shows
-(sync_files.py keeps these books). A restore never overwrites a local run,
-refuses ids that are not run ids and paths that are not what a run holds, and
-renames each run into place whole. Failures are reported, never raised into
-the app, and never touch local runs. By hand:
+What travels: the run's top-level files (run.yaml, status.json, metrics.jsonl, log.txt, name.json,
+owner.json, votes.jsonl...) and the folders in sync_files.SYNCED_DIRS (adapter; the data split, which
+evaluation needs; evaluation results, checks, report, export records). Never checkpoints/ nor hidden or
+temporary files. Each run records what it sent in ``.synced.json`` (its files' sizes and times): an
+unchanged run is not sent again, a changed one sends only what changed. ``<runs root>/.sync.json`` lists
+the runs each repo holds from here (so a run deleted here is deleted from the repo at the next sync, and
+not restored) and the last outcome, which the page shows (sync_files.py keeps these books). A restore
+never overwrites a local run, refuses ids that are not run ids and paths that are not what a run holds,
+and renames each run into place whole. Failures are reported, never raised into the app, and never touch
+local runs. By hand:
 
     python -m finetune_core sync            # upload finished runs now
     python -m finetune_core sync --restore  # download runs missing here
@@ -146,25 +142,38 @@ class RestoreReport:
 
 
 # -- upload --------------------------------------------------------------------------------------
-def _sync_one(api, target: SyncTarget, run: Run) -> bool:
-    """Send what changed in one finished run since its marker (for this repo); False when nothing did."""
+def _sync_one(api, target: SyncTarget, run: Run, remote: Callable[[], set[str]]) -> bool:
+    """Send what changed in one finished run since its marker (for this repo); False when nothing did.
+    Files sent before and gone since are deleted from the repo when it still has them (`remote()`)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     marker = read_json(run.path / MARKER)
     before = marker.get("files", {}) if marker.get("repo") == target.repo_id else {}
     now = syncable_files(run.path)
-    if now == before:
+    if now == before or not now:  # unchanged, or deleted while we looked
         return False
     base = f"{REPO_DIR}/{run.id}"
     ops = [CommitOperationAdd(f"{base}/{rel}", str(run.path / rel)) for rel, stamp in sorted(now.items())
            if before.get(rel) != stamp]
-    ops += [CommitOperationDelete(f"{base}/{rel}") for rel in sorted(set(before) - set(now))]
+    gone = [f"{base}/{rel}" for rel in sorted(set(before) - set(now))]
+    ops += [CommitOperationDelete(path) for path in gone if path in remote()]
     state = run.status().get("state")
     info = api.create_commit(target.repo_id, ops, commit_message=f"Sync run {run.id} ({state})",
                              repo_type=target.repo_type)
     write_json_atomic(run.path / MARKER, {"repo": target.repo_id, "commit": info.oid, "at": time.time(),
                                           "updated": run.status().get("updated"), "files": now})
     return True
+
+
+def _remote_files(api, target: SyncTarget) -> Callable[[], set[str]]:
+    """The repo's file paths, listed once, when first asked (only deletions need them)."""
+    listed: list[set[str]] = []
+
+    def files() -> set[str]:
+        if not listed:
+            listed.append(set(api.list_repo_files(target.repo_id, repo_type=target.repo_type)))
+        return listed[0]
+    return files
 
 
 def _check_repo(api, target: SyncTarget) -> None:
@@ -191,14 +200,15 @@ def sync_runs(target: SyncTarget, root: Path | None = None) -> SyncReport:
         try:
             api = target.api()
             _check_repo(api, target)
-            local = runs_in(root)
-            report.deleted = _delete_gone(api, target, held - set(local))
-            held -= set(report.deleted)
+            local, remote = runs_in(root), _remote_files(api, target)
+            gone = held - set(local)
+            report.deleted = _delete_gone(api, target, gone, remote)
+            held -= gone
             for run in local.values():
                 if run.status().get("state") not in FINAL_STATES:
                     continue  # running or waiting: sent once it ends
                 try:
-                    (report.uploaded if _sync_one(api, target, run) else report.unchanged).append(run.id)
+                    (report.uploaded if _sync_one(api, target, run, remote) else report.unchanged).append(run.id)
                     held.add(run.id)
                 except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
                     report.failed[run.id] = one_line(exc)
@@ -208,16 +218,20 @@ def sync_runs(target: SyncTarget, root: Path | None = None) -> SyncReport:
     return report
 
 
-def _delete_gone(api, target: SyncTarget, gone: set[str]) -> list[str]:
-    """Delete from the repo the runs this folder sent and no longer has (deleted by their owner)."""
+def _delete_gone(api, target: SyncTarget, gone: set[str], remote: Callable[[], set[str]]) -> list[str]:
+    """Delete from the repo the runs this folder sent and no longer has (deleted by their owner), those the repo
+    still holds; returns their ids."""
     from huggingface_hub import CommitOperationDelete
 
-    gone = sorted(rid for rid in gone if RUN_ID_RE.match(rid))
-    if gone:
-        ops = [CommitOperationDelete(f"{REPO_DIR}/{rid}/", is_folder=True) for rid in gone]
-        api.create_commit(target.repo_id, ops, commit_message=f"Delete {len(gone)} run(s) deleted in the studio",
-                          repo_type=target.repo_type)
-    return gone
+    if not gone:
+        return []
+    held = {path.split("/")[1] for path in remote() if path.startswith(f"{REPO_DIR}/") and path.count("/") > 1}
+    gone_there = sorted(rid for rid in gone if RUN_ID_RE.match(rid) and rid in held)
+    if gone_there:
+        ops = [CommitOperationDelete(f"{REPO_DIR}/{rid}/", is_folder=True) for rid in gone_there]
+        api.create_commit(target.repo_id, ops, repo_type=target.repo_type,
+                          commit_message=f"Delete {len(gone_there)} run(s) deleted in the studio")
+    return gone_there
 
 
 # -- restore -------------------------------------------------------------------------------------
