@@ -96,7 +96,7 @@ def locked(root: Path) -> Iterator[bool]:
 def held_runs(ledger: dict, repo_id: str) -> set[str]:
     """The run ids the ledger says `repo_id` holds from this runs root."""
     held = ledger.get("repos", {}).get(repo_id, []) if isinstance(ledger.get("repos"), dict) else []
-    return {rid for rid in held if isinstance(rid, str)}
+    return {rid for rid in held if isinstance(rid, str)} if isinstance(held, list) else set()
 
 
 def save_ledger(root: Path, ledger: dict, repo_id: str, held: set[str], kind: str, summary: str, ok: bool) -> None:
