@@ -8,6 +8,7 @@
     python -m finetune_core queue list | cancel RUN_ID | work
     python -m finetune_core runs
     python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
+    python -m finetune_core sync [--restore] [--repo OWNER/NAME]
 
 Each layer declares its commands where their code lives, as `Command`
 records: these four here (COMMANDS), `eval`, `export` and `report` in
@@ -300,7 +301,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("runs", "List runs and their states.", lambda parser: None, cmd_runs),  # no flags
     Command("queue", "The run queue: list, cancel, or work through it.", add_queue_arguments, cmd_queue),
     Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
+    Command("sync", "Back finished runs up to the Hub repo STUDIO_SYNC_REPO (--restore: bring them back).",
+            lambda parser: _sync().add_sync_arguments(parser), lambda args: _sync().cmd_sync(args)),
 )
+
+
+def _sync():
+    from finetune_core.runs import sync  # loaded when the command is used: it needs huggingface_hub
+
+    return sync
 
 
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
