@@ -89,7 +89,10 @@ class DataMapping:
         if self.hub_source:
             from finetune_core.data.hub import HubRequest  # only when used: it is the Hub side of the data layer
 
-            HubRequest.parse(self.hub_source)  # a HubDataError (a ValueError) naming hub_source
+            try:
+                HubRequest.parse(self.hub_source)
+            except ValueError as exc:
+                raise ValueError(f"hub_source: {str(exc).removeprefix('hub_source: ')}") from None
         problems = self.template_problems()
         if problems:
             raise ValueError(problems[0])
