@@ -131,7 +131,7 @@ def build_section() -> HubWidgets:
     return HubWidgets(dataset_id, config, split, limit, look_up_btn, load_btn, note, preview)
 
 
-def wire(w: HubWidgets, inputs: set, outputs: list, prepare: Callable[[dict], tuple], max_file_mb: float) -> None:
+def wire(w: HubWidgets, inputs: set, outputs: list, max_file_mb: float, prepare: Callable[[dict], tuple]) -> None:
     """Wire the section: ``inputs``/``outputs`` are the tab's (mapping widgets in, the data view out);
     ``prepare(raw)`` gives (tokenizer, token problem, current mapping, max length) from the raw inputs."""
 

@@ -1,33 +1,23 @@
 """Datasets by Hugging Face Hub id: list a dataset's configs and splits, stream its first rows into a file.
 
-A Hub dataset becomes training data the way an upload does: its first rows
-(up to a row limit) are streamed with ``datasets.load_dataset(..., streaming=True)``
-- a large dataset is never downloaded whole - and written as JSON Lines under a
-server-made name in a folder the caller gives (the Data tab: its uploads
-folder). From there the file goes through the same mapping, validation,
-statistics and split as an upload (``finetune_core.data.dataset``).
+The first rows of a split (up to a row limit) are streamed with ``load_dataset(...,
+streaming=True)``, never downloaded whole, into a JSON Lines file under a server-made
+name in the caller's folder (the Data tab's uploads folder); from there they go
+through the upload's mapping, checks, statistics and split. Rows are written in
+order from the split's first, one per line, so "row 3" in any message is the
+split's third row (from 1; the Hub's dataset viewer counts from 0 and shows row 2).
+The provenance, ``DataMapping.hub_source`` in run.yaml, is one text
+``owner/name?config=C&split=S&rows=N&revision=SHA`` (`HubRequest.source` / `.parse`).
 
-Row numbers: the rows are written in order from the first row of the split,
-one per line, so "row 3" in any message is the split's third row (counted
-from 1; the Hub's dataset viewer counts from 0 and shows it as row 2).
+``token`` goes to the Hub as given: a string (the signed-in user's), False (none
+is sent) or None (the environment's: the command line's user owns the server).
+Offline (``HF_HUB_OFFLINE``, or no network) an id is refused within seconds: one
+metadata request with a short timeout comes before ``load_dataset``, whose own
+retries take about 25 s without network.
 
-Where the rows came from is one text, ``DataMapping.hub_source``, recorded in
-run.yaml: ``owner/name?config=C&split=S&rows=N&revision=SHA`` (`HubRequest.source`,
-read back by `HubRequest.parse`; `describe` words it for people).
-
-Tokens: ``token`` is passed to the Hub as given: a string (the signed-in user's),
-False (anonymous: the server's own token is never sent) or None (the library's
-default, the environment's token: the command line's user is the server's owner).
-
-Offline (``HF_HUB_OFFLINE``, or no network) the id is refused within seconds:
-one metadata request with a short timeout comes before ``load_dataset``, whose
-own retries take about 25 s on a machine without network.
-
-Tests and the command line can stand a local folder in for the Hub with
-``local_root``: the id ``owner/name`` is then the folder ``local_root/owner/name``
-(JSON/JSONL/CSV/Parquet files, with a README.md ``configs:`` block for configs
-and splits). It is a function argument the web page never sets, so a visitor
-can only ever name a Hub id, never a server path.
+``local_root`` stands a folder in for the Hub (tests, the command line): the id
+``owner/name`` is then ``local_root/owner/name`` (data files and a README.md
+``configs:`` block). The web page never sets it: a visitor names only Hub ids.
 
     python -m finetune_core inspect --hub owner/name --split train --limit 500
 """
@@ -59,10 +49,6 @@ SOURCE_CHARS = 512
 
 class HubDataError(StudioError, ValueError):
     """A Hub dataset could not be listed or read; the message says why and what to do."""
-
-
-def _offline() -> bool:
-    return any(os.environ.get(name, "") not in ("", "0") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def default_rows() -> int:
@@ -126,8 +112,6 @@ class HubRequest:
 def check_dataset_id(dataset_id: str) -> str:
     """A Hub dataset id 'owner/name', stripped; anything else (a path, a URL) is refused by name."""
     text = str(dataset_id or "").strip()
-    if not text:
-        raise HubDataError("Type a dataset id such as 'owner/name' (as in huggingface.co/datasets/owner/name).")
     if not DATASET_ID_RE.match(text) or ".." in text:
         raise HubDataError(f"{text[:80]!r} is not a Hub dataset id: expected 'owner/name' "
                            "(as in huggingface.co/datasets/owner/name).")
@@ -139,7 +123,7 @@ def check_limit(limit: Any) -> int:
     most = limits().data_rows
     try:
         value = int(float(limit)) if limit not in (None, "") else 0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise HubDataError(f"Row limit: {str(limit)[:40]!r} is not a number.") from None
     if value <= 0:
         return default_rows()
@@ -181,8 +165,7 @@ def _clean(exc: BaseException, where: str) -> str:
     """An exception's first line without server paths (the stand-in folder, cache folders)."""
     from finetune_core.data.load import without_paths
 
-    text = without_paths(exc, Path(where)) if where.startswith(("/", ".")) else without_paths(exc, Path("/nonexistent"))
-    return text[:300] or type(exc).__name__
+    return without_paths(exc, Path(where or "/nonexistent"))[:300] or type(exc).__name__
 
 
 def hub_error(exc: BaseException, dataset_id: str, where: str = "") -> HubDataError:
@@ -190,9 +173,7 @@ def hub_error(exc: BaseException, dataset_id: str, where: str = "") -> HubDataEr
     private, gated, or the library's own words (without paths)."""
     from huggingface_hub import errors as hub_errors
 
-    page = f"https://huggingface.co/datasets/{dataset_id}"
-    name = type(exc).__name__
-    text = str(exc)
+    page, text = f"https://huggingface.co/datasets/{dataset_id}", str(exc)
     if isinstance(exc, hub_errors.GatedRepoError) or "gated" in text.lower():
         return HubDataError(f"{dataset_id} is gated: accept its terms at {page} while signed in, then sign in "
                             "here with Hugging Face and load it again.")
@@ -204,7 +185,7 @@ def hub_error(exc: BaseException, dataset_id: str, where: str = "") -> HubDataEr
     if isinstance(exc, hub_errors.OfflineModeIsEnabled) or _network_failure(exc):
         return HubDataError(offline_message(dataset_id))
     if isinstance(exc, hub_errors.HfHubHTTPError):
-        return HubDataError(f"The Hub refused {dataset_id}: {text.splitlines()[0][:200] if text else name}")
+        return HubDataError(f"The Hub refused {dataset_id}: {_clean(exc, where)}")
     return HubDataError(f"Could not read {dataset_id}: {_clean(exc, where)}")
 
 
@@ -215,15 +196,14 @@ def offline_message(dataset_id: str) -> str:
 
 
 def _network_failure(exc: BaseException) -> bool:
-    seen = exc
     for _ in range(5):  # the cause chain: httpx errors come wrapped
-        if seen is None:
-            return False
-        name = type(seen).__name__
-        if isinstance(seen, (ConnectionError, TimeoutError)) or any(
-                word in name for word in ("Connect", "Timeout", "Network", "Transport", "LocalEntryNotFound")):
+        names = type(exc).__name__
+        if isinstance(exc, (ConnectionError, TimeoutError)) or re.search(r"Connect|Timeout|Network|Transport|"
+                                                                           r"LocalEntryNotFound", names):
             return True
-        seen = seen.__cause__ or seen.__context__
+        exc = exc.__cause__ or exc.__context__
+        if exc is None:
+            return False
     return False
 
 
@@ -233,7 +213,7 @@ def _reach(dataset_id: str, token, local_root) -> str:
     if local_root is not None:
         _where(dataset_id, local_root)
         return ""
-    if _offline():
+    if any(os.environ.get(name, "") not in ("", "0") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         raise HubDataError(offline_message(dataset_id))
     from huggingface_hub import HfApi
 
@@ -244,32 +224,31 @@ def _reach(dataset_id: str, token, local_root) -> str:
     return str(getattr(info, "sha", "") or "")
 
 
-def list_configs(dataset_id: str, token=None, local_root=None) -> list[str]:
-    """The dataset's configs (subsets), in the order it declares them; ["default"] when it has no others."""
-    dataset_id = check_dataset_id(dataset_id)
+def _names(dataset_id: str, token, local_root, ask) -> list[str]:
+    """``ask(where, revision)`` (a datasets listing) once the dataset is reached; failures as HubDataError."""
     revision = _reach(dataset_id, token, local_root)
     where = _where(dataset_id, local_root)
-    from datasets import get_dataset_config_names
-
     try:
-        names = get_dataset_config_names(where, revision=revision or None, token=token)
+        return [str(n) for n in ask(where, revision or None)]
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message for the user
         raise hub_error(exc, dataset_id, where) from None
-    return [str(n) for n in names] or ["default"]
+
+
+def list_configs(dataset_id: str, token=None, local_root=None) -> list[str]:
+    """The dataset's configs (subsets), in the order it declares them; ["default"] when it has no others."""
+    from datasets import get_dataset_config_names
+
+    return _names(check_dataset_id(dataset_id), token, local_root, lambda where, revision: get_dataset_config_names(
+        where, revision=revision, token=token)) or ["default"]
 
 
 def list_splits(dataset_id: str, config: str = "", token=None, local_root=None) -> list[str]:
     """The splits of one config of the dataset (train first when it has one)."""
-    req = HubRequest(dataset_id, config).checked()
-    revision = _reach(req.dataset_id, token, local_root)
-    where = _where(req.dataset_id, local_root)
     from datasets import get_dataset_split_names
 
-    try:
-        names = [str(n) for n in get_dataset_split_names(where, req.config or None, revision=revision or None,
-                                                         token=token)]
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a message for the user
-        raise hub_error(exc, req.dataset_id, where) from None
+    req = HubRequest(dataset_id, config).checked()
+    names = _names(req.dataset_id, token, local_root, lambda where, revision: get_dataset_split_names(
+        where, req.config or None, revision=revision, token=token))
     return sorted(names, key=lambda n: n != "train")
 
 
@@ -288,14 +267,13 @@ class HubFile:
 
     @property
     def source(self) -> str:
-        """The provenance for ``DataMapping.hub_source``."""
+        """The provenance, for DataMapping.hub_source (with the revision read)."""
         return self.request.source
 
     @property
     def name(self) -> str:
         """A short display name: "owner/name · train" (config too when there is one)."""
-        req = self.request
-        return f"{req.dataset_id} · {req.config + ' · ' if req.config else ''}{req.split}"
+        return " · ".join(part for part in (self.request.dataset_id, self.request.config, self.request.split) if part)
 
 
 def _jsonable(value: Any) -> Any:
@@ -305,10 +283,6 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy arrays and scalars
         return value.tolist()
     raise TypeError(type(value).__name__)
-
-
-def _media_columns(features) -> list[str]:
-    return [name for name, feature in (features or {}).items() if type(feature).__name__ in MEDIA_FEATURES]
 
 
 def _stream(req: HubRequest, token, local_root) -> tuple[Iterable[dict], list[str]]:
@@ -327,7 +301,7 @@ def _stream(req: HubRequest, token, local_root) -> tuple[Iterable[dict], list[st
         raise hub_error(exc, req.dataset_id, where) from None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message for the user
         raise hub_error(exc, req.dataset_id, where) from None
-    media = _media_columns(getattr(stream, "features", None))
+    media = [name for name, kind in (stream.features or {}).items() if type(kind).__name__ in MEDIA_FEATURES]
     if media:
         stream = stream.remove_columns(media)
     return stream, media
@@ -352,8 +326,7 @@ def fetch_to_file(request: HubRequest, folder: str | os.PathLike, token=None, lo
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    notes = [f"column {c!r} left out: it holds images, audio or other binary data, not text"
-             for c in [*media, *dropped]]
+    notes = [f"column {c!r} left out: it holds images, audio or other binary data" for c in [*media, *dropped]]
     if written < req.limit:
         notes.append(f"the split has {written:,} rows: all of them were read")
     if not written:
@@ -365,7 +338,6 @@ def fetch_to_file(request: HubRequest, folder: str | os.PathLike, token=None, lo
 def _write_rows(stream, req: HubRequest, path: Path, max_bytes: int) -> tuple[int, list[str], list[dict], list[str]]:
     """Write up to req.limit rows of ``stream`` as JSON Lines; (rows, columns, first rows, columns dropped)."""
     written, size, columns, preview, dropped = 0, 0, {}, [], []
-    where = str(path.parent)
     iterator = iter(stream)
     with open(path, "x", encoding="utf-8") as out:
         while written < req.limit:  # the limit is checked before the next row is asked for
@@ -375,7 +347,7 @@ def _write_rows(stream, req: HubRequest, path: Path, max_bytes: int) -> tuple[in
                 break
             except Exception as exc:  # noqa: BLE001 - a broken shard or a lost connection, mid-stream
                 raise HubDataError(f"{req.dataset_id}: reading row {written + 1} failed: "
-                                   f"{hub_error(exc, req.dataset_id, where)}") from None
+                                   f"{hub_error(exc, req.dataset_id, str(path.parent))}") from None
             row = {str(k): v for k, v in row.items() if str(k) not in dropped}
             line = _json_line(row, dropped)
             size += len(line.encode("utf-8")) + 1
@@ -387,7 +359,7 @@ def _write_rows(stream, req: HubRequest, path: Path, max_bytes: int) -> tuple[in
             columns.update(dict.fromkeys(k for k in row if k not in dropped))
             if len(preview) < PREVIEW_ROWS:
                 preview.append(json.loads(line))
-    return written, list(columns), preview, dropped
+    return written, [c for c in columns if c not in dropped], preview, dropped
 
 
 def _json_line(row: dict, dropped: list[str]) -> str:
@@ -423,6 +395,5 @@ def fill_from_hub(mapping, folder: str | os.PathLike | None = None, token=None, 
     return replace(mapping, data_path=str(got.path), hub_source=got.source)
 
 
-__all__ = ["HubDataError", "HubRequest", "HubFile", "DEFAULT_ROWS", "check_dataset_id", "check_limit",
-           "default_folder", "default_rows", "describe", "fetch_to_file", "fill_from_hub", "hub_error", "list_configs", "list_splits",
-           "offline_message"]
+__all__ = ["HubDataError", "HubRequest", "HubFile", "DEFAULT_ROWS", "check_dataset_id", "check_limit", "default_folder",
+           "default_rows", "describe", "fetch_to_file", "fill_from_hub", "hub_error", "list_configs", "list_splits"]
