@@ -191,6 +191,7 @@ def test_inspect_and_train_from_the_command_line(hub_root, tmp_path, capsys):
 
 
 def test_a_hub_dataset_goes_from_preview_to_a_trained_run(hub_root, uploads, tiny_model_dir, runs_root):
+    from evaluation.report_facts import data_facts
     from finetune_core.config import RunConfig
     from finetune_core.runs.store import create_run
     from finetune_core.training.runner import run_job
@@ -207,3 +208,4 @@ def test_a_hub_dataset_goes_from_preview_to_a_trained_run(hub_root, uploads, tin
     report = json.loads((run.path / "data/report.json").read_text(encoding="utf-8"))
     assert report["total_rows"] == 24 and report["rows"] == 23
     assert report["issues"][0]["row"] == BAD_ROW
+    assert ("Hub dataset", "owner/notes (config default, split train, first 24 rows)") in data_facts(run)
