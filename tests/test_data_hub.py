@@ -121,6 +121,22 @@ def test_the_row_limit_stops_the_stream(hub_root, tmp_path):
     assert small.rows == 3 and "the split has 3 rows: all of them were read" in small.notes
 
 
+def test_binary_columns_are_left_out_and_the_size_limit_holds(hub_root, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (hub_root / "owner/blobs").mkdir()  # a repo of one format: the Hub reads one builder per repo
+    pq.write_table(pa.table({"text": ["a", "b"], "blob": [b"\x00\x01", b"\x02"]}),
+                   hub_root / "owner/blobs/train.parquet")
+    got = fetch_to_file(HubRequest("owner/blobs", "", "train", 5), tmp_path / "out", local_root=hub_root)
+    assert got.columns == ["text"] and got.preview == [{"text": "a"}, {"text": "b"}]
+    assert "column 'blob' left out: it holds images, audio or other binary data" in got.notes
+    with pytest.raises(HubDataError, match="The first 2 rows of owner/notes take over .* lower the row limit"):
+        fetch_to_file(HubRequest(DATASET, "default", "train", 5), tmp_path / "small", local_root=hub_root,
+                      max_file_mb=100 / 1024 / 1024)  # 100 bytes: one row fits, two do not
+    assert not any((tmp_path / "small").iterdir())
+
+
 def test_bad_ids_limits_and_splits_are_refused_by_name(hub_root, tmp_path, monkeypatch):
     for bad in ("", "notes", "../etc/passwd", "/etc/passwd", "https://huggingface.co/datasets/a/b", "a/../b"):
         with pytest.raises(HubDataError, match="dataset id"):
