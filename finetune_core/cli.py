@@ -1,6 +1,7 @@
 """Command line over the same functions the UI calls: the core's commands.
 
     python -m finetune_core inspect FILE [--map prompt=COL ...] [--json]
+    python -m finetune_core inspect --hub OWNER/NAME [--hub-config C] [--split S] [--limit N]
     python -m finetune_core train --config run.yaml [--preset NAME] [--set key=value ...] [--force]
     python -m finetune_core train --resume RUN_DIR
     python -m finetune_core train --preset "Quick demo DPO (CPU)" --set parent_run=RUN_ID --set data_path=FILE
@@ -281,17 +282,55 @@ def cmd_runs(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    """Check a data file: 0 when it is usable, 2 when it is not."""
+    """Check a data file, or the first rows of a Hub dataset (--hub): 0 when usable, 2 when not."""
     from finetune_core.data.dataset import run_inspect
     from finetune_core.models.sources import load_tokenizer
 
+    if args.hub:
+        if args.file:
+            print("error: give a data file or --hub ID, not both", file=sys.stderr)
+            return 2
+        args.file = str(_hub_file(args))
+    elif not args.file:
+        print("error: give a data file to check (or --hub ID for a Hub dataset)", file=sys.stderr)
+        return 2
     return run_inspect(args, load_tokenizer)
+
+
+def _hub_file(args) -> Path:
+    """`inspect --hub`: stream the dataset's first rows into the uploads folder and say how to train on them
+    (on stderr: --json keeps stdout one JSON object). The environment's token is used (HF_TOKEN)."""
+    from finetune_core.data.hub import HubRequest, default_folder, describe, fetch_to_file
+
+    request = HubRequest(args.hub, args.hub_config or "", args.split or "train", args.limit or 0)
+    got = fetch_to_file(request, args.hub_out or default_folder(), local_root=args.hub_root or None,
+                        max_file_mb=args.max_file_mb)
+    for note in got.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{describe(got.source)}: {got.rows} rows saved as {got.path}\ntrain on them with: python -m "
+          f"finetune_core train --set data_path={got.path} --set 'hub_source={got.source}'", file=sys.stderr)
+    return got.path
 
 
 def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     from finetune_core.data.dataset import add_inspect_arguments
+    from finetune_core.data.hub import DEFAULT_ROWS
 
     add_inspect_arguments(parser)
+    for action in parser._actions:  # FILE becomes optional: --hub names the data instead
+        if action.dest == "file":
+            action.nargs, action.default, action.help = "?", "", "the data file (or give --hub ID)"
+    hub = parser.add_argument_group("a dataset on the Hugging Face Hub (its first rows, streamed)")
+    hub.add_argument("--hub", metavar="ID", default="", help="dataset id 'owner/name' instead of a file")
+    hub.add_argument("--hub-config", metavar="C", default="", help="config (subset); default: the dataset's default")
+    hub.add_argument("--split", metavar="S", default="train", help="split (default: train)")
+    hub.add_argument("--limit", metavar="N", type=int, default=0,
+                     help=f"rows to read from the start of the split (default {DEFAULT_ROWS}; at most the "
+                          "data_rows limit)")
+    hub.add_argument("--hub-out", metavar="DIR", default="",
+                     help="folder for the rows' file (default: the uploads folder, STUDIO_UPLOADS_DIR or ./uploads)")
+    hub.add_argument("--hub-root", metavar="DIR", default="",
+                     help="a local folder standing in for the Hub (ID = DIR/owner/name), e.g. offline")
 
 
 COMMANDS: tuple[Command, ...] = (
