@@ -12,7 +12,7 @@
     python -m finetune_core sync [--restore] [--repo OWNER/NAME]
 
 Each layer declares its commands where their code lives, as `Command`
-records: these four here (COMMANDS), `eval`, `export` and `report` in
+records: those here (COMMANDS: inspect, train, runs, queue, chat, sync), `eval`, `export`, `report`, ... in
 evaluation/commands.py (they need the evaluation layer: metrics, the report,
 the model card). finetune_core/__main__.py, the program entry, joins both
 lists into one parser; this library module never imports evaluation. Exit
@@ -125,6 +125,12 @@ def cmd_train(args) -> int:
         if args.preset:
             cfg = cfg.with_overrides(PRESETS[args.preset])
         cfg = cfg.with_sets(args.set or [])
+        if _rank() == 0:  # `--set hub_source=owner/name?split=train&rows=500`: its rows fetched into a file
+            from dataclasses import replace
+
+            from finetune_core.data.hub import fill_from_hub
+
+            cfg = replace(cfg, data=fill_from_hub(cfg.data))
         from finetune_core.training.preference import check_start
 
         check_start(cfg)  # a bad parent run or a file the objective cannot use: refused before a run exists
