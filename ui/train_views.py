@@ -28,6 +28,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from finetune_core.data.hub import describe
 from finetune_core.errors import StudioError
 from finetune_core.models import memory
 from finetune_core.models.catalogue import BUNDLED_HUB_ID, ENTRIES
@@ -142,7 +143,8 @@ def runs_table(who: Visitor | None = None, nobody: bool = False) -> pd.DataFrame
         model = " · ".join(p for p in (short_model(s["model"]), parent_label(s["parent"])) if p)
         rows.append({"name": s["name"], "state": s["state"], "steps": f"{s['step'] or 0}/{s['total_steps'] or '?'}",
                      "model": model, "method": method if s["objective"] == "sft" else f"{s['objective']} · {method}",
-                     "data": data_label(run, s["data"]), "reason": s["reason"]})
+                     "data": describe(s["hub_source"]) if s["hub_source"] else data_label(run, s["data"]),
+                     "reason": s["reason"]})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 

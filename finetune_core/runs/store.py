@@ -273,7 +273,8 @@ class Run:
 
     def summary(self) -> dict:
         """One row for the runs list: id, name, state, steps, model, method, objective (sft for runs from
-        before objectives), parent (the parent run's id, or ""), data file name, created, reason.
+        before objectives), parent (the parent run's id, or ""), data file name, the Hub dataset it was
+        read from (hub_source, or ""), created, reason.
 
         A damaged run.yaml leaves model and method None (and data "") rather than raising."""
         st = self.status()
@@ -287,6 +288,7 @@ class Run:
             "total_steps": st.get("total_steps", 0), "model": cfg.get("model"),
             "method": cfg.get("method"), "objective": cfg.get("objective") or "sft",
             "parent": str(cfg.get("parent_run") or ""), "data": Path(cfg.get("data_path") or "").name,
+            "hub_source": str(cfg.get("hub_source") or ""),
             "created": st.get("created"), "reason": st.get("reason", ""),
         }
 
