@@ -139,6 +139,9 @@ def cmd_train(args) -> int:
         if args.queue:
             return queue_run(cfg, args.name or "")
         if cfg.launcher != "thread" and _world() == 1:
+            from finetune_core.runs.launcher import check_launch
+
+            check_launch(cfg)
             return launch_run(cfg, args.name or "", args.detach, args.quiet)
         run = _shared_run(cfg, args.name or "")
         resume = False

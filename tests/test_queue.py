@@ -138,3 +138,14 @@ def test_two_cpu_processes_under_torchrun_train_one_queued_run(tmp_path, tiny_mo
     assert run.run_yaml()["world_size"] == 2
     assert [m["step"] for m in run.metrics() if "loss" in m] == [1, 2, 3]  # rank 0 alone writes
     assert run.has_adapter()
+
+
+def test_a_launch_this_machine_cannot_do_is_refused_before_a_run_exists(tmp_path, tiny_model_dir, runs_root):
+    from finetune_core.runs.launcher import LaunchError
+
+    queue = RunQueue(TrainingSlot())
+    with pytest.raises(LaunchError, match="num_processes: accelerate launch starts one process on a CPU"):
+        queue.enqueue(_cfg(tmp_path, tiny_model_dir, launcher="accelerate", num_processes=2, device="cpu"))
+    with pytest.raises(Exception, match="num_processes: 2 processes need launcher torchrun or accelerate"):
+        _cfg(tmp_path, tiny_model_dir, launcher="process", num_processes=2)
+    assert not runs_root.exists() or not any(runs_root.glob("2*"))

@@ -40,7 +40,7 @@ from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, re
 from finetune_core.data.mapping import DataMapping
 from finetune_core.models.sources import training_policy
 from finetune_core.runs.ownership import AccessError, Visitor, admins, set_showcase
-from finetune_core.runs.queue import QueueError
+from finetune_core.runs.queue import LaunchError, QueueError
 from finetune_core.runs.store import RunError, check_run_name, get_run
 
 from .access import require_user, visitor
@@ -100,7 +100,7 @@ def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visito
     who = who or Visitor()
     try:
         run, _position = ctx.queue.enqueue(cfg, label=label, owner=who.owner_record(), name=name, who=who)
-    except (QueueError, AccessError) as exc:
+    except (QueueError, LaunchError, AccessError) as exc:
         raise gr.Error(str(exc)) from None
     ctx.queue.dispatch_once(evaluate=False)  # the device is free: it starts now (the dispatcher does the rest)
     return run.id

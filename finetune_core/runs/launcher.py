@@ -18,11 +18,32 @@ import threading
 from pathlib import Path
 
 from finetune_core.config import RunConfig
+from finetune_core.errors import StudioError
 from finetune_core.runs.store import Run, runs_root
 
 STOP_FILE = "stop-requested"
 PROCESS_LOG = "process.log"  # the child's stdout and stderr (library output, a crash's traceback)
 REPO = Path(__file__).resolve().parents[2]
+
+
+class LaunchError(StudioError):
+    """The launcher cannot start this run on this machine; the message names the field."""
+
+
+def check_launch(cfg: RunConfig) -> None:
+    """Refuse, before a run is made, a launch this machine cannot do: several accelerate processes
+    without GPUs (accelerate launch runs one process on a CPU), or more processes than GPUs."""
+    if cfg.launcher not in ("torchrun", "accelerate") or cfg.num_processes == 1:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count() if cfg.device in ("auto", "cuda") else 0
+    if gpus == 0 and cfg.launcher == "accelerate":
+        raise LaunchError(f"num_processes: accelerate launch starts one process on a CPU, not "
+                          f"{cfg.num_processes}; choose launcher torchrun for several CPU processes.")
+    if gpus and cfg.num_processes > gpus:
+        raise LaunchError(f"num_processes: {cfg.num_processes} processes, but this machine has {gpus} GPU(s); "
+                          "one process per GPU.")
 
 
 def command(run: Run, cfg: RunConfig, resume: bool = False) -> list[str]:

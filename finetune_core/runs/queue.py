@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
 from finetune_core.limits import limits
-from finetune_core.runs.launcher import request_stop, spawn
+from finetune_core.runs.launcher import LaunchError, check_launch, request_stop, spawn
 from finetune_core.runs.ownership import AccessError, Policy, Visitor, require_change
 from finetune_core.runs.store import (FINAL_STATES, Run, RunError, _pid_alive, create_run, get_run, runs_root,
                                       write_json_atomic)
@@ -135,6 +135,7 @@ class RunQueue:
         position. On a shared deployment a visitor may have at most `queued_runs_per_user` waiting."""
         who = who or Visitor()
         check_launcher(cfg, who)
+        check_launch(cfg)
         with self._state() as state:
             mine = sum(1 for item in state["waiting"] if item.get("owner") == who.key)
             cap = limits().queued_runs_per_user
@@ -351,4 +352,4 @@ class RunQueue:
         return False
 
 
-__all__ = ["RunQueue", "QueueError", "check_launcher", "AccessError"]
+__all__ = ["RunQueue", "QueueError", "LaunchError", "check_launcher", "AccessError"]
