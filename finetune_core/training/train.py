@@ -119,7 +119,12 @@ def peft_config(cfg: RunConfig):
 
 def trainer_arguments(cfg: RunConfig, run: Run, policy: DevicePolicy, grad_ckpt: bool, has_eval: bool) -> dict:
     """The TrainingArguments every objective shares (SFT, DPO, KTO, ORPO): checkpoints in the run
-    folder, precision from `policy`, the schedule, held-out loss only when `has_eval`, and logging."""
+    folder, precision from `policy`, the schedule, held-out loss only when `has_eval`, logging, the
+    best-checkpoint tracking of early stopping / keep_best (checkpoint_choice.py; `cfg` has been through
+    `align_checkpoints`) and the tracker's run name (tracking.py)."""
+    from finetune_core.training.checkpoint_choice import trainer_extras
+    from finetune_core.training.tracking import tracker_arguments
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return dict(
         output_dir=str(run.checkpoints_dir),
@@ -137,10 +142,11 @@ def trainer_arguments(cfg: RunConfig, run: Run, policy: DevicePolicy, grad_ckpt:
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
-        seed=cfg.data.seed, data_seed=cfg.data.seed, report_to="none", disable_tqdm=True,
+        seed=cfg.data.seed, data_seed=cfg.data.seed, disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
         save_only_model=False, logging_nan_inf_filter=False,  # we must see a NaN loss to fail the run
         ddp_find_unused_parameters=False if world > 1 else None,
+        **trainer_extras(cfg, has_eval), **tracker_arguments(cfg, run),
     )
 
 
@@ -357,12 +363,15 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     ``policy`` (device and dtype) is the one the runner worked out when it created the
     run; without it (CLI, resume, other ranks) it is worked out here. Gradient
     checkpointing is decided once, when the trainer is built, from it."""
-    from finetune_core.training import preference
+    from finetune_core.training import checkpoint_choice, preference, tracking
 
-    cfg = run.config()
+    cfg, aligned = checkpoint_choice.align_checkpoints(run.config())  # a no-op when the CLI or UI did it
+    if aligned:
+        emit({"event": "log", "message": aligned})
     policy = policy or training_policy(cfg.device, cfg.precision, cfg.method)
     check_method(cfg, policy)
     preference.check_objective(cfg)
+    tracking.check_tracker(cfg.report_to)
     resume_from = resume_point(run, cfg.method, emit) if resume else None
     if resume_from is not None:
         emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
@@ -371,20 +380,33 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     if cfg.data.max_eval_rows and len(held) > cfg.data.max_eval_rows:
         held = held[: cfg.data.max_eval_rows]  # the loss curve needs a sample, not all of a large split
     callback = StudioCallback(run, stop_event, emit)
+    stoppers = checkpoint_choice.early_stopping(cfg)
+    trackers = tracking.tracker_callbacks(cfg, run)
+    if trackers and is_main_process():
+        emit({"event": "log", "message": tracking.describe(cfg, run)})
+        run.record_facts(tracking=tracking.tracker_facts(cfg, run))
     builder = build_trainer if cfg.objective == "sft" else preference.build_preference_trainer
-    # injected hooks (tests, benchmarks) act before ours
-    trainer, tokenizer = builder(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
+    # injected hooks (tests, benchmarks) act before ours; the trackers get the same logs after it
+    callbacks = [*(extra_callbacks or []), callback, *stoppers, *trackers]
     try:
-        with trainer.speedups.scope():
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except BaseException:
-        drop_torn_checkpoints(run, cfg.method, _step(resume_from) if resume_from else 0)
-        raise
+        trainer, tokenizer = builder(cfg, run, train, held, policy, callbacks, emit)
+        try:
+            with trainer.speedups.scope():
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except BaseException:
+            drop_torn_checkpoints(run, cfg.method, _step(resume_from) if resume_from else 0)
+            raise
+    finally:
+        tracking.close_trackers(trackers)
     if callback.failure:
         raise TrainingError(callback.failure)
     step = trainer.state.global_step
     stopped = stop_event.is_set()
-    if held and not stopped:
+    chosen, said = checkpoint_choice.final_adapter(cfg, trainer.state, stoppers)
+    for message in said:
+        emit({"event": "log", "message": message})
+    # the best checkpoint's held-out loss is known; evaluating it again would plot it at the last step
+    if held and not stopped and chosen.get("chosen") != "best":
         with trainer.speedups.scope():
             metrics = trainer.evaluate()
         loss = metrics.get("eval_loss")
@@ -393,6 +415,13 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
         emit({"event": "eval", "step": step, "eval_loss": loss})
     if is_main_process():
         save_final(trainer, tokenizer, run)
+        if chosen:
+            run.record_facts(final_adapter=chosen)
     state = "stopped" if stopped else "completed"
     reason = f"stopped at step {step}" if stopped else f"completed {step} steps"
-    return {"state": state, "step": step, "reason": reason}
+    if chosen.get("early_stopped") and not stopped:
+        reason = (f"stopped early at step {step} of {trainer.state.max_steps}: the held-out loss did not improve for "
+                  f"{cfg.early_stopping_patience} evaluations")
+    if chosen.get("chosen") == "best":
+        reason += f"; the adapter is {chosen['checkpoint']}, the best by held-out loss"
+    return {"state": state, "step": step, "reason": reason, **checkpoint_choice.status_fields(chosen)}
