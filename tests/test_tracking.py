@@ -169,3 +169,17 @@ def test_wandb_is_offline_without_a_key_and_writes_in_the_run_folder(tmp_path, m
     assert tracking.tracker_facts(cfg, run)["mode"] == "online"
     # the trackers report through their callbacks; TrainingArguments never names one (no second copy)
     assert tracking.tracker_arguments(cfg, run)["report_to"] == "none"
+
+
+def test_cli_train_says_what_it_set_and_refuses_before_a_run_exists(runs_root, monkeypatch, capsys):
+    from finetune_core.cli import main
+
+    assert main(["train", "--set", "keep_best=true", "--set", "eval_fraction=0"]) == 2
+    assert "error: keep_best: choosing the best checkpoint needs held-out rows" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    assert main(["train", "--set", "early_stopping_patience=2", "--set", "max_steps=30",
+                 "--set", "report_to=wandb"]) == 2
+    err = capsys.readouterr().err
+    assert "Early stopping needs the held-out loss during training: eval_steps set to 3" in err
+    assert "error: report_to: W&B needs the wandb package" in err
+    assert not runs_root.exists() or not any(runs_root.iterdir())
