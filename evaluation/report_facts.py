@@ -157,9 +157,10 @@ def adapter_facts(run: Run, status: dict) -> list[tuple[str, str]]:
         if fact.get("best_step") is not None:
             text += f" (lowest held-out loss {loss(fact.get('best_eval_loss'))} at step {fact['best_step']})"
     if fact.get("early_stopped"):
+        patience = fact.get("patience")
         text += (f"; early stopping ended the run at step {fact.get('stopped_at_step')} of "
-                 f"{status.get('total_steps', '?')} (the held-out loss had not improved for {fact.get('patience')} "
-                 "evaluations)")
+                 f"{status.get('total_steps', '?')} (the held-out loss had not improved for {patience} "
+                 f"evaluation{'' if patience == 1 else 's'})")
     return [("Final adapter", text)]
 
 

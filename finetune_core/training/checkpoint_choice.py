@@ -10,8 +10,8 @@ written by hand.
 During training `trainer_extras` gives the TrainingArguments (``load_best_model_at_end`` for
 keep_best, ``metric_for_best_model`` eval_loss, lower is better) and `early_stopping` transformers'
 EarlyStoppingCallback. After training `final_adapter` says which checkpoint became the adapter and
-whether early stopping ended the run: the log's sentences, run.yaml's ``final_adapter`` fact and the
-status fields.
+whether early stopping ended the run: the log's sentences, run.yaml's ``final_adapter`` fact and
+(`outcome`) the status fields.
 
 Resuming keeps the best checkpoint (transformers stores it in trainer_state.json) but starts the
 patience count again: restoring callback state would also restore a stopped run's "stop" flag.
@@ -26,6 +26,11 @@ from finetune_core.config import ConfigError, RunConfig
 
 METRIC = "eval_loss"
 GUESSED_STEPS = 500  # the run's length when neither max_steps nor a row cap tells it
+
+
+def evaluations(n: int) -> str:
+    """"1 evaluation", "3 evaluations": how patience is counted, in words."""
+    return f"{n} evaluation" + ("" if n == 1 else "s")
 
 
 def wanted(cfg: RunConfig) -> bool:
@@ -105,6 +110,15 @@ def align_checkpoints(cfg: RunConfig) -> tuple[RunConfig, str]:
                                          + ", ".join(said) + "."
 
 
+def aligned_config(cfg: RunConfig, emit) -> RunConfig:
+    """`cfg` through `align_checkpoints` as a run starts, the sentence logged when it changed anything (a
+    run.yaml the CLI or the Train tab did not align)."""
+    cfg, said = align_checkpoints(cfg)
+    if said:
+        emit({"event": "log", "message": said})
+    return cfg
+
+
 def trainer_extras(cfg: RunConfig, has_eval: bool) -> dict:
     """TrainingArguments for early stopping / keep_best ({} when neither is on). TrainingError when the
     split left no held-out rows: transformers would otherwise fail on a missing eval_loss mid-run."""
@@ -138,6 +152,7 @@ class HeldOutEarlyStopping(EarlyStoppingCallback):
         self.stopped_at: int | None = None
 
     def on_evaluate(self, args, state, control, metrics, **kwargs):
+        """Count this evaluation toward the patience; note the step when it ends the run."""
         super().on_evaluate(args, state, control, metrics, **kwargs)
         if self.early_stopping_patience_counter >= self.early_stopping_patience and state.global_step < state.max_steps:
             self.stopped_at = state.global_step
@@ -165,7 +180,7 @@ def final_adapter(cfg: RunConfig, state, callbacks: list) -> tuple[dict, list[st
     said = []
     if stopper and stopper.stopped_at:
         fact["stopped_at_step"] = stopper.stopped_at
-        said.append(f"Early stopping: held-out loss has not improved for {cfg.early_stopping_patience} evaluations; "
+        said.append(f"Early stopping: held-out loss has not improved for {evaluations(cfg.early_stopping_patience)}; "
                     f"stopped at step {stopper.stopped_at}.")
     loaded = cfg.keep_best and bool(state.best_model_checkpoint) and best_step is not None
     if loaded:
@@ -180,11 +195,38 @@ def final_adapter(cfg: RunConfig, state, callbacks: list) -> tuple[dict, list[st
     return fact, said
 
 
-def status_fields(fact: dict) -> dict:
-    """The status.json fields of the `final_adapter` fact: best_checkpoint, best_step, best_eval_loss,
-    early_stopped and early_stopped_at ({} when the fact is empty)."""
+def settle_adapter(cfg: RunConfig, trainer, stoppers: list, evaluate: bool, emit) -> dict:
+    """After training: the log says which weights become the adapter (`final_adapter`, whose run.yaml
+    fact is returned), and when `evaluate` (held-out rows, a run not stopped by the user) their held-out
+    loss is measured, unless they are the best checkpoint: its loss is known, and evaluating it again
+    would plot it at the last step. TrainingError when that loss is not a number."""
+    from finetune_core.training.train import TrainingError
+
+    fact, said = final_adapter(cfg, trainer.state, stoppers)
+    for message in said:
+        emit({"event": "log", "message": message})
+    if evaluate and fact.get("chosen") != "best":
+        with trainer.speedups.scope():
+            metrics = trainer.evaluate()
+        loss = metrics.get("eval_loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingError("The held-out loss is not a number: the run diverged; no adapter was saved.")
+        emit({"event": "eval", "step": trainer.state.global_step, "eval_loss": loss})
+    return fact
+
+
+def outcome(cfg: RunConfig, fact: dict, reason: str, max_steps: int) -> dict:
+    """The final status fields this module adds, from the `final_adapter` fact: the reason (`reason`
+    as training gave it, or how early stopping ended the run, and the checkpoint kept), and
+    best_checkpoint, best_step, best_eval_loss, early_stopped, early_stopped_at. Only the reason for a
+    run with neither setting."""
     if not fact:
-        return {}
-    return {"best_checkpoint": fact.get("checkpoint") or "", "best_step": fact.get("best_step"),
+        return {"reason": reason}
+    if fact.get("early_stopped"):
+        reason = (f"stopped early at step {fact['stopped_at_step']} of {max_steps}: the held-out loss did not "
+                  f"improve for {evaluations(cfg.early_stopping_patience)}")
+    if fact.get("chosen") == "best":
+        reason += f"; the adapter is {fact['checkpoint']}, the best by held-out loss"
+    return {"reason": reason, "best_checkpoint": fact.get("checkpoint") or "", "best_step": fact.get("best_step"),
             "best_eval_loss": fact.get("best_eval_loss"), "early_stopped": fact.get("early_stopped", False),
             "early_stopped_at": fact.get("stopped_at_step")}

@@ -56,7 +56,8 @@ def check_tracker(name: str) -> None:
     if name == "none":
         return
     if name not in PACKAGES:
-        raise ConfigError(f"report_to: {name!r} is not a tracker the studio knows; choose one of: {', '.join(TRACKERS)}.")
+        raise ConfigError(f"report_to: {name!r} is not a tracker the studio knows; choose one of: "
+                          f"{', '.join(TRACKERS)}.")
     if not installed(name):
         raise ConfigError(f"report_to: {LABELS[name]} needs the {PACKAGES[name][0]} package, which is not installed "
                           f"here: {PACKAGES[name][1]} (or choose report_to none; the studio's own plot works "
@@ -117,6 +118,7 @@ class RunWandb(WandbCallback):
         self._init = init
 
     def setup(self, args, state, model, **kwargs):
+        """Start the W&B run (rank 0), then let transformers record the config on it."""
         if state.is_world_process_zero and not self._initialized:
             if self._wandb.run is not None:  # left open by an earlier run of this process that failed
                 self._wandb.finish()
@@ -124,6 +126,7 @@ class RunWandb(WandbCallback):
         super().setup(args, state, model, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
+        """transformers' end of training, then finish the W&B run."""
         super().on_train_end(args, state, control, **kwargs)
         self.close()  # the next run of this process must not log into this one
 
@@ -144,8 +147,9 @@ def tracker_callbacks(cfg: RunConfig, run: Run) -> list:
         return [RunTrackio()]
     if name == "wandb":
         project = os.environ.get("WANDB_PROJECT") or PROJECT
+        # console off: W&B would otherwise wrap sys.stdout, which the app's other threads share
         return [RunWandb(dict(project=project, id=run.id, name=run.name, dir=str(run.path), mode=wandb_mode(),
-                              resume="allow"))]
+                              resume="allow", settings={"console": "off"}))]
     return []
 
 
@@ -176,6 +180,16 @@ def describe(cfg: RunConfig, run: Run) -> str:
         after = " (wandb sync uploads it later)" if mode == "offline" else ""
         return f"Tracking: W&B, {mode}, in {run.id}/wandb under the runs folder{after}."
     return ""
+
+
+def start(cfg: RunConfig, run: Run, emit, main: bool) -> list:
+    """The run's tracker callbacks (`tracker_callbacks`); on the main process the log says where it is
+    tracked and run.yaml records it (`tracker_facts`)."""
+    callbacks = tracker_callbacks(cfg, run)
+    if callbacks and main:
+        emit({"event": "log", "message": describe(cfg, run)})
+        run.record_facts(tracking=tracker_facts(cfg, run))
+    return callbacks
 
 
 def close_trackers(callbacks: list) -> None:

@@ -8,7 +8,6 @@ calls it directly. Failures become a `failed` status with a readable reason in t
 from __future__ import annotations
 
 import errno
-import math
 import os
 import shutil
 import threading
@@ -21,6 +20,7 @@ from finetune_core.models import device_plan
 from finetune_core.models.device_plan import use_gradient_checkpointing
 from finetune_core.config import RunConfig
 from finetune_core.data.dataset import is_text_rows
+from finetune_core.training import checkpoint_choice, tracking
 from finetune_core.training.events import StudioCallback
 from finetune_core.models.sources import DevicePolicy, load_model, load_tokenizer, model_config, training_policy
 from finetune_core.runs.store import Run
@@ -119,12 +119,8 @@ def peft_config(cfg: RunConfig):
 
 def trainer_arguments(cfg: RunConfig, run: Run, policy: DevicePolicy, grad_ckpt: bool, has_eval: bool) -> dict:
     """The TrainingArguments every objective shares (SFT, DPO, KTO, ORPO): checkpoints in the run
-    folder, precision from `policy`, the schedule, held-out loss only when `has_eval`, logging, the
-    best-checkpoint tracking of early stopping / keep_best (checkpoint_choice.py; `cfg` has been through
-    `align_checkpoints`) and the tracker's run name (tracking.py)."""
-    from finetune_core.training.checkpoint_choice import trainer_extras
-    from finetune_core.training.tracking import tracker_arguments
-
+    folder, precision from `policy`, the schedule, held-out loss only when `has_eval`, logging, early
+    stopping / keep_best (`cfg` has been through `align_checkpoints`) and the tracker's run name."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return dict(
         output_dir=str(run.checkpoints_dir),
@@ -146,7 +142,7 @@ def trainer_arguments(cfg: RunConfig, run: Run, policy: DevicePolicy, grad_ckpt:
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
         save_only_model=False, logging_nan_inf_filter=False,  # we must see a NaN loss to fail the run
         ddp_find_unused_parameters=False if world > 1 else None,
-        **trainer_extras(cfg, has_eval), **tracker_arguments(cfg, run),
+        **checkpoint_choice.trainer_extras(cfg, has_eval), **tracking.tracker_arguments(cfg, run),
     )
 
 
@@ -363,15 +359,12 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     ``policy`` (device and dtype) is the one the runner worked out when it created the
     run; without it (CLI, resume, other ranks) it is worked out here. Gradient
     checkpointing is decided once, when the trainer is built, from it."""
-    from finetune_core.training import checkpoint_choice, preference, tracking
+    from finetune_core.training import preference
 
-    cfg, aligned = checkpoint_choice.align_checkpoints(run.config())  # a no-op when the CLI or UI did it
-    if aligned:
-        emit({"event": "log", "message": aligned})
+    cfg = checkpoint_choice.aligned_config(run.config(), emit)
     policy = policy or training_policy(cfg.device, cfg.precision, cfg.method)
     check_method(cfg, policy)
     preference.check_objective(cfg)
-    tracking.check_tracker(cfg.report_to)
     resume_from = resume_point(run, cfg.method, emit) if resume else None
     if resume_from is not None:
         emit({"event": "log", "message": f"Resuming from {resume_from.name}."})
@@ -381,47 +374,26 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
         held = held[: cfg.data.max_eval_rows]  # the loss curve needs a sample, not all of a large split
     callback = StudioCallback(run, stop_event, emit)
     stoppers = checkpoint_choice.early_stopping(cfg)
-    trackers = tracking.tracker_callbacks(cfg, run)
-    if trackers and is_main_process():
-        emit({"event": "log", "message": tracking.describe(cfg, run)})
-        run.record_facts(tracking=tracking.tracker_facts(cfg, run))
+    trackers = tracking.start(cfg, run, emit, is_main_process())  # refuses a missing package before the model loads
     builder = build_trainer if cfg.objective == "sft" else preference.build_preference_trainer
-    # injected hooks (tests, benchmarks) act before ours; the trackers get the same logs after it
-    callbacks = [*(extra_callbacks or []), callback, *stoppers, *trackers]
+    hooks = [*(extra_callbacks or []), callback, *stoppers, *trackers]  # injected ones (tests...) act before ours
+    trainer, tokenizer = builder(cfg, run, train, held, policy, hooks, emit)
     try:
-        trainer, tokenizer = builder(cfg, run, train, held, policy, callbacks, emit)
-        try:
-            with trainer.speedups.scope():
-                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        except BaseException:
-            drop_torn_checkpoints(run, cfg.method, _step(resume_from) if resume_from else 0)
-            raise
+        with trainer.speedups.scope():
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except BaseException:
+        drop_torn_checkpoints(run, cfg.method, _step(resume_from) if resume_from else 0)
+        raise
     finally:
-        tracking.close_trackers(trackers)
+        tracking.close_trackers(trackers)  # a tracker opens when training begins
     if callback.failure:
         raise TrainingError(callback.failure)
-    step = trainer.state.global_step
-    stopped = stop_event.is_set()
-    chosen, said = checkpoint_choice.final_adapter(cfg, trainer.state, stoppers)
-    for message in said:
-        emit({"event": "log", "message": message})
-    # the best checkpoint's held-out loss is known; evaluating it again would plot it at the last step
-    if held and not stopped and chosen.get("chosen") != "best":
-        with trainer.speedups.scope():
-            metrics = trainer.evaluate()
-        loss = metrics.get("eval_loss")
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingError("The held-out loss is not a number: the run diverged; no adapter was saved.")
-        emit({"event": "eval", "step": step, "eval_loss": loss})
+    step, stopped = trainer.state.global_step, stop_event.is_set()
+    chosen = checkpoint_choice.settle_adapter(cfg, trainer, stoppers, bool(held) and not stopped, emit)
     if is_main_process():
         save_final(trainer, tokenizer, run)
         if chosen:
             run.record_facts(final_adapter=chosen)
-    state = "stopped" if stopped else "completed"
     reason = f"stopped at step {step}" if stopped else f"completed {step} steps"
-    if chosen.get("early_stopped") and not stopped:
-        reason = (f"stopped early at step {step} of {trainer.state.max_steps}: the held-out loss did not improve for "
-                  f"{cfg.early_stopping_patience} evaluations")
-    if chosen.get("chosen") == "best":
-        reason += f"; the adapter is {chosen['checkpoint']}, the best by held-out loss"
-    return {"state": state, "step": step, "reason": reason, **checkpoint_choice.status_fields(chosen)}
+    return {"state": "stopped" if stopped else "completed", "step": step,
+            **checkpoint_choice.outcome(cfg, chosen, reason, trainer.state.max_steps)}
