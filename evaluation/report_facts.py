@@ -129,8 +129,8 @@ def time_facts(status: dict) -> list[tuple[str, str]]:
 
 
 def training_facts(run: Run) -> list[tuple[str, str]]:
-    """State, steps done of total, start/resume/finish times, first → last training loss and the last
-    held-out loss, as (label, text) pairs."""
+    """State, steps done of total, start/resume/finish times, first → last training loss, the last
+    held-out loss and which checkpoint became the adapter (`adapter_facts`), as (label, text) pairs."""
     status = run.status()
     train, held = loss_points(run)
     facts = [("State", str(status.get("state", "?"))),
@@ -141,7 +141,31 @@ def training_facts(run: Run) -> list[tuple[str, str]]:
         facts.append(("Held-out loss (end)", f"{held[-1][1]:.4f}"))
     from evaluation.report_chain import preference_facts
 
-    return facts + preference_facts(run)
+    return facts + adapter_facts(run, status) + preference_facts(run)
+
+
+def adapter_facts(run: Run, status: dict) -> list[tuple[str, str]]:
+    """Which weights became the adapter when the run kept its best checkpoint or stopped early (the
+    ``final_adapter`` fact training records in run.yaml); [] for other runs."""
+    try:
+        fact = run.run_yaml().get("final_adapter")
+    except (OSError, ValueError):
+        return []
+    if not isinstance(fact, dict) or not fact:
+        return []
+    loss = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "?"  # noqa: E731
+    if fact.get("chosen") == "best":
+        text = f"{fact.get('checkpoint')}, the best by held-out loss ({loss(fact.get('eval_loss'))})"
+    else:
+        text = f"the weights at step {fact.get('step')}, the last"
+        if fact.get("best_step") is not None:
+            text += f" (lowest held-out loss {loss(fact.get('best_eval_loss'))} at step {fact['best_step']})"
+    if fact.get("early_stopped"):
+        patience = fact.get("patience")
+        text += (f"; early stopping ended the run at step {fact.get('stopped_at_step')} of "
+                 f"{status.get('total_steps', '?')} (the held-out loss had not improved for {patience} "
+                 f"evaluation{'' if patience == 1 else 's'})")
+    return [("Final adapter", text)]
 
 
 def loss_figure(run: Run):

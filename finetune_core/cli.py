@@ -131,8 +131,15 @@ def cmd_train(args) -> int:
             from finetune_core.data.hub import fill_from_hub
 
             cfg = replace(cfg, data=fill_from_hub(cfg.data))
+        from finetune_core.training.checkpoint_choice import align_checkpoints
         from finetune_core.training.preference import check_start
+        from finetune_core.training.tracking import check_tracker
 
+        # early stopping / keep_best need eval_steps and save_steps that agree: set them, and say so
+        cfg, aligned = align_checkpoints(cfg)
+        if aligned and _rank() == 0:
+            print(aligned, file=sys.stderr)
+        check_tracker(cfg.report_to)  # a tracker whose package is missing: refused with the pip line
         check_start(cfg)  # a bad parent run or a file the objective cannot use: refused before a run exists
         if _world() == 1 and not memory_allows(cfg, args.force):
             return 2
@@ -144,6 +151,8 @@ def cmd_train(args) -> int:
             check_launch(cfg)
             return launch_run(cfg, args.name or "", args.detach, args.quiet)
         run = _shared_run(cfg, args.name or "")
+        if aligned and _rank() == 0:
+            run.log(aligned)
         resume = False
     printer = None if (_rank() != 0 or args.quiet) else (lambda e: print(json.dumps(e), flush=True))
     status = run_job(run, threading.Event(), printer, resume=resume)

@@ -153,10 +153,10 @@ class RunConfig:
     save_total_limit: int = _f(2, "Checkpoints kept on disk.", "schedule", lo=1, hi=100)
     logging_steps: int = _f(1, "Log metrics every N steps.", "schedule", lo=1, hi=10_000)
     early_stopping_patience: int = _f(0, "Stop when the held-out loss has not improved for this many evaluations "
-                                      "(0 = off). Needs held-out rows; sets eval_steps and save_steps.", "schedule",
-                                      lo=0, hi=1000)
+                                      "(0 = off). Needs held-out rows; eval_steps (when 0: a tenth of the run) and "
+                                      "save_steps are set to match.", "schedule", lo=0, hi=1000)
     keep_best: bool = _f(False, "Keep the checkpoint with the lowest held-out loss as the final adapter (not the "
-                         "last one). Needs held-out rows; sets eval_steps and save_steps.", "schedule")
+                         "last one). Needs held-out rows; a checkpoint is saved at every evaluation.", "schedule")
     device: str = _f("auto", "auto picks CUDA, then MPS, then CPU.", "schedule", choices=("auto", "cuda", "mps", "cpu"))
     precision: str = _f("auto", "Training precision. auto: bf16 on GPUs, and for LoRA on CPUs with bf16 matrix "
                         "instructions (AVX512-BF16, AMX); float32 elsewhere.", "schedule",
@@ -172,8 +172,9 @@ class RunConfig:
                        "(one per GPU; gloo on a CPU).", "launch", choices=LAUNCHERS)
     num_processes: int = _f(1, "Processes that train together under torchrun or accelerate (data parallel).",
                             "launch", lo=1, hi=64)
-    report_to: str = _f("none", "Experiment tracker besides the studio's own plot: tensorboard (logs in the run "
-                        "folder), trackio, or wandb (offline unless WANDB_API_KEY is set).", "launch", choices=TRACKERS)
+    report_to: str = _f("none", "Experiment tracker besides the studio's own plot: tensorboard (event files in the "
+                        "run folder), trackio (local dashboard: trackio show), or wandb (pip install wandb; offline "
+                        "in the run folder unless WANDB_API_KEY is set).", "launch", choices=TRACKERS)
     evaluate_after: bool = _f(False, "When the run completes, evaluate it on its held-out rows (base vs tuned) "
                               "before the next queued run starts.", "launch")
 

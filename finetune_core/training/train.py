@@ -8,7 +8,6 @@ calls it directly. Failures become a `failed` status with a readable reason in t
 from __future__ import annotations
 
 import errno
-import math
 import os
 import shutil
 import threading
@@ -21,6 +20,7 @@ from finetune_core.models import device_plan
 from finetune_core.models.device_plan import use_gradient_checkpointing
 from finetune_core.config import RunConfig
 from finetune_core.data.dataset import is_text_rows
+from finetune_core.training import checkpoint_choice, tracking
 from finetune_core.training.events import StudioCallback
 from finetune_core.models.sources import DevicePolicy, load_model, load_tokenizer, model_config, training_policy
 from finetune_core.runs.store import Run
@@ -119,7 +119,8 @@ def peft_config(cfg: RunConfig):
 
 def trainer_arguments(cfg: RunConfig, run: Run, policy: DevicePolicy, grad_ckpt: bool, has_eval: bool) -> dict:
     """The TrainingArguments every objective shares (SFT, DPO, KTO, ORPO): checkpoints in the run
-    folder, precision from `policy`, the schedule, held-out loss only when `has_eval`, and logging."""
+    folder, precision from `policy`, the schedule, held-out loss only when `has_eval`, logging, early
+    stopping / keep_best (`cfg` has been through `align_checkpoints`) and the tracker's run name."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return dict(
         output_dir=str(run.checkpoints_dir),
@@ -137,10 +138,11 @@ def trainer_arguments(cfg: RunConfig, run: Run, policy: DevicePolicy, grad_ckpt:
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
-        seed=cfg.data.seed, data_seed=cfg.data.seed, report_to="none", disable_tqdm=True,
+        seed=cfg.data.seed, data_seed=cfg.data.seed, disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
         save_only_model=False, logging_nan_inf_filter=False,  # we must see a NaN loss to fail the run
         ddp_find_unused_parameters=False if world > 1 else None,
+        **checkpoint_choice.trainer_extras(cfg, has_eval), **tracking.tracker_arguments(cfg, run),
     )
 
 
@@ -359,7 +361,7 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     checkpointing is decided once, when the trainer is built, from it."""
     from finetune_core.training import preference
 
-    cfg = run.config()
+    cfg = checkpoint_choice.aligned_config(run.config(), emit)
     policy = policy or training_policy(cfg.device, cfg.precision, cfg.method)
     check_method(cfg, policy)
     preference.check_objective(cfg)
@@ -371,28 +373,27 @@ def execute(run: Run, stop_event: threading.Event, emit: Emit, resume: bool = Fa
     if cfg.data.max_eval_rows and len(held) > cfg.data.max_eval_rows:
         held = held[: cfg.data.max_eval_rows]  # the loss curve needs a sample, not all of a large split
     callback = StudioCallback(run, stop_event, emit)
+    stoppers = checkpoint_choice.early_stopping(cfg)
+    trackers = tracking.start(cfg, run, emit, is_main_process())  # refuses a missing package before the model loads
     builder = build_trainer if cfg.objective == "sft" else preference.build_preference_trainer
-    # injected hooks (tests, benchmarks) act before ours
-    trainer, tokenizer = builder(cfg, run, train, held, policy, [*(extra_callbacks or []), callback], emit)
+    hooks = [*(extra_callbacks or []), callback, *stoppers, *trackers]  # injected ones (tests...) act before ours
+    trainer, tokenizer = builder(cfg, run, train, held, policy, hooks, emit)
     try:
         with trainer.speedups.scope():
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException:
         drop_torn_checkpoints(run, cfg.method, _step(resume_from) if resume_from else 0)
         raise
+    finally:
+        tracking.close_trackers(trackers)  # a tracker opens when training begins
     if callback.failure:
         raise TrainingError(callback.failure)
-    step = trainer.state.global_step
-    stopped = stop_event.is_set()
-    if held and not stopped:
-        with trainer.speedups.scope():
-            metrics = trainer.evaluate()
-        loss = metrics.get("eval_loss")
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingError("The held-out loss is not a number: the run diverged; no adapter was saved.")
-        emit({"event": "eval", "step": step, "eval_loss": loss})
+    step, stopped = trainer.state.global_step, stop_event.is_set()
+    chosen = checkpoint_choice.settle_adapter(cfg, trainer, stoppers, bool(held) and not stopped, emit)
     if is_main_process():
         save_final(trainer, tokenizer, run)
-    state = "stopped" if stopped else "completed"
+        if chosen:
+            run.record_facts(final_adapter=chosen)
     reason = f"stopped at step {step}" if stopped else f"completed {step} steps"
-    return {"state": state, "step": step, "reason": reason}
+    return {"state": "stopped" if stopped else "completed", "step": step,
+            **checkpoint_choice.outcome(cfg, chosen, reason, trainer.state.max_steps)}
