@@ -1,0 +1,376 @@
+"""ZeroGPU: training, chat and evaluation in the time-limited GPU calls of a ZeroGPU Space.
+
+On ZeroGPU hardware (a Space sets ``SPACES_ZERO_GPU=true``) no GPU is held by the
+app: a GPU is lent for each call of a function decorated with
+``spaces.GPU(duration=...)``, which the `spaces` package runs in a forked worker
+process, aborting it ("GPU task aborted") when it outlives its duration. A
+training run of minutes or hours does not fit one call, so here it runs as a
+chain of calls: each call resumes the run from its last checkpoint, trains
+until its time (or step) budget is nearly spent, saves a checkpoint and ends;
+the next call continues, until the run completes. The optimizer, the learning
+rate schedule and the data order come back from the checkpoint, so the run is
+the same run as one uninterrupted job. What cannot work that way is refused
+with the hardware to choose instead (`plan_training`).
+
+    python -c "from finetune_core.zerogpu import detect, plan_training; print(detect().describe())"
+
+`gpu_call(fn, duration)` is fn decorated with ``spaces.GPU`` on ZeroGPU and fn
+itself elsewhere (nothing changes off ZeroGPU); tests pass `StandInGPU`, which
+records each call and raises like the real decorator when a call runs over.
+Arguments and results of a decorated call cross a process boundary on
+ZeroGPU: they must pickle (the stand-in checks that too).
+This module never imports gradio.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import os
+import pickle
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ZERO_ENV = "SPACES_ZERO_GPU"  # set to "true" by the Space on ZeroGPU hardware (read by `spaces` too)
+CALL_ENV = "STUDIO_ZEROGPU_CALL_S"  # seconds one training call may hold the GPU
+DEFAULT_CALL_S = 60  # spaces' own default duration; every visitor tier may ask for it
+STOP_FILE = ".stop-requested"  # a Stop pressed while a call trains in ZeroGPU's forked worker
+ZEROGPU_MEMORY_GB = 70  # the default ("large") ZeroGPU slice: half an H200
+DISK_GB_PER_S = 1.0  # assumed read/write speed of model files and checkpoints on a Space
+LOAD_SHARE = 0.5  # the most of a call that loading and saving may take; the rest trains
+CALL_SAFETY = 0.75  # a call stops training at this share of its duration: the save must fit after
+# bytes per parameter, by method: in GPU memory while training / read and written in each call
+MEMORY_BYTES = {"lora": 2.6, "full": 16.0}
+MOVED_BYTES = {"lora": 2.0, "full": 24.0}  # full: fp32 weights and Adam's two moments, read then written
+
+
+def on_zerogpu(environ=None) -> bool:
+    """Whether this process runs on ZeroGPU hardware: ``SPACES_ZERO_GPU`` is 1/t/true, as `spaces` reads it."""
+    value = (environ if environ is not None else os.environ).get(ZERO_ENV)
+    return value is not None and value.strip().lower() in ("1", "t", "true")
+
+
+def call_seconds(environ=None) -> int:
+    """The duration one training call asks for: ``STUDIO_ZEROGPU_CALL_S`` (whole seconds > 0), else 60."""
+    raw = (environ if environ is not None else os.environ).get(CALL_ENV, "").strip()
+    try:
+        value = int(float(raw)) if raw else DEFAULT_CALL_S
+    except ValueError:
+        return DEFAULT_CALL_S
+    return value if value > 0 else DEFAULT_CALL_S
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the app found: ZeroGPU or not, whether the `spaces` package is installed, the call length."""
+
+    zerogpu: bool
+    spaces_installed: bool
+    call_s: int
+
+    def describe(self) -> str:
+        """One line for the Settings tab and the log."""
+        if not self.zerogpu:
+            return "No ZeroGPU: training runs as one background job on this machine's CPU or GPU."
+        if not self.spaces_installed:
+            return ("ZeroGPU hardware, but the `spaces` package is missing: add `spaces` to requirements.txt, "
+                    "or no GPU is lent and everything runs on the CPU.")
+        return (f"ZeroGPU: a GPU is lent per call; training runs in calls of up to {self.call_s} s "
+                f"(setting {CALL_ENV}), resuming from a checkpoint between calls; chat and evaluation "
+                "each run in a call.")
+
+
+def detect(environ=None) -> Hardware:
+    """The hardware this process runs on (read from the environment at each call)."""
+    return Hardware(zerogpu=on_zerogpu(environ), spaces_installed=importlib.util.find_spec("spaces") is not None,
+                    call_s=call_seconds(environ))
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How a run will train: "direct" (one background job, off ZeroGPU), "chunked" (GPU calls with a
+    checkpoint between them) or "refused"; `reason` says why in words a Space owner can act on."""
+
+    mode: str
+    reason: str
+    call_s: int = 0
+
+    @property
+    def refused(self) -> bool:
+        return self.mode == "refused"
+
+
+HARDWARE_ADVICE = ("choose dedicated GPU hardware for the Space instead of ZeroGPU (Settings → Space hardware: "
+                   "an Nvidia L4, A10G or A100), where a run holds its GPU from start to end")
+
+
+def plan_training(method: str, params_b: float | None, hardware: Hardware | None = None) -> TrainingPlan:
+    """Decide how a run of `method` ("lora", "qlora", "full"; DoRA is LoRA here) on a model of `params_b`
+    billion parameters (None: unknown) trains on `hardware` (default: `detect()`).
+
+    On ZeroGPU each call loads the model (and, for a full fine-tune, the optimizer state) and saves a
+    checkpoint before it ends: that must take at most half a call at ~1 GB/s, and the training must fit
+    the 70 GB slice. QLoRA is refused: its 4-bit weights are made on the GPU while the model loads,
+    which ZeroGPU's worker does not support between calls."""
+    hw = hardware or detect()
+    if not hw.zerogpu:
+        return TrainingPlan("direct", hw.describe())
+    call_s = hw.call_s
+    if method == "qlora":
+        return TrainingPlan("refused", "QLoRA cannot train on ZeroGPU: its 4-bit weights are made on the GPU as "
+                                       "the model loads, and ZeroGPU lends the GPU only inside each short call. "
+                                       f"Choose LoRA (it fits the 70 GB ZeroGPU slice), or {HARDWARE_ADVICE}.", call_s)
+    kind = "full" if method == "full" else "lora"
+    if params_b is None:
+        return TrainingPlan("chunked", f"Training runs in ZeroGPU calls of up to {call_s} s with a checkpoint "
+                                       "between calls (model size unknown: a call that cannot fit one step fails "
+                                       "with a message).", call_s)
+    memory_gb = params_b * MEMORY_BYTES[kind]
+    if memory_gb > ZEROGPU_MEMORY_GB:
+        what = "A full fine-tune" if kind == "full" else "LoRA"
+        return TrainingPlan("refused", f"{what} of a {params_b:g}B model needs about {memory_gb:.0f} GB of GPU "
+                                       f"memory, more than ZeroGPU's {ZEROGPU_MEMORY_GB} GB. "
+                                       f"{'Choose LoRA, or ' if kind == 'full' else 'Pick a smaller model, or '}"
+                                       f"{HARDWARE_ADVICE}.", call_s)
+    moved_s = params_b * MOVED_BYTES[kind] / DISK_GB_PER_S
+    if moved_s > call_s * LOAD_SHARE:
+        what = ("A full fine-tune reads and writes the whole model and its optimizer state"
+                if kind == "full" else "LoRA reads the whole base model")
+        return TrainingPlan("refused", f"{what} in every ZeroGPU call: about {moved_s:.0f} s for a {params_b:g}B "
+                                       f"model, too much of a {call_s} s call to leave time to train. "
+                                       f"{'Choose LoRA, or ' if kind == 'full' else ''}{HARDWARE_ADVICE}"
+                                       f"{'' if kind == 'full' else f' (or a longer call: {CALL_ENV})'}.", call_s)
+    return TrainingPlan("chunked", f"Training runs in ZeroGPU calls of up to {call_s} s, each resuming from the "
+                                   f"checkpoint the previous one saved, until the run completes.", call_s)
+
+
+def check_training(cfg, hardware: Hardware | None = None) -> TrainingPlan:
+    """The plan for a RunConfig; raises TrainingError (the message says what hardware to choose) when refused."""
+    from finetune_core.training.train import TrainingError
+
+    hw = hardware or detect()
+    params_b = None
+    if hw.zerogpu:
+        try:
+            from finetune_core.models.sources import count_params_b
+
+            params_b = count_params_b(cfg.model)
+        except Exception:  # noqa: BLE001 - an unknown size is planned for, not a reason to refuse
+            params_b = None
+    plan = plan_training(cfg.method, params_b, hw)
+    if plan.refused:
+        raise TrainingError(plan.reason)
+    return plan
+
+
+# -- the decorator ------------------------------------------------------------------------------------------
+
+class GPUTaskAborted(RuntimeError):
+    """What `StandInGPU` raises when a call outlives its duration (the real decorator raises a gradio
+    error with the same words)."""
+
+
+@dataclass
+class StandInGPU:
+    """A stand-in for ``spaces.GPU`` (tests, and trying the chunked loop off ZeroGPU): `decorate(fn, duration)`
+    returns fn wrapped so that each call is recorded in `calls` ({"name", "duration", "elapsed", "aborted"}),
+    its arguments and result must pickle (they cross a process boundary on ZeroGPU), and a call that ran
+    past its duration raises GPUTaskAborted("GPU task aborted") — after the fact: a thread cannot be killed,
+    so its result is discarded instead. `duration` may be a callable of the call's arguments, as in spaces."""
+
+    check_pickle: bool = True
+    clock: Callable[[], float] = time.monotonic
+    calls: list = field(default_factory=list)
+
+    def decorate(self, fn: Callable, duration=None) -> Callable:
+        def limit_of(args, kwargs) -> float:
+            value = duration(*args, **kwargs) if callable(duration) else duration
+            return float(value or DEFAULT_CALL_S)
+
+        def begin(args, kwargs) -> dict:
+            if self.check_pickle:
+                pickle.dumps((args, kwargs))
+            record = {"name": fn.__name__, "duration": limit_of(args, kwargs), "aborted": False,
+                      "started": self.clock()}
+            self.calls.append(record)
+            return record
+
+        def check(record: dict, value=None):
+            record["elapsed"] = self.clock() - record["started"]
+            if record["elapsed"] > record["duration"]:
+                record["aborted"] = True
+                raise GPUTaskAborted("GPU task aborted")
+            if self.check_pickle:
+                pickle.dumps(value)
+            return value
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def stream(*args, **kwargs):
+                record = begin(args, kwargs)
+                for item in fn(*args, **kwargs):
+                    yield check(record, item)
+                check(record)
+            return stream
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            record = begin(args, kwargs)
+            return check(record, fn(*args, **kwargs))
+        return call
+
+
+def gpu_decorator() -> Callable | None:
+    """``spaces.GPU`` on ZeroGPU with the package installed, else None (no decorator)."""
+    if not on_zerogpu() or importlib.util.find_spec("spaces") is None:
+        return None
+    import spaces
+
+    return lambda fn, duration=None: spaces.GPU(fn, duration=duration)
+
+
+def gpu_call(fn: Callable, duration=DEFAULT_CALL_S, decorator=None) -> Callable:
+    """fn run in a GPU call of at most `duration` seconds (a number, or a callable of fn's arguments):
+    decorated with `decorator` (a StandInGPU or its `decorate`) when given, else with ``spaces.GPU`` on
+    ZeroGPU, else fn itself. Call it when the app is built: spaces looks for decorated functions at startup."""
+    if isinstance(decorator, StandInGPU):
+        decorator = decorator.decorate
+    decorator = decorator or gpu_decorator()
+    return fn if decorator is None else decorator(fn, duration)
+
+
+# -- training in calls -----------------------------------------------------------------------------------------
+
+@functools.cache
+def chunk_end_class():
+    """The ChunkEnd TrainerCallback class (made on first use: transformers loads only when training)."""
+    from transformers import TrainerCallback
+
+    class ChunkEnd(TrainerCallback):
+        """Ends one GPU call's share of a run: after `max_steps` steps, or when the next step would pass
+        `CALL_SAFETY` of `call_s` (counted from `started`, so the model load counts), or on a Stop (the
+        run's stop file). It sets the call's stop event; the StudioCallback after it saves the checkpoint."""
+
+        def __init__(self, stop_event: threading.Event, call_s: float, started: float,
+                     max_steps: int | None = None, stop_file: Path | None = None):
+            self.stop_event, self.call_s, self.started = stop_event, call_s, started
+            self.max_steps, self.stop_file = max_steps, stop_file
+            self.first_step = self.last_step = 0
+            self.user_stop = False
+            self._t_first = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step = self.last_step = state.global_step
+            self._t_first = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.last_step = state.global_step
+            if state.global_step >= state.max_steps:
+                return  # the run's last step: it completes (held-out loss, adapter) in this call
+            if self.stop_file is not None and self.stop_file.exists():
+                self.user_stop = True
+                self.stop_event.set()
+                return
+            done = state.global_step - self.first_step
+            per_step = (time.monotonic() - self._t_first) / max(done, 1)
+            elapsed = time.monotonic() - self.started
+            if (self.max_steps and done >= self.max_steps) or elapsed + per_step > self.call_s * CALL_SAFETY:
+                self.stop_event.set()
+
+    return ChunkEnd
+
+
+def train_call(run_path: str, call_s: float, max_steps: int | None, resume: bool, extra_callbacks=None) -> dict:
+    """One GPU call of a chunked run (runs in ZeroGPU's worker): resume the run, train its share, save.
+    Plain arguments and result: they cross the process boundary."""
+    from finetune_core.runs.store import Run
+    from finetune_core.training.runner import run_job
+
+    started = time.monotonic()
+    run = Run(Path(run_path))
+    stop = threading.Event()
+    end = chunk_end_class()(stop, call_s, started, max_steps, run.path / STOP_FILE)
+    status = run_job(run, stop, None, resume=resume, extra_callbacks=[*(extra_callbacks or []), end])
+    return {"status": status, "first": end.first_step, "last": end.last_step, "user_stop": end.user_stop,
+            "elapsed": round(time.monotonic() - started, 1)}
+
+
+def _duration(run_path, call_s, *args, **kwargs) -> float:
+    return call_s  # spaces asks each call's duration of a callable of its arguments
+
+
+def _watch_stop(stop_event: threading.Event, done: threading.Event, stop_file: Path) -> None:
+    """A Stop sets an event of this process; the call trains in a forked worker, which sees a file."""
+    while not done.is_set():
+        if stop_event.wait(0.5):
+            stop_file.touch()
+            return
+
+
+def call_failure(exc: BaseException, k: int, call_s: float, step: int) -> str:
+    """The reason a chunked run failed when GPU call `k` raised (ZeroGPU's errors are gradio errors with
+    these words in their message), with what to do; the run keeps its checkpoint at `step`."""
+    from finetune_core.training.runner import failure_reason
+
+    text = str(exc)
+    lower = text.lower()
+    kept = f"The run keeps its checkpoint at step {step}: Resume continues from it."
+    if "aborted" in lower:
+        return (f"GPU call {k} ran past its {call_s:g} s limit and ZeroGPU aborted it (after step {step}). {kept} "
+                f"Lower the batch size or max length, or {HARDWARE_ADVICE}.")
+    if "illegal duration" in lower or "larger than the maximum allowed" in lower:
+        return (f"ZeroGPU refused GPU call {k}: {text} Lower {CALL_ENV} (60 s is always allowed). {kept}")
+    if "quota" in lower or "gpu limit" in lower:
+        return f"ZeroGPU quota exhausted at GPU call {k}: {text} {kept} Resume once the quota has refilled."
+    return f"GPU call {k} failed: {failure_reason(exc)} {kept}"
+
+
+def train_in_calls(run, stop_event: threading.Event | None = None, emit=None, resume: bool = False,
+                   extra_callbacks: list | None = None, policy=None, *, decorator=None,
+                   call_s: float | None = None, steps_per_call: int | None = None, max_calls: int = 10_000) -> dict:
+    """Train `run` to the end in GPU calls (same arguments and result as runner.run_job, so the training
+    slot can run either): each call is `train_call` decorated by `gpu_call`; between calls the run is
+    "running" with the calls so far in its reason; the log says "GPU call k: steps a–b". Ends completed,
+    stopped (a Stop), or failed with `call_failure`'s reason. `policy` is worked out in each call."""
+    from finetune_core.training.runner import finish, log_quietly
+
+    stop_event = stop_event or threading.Event()
+    call_s = call_s or call_seconds()
+    call = gpu_call(train_call, _duration, decorator)
+    stop_file = run.path / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    done = threading.Event()
+    threading.Thread(target=_watch_stop, args=(stop_event, done, stop_file), daemon=True).start()
+    run.log(f"ZeroGPU: training in GPU calls of up to {call_s:g} s, with a checkpoint between calls.")
+    step, status = int(run.status().get("step") or 0), {}
+    try:
+        for k in range(1, max_calls + 1):
+            try:
+                out = call(str(run.path), call_s, steps_per_call, resume or k > 1, extra_callbacks)
+            except Exception as exc:  # noqa: BLE001 - every way a call ends becomes the run's status
+                reason = call_failure(exc, k, call_s, int(run.status().get("step") or step))
+                log_quietly(run, "FAILED: " + reason)
+                return finish(run, {"state": "failed", "reason": reason})
+            status = out["status"]
+            line = f"GPU call {k}: steps {out['first'] + 1}–{out['last']} ({out['elapsed']:g} s of {call_s:g} s)."
+            run.log(line)
+            if emit:
+                emit({"event": "log", "message": line})
+            if status.get("state") == "completed":
+                return run.set_status(reason=f"completed {out['last']} steps in {k} GPU call{'s' * (k > 1)}")
+            if status.get("state") != "stopped" or out["user_stop"] or stop_event.is_set():
+                return status  # failed (its reason is in the status), or stopped by the user
+            if out["last"] <= out["first"]:
+                reason = (f"GPU call {k} of {call_s:g} s could not train one step (loading the model takes most "
+                          f"of it). Raise {CALL_ENV}, pick a smaller model, or {HARDWARE_ADVICE}.")
+                return finish(run, {"state": "failed", "reason": reason})
+            step = out["last"]
+            run.set_status(state="running", reason=f"ZeroGPU: {k} GPU call{'s' * (k > 1)} done, "
+                                                    f"at step {step}/{status.get('total_steps') or '?'}")
+        return finish(run, {"state": "stopped", "reason": f"stopped after {max_calls} GPU calls at step {step}"})
+    finally:
+        done.set()
+        stop_file.unlink(missing_ok=True)
