@@ -23,9 +23,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from finetune_core.deploy_settings import apply_settings_file  # noqa: E402
 from finetune_core.models.sources import hub_timeouts  # noqa: E402
 from finetune_core.runs.store import runs_root  # noqa: E402
-from ui import chat_tab, data_tab, eval_tab, export_tab, guide, train_tab  # noqa: E402
+from ui import chat_tab, data_tab, eval_tab, export_tab, guide, settings_tab, train_tab  # noqa: E402
 from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext, Page, Shared  # noqa: E402
@@ -89,6 +90,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 chat_parts = chat_tab.build(ctx, shared)
             with gr.Tab("5 · Export", id="export"):
                 export = export_tab.build(ctx, shared)
+            settings_tab.build(ctx, shared)  # the owner's view of the deployment settings, admins only
         page = Page(shared, data, train, evaluate_parts, chat_parts, export)
         refresh_pickers_on_select(ctx, page, evaluate, chat)
         # votes cast in Chat since the page was opened: back on Data, their run is offered
@@ -136,6 +138,7 @@ def launch_kwargs(ctx: AppContext) -> dict:
 def main() -> None:
     """Launch the app: Hub timeouts, one AppContext, the retention sweeper thread, then Gradio's server
     (blocks until it stops)."""
+    apply_settings_file()  # the settings file fills what the environment leaves unset, before anything reads it
     hub_timeouts()
     ctx = AppContext()
     demo = build_app(ctx)

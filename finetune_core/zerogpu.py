@@ -147,6 +147,17 @@ def plan_training(method: str, params_b: float | None, hardware: Hardware | None
                                    f"checkpoint the previous one saved, until the run completes.", call_s)
 
 
+def training_summary(hardware: Hardware | None = None) -> str:
+    """What the app will do with training on this hardware, by method (the Settings tab's hardware line)."""
+    hw = hardware or detect()
+    if not hw.zerogpu:
+        return hw.describe()
+    full_b = hw.call_s * LOAD_SHARE * DISK_GB_PER_S / MOVED_BYTES["full"]
+    lora_b = min(ZEROGPU_MEMORY_GB / MEMORY_BYTES["lora"], hw.call_s * LOAD_SHARE * DISK_GB_PER_S / MOVED_BYTES["lora"])
+    return (f"{hw.describe()} LoRA and DoRA: in calls, models up to about {lora_b:.0f}B parameters; full fine-tune: "
+            f"in calls, models up to about {full_b:.1f}B; QLoRA: refused (choose LoRA, or dedicated GPU hardware).")
+
+
 def check_training(cfg, hardware: Hardware | None = None) -> TrainingPlan:
     """The plan for a RunConfig; raises TrainingError (the message says what hardware to choose) when refused."""
     from finetune_core.training.train import TrainingError
