@@ -275,6 +275,15 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
     return comparison
 
 
+def evaluate_in_call(run_path: str, settings: dict, sides: tuple[str, str] | None = None) -> Comparison:
+    """`evaluate_run` as one GPU call on ZeroGPU (finetune_core/zerogpu.py gpu_call): plain arguments in
+    (the run's folder, evaluate_run's settings, the sides), the Comparison out; the model is loaded in the
+    call (ZeroGPU's worker cannot reach the app's copy), without progress or cancel."""
+    from finetune_core.runs.store import Run
+
+    return evaluate_run(Run(Path(run_path)), **settings, sides=sides)
+
+
 def load_run_model(run, say: Progress, load_model: Callable[[], object] | None = None, at: float = 0.0,
                    sides: tuple[str, str] | None = None):
     """The run's model (through ``load_model`` when given: the app's shared copy), once the run is known to

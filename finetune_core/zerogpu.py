@@ -385,3 +385,53 @@ def train_in_calls(run, stop_event: threading.Event | None = None, emit=None, re
     finally:
         done.set()
         stop_file.unlink(missing_ok=True)
+
+
+# -- chat and evaluation in calls --------------------------------------------------------------------------------
+
+def call_duration(*_args, **_kwargs) -> float:
+    """The duration a chat turn or an evaluation asks for: the call length setting, read at each call."""
+    return call_seconds()
+
+
+@functools.cache
+def worker_models():
+    """The models of ZeroGPU's worker process (a forked worker cannot reach the app's cache: it loads its own
+    copy, kept while the worker lives). Off ZeroGPU nothing calls it."""
+    from finetune_core.inference.model_cache import ModelCache
+
+    return ModelCache()
+
+
+def stream_pair_call(key: str, base_messages, tuned_messages, settings):
+    """One chat turn's generation in a GPU call: the model by its cache key, the two prompts and the
+    GenSettings in (plain values), (base_text, tuned_text) snapshots out."""
+    yield from worker_models().get(key).stream_pair(base_messages, tuned_messages, settings, None)
+
+
+class GPUCallModel:
+    """Stands for an InferenceModel in a chat turn on ZeroGPU: what is read before generating (has_tuned,
+    the token counter) comes from the app's copy; `stream_pair` runs in a GPU call that gets plain values.
+    A Stop ends the turn here at once; the call ends with the answer it was generating."""
+
+    def __init__(self, model, key: str, stream: Callable):
+        self.model, self.key, self.stream = model, key, stream
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)  # has_tuned, counter, ...: the app's copy answers
+
+    def stream_pair(self, base_messages, tuned_messages, settings=None, cancel: threading.Event | None = None):
+        for pair in self.stream(self.key, base_messages, tuned_messages, settings):
+            yield pair
+            if cancel is not None and cancel.is_set():
+                return
+
+
+def in_gpu_calls(model, key: str, stream: Callable | None = None):
+    """`model` itself off ZeroGPU; on ZeroGPU (or with `stream`, a decorated `stream_pair_call`) the
+    stand-in whose generation runs in GPU calls."""
+    if stream is None:
+        if not on_zerogpu():
+            return model
+        stream = gpu_call(stream_pair_call, call_duration)
+    return GPUCallModel(model, key, stream)

@@ -154,6 +154,30 @@ def test_six_steps_in_three_calls_match_one_uninterrupted_run(tiny_model_dir, ru
     for name in chunked:
         torch.testing.assert_close(chunked[name], straight[name], rtol=1e-4, atol=1e-6)
     assert [m["learning_rate"] for m in whole.metrics() if "loss" in m] == pytest.approx(rates)
+    _chat_and_evaluate_in_calls(run)
+
+
+def _chat_and_evaluate_in_calls(run):
+    """The trained run answers in chat and is evaluated through decorated calls whose arguments and
+    results pickle (they cross to ZeroGPU's worker process)."""
+    from evaluation.run_eval import evaluate_in_call
+    from finetune_core.inference import chat
+    from finetune_core.inference.generation import GenSettings
+    from finetune_core.inference.model_cache import ModelCache
+
+    gpu = zerogpu.StandInGPU()
+    key = f"run:{run.id}"
+    model = zerogpu.in_gpu_calls(ModelCache().get(key), key, zerogpu.gpu_call(zerogpu.stream_pair_call, 60, gpu))
+    session = chat.ChatSession()
+    try:
+        replies = list(chat.stream_chat(model, session, "Which colour?", GenSettings(max_new_tokens=3)))
+    finally:
+        zerogpu.worker_models.cache_clear()
+    assert replies and [c["name"] for c in gpu.calls] == ["stream_pair_call"]
+    assert len(session.base_history) == len(session.tuned_history) == 2  # the turn was recorded in the app
+    comparison = zerogpu.gpu_call(evaluate_in_call, 60, gpu)(str(run.path), {"limit": 2, "max_new_tokens": 3}, None)
+    assert comparison.rows == 2 and (run.path / "eval").is_dir()
+    assert [c["name"] for c in gpu.calls] == ["stream_pair_call", "evaluate_in_call"]
 
 
 def test_a_call_over_its_budget_fails_the_run_clearly(tiny_model_dir, runs_root):
