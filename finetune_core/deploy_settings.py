@@ -128,6 +128,7 @@ def registry() -> list[Setting]:
 
 
 def by_name() -> dict[str, Setting]:
+    """The registry by environment variable."""
     return {s.env: s for s in registry()}
 
 

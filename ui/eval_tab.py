@@ -42,8 +42,7 @@ import gradio as gr
 import pandas as pd
 
 from evaluation.compare import RESULTS_FILE, Comparison, copy_results
-from evaluation.run_eval import evaluate_in_call, evaluate_run, load_meta
-from finetune_core import zerogpu
+from evaluation.run_eval import evaluate_on_gpu, evaluate_run, load_meta
 from finetune_core.inference.sides import pair_key
 from finetune_core.runs.ownership import Visitor
 
@@ -64,9 +63,6 @@ from .widgets import run_choices as adapter_runs
 
 Progress = Callable[[str, float], None]
 POLL_S = 1.0  # how often a page asks how far an evaluation is
-# evaluate_run as one GPU call on ZeroGPU (decorated at import: spaces looks for its functions at startup);
-# elsewhere evaluate_in_call itself, unused (the page's evaluation keeps its progress and shared model)
-EVALUATE_ON_GPU = zerogpu.gpu_call(evaluate_in_call, zerogpu.call_duration)
 
 
 # -- runs ---------------------------------------------------------------------------
@@ -221,14 +217,10 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
             progress(text, fraction)
 
     try:
-        # The app's shared copy (also used by Chat): evaluation never loads a second one.
-        key = f"run:{home.id}" if pair is None else pair_key(*pair)
-        if zerogpu.on_zerogpu():  # one GPU call, in ZeroGPU's worker process: plain arguments, its own model
-            say("Evaluating in a ZeroGPU call: the results appear when it ends.", 0.0)
-            comparison = EVALUATE_ON_GPU(str(home.path), settings, pair)
-        else:
-            comparison = evaluate_run(home, **settings, progress=say, cancel=cancel, sides=pair,
-                                      load_model=lambda: ctx.models.get(key, progress=lambda message: say(message, 0.0)))
+        key = f"run:{home.id}" if pair is None else pair_key(*pair)  # the app's copy, also Chat's: never a second
+        comparison = evaluate_on_gpu(home, settings, pair) or evaluate_run(  # on ZeroGPU: one GPU call (run_eval)
+            home, **settings, progress=say, cancel=cancel, sides=pair,
+            load_model=lambda: ctx.models.get(key, progress=lambda message: say(message, 0.0)))
     except InterruptedError:
         gr.Warning("Evaluation cancelled: nothing was saved.")
         view = show_run(run.id, order, who, a, b)
