@@ -61,8 +61,6 @@ BASE = (
     Setting("STUDIO_PUBLIC", "Public mode", "off", "1: a shared public deployment: catalogue models only, a size "
             "ceiling, no local folders, every run visible to everyone."),
     Setting("STUDIO_QUEUE_MAX", "Public mode", "64", "Requests that may wait in Gradio's queue."),
-    Setting("STUDIO_QUEUE_PER_USER", "Public mode", "see the run queue", "Runs one visitor may have waiting in the "
-            "run queue."),
     Setting("STUDIO_DEFAULT_MODEL", "Models", "bundled", "The model the Train tab and Chat start from."),
     Setting("STUDIO_MODEL_ALLOWLIST", "Models", "any id (public: the catalogue)", "Hub model ids (comma separated) "
             "that may be loaded."),
@@ -90,6 +88,9 @@ BASE = (
     Setting("STUDIO_SYNC_REPO", "Sync", "none", "Hub repo that finished runs are copied to, and restored from on "
             "start."),
     Setting("STUDIO_SYNC_TOKEN", "Sync", "HF_TOKEN", "Token that writes to the sync repo.", secret=True),
+    Setting("STUDIO_SYNC_REPO_TYPE", "Sync", "dataset", "The sync repo's type: dataset or model."),
+    Setting("STUDIO_SYNC_MINUTES", "Sync", "5", "Time between syncs of finished runs (0: only once, on start)."),
+    Setting("STUDIO_SYNC_PUBLIC", "Sync", "off", "1: allow a public sync repo (runs hold visitors' data)."),
     Setting("STUDIO_JUDGE_URL", "Judge", "none", "OpenAI-compatible endpoint of the LLM judge."),
     Setting("STUDIO_JUDGE_KEY", "Judge", "none", "The judge endpoint's API key.", secret=True),
     Setting("STUDIO_JUDGE_MODEL", "Judge", "gpt-4o-mini", "The judge endpoint's model name."),
@@ -107,6 +108,7 @@ LIMIT_HELP = {
     "cell.", "template_chars": "Characters of a prompt/completion template.", "template_placeholders": "{column} "
     "placeholders in one template.", "duplicates_listed": "Duplicate groups shown in a data report.",
     "run_yaml_bytes": "Bytes of a config file (run.yaml, this settings file).",
+    "queued_runs_per_user": "Runs one visitor may have waiting in the run queue.",
 }
 RETENTION_AREAS = ("UPLOADS", "EXPORTS", "GRADIO_CACHE")
 
