@@ -23,6 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from finetune_core.config import ConfigError  # noqa: E402
 from finetune_core.deploy_settings import apply_settings_file  # noqa: E402
 from finetune_core.models.sources import hub_timeouts  # noqa: E402
 from finetune_core.runs.store import runs_root  # noqa: E402
@@ -138,7 +139,10 @@ def launch_kwargs(ctx: AppContext) -> dict:
 def main() -> None:
     """Launch the app: Hub timeouts, one AppContext, the retention sweeper thread, then Gradio's server
     (blocks until it stops)."""
-    apply_settings_file()  # the settings file fills what the environment leaves unset, before anything reads it
+    try:  # the settings file fills what the environment leaves unset, before anything reads a setting
+        apply_settings_file()
+    except ConfigError as exc:  # an unknown key, a bad value: say which, in one line
+        raise SystemExit(f"Cannot start: {exc}") from None
     hub_timeouts()
     ctx = AppContext()
     demo = build_app(ctx)
