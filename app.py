@@ -24,10 +24,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from finetune_core.config import ConfigError  # noqa: E402
+from finetune_core.deploy_settings import apply_settings_file  # noqa: E402
 from finetune_core.models.sources import hub_timeouts  # noqa: E402
 from finetune_core.runs.store import runs_root  # noqa: E402
 from finetune_core.runs.sync import Syncer  # noqa: E402
-from ui import chat_tab, data_tab, eval_tab, export_tab, guide, storage_note, train_tab  # noqa: E402
+from ui import chat_tab, data_tab, eval_tab, export_tab, guide, settings_tab, storage_note, train_tab  # noqa: E402
 from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext, Page, Shared  # noqa: E402
@@ -92,6 +94,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 chat_parts = chat_tab.build(ctx, shared)
             with gr.Tab("5 · Export", id="export"):
                 export = export_tab.build(ctx, shared)
+            settings_tab.build(ctx, shared)  # the owner's view of the deployment settings, admins only
         page = Page(shared, data, train, evaluate_parts, chat_parts, export)
         refresh_pickers_on_select(ctx, page, evaluate, chat)
         # votes cast in Chat since the page was opened: back on Data, their run is offered
@@ -139,6 +142,10 @@ def launch_kwargs(ctx: AppContext) -> dict:
 def main() -> None:
     """Launch the app: Hub timeouts, one AppContext, the retention sweeper and runs sync threads, then Gradio's server
     (blocks until it stops)."""
+    try:  # the settings file fills what the environment leaves unset, before anything reads a setting
+        apply_settings_file()
+    except ConfigError as exc:  # an unknown key, a bad value: say which, in one line
+        raise SystemExit(f"Cannot start: {exc}") from None
     hub_timeouts()
     ctx = AppContext()
     demo = build_app(ctx)

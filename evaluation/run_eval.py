@@ -59,6 +59,7 @@ from evaluation.pair_eval import PAIRS_DIR, check_sides, result_dir, side_meta
 from finetune_core.data.dataset import is_text_rows, read_jsonl
 from finetune_core.errors import InputError
 from finetune_core.limits import limits
+from finetune_core.zerogpu import call_duration, gpu_call, on_zerogpu
 
 Progress = Callable[[str, float], None]
 
@@ -273,6 +274,25 @@ def evaluate_run(run, data_path: str | None = None, limit: int | None = None, ba
     save_evaluation(run, comparison, meta, result_dir(run, sides))
     say("Done.", 1.0)
     return comparison
+
+
+def evaluate_in_call(run_path: str, settings: dict, sides: tuple[str, str] | None = None) -> Comparison:
+    """`evaluate_run` as one GPU call on ZeroGPU (finetune_core/zerogpu.py gpu_call): plain arguments in
+    (the run's folder, evaluate_run's settings, the sides), the Comparison out; the model is loaded in the
+    call (ZeroGPU's worker cannot reach the app's copy), without progress or cancel."""
+    from finetune_core.runs.store import Run
+
+    return evaluate_run(Run(Path(run_path)), **settings, sides=sides)
+
+
+# decorated at import: spaces looks for its decorated functions when the app starts
+EVALUATE_IN_CALL = gpu_call(evaluate_in_call, call_duration)
+
+
+def evaluate_on_gpu(run, settings: dict, sides: tuple[str, str] | None = None) -> Comparison | None:
+    """On ZeroGPU, `evaluate_run(run, **settings, sides=sides)` as one GPU call (`evaluate_in_call`); None
+    elsewhere, where the caller evaluates with its own progress, cancel and model."""
+    return EVALUATE_IN_CALL(str(run.path), settings, sides) if on_zerogpu() else None
 
 
 def load_run_model(run, say: Progress, load_model: Callable[[], object] | None = None, at: float = 0.0,

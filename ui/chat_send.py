@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from finetune_core import zerogpu
 from finetune_core.errors import StudioError
 from finetune_core.inference import chat
 from finetune_core.inference.chat_limits import TokenCounter, check_chat_request, clean_text
@@ -171,7 +172,9 @@ def _reply(ctx: AppContext, session: chat.ChatSession, message: str, key: str, s
     yield *panes_with(session, message), "Loading the model (its first use takes a few seconds)...", gr.skip()
     failure = None
     try:
-        model = ctx.models.get(chat_key(key, side_a))  # what begin_send checked: a run (and side A) or the base
+        model_key = chat_key(key, side_a)  # what begin_send checked: a run (and side A) or the base
+        # on ZeroGPU the answers are generated in a GPU call (finetune_core/zerogpu.py); elsewhere the model itself
+        model = zerogpu.in_gpu_calls(ctx.models.get(model_key), model_key)
         settings = _settings(temperature, top_p, max_new_tokens, seed)
         status_text = "Generating... (Stop keeps what has arrived)"
         for _ in chat.stream_chat(model, session, message, settings, session.cancel):

@@ -170,6 +170,15 @@ class ExportParts:
 
 
 @dataclass
+class SettingsParts:
+    """What settings_tab.build exposes (tests read it; the tab is shown per visitor on page load)."""
+
+    tab: gr.Tab  # hidden unless the visitor may see the settings (an admin, or anyone on a local app)
+    intro: gr.Markdown  # the hardware line and who sees the tab
+    table: gr.Dataframe  # every setting with its value and source
+
+
+@dataclass
 class Page:
     """Every tab's parts, gathered by app.build_app once all tabs exist; the events that span
     tabs are wired from it. Kept on the Blocks as `studio_page` for tests and scripts."""

@@ -42,7 +42,7 @@ import gradio as gr
 import pandas as pd
 
 from evaluation.compare import RESULTS_FILE, Comparison, copy_results
-from evaluation.run_eval import evaluate_run, load_meta
+from evaluation.run_eval import evaluate_on_gpu, evaluate_run, load_meta
 from finetune_core.inference.sides import pair_key
 from finetune_core.runs.ownership import Visitor
 
@@ -217,10 +217,10 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
             progress(text, fraction)
 
     try:
-        # The app's shared copy (also used by Chat): evaluation never loads a second one.
-        key = f"run:{home.id}" if pair is None else pair_key(*pair)
-        comparison = evaluate_run(home, **settings, progress=say, cancel=cancel, sides=pair,
-                                  load_model=lambda: ctx.models.get(key, progress=lambda message: say(message, 0.0)))
+        key = f"run:{home.id}" if pair is None else pair_key(*pair)  # the app's copy, also Chat's: never a second
+        comparison = evaluate_on_gpu(home, settings, pair) or evaluate_run(  # on ZeroGPU: one GPU call (run_eval)
+            home, **settings, progress=say, cancel=cancel, sides=pair,
+            load_model=lambda: ctx.models.get(key, progress=lambda message: say(message, 0.0)))
     except InterruptedError:
         gr.Warning("Evaluation cancelled: nothing was saved.")
         view = show_run(run.id, order, who, a, b)
