@@ -5,6 +5,7 @@
     python -m finetune_core train --resume RUN_DIR
     python -m finetune_core train --preset "Quick demo DPO (CPU)" --set parent_run=RUN_ID --set data_path=FILE
     python -m finetune_core runs
+    python -m finetune_core sweep --config run.yaml --axis learning_rate=1e-4,2e-4 --axis lora_r=8,16 [--mode list]
     python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
 
 Each layer declares its commands where their code lives, as `Command`
@@ -206,12 +207,85 @@ def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     add_inspect_arguments(parser)
 
 
+def add_sweep_arguments(s: argparse.ArgumentParser) -> None:
+    """The `sweep` command's flags."""
+    from finetune_core.runs.sweep import MAX_FIELDS, MAX_RUNS, METRICS, MODES
+
+    s.add_argument("--config", help="run.yaml of the base run (default: built-in defaults).")
+    s.add_argument("--preset", choices=list(PRESETS), help="Apply a preset before --set overrides.")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one base field (repeatable).")
+    s.add_argument("--axis", action="append", required=True, metavar="FIELD=V1,V2",
+                   help=f"A field and its values, comma separated (repeatable, at most {MAX_FIELDS} fields and "
+                        f"{MAX_RUNS} runs).")
+    s.add_argument("--mode", choices=MODES, default="grid",
+                   help="grid: every combination (default); list: the values zipped, every list as long.")
+    s.add_argument("--metric", default="eval_loss",
+                   help=f"What ranks the runs: {', '.join(METRICS)} (an evaluation metric needs "
+                        "--set evaluate_after=true).")
+    s.add_argument("--name", default="", help="The sweep's name; each run is '<name> · field=value, ...'.")
+
+
+def sweep_axes(items: list[str]) -> dict[str, str]:
+    """`--axis FIELD=V1,V2` flags as {field: "V1,V2"}; ConfigError for a flag without '=' or a field twice.
+
+    >>> sweep_axes(["learning_rate=1e-4,2e-4", "lora_r = 8,16"])
+    {'learning_rate': '1e-4,2e-4', 'lora_r': '8,16'}
+    """
+    from finetune_core.config import ConfigError
+
+    axes: dict[str, str] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--axis expects FIELD=V1,V2, got {item[:80]!r}.")
+        if name.strip() in axes:
+            raise ConfigError(f"--axis {name.strip()}: the field is given twice; put its values in one --axis.")
+        axes[name.strip()] = values
+    return axes
+
+
+def cmd_sweep(args) -> int:
+    """Put a sweep's runs on the persisted run queue (the app, or `queue work`, trains them in order);
+    prints each run's position, id and name. 2 on bad input."""
+    from finetune_core.runs.sweep import expand, queue_sweep
+    from finetune_core.training.preference import check_start
+
+    try:  # a ConfigError (a StudioError) is reported by main
+        base = RunConfig.load(args.config) if args.config else RunConfig()
+    except OSError as exc:  # the run.yaml named on the command line cannot be read
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.preset:
+        base = base.with_overrides(PRESETS[args.preset])
+    base = base.with_sets(args.set or [])
+    axes = sweep_axes(args.axis)
+    for cfg, _values in expand(base, axes, args.mode):
+        check_start(cfg)  # a data file or parent the runs cannot use: refused before any is queued
+    queue = _run_queue()
+    runs = queue_sweep(queue, base, axes, args.mode, args.metric, owner={}, name=args.name)
+    positions = {item.get("run"): item.get("position") for item in queue.items()}
+    tag = runs[0].run_yaml().get("sweep") or {}
+    print(f"sweep {tag.get('id')} ({tag.get('name')}): {len(runs)} runs queued, ranked by {tag.get('metric')}")
+    for run in runs:
+        print(f"  {positions.get(run.id, '?')}. {run.id}  {run.name!r}")
+    return 0
+
+
+def _run_queue():
+    """The persisted run queue of the runs root, for commands that add to it (nothing starts here)."""
+    from finetune_core.runs.queue import RunQueue
+    from finetune_core.training.runner import TrainingSlot
+
+    return RunQueue(TrainingSlot())
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("inspect", "Check a data file: format, rows, issues, token statistics.", _add_inspect_arguments,
             cmd_inspect),
     Command("train", "Train a run from a run.yaml (or resume one with --resume).", add_train_arguments, cmd_train),
     Command("runs", "List runs and their states.", lambda parser: None, cmd_runs),  # no flags
     Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
+    Command("sweep", "Queue a sweep: runs over up to three fields (grid or list).", add_sweep_arguments, cmd_sweep),
 )
 
 
