@@ -25,7 +25,7 @@ import gradio as gr  # noqa: E402
 
 from finetune_core.models.sources import hub_timeouts  # noqa: E402
 from finetune_core.runs.store import runs_root  # noqa: E402
-from ui import chat_tab, data_tab, eval_tab, export_tab, guide, train_tab  # noqa: E402
+from ui import chat_tab, data_tab, eval_tab, export_tab, guide, runs_tab, train_tab  # noqa: E402
 from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext, Page, Shared  # noqa: E402
@@ -83,13 +83,15 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 data = data_tab.build(ctx, shared)
             with gr.Tab("2 · Train", id="train"):
                 train = train_tab.build(ctx, shared)
+            with gr.Tab("Runs", id="runs"):
+                runs = runs_tab.build(ctx, shared, train)
             with gr.Tab("3 · Evaluate", id="evaluate") as evaluate:
                 evaluate_parts = eval_tab.build(ctx, shared)
             with gr.Tab("4 · Chat", id="chat") as chat:
                 chat_parts = chat_tab.build(ctx, shared)
             with gr.Tab("5 · Export", id="export"):
                 export = export_tab.build(ctx, shared)
-        page = Page(shared, data, train, evaluate_parts, chat_parts, export)
+        page = Page(shared, data, train, evaluate_parts, chat_parts, export, runs)
         refresh_pickers_on_select(ctx, page, evaluate, chat)
         # votes cast in Chat since the page was opened: back on Data, their run is offered
         data_ui.select(page.data.vote_runs, page.data.votes, page.data.votes, api_visibility="private", queue=False)

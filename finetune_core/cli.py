@@ -248,7 +248,6 @@ def cmd_sweep(args) -> int:
     """Put a sweep's runs on the persisted run queue (the app, or `queue work`, trains them in order);
     prints each run's position, id and name. 2 on bad input."""
     from finetune_core.runs.sweep import expand, queue_sweep
-    from finetune_core.training.preference import check_start
 
     try:  # a ConfigError (a StudioError) is reported by main
         base = RunConfig.load(args.config) if args.config else RunConfig()
@@ -259,8 +258,12 @@ def cmd_sweep(args) -> int:
         base = base.with_overrides(PRESETS[args.preset])
     base = base.with_sets(args.set or [])
     axes = sweep_axes(args.axis)
-    for cfg, _values in expand(base, axes, args.mode):
-        check_start(cfg)  # a data file or parent the runs cannot use: refused before any is queued
+    planned = expand(base, axes, args.mode)  # bad fields and values: refused before the trainer's libraries load
+    from finetune_core.training.preference import check_objective, check_start
+
+    check_start(base)  # a data file or parent run the runs cannot use: refused before any is queued
+    for cfg, _values in planned:
+        check_objective(cfg)  # a swept setting the objective's trainer would refuse mid-way
     queue = _run_queue()
     runs = queue_sweep(queue, base, axes, args.mode, args.metric, owner={}, name=args.name)
     positions = {item.get("run"): item.get("position") for item in queue.items()}
