@@ -4,6 +4,8 @@
     python -m finetune_core train --config run.yaml [--preset NAME] [--set key=value ...] [--force]
     python -m finetune_core train --resume RUN_DIR
     python -m finetune_core train --preset "Quick demo DPO (CPU)" --set parent_run=RUN_ID --set data_path=FILE
+    python -m finetune_core train --config run.yaml --queue        (or --set launcher=process [--detach])
+    python -m finetune_core queue list | cancel RUN_ID | work
     python -m finetune_core runs
     python -m finetune_core sweep --config run.yaml --axis learning_rate=1e-4,2e-4 --axis lora_r=8,16 [--mode list]
     python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
@@ -92,6 +94,12 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one config field (repeatable).")
     t.add_argument("--name", help="The run's human name (default: data file · day and time).")
     t.add_argument("--resume", metavar="RUN_DIR", help="Resume a stopped, failed or interrupted run.")
+    t.add_argument("--run-dir", metavar="RUN_DIR", help="Train a run the queue made (the app's process launcher).")
+    t.add_argument("--queue", action="store_true",
+                   help="Put the run in the run queue (runs/queue.json) instead of training now; a running app "
+                        "or `queue work` starts it.")
+    t.add_argument("--detach", action="store_true",
+                   help="With launcher process/torchrun/accelerate: start the run's process and return at once.")
     t.add_argument("--quiet", action="store_true", help="Do not print events as JSON lines.")
     t.add_argument("--force", action="store_true",
                    help="Train even when the memory estimate says the run will not fit (it is approximate).")
@@ -102,9 +110,11 @@ def cmd_train(args) -> int:
     from finetune_core.training.runner import run_job
     from finetune_core.runs.store import run_from_dir
 
-    if args.resume:
-        run = run_from_dir(args.resume)
-        resume = True
+    if args.resume or args.run_dir:
+        run = run_from_dir(args.resume or args.run_dir)
+        resume = bool(args.resume)
+        if _world() > 1 and _rank() == 0:
+            run.record_facts(world_size=_world())
     else:
         try:  # a ConfigError (a StudioError) is reported by main
             cfg = RunConfig.load(args.config) if args.config else RunConfig()
@@ -119,6 +129,10 @@ def cmd_train(args) -> int:
         check_start(cfg)  # a bad parent run or a file the objective cannot use: refused before a run exists
         if _world() == 1 and not memory_allows(cfg, args.force):
             return 2
+        if args.queue:
+            return queue_run(cfg, args.name or "")
+        if cfg.launcher != "thread" and _world() == 1:
+            return launch_run(cfg, args.name or "", args.detach, args.quiet)
         run = _shared_run(cfg, args.name or "")
         resume = False
     printer = None if (_rank() != 0 or args.quiet) else (lambda e: print(json.dumps(e), flush=True))
@@ -127,6 +141,79 @@ def cmd_train(args) -> int:
         _launch_file().unlink(missing_ok=True)
         print(f"run {run.id}: {status['state']} ({status.get('reason', '')})  {run.path}")
     return 0 if status["state"] == "completed" else 1
+
+
+def queue_run(cfg: RunConfig, name: str) -> int:
+    """`train --queue`: the run waits in the persisted queue; prints its id and position."""
+    from finetune_core.runs.queue import RunQueue
+    from finetune_core.training.runner import TrainingSlot
+
+    run, position = RunQueue(TrainingSlot()).enqueue(cfg, name=name)
+    print(f"run {run.id}: waiting at position {position}  {run.path}")
+    return 0
+
+
+def launch_run(cfg: RunConfig, name: str, detach: bool, quiet: bool) -> int:
+    """A run whose launcher is process/torchrun/accelerate: made here, trained by its own process(es)
+    (runs/launcher.py). Unless `detach`, follow it until it ends, printing its log as it grows."""
+    from finetune_core.runs.launcher import spawn
+    from finetune_core.runs.store import FINAL_STATES, create_run
+
+    run = create_run(cfg, name=name)
+    proc = spawn(run, cfg)
+    run.set_status(pid=proc.pid)
+    print(f"run {run.id}: started ({cfg.launcher}, pid {proc.pid})  {run.path}", flush=True)
+    if detach:
+        return 0
+    shown = 0
+    while True:
+        ended = proc.poll() is not None
+        lines = run.log_tail(100_000).splitlines()
+        if not quiet:
+            for line in lines[shown:]:
+                print(line, flush=True)
+        shown = len(lines)
+        if ended:
+            break
+        time.sleep(1.0)
+    status = run.status()
+    if status.get("state") not in FINAL_STATES:
+        status = run.set_status(state="failed", reason=f"its process exited with code {proc.returncode}; "
+                                                       "see process.log")
+    print(f"run {run.id}: {status['state']} ({status.get('reason', '')})  {run.path}")
+    return 0 if status["state"] == "completed" else 1
+
+
+def add_queue_arguments(q: argparse.ArgumentParser) -> None:
+    """The `queue` command's flags."""
+    q.add_argument("action", choices=("list", "cancel", "work"),
+                   help="list the waiting runs; cancel one; work: start them one after another until none is left.")
+    q.add_argument("run_id", nargs="?", help="The run to cancel.")
+    q.add_argument("--timeout", type=float, default=24 * 3600, help="work: give up after this many seconds.")
+
+
+def cmd_queue(args) -> int:
+    """The run queue from the command line (the same file a running app works through)."""
+    from finetune_core.runs.queue import RunQueue
+    from finetune_core.runs.store import get_run
+    from finetune_core.training.runner import TrainingSlot
+
+    queue = RunQueue(TrainingSlot())
+    if args.action == "cancel":
+        if not args.run_id:
+            print("error: queue cancel needs a run id", file=sys.stderr)
+            return 2
+        print(f"cancelled {queue.cancel(args.run_id).id}")
+        return 0
+    if args.action == "work":
+        return 0 if queue.wait_idle(args.timeout) else 1
+    running = queue.running()
+    if running is not None:
+        print(f"running   {running.id}  {running.name!r}")
+    for item in queue.items():
+        print(f"{item['position']:>3}.  {item['run']}  {get_run(item['run']).name!r}"
+              f"{'  (resumes)' if item.get('resume') else ''}")
+    return 0
 
 
 def memory_allows(cfg: RunConfig, force: bool) -> bool:
@@ -287,6 +374,7 @@ COMMANDS: tuple[Command, ...] = (
             cmd_inspect),
     Command("train", "Train a run from a run.yaml (or resume one with --resume).", add_train_arguments, cmd_train),
     Command("runs", "List runs and their states.", lambda parser: None, cmd_runs),  # no flags
+    Command("queue", "The run queue: list, cancel, or work through it.", add_queue_arguments, cmd_queue),
     Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
     Command("sweep", "Queue a sweep: runs over up to three fields (grid or list).", add_sweep_arguments, cmd_sweep),
 )

@@ -26,6 +26,21 @@ REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards
 KEYS.update({key: key for key in (*REWARD_KEYS, *(f"eval_{k}" for k in REWARD_KEYS), "kl")})
 
 
+def _agreed(stop: bool, device) -> bool:
+    """Whether any rank of a multi-process run was asked to stop (the stop file reaches each rank's
+    watcher at a different step; ranks that disagree would wait for each other forever). One process:
+    `stop` itself."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stop
+    import torch
+
+    flag = torch.tensor([1 if stop else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 class StudioCallback(TrainerCallback):
     """Trainer callback that logs each step to the run's metrics.jsonl and status.json and forwards events
     to `emit`; when `stop_event` is set it saves a checkpoint and stops after the current step; a
@@ -91,7 +106,7 @@ class StudioCallback(TrainerCallback):
         if self.failure:
             control.should_training_stop = True
             control.should_save = False
-        elif self.stop_event.is_set():
+        elif _agreed(self.stop_event.is_set(), args.device):
             # Save a checkpoint at this step so "Resume" continues exactly from here.
             control.should_save = True
             control.should_training_stop = True

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
+from finetune_core.runs.launcher import clear_stop, watch_stop_file
 from finetune_core.runs.store import Run, _pid_alive, create_run, mark_interrupted
 
 LOGGERS = ("transformers", "trl", "peft", "accelerate")
@@ -102,6 +103,7 @@ def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = Fal
     from finetune_core.training.train import execute, is_main_process
 
     if not is_main_process():  # other ranks of a multi-process run train but never write the run dir
+        watch_stop_file(run, stop_event, threading.Event())  # ranks agree on a stop each step (events.py)
         try:
             return execute(run, stop_event, lambda _e: None, resume=resume, extra_callbacks=extra_callbacks,
                            policy=policy)
@@ -118,6 +120,8 @@ def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = Fal
     handler = _RunLogHandler(run)
     for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
+    done = threading.Event()
+    watch_stop_file(run, stop_event, done)  # a Stop from the app when this run trains in its own process
     try:
         run.set_status(**start_fields(run, resume))
         result = execute(run, stop_event, _emit, resume=resume, extra_callbacks=extra_callbacks, policy=policy)
@@ -127,8 +131,10 @@ def run_job(run: Run, stop_event: threading.Event, emit=None, resume: bool = Fal
         log_quietly(run, "FAILED: " + reason)
         result = {"state": "failed", "reason": reason}
     finally:
+        done.set()
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)
+    clear_stop(run)
     if result["state"] == "failed":
         from finetune_core.training.train import remove_partial_writes
 
@@ -288,14 +294,22 @@ class TrainingSlot:
 
     def start(self, cfg: RunConfig | None = None, resume_run: Run | None = None,
               extra_callbacks: list | None = None, label: str = "", owner: dict | None = None,
-              name: str = "") -> Run:
+              name: str = "", queued_run: Run | None = None) -> Run:
         """Start a new run from `cfg` (owned by `owner`, see ownership.py; human `name`, see
-        runs/store.py), or resume `resume_run`. Raises Busy when occupied."""
+        runs/store.py), or train `queued_run` (made by the run queue), or resume `resume_run`.
+        Raises Busy when occupied."""
         with self._lock:
             if self.active() is not None:
                 raise Busy(self.busy_message())
             policy = None  # a resumed run's is worked out by execute, from its run.yaml
-            if resume_run is None:
+            if queued_run is not None:
+                from finetune_core.models.sources import training_policy
+
+                run = queued_run
+                cfg = run.config()
+                policy = training_policy(cfg.device, cfg.precision, cfg.method)
+                run.record_facts(resolved_device=policy.device, resolved_dtype=policy.dtype)
+            elif resume_run is None:
                 from finetune_core.models.sources import training_policy
 
                 # worked out once for the run: recorded in run.yaml and handed to execute
