@@ -39,7 +39,7 @@ class FakeQueue:
         self.refuse_after = refuse_after
         self.now: Run | None = None
 
-    def enqueue(self, cfg, owner=None, name="", label="", sweep=None):
+    def enqueue(self, cfg, owner=None, name="", label="", sweep=None, who=None):
         if self.refuse_after is not None and len(self.waiting) >= self.refuse_after:
             raise AccessError("You have too many runs waiting.")
         run = create_run(cfg, label=label, owner=owner, name=name, extra={"sweep": sweep} if sweep else None)

@@ -6,7 +6,7 @@ import pytest
 
 from finetune_core.__main__ import main
 from finetune_core.config import RunConfig
-from finetune_core.runs.store import list_runs
+from finetune_core.runs.store import get_run, list_runs
 from finetune_core.runs.sweep import (BEST, MAX_RUNS, SweepError, expand, list_sweeps, queue_sweep, sweep_table,
                                       values_text)
 from sweep_support import FakeQueue, fake_run
@@ -116,3 +116,23 @@ def test_cli_sweep_refuses_bad_axes_before_queueing(runs_root, capsys):
     assert main(["sweep", "--axis", "lora_r=8,16", "--axis", "lora_r=32"]) == 2
     assert "given twice" in capsys.readouterr().err
     assert list_runs() == []
+
+
+def test_cli_sweep_puts_the_runs_on_the_persisted_queue(runs_root, tmp_path, capsys):
+    from conftest import toy_rows
+    from finetune_core.data.dataset import write_jsonl
+    from finetune_core.runs.queue import RunQueue
+    from finetune_core.training.runner import TrainingSlot
+
+    data = tmp_path / "toy.jsonl"
+    write_jsonl(data, [{"prompt": r["prompt"][0]["content"], "completion": r["completion"][0]["content"]}
+                       for r in toy_rows(24)])
+    RunConfig(max_steps=2).with_overrides({"data_path": str(data)}).save(tmp_path / "run.yaml")
+    assert main(["sweep", "--config", str(tmp_path / "run.yaml"), "--axis", "learning_rate=1e-4,2e-4",
+                 "--axis", "lora_r=4,8", "--mode", "list", "--name", "cli"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs queued, ranked by eval_loss" in out and "1. " in out and "2. " in out
+    items = RunQueue(TrainingSlot()).items()  # the same file a running app (or `queue work`) reads
+    names = [get_run(i["run"]).name for i in items]
+    assert names == ["cli · learning_rate=0.0001, lora_r=4", "cli · learning_rate=0.0002, lora_r=8"]
+    assert get_run(items[1]["run"]).config().max_steps == 2

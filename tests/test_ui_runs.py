@@ -58,10 +58,12 @@ def test_sweep_rows_refuse_values_without_a_field_and_a_field_twice():
 
 def test_queue_sweep_from_the_train_tabs_settings(runs_root, base, monkeypatch):
     import ui.runs_tab
+    from finetune_core.runs.queue import RunQueue
+    from finetune_core.training.runner import TrainingSlot
 
     estimated = []  # the memory estimate (tested with the Train tab) is asked about every run
     monkeypatch.setattr(ui.runs_tab, "check_memory", lambda cfg, force=False: estimated.append(cfg.learning_rate))
-    queue = FakeQueue()
+    queue = RunQueue(TrainingSlot())  # the app's queue, not started: nothing trains here
     queue.enqueue(RunConfig(), name="already waiting")
     runs, said = start_sweep(queue, base, [("learning_rate", "1e-4, 2e-4"), ("", "")], "grid", "rougeL",
                              evaluate=True, name="lr", who=ALICE)
@@ -70,11 +72,18 @@ def test_queue_sweep_from_the_train_tabs_settings(runs_root, base, monkeypatch):
     cfg = runs[0].config()
     assert cfg.evaluate_after and cfg.max_steps == 2 and cfg.data.data_path == base.data.data_path
     assert (runs[0].path / "owner.json").read_text().count("alice") == 1
+    assert list(queue_frame(queue, ALICE)["sweep"]) == ["", "lr", "lr"]
     with pytest.raises(gr.Error, match="learning_rate: 'fast' is not a valid float"):
         start_sweep(queue, base, [("learning_rate", "1e-4, fast")], who=ALICE)
     with pytest.raises(gr.Error, match="evaluate_after=true"):
         start_sweep(queue, base, [("lora_r", "4, 8")], metric="accuracy", evaluate=False, who=ALICE)
     assert len(queue.items()) == 3
+    # a signed-in visitor may have 3 runs waiting: a sweep past that is refused whole
+    monkeypatch.setenv("STUDIO_REQUIRE_LOGIN", "1")
+    with pytest.raises(gr.Error, match="took 1 of the sweep's 2 runs, then refused one"):
+        start_sweep(queue, base, [("lora_r", "4, 8")], who=ALICE)
+    assert len(queue.items()) == 3 and cancel_choices(queue, ALICE) == [
+        ("2. lr · learning_rate=0.0001", runs[0].id), ("3. lr · learning_rate=0.0002", runs[1].id)]
 
 
 def test_sweep_table_is_ranked_with_the_best_row_styled(runs_root):

@@ -31,8 +31,9 @@ from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
 from finetune_core.runs.ownership import AccessError, Visitor, can_change, can_view, is_owner, read_owner, visible_runs
 from finetune_core.runs.store import Run, RunError, get_run
-from finetune_core.runs.sweep import (BEST, MAX_FIELDS, METRICS, MODES, SWEEPABLE, list_sweeps, queue_sweep,
-                                      sweep_runs, sweep_table, sweep_tag)
+from finetune_core.runs.sweep import (BEST, MAX_FIELDS, METRICS, MODES, SWEEPABLE, expand, list_sweeps,
+                                      queue_sweep, sweep_runs, sweep_table, sweep_tag)
+from finetune_core.training.preference import check_objective
 
 from .access import require_user, visitor
 from .context import AppContext, RunsParts, Shared, TrainParts
@@ -141,9 +142,7 @@ def start_sweep(queue, base: RunConfig, rows: list[tuple[Any, Any]], mode: str =
     """Queue a sweep over `base` (the Train tab's settings and the Data tab's data); returns its runs and
     what the page says ("Queued 4 runs of sweep "lr": positions 2 to 5."). The model, the data and each
     run's memory estimate are checked first (as Train does); a bad field or value is a gr.Error naming it."""
-    from finetune_core.runs.sweep import expand
-    from finetune_core.training.preference import check_objective
-
+    who = who or Visitor()
     axes = axes_from_rows(rows)
     base = base.with_overrides({"evaluate_after": bool(evaluate)})
     check_model(base.model)
@@ -152,7 +151,7 @@ def start_sweep(queue, base: RunConfig, rows: list[tuple[Any, Any]], mode: str =
         for cfg, _values in expand(base, axes, mode):
             check_objective(cfg)
             check_memory(cfg, force)
-        runs = queue_sweep(queue, base, axes, mode, metric, owner=(who or Visitor()).owner_record(), name=name)
+        runs = queue_sweep(queue, base, axes, mode, metric, owner=who.owner_record(), name=name, who=who)
     except StudioError as exc:
         raise gr.Error(str(exc)) from None
     positions = {str(item.get("run")): item.get("position") for item in queue.items()}

@@ -257,29 +257,33 @@ def check_ready(base: RunConfig, metric: str) -> None:
 
 
 def queue_sweep(queue, base: RunConfig, axes: dict[str, list | str], mode: str = "grid", metric: str = "eval_loss",
-                owner: dict | None = None, name: str = "") -> list[Run]:
-    """Put every run of the sweep on `queue` (a RunQueue: ``enqueue(cfg, owner=, name=, sweep=)`` returns
-    (run, position)), each named "<sweep name> · field=value, ..." and tagged with the sweep; returns the
-    runs in queue order. All or none: when the queue refuses one (a per-user limit), the runs already
-    queued are cancelled and the refusal is raised."""
+                owner: dict | None = None, name: str = "", who: Visitor | None = None) -> list[Run]:
+    """Put every run of the sweep on `queue` (a RunQueue: ``enqueue(cfg, owner=, name=, sweep=, who=)``
+    returns (run, position)), each named "<sweep name> · field=value, ..." and tagged with the sweep;
+    returns the runs in queue order. `who` (default: the visitor `owner` names) counts against the
+    queue's per-visitor limit. All or none: when the queue refuses one, the runs already queued are
+    cancelled and a SweepError says so."""
     metric = check_metric(metric)
     runs = expand(base, axes, mode)
     check_ready(base, metric)
     name = check_run_name(name) if (name or "").strip() else f"sweep {' × '.join(axes)}"
+    who = who or Visitor(user=(owner or {}).get("user"), browser=(owner or {}).get("browser"))
     sweep_id = new_sweep_id()
     queued: list[Run] = []
     try:
         for cfg, values in runs:
             tag = {"id": sweep_id, "name": name, "values": values, "metric": metric}
-            run, _position = queue.enqueue(cfg, owner=owner or {}, name=run_name(name, values), sweep=tag)
+            run, _position = queue.enqueue(cfg, owner=owner or {}, name=run_name(name, values), sweep=tag, who=who)
             queued.append(run)
-    except BaseException:
-        who = Visitor(user=(owner or {}).get("user"), browser=(owner or {}).get("browser"))
+    except BaseException as exc:
         for run in queued:
             try:
                 queue.cancel(run.id, who)
             except Exception:  # noqa: BLE001 - the refusal below is what the person must see
                 pass
+        if isinstance(exc, StudioError) and queued:
+            raise SweepError(f"The queue took {len(queued)} of the sweep's {len(runs)} runs, then refused one: "
+                             f"{exc} None of the sweep stays queued.") from None
         raise
     return queued
 
