@@ -294,47 +294,16 @@ def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     add_inspect_arguments(parser)
 
 
-def add_sweep_arguments(s: argparse.ArgumentParser) -> None:
-    """The `sweep` command's flags."""
-    from finetune_core.runs.sweep import MAX_FIELDS, MAX_RUNS, METRICS, MODES
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    from finetune_core.runs.sweep import add_sweep_arguments
 
-    s.add_argument("--config", help="run.yaml of the base run (default: built-in defaults).")
-    s.add_argument("--preset", choices=list(PRESETS), help="Apply a preset before --set overrides.")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one base field (repeatable).")
-    s.add_argument("--axis", action="append", required=True, metavar="FIELD=V1,V2",
-                   help=f"A field and its values, comma separated (repeatable, at most {MAX_FIELDS} fields and "
-                        f"{MAX_RUNS} runs).")
-    s.add_argument("--mode", choices=MODES, default="grid",
-                   help="grid: every combination (default); list: the values zipped, every list as long.")
-    s.add_argument("--metric", default="eval_loss",
-                   help=f"What ranks the runs: {', '.join(METRICS)} (an evaluation metric needs "
-                        "--set evaluate_after=true).")
-    s.add_argument("--name", default="", help="The sweep's name; each run is '<name> · field=value, ...'.")
-
-
-def sweep_axes(items: list[str]) -> dict[str, str]:
-    """`--axis FIELD=V1,V2` flags as {field: "V1,V2"}; ConfigError for a flag without '=' or a field twice.
-
-    >>> sweep_axes(["learning_rate=1e-4,2e-4", "lora_r = 8,16"])
-    {'learning_rate': '1e-4,2e-4', 'lora_r': '8,16'}
-    """
-    from finetune_core.config import ConfigError
-
-    axes: dict[str, str] = {}
-    for item in items:
-        name, sep, values = item.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--axis expects FIELD=V1,V2, got {item[:80]!r}.")
-        if name.strip() in axes:
-            raise ConfigError(f"--axis {name.strip()}: the field is given twice; put its values in one --axis.")
-        axes[name.strip()] = values
-    return axes
+    add_sweep_arguments(parser, PRESETS)
 
 
 def cmd_sweep(args) -> int:
     """Put a sweep's runs on the persisted run queue (the app, or `queue work`, trains them in order);
     prints each run's position, id and name. 2 on bad input."""
-    from finetune_core.runs.sweep import expand, queue_sweep
+    from finetune_core.runs.sweep import expand, queue_sweep, sweep_axes
 
     try:  # a ConfigError (a StudioError) is reported by main
         base = RunConfig.load(args.config) if args.config else RunConfig()
@@ -376,7 +345,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("runs", "List runs and their states.", lambda parser: None, cmd_runs),  # no flags
     Command("queue", "The run queue: list, cancel, or work through it.", add_queue_arguments, cmd_queue),
     Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
-    Command("sweep", "Queue a sweep: runs over up to three fields (grid or list).", add_sweep_arguments, cmd_sweep),
+    Command("sweep", "Queue a sweep: runs over up to three fields (grid or list).", _add_sweep_arguments, cmd_sweep),
 )
 
 
