@@ -83,7 +83,7 @@ def training_numbers(run: Run) -> dict[str, tuple[float | None, bool | None]]:
         "final train loss": (train[-1] if train else None, False),
         "best held-out loss": (min(held) if held else None, False),
         "last held-out loss": (held[-1] if held else None, False),
-        "steps": (float(status.get("step") or 0), None),
+        "steps": (int(status.get("step") or 0), None),
         "wall time (s)": (round(wall, 1) if wall is not None else None, False),
         "tokens/s (mean)": (round(sum(speeds) / len(speeds), 1) if speeds else None, True),
     }

@@ -14,7 +14,7 @@ from finetune_core.runs.store import get_run
 from finetune_core.runs.sweep import BEST
 from sweep_support import FakeQueue, fake_run
 from ui.runs_tab import (BEST_STYLE, HIDDEN_RUN, axes_from_rows, cancel_choices, cancel_queued, compare_view,
-                         queue_frame, start_sweep, sweep_choices, sweep_view)
+                         queue_frame, start_sweep, styled_metrics, sweep_choices, sweep_view)
 
 ALICE, BOB = Visitor(user="alice"), Visitor(user="bob")
 
@@ -105,12 +105,14 @@ def test_sweep_table_is_ranked_with_the_best_row_styled(runs_root):
 def test_compare_view_of_the_visitors_runs(runs_root, monkeypatch):
     monkeypatch.setenv("STUDIO_REQUIRE_LOGIN", "1")
     a = fake_run("a", owner={"user": "alice"}, lora_r=4)
-    b = fake_run("b", owner={"user": "alice"}, lora_r=8)
+    b = fake_run("b", owner={"user": "alice"}, lora_r=8, losses=(2.0, 1.5, 1.0123456))
     other = fake_run("c", owner={"user": "bob"})
     curves, metrics, diff, series = compare_view([a.id, b.id], ALICE)
     assert series == ["a train", "a held-out", "b train", "b held-out"] and len(curves) == 8
     assert list(metrics.columns) == ["metric", "better", "a", "b", "best"]
     assert diff.to_dict("records") == [{"field": "lora_r", "a": "4", "b": "8"}]
+    html = styled_metrics(metrics).to_html()  # 4 significant digits; b's final train loss is the best
+    assert ">1.012</td>" in html and ">1.2</td>" in html and BEST_STYLE.split(";")[0] in html
     with pytest.raises(gr.Error, match="Compare 2 to 8 runs; got 1"):
         compare_view([a.id], ALICE)
     with pytest.raises(gr.Error, match="does not exist"):

@@ -196,6 +196,20 @@ def sweep_view(sweep_id: str | None, who: Visitor | None = None, picked: dict | 
 
 
 # -- compare ---------------------------------------------------------------------------------------
+def styled_metrics(table: pd.DataFrame):
+    """The metrics table for the page: numbers to 4 significant digits, the best run's cell of each row
+    highlighted."""
+    def mark(row: pd.Series) -> list[str]:
+        return [BEST_STYLE if row.get("best") and column == row["best"] else "" for column in row.index]
+
+    def number(value) -> str:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return "—"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return table.style.apply(mark, axis=1).format(number).hide(axis="index")
+
+
 def compare_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
     """(the run's name and time · state, run id) of each run this visitor may see, newest first."""
     return [(f"{run.label()} · {run.status().get('state', '?')}", run.id) for run in visible_runs(who or Visitor())]
@@ -317,7 +331,7 @@ def build(ctx: AppContext, shared: Shared, train: TrainParts) -> RunsParts:
     @shows_errors
     def on_compare(run_ids, request: gr.Request):
         curves, metrics, diff, names = compare_view(run_ids, visitor(request))
-        return gr.update(value=curves), metrics, diff, names
+        return gr.update(value=curves), styled_metrics(metrics), diff, names
 
     @shows_errors
     def on_legend(names):
@@ -341,4 +355,4 @@ def build(ctx: AppContext, shared: Shared, train: TrainParts) -> RunsParts:
 
 
 __all__ = ["build", "cancel_choices", "cancel_queued", "compare_choices", "compare_view", "field_choices",
-           "metric_choices", "queue_frame", "start_sweep", "styled", "sweep_choices", "sweep_view"]
+           "metric_choices", "queue_frame", "start_sweep", "styled", "styled_metrics", "sweep_choices", "sweep_view"]
