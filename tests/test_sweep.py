@@ -29,6 +29,7 @@ def test_list_zips_values_and_coerces_each_as_its_field():
 @pytest.mark.parametrize("axes, mode, said", [
     ({"lora_r": "8, 0"}, "grid", "lora_r: 0 is below the minimum 1"),
     ({"learning_rate": "1e-4, fast"}, "grid", "learning_rate: 'fast' is not a valid float"),
+    ({"lora_r": "8, 8.5"}, "grid", "lora_r: '8.5' is not a valid int"),
     ({"lr_scheduler": "linear, wavy"}, "grid", "lr_scheduler: 'wavy' is not one of"),
     ({"model": "a, b"}, "grid", "model: not a field a sweep varies"),
     ({"data_path": "a, b"}, "grid", "data_path: not a field a sweep varies"),

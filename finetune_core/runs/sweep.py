@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import re
 import secrets
 import time
@@ -89,6 +90,14 @@ def _split(field: str, values: list | tuple | str) -> list:
     return items
 
 
+def _fraction(text: str) -> bool:
+    """Whether a number typed as text has a fractional part ("8.5" yes, "8", "1e3" and "x" no)."""
+    try:
+        return not float(text).is_integer()
+    except (ValueError, OverflowError):
+        return False
+
+
 def parse_axis(base: RunConfig, field: str, values: list | tuple | str) -> list:
     """The values of one axis, each coerced and bounds-checked as the field's own (SweepError names the
     field and the value); a value given twice is refused."""
@@ -98,6 +107,9 @@ def parse_axis(base: RunConfig, field: str, values: list | tuple | str) -> list:
             value = getattr(base.with_overrides({field: raw}), field)
         except ConfigError as exc:
             raise SweepError(str(exc)) from None
+        if isinstance(value, int) and not isinstance(value, bool) and isinstance(raw, str) and _fraction(raw):
+            # the field's coercion reads "8.5" as 8: two such values would be one run twice, named apart
+            raise SweepError(f"{field}: {raw!r} is not a valid int.")
         if value in out:
             raise SweepError(f"{field}: {raw!r} is given twice.")
         out.append(value)
@@ -127,21 +139,15 @@ def expand(base: RunConfig, axes: dict[str, list | str], mode: str = "grid") -> 
     names = [str(n).strip() for n in axes]
     check_fields(names)
     values = {name: parse_axis(base, name, raw) for name, raw in zip(names, axes.values())}
-    if mode == "list":
-        lengths = {name: len(v) for name, v in values.items()}
-        if len(set(lengths.values())) > 1:
-            said = ", ".join(f"{n} {k}" for n, k in lengths.items())
-            raise SweepError(f"A list sweep pairs the values in order, so every field needs as many: got {said}.")
-        combos = [dict(zip(names, row)) for row in zip(*values.values())]
-    else:
-        count = 1
-        for v in values.values():
-            count *= len(v)
-        if count > MAX_RUNS:  # said before the product is built
-            raise SweepError(_too_many(count))
-        combos = [dict(zip(names, row)) for row in itertools.product(*values.values())]
-    if len(combos) > MAX_RUNS:
-        raise SweepError(_too_many(len(combos)))
+    lengths = {name: len(v) for name, v in values.items()}
+    if mode == "list" and len(set(lengths.values())) > 1:
+        said = ", ".join(f"{n} {k}" for n, k in lengths.items())
+        raise SweepError(f"A list sweep pairs the values in order, so every field needs as many: got {said}.")
+    count = len(values[names[0]]) if mode == "list" else math.prod(lengths.values())
+    if count > MAX_RUNS:  # said before the combinations are built
+        raise SweepError(f"That sweep makes {count} runs; a sweep may queue at most {MAX_RUNS}. Give fewer values.")
+    rows = zip(*values.values()) if mode == "list" else itertools.product(*values.values())
+    combos = [dict(zip(names, row)) for row in rows]
     if len(combos) < 2:
         raise SweepError("That is one run, not a sweep: give a field two or more values.")
     out = []
@@ -151,10 +157,6 @@ def expand(base: RunConfig, axes: dict[str, list | str], mode: str = "grid") -> 
         except ConfigError as exc:  # values fine alone, not together (e.g. a loss type and the objective)
             raise SweepError(f"run {i} ({values_text(combo)}): {exc}") from None
     return out
-
-
-def _too_many(count: int) -> str:
-    return f"That sweep makes {count} runs; a sweep may queue at most {MAX_RUNS}. Give fewer values."
 
 
 def value_text(value: Any) -> str:
