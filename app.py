@@ -11,7 +11,8 @@ runs are per user), STUDIO_PUBLIC=1 (a shared public deployment: catalogue
 models only, a size ceiling, no local folders), STUDIO_ADMINS=a,b,
 STUDIO_MODEL_ALLOWLIST=a/b,c/d, STUDIO_MAX_PARAMS_B, STUDIO_LIMIT_*,
 STUDIO_ALLOW_SERVER_TOKEN=1, STUDIO_UPLOADS_DIR (copies of uploaded files),
-STUDIO_EXPORTS_DIR (the only folder files are served from). The README's
+STUDIO_EXPORTS_DIR (the only folder files are served from), STUDIO_SYNC_REPO
+(back finished runs up to a Hub repo, restore them on start). The README's
 "Deployment settings" table says what each does.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ import gradio as gr  # noqa: E402
 
 from finetune_core.models.sources import hub_timeouts  # noqa: E402
 from finetune_core.runs.store import runs_root  # noqa: E402
-from ui import chat_tab, data_tab, eval_tab, export_tab, guide, runs_tab, train_tab  # noqa: E402
+from finetune_core.runs.sync import Syncer  # noqa: E402
+from ui import chat_tab, data_tab, eval_tab, export_tab, guide, runs_tab, storage_note, train_tab  # noqa: E402
 from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext, Page, Shared  # noqa: E402
@@ -73,6 +75,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         notice = Policy.from_env().notice()
         if notice:  # who sees what, said plainly on a shared or multi-user deployment
             gr.Markdown(notice, elem_id="studio-sharing")
+        storage_note.build(ctx, demo)  # where runs are kept; a warning when a rebuild would lose them
         if ctx.settings.require_login and os.environ.get("SPACE_ID"):
             # On a Space with `hf_oauth: true` in the README front matter: sign in with Hugging Face.
             gr.LoginButton()
@@ -136,12 +139,14 @@ def launch_kwargs(ctx: AppContext) -> dict:
 
 
 def main() -> None:
-    """Launch the app: Hub timeouts, one AppContext, the retention sweeper thread, then Gradio's server
+    """Launch the app: Hub timeouts, one AppContext, the retention sweeper and runs sync threads, then Gradio's server
     (blocks until it stops)."""
     hub_timeouts()
     ctx = AppContext()
     demo = build_app(ctx)
     ctx.start_sweeper()  # retention of uploads, exports and Gradio's cache (finetune_core/retention.py)
+    Syncer().start()  # with STUDIO_SYNC_REPO: restore runs, then back finished ones up (finetune_core/runs/sync.py)
+    ctx.queue.start()  # the run queue's dispatcher: waiting runs start one after another (runs/queue.py)
     demo.launch(**launch_kwargs(ctx))
 
 

@@ -53,7 +53,8 @@ def card_data(run: Run, what: str, facts: Facts):
 
     cfg = run.run_yaml()
     base = base_model_id(str(cfg.get("model") or ""))
-    dataset = dataset_id(str(cfg.get("data_path") or ""))
+    hub = str(cfg.get("hub_source") or "").split("?")[0]  # read from the Hub (finetune_core/data/hub.py)
+    dataset = dataset_id(hub) or dataset_id(str(cfg.get("data_path") or ""))
     tags = ["finetune-studio", str(cfg.get("objective") or "sft")]
     tags += ["lora"] if cfg.get("method") in ("lora", "qlora") else []
     tags += ["text-generation-inference"] if what == "merged" else []

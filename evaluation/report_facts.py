@@ -65,6 +65,10 @@ def data_facts(run: Run) -> list[tuple[str, str]]:
     """What the model was trained on, from the run's data/report.json."""
     cfg = run.run_yaml()
     facts = [("Data file", Path(cfg.get("data_path") or "").name or "—")]
+    if cfg.get("hub_source"):  # rows read from the Hugging Face Hub: which dataset, split, rows and revision
+        from finetune_core.data.hub import describe
+
+        facts.append(("Hub dataset", describe(str(cfg["hub_source"]))))
     try:
         rep = json.loads((run.data_dir / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

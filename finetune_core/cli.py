@@ -1,6 +1,7 @@
 """Command line over the same functions the UI calls: the core's commands.
 
     python -m finetune_core inspect FILE [--map prompt=COL ...] [--json]
+    python -m finetune_core inspect --hub OWNER/NAME [--hub-config C] [--split S] [--limit N]
     python -m finetune_core train --config run.yaml [--preset NAME] [--set key=value ...] [--force]
     python -m finetune_core train --resume RUN_DIR
     python -m finetune_core train --preset "Quick demo DPO (CPU)" --set parent_run=RUN_ID --set data_path=FILE
@@ -9,9 +10,10 @@
     python -m finetune_core runs
     python -m finetune_core sweep --config run.yaml --axis learning_rate=1e-4,2e-4 --axis lora_r=8,16 [--mode list]
     python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
+    python -m finetune_core sync [--restore] [--repo OWNER/NAME]
 
 Each layer declares its commands where their code lives, as `Command`
-records: these four here (COMMANDS), `eval`, `export` and `report` in
+records: those here (COMMANDS: inspect, train, runs, queue, chat, sync, sweep), `eval`, `export`, `report`, ... in
 evaluation/commands.py (they need the evaluation layer: metrics, the report,
 the model card). finetune_core/__main__.py, the program entry, joins both
 lists into one parser; this library module never imports evaluation. Exit
@@ -124,6 +126,12 @@ def cmd_train(args) -> int:
         if args.preset:
             cfg = cfg.with_overrides(PRESETS[args.preset])
         cfg = cfg.with_sets(args.set or [])
+        if _rank() == 0:  # `--set hub_source=owner/name?split=train&rows=500`: its rows fetched into a file
+            from dataclasses import replace
+
+            from finetune_core.data.hub import fill_from_hub
+
+            cfg = replace(cfg, data=fill_from_hub(cfg.data))
         from finetune_core.training.preference import check_start
 
         check_start(cfg)  # a bad parent run or a file the objective cannot use: refused before a run exists
@@ -281,61 +289,55 @@ def cmd_runs(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    """Check a data file: 0 when it is usable, 2 when it is not."""
+    """Check a data file, or the first rows of a Hub dataset (--hub): 0 when usable, 2 when not."""
     from finetune_core.data.dataset import run_inspect
     from finetune_core.models.sources import load_tokenizer
 
+    if args.hub:
+        if args.file:
+            print("error: give a data file or --hub ID, not both", file=sys.stderr)
+            return 2
+        args.file = str(_hub_file(args))
+    elif not args.file:
+        print("error: give a data file to check (or --hub ID for a Hub dataset)", file=sys.stderr)
+        return 2
     return run_inspect(args, load_tokenizer)
+
+
+def _hub_file(args) -> Path:
+    """`inspect --hub`: stream the dataset's first rows into the uploads folder and say how to train on them
+    (on stderr: --json keeps stdout one JSON object). The environment's token is used (HF_TOKEN)."""
+    from finetune_core.data.hub import HubRequest, default_folder, describe, fetch_to_file
+
+    request = HubRequest(args.hub, args.hub_config or "", args.split or "train", args.limit or 0)
+    got = fetch_to_file(request, args.hub_out or default_folder(), local_root=args.hub_root or None,
+                        max_file_mb=args.max_file_mb)
+    for note in got.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{describe(got.source)}: {got.rows} rows saved as {got.path}\ntrain on them with: python -m "
+          f"finetune_core train --set data_path={got.path} --set 'hub_source={got.source}'", file=sys.stderr)
+    return got.path
 
 
 def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     from finetune_core.data.dataset import add_inspect_arguments
+    from finetune_core.data.hub import DEFAULT_ROWS
 
     add_inspect_arguments(parser)
-
-
-def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    from finetune_core.runs.sweep import add_sweep_arguments
-
-    add_sweep_arguments(parser, PRESETS)
-
-
-def cmd_sweep(args) -> int:
-    """Put a sweep's runs on the persisted run queue (the app, or `queue work`, trains them in order);
-    prints each run's position, id and name. 2 on bad input."""
-    from finetune_core.runs.sweep import expand, queue_sweep, sweep_axes
-
-    try:  # a ConfigError (a StudioError) is reported by main
-        base = RunConfig.load(args.config) if args.config else RunConfig()
-    except OSError as exc:  # the run.yaml named on the command line cannot be read
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.preset:
-        base = base.with_overrides(PRESETS[args.preset])
-    base = base.with_sets(args.set or [])
-    axes = sweep_axes(args.axis)
-    planned = expand(base, axes, args.mode)  # bad fields and values: refused before the trainer's libraries load
-    from finetune_core.training.preference import check_objective, check_start
-
-    check_start(base)  # a data file or parent run the runs cannot use: refused before any is queued
-    for cfg, _values in planned:
-        check_objective(cfg)  # a swept setting the objective's trainer would refuse mid-way
-    queue = _run_queue()
-    runs = queue_sweep(queue, base, axes, args.mode, args.metric, owner={}, name=args.name)
-    positions = {item.get("run"): item.get("position") for item in queue.items()}
-    tag = runs[0].run_yaml().get("sweep") or {}
-    print(f"sweep {tag.get('id')} ({tag.get('name')}): {len(runs)} runs queued, ranked by {tag.get('metric')}")
-    for run in runs:
-        print(f"  {positions.get(run.id, '?')}. {run.id}  {run.name!r}")
-    return 0
-
-
-def _run_queue():
-    """The persisted run queue of the runs root, for commands that add to it (nothing starts here)."""
-    from finetune_core.runs.queue import RunQueue
-    from finetune_core.training.runner import TrainingSlot
-
-    return RunQueue(TrainingSlot())
+    for action in parser._actions:  # FILE becomes optional: --hub names the data instead
+        if action.dest == "file":
+            action.nargs, action.default, action.help = "?", "", "the data file (or give --hub ID)"
+    hub = parser.add_argument_group("a dataset on the Hugging Face Hub (its first rows, streamed)")
+    hub.add_argument("--hub", metavar="ID", default="", help="dataset id 'owner/name' instead of a file")
+    hub.add_argument("--hub-config", metavar="C", default="", help="config (subset); default: the dataset's default")
+    hub.add_argument("--split", metavar="S", default="train", help="split (default: train)")
+    hub.add_argument("--limit", metavar="N", type=int, default=0,
+                     help=f"rows to read from the start of the split (default {DEFAULT_ROWS}; at most the "
+                          "data_rows limit)")
+    hub.add_argument("--hub-out", metavar="DIR", default="",
+                     help="folder for the rows' file (default: the uploads folder, STUDIO_UPLOADS_DIR or ./uploads)")
+    hub.add_argument("--hub-root", metavar="DIR", default="",
+                     help="a local folder standing in for the Hub (ID = DIR/owner/name), e.g. offline")
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -345,8 +347,23 @@ COMMANDS: tuple[Command, ...] = (
     Command("runs", "List runs and their states.", lambda parser: None, cmd_runs),  # no flags
     Command("queue", "The run queue: list, cancel, or work through it.", add_queue_arguments, cmd_queue),
     Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
-    Command("sweep", "Queue a sweep: runs over up to three fields (grid or list).", _add_sweep_arguments, cmd_sweep),
+    Command("sync", "Back finished runs up to the Hub repo STUDIO_SYNC_REPO (--restore: bring them back).",
+            lambda parser: _sync().add_sync_arguments(parser), lambda args: _sync().cmd_sync(args)),
+    Command("sweep", "Queue a sweep: runs over up to three fields (grid or list).",
+            lambda parser: _sweep().add_sweep_arguments(parser), lambda args: _sweep().cmd_sweep(args)),
 )
+
+
+def _sync():
+    from finetune_core.runs import sync  # loaded when the command is used: it needs huggingface_hub
+
+    return sync
+
+
+def _sweep():
+    from finetune_core.runs import sweep_cli  # the sweep's flags and the command (queue, trainer checks)
+
+    return sweep_cli
 
 
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:

@@ -10,9 +10,10 @@ from conftest import toy_rows
 from finetune_core.config import PRESETS, RunConfig
 from finetune_core.data.dataset import write_jsonl
 from ui.context import AppContext
-from finetune_core.runs.store import create_run
+from finetune_core.runs.store import create_run, get_run
 from ui.train_tab import (TRAIN_ANYWAY, build_config, cli_text, config_from_yaml_file, data_fields,
-                          memory_markdown, model_choices, rename_run, resume_training, start_training)
+                          memory_markdown, model_choices, queue_note, rename_run, resume_training,
+                          start_training)
 from ui.train_views import (RUN_COLUMNS, device_note, loss_frame, run_picks, run_view, runs_table, tick,
                             watched_run_id)
 from ui.widgets import build_config_widgets, chosen_run_name, config_from_values, default_name_for, named_values
@@ -61,9 +62,12 @@ def test_start_then_view_the_run(tiny_model_dir, data_state, runs_root):
     cfg = config_from_values({"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "logging_steps": 1},
                              data_fields(data_state))
     run_id = start_training(ctx, cfg, label="toy", name="first toy run")
-    with pytest.raises(gr.Error, match="already running"):  # the job takes seconds: still running here
-        start_training(ctx, cfg)
+    assert queue_note(ctx, run_id) == 'Training started: "first toy run".'
+    second = start_training(ctx, cfg, name="second")  # the job takes seconds: still running here
+    assert get_run(second).status()["state"] == "waiting"
+    assert queue_note(ctx, second).startswith('Queued: "second" is number 1 in the queue after "first toy run"')
     assert ctx.slot.wait(120)["state"] == "completed"
+    assert ctx.queue.wait_idle(120) and get_run(second).status()["state"] == "completed"
     title, bar, frame, log = run_view(run_id)
     assert title.startswith("**first toy run** — completed (2 of 2 steps)")
     assert "step 2/2" in bar

@@ -25,7 +25,7 @@ from .errors import page_error, shows_errors
 
 def gpu_busy_message(ctx: AppContext) -> str:
     """Why chat cannot run now: a training job holds the only GPU. Empty when chat can run."""
-    run = ctx.slot.gpu_run()
+    run = ctx.queue.gpu_run()
     if run is None:
         return ""  # idle, or CPU training: chat shares the cores, slower but working
     return (f"Chat is paused: training run {run.id} is using the GPU. "
@@ -38,7 +38,7 @@ def status_line(ctx: AppContext, key: str, extra: str = "", blind: bool = False,
     busy = gpu_busy_message(ctx)
     if busy:
         return f"⏳ {busy}"
-    if ctx.slot.active() is not None:
+    if ctx.queue.running() is not None:
         extra = (extra + " " if extra else "") + "A training job is running on the CPU: answers come slower."
     if blind:
         return (f"Blind A/B: Model A and Model B answer each message, on sides drawn at random each turn; "

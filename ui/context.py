@@ -21,6 +21,8 @@ import gradio as gr
 from finetune_core.inference.chat_limits import GenerationSlots
 from finetune_core.inference.model_cache import ModelCache
 from finetune_core.retention import Area, Sweeper, gradio_cache_dir
+from finetune_core.runs.queue import RunQueue
+from finetune_core.runs.store import RunError, get_run
 from finetune_core.training.runner import TrainingSlot
 
 from .eval_progress import Evaluations
@@ -61,17 +63,35 @@ class AppContext:
     evaluations: Evaluations = field(default_factory=Evaluations)
     # the Evaluate tab's checks in progress by "<kind>:<run id>" (general skills, judge: ui/eval_checks.py)
     checks: Evaluations = field(default_factory=Evaluations)
+    # the runs waiting for the device and the one training (runs/queue.py); made from `slot`
+    queue: RunQueue | None = None
+
+    def __post_init__(self) -> None:
+        if self.queue is None:
+            self.queue = RunQueue(self.slot, on_finished=self.evaluate_finished)
+
+    def evaluate_finished(self, run) -> None:
+        """A queued run that asked for it (evaluate_after) is evaluated when it completes."""
+        from .eval_tab import evaluate_finished_run  # eval_tab imports this module
+
+        evaluate_finished_run(self, run)
 
     def in_use(self) -> list[Path]:
-        """Files the sweeper must keep now: the data of the job that is training."""
-        job = self.slot.active()
-        if job is None:
-            return []
-        try:
-            cfg = job.run.config()
-        except (OSError, ValueError):
-            return []
-        return [Path(p) for p in (cfg.data.data_path, cfg.data.eval_path) if p]
+        """Files the sweeper must keep now: the data of the run that is training and of the runs waiting."""
+        runs = [self.queue.running()]
+        for item in self.queue.items():
+            try:
+                runs.append(get_run(item["run"]))
+            except RunError:
+                continue
+        kept = []
+        for run in filter(None, runs):
+            try:
+                cfg = run.config()
+            except (OSError, ValueError):
+                continue
+            kept += [Path(p) for p in (cfg.data.data_path, cfg.data.eval_path) if p]
+        return kept
 
     def start_sweeper(self) -> Sweeper:
         """Sweep uploads, exports and Gradio's cache by the retention settings

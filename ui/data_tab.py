@@ -1,8 +1,8 @@
 """Data tab: pick a sample, upload a file or take a run's votes, map its columns, see what the model will learn.
 
-A file goes in once (a sample click, an upload copied into the server's
-uploads folder under a generated name, or the votes.jsonl of a run the visitor
-may use, ``ui/data_uploads.py``) and comes back as one view: detected
+A file goes in once (a sample click, an upload copied into the server's uploads
+folder under a generated name, the votes.jsonl of a run the visitor may use,
+``ui/data_uploads.py``, or a Hub dataset's first rows, ``ui/data_hub.py``) and comes back as one view: detected
 format and counts, every issue with its row number, label counts, token-length
 histograms, duplicates and train/held-out leakage, a preview of normalised
 rows and one example rendered through the chat template with the trained
@@ -114,7 +114,8 @@ def inspect_data(source: dict | None, mapping: DataMapping, tokenizer=None, max_
     if not source or not source.get("path"):
         return DataView(None, source, mapping, EMPTY_STATUS)
     max_length = int(max_length or 512)
-    mapping = replace(mapping, data_path=source["path"], eval_path=source.get("eval_path", "") or "")
+    mapping = replace(mapping, data_path=source["path"], eval_path=source.get("eval_path", "") or "",
+                      hub_source=source.get("hub_source", "") or "")  # where Hub rows came from (ui/data_hub.py)
     found = inspect_mapping(mapping, tokenizer, max_length, max_file_mb)
     report, eval_report, tokens = found.report, found.eval_report, found.tokens
     view = DataView(
@@ -231,6 +232,7 @@ def view_values(view: DataView) -> tuple:
 # -- layout and wiring -------------------------------------------------------------
 def build(ctx: AppContext, shared: Shared) -> DataParts:
     """Build the Data tab inside the caller's `gr.Tab`; returns what the guided demo uses."""
+    from . import data_hub  # here, not at the top: data_hub builds on this module's handlers
     settings = ctx.settings
     tokenizers = TokenizerCache()  # per app, read-only for users (like ctx.models)
     file_state = gr.State(None)  # per browser: {"path", "name", "sample", "eval_path", "eval_name"}
@@ -250,6 +252,7 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
                                        info="Blind votes from the Chat tab: the winner is chosen, the other "
                                             "answer rejected; ties are left out.", scale=4, elem_id="data-votes")
                 votes_refresh = gr.Button("↻", size="sm", scale=0, min_width=40, elem_id="data-votes-refresh")
+            hub = data_hub.build_section()  # "From the Hugging Face Hub"
             with gr.Accordion("Mapping and split", open=True):
                 defaults = DataMapping()
                 mapping = {  # keyed by DataMapping field: current() reads them back by name
@@ -381,6 +384,8 @@ def build(ctx: AppContext, shared: Shared) -> DataParts:
     eval_upload.upload(on_eval_file, mapping_inputs | {file_state, eval_upload}, outputs, api_name="data_eval_upload")
     eval_upload.clear(on_eval_file, mapping_inputs | {file_state, eval_upload}, outputs, api_visibility="private")
     apply_btn.click(on_apply, mapping_inputs | {file_state}, outputs, api_name="data_apply")
+    data_hub.wire(hub, mapping_inputs, outputs, settings.max_upload_mb,  # tokenizer, its problem, mapping, max length:
+                  lambda raw: (*tokenizer_for(raw[tok_source]), current(raw), raw[max_length]))
     next_btn.click(on_next, None, shared.tabs, api_visibility="private")
     return DataParts(outputs=outputs, load_sample=load_sample_values, sample_buttons=sample_buttons, status=status,
                      votes=votes_dd, vote_runs=on_vote_runs)

@@ -60,7 +60,7 @@ def check_key(kind: str, run_id: str | None) -> str:
 
 def gpu_busy(ctx: AppContext) -> str:
     """Why the model cannot run now ("" when it can): a training job holds the GPU."""
-    run = ctx.slot.gpu_run()
+    run = ctx.queue.gpu_run()
     if run is None:
         return ""
     return f"Training run “{run.name}” is using the GPU. Evaluate when it finishes or is stopped (Train tab)."

@@ -84,7 +84,7 @@ def export_folder(ctx: AppContext) -> Path:
 
 def gpu_busy(ctx: AppContext) -> str:
     """Why a model cannot be loaded now ("" when it can): a training job holds the GPU."""
-    run = ctx.slot.gpu_run()
+    run = ctx.queue.gpu_run()
     if run is None:
         return ""
     return f"Training run “{run.name}” is using the GPU. Export when it finishes or is stopped (Train tab)."

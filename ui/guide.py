@@ -57,9 +57,9 @@ def demo_config(ctx: AppContext, data_state: dict) -> RunConfig:
 def wait_for_run(ctx: AppContext, run_id: str):
     """Yield (step, total) while the run trains; return its final status."""
     while True:
-        job = ctx.slot.active()
+        running = ctx.queue.running()
         status = get_run(run_id).status()
-        if job is None or job.run.id != run_id:
+        if status.get("state") != "waiting" and (running is None or running.id != run_id):
             return status
         yield int(status.get("step") or 0), int(status.get("total_steps") or 0)
         time.sleep(POLL_S)

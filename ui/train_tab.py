@@ -39,9 +39,9 @@ from finetune_core.cli import command_line
 from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, read_config_yaml
 from finetune_core.data.mapping import DataMapping
 from finetune_core.models.sources import training_policy
-from finetune_core.runs.ownership import AccessError, Visitor, admins, require_change, set_showcase
-from finetune_core.runs.store import RunError, check_run_name
-from finetune_core.training.runner import Busy
+from finetune_core.runs.ownership import AccessError, Visitor, admins, set_showcase
+from finetune_core.runs.queue import QueueError
+from finetune_core.runs.store import RunError, check_run_name, get_run
 
 from .access import require_user, visitor
 from .context import AppContext, Shared, TrainParts
@@ -97,11 +97,25 @@ def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visito
     check_model(cfg.model)
     check_preference(cfg, who)
     check_memory(cfg, force)
+    who = who or Visitor()
     try:
-        run = ctx.slot.start(cfg, label=label, owner=(who or Visitor()).owner_record(), name=name)
-    except Busy as exc:
-        raise gr.Error(str(exc)) from exc
+        run, _position = ctx.queue.enqueue(cfg, label=label, owner=who.owner_record(), name=name, who=who)
+    except (QueueError, AccessError) as exc:
+        raise gr.Error(str(exc)) from None
+    ctx.queue.dispatch_once(evaluate=False)  # the device is free: it starts now (the dispatcher does the rest)
     return run.id
+
+
+def queue_note(ctx: AppContext, run_id: str) -> str:
+    """What a Train or Resume press did: the run started, or where it waits in the queue."""
+    run = get_run(run_id)
+    position = ctx.queue.position(run_id)
+    if position is None:
+        return f'Training started: "{run.name}".'
+    running = ctx.queue.running()
+    ahead = f' after "{running.name}"' if running is not None else ""
+    return (f'Queued: "{run.name}" is number {position} in the queue{ahead}; it starts by itself '
+            "(Cancel in the Runs tab).")
 
 
 def resume_training(ctx: AppContext, run_id: str, who: Visitor | None = None) -> str:
@@ -111,9 +125,10 @@ def resume_training(ctx: AppContext, run_id: str, who: Visitor | None = None) ->
     if state not in ("stopped", "failed", "interrupted"):
         raise gr.Error(f'Run "{run.name}" is {state}; only stopped, failed or interrupted runs can be resumed.')
     try:
-        ctx.slot.start(resume_run=run)
-    except Busy as exc:
-        raise gr.Error(str(exc)) from exc
+        ctx.queue.resume(run)
+    except QueueError as exc:
+        raise gr.Error(str(exc)) from None
+    ctx.queue.dispatch_once(evaluate=False)
     return run.id
 
 
@@ -131,8 +146,8 @@ def delete_run(ctx: AppContext, run_id, who: Visitor | None = None) -> str:
     """Remove a run for good: only its owner or an admin, never the running job.
     The folder is renamed away first, so no one ever lists half a run."""
     run = open_run(run_id, visitor=who, change="delete")
-    job = ctx.slot.active()
-    if job is not None and job.run.id == run.id:
+    running = ctx.queue.running()
+    if running is not None and running.id == run.id:
         raise gr.Error(f'Run "{run.name}" is training: stop it first.')
     trash = run.path.with_name(f".deleted-{run.id}-{secrets.token_hex(4)}")
     run.path.rename(trash)
@@ -152,15 +167,12 @@ def showcase_run(run_id, on: bool, who: Visitor | None = None) -> str:
 
 
 def stop_training(ctx: AppContext, who: Visitor | None = None) -> bool:
-    """Stop the running job if `who` may (its owner or an admin); False when none runs."""
-    job = ctx.slot.active()
-    if job is None:
-        return False
+    """Stop the running run (a thread or its own process) if `who` may (its owner or an admin); False
+    when none runs."""
     try:
-        require_change(job.run.path, who or Visitor(), "stop")
+        return ctx.queue.stop_running(who or Visitor()) is not None
     except AccessError as exc:
         raise gr.Error(str(exc)) from None
-    return ctx.slot.stop()
 
 
 def cli_text(cfg: RunConfig) -> str:
@@ -208,6 +220,8 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
             with gr.Accordion("Schedule and batching", open=False):
                 widgets.update(build_config_widgets(("schedule",), start_cfg))
                 widgets.update(build_config_widgets(("data",), start_cfg, only=("max_train_rows",)))
+            with gr.Accordion("Where it runs and what tracks it", open=False, elem_id="train-launch"):
+                widgets.update(build_config_widgets(("launch",), start_cfg))
             force = gr.Checkbox(False, label=TRAIN_ANYWAY, elem_id="train-anyway",
                                 info="Start a run even when the estimate says it will not fit.")
             run_name = gr.Textbox(label="Run name", placeholder=default_name_for(None, preset.value),
@@ -262,7 +276,7 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
         cfg = build_config(named_values(widgets, raw), data_state)
         run_id = start_training(ctx, cfg, label=(data_state or {}).get("name", ""), who=who, force=bool(raw[force]),
                                 name=chosen_run_name(raw[run_name], data_state, raw[preset]))
-        gr.Info(f'Training started: "{open_run(run_id, visitor=who).name}".')
+        gr.Info(queue_note(ctx, run_id))
         return run_id, gr.update(choices=run_picks(who), value=run_id), ""  # the next run: a new default name
 
     @shows_errors
@@ -276,7 +290,9 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
         require_user(request)
         if not run_id:
             raise gr.Error("Pick a run to resume in 'Open run'.")
-        return resume_training(ctx, run_id, visitor(request))
+        run_id = resume_training(ctx, run_id, visitor(request))
+        gr.Info(queue_note(ctx, run_id))
+        return run_id
 
     @shows_errors
     def on_delete(run_id, request: gr.Request):
@@ -373,5 +389,5 @@ def build(ctx: AppContext, shared: Shared) -> TrainParts:
     return TrainParts(pick=pick, widgets=widgets)
 
 
-__all__ = ["build", "build_config", "start_training", "check_memory", "check_preference", "memory_markdown", "model_choices",
+__all__ = ["build", "build_config", "start_training", "queue_note", "stop_training", "check_memory", "check_preference", "memory_markdown", "model_choices",
            "resume_training", "rename_run", "delete_run", "cli_text", "config_from_yaml_file"]

@@ -28,6 +28,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from finetune_core.data.hub import describe
 from finetune_core.errors import StudioError
 from finetune_core.models import memory
 from finetune_core.models.catalogue import BUNDLED_HUB_ID, ENTRIES
@@ -142,7 +143,8 @@ def runs_table(who: Visitor | None = None, nobody: bool = False) -> pd.DataFrame
         model = " · ".join(p for p in (short_model(s["model"]), parent_label(s["parent"])) if p)
         rows.append({"name": s["name"], "state": s["state"], "steps": f"{s['step'] or 0}/{s['total_steps'] or '?'}",
                      "model": model, "method": method if s["objective"] == "sft" else f"{s['objective']} · {method}",
-                     "data": data_label(run, s["data"]), "reason": s["reason"]})
+                     "data": describe(s["hub_source"]) if s["hub_source"] else data_label(run, s["data"]),
+                     "reason": s["reason"]})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
@@ -259,9 +261,9 @@ def watched_run_id(ctx: AppContext, selected: str | None, who: Visitor | None = 
     they picked, else the session's run (`session`: set by Train or the guided demo), else the
     latest run they may see; None when they may see none."""
     who = who or Visitor()
-    job = ctx.slot.active()
-    if job is not None and can_view(job.run.path, who):
-        return job.run.id
+    running = ctx.queue.running()
+    if running is not None and can_view(running.path, who):
+        return running.id
     if isinstance(selected, str) and selected:
         return selected  # run_view says "gone" for a run that is missing or not theirs
     if _visible(session, who):
@@ -275,6 +277,7 @@ def run_title(run: Run, st: dict, last: dict) -> str:
     why it ended (unless that says the same) and the last speed."""
     state, step, total = st.get("state") or "?", int(st.get("step") or 0), st.get("total_steps") or "?"
     where = {"queued": "queued, starting", "running": f"running, step {step} of {total}",
+             "waiting": "waiting in the queue", "cancelled": "cancelled before it started",
              "completed": f"completed ({step} of {total} steps)"}.get(state, f"{state} at step {step} of {total}")
     if state in ("failed", "interrupted") and not step:
         where = f"{state} before its first step"

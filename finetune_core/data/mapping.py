@@ -2,7 +2,8 @@
 
 The file, its format, the column mapping and templates, the system prompt, the
 held-out share (a fraction, 0..0.5) or a separate evaluation file, the split
-seed and the row caps. The Data tab builds one from its widgets, `RunConfig`
+seed and the row caps, and for rows read from the Hugging Face Hub where they
+came from (``hub_source``, see finetune_core/data/hub.py). The Data tab builds one from its widgets, `RunConfig`
 holds one as ``cfg.data`` (its fields stay flat keys in run.yaml), training
 splits with it and evaluation re-reads another file with it.
 
@@ -56,6 +57,9 @@ class DataMapping:
     max_eval_rows: int = setting(256, "Held-out rows used for the loss during training (0 = all); evaluation "
                                  "uses all.", "data", lo=0, hi=10_000_000)
     drop_bad_rows: bool = setting(True, "Drop rows that fail validation instead of refusing the file.", "data")
+    hub_source: str = setting("", "Where the data came from when it was read from the Hugging Face Hub: "
+                              "'owner/name?config=C&split=S&rows=N&revision=SHA' (set by the Data tab; the rows "
+                              "are the split's first N, in order, so row numbers match the dataset's).", "data")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -82,6 +86,13 @@ class DataMapping:
     def validate(self) -> "DataMapping":
         """Bounds, choices and template limits (ValueError naming the field); returns self."""
         check_values(self)
+        if self.hub_source:
+            from finetune_core.data.hub import HubRequest  # only when used: it is the Hub side of the data layer
+
+            try:
+                HubRequest.parse(self.hub_source)
+            except ValueError as exc:
+                raise ValueError(f"hub_source: {str(exc).removeprefix('hub_source: ')}") from None
         problems = self.template_problems()
         if problems:
             raise ValueError(problems[0])

@@ -1,7 +1,7 @@
 """Runs as processes: the command that starts a run in its own process(es), and the stop request.
 
-A run whose ``launcher`` is not "thread" trains in a child process that the app starts detached (its
-own session), so closing or restarting the app does not stop it. The run directory is the interface
+A run whose ``launcher`` is not "thread" trains in a child process that the app starts in its own
+process group, so closing or restarting the app does not stop it. The run directory is the interface
 between them: the child writes status.json, metrics.jsonl and log.txt as a thread would; the app asks
 it to stop by writing `STOP_FILE` into the run directory, which `watch_stop_file` (in every rank of the
 child) turns into the same stop event the Stop button sets for a thread.
@@ -59,7 +59,10 @@ def child_env() -> dict[str, str]:
 
 
 def spawn(run: Run, cfg: RunConfig, resume: bool = False) -> subprocess.Popen:
-    """Start the run's process(es), detached from the app's session, output appended to process.log.
+    """Start the run's process(es) in their own process group (a Ctrl-C or a signal to the app's group
+    does not reach them), output appended to process.log. Not a session of their own: Linux's
+    scheduler shares the CPU between sessions (autogroups), and a run alone in one got a tenth of
+    the cores while the app's session was busy (measured on 2 cores, bench/bench_queue.py).
     A multi-process run gets its data split made here first, so every rank finds the same split."""
     if cfg.launcher in ("torchrun", "accelerate"):
         from finetune_core.training.train import prepare_split
@@ -69,7 +72,7 @@ def spawn(run: Run, cfg: RunConfig, resume: bool = False) -> subprocess.Popen:
     log = open(run.path / PROCESS_LOG, "ab")
     try:
         return subprocess.Popen(command(run, cfg, resume), cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, process_group=0)
     finally:
         log.close()  # the child has its own copy of the descriptor
 

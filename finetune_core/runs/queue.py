@@ -83,6 +83,9 @@ class RunQueue:
     def _state(self, write: bool = True) -> Iterator[dict]:
         """The queue file's contents under the file lock (shared with other processes); written back after."""
         root = runs_root()
+        if not write and not (root / QUEUE_FILE).exists():
+            yield _empty()  # nothing was ever queued here: nothing to lock or create
+            return
         root.mkdir(parents=True, exist_ok=True)
         with self._lock, open(root / ".queue.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -100,6 +103,9 @@ class RunQueue:
     def _recover(self) -> None:
         """After a restart: a thread run the restart cut short goes back to the head of the queue (it
         resumes from its last checkpoint); a process run whose process is gone is settled."""
+        with self._state(write=False) as state:
+            if not state["active"]:
+                return
         with self._state() as state:
             active = state["active"]
             if not active:
@@ -141,6 +147,30 @@ class RunQueue:
             position = len(state["waiting"])
         run.log(f"Queued at position {position}.")
         return run, position
+
+    def resume(self, run: Run) -> int:
+        """Put a stopped, failed or interrupted run back in the queue, to resume from its last checkpoint;
+        returns its position. (The caller checks who may.)"""
+        with self._state() as state:
+            if any(item["run"] == run.id for item in state["waiting"]):
+                raise QueueError(f'Run "{run.name}" is already waiting in the queue.')
+            state["waiting"].append({"run": run.id, "owner": "", "queued": time.time(), "resume": True})
+            position = len(state["waiting"])
+            run.set_status(state="waiting", reason="waiting in the queue to resume")
+        return position
+
+    def gpu_run(self) -> Run | None:
+        """The running run when it trains on an accelerator (chat, evaluation and export wait for it)."""
+        run = self.slot.gpu_run()
+        if run is not None or self.slot.active() is not None:
+            return run
+        run = self.running()
+        if run is None:
+            return None
+        try:
+            return None if run.run_yaml().get("resolved_device") == "cpu" else run
+        except (OSError, ValueError):
+            return run
 
     def cancel(self, run_id: str, who: Visitor | None = None) -> Run:
         """Take a waiting run off the queue (its owner or an admin); it stays listed as "cancelled"."""
@@ -218,9 +248,10 @@ class RunQueue:
         if wants and run.status().get("state") == "completed" and self.on_finished is not None:
             state["evaluate"].append(run.id)
 
-    def dispatch_once(self) -> Run | None:
-        """Start the first waiting run when the device is free (after any evaluation a finished run owes);
-        returns the run started, or None."""
+    def dispatch_once(self, evaluate: bool = True) -> Run | None:
+        """Start the first waiting run when the device is free (after any evaluation a finished run owes;
+        with `evaluate` False, as in a button's handler, that is left to the dispatcher thread); returns
+        the run started, or None."""
         with self._lock:
             if self.slot.active() is not None:
                 return None
@@ -236,6 +267,8 @@ class RunQueue:
                         self._after(run, state)
                     except RunError:
                         pass
+                if state["evaluate"] and not evaluate:
+                    return None  # an evaluation is owed first: the dispatcher thread does it
                 owed = state["evaluate"].pop(0) if state["evaluate"] else None
             if owed:
                 self._evaluate(owed)

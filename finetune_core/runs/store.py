@@ -19,7 +19,8 @@ directories open unchanged on disk until the run is next written.
 Run ids are made here, never taken from user text (a person sees the run's
 human name, `Run.name`, beside or instead of it); `get_run` only opens ids
 that match the id pattern and exist under the runs root. The root defaults to
-./runs and ``STUDIO_RUNS_DIR`` moves it (e.g. to a Space's persistent storage).
+./runs, to /data/runs on a Space with persistent storage (storage.py), and
+``STUDIO_RUNS_DIR`` moves it anywhere.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from typing import Any
 
 from finetune_core.config import RunConfig, read_config_yaml
 from finetune_core.errors import StudioError
+from finetune_core.runs.storage import default_runs_dir
 
 # waiting: in the run queue (runs/queue.py); queued: made and about to start; cancelled: taken off the queue
 STATES = ("waiting", "queued", "running", "completed", "stopped", "failed", "interrupted", "cancelled")
@@ -48,8 +50,9 @@ class RunError(StudioError):
 
 
 def runs_root() -> Path:
-    """Where run directories live: ``STUDIO_RUNS_DIR``, else ./runs, as an absolute path (read at each call)."""
-    return Path(os.environ.get("STUDIO_RUNS_DIR") or "runs").resolve()
+    """Where run directories live: ``STUDIO_RUNS_DIR``, else /data/runs on a Space with persistent storage,
+    else ./runs (storage.default_runs_dir), as an absolute path (read at each call)."""
+    return Path(os.environ.get("STUDIO_RUNS_DIR") or default_runs_dir()).resolve()
 
 
 def _slug(text: str) -> str:
@@ -270,7 +273,8 @@ class Run:
 
     def summary(self) -> dict:
         """One row for the runs list: id, name, state, steps, model, method, objective (sft for runs from
-        before objectives), parent (the parent run's id, or ""), data file name, created, reason.
+        before objectives), parent (the parent run's id, or ""), data file name, the Hub dataset it was
+        read from (hub_source, or ""), created, reason.
 
         A damaged run.yaml leaves model and method None (and data "") rather than raising."""
         st = self.status()
@@ -284,6 +288,7 @@ class Run:
             "total_steps": st.get("total_steps", 0), "model": cfg.get("model"),
             "method": cfg.get("method"), "objective": cfg.get("objective") or "sft",
             "parent": str(cfg.get("parent_run") or ""), "data": Path(cfg.get("data_path") or "").name,
+            "hub_source": str(cfg.get("hub_source") or ""),
             "created": st.get("created"), "reason": st.get("reason", ""),
         }
 

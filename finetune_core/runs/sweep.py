@@ -18,10 +18,11 @@ the final training loss, or a metric of the run's saved evaluation), the best
 marked. The sweep id is made here, never taken from user text.
 
     python -m finetune_core sweep --config run.yaml --axis learning_rate=1e-4,2e-4 --axis lora_r=8,16
+
+(the command itself: finetune_core/runs/sweep_cli.py)
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -291,40 +292,6 @@ def queue_sweep(queue, base: RunConfig, axes: dict[str, list | str], mode: str =
     return queued
 
 
-# -- the command line ----------------------------------------------------------------------
-def add_sweep_arguments(s: argparse.ArgumentParser, presets=()) -> None:
-    """The `sweep` command's flags (finetune_core/cli.py runs it); `presets`: the preset names offered."""
-    s.add_argument("--config", help="run.yaml of the base run (default: built-in defaults).")
-    s.add_argument("--preset", choices=list(presets), help="Apply a preset before --set overrides.")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override one base field (repeatable).")
-    s.add_argument("--axis", action="append", required=True, metavar="FIELD=V1,V2",
-                   help=f"A field and its values, comma separated (repeatable, at most {MAX_FIELDS} fields and "
-                        f"{MAX_RUNS} runs).")
-    s.add_argument("--mode", choices=MODES, default="grid",
-                   help="grid: every combination (default); list: the values zipped, every list as long.")
-    s.add_argument("--metric", default="eval_loss",
-                   help=f"What ranks the runs: {', '.join(METRICS)} (an evaluation metric needs "
-                        "--set evaluate_after=true).")
-    s.add_argument("--name", default="", help="The sweep's name; each run is '<name> · field=value, ...'.")
-
-
-def sweep_axes(items: list[str]) -> dict[str, str]:
-    """`--axis FIELD=V1,V2` flags as {field: "V1,V2"}; ConfigError for a flag without '=' or a field twice.
-
-    >>> sweep_axes(["learning_rate=1e-4,2e-4", "lora_r = 8,16"])
-    {'learning_rate': '1e-4,2e-4', 'lora_r': '8,16'}
-    """
-    axes: dict[str, str] = {}
-    for item in items:
-        name, sep, values = item.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--axis expects FIELD=V1,V2, got {item[:80]!r}.")
-        if name.strip() in axes:
-            raise ConfigError(f"--axis {name.strip()}: the field is given twice; put its values in one --axis.")
-        axes[name.strip()] = values.strip()
-    return axes
-
-
 # -- reading sweeps back ------------------------------------------------------------------
 def sweep_tag(run: Run) -> dict | None:
     """The run's sweep tag from run.yaml ({"id", "name", "values", "metric"}), or None."""
@@ -390,6 +357,5 @@ def sweep_table(sweep_id: str, metric: str | None = None, who: Visitor | None = 
     return table.reset_index(drop=True)
 
 
-__all__ = ["BEST", "MAX_FIELDS", "MAX_RUNS", "METRICS", "MODES", "SWEEPABLE", "SweepError", "add_sweep_arguments",
-           "expand", "list_sweeps", "metric_value", "queue_sweep", "sweep_axes", "sweep_table", "sweep_runs",
-           "sweep_tag", "values_text"]
+__all__ = ["BEST", "MAX_FIELDS", "MAX_RUNS", "METRICS", "MODES", "SWEEPABLE", "SweepError", "expand", "list_sweeps",
+           "metric_value", "queue_sweep", "sweep_table", "sweep_runs", "sweep_tag", "values_text"]
