@@ -29,7 +29,8 @@ from finetune_core.deploy_settings import apply_settings_file  # noqa: E402
 from finetune_core.models.sources import hub_timeouts  # noqa: E402
 from finetune_core.runs.store import runs_root  # noqa: E402
 from finetune_core.runs.sync import Syncer  # noqa: E402
-from ui import chat_tab, data_tab, eval_tab, export_tab, guide, settings_tab, storage_note, train_tab  # noqa: E402
+from ui import (chat_tab, data_tab, eval_tab, export_tab, guide, runs_tab, settings_tab, storage_note,  # noqa: E402
+                train_tab)
 from finetune_core.runs.ownership import Policy  # noqa: E402
 from ui.access import parse_auth, visitor  # noqa: E402
 from ui.context import AppContext, Page, Shared  # noqa: E402
@@ -94,8 +95,10 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 chat_parts = chat_tab.build(ctx, shared)
             with gr.Tab("5 · Export", id="export"):
                 export = export_tab.build(ctx, shared)
+            with gr.Tab("Runs", id="runs"):  # the queue, sweeps and comparisons: beside the five steps
+                runs = runs_tab.build(ctx, shared, train)
             settings_tab.build(ctx, shared)  # the owner's view of the deployment settings, admins only
-        page = Page(shared, data, train, evaluate_parts, chat_parts, export)
+        page = Page(shared, data, train, evaluate_parts, chat_parts, export, runs)
         refresh_pickers_on_select(ctx, page, evaluate, chat)
         # votes cast in Chat since the page was opened: back on Data, their run is offered
         data_ui.select(page.data.vote_runs, page.data.votes, page.data.votes, api_visibility="private", queue=False)

@@ -4,7 +4,8 @@
                                  [--data other.jsonl] [--limit N] [--loss] [--metrics chrf,bleu]
     python -m finetune_core export --run runs/<id> --adapter-zip a.zip | --merged DIR | --gguf f.gguf
                                    [--qtype f16|bf16|q8_0] [--parity-prompts N]
-    python -m finetune_core report --run runs/<id> [--out DIR]
+    python -m finetune_core report --run runs/<id> [--out DIR] [--compare RUN_ID ...]
+    python -m finetune_core compare RUN_ID RUN_ID [...] [--json]
 
 They are declared here, where their code lives, as `finetune_core.cli.Command`
 records (COMMANDS); finetune_core/__main__.py joins them with the core's.
@@ -266,17 +267,59 @@ def add_report_arguments(r: argparse.ArgumentParser) -> None:
     """The `report` command's flags."""
     r.add_argument("--run", required=True, help="Run directory (runs/<id>).")
     r.add_argument("--out", help="Output folder (default: RUN_DIR/report).")
+    r.add_argument("--compare", nargs="+", metavar="RUN_ID", default=[],
+                   help="add a section comparing the run with these runs (ids or run directories, up to 7)")
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """Write the stakeholder report (HTML + Markdown) of a run."""
+    """Write the stakeholder report (HTML + Markdown) of a run, with other runs beside it when --compare names them."""
     from evaluation.report import report
 
     def write(run):
-        html_path, md_path = report(run, args.out or run.path / "report")
+        others = [open_run_arg(item) for item in args.compare]
+        html_path, md_path = report(run, args.out or run.path / "report", compare_with=others)
         print(f"report: {html_path}\nmarkdown: {md_path}")
 
     return _with_run(write, args.run)
+
+
+# -- compare -------------------------------------------------------------------------------------
+def open_run_arg(item: str):
+    """A run named on the command line: a run id (under the runs root) or a run directory."""
+    from finetune_core.runs.store import RUN_ID_RE, get_run, run_from_dir
+
+    return get_run(item) if RUN_ID_RE.match(item.strip()) else run_from_dir(item)
+
+
+def add_compare_arguments(c: argparse.ArgumentParser) -> None:
+    """The `compare` command's flags."""
+    c.add_argument("runs", nargs="+", metavar="RUN", help="2 to 8 run ids (or run directories)")
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def _records(frame) -> list[dict]:
+    """A table as JSON records (a missing number becomes null)."""
+    return json.loads(frame.to_json(orient="records"))
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Print the runs' metrics table (one column per run, the best named) and the settings that differ."""
+    from evaluation.run_compare import check_runs, config_diff, metrics_table
+
+    def work() -> int:
+        runs = check_runs([open_run_arg(item) for item in args.runs])
+        metrics, diff = metrics_table(runs), config_diff(runs)
+        if args.json:
+            print(json.dumps({"runs": [{"id": r.id, "name": r.name} for r in runs], "metrics": _records(metrics),
+                              "config_diff": _records(diff)}, ensure_ascii=False))
+        else:
+            print(metrics.to_string(index=False, na_rep="—"))
+            print("\nsettings that differ:" if not diff.empty else "\nthe runs have the same settings")
+            if not diff.empty:
+                print(diff.to_string(index=False))
+        return 0
+
+    return run_cli(work)
 
 
 def _with_run(work, run_dir: str) -> int:
@@ -293,4 +336,6 @@ COMMANDS: tuple[Command, ...] = (
     EVAL,
     Command("export", "Adapter zip, merged model or GGUF file of a run.", add_export_arguments, run_export),
     Command("report", "Stakeholder report (HTML + Markdown) of a run.", add_report_arguments, run_report),
+    Command("compare", "Several runs side by side: metrics and the settings that differ.", add_compare_arguments,
+            run_compare),
 )

@@ -7,7 +7,8 @@ the training-loss curve, the base-vs-tuned metric table with each metric's 95%
 interval and its sentence ("not distinguishable from no change on 45 rows"), the
 biggest wins and losses from the per-example table, the general-skill check (with
 the items that went from right to wrong first) and the pairwise judge when they
-were run (evaluation/report_checks.py), the parity verdict of each checked export ("Exported
+were run (evaluation/report_checks.py), other runs side by side when asked for
+(`report(..., compare_with=runs)`, evaluation/run_compare.py), the parity verdict of each checked export ("Exported
 models", finetune_core/export/parity.py), blind-vote results with their interval
 when the run has a ``votes.jsonl``, and a line naming the checks not run. The HTML page carries its CSS inline and the curve as a
 base64 PNG, so it can be mailed as one file; the Markdown refers to the PNG
@@ -291,11 +292,18 @@ def render_markdown(facts: Facts, curve_file: str | None = CURVE_FILE) -> str:
 
 
 # -- files ----------------------------------------------------------------------------------------------
-def report(run: Run, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write report.html (self-contained), report.md and, when there is a curve, loss_curve.png."""
+def report(run: Run, out_dir: str | Path, compare_with: list[Run] | tuple = ()) -> tuple[Path, Path]:
+    """Write report.html (self-contained), report.md and, when there is a curve, loss_curve.png.
+    `compare_with` (other runs, up to 7) adds a "Compared runs" section: this run beside them, the numbers
+    each has and the settings that differ (evaluation/run_compare.py)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     facts = gather(run)
+    others = [r for r in compare_with if r.id != run.id]
+    if others:
+        from evaluation.run_compare import check_runs, comparison_section
+
+        facts.checks.append(comparison_section(check_runs([run, *others])))
     if facts.curve_png:
         (out / CURVE_FILE).write_bytes(facts.curve_png)
     html_path, md_path = out / HTML_FILE, out / MD_FILE

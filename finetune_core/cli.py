@@ -8,11 +8,12 @@
     python -m finetune_core train --config run.yaml --queue        (or --set launcher=process [--detach])
     python -m finetune_core queue list | cancel RUN_ID | work
     python -m finetune_core runs
+    python -m finetune_core sweep --config run.yaml --axis learning_rate=1e-4,2e-4 --axis lora_r=8,16 [--mode list]
     python -m finetune_core chat --run RUN_DIR --prompt "..." [--max-new-tokens N]
     python -m finetune_core sync [--restore] [--repo OWNER/NAME]
 
 Each layer declares its commands where their code lives, as `Command`
-records: those here (COMMANDS: inspect, train, runs, queue, chat, sync), `eval`, `export`, `report`, ... in
+records: those here (COMMANDS: inspect, train, runs, queue, chat, sync, sweep), `eval`, `export`, `report`, ... in
 evaluation/commands.py (they need the evaluation layer: metrics, the report,
 the model card). finetune_core/__main__.py, the program entry, joins both
 lists into one parser; this library module never imports evaluation. Exit
@@ -360,6 +361,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
     Command("sync", "Back finished runs up to the Hub repo STUDIO_SYNC_REPO (--restore: bring them back).",
             lambda parser: _sync().add_sync_arguments(parser), lambda args: _sync().cmd_sync(args)),
+    Command("sweep", "Queue a sweep: runs over up to three fields (grid or list).",
+            lambda parser: _sweep().add_sweep_arguments(parser), lambda args: _sweep().cmd_sweep(args)),
 )
 
 
@@ -367,6 +370,12 @@ def _sync():
     from finetune_core.runs import sync  # loaded when the command is used: it needs huggingface_hub
 
     return sync
+
+
+def _sweep():
+    from finetune_core.runs import sweep_cli  # the sweep's flags and the command (queue, trainer checks)
+
+    return sweep_cli
 
 
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:

@@ -17,7 +17,8 @@ from finetune_core import cli
 from finetune_core.__main__ import main as program
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("inspect", "train", "runs", "queue", "chat", "sync", "eval", "export", "report", "benchmarks", "judge")
+ALL = ("inspect", "train", "runs", "queue", "chat", "sync", "sweep", "eval", "export", "report", "compare", "benchmarks",
+       "judge")
 
 
 def test_help_lists_every_command_with_its_one_line_help():

@@ -179,6 +179,18 @@ class SettingsParts:
 
 
 @dataclass
+class RunsParts:
+    """What runs_tab.build exposes (tests and the browser test read them)."""
+
+    queue: gr.Dataframe  # the running run and the waiting ones, by position
+    cancel_pick: gr.Dropdown  # the waiting run "Cancel selected" takes off the queue
+    sweep_pick: gr.Dropdown  # the sweep whose ranked table is shown
+    sweep_table: gr.Dataframe  # the picked sweep's runs ranked by its metric, the best highlighted
+    compare_pick: gr.Dropdown  # the runs compared (multiselect)
+    compare_plot: gr.LinePlot  # their losses overlaid
+
+
+@dataclass
 class Page:
     """Every tab's parts, gathered by app.build_app once all tabs exist; the events that span
     tabs are wired from it. Kept on the Blocks as `studio_page` for tests and scripts."""
@@ -189,3 +201,4 @@ class Page:
     evaluate: EvalParts
     chat: ChatParts
     export: ExportParts
+    runs: RunsParts | None = None

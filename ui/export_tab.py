@@ -158,6 +158,14 @@ def download_gguf(ctx: AppContext, run_id: str | None, qtype: str = "f16", reque
     return [str(p) for p in paths], result
 
 
+def compare_choices(who: Visitor | None = None) -> list[tuple[str, str]]:
+    """(the run's name and time, run id) of every run this visitor may see: the report may compare
+    the exported run with any of them, trained to the end or not."""
+    from finetune_core.runs.ownership import visible_runs
+
+    return [(run.label(), run.id) for run in visible_runs(who or Visitor())]
+
+
 def run_views(run_id: str | None, qtype: str = "f16", request: gr.Request | None = None) -> tuple[str, str]:
     """(the "How to run it" commands, the recorded parity verdicts) for the picked run; ("", "") when none
     is picked or the visitor may not see it (a pick is not an action: no error pops up)."""
@@ -170,13 +178,18 @@ def run_views(run_id: str | None, qtype: str = "f16", request: gr.Request | None
     return serving_markdown(run, qtype if qtype in QTYPES else "f16"), parity_panel(run)
 
 
-def download_report(ctx: AppContext, run_id: str | None, request: gr.Request | None = None) -> list[str]:
-    """Write the stakeholder report (HTML, Markdown, loss curve PNG) into a fresh export folder;
-    returns the paths of every file written there."""
+def download_report(ctx: AppContext, run_id: str | None, request: gr.Request | None = None,
+                    compare_ids: list[str] | None = None) -> list[str]:
+    """Write the stakeholder report (HTML, Markdown, loss curve PNG) into a fresh export folder, with the
+    runs of `compare_ids` (that the visitor may see) compared beside it when given; returns the paths of
+    every file written there."""
     require_user(request)
     run = open_run(run_id, request)
+    others = [open_run(i, request) for i in (compare_ids or []) if i and i != run.id]
+    if len(others) > 7:
+        raise gr.Error(f"Compare with at most 7 other runs; {len(others)} are picked.")
     folder = export_folder(ctx)
-    _guarded(folder, lambda: report(run, folder), "report")
+    _guarded(folder, lambda: report(run, folder, compare_with=others), "report")
     return [str(p) for p in sorted(folder.iterdir())]
 
 
@@ -273,6 +286,10 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
                                       "Qwen2/3, SmolLM3, Phi-3 and Gemma 3 (docs/model-matrix.md)")
                 gguf_btn = gr.Button("GGUF for llama.cpp and Ollama (with its Modelfile)")
             report_btn = gr.Button("Report for stakeholders (HTML + Markdown)", variant="primary")
+            # optional: the report then has a "Compared runs" section (evaluation/run_compare.py)
+            compare = gr.Dropdown(choices=[], value=[], multiselect=True, max_choices=7,
+                                  label="Compare with runs (optional)", elem_id="export-compare",
+                                  info="The report adds their metrics and the settings that differ.")
         with gr.Column():
             gr.Markdown("**Push to the Hugging Face Hub**")
             repo = gr.Textbox(label="Repo id", placeholder="your-name/model-name", max_lines=1,
@@ -314,8 +331,8 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
         return run_views(run_id, kind, request)
 
     @shows_errors
-    def on_report(run_id, request: gr.Request):
-        paths = download_report(ctx, run_id, request)
+    def on_report(run_id, compare_ids, request: gr.Request):
+        paths = download_report(ctx, run_id, request, compare_ids)
         return gr.update(value=paths, visible=True), files_note(paths)
 
     @shows_errors
@@ -334,7 +351,7 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
     gguf_btn.click(on_gguf, [run_dd, qtype], files + [parity], api_name="export_gguf", **gpu)
     run_dd.change(on_pick, [run_dd, qtype], [serving, parity], **private_api)
     qtype.change(on_pick, [run_dd, qtype], [serving, parity], **private_api)
-    report_btn.click(on_report, [run_dd], files, api_name="export_report")
+    report_btn.click(on_report, [run_dd, compare], files, api_name="export_report")
     push_btn.click(on_push, [run_dd, repo, token, what, private, overwrite], [status, token], api_name="export_push", **gpu)
     run_state = shared.run_state
     refresh.click(on_runs, [run_dd, run_state], run_dd, **private_api)
@@ -342,6 +359,13 @@ def build(ctx: AppContext, shared: Shared) -> ExportParts:
     run_dd.input(lambda run_id: run_id or "", run_dd, run_state, **private_api)
     run_state.change(on_runs, [run_state, run_dd], run_dd, **private_api)
     shared.blocks.load(on_runs, [run_state, run_dd], run_dd, **private_api)  # fresh run list on each page load
+
+    @shows_errors
+    def on_compare_runs(request: gr.Request):
+        return gr.update(choices=compare_choices(visitor(request)))
+
+    for event in (refresh.click, shared.blocks.load):  # the runs the report may be compared with
+        event(on_compare_runs, None, compare, **private_api)
     return ExportParts(run=run_dd)
 
 
