@@ -154,7 +154,7 @@ def main() -> None:
     demo = build_app(ctx)
     ctx.start_sweeper()  # retention of uploads, exports and Gradio's cache (finetune_core/retention.py)
     Syncer().start()  # with STUDIO_SYNC_REPO: restore runs, then back finished ones up (finetune_core/runs/sync.py)
-    ctx.queue.start()  # the run queue's dispatcher: waiting runs start one after another (runs/queue.py)
+    ctx.queue.start()  # the run queue's dispatcher: waiting runs start one after another (training/queue.py)
     demo.launch(**launch_kwargs(ctx))
 
 

@@ -92,7 +92,7 @@ def main() -> None:
             from conftest import save_tiny_model
 
             model = str(save_tiny_model(Path(tmp) / "tiny"))
-        from finetune_core.runs.queue import RunQueue
+        from finetune_core.training.queue import RunQueue
         from finetune_core.training.runner import TrainingSlot
 
         queue = RunQueue(TrainingSlot(), poll=0.5)

@@ -8,7 +8,7 @@ demo preset started three ways, interleaved round by round, medians over the rou
 * queue   — RunQueue.enqueue + dispatch: the Train button's path now (the run waits in queue.json,
             then the same thread trains it)
 * process — RunQueue with launcher "process": the run trains in its own Python process, which
-            outlives the app (runs/launcher.py)
+            outlives the app (training/launcher.py)
 
 Time to first step = from the press (enqueue / start) to the first logged training step, so it
 includes loading the model (and, for a process, starting Python and importing torch). Tokens/s =
@@ -42,7 +42,7 @@ def config(model: str, steps: int):
 
 def one(mode: str, model: str, steps: int, root: Path) -> dict:
     """Train once in `mode` under a fresh runs folder; the figures of that run."""
-    from finetune_core.runs.queue import RunQueue
+    from finetune_core.training.queue import RunQueue
     from finetune_core.training.runner import TrainingSlot
 
     os.environ["STUDIO_RUNS_DIR"] = str(root)

@@ -25,7 +25,7 @@ from evaluation.checks import read_check
 from evaluation.report_checks import Section, Table
 from finetune_core.errors import InputError
 from finetune_core.runs.store import Run
-from finetune_core.runs.sweep import saved_eval, sweep_tag
+from finetune_core.training.sweep import saved_eval, sweep_tag
 
 MIN_RUNS, MAX_RUNS = 2, 8
 PATH_FIELDS = ("data_path", "eval_path")  # server paths: a person sees the file name only

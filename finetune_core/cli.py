@@ -145,9 +145,13 @@ def cmd_train(args) -> int:
         if _world() == 1 and not memory_allows(cfg, args.force):
             return 2
         if args.queue:
+            from finetune_core.training.queue_cli import queue_run
+
             return queue_run(cfg, args.name or "")
         if cfg.launcher != "thread" and _world() == 1:
-            from finetune_core.runs.launcher import check_launch
+            from finetune_core.training.launcher import check_launch
+
+            from finetune_core.training.queue_cli import launch_run
 
             check_launch(cfg)
             return launch_run(cfg, args.name or "", args.detach, args.quiet)
@@ -161,79 +165,6 @@ def cmd_train(args) -> int:
         _launch_file().unlink(missing_ok=True)
         print(f"run {run.id}: {status['state']} ({status.get('reason', '')})  {run.path}")
     return 0 if status["state"] == "completed" else 1
-
-
-def queue_run(cfg: RunConfig, name: str) -> int:
-    """`train --queue`: the run waits in the persisted queue; prints its id and position."""
-    from finetune_core.runs.queue import RunQueue
-    from finetune_core.training.runner import TrainingSlot
-
-    run, position = RunQueue(TrainingSlot()).enqueue(cfg, name=name)
-    print(f"run {run.id}: waiting at position {position}  {run.path}")
-    return 0
-
-
-def launch_run(cfg: RunConfig, name: str, detach: bool, quiet: bool) -> int:
-    """A run whose launcher is process/torchrun/accelerate: made here, trained by its own process(es)
-    (runs/launcher.py). Unless `detach`, follow it until it ends, printing its log as it grows."""
-    from finetune_core.runs.launcher import spawn
-    from finetune_core.runs.store import FINAL_STATES, create_run
-
-    run = create_run(cfg, name=name)
-    proc = spawn(run, cfg)
-    run.set_status(pid=proc.pid)
-    print(f"run {run.id}: started ({cfg.launcher}, pid {proc.pid})  {run.path}", flush=True)
-    if detach:
-        return 0
-    shown = 0
-    while True:
-        ended = proc.poll() is not None
-        lines = run.log_tail(100_000).splitlines()
-        if not quiet:
-            for line in lines[shown:]:
-                print(line, flush=True)
-        shown = len(lines)
-        if ended:
-            break
-        time.sleep(1.0)
-    status = run.status()
-    if status.get("state") not in FINAL_STATES:
-        status = run.set_status(state="failed", reason=f"its process exited with code {proc.returncode}; "
-                                                       "see process.log")
-    print(f"run {run.id}: {status['state']} ({status.get('reason', '')})  {run.path}")
-    return 0 if status["state"] == "completed" else 1
-
-
-def add_queue_arguments(q: argparse.ArgumentParser) -> None:
-    """The `queue` command's flags."""
-    q.add_argument("action", choices=("list", "cancel", "work"),
-                   help="list the waiting runs; cancel one; work: start them one after another until none is left.")
-    q.add_argument("run_id", nargs="?", help="The run to cancel.")
-    q.add_argument("--timeout", type=float, default=24 * 3600, help="work: give up after this many seconds.")
-
-
-def cmd_queue(args) -> int:
-    """The run queue from the command line (the same file a running app works through)."""
-    from finetune_core.runs.queue import RunQueue
-    from finetune_core.runs.store import get_run
-    from finetune_core.training.runner import TrainingSlot
-
-    queue = RunQueue(TrainingSlot())
-    if args.action == "cancel":
-        if not args.run_id:
-            print("error: queue cancel needs a run id", file=sys.stderr)
-            return 2
-        print(f"cancelled {queue.cancel(args.run_id).id}")
-        return 0
-    if args.action == "work":
-        return 0 if queue.wait_idle(args.timeout) else 1
-    running = queue.running()
-    if running is not None:
-        print(f"running   {running.id}  {running.name!r}")
-    for item in queue.items():
-        print(f"{item['position']:>3}.  {item['run']}  {get_run(item['run']).name!r}"
-              f"{'  (resumes)' if item.get('resume') else ''}")
-    return 0
 
 
 def memory_allows(cfg: RunConfig, force: bool) -> bool:
@@ -357,13 +288,20 @@ COMMANDS: tuple[Command, ...] = (
             cmd_inspect),
     Command("train", "Train a run from a run.yaml (or resume one with --resume).", add_train_arguments, cmd_train),
     Command("runs", "List runs and their states.", lambda parser: None, cmd_runs),  # no flags
-    Command("queue", "The run queue: list, cancel, or work through it.", add_queue_arguments, cmd_queue),
+    Command("queue", "The run queue: list, cancel, or work through it.",
+            lambda parser: _queue_cli().add_queue_arguments(parser), lambda args: _queue_cli().cmd_queue(args)),
     Command("chat", "Ask base and tuned the same question.", add_chat_arguments, cmd_chat),
     Command("sync", "Back finished runs up to the Hub repo STUDIO_SYNC_REPO (--restore: bring them back).",
             lambda parser: _sync().add_sync_arguments(parser), lambda args: _sync().cmd_sync(args)),
     Command("sweep", "Queue a sweep: runs over up to three fields (grid or list).",
             lambda parser: _sweep().add_sweep_arguments(parser), lambda args: _sweep().cmd_sweep(args)),
 )
+
+
+def _queue_cli():
+    from finetune_core.training import queue_cli  # loaded when used: the queue needs the training runner
+
+    return queue_cli
 
 
 def _sync():
@@ -373,7 +311,7 @@ def _sync():
 
 
 def _sweep():
-    from finetune_core.runs import sweep_cli  # the sweep's flags and the command (queue, trainer checks)
+    from finetune_core.training import sweep_cli  # the sweep's flags and the command (queue, trainer checks)
 
     return sweep_cli
 

@@ -36,7 +36,7 @@ LOSS_TYPES = {"dpo": ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_har
               "kto": ("kto", "apo_zero_unpaired"), "orpo": (), "sft": ()}
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-# where a run trains: a thread of the app, or its own process(es) that outlive the app (runs/launcher.py)
+# where a run trains: a thread of the app, or its own process(es) that outlive the app (training/launcher.py)
 LAUNCHERS = ("thread", "process", "torchrun", "accelerate")
 TRACKERS = ("none", "tensorboard", "trackio", "wandb")  # report_to: the experiment tracker besides our own plot
 

@@ -45,7 +45,7 @@ class Limits:
     template_chars: int = 8_000  # a prompt/completion template or system prompt of a dataset mapping
     template_placeholders: int = 32  # {column} placeholders in one template
     duplicates_listed: int = 50  # duplicate groups shown in a data report
-    # the run queue (runs/queue.py): runs one visitor may have waiting at once on a shared deployment
+    # the run queue (training/queue.py): runs one visitor may have waiting at once on a shared deployment
     queued_runs_per_user: int = 3
     # config files
     run_yaml_bytes: int = 64 * 1024

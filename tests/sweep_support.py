@@ -31,7 +31,7 @@ def fake_run(name: str, losses=(2.0, 1.5, 1.2), held=(1.4,), state: str = "compl
 
 
 class FakeQueue:
-    """The RunQueue's contract (finetune_core/runs/queue.py) over run folders, nothing trained:
+    """The RunQueue's contract (finetune_core/training/queue.py) over run folders, nothing trained:
     enqueue makes a waiting run tagged with its sweep; `refuse_after` makes the n+1-th enqueue fail."""
 
     def __init__(self, refuse_after: int | None = None):

@@ -10,9 +10,9 @@ import pytest
 from conftest import toy_rows
 from finetune_core.config import RunConfig
 from finetune_core.data.dataset import write_jsonl
-from finetune_core.runs.launcher import STOP_FILE
+from finetune_core.training.launcher import STOP_FILE
 from finetune_core.runs.ownership import AccessError, Visitor
-from finetune_core.runs.queue import QueueError, RunQueue
+from finetune_core.training.queue import QueueError, RunQueue
 from finetune_core.runs.store import get_run
 from finetune_core.training.runner import TrainingSlot
 
@@ -141,7 +141,7 @@ def test_two_cpu_processes_under_torchrun_train_one_queued_run(tmp_path, tiny_mo
 
 
 def test_a_launch_this_machine_cannot_do_is_refused_before_a_run_exists(tmp_path, tiny_model_dir, runs_root):
-    from finetune_core.runs.launcher import LaunchError
+    from finetune_core.training.launcher import LaunchError
 
     queue = RunQueue(TrainingSlot())
     with pytest.raises(LaunchError, match="num_processes: accelerate launch starts one process on a CPU"):

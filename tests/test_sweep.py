@@ -7,7 +7,7 @@ import pytest
 from finetune_core.__main__ import main
 from finetune_core.config import RunConfig
 from finetune_core.runs.store import get_run, list_runs
-from finetune_core.runs.sweep import (BEST, MAX_RUNS, SweepError, expand, list_sweeps, queue_sweep, sweep_table,
+from finetune_core.training.sweep import (BEST, MAX_RUNS, SweepError, expand, list_sweeps, queue_sweep, sweep_table,
                                       values_text)
 from sweep_support import FakeQueue, fake_run
 
@@ -122,7 +122,7 @@ def test_cli_sweep_refuses_bad_axes_before_queueing(runs_root, capsys):
 def test_cli_sweep_puts_the_runs_on_the_persisted_queue(runs_root, tmp_path, capsys):
     from conftest import toy_rows
     from finetune_core.data.dataset import write_jsonl
-    from finetune_core.runs.queue import RunQueue
+    from finetune_core.training.queue import RunQueue
     from finetune_core.training.runner import TrainingSlot
 
     data = tmp_path / "toy.jsonl"

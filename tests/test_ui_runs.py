@@ -11,7 +11,7 @@ from finetune_core.config import RunConfig
 from finetune_core.data.dataset import write_jsonl
 from finetune_core.runs.ownership import Visitor
 from finetune_core.runs.store import get_run
-from finetune_core.runs.sweep import BEST
+from finetune_core.training.sweep import BEST
 from sweep_support import FakeQueue, fake_run
 from ui.runs_tab import (BEST_STYLE, HIDDEN_RUN, axes_from_rows, cancel_choices, cancel_queued, compare_view,
                          queue_frame, start_sweep, styled_metrics, sweep_choices, sweep_view)
@@ -58,7 +58,7 @@ def test_sweep_rows_refuse_values_without_a_field_and_a_field_twice():
 
 def test_queue_sweep_from_the_train_tabs_settings(runs_root, base, monkeypatch):
     import ui.runs_tab
-    from finetune_core.runs.queue import RunQueue
+    from finetune_core.training.queue import RunQueue
     from finetune_core.training.runner import TrainingSlot
 
     estimated = []  # the memory estimate (tested with the Train tab) is asked about every run

@@ -21,7 +21,7 @@ import gradio as gr
 from finetune_core.inference.chat_limits import GenerationSlots
 from finetune_core.inference.model_cache import ModelCache
 from finetune_core.retention import Area, Sweeper, gradio_cache_dir
-from finetune_core.runs.queue import RunQueue
+from finetune_core.training.queue import RunQueue
 from finetune_core.runs.store import RunError, get_run
 from finetune_core.training.runner import TrainingSlot
 
@@ -63,7 +63,7 @@ class AppContext:
     evaluations: Evaluations = field(default_factory=Evaluations)
     # the Evaluate tab's checks in progress by "<kind>:<run id>" (general skills, judge: ui/eval_checks.py)
     checks: Evaluations = field(default_factory=Evaluations)
-    # the runs waiting for the device and the one training (runs/queue.py); made from `slot`
+    # the runs waiting for the device and the one training (training/queue.py); made from `slot`
     queue: RunQueue | None = None
 
     def __post_init__(self) -> None:
@@ -72,7 +72,7 @@ class AppContext:
 
     def evaluate_finished(self, run) -> None:
         """A queued run that asked for it (evaluate_after) is evaluated when it completes."""
-        from .eval_tab import evaluate_finished_run  # eval_tab imports this module
+        from .eval_after import evaluate_finished_run  # it imports this module
 
         evaluate_finished_run(self, run)
 

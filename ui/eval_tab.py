@@ -232,24 +232,6 @@ def evaluate(ctx: AppContext, run_id: str | None, limit=0, batch_size=64, max_ne
     return results_view(home, comparison, load_meta(home, pair), order)
 
 
-def evaluate_finished_run(ctx: AppContext, run) -> None:
-    """The held-out evaluation a queued run asked for (evaluate_after), with the Evaluate tab's defaults:
-    every held-out row, answers sized from the references, held-out loss where the rows are plain
-    text. Progress shows on every page watching the run, as for a press of Evaluate."""
-    from evaluation.run_eval import load_eval_rows
-    from finetune_core.data.dataset import is_text_rows
-
-    running = ctx.evaluations.start(run.id, run.name)
-    if running is None:
-        return  # someone is evaluating it already
-    try:
-        rows, _labels, _source = load_eval_rows(run)
-        evaluate_run(run, with_loss=is_text_rows(rows), progress=lambda text, f: ctx.evaluations.update(running, text, f),
-                     load_model=lambda: ctx.models.get(f"run:{run.id}"))
-    finally:
-        ctx.evaluations.finish(running)
-
-
 def export_results(ctx: AppContext, run_id: str | None, request: gr.Request | None = None, a=None,
                    b=None) -> list[str]:
     """Copy the run's results.json and examples.csv into a fresh, unguessable folder

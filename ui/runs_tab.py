@@ -3,11 +3,11 @@
 * **Queue**: the run training now and the runs waiting, in order (another
   visitor's run shows as such, without its name, where the visitor may not see
   it), refreshed by a gr.Timer; "Cancel selected" takes one of the visitor's
-  waiting runs off the queue (finetune_core/runs/queue.py, `RunQueue.cancel`).
+  waiting runs off the queue (finetune_core/training/queue.py, `RunQueue.cancel`).
 * **Sweep**: up to three rows of (field, values) over the Train tab's current
   settings and the Data tab's data; grid (every combination) or list (values
   zipped); the metric that ranks the runs; evaluate each run after training.
-  "Queue sweep" puts its runs on the queue (finetune_core/runs/sweep.py) and
+  "Queue sweep" puts its runs on the queue (finetune_core/training/sweep.py) and
   says their positions. A sweep picker shows the ranked table, the best row
   highlighted; it follows the runs as they finish.
 * **Compare runs**: 2 to 8 of the visitor's runs: their training and held-out
@@ -31,7 +31,7 @@ from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
 from finetune_core.runs.ownership import AccessError, Visitor, can_change, can_view, is_owner, read_owner, visible_runs
 from finetune_core.runs.store import Run, RunError, get_run
-from finetune_core.runs.sweep import (BEST, MAX_FIELDS, METRICS, MODES, SWEEPABLE, expand, list_sweeps,
+from finetune_core.training.sweep import (BEST, MAX_FIELDS, METRICS, MODES, SWEEPABLE, expand, list_sweeps,
                                       queue_sweep, sweep_runs, sweep_table, sweep_tag)
 from finetune_core.training.preference import check_objective
 

@@ -40,7 +40,9 @@ from finetune_core.config import PRESETS, ConfigError, RunConfig, field_info, re
 from finetune_core.data.mapping import DataMapping
 from finetune_core.models.sources import training_policy
 from finetune_core.runs.ownership import AccessError, Visitor, admins, set_showcase
-from finetune_core.runs.queue import LaunchError, QueueError
+from finetune_core.errors import StudioError
+from finetune_core.training.checkpoint_choice import align_checkpoints
+from finetune_core.training.queue import QueueError
 from finetune_core.runs.store import RunError, check_run_name, get_run
 
 from .access import require_user, visitor
@@ -99,9 +101,12 @@ def start_training(ctx: AppContext, cfg: RunConfig, label: str = "", who: Visito
     check_memory(cfg, force)
     who = who or Visitor()
     try:
+        aligned = align_checkpoints(cfg)[1]  # said here; enqueue applies it (and logs it in the run)
         run, _position = ctx.queue.enqueue(cfg, label=label, owner=who.owner_record(), name=name, who=who)
-    except (QueueError, LaunchError, AccessError) as exc:
+    except StudioError as exc:  # the queue's, the launcher's, access, a tracker or early-stopping setting
         raise gr.Error(str(exc)) from None
+    if aligned:
+        gr.Info(aligned)
     ctx.queue.dispatch_once(evaluate=False)  # the device is free: it starts now (the dispatcher does the rest)
     return run.id
 

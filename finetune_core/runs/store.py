@@ -37,7 +37,7 @@ from finetune_core.config import RunConfig, read_config_yaml
 from finetune_core.errors import StudioError
 from finetune_core.runs.storage import default_runs_dir
 
-# waiting: in the run queue (runs/queue.py); queued: made and about to start; cancelled: taken off the queue
+# waiting: in the run queue (training/queue.py); queued: made and about to start; cancelled: taken off the queue
 STATES = ("waiting", "queued", "running", "completed", "stopped", "failed", "interrupted", "cancelled")
 FINAL_STATES = ("completed", "stopped", "failed", "interrupted", "cancelled")
 NAME_MAX = 80  # characters of a run's human name

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
-from finetune_core.runs.launcher import clear_stop, watch_stop_file
+from finetune_core.training.launcher import clear_stop, watch_stop_file
 from finetune_core.runs.store import Run, _pid_alive, create_run, mark_interrupted
 
 LOGGERS = ("transformers", "trl", "peft", "accelerate")
@@ -327,8 +327,13 @@ class TrainingSlot:
                     pass  # the files on disk hold everything; the queue is only a live feed
 
             def work() -> None:
+                from finetune_core.zerogpu import on_zerogpu
+
+                train = run_job
+                if on_zerogpu():  # a GPU lent per call: the run trains in calls of a few steps each
+                    from finetune_core.training.in_calls import train_in_calls as train
                 try:
-                    job.final = run_job(run, job.stop_event, emit, resume=resume_run is not None,
+                    job.final = train(run, job.stop_event, emit, resume=resume_run is not None,
                                         extra_callbacks=extra_callbacks, policy=policy)
                 except BaseException as exc:  # noqa: BLE001 - run_job should not raise; if it does,
                     # the slot still knows how the job ended and settle() writes it

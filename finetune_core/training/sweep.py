@@ -11,7 +11,7 @@ values zipped, every list the same length), at most MAX_RUNS runs:
 
 Every value goes through the field's own coercion and bounds
 (`RunConfig.with_overrides`), so a bad one is refused naming the field and the value.
-`queue_sweep` puts the runs on the run queue (finetune_core/runs/queue.py), each
+`queue_sweep` puts the runs on the run queue (finetune_core/training/queue.py), each
 tagged in its run.yaml with ``{"sweep": {"id", "name", "values", "metric"}}``;
 `sweep_table` ranks a sweep's runs by its metric (held-out loss from training,
 the final training loss, or a metric of the run's saved evaluation), the best
@@ -19,7 +19,7 @@ marked. The sweep id is made here, never taken from user text.
 
     python -m finetune_core sweep --config run.yaml --axis learning_rate=1e-4,2e-4 --axis lora_r=8,16
 
-(the command itself: finetune_core/runs/sweep_cli.py)
+(the command itself: finetune_core/training/sweep_cli.py)
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 Every Train press (and every run of a sweep) is enqueued: its run directory is made at once, in
 state "waiting", and the dispatcher starts the first waiting run whenever the device is free, one
 run at a time: in the app's training slot (launcher "thread") or as its own process(es)
-(runs/launcher.py). The queue file is read and written under a file lock, so the CLI (`queue`,
+(training/launcher.py). The queue file is read and written under a file lock, so the CLI (`queue`,
 `sweep`) and the app can share it. After an app restart the queue carries on where it was: a
 process run still training is re-attached (the app watches its run directory again), a thread run
 the restart interrupted goes back to the head of the queue and resumes from its last checkpoint.
@@ -26,11 +26,14 @@ from typing import Callable, Iterator
 from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
 from finetune_core.limits import limits
-from finetune_core.runs.launcher import LaunchError, check_launch, request_stop, spawn
+from finetune_core.training.launcher import LaunchError, check_launch, request_stop, spawn
 from finetune_core.runs.ownership import AccessError, Policy, Visitor, require_change
 from finetune_core.runs.store import (FINAL_STATES, Run, RunError, _pid_alive, create_run, get_run, runs_root,
                                       write_json_atomic)
+from finetune_core.training.checkpoint_choice import align_checkpoints
 from finetune_core.training.runner import TrainingSlot
+from finetune_core.training.tracking import check_tracker
+from finetune_core.zerogpu import check_training
 
 QUEUE_FILE = "queue.json"
 log = logging.getLogger(__name__)
@@ -136,6 +139,9 @@ class RunQueue:
         who = who or Visitor()
         check_launcher(cfg, who)
         check_launch(cfg)
+        check_tracker(cfg.report_to)  # a tracker whose package is missing: refused with the pip line
+        check_training(cfg)  # on ZeroGPU: what cannot train in GPU calls is refused, naming the hardware
+        cfg, aligned = align_checkpoints(cfg)  # early stopping / keep_best: eval and save steps that agree
         with self._state() as state:
             mine = sum(1 for item in state["waiting"] if item.get("owner") == who.key)
             cap = limits().queued_runs_per_user
@@ -146,6 +152,8 @@ class RunQueue:
             run.set_status(state="waiting", reason="waiting in the queue")
             state["waiting"].append({"run": run.id, "owner": who.key, "queued": time.time(), "resume": False})
             position = len(state["waiting"])
+        if aligned:
+            run.log(aligned)
         run.log(f"Queued at position {position}.")
         return run, position
 

@@ -3,9 +3,9 @@
     python -m finetune_core sweep --config run.yaml [--preset P] --axis learning_rate=1e-4,2e-4 \
         --axis lora_r=8,16 [--mode grid|list] [--metric eval_loss] [--name N] [--set key=value ...]
 
-The runs wait in runs/queue.json (finetune_core/runs/queue.py): a running app, or
+The runs wait in runs/queue.json (finetune_core/training/queue.py): a running app, or
 ``python -m finetune_core queue work``, trains them in order. The sweep itself
-(fields, values, limits, tags) is finetune_core/runs/sweep.py; here are its flags
+(fields, values, limits, tags) is finetune_core/training/sweep.py; here are its flags
 and the checks made before anything is queued. Listed in finetune_core/cli.py's COMMANDS.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from finetune_core.config import PRESETS, ConfigError, RunConfig
-from finetune_core.runs.sweep import MAX_FIELDS, MAX_RUNS, METRICS, MODES, expand, queue_sweep
+from finetune_core.training.sweep import MAX_FIELDS, MAX_RUNS, METRICS, MODES, expand, queue_sweep
 
 
 def add_sweep_arguments(s: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def cmd_sweep(args) -> int:
 
 def run_queue():
     """The persisted run queue of the runs root, to add to (nothing starts here)."""
-    from finetune_core.runs.queue import RunQueue
+    from finetune_core.training.queue import RunQueue
     from finetune_core.training.runner import TrainingSlot
 
     return RunQueue(TrainingSlot())
