@@ -20,16 +20,15 @@ def _run(args: list[str], timeout: int = 900) -> dict:
 @pytest.mark.slow
 def test_bench_train_tiny(tmp_path):
     result = _run(["bench/bench_train.py", "--tiny", "--steps", "1", "--warmup", "1", "--rounds", "1",
-                   "--rows", "64", "--variants", "ours,ours_sdpa,plain_tuned,plain_default,plain_nockpt_b32"])
-    variants = result["results"]
-    assert set(variants) == {"ours", "ours_sdpa", "plain_tuned", "plain_default", "plain_nockpt_b32"}
+                   "--rows", "64", "--variants", "ours,plain_tuned,plain_default,plain_nockpt_b32"])
+    variants = result["results"]  # (ours_sdpa is ours with another attention kernel: left to the benchmark)
+    assert set(variants) == {"ours", "plain_tuned", "plain_default", "plain_nockpt_b32"}
     for variant in variants.values():
         assert variant["tokens_per_s"] > 0 and 0 <= variant["padding_share"] < 1 and variant["mfu"] > 0
     assert [variants[v]["batch_size"] for v in ("ours", "plain_tuned", "plain_nockpt_b32")] == [8, 8, 32]
     # four times the rows per step: far more tokens in the one timed step
     assert variants["plain_nockpt_b32"]["runs"][0]["tokens"] > 2 * variants["plain_tuned"]["runs"][0]["tokens"]
-    assert set(result["ratios"]) == {"ours_vs_ours_sdpa", "ours_vs_plain_tuned", "ours_vs_plain_default",
-                                     "ours_vs_plain_nockpt_b32"}
+    assert set(result["ratios"]) == {"ours_vs_plain_tuned", "ours_vs_plain_default", "ours_vs_plain_nockpt_b32"}
     assert result["device"].startswith("cpu")
     dtypes = {v["compute_dtype"] for v in variants.values()}
     assert "bfloat16" in dtypes  # TRL's defaults autocast to bf16

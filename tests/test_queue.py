@@ -140,7 +140,8 @@ def test_two_cpu_processes_under_torchrun_train_one_queued_run(tmp_path, tiny_mo
     assert run.has_adapter()
 
 
-def test_a_launch_this_machine_cannot_do_is_refused_before_a_run_exists(tmp_path, tiny_model_dir, runs_root):
+def test_a_launch_this_machine_cannot_do_is_refused_before_a_run_exists(tmp_path, tiny_model_dir, runs_root,
+                                                                       monkeypatch):
     from finetune_core.training.launcher import LaunchError
 
     queue = RunQueue(TrainingSlot())
@@ -148,4 +149,7 @@ def test_a_launch_this_machine_cannot_do_is_refused_before_a_run_exists(tmp_path
         queue.enqueue(_cfg(tmp_path, tiny_model_dir, launcher="accelerate", num_processes=2, device="cpu"))
     with pytest.raises(Exception, match="num_processes: 2 processes need launcher torchrun or accelerate"):
         _cfg(tmp_path, tiny_model_dir, launcher="process", num_processes=2)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(LaunchError, match="launcher: on ZeroGPU hardware"):
+        queue.enqueue(_cfg(tmp_path, tiny_model_dir, launcher="process"))
     assert not runs_root.exists() or not any(runs_root.glob("2*"))

@@ -31,8 +31,14 @@ class LaunchError(StudioError):
 
 
 def check_launch(cfg: RunConfig) -> None:
-    """Refuse, before a run is made, a launch this machine cannot do: several accelerate processes
-    without GPUs (accelerate launch runs one process on a CPU), or more processes than GPUs."""
+    """Refuse, before a run is made, a launch this machine cannot do: a process of its own on ZeroGPU,
+    several accelerate processes without GPUs (accelerate launch runs one process on a CPU), or more
+    processes than GPUs."""
+    from finetune_core.zerogpu import on_zerogpu
+
+    if cfg.launcher != "thread" and on_zerogpu():
+        raise LaunchError(f"launcher: on ZeroGPU hardware a GPU is lent to the app's own calls only; "
+                          f"choose 'thread' (the run trains in GPU calls), not {cfg.launcher!r}.")
     if cfg.launcher not in ("torchrun", "accelerate") or cfg.num_processes == 1:
         return
     import torch
