@@ -138,7 +138,7 @@ def axes_from_rows(rows: list[tuple[Any, Any]]) -> dict[str, str]:
 
 def start_sweep(queue, base: RunConfig, rows: list[tuple[Any, Any]], mode: str = "grid", metric: str = "eval_loss",
                 evaluate: bool = False, name: str = "", who: Visitor | None = None,
-                force: bool = False) -> tuple[list[Run], str]:
+                force: bool = False, label: str = "") -> tuple[list[Run], str]:
     """Queue a sweep over `base` (the Train tab's settings and the Data tab's data); returns its runs and
     what the page says ("Queued 4 runs of sweep "lr": positions 2 to 5."). The model, the data and each
     run's memory estimate are checked first (as Train does); a bad field or value is a gr.Error naming it."""
@@ -151,7 +151,8 @@ def start_sweep(queue, base: RunConfig, rows: list[tuple[Any, Any]], mode: str =
         for cfg, _values in expand(base, axes, mode):
             check_objective(cfg)
             check_memory(cfg, force)
-        runs = queue_sweep(queue, base, axes, mode, metric, owner=who.owner_record(), name=name, who=who)
+        runs = queue_sweep(queue, base, axes, mode, metric, owner=who.owner_record(), name=name, who=who,
+                           label=label)
     except StudioError as exc:
         raise gr.Error(str(exc)) from None
     positions = {str(item.get("run")): item.get("position") for item in queue.items()}
@@ -263,7 +264,8 @@ def build(ctx: AppContext, shared: Shared, train: TrainParts) -> RunsParts:
     with gr.Row():
         sweep_pick = gr.Dropdown(label="Sweep", choices=[], scale=4, elem_id="sweep-pick")
         sweep_refresh = gr.Button("↻ Refresh", scale=1, elem_id="sweep-refresh")
-    sweep_frame = gr.Dataframe(None, interactive=False, wrap=True, label="Ranked runs (best highlighted)",
+    sweep_frame = gr.Dataframe(pd.DataFrame(columns=["rank", "best", "name", "metric", "state", "run"]),
+                               interactive=False, wrap=True, label="Ranked runs (best highlighted)",
                                elem_id="sweep-table")
 
     gr.Markdown("### Compare runs")
@@ -273,9 +275,11 @@ def build(ctx: AppContext, shared: Shared, train: TrainParts) -> RunsParts:
         compare_btn = gr.Button("Compare", variant="primary", scale=1, elem_id="compare-button")
     compare_plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss (train and held-out)",
                                x_title="step", height=300, elem_id="compare-plot")
-    compare_metrics = gr.Dataframe(None, interactive=False, wrap=True, label="Metrics", elem_id="compare-metrics")
-    compare_diff = gr.Dataframe(None, interactive=False, wrap=True, label="Settings that differ",
-                                elem_id="compare-config")
+    # empty tables say what they will hold (not Gradio's placeholder columns 1, 2, 3)
+    compare_metrics = gr.Dataframe(pd.DataFrame(columns=["metric", "better", "best"]), interactive=False, wrap=True,
+                                   label="Metrics", elem_id="compare-metrics")
+    compare_diff = gr.Dataframe(pd.DataFrame(columns=["field"]), interactive=False, wrap=True,
+                                label="Settings that differ", elem_id="compare-config")
 
     timer = gr.Timer(POLL_S)
     last_queue = gr.State(None)  # per page: the queue table last sent (as JSON)
@@ -292,9 +296,10 @@ def build(ctx: AppContext, shared: Shared, train: TrainParts) -> RunsParts:
         frame = queue_frame(queue, who) if queue is not None else pd.DataFrame(columns=QUEUE_COLUMNS)
         table = sweep_view(on_screen["id"], who, on_screen)[0] if on_screen else None
         now = {"who": who.key, "queue": frame.to_json(), "sweep": None if table is None else table.data.to_json()}
-        queue_parts = (gr.skip(), gr.skip())
-        if now["queue"] != last.get("queue"):
-            queue_parts = (frame, gr.update(choices=cancel_choices(queue, who) if queue is not None else []))
+        queue_parts = (gr.skip(), gr.skip(), gr.skip())
+        if now["queue"] != last.get("queue"):  # a run started or ended: the compare list's states follow
+            queue_parts = (frame, gr.update(choices=cancel_choices(queue, who) if queue is not None else []),
+                           gr.update(choices=compare_choices(who)))
         sweep_part = table if table is not None and now["sweep"] != last.get("sweep") else gr.skip()
         return (*queue_parts, sweep_part, now)
 
@@ -310,7 +315,8 @@ def build(ctx: AppContext, shared: Shared, train: TrainParts) -> RunsParts:
         who = visitor(request)
         base = build_config(named_values(train.widgets, raw), raw[shared.data_state])
         rows = [(raw[f], raw[v]) for f, v in zip(fields, values)]
-        runs, said = start_sweep(run_queue(ctx), base, rows, raw[mode], raw[metric], raw[evaluate], raw[name], who)
+        runs, said = start_sweep(run_queue(ctx), base, rows, raw[mode], raw[metric], raw[evaluate], raw[name], who,
+                                 label=(raw[shared.data_state] or {}).get("name", ""))
         gr.Info(said)
         sweep_id = (sweep_tag(runs[0]) or {}).get("id")
         table, on_screen = sweep_view(sweep_id, who)
@@ -339,9 +345,9 @@ def build(ctx: AppContext, shared: Shared, train: TrainParts) -> RunsParts:
         return gr.update(colors_in_legend=names or None)
 
     private = {"api_visibility": "private", "queue": False}
-    timer.tick(on_tick, [last_queue, picked], [queue_table, cancel_pick, sweep_frame, last_queue],
+    timer.tick(on_tick, [last_queue, picked], [queue_table, cancel_pick, compare_pick, sweep_frame, last_queue],
                show_progress="hidden", **private)
-    shared.blocks.load(on_tick, [last_queue, picked], [queue_table, cancel_pick, sweep_frame, last_queue],
+    shared.blocks.load(on_tick, [last_queue, picked], [queue_table, cancel_pick, compare_pick, sweep_frame, last_queue],
                        show_progress="hidden", **private)
     shared.blocks.load(on_lists, [sweep_pick], [sweep_pick, compare_pick], **private)
     sweep_refresh.click(on_lists, [sweep_pick], [sweep_pick, compare_pick], **private)

@@ -261,9 +261,10 @@ def check_ready(base: RunConfig, metric: str) -> None:
 
 
 def queue_sweep(queue, base: RunConfig, axes: dict[str, list | str], mode: str = "grid", metric: str = "eval_loss",
-                owner: dict | None = None, name: str = "", who: Visitor | None = None) -> list[Run]:
+                owner: dict | None = None, name: str = "", who: Visitor | None = None, label: str = "") -> list[Run]:
     """Put every run of the sweep on `queue` (a RunQueue: ``enqueue(cfg, owner=, name=, sweep=, who=)``
-    returns (run, position)), each named "<sweep name> · field=value, ..." and tagged with the sweep;
+    returns (run, position)), each named "<sweep name> · field=value, ..." and tagged with the sweep (`label`:
+    the data's name for the run ids, as a Train press gives it);
     returns the runs in queue order. `who` (default: the visitor `owner` names) counts against the
     queue's per-visitor limit. All or none: when the queue refuses one, the runs already queued are
     cancelled and a SweepError says so."""
@@ -277,7 +278,8 @@ def queue_sweep(queue, base: RunConfig, axes: dict[str, list | str], mode: str =
     try:
         for cfg, values in runs:
             tag = {"id": sweep_id, "name": name, "values": values, "metric": metric}
-            run, _position = queue.enqueue(cfg, owner=owner or {}, name=run_name(name, values), sweep=tag, who=who)
+            run, _position = queue.enqueue(cfg, owner=owner or {}, name=run_name(name, values), sweep=tag, who=who,
+                                           label=label)
             queued.append(run)
     except BaseException as exc:
         for run in queued:
