@@ -38,7 +38,6 @@ from finetune_core.errors import StudioError
 ZERO_ENV = "SPACES_ZERO_GPU"  # set to "true" by the Space on ZeroGPU hardware (read by `spaces` too)
 CALL_ENV = "STUDIO_ZEROGPU_CALL_S"  # seconds one training call may hold the GPU
 DEFAULT_CALL_S = 60  # spaces' own default duration; every visitor tier may ask for it
-STOP_FILE = ".stop-requested"  # a Stop pressed while a call trains in ZeroGPU's forked worker
 ZEROGPU_MEMORY_GB = 70  # the default ("large") ZeroGPU slice: half an H200
 DISK_GB_PER_S = 1.0  # assumed read/write speed of model files and checkpoints on a Space
 LOAD_SHARE = 0.5  # the most of a call that loading and saving may take; the rest trains

@@ -7,7 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from finetune_core.zerogpu import CALL_ENV, CALL_SAFETY, HARDWARE_ADVICE, STOP_FILE, call_seconds, gpu_call
+from finetune_core.training.launcher import STOP_FILE  # the same stop request a process run reads
+from finetune_core.zerogpu import CALL_ENV, CALL_SAFETY, HARDWARE_ADVICE, call_seconds, gpu_call
 
 
 @functools.cache
