@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from finetune_core.config import PRESETS, RunConfig
+from finetune_core.config import PRESETS, RunConfig, config_from_args
 from finetune_core.errors import run_cli
 
 
@@ -118,14 +118,7 @@ def cmd_train(args) -> int:
         if _world() > 1 and _rank() == 0:
             run.record_facts(world_size=_world())
     else:
-        try:  # a ConfigError (a StudioError) is reported by main
-            cfg = RunConfig.load(args.config) if args.config else RunConfig()
-        except OSError as exc:  # the run.yaml named on the command line cannot be read
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if args.preset:
-            cfg = cfg.with_overrides(PRESETS[args.preset])
-        cfg = cfg.with_sets(args.set or [])
+        cfg = config_from_args(args.config, args.preset, args.set)
         if _rank() == 0:  # `--set hub_source=owner/name?split=train&rows=500`: its rows fetched into a file
             from dataclasses import replace
 

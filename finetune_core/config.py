@@ -350,6 +350,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def config_from_args(config: str | None, preset_name: str | None, sets: list[str] | None) -> RunConfig:
+    """A command line's config: the `config` file (default: the defaults), then the preset, then each
+    ``key=value`` of `sets`; a file that cannot be read or a bad value is a ConfigError naming it."""
+    try:
+        cfg = RunConfig.load(config) if config else RunConfig()
+    except OSError as exc:  # the run.yaml named on the command line cannot be read
+        raise ConfigError(str(exc)) from None
+    if preset_name:
+        cfg = preset(preset_name, cfg)
+    return cfg.with_sets(sets or [])
+
+
 def preset(name: str, base: RunConfig | None = None) -> RunConfig:
     """`base` (default: the defaults) with the named preset's overrides applied; ConfigError names an unknown one."""
     if name not in PRESETS:

@@ -41,8 +41,8 @@ from typing import Callable
 
 from finetune_core.errors import StudioError, one_line
 from finetune_core.runs.store import FINAL_STATES, RUN_ID_RE, Run, runs_root, write_json_atomic
-from finetune_core.runs.sync_files import (LEDGER, MARKER, REPO_DIR, check_relpath, held_runs, last_status, locked,
-                                           plan_restore, read_json, runs_in, save_ledger, syncable_files)
+from finetune_core.runs.sync_files import (MARKER, REPO_DIR, books, check_relpath, last_status, plan_restore,
+                                           read_json, runs_in, syncable_files)
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +191,9 @@ def sync_runs(target: SyncTarget, root: Path | None = None) -> SyncReport:
     Hub's failures: they are in the report (and recorded for the page)."""
     root = root or runs_root()
     report = SyncReport()
-    with locked(root) as got:
-        if not got:
-            report.error = "another sync or restore is running; try again in a moment"
+    with books(root, target.repo_id, report, "sync") as held:
+        if held is None:
             return report
-        ledger = read_json(root / LEDGER)
-        held = held_runs(ledger, target.repo_id)
         try:
             api = target.api()
             _check_repo(api, target)
@@ -214,7 +211,6 @@ def sync_runs(target: SyncTarget, root: Path | None = None) -> SyncReport:
                     report.failed[run.id] = one_line(exc)
         except Exception as exc:  # noqa: BLE001 - the Hub down, a bad token, offline: reported, never raised
             report.error = one_line(exc)
-        save_ledger(root, ledger, target.repo_id, held, "sync", report.summary(), report.ok)
     return report
 
 
@@ -262,12 +258,9 @@ def restore_runs(target: SyncTarget, root: Path | None = None) -> RestoreReport:
 
     root = root or runs_root()
     report = RestoreReport()
-    with locked(root) as got:
-        if not got:
-            report.error = "another sync or restore is running; try again in a moment"
+    with books(root, target.repo_id, report, "restore") as held:
+        if held is None:
             return report
-        ledger = read_json(root / LEDGER)
-        held = held_runs(ledger, target.repo_id)
         try:
             api = target.api()
             info = api.repo_info(target.repo_id, repo_type=target.repo_type)
@@ -289,7 +282,6 @@ def restore_runs(target: SyncTarget, root: Path | None = None) -> RestoreReport:
             pass  # nothing synced yet: the first sync makes the repo
         except Exception as exc:  # noqa: BLE001 - the Hub down, a bad token, offline: reported, never raised
             report.error = one_line(exc)
-        save_ledger(root, ledger, target.repo_id, held, "restore", report.summary(), report.ok)
     return report
 
 

@@ -106,6 +106,23 @@ def save_ledger(root: Path, ledger: dict, repo_id: str, held: set[str], kind: st
     write_json_atomic(root / LEDGER, ledger)
 
 
+@contextmanager
+def books(root: Path, repo_id: str, report, kind: str) -> Iterator[set[str] | None]:
+    """One sync or restore's books: the lock (None when another holds it, and the report says so), then
+    the runs the repo holds from here, a set the caller updates, saved with the outcome when it ends."""
+    with locked(root) as got:
+        if not got:
+            report.error = "another sync or restore is running; try again in a moment"
+            yield None
+            return
+        ledger = read_json(root / LEDGER)
+        held = held_runs(ledger, repo_id)
+        try:
+            yield held
+        finally:
+            save_ledger(root, ledger, repo_id, held, kind, report.summary(), report.ok)
+
+
 def last_status(root: Path | None = None) -> dict:
     """The last sync's and restore's outcome, as recorded in the runs root: {"last_sync": {at, ok, repo,
     summary}, "last_restore": {...}} (keys missing when none happened)."""

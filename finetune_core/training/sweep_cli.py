@@ -11,9 +11,8 @@ and the checks made before anything is queued. Listed in finetune_core/cli.py's 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from finetune_core.config import PRESETS, ConfigError, RunConfig
+from finetune_core.config import PRESETS, ConfigError, config_from_args
 from finetune_core.training.sweep import MAX_FIELDS, MAX_RUNS, METRICS, MODES, expand, queue_sweep
 
 
@@ -53,14 +52,7 @@ def sweep_axes(items: list[str]) -> dict[str, str]:
 def cmd_sweep(args) -> int:
     """Put a sweep's runs on the persisted run queue; prints each run's position, id and name.
     0 when queued; a bad field, value or data file is "error: ..." and 2 (finetune_core/cli.py main)."""
-    try:  # a ConfigError (a StudioError) is reported by main
-        base = RunConfig.load(args.config) if args.config else RunConfig()
-    except OSError as exc:  # the run.yaml named on the command line cannot be read
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.preset:
-        base = base.with_overrides(PRESETS[args.preset])
-    base = base.with_sets(args.set or [])
+    base = config_from_args(args.config, args.preset, args.set)  # a ConfigError is reported by main
     axes = sweep_axes(args.axis)
     planned = expand(base, axes, args.mode)  # bad fields and values: refused before the trainer's libraries load
     from finetune_core.training.preference import check_objective, check_start
