@@ -31,7 +31,7 @@ from finetune_core.runs.ownership import AccessError, Policy, Visitor, require_c
 from finetune_core.runs.store import (FINAL_STATES, Run, RunError, _pid_alive, create_run, get_run, runs_root,
                                       write_json_atomic)
 from finetune_core.training.checkpoint_choice import align_checkpoints
-from finetune_core.training.runner import TrainingSlot
+from finetune_core.training.runner import TrainingSlot, on_accelerator
 from finetune_core.training.tracking import check_tracker
 from finetune_core.zerogpu import check_training
 
@@ -174,12 +174,7 @@ class RunQueue:
         if run is not None or self.slot.active() is not None:
             return run
         run = self.running()
-        if run is None:
-            return None
-        try:
-            return None if run.run_yaml().get("resolved_device") == "cpu" else run
-        except (OSError, ValueError):
-            return run
+        return run if run is not None and on_accelerator(run) else None
 
     def cancel(self, run_id: str, who: Visitor | None = None) -> Run:
         """Take a waiting run off the queue (its owner or an admin); it stays listed as "cancelled"."""

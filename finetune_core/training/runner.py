@@ -209,6 +209,20 @@ class Job:
         return self.thread is not None and self.thread.is_alive()
 
 
+def on_accelerator(run: Run) -> bool:
+    """Whether `run` trains on an accelerator (chat, evaluation and export wait for it); True when it
+    cannot be told."""
+    try:
+        device = run.run_yaml().get("resolved_device")
+        if not device:
+            from finetune_core.models.sources import device_policy
+
+            device = device_policy(run.config().device).device
+    except (OSError, ValueError):
+        device = "unknown"  # cannot tell: assume the accelerator is taken
+    return device != "cpu"
+
+
 class TrainingSlot:
     """At most one training job in this process; start/stop/inspect it."""
 
@@ -271,17 +285,7 @@ class TrainingSlot:
         export must wait for it); None when idle or training on the CPU, where they
         share the cores and only get slower."""
         job = self.active()
-        if job is None:
-            return None
-        try:
-            device = job.run.run_yaml().get("resolved_device")
-            if not device:
-                from finetune_core.models.sources import device_policy
-
-                device = device_policy(job.run.config().device).device
-        except (OSError, ValueError):
-            device = "unknown"  # cannot tell: assume the accelerator is taken
-        return None if device == "cpu" else job.run
+        return job.run if job is not None and on_accelerator(job.run) else None
 
     def busy_message(self) -> str:
         """Why a new job cannot start (which run, at which step), or "" when the slot is free."""
