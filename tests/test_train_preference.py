@@ -211,9 +211,11 @@ def test_dpo_from_a_parent_sft_run_starts_from_and_is_referenced_to_the_merged_p
     assert f"  dpo  {tiny_model_dir}  from {parent.id}  " in listed[run.id] and "  sft  " in listed[parent.id]
 
 
-def test_stop_then_resume_a_dpo_run(tiny_model_dir, runs_root):
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_stop_then_resume_a_preference_run(tiny_model_dir, runs_root, objective):
     stop = threading.Event()
-    run = make_run(tiny_model_dir, pair_rows(), max_steps=3)
+    rows = pair_rows() if objective == "dpo" else unpaired_rows()
+    run = make_run(tiny_model_dir, rows, max_steps=3, objective=objective)
     status = run_job(run, stop, extra_callbacks=[AtStep(1, lambda _m: stop.set())])
     assert status["state"] == "stopped" and status["step"] == 1, status
     assert run.has_adapter() and latest_checkpoint(run).name == "checkpoint-1"
