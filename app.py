@@ -40,8 +40,9 @@ from ui.widgets import with_ctx  # noqa: E402
 
 TITLE = "Fine-tuning Studio"
 INTRO = (
-    "Upload examples, fine-tune a small language model with LoRA (TRL SFT), then see what changed: "
-    "base vs tuned scores on held-out rows, and both models side by side in chat. "
+    "Upload examples, fine-tune a small language model with LoRA (TRL SFT, or DPO/KTO on preferences and "
+    "blind votes), then see what changed: base vs tuned scores on held-out rows, and both models side by "
+    "side in chat. "
     "Runs offline on a laptop CPU with the bundled SmolLM2-135M-Instruct."
 )
 CSS = """

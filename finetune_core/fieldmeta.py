@@ -64,9 +64,10 @@ def coerce(f, value):
                 raise ValueError(value)
             return bool(value)
         if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float) and not number.is_integer():  # "8.5" is not 8: say so
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) else int(value)
+            return int(number)
         if kind == "float":
             return float(value)
         return "" if value is None else str(value)

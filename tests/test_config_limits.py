@@ -102,6 +102,14 @@ def test_train_tab_values_are_validated():
         config_from_values({"lora_dropout": float("nan")}, {"data_path": "x.jsonl"})
 
 
+def test_a_fraction_for_a_whole_number_field_is_named_not_rounded():
+    for value in ("8.5", 8.5):
+        with pytest.raises(ConfigError, match="lora_r: '8.5' is not a valid int"):
+            RunConfig.from_dict({"lora_r": value})
+    assert RunConfig.from_dict({"lora_r": "8"}).lora_r == 8
+    assert RunConfig.from_dict({"max_steps": "1e3"}).max_steps == 1000
+
+
 def test_infinite_int_is_a_named_config_error_not_an_overflow():
     with pytest.raises(ConfigError, match="lora_r: 'inf' is not a valid int"):
         RunConfig.from_dict({"lora_r": "inf"})

@@ -91,14 +91,6 @@ def _split(field: str, values: list | tuple | str) -> list:
     return items
 
 
-def _fraction(text: str) -> bool:
-    """Whether a number typed as text has a fractional part ("8.5" yes, "8", "1e3" and "x" no)."""
-    try:
-        return not float(text).is_integer()
-    except (ValueError, OverflowError):
-        return False
-
-
 def parse_axis(base: RunConfig, field: str, values: list | tuple | str) -> list:
     """The values of one axis, each coerced and bounds-checked as the field's own (SweepError names the
     field and the value); a value given twice is refused."""
@@ -108,9 +100,6 @@ def parse_axis(base: RunConfig, field: str, values: list | tuple | str) -> list:
             value = getattr(base.with_overrides({field: raw}), field)
         except ConfigError as exc:
             raise SweepError(str(exc)) from None
-        if isinstance(value, int) and not isinstance(value, bool) and isinstance(raw, str) and _fraction(raw):
-            # the field's coercion reads "8.5" as 8: two such values would be one run twice, named apart
-            raise SweepError(f"{field}: {raw!r} is not a valid int.")
         if value in out:
             raise SweepError(f"{field}: {raw!r} is given twice.")
         out.append(value)
