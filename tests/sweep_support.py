@@ -32,7 +32,8 @@ def fake_run(name: str, losses=(2.0, 1.5, 1.2), held=(1.4,), state: str = "compl
 
 class FakeQueue:
     """The RunQueue's contract (finetune_core/training/queue.py) over run folders, nothing trained:
-    enqueue makes a waiting run tagged with its sweep; `refuse_after` makes the n+1-th enqueue fail."""
+    enqueue makes a waiting run tagged with its sweep; `refuse_after` n refuses an enqueue_many that would
+    make more than n waiting (and an enqueue past n)."""
 
     def __init__(self, refuse_after: int | None = None):
         self.waiting: list[str] = []
@@ -46,6 +47,12 @@ class FakeQueue:
         run.set_status(state="waiting")
         self.waiting.append(run.id)
         return run, len(self.waiting)
+
+    def enqueue_many(self, entries, owner=None, who=None):
+        if self.refuse_after is not None and len(self.waiting) + len(entries) > self.refuse_after:
+            raise AccessError("You have too many runs waiting.")
+        return [self.enqueue(e["cfg"], owner, e.get("name", ""), e.get("label", ""), e.get("sweep"), who)
+                for e in entries]
 
     def cancel(self, run_id, visitor):
         run = get_run(run_id)

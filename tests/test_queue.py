@@ -13,7 +13,7 @@ from finetune_core.data.dataset import write_jsonl
 from finetune_core.training.launcher import STOP_FILE
 from finetune_core.runs.ownership import AccessError, Visitor
 from finetune_core.training.queue import QueueError, RunQueue
-from finetune_core.runs.store import get_run
+from finetune_core.runs.store import get_run, list_runs
 from finetune_core.training.runner import TrainingSlot
 
 
@@ -153,3 +153,123 @@ def test_a_launch_this_machine_cannot_do_is_refused_before_a_run_exists(tmp_path
     with pytest.raises(LaunchError, match="launcher: on ZeroGPU hardware"):
         queue.enqueue(_cfg(tmp_path, tiny_model_dir, launcher="process"))
     assert not runs_root.exists() or not any(runs_root.glob("2*"))
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with pytest.raises(LaunchError, match="num_processes: 3 CPU processes, but this machine has 2 cores"):
+        queue.enqueue(_cfg(tmp_path, tiny_model_dir, launcher="torchrun", num_processes=3, device="cpu"))
+    assert not runs_root.exists() or not any(runs_root.glob("2*"))
+
+
+def test_a_run_that_cannot_start_fails_with_its_reason_and_the_next_one_starts(tmp_path, tiny_model_dir, runs_root,
+                                                                               monkeypatch):
+    from finetune_core.training import queue as queue_module
+    from finetune_core.training.launcher import LaunchError
+
+    def refuse(run, cfg, resume=False):
+        raise LaunchError("torchrun: not found on this machine's PATH.")
+
+    monkeypatch.setattr(queue_module, "spawn", refuse)
+    queue = RunQueue(TrainingSlot())
+    bad, _ = queue.enqueue(_cfg(tmp_path, tiny_model_dir, launcher="process"), name="bad")
+    good, _ = queue.enqueue(_cfg(tmp_path, tiny_model_dir), name="good")
+    assert queue.dispatch_once() == good  # the bad one is set aside, not retried for ever
+    status = bad.status()
+    assert status["state"] == "failed" and status["reason"] == "could not start: torchrun: not found on this " \
+                                                               "machine's PATH."
+    assert "Could not start: torchrun" in bad.log_tail()
+    assert queue.wait_idle(240) and good.status()["state"] == "completed" and queue.items() == []
+
+
+def test_pages_read_the_queue_while_a_finished_run_is_evaluated_and_nothing_starts_meanwhile(tmp_path,
+                                                                                            tiny_model_dir, runs_root):
+    import threading
+
+    seen = {}
+
+    def evaluate(run):
+        reader = threading.Thread(target=lambda: seen.update(items=queue.items(), running=queue.running()))
+        reader.start()
+        reader.join(10)  # a page's timer: must not wait for the evaluation
+        seen["answered"] = not reader.is_alive()
+        seen["evaluating"] = json.loads((runs_root / "queue.json").read_text())["evaluating"]["run"]
+        seen["started"] = queue.dispatch_once(evaluate=False)  # a Train press meanwhile starts nothing
+
+    queue = RunQueue(TrainingSlot(), on_finished=evaluate)
+    first, _ = queue.enqueue(_cfg(tmp_path, tiny_model_dir, evaluate_after=True))
+    second, _ = queue.enqueue(_cfg(tmp_path, tiny_model_dir))
+    assert queue.wait_idle(240)
+    assert seen["answered"] and seen["evaluating"] == first.id and seen["started"] is None
+    assert [i["run"] for i in seen["items"]] == [second.id] and seen["running"] is None
+    assert second.status()["started"] > first.status()["finished"]
+
+
+def test_a_thread_run_of_another_live_process_is_left_alone_and_a_reused_pid_is_not_taken_for_it(
+        tmp_path, tiny_model_dir, runs_root):
+    import subprocess
+    import sys
+
+    from finetune_core.training.launcher import process_started
+
+    queue = RunQueue(TrainingSlot())
+    other_apps_run, _ = queue.enqueue(_cfg(tmp_path, tiny_model_dir), name="the app's")
+    waiting, _ = queue.enqueue(_cfg(tmp_path, tiny_model_dir), name="next")
+    app = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the app, training
+    try:
+        entry = {"run": other_apps_run.id, "pid": app.pid, "started": process_started(app.pid), "launcher": "thread"}
+        with queue._state() as state:
+            state["waiting"] = [i for i in state["waiting"] if i["run"] != other_apps_run.id]
+            state["active"] = entry
+        other_apps_run.set_status(state="running", pid=app.pid, step=1)
+        cli = RunQueue(TrainingSlot())  # e.g. `queue list` beside the app
+        assert cli.running() == other_apps_run and other_apps_run.status()["state"] == "running"
+        assert cli.dispatch_once() is None and waiting.status()["state"] == "waiting"
+        # the same pid with another start time: a process the system gave the pid to after a restart
+        with queue._state() as state:
+            state["active"] = {**entry, "started": "1"}
+        first = RunQueue(TrainingSlot()).items()[0]
+        assert (first["run"], first["resume"]) == (other_apps_run.id, True)
+    finally:
+        app.kill()
+        app.wait()
+
+
+def test_resume_is_checked_under_the_lock_and_counts_against_the_visitors_limit(tmp_path, tiny_model_dir, runs_root,
+                                                                                monkeypatch):
+    queue = RunQueue(TrainingSlot())
+    run, _ = queue.enqueue(_cfg(tmp_path, tiny_model_dir))
+    queue.cancel(run.id)
+    with pytest.raises(QueueError, match="is cancelled; only stopped, failed or interrupted runs can be resumed"):
+        queue.resume(run)
+    run.set_status(state="stopped")
+    assert queue.resume(run) == 1
+    with pytest.raises(QueueError, match="already in the queue or training"):
+        queue.resume(run)  # a second press
+    monkeypatch.setenv("STUDIO_PUBLIC", "1")
+    monkeypatch.setenv("STUDIO_LIMIT_QUEUED_RUNS_PER_USER", "1")
+    who = Visitor(browser="d" * 64)
+    queue.enqueue(_cfg(tmp_path, tiny_model_dir), owner=who.owner_record(), who=who)
+    eve = Visitor(browser="e" * 64)
+    other, _ = queue.enqueue(_cfg(tmp_path, tiny_model_dir), owner=eve.owner_record(), who=eve)
+    queue.cancel(other.id, eve)
+    other.set_status(state="stopped")
+    with pytest.raises(QueueError, match="You already have 1 runs waiting; 1 more would pass"):
+        queue.resume(other, who)
+
+
+def test_a_group_that_fails_midway_leaves_nothing_queued(tmp_path, tiny_model_dir, runs_root, monkeypatch):
+    from finetune_core.training import queue as queue_module
+
+    original, calls = queue_module.create_run, []
+
+    def create(*args, **kwargs):  # the second run of the group cannot be made
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(queue_module, "create_run", create)
+    queue = RunQueue(TrainingSlot())
+    entries = [{"cfg": _cfg(tmp_path, tiny_model_dir), "name": f"r{n}"} for n in range(2)]
+    with pytest.raises(OSError, match="No space left"):
+        queue.enqueue_many(entries)
+    assert queue.items() == [] and [r.status()["state"] for r in list_runs()] == ["cancelled"]

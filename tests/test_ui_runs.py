@@ -10,7 +10,7 @@ from conftest import toy_rows
 from finetune_core.config import RunConfig
 from finetune_core.data.dataset import write_jsonl
 from finetune_core.runs.ownership import Visitor
-from finetune_core.runs.store import get_run
+from finetune_core.runs.store import get_run, list_runs
 from finetune_core.training.sweep import BEST
 from sweep_support import FakeQueue, fake_run
 from ui.runs_tab import (BEST_STYLE, HIDDEN_RUN, axes_from_rows, cancel_choices, cancel_queued, compare_view,
@@ -80,8 +80,11 @@ def test_queue_sweep_from_the_train_tabs_settings(runs_root, base, monkeypatch):
     assert len(queue.items()) == 3
     # a signed-in visitor may have 3 runs waiting: a sweep past that is refused whole
     monkeypatch.setenv("STUDIO_REQUIRE_LOGIN", "1")
-    with pytest.raises(gr.Error, match="took 1 of the sweep's 2 runs, then refused one"):
+    made = len(list_runs())
+    with pytest.raises(gr.Error, match="refused the sweep's 2 runs: You already have 2 runs waiting; 2 more would "
+                                       "pass this server's limit of 3"):
         start_sweep(queue, base, [("lora_r", "4, 8")], who=ALICE)
+    assert len(list_runs()) == made  # nothing was made, so nothing is left behind
     assert len(queue.items()) == 3 and cancel_choices(queue, ALICE) == [
         ("2. lr · learning_rate=0.0001", runs[0].id), ("3. lr · learning_rate=0.0002", runs[1].id)]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from finetune_core.inference.sides import BASE, default_sides, pair_key, side_choices
+from finetune_core.inference.sides import default_sides, pair_key, side_choices
 from finetune_core.runs.ownership import Visitor, can_view, visible_runs
 from finetune_core.runs.store import RUN_ID_RE, Run, RunError, get_run
 

@@ -2,7 +2,7 @@
 (finetune_core/training/queue.py calls AppContext.evaluate_finished, which calls this)."""
 from __future__ import annotations
 
-from evaluation.run_eval import evaluate_run, load_eval_rows
+from evaluation.run_eval import evaluate_on_gpu, evaluate_run, load_eval_rows
 from finetune_core.data.dataset import is_text_rows
 
 from .context import AppContext
@@ -17,7 +17,10 @@ def evaluate_finished_run(ctx: AppContext, run) -> None:
         return  # someone is evaluating it already
     try:
         rows, _labels, _source = load_eval_rows(run)
-        evaluate_run(run, with_loss=is_text_rows(rows), progress=lambda text, f: ctx.evaluations.update(running, text, f),
-                     load_model=lambda: ctx.models.get(f"run:{run.id}"))
+        settings = {"with_loss": is_text_rows(rows)}
+        # on ZeroGPU one GPU call, as the Evaluate button does; elsewhere the app's copy of the model
+        evaluate_on_gpu(run, settings) or evaluate_run(
+            run, **settings, progress=lambda text, f: ctx.evaluations.update(running, text, f),
+            load_model=lambda: ctx.models.get(f"run:{run.id}"))
     finally:
         ctx.evaluations.finish(running)

@@ -248,7 +248,8 @@ def build(ctx: AppContext, shared: Shared, train: TrainParts) -> RunsParts:
         with gr.Row():
             fields.append(gr.Dropdown(field_choices(), value="", label=f"Field {i}", scale=2,
                                       elem_id=f"sweep-field-{i}"))
-            values.append(gr.Textbox(label="Values (comma separated)", placeholder="e.g. 1e-4, 2e-4", scale=3,
+            values.append(gr.Textbox(label="Values (comma separated)", scale=3,
+                                     placeholder="e.g. 1e-4, 2e-4 (target_modules: split by ;)",
                                      max_lines=1, elem_id=f"sweep-values-{i}"))
     with gr.Row():
         mode = gr.Radio(list(MODES), value="grid", label="Runs", elem_id="sweep-mode",

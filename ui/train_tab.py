@@ -126,11 +126,9 @@ def queue_note(ctx: AppContext, run_id: str) -> str:
 def resume_training(ctx: AppContext, run_id: str, who: Visitor | None = None) -> str:
     """Resume a stopped, failed or interrupted run `who` may change; returns its id (gr.Error otherwise)."""
     run = open_run(run_id, visitor=who, change="resume")
-    state = ctx.slot.settle(run).get("state")  # not the file alone: a dead job can leave "running"
-    if state not in ("stopped", "failed", "interrupted"):
-        raise gr.Error(f'Run "{run.name}" is {state}; only stopped, failed or interrupted runs can be resumed.')
+    ctx.slot.settle(run)  # not the file alone: a dead job can leave "running"
     try:
-        ctx.queue.resume(run)
+        ctx.queue.resume(run, who)  # checks the state under the queue's lock, and the visitor's limit
     except QueueError as exc:
         raise gr.Error(str(exc)) from None
     ctx.queue.dispatch_once(evaluate=False)

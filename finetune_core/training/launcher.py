@@ -19,7 +19,7 @@ from pathlib import Path
 
 from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
-from finetune_core.runs.store import Run, runs_root
+from finetune_core.runs.store import Run, _pid_alive, runs_root
 
 STOP_FILE = "stop-requested"
 PROCESS_LOG = "process.log"  # the child's stdout and stderr (library output, a crash's traceback)
@@ -47,6 +47,10 @@ def check_launch(cfg: RunConfig) -> None:
     if gpus == 0 and cfg.launcher == "accelerate":
         raise LaunchError(f"num_processes: accelerate launch starts one process on a CPU, not "
                           f"{cfg.num_processes}; choose launcher torchrun for several CPU processes.")
+    cores = os.cpu_count() or 1
+    if not gpus and cfg.num_processes > cores:  # each process holds a copy of the model and its own threads
+        raise LaunchError(f"num_processes: {cfg.num_processes} CPU processes, but this machine has {cores} "
+                          "cores; use at most one process per core.")
     if gpus and cfg.num_processes > gpus:
         raise LaunchError(f"num_processes: {cfg.num_processes} processes, but this machine has {gpus} GPU(s); "
                           "one process per GPU.")
@@ -127,3 +131,43 @@ def watch_stop_file(run: Run, stop_event: threading.Event, done: threading.Event
     thread = threading.Thread(target=watch, name=f"stop-watch-{run.id}", daemon=True)
     thread.start()
     return thread
+
+
+# -- which process: pids are reused, (pid, start time) pairs are not ---------------------------
+def process_started(pid: int) -> str:
+    """The start time of process `pid` in clock ticks since boot (/proc/<pid>/stat field 22); "" where
+    there is no /proc. Together with the pid it names one process: pids are reused, start times not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process `pid` still runs. A child of this process that ended is reaped here: until
+    then it is a zombie, which a signal-0 probe still finds."""
+    if pid <= 0:
+        return False
+    try:
+        ended, _ = os.waitpid(pid, os.WNOHANG)
+        return ended != pid
+    except ChildProcessError:  # not our child (a run started before an app restart): probe it
+        return _pid_alive(pid)
+
+
+def this_process() -> dict:
+    """This process, as the queue file records who trains or evaluates: {"pid", "started"}."""
+    return {"pid": os.getpid(), "started": process_started(os.getpid())}
+
+
+def entry_alive(entry: dict) -> bool:
+    """Whether the process an entry names still runs: the same pid and, where known, the same start time."""
+    pid = int(entry.get("pid") or 0)
+    if pid == os.getpid():
+        return entry.get("started", "") in ("", this_process()["started"])
+    if not process_alive(pid):
+        return False
+    started = entry.get("started", "")
+    return not started or process_started(pid) in ("", started)

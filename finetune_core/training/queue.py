@@ -1,7 +1,13 @@
 """The run queue: runs wait their turn for the device, in a file that outlives the app.
 
-    runs/queue.json   {"waiting": [{"run", "owner", "queued", "resume"}], "active": {"run", "pid", "launcher"} | null,
-                       "evaluate": [run ids that completed and still owe their evaluation]}
+    runs/queue.json   {"waiting": [{"run", "owner", "queued", "resume"}],
+                       "active": {"run", "pid", "started", "launcher", "owner"} | null,
+                       "evaluate": [run ids that completed and still owe their evaluation],
+                       "evaluating": {"run", "pid", "started"} | null}
+
+"pid" is the process that trains the run: the app itself for a thread run, the child for a process
+run; "started" is that process's start time, so a pid the system handed to another process after a
+restart is not taken for the run's.
 
 Every Train press (and every run of a sweep) is enqueued: its run directory is made at once, in
 state "waiting", and the dispatcher starts the first waiting run whenever the device is free, one
@@ -25,47 +31,18 @@ from typing import Callable, Iterator
 
 from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
-from finetune_core.limits import limits
-from finetune_core.training.launcher import LaunchError, check_launch, request_stop, spawn
-from finetune_core.runs.ownership import AccessError, Policy, Visitor, require_change
-from finetune_core.runs.store import (FINAL_STATES, Run, RunError, _pid_alive, create_run, get_run, runs_root,
-                                      write_json_atomic)
-from finetune_core.training.checkpoint_choice import align_checkpoints
+from finetune_core.runs.ownership import AccessError, Visitor, require_change
+from finetune_core.runs.store import FINAL_STATES, Run, RunError, create_run, get_run, runs_root, write_json_atomic
+from finetune_core.training.launcher import LaunchError, entry_alive, process_started, request_stop, spawn, this_process
+from finetune_core.training.queue_checks import QueueError, check_cap, check_entry, check_launcher
 from finetune_core.training.runner import TrainingSlot, on_accelerator
-from finetune_core.training.tracking import check_tracker
-from finetune_core.zerogpu import check_training
 
 QUEUE_FILE = "queue.json"
 log = logging.getLogger(__name__)
 
 
-class QueueError(StudioError):
-    """A run cannot be queued or taken off the queue; the message is for the user."""
-
-
-def check_launcher(cfg: RunConfig, who: Visitor, policy: Policy | None = None) -> None:
-    """On a public deployment only admins may start runs as their own processes: a process outlives
-    the app's own limits (and torchrun/accelerate can take every device)."""
-    policy = policy or Policy.from_env()
-    if cfg.launcher != "thread" and policy.public and not who.admin:
-        raise AccessError(f"launcher: {cfg.launcher!r} runs are for admins on this public Space; "
-                          "choose 'thread' (the run trains inside the app).")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether the process `pid` still runs. A child of this process that ended is reaped here: until
-    then it is a zombie, which a signal-0 probe still finds."""
-    if pid <= 0:
-        return False
-    try:
-        ended, _ = os.waitpid(pid, os.WNOHANG)
-        return ended != pid
-    except ChildProcessError:  # not our child (a run started before an app restart): probe it
-        return _pid_alive(pid)
-
-
 def _empty() -> dict:
-    return {"schema_version": 1, "waiting": [], "active": None, "evaluate": []}
+    return {"schema_version": 1, "waiting": [], "active": None, "evaluate": [], "evaluating": None}
 
 
 class RunQueue:
@@ -107,9 +84,13 @@ class RunQueue:
         """After a restart: a thread run the restart cut short goes back to the head of the queue (it
         resumes from its last checkpoint); a process run whose process is gone is settled."""
         with self._state(write=False) as state:
-            if not state["active"]:
+            if not state["active"] and not state["evaluating"]:
                 return
         with self._state() as state:
+            busy = state["evaluating"]
+            if busy and not entry_alive(busy):  # an evaluation the restart cut short: owed again
+                state["evaluate"].insert(0, busy["run"])
+                state["evaluating"] = None
             active = state["active"]
             if not active:
                 return
@@ -118,7 +99,7 @@ class RunQueue:
             except RunError:
                 state["active"] = None
                 return
-            if active.get("launcher") == "thread" or not process_alive(int(active.get("pid") or 0)):
+            if not self._alive(active):  # a thread run of an earlier app, or a process that ended
                 state["active"] = None
                 if run.status().get("state") in ("interrupted", "running", "queued"):
                     self._settle_gone(run, active)
@@ -128,7 +109,7 @@ class RunQueue:
                     run.log("The app restarted: the queue resumes this run first, from its last checkpoint.")
                 else:
                     self._after(run, state)
-            else:
+            elif active.get("launcher") != "thread" and f"(pid {active['pid']})." not in run.log_tail(2000):
                 run.log(f"The app restarted and re-attached to this run's process (pid {active['pid']}).")
 
     # -- enqueue, cancel, read --------------------------------------------------------------------
@@ -136,34 +117,53 @@ class RunQueue:
                 sweep: dict | None = None, who: Visitor | None = None) -> tuple[Run, int]:
         """Make the run (state "waiting") and put it at the end of the queue; returns it and its 1-based
         position. On a shared deployment a visitor may have at most `queued_runs_per_user` waiting."""
-        who = who or Visitor()
-        check_launcher(cfg, who)
-        check_launch(cfg)
-        check_tracker(cfg.report_to)  # a tracker whose package is missing: refused with the pip line
-        check_training(cfg)  # on ZeroGPU: what cannot train in GPU calls is refused, naming the hardware
-        cfg, aligned = align_checkpoints(cfg)  # early stopping / keep_best: eval and save steps that agree
-        with self._state() as state:
-            mine = sum(1 for item in state["waiting"] if item.get("owner") == who.key)
-            cap = limits().queued_runs_per_user
-            if not Policy.from_env().local and not who.admin and mine >= cap:
-                raise QueueError(f"You already have {mine} runs waiting, this server's limit (setting "
-                                 f"{limits().setting('queued_runs_per_user')}); cancel one or wait for it to start.")
-            run = create_run(cfg, label=label, owner=owner, name=name, extra={"sweep": sweep} if sweep else None)
-            run.set_status(state="waiting", reason="waiting in the queue")
-            state["waiting"].append({"run": run.id, "owner": who.key, "queued": time.time(), "resume": False})
-            position = len(state["waiting"])
-        if aligned:
-            run.log(aligned)
-        run.log(f"Queued at position {position}.")
-        return run, position
+        return self.enqueue_many([{"cfg": cfg, "name": name, "label": label, "sweep": sweep}], owner, who)[0]
 
-    def resume(self, run: Run) -> int:
-        """Put a stopped, failed or interrupted run back in the queue, to resume from its last checkpoint;
-        returns its position. (The caller checks who may.)"""
+    def enqueue_many(self, entries: list[dict], owner: dict | None = None,
+                     who: Visitor | None = None) -> list[tuple[Run, int]]:
+        """`enqueue` for several runs ({"cfg", "name", "label", "sweep"} each) at once, all or none: the
+        per-visitor limit counts them together and no run starts before the last is queued."""
+        who = who or Visitor()
+        ready = []
+        for entry in entries:
+            ready.append((entry, *check_entry(entry["cfg"], who)))
+        made: list[tuple[Run, int, str]] = []
         with self._state() as state:
-            if any(item["run"] == run.id for item in state["waiting"]):
-                raise QueueError(f'Run "{run.name}" is already waiting in the queue.')
-            state["waiting"].append({"run": run.id, "owner": "", "queued": time.time(), "resume": True})
+            check_cap(state, who, len(ready))
+            try:
+                for entry, cfg, aligned in ready:
+                    sweep = entry.get("sweep")
+                    run = create_run(cfg, label=entry.get("label", ""), owner=owner, name=entry.get("name", ""),
+                                     extra={"sweep": sweep} if sweep else None)
+                    run.set_status(state="waiting", reason="waiting in the queue")
+                    state["waiting"].append({"run": run.id, "owner": who.key, "queued": time.time(), "resume": False})
+                    made.append((run, len(state["waiting"]), aligned))
+            except BaseException:
+                for run, _position, _aligned in made:  # none of them stays queued
+                    run.set_status(state="cancelled", reason="its group could not be queued", finished=time.time())
+                state["waiting"] = [i for i in state["waiting"] if i["run"] not in {r.id for r, _p, _a in made}]
+                raise
+        for run, position, aligned in made:
+            if aligned:
+                run.log(aligned)
+            run.log(f"Queued at position {position}.")
+        return [(run, position) for run, position, _aligned in made]
+
+    def resume(self, run: Run, who: Visitor | None = None) -> int:
+        """Put a stopped, failed or interrupted run back in the queue, to resume from its last checkpoint;
+        returns its position. (The caller checks who may change it; the run's state is checked here,
+        under the queue's lock, so two presses cannot queue it twice.)"""
+        who = who or Visitor()
+        with self._state() as state:
+            if any(item["run"] == run.id for item in state["waiting"]) or \
+                    (state["active"] or {}).get("run") == run.id:
+                raise QueueError(f'Run "{run.name}" is already in the queue or training.')
+            now = run.status().get("state")
+            if now not in ("stopped", "failed", "interrupted"):
+                raise QueueError(f'Run "{run.name}" is {now}; only stopped, failed or interrupted runs can be '
+                                 "resumed.")
+            check_cap(state, who, 1)
+            state["waiting"].append({"run": run.id, "owner": who.key, "queued": time.time(), "resume": True})
             position = len(state["waiting"])
             run.set_status(state="waiting", reason="waiting in the queue to resume")
         return position
@@ -205,7 +205,7 @@ class RunQueue:
             return job.run
         with self._state(write=False) as state:
             active = state["active"]
-        if active and active.get("launcher") != "thread" and self._alive(active):
+        if active and self._alive(active):
             try:
                 return get_run(active["run"])
             except RunError:
@@ -227,17 +227,23 @@ class RunQueue:
 
     # -- dispatch -----------------------------------------------------------------------------------
     def _alive(self, active: dict) -> bool:
+        """Whether the active run is still training: in this app's slot, as this app's child, or in
+        another live process (the CLI's `queue work`, or the app seen from the CLI)."""
+        if active.get("launcher") == "thread" and int(active.get("pid") or 0) in (0, os.getpid()):
+            job = self.slot.active()  # ours (pid 0: a queue file from before pids were kept)
+            return job is not None and job.run.id == active["run"] and \
+                active.get("started", "") in ("", this_process()["started"])
         proc = self._procs.get(active["run"])
         if proc is not None:
             return proc.poll() is None  # our child: poll() also reaps it (a zombie still answers kill 0)
-        return process_alive(int(active.get("pid") or 0))
+        return entry_alive(active)
 
     def _settle_gone(self, run: Run, active: dict) -> None:
         """A run whose process (or the app's thread) ended without a final status gets one."""
+        proc = self._procs.pop(run.id, None)  # forgotten in every case: a finished child stays reaped
         status = run.status()
         if status.get("state") in FINAL_STATES:
             return
-        proc = self._procs.pop(run.id, None)
         code = proc.returncode if proc is not None else None
         why = f"its process exited with code {code}" if code is not None else "its process is gone"
         run.set_status(state="interrupted", reason=f"{why} at step {status.get('step', 0)}; see process.log",
@@ -255,13 +261,14 @@ class RunQueue:
     def dispatch_once(self, evaluate: bool = True) -> Run | None:
         """Start the first waiting run when the device is free (after any evaluation a finished run owes;
         with `evaluate` False, as in a button's handler, that is left to the dispatcher thread); returns
-        the run started, or None."""
+        the run started, or None. An owed evaluation runs without the queue's lock held: pages reading
+        the queue and Train presses go on meanwhile, and nothing starts until it ends."""
         with self._lock:
             if self.slot.active() is not None:
                 return None
             with self._state() as state:
                 active = state["active"]
-                if active and active.get("launcher") != "thread" and self._alive(active):
+                if active and self._alive(active):
                     return None
                 if active:  # it ended since the last look
                     state["active"] = None
@@ -271,13 +278,24 @@ class RunQueue:
                         self._after(run, state)
                     except RunError:
                         pass
+                busy = state["evaluating"]
+                if busy and entry_alive(busy):
+                    return None  # an evaluation after training is under way: the next run waits for it
+                state["evaluating"] = None
                 if state["evaluate"] and not evaluate:
                     return None  # an evaluation is owed first: the dispatcher thread does it
                 owed = state["evaluate"].pop(0) if state["evaluate"] else None
-            if owed:
-                self._evaluate(owed)
-                return None
-            return self._start_next()
+                if owed:
+                    state["evaluating"] = {"run": owed, **this_process()}
+            if not owed:
+                return self._start_next()
+        try:
+            self._evaluate(owed)
+        finally:
+            with self._state() as state:
+                if (state["evaluating"] or {}).get("run") == owed:
+                    state["evaluating"] = None
+        return None
 
     def _evaluate(self, run_id: str) -> None:
         try:
@@ -293,6 +311,8 @@ class RunQueue:
                 pass
 
     def _start_next(self) -> Run | None:
+        """Start the first waiting run; one that cannot start is marked failed (the reason said in its
+        status and log) and the next is tried, so a bad run never blocks the queue."""
         with self._state() as state:
             while state["waiting"]:
                 item = state["waiting"].pop(0)
@@ -302,21 +322,31 @@ class RunQueue:
                     continue  # deleted while waiting
                 if run.status().get("state") != "waiting":
                     continue
-                cfg = run.config()
-                if cfg.launcher == "thread":
-                    run.set_status(state="queued", reason="")
-                    self.slot.start(resume_run=run if item.get("resume") else None,
-                                    queued_run=None if item.get("resume") else run)
-                    state["active"] = {"run": run.id, "pid": 0, "launcher": "thread", "owner": item.get("owner", "")}
-                else:
-                    proc = spawn(run, cfg, resume=bool(item.get("resume")))
-                    self._procs[run.id] = proc
-                    run.set_status(state="queued", reason="", pid=proc.pid)
-                    run.log(f"Started as its own process ({cfg.launcher}, pid {proc.pid}); output in process.log.")
-                    state["active"] = {"run": run.id, "pid": proc.pid, "launcher": cfg.launcher,
-                                       "owner": item.get("owner", "")}
+                try:
+                    state["active"] = self._launch(run, item)
+                except Exception as exc:  # noqa: BLE001 - said in the run; the queue goes on
+                    log.exception("queued run %s could not start", run.id)
+                    why = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
+                    run.set_status(state="failed", reason=f"could not start: {why}", finished=time.time())
+                    run.log(f"Could not start: {why}")
+                    continue
                 return run
         return None
+
+    def _launch(self, run: Run, item: dict) -> dict:
+        """Start one waiting run (in the slot or as its own process); returns the queue's "active" entry."""
+        cfg = run.config()
+        if cfg.launcher == "thread":
+            run.set_status(state="queued", reason="")
+            self.slot.start(resume_run=run if item.get("resume") else None,
+                            queued_run=None if item.get("resume") else run)
+            return {"run": run.id, **this_process(), "launcher": "thread", "owner": item.get("owner", "")}
+        proc = spawn(run, cfg, resume=bool(item.get("resume")))
+        self._procs[run.id] = proc
+        run.set_status(state="queued", reason="", pid=proc.pid)
+        run.log(f"Started as its own process ({cfg.launcher}, pid {proc.pid}); output in process.log.")
+        return {"run": run.id, "pid": proc.pid, "started": process_started(proc.pid), "launcher": cfg.launcher,
+                "owner": item.get("owner", "")}
 
     # -- the dispatcher thread ---------------------------------------------------------------------
     def start(self) -> None:
@@ -348,7 +378,7 @@ class RunQueue:
         while time.time() < deadline:
             self.dispatch_once()
             with self._state(write=False) as state:
-                pending = state["waiting"] or state["active"] or state["evaluate"]
+                pending = state["waiting"] or state["active"] or state["evaluate"] or state["evaluating"]
             if not pending and self.slot.active() is None:
                 return True
             time.sleep(min(self.poll, 0.5))

@@ -49,6 +49,7 @@ SWEEPABLE = ("learning_rate", "lora_r", "lora_alpha", "lora_dropout", "use_dora"
              "method", "beta", "loss_type", "num_epochs", "max_steps", "lr_scheduler", "warmup_steps",
              "weight_decay", "batch_size", "grad_accum", "max_length", "packing", "completion_only_loss",
              "max_train_rows")
+LIST_FIELDS = ("target_modules",)  # a value is a comma list: a sweep's values are split on ";"
 # metric -> what it is; eval_loss and train_loss come from training (metrics.jsonl), the rest from the
 # run's saved evaluation (runs/<id>/eval/results.json, the tuned side)
 METRICS = {
@@ -76,9 +77,14 @@ class SweepError(StudioError, ValueError):
 
 # -- axes -----------------------------------------------------------------------------
 def _split(field: str, values: list | tuple | str) -> list:
-    """An axis's raw values: a comma-separated text, or a list as given."""
+    """An axis's raw values: a comma-separated text (";"-separated for target_modules, whose values are
+    comma lists themselves), or a list as given."""
     if isinstance(values, str):
-        items = [v.strip() for v in values.split(",")]
+        sep = ";" if field in LIST_FIELDS else ","
+        if field in LIST_FIELDS and "," in values and ";" not in values:
+            raise SweepError(f"{field}: each value is itself a comma-separated list of modules; separate the "
+                             f"sweep's values with ';' (e.g. all-linear; q_proj,v_proj).")
+        items = [v.strip() for v in values.split(sep)]
         if any(not v for v in items) and any(items):
             raise SweepError(f"{field}: an empty value between commas in {values[:80]!r}.")
         items = [v for v in items if v]
@@ -263,24 +269,12 @@ def queue_sweep(queue, base: RunConfig, axes: dict[str, list | str], mode: str =
     name = check_run_name(name) if (name or "").strip() else f"sweep {' × '.join(axes)}"
     who = who or Visitor(user=(owner or {}).get("user"), browser=(owner or {}).get("browser"))
     sweep_id = new_sweep_id()
-    queued: list[Run] = []
-    try:
-        for cfg, values in runs:
-            tag = {"id": sweep_id, "name": name, "values": values, "metric": metric}
-            run, _position = queue.enqueue(cfg, owner=owner or {}, name=run_name(name, values), sweep=tag, who=who,
-                                           label=label)
-            queued.append(run)
-    except BaseException as exc:
-        for run in queued:
-            try:
-                queue.cancel(run.id, who)
-            except Exception:  # noqa: BLE001 - the refusal below is what the person must see
-                pass
-        if isinstance(exc, StudioError) and queued:
-            raise SweepError(f"The queue took {len(queued)} of the sweep's {len(runs)} runs, then refused one: "
-                             f"{exc} None of the sweep stays queued.") from None
-        raise
-    return queued
+    entries = [{"cfg": cfg, "name": run_name(name, values), "label": label,
+                "sweep": {"id": sweep_id, "name": name, "values": values, "metric": metric}} for cfg, values in runs]
+    try:  # all or none, under the queue's lock: no run starts before the last is queued
+        return [run for run, _position in queue.enqueue_many(entries, owner=owner or {}, who=who)]
+    except StudioError as exc:
+        raise SweepError(f"The queue refused the sweep's {len(runs)} runs: {exc} None of them is queued.") from None
 
 
 # -- reading sweeps back ------------------------------------------------------------------
