@@ -57,8 +57,8 @@ def test_a_cancelled_run_never_starts_and_only_its_owner_may_cancel_it(tmp_path,
         queue.cancel(run.id, ann)
 
 
-def test_on_a_public_space_queues_are_capped_per_visitor_and_processes_are_for_admins(tmp_path, tiny_model_dir,
-                                                                                       runs_root, monkeypatch):
+def test_on_a_public_space_queues_are_capped_per_visitor_processes_and_online_trackers_are_for_admins(
+        tmp_path, tiny_model_dir, runs_root, monkeypatch):
     monkeypatch.setenv("STUDIO_PUBLIC", "1")
     monkeypatch.setenv("STUDIO_LIMIT_QUEUED_RUNS_PER_USER", "2")
     queue, who = RunQueue(TrainingSlot()), Visitor(browser="b" * 64)
@@ -69,6 +69,12 @@ def test_on_a_public_space_queues_are_capped_per_visitor_and_processes_are_for_a
     queue.enqueue(_cfg(tmp_path, tiny_model_dir), who=Visitor(browser="c" * 64))  # another visitor still can
     with pytest.raises(AccessError, match="launcher: 'process' runs are for admins"):
         queue.enqueue(_cfg(tmp_path, tiny_model_dir, launcher="process"), who=Visitor(browser="c" * 64))
+    monkeypatch.setenv("WANDB_API_KEY", "the-owners-key")  # a visitor's run must not land in the owner's account
+    with pytest.raises(AccessError, match="report_to: wandb would send the run to this server's own online acc"):
+        queue.enqueue(_cfg(tmp_path, tiny_model_dir, report_to="wandb"), who=Visitor(browser="c" * 64))
+    monkeypatch.setenv("TRACKIO_SPACE_ID", "owner/trackio")
+    with pytest.raises(AccessError, match="report_to: trackio would send"):
+        queue.enqueue(_cfg(tmp_path, tiny_model_dir, report_to="trackio"), who=Visitor(browser="c" * 64))
     monkeypatch.setenv("STUDIO_ADMINS", "root")
     queue.enqueue(_cfg(tmp_path, tiny_model_dir, launcher="process"), who=Visitor(user="root"))
     assert len(queue.items()) == 4
