@@ -32,7 +32,9 @@ METHODS = ("lora", "qlora", "full")
 OBJECTIVES = ("sft", "dpo", "kto", "orpo")
 PREFERENCE_OBJECTIVES = ("dpo", "kto", "orpo")
 # TRL's loss variants per objective; "auto" takes the trainer's default (DPO sigmoid, KTO kto)
-LOSS_TYPES = {"dpo": ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"),
+# "sigmoid+sft": DPO plus the SFT loss of the chosen answers (TRL's loss list; RPO, LLaMA-Factory's pref_ftx)
+LOSS_TYPES = {"dpo": ("sigmoid", "sigmoid+sft", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair",
+                      "apo_zero", "apo_down"),
               "kto": ("kto", "apo_zero_unpaired"), "orpo": (), "sft": ()}
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -129,8 +131,9 @@ class RunConfig:
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r), steadier at high rank.", "method")
     beta: float = _f(0.1, "Preference strength (DPO/KTO/ORPO beta): lower lets the model move further from "
                      "the reference.", "method", lo=0.001, hi=10.0, step=0.01)
-    loss_type: str = _f("auto", "Preference loss variant: auto (DPO sigmoid, KTO kto); DPO: sigmoid, ipo, hinge, "
-                        "robust, bco_pair, sppo_hard, nca_pair, apo_zero, apo_down; KTO: kto, apo_zero_unpaired.",
+    loss_type: str = _f("auto", "Preference loss variant: auto (DPO sigmoid, KTO kto); DPO: sigmoid, sigmoid+sft "
+                        "(DPO plus the chosen answers' SFT loss: keeps their likelihood up), ipo, hinge, robust, "
+                        "bco_pair, sppo_hard, nca_pair, apo_zero, apo_down; KTO: kto, apo_zero_unpaired.",
                         "method", choices=("auto", *sorted({t for v in LOSS_TYPES.values() for t in v})))
     reference: str = _f("start", "Reference model of a DPO/KTO run: start (the model the run starts from: the "
                         "base, or the parent run merged) or none (reference-free).", "method", choices=("start", "none"))

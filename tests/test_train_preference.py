@@ -88,12 +88,12 @@ def test_pairs_whose_prompt_fills_max_length_are_counted_in_the_log_not_dropped_
     assert run.run_yaml()["rows_left_out_by_length"] == 2
 
 
-def one_step_gradients(model_dir, objective: str, speedups: str, rows) -> tuple[float, dict]:
+def one_step_gradients(model_dir, objective: str, speedups: str, rows, **settings) -> tuple[float, dict]:
     """The loss and adapter gradients of one batch of a freshly built preference trainer."""
     from finetune_core.models.sources import training_policy
     from finetune_core.training.preference import build_preference_trainer
 
-    run = make_run(model_dir, rows, objective=objective, speedups=speedups, lora_dropout=0.1)
+    run = make_run(model_dir, rows, objective=objective, speedups=speedups, lora_dropout=0.1, **settings)
     cfg = run.config()
     torch.manual_seed(0)  # the same adapter initialisation on both sides
     trainer, _ = build_preference_trainer(cfg, run, rows, [], training_policy("cpu", "float32"), [], lambda e: None)
@@ -114,13 +114,15 @@ def one_step_gradients(model_dir, objective: str, speedups: str, rows) -> tuple[
     return loss.item(), grads
 
 
-@pytest.mark.parametrize("objective", ["dpo", "kto", "orpo"])
-def test_speedups_give_the_preference_trainers_own_loss_and_gradients(tiny_model_dir, runs_root, objective):
+@pytest.mark.parametrize("objective, loss_type", [("dpo", "auto"), ("dpo", "sigmoid+sft"), ("kto", "auto"),
+                                                  ("orpo", "auto")])
+def test_speedups_give_the_preference_trainers_own_loss_and_gradients(tiny_model_dir, runs_root, objective,
+                                                                      loss_type):
     """The CPU speed-ups stay on for preference runs because, on their forward (policy and reference),
     they give TRL's own loss and adapter gradients."""
     rows = unpaired_rows() if objective == "kto" else pair_rows()
-    loss_off, grads_off = one_step_gradients(tiny_model_dir, objective, "off", rows)
-    loss_on, grads_on = one_step_gradients(tiny_model_dir, objective, "auto", rows)
+    loss_off, grads_off = one_step_gradients(tiny_model_dir, objective, "off", rows, loss_type=loss_type)
+    loss_on, grads_on = one_step_gradients(tiny_model_dir, objective, "auto", rows, loss_type=loss_type)
     assert loss_on == pytest.approx(loss_off, rel=1e-5)
     assert grads_on.keys() == grads_off.keys() and grads_on
     for name, grad in grads_off.items():
@@ -209,6 +211,15 @@ def test_dpo_from_a_parent_sft_run_starts_from_and_is_referenced_to_the_merged_p
     assert main(["runs"]) == 0
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert f"  dpo  {tiny_model_dir}  from {parent.id}  " in listed[run.id] and "  sft  " in listed[parent.id]
+
+
+def test_dpo_with_the_sft_term_adds_the_chosen_answers_loss(tiny_model_dir, runs_root):
+    run = make_run(tiny_model_dir, pair_rows(), loss_type="sigmoid+sft", max_steps=1)
+    assert run_job(run, threading.Event())["state"] == "completed"
+    first = next(m for m in run.metrics() if "loss" in m)
+    # at step 0 the policy is the reference: DPO's part is log 2, the rest is the chosen answers' NLL
+    assert first["loss"] > math.log(2) + 1 and first["rewards/margins"] == 0
+    assert "loss sigmoid+sft" in run.log_path.read_text()
 
 
 @pytest.mark.parametrize("objective", ["dpo", "kto"])

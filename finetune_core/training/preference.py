@@ -171,7 +171,7 @@ def preference_args(cfg: RunConfig, run, policy, grad_ckpt: bool, has_eval: bool
     if cfg.objective == "dpo":
         from trl import DPOConfig
 
-        loss = [cfg.loss_type] if cfg.loss_type != "auto" else ["sigmoid"]
+        loss = cfg.loss_type.split("+") if cfg.loss_type != "auto" else ["sigmoid"]  # "sigmoid+sft": two, summed
         return DPOConfig(**common, loss_type=loss, precompute_ref_log_probs=cfg.reference == "none")
     if cfg.objective == "kto":
         from trl import KTOConfig
