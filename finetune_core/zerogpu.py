@@ -302,5 +302,10 @@ def in_gpu_calls(model, key: str, stream: Callable | None = None):
     if stream is None:
         if not on_zerogpu():
             return model
-        stream = gpu_call(stream_pair_call, call_duration)
+        stream = STREAM_PAIR_CALL
     return GPUCallModel(model, key, stream)
+
+
+# decorated once, at import (the app imports this module when it is built): spaces looks for its
+# decorated functions at startup
+STREAM_PAIR_CALL = gpu_call(stream_pair_call, call_duration)

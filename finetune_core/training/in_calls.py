@@ -106,7 +106,7 @@ def train_in_calls(run, stop_event: threading.Event | None = None, emit=None, re
 
     stop_event = stop_event or threading.Event()
     call_s = call_s or call_seconds()
-    call = gpu_call(train_call, _duration, decorator)
+    call = gpu_call(train_call, _duration, decorator) if decorator is not None else TRAIN_CALL
     stop_file = run.path / STOP_FILE
     stop_file.unlink(missing_ok=True)
     done = threading.Event()
@@ -141,3 +141,8 @@ def train_in_calls(run, stop_event: threading.Event | None = None, emit=None, re
     finally:
         done.set()
         stop_file.unlink(missing_ok=True)
+
+
+# decorated once, at import (runner imports this module when the app is built): spaces looks for its
+# decorated functions at startup
+TRAIN_CALL = gpu_call(train_call, _duration)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from finetune_core.config import RunConfig
 from finetune_core.errors import StudioError
+from finetune_core.training.in_calls import train_in_calls  # imported with the app: its GPU call is made then
 from finetune_core.training.launcher import clear_stop, watch_stop_file
 from finetune_core.runs.store import Run, _pid_alive, create_run, mark_interrupted
 
@@ -335,7 +336,7 @@ class TrainingSlot:
 
                 train = run_job
                 if on_zerogpu():  # a GPU lent per call: the run trains in calls of a few steps each
-                    from finetune_core.training.in_calls import train_in_calls as train
+                    train = train_in_calls
                 try:
                     job.final = train(run, job.stop_event, emit, resume=resume_run is not None,
                                         extra_callbacks=extra_callbacks, policy=policy)
