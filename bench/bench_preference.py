@@ -9,6 +9,7 @@ than the rejected one, given the prompt. Prints ONE JSON object on stdout
 
     python bench/bench_preference.py                              # bundled model, ../shared/datasets/lf_dpo_en_demo.json
     python bench/bench_preference.py --data my_pairs.jsonl --steps 60
+    python bench/bench_preference.py --steps 96 --set loss_type=sigmoid+sft --set learning_rate=5e-4
     python bench/bench_preference.py --tiny --steps 2             # tiny random model, seconds anywhere
     python bench/bench_preference.py --score-run runs/<id>        # score a finished run's held-out pairs only
 """
@@ -101,6 +102,11 @@ def score(run) -> dict:
         out[name]["interval"] = result["interval"].to_dict() if hasattr(result["interval"], "to_dict") else result["interval"]
     change = paired_delta(a, b)
     out["change"] = change.to_dict() if hasattr(change, "to_dict") else change
+    shifts = sorted(y - x for x, y in both)  # how far each pair's margin (chosen minus rejected, nats) moved
+    out["margin_shift"] = {"median": round(shifts[len(shifts) // 2], 2) if shifts else None,
+                           "moved_towards_chosen": sum(1 for d in shifts if d > 0), "pairs": len(shifts),
+                           "wrong_to_right": sum(1 for x, y in both if x <= 0 < y),
+                           "right_to_wrong": sum(1 for x, y in both if y <= 0 < x)}
     return out
 
 
