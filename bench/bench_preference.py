@@ -99,6 +99,7 @@ def score(run) -> dict:
     out = {"pairs": len(rows), "scoring_seconds": round(seconds, 1)}
     for name, result in (("before", before), ("after", after)):
         out[name] = {k: result[k] for k in ("correct", "total", "accuracy", "skipped")}
+        out[name]["per_token"] = {k: result["per_token"][k] for k in ("correct", "total", "accuracy")}
         out[name]["interval"] = result["interval"].to_dict() if hasattr(result["interval"], "to_dict") else result["interval"]
     change = paired_delta(a, b)
     out["change"] = change.to_dict() if hasattr(change, "to_dict") else change

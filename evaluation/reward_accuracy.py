@@ -17,7 +17,9 @@ max_length; such a pair is left out here too and counted as "skipped".
 `reward_accuracy(model, rows, tuned)` scores one side of an InferenceModel:
 {correct, total, accuracy, interval (bootstrap over pairs, p-value: the exact
 binomial test against 50%), margins (chosen - rejected per pair, None for a
-skipped pair), skipped}. `compare_sides` adds, for both sides on the same
+skipped pair), skipped, per_token (the same comparison of mean log-probabilities
+per token, which a longer answer is not penalised in: {correct, total, accuracy,
+margins}; reported beside the decided summed measure, never instead of it)}. `compare_sides` adds, for both sides on the same
 pairs, the paired difference (`significance.paired_exact`: bootstrap interval
 and exact McNemar test).
 """
@@ -73,9 +75,10 @@ def _check_rows(rows: list[dict]) -> None:
 
 def pair_logps(model, rows: list[dict], tuned: bool, max_length: int | None = None, batch_size: int = 8,
                progress: Callable[[int, int], None] | None = None,
-               cancel: threading.Event | None = None) -> list[tuple[float, float] | None]:
-    """Per pair, (summed log-probability of chosen, of rejected) for one side of `model`; None for a pair
-    whose completions were truncated away. Batched by length; cancellable between batches."""
+               cancel: threading.Event | None = None) -> list[tuple[float, float, int, int] | None]:
+    """Per pair, (summed log-probability of chosen, of rejected, chosen's scored tokens, rejected's) for one
+    side of `model`; None for a pair whose completions were truncated away. Batched by length; cancellable
+    between batches."""
     import torch
 
     encoded, owner = [], []  # one sequence per completion: row i's chosen, then its rejected
@@ -97,8 +100,8 @@ def pair_logps(model, rows: list[dict], tuned: bool, max_length: int | None = No
         done += len(group)
         if progress:
             progress(done // 2, len(rows))
-    return [None if counts[2 * i] == 0 or counts[2 * i + 1] == 0 else (sums[2 * i], sums[2 * i + 1])
-            for i in range(len(rows))]
+    return [None if counts[2 * i] == 0 or counts[2 * i + 1] == 0 else
+            (sums[2 * i], sums[2 * i + 1], counts[2 * i], counts[2 * i + 1]) for i in range(len(rows))]
 
 
 def one_side_interval(correct: list[int]) -> Interval:
@@ -132,9 +135,14 @@ def reward_accuracy(model, rows: list[dict], tuned: bool, batch_size: int = 8, c
     margins = [None if lp is None else lp[0] - lp[1] for lp in logps]
     correct = [int(m > 0) for m in margins if m is not None]
     total = len(correct)
+    # the same comparison per token (mean log-probability): a longer answer is not penalised for its length
+    per_token = [None if lp is None else lp[0] / lp[2] - lp[1] / lp[3] for lp in logps]
+    per_token_correct = sum(1 for m in per_token if m is not None and m > 0)
     return {"correct": sum(correct), "total": total, "accuracy": sum(correct) / total if total else None,
             "interval": one_side_interval(correct).to_dict() if total else None,
-            "margins": margins, "skipped": len(rows) - total}
+            "margins": margins, "skipped": len(rows) - total,
+            "per_token": {"correct": per_token_correct, "total": total,
+                          "accuracy": per_token_correct / total if total else None, "margins": per_token}}
 
 
 def compare_sides(a: dict, b: dict) -> dict:

@@ -60,6 +60,20 @@ def test_a_model_prefers_its_own_greedy_answer(model):
     flipped = reward_accuracy(model, swapped, tuned=True, batch_size=4)
     assert flipped["accuracy"] == 0.0
     assert flipped["margins"] == pytest.approx([-m for m in result["margins"]], rel=1e-5)
+    assert flipped["per_token"]["margins"] == pytest.approx([-m for m in result["per_token"]["margins"]], rel=1e-5)
+
+
+def test_per_token_accuracy_does_not_penalise_a_longer_chosen_answer(monkeypatch):
+    from evaluation import reward_accuracy as module
+
+    # chosen: 10 tokens at -1 each; rejected: 2 tokens at -2 each. Summed, rejected wins (-4 > -10);
+    # per token, chosen does (-1 > -2). The second pair was truncated away.
+    monkeypatch.setattr(module, "pair_logps", lambda *a, **k: [(-10.0, -4.0, 10, 2), None])
+    rows = [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+             "rejected": [{"role": "assistant", "content": "b"}]}] * 2
+    result = module.reward_accuracy(object(), rows, tuned=True)
+    assert (result["correct"], result["total"], result["skipped"], result["margins"]) == (0, 1, 1, [-6.0, None])
+    assert result["per_token"] == {"correct": 1, "total": 1, "accuracy": 1.0, "margins": [1.0, None]}
 
 
 def test_a_tie_is_not_a_preference(model):
