@@ -129,6 +129,8 @@ def main() -> None:
                   "train_rows": json.loads((run.data_dir / "report.json").read_text()).get("train_rows"),
                   "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
         if status.get("state") == "completed":
+            held = [m for m in run.metrics() if "eval_rewards/accuracies" in m]  # TRL's relative measure
+            result["trl_eval_accuracy"] = round(held[-1]["eval_rewards/accuracies"], 3) if held else None
             result["reward_accuracy"] = score(run)
         print(json.dumps(result))
 
