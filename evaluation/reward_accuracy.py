@@ -19,9 +19,9 @@ max_length; such a pair is left out here too and counted as "skipped".
 binomial test against 50%), margins (chosen - rejected per pair, None for a
 skipped pair), skipped, per_token (the same comparison of mean log-probabilities
 per token, which a longer answer is not penalised in: {correct, total, accuracy,
-margins}; reported beside the decided summed measure, never instead of it)}. `compare_sides` adds, for both sides on the same
-pairs, the paired difference (`significance.paired_exact`: bootstrap interval
-and exact McNemar test).
+margins}; reported beside the decided summed measure, never instead of it)}.
+`compare_sides` adds, for both sides on the same pairs, the paired difference
+(`significance.paired_exact`: bootstrap interval and exact McNemar test).
 """
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ def test_target_modules_values_are_split_on_semicolons_not_commas():
     assert [c.target_modules for c, _ in runs] == ["all-linear", "q_proj,v_proj"]
     with pytest.raises(SweepError, match="target_modules: each value is itself a comma-separated list"):
         expand(RunConfig(), {"target_modules": "all-linear, q_proj,v_proj"})
+    with pytest.raises(SweepError, match="target_modules: an empty value between semicolons"):
+        expand(RunConfig(), {"target_modules": "all-linear;; q_proj,v_proj"})
 
 
 def test_list_zips_values_and_coerces_each_as_its_field():

@@ -231,8 +231,7 @@ class RunQueue:
         another live process (the CLI's `queue work`, or the app seen from the CLI)."""
         if active.get("launcher") == "thread" and int(active.get("pid") or 0) in (0, os.getpid()):
             job = self.slot.active()  # ours (pid 0: a queue file from before pids were kept)
-            return job is not None and job.run.id == active["run"] and \
-                active.get("started", "") in ("", this_process()["started"])
+            return job is not None and job.run.id == active["run"] and (not active.get("pid") or entry_alive(active))
         proc = self._procs.get(active["run"])
         if proc is not None:
             return proc.poll() is None  # our child: poll() also reaps it (a zombie still answers kill 0)

@@ -86,7 +86,8 @@ def _split(field: str, values: list | tuple | str) -> list:
                              f"sweep's values with ';' (e.g. all-linear; q_proj,v_proj).")
         items = [v.strip() for v in values.split(sep)]
         if any(not v for v in items) and any(items):
-            raise SweepError(f"{field}: an empty value between commas in {values[:80]!r}.")
+            raise SweepError(f"{field}: an empty value between {'semicolons' if sep == ';' else 'commas'} in "
+                             f"{values[:80]!r}.")
         items = [v for v in items if v]
     elif isinstance(values, (list, tuple)):
         items = list(values)
